@@ -1,0 +1,114 @@
+"""Typed, immutable view of one version of the standard, built from the JSON data files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+FieldType = Literal["string", "number"]
+Format = Literal["timestamp", "date", "birth", "date_or_timestamp", "multi_date"]
+CheckKind = Literal["codes", "icd10", "pattern", "person_id", "insurance_card"]
+PiiClass = Literal["name", "id", "card", "phone", "address", "birthdate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One clause of a conditional requirement; a field is required when all clauses hold."""
+
+    field: str
+    op: Literal["in", "not_in", "empty", "not_empty"]
+    values: tuple[str, ...] = ()
+
+    def holds(self, row: dict[str, str]) -> bool:
+        value = row.get(self.field, "")
+        if self.op == "empty":
+            return not value
+        if self.op == "not_empty":
+            return bool(value)
+        # Codes compare as written and, for numbers, by value ("07" and "7" are the same group).
+        normalised = value.lstrip("0") or value
+        hit = value in self.values or normalised in self.values
+        return hit if self.op == "in" else not hit
+
+    def describe(self) -> str:
+        if self.op in ("empty", "not_empty"):
+            return f"{self.field} {'trống' if self.op == 'empty' else 'có dữ liệu'}"
+        return f"{self.field} {'∈' if self.op == 'in' else '∉'} {{{', '.join(self.values)}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class ValueCheck:
+    kind: CheckKind
+    codelist: str | None = None
+    pattern: re.Pattern[str] | None = None
+    example: str | None = None
+    about_vi: str | None = None
+    about_en: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    max_length: int | None
+    required: bool
+    required_when: tuple[Condition, ...] = ()
+    format: Format | None = None
+    decimals: int = 0
+    multi: bool = False
+    max_items: int | None = None
+    check: ValueCheck | None = None
+    pii: PiiClass | None = None
+    description_vi: str = ""
+    note_vi: str = ""
+    portal_check_vi: str = ""
+    annex_stt: str | None = None
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.required_when)
+
+    def is_required(self, row: dict[str, str]) -> bool:
+        if self.required:
+            return True
+        return bool(self.required_when) and all(c.holds(row) for c in self.required_when)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    id: str
+    title_vi: str
+    title_en: str
+    root: str
+    list: str | None
+    row: str | None
+    fields: tuple[FieldSpec, ...]
+    standalone: bool = False
+    sensitive: bool = False
+    no_visit_key: bool = False
+    by_name: dict[str, FieldSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def flat(self) -> bool:
+        """True when the document root is itself the single row (XML1, XML7, XML8 ...)."""
+        return self.row is None
+
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Standard:
+    id: str
+    title: str
+    effective_from: date
+    tables: dict[str, TableSpec]
+    codelists: dict[str, dict[str, str]]
+
+    def table(self, table_id: str) -> TableSpec | None:
+        return self.tables.get(table_id)
+
+    def codes(self, name: str) -> dict[str, str]:
+        return self.codelists[name]
