@@ -76,7 +76,7 @@ class FieldSpec:
         return bool(self.required_when) and all(c.holds(row) for c in self.required_when)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class TableSpec:
     id: str
     title_vi: str
@@ -99,7 +99,7 @@ class TableSpec:
         return tuple(f.name for f in self.fields)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Standard:
     id: str
     title: str

@@ -1,0 +1,1 @@
+"""Safe decoding of submitted bytes: hardened XML parsing and strict base64."""

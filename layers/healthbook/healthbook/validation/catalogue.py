@@ -1,0 +1,156 @@
+"""Every check the validator makes: a stable code, a severity and messages in Vietnamese and English.
+
+Codes never change meaning once published (facilities key their HIS fixes on them); add new codes,
+never reuse old ones. ``docs/errors.md`` is generated from this table (``healthbook docs errors``).
+
+Prefixes: E = the bytes and the envelope, S = the structure of an inner document, V = one field's
+value, R = rules across fields and tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    code: str
+    name: str
+    severity: Severity
+    message_vi: str
+    message_en: str
+    about: str
+
+
+_RULES = [
+    # --- E: bytes, XML well-formedness, envelope ---------------------------------------------------------
+    Rule("E001", "FILE_EMPTY", "error", "Tệp rỗng.", "The file is empty.", "Zero bytes, or only whitespace."),
+    Rule("E002", "FILE_TOO_LARGE", "error", "Tệp quá lớn: {size} byte, giới hạn {limit} byte.",
+         "File too large: {size} bytes, limit {limit} bytes.", "Checked before parsing; the limit is configurable."),
+    Rule("E003", "NOT_UTF8", "error", "Tệp không phải UTF-8: {detail}.", "The file is not UTF-8: {detail}.",
+         "Only UTF-8 is accepted (declared or detected: UTF-16 byte-order marks, other declared encodings, invalid bytes)."),
+    Rule("E004", "DOCTYPE_FORBIDDEN", "error", "Không được phép khai báo DOCTYPE/DTD hoặc thực thể (entity).",
+         "DOCTYPE, DTD and entity declarations are not allowed.",
+         "Blocks XXE and entity-expansion attacks; the document is never handed to the XML parser."),
+    Rule("E005", "XML_MALFORMED", "error", "XML không hợp lệ: {detail}.", "Malformed XML: {detail}.",
+         "Not well-formed (truncated, binary, unclosed tags, undefined entities...)."),
+    Rule("E006", "ROOT_UNKNOWN", "error", "Phần tử gốc '{root}' không đúng, cần '{expected}'.",
+         "Root element '{root}' is wrong; expected '{expected}'.",
+         "The file root must be GIAMDINHHS (or a standalone check-in / XML12 document); an inner document's root must match its LOAIHOSO."),
+    Rule("E007", "ENVELOPE_ELEMENT_MISSING", "error", "Thiếu phần tử bắt buộc '{element}' trong hồ sơ gửi.",
+         "Required envelope element '{element}' is missing.", "THONGTINDONVI/MACSKCB, THONGTINHOSO/NGAYLAP, SOLUONGHOSO, DANHSACHHOSO, LOAIHOSO, NOIDUNGFILE."),
+    Rule("E008", "MACSKCB_INVALID", "error", "Mã cơ sở KBCB (MACSKCB) phải gồm 5 chữ số.",
+         "The facility code (MACSKCB) must be 5 digits.", "Envelope THONGTINDONVI/MACSKCB."),
+    Rule("E009", "NGAYLAP_INVALID", "error", "NGAYLAP phải là ngày hợp lệ dạng yyyyMMdd.",
+         "NGAYLAP must be a valid yyyyMMdd date.", "Envelope THONGTINHOSO/NGAYLAP."),
+    Rule("E010", "SOLUONGHOSO_MISMATCH", "error", "SOLUONGHOSO khai báo {declared} nhưng có {actual} HOSO.",
+         "SOLUONGHOSO says {declared} but the file holds {actual} HOSO.", "SOLUONGHOSO must equal the number of HOSO."),
+    Rule("E011", "NO_HOSO", "error", "Hồ sơ gửi không có HOSO nào.", "The submission holds no HOSO.",
+         "DANHSACHHOSO must contain at least one HOSO."),
+    Rule("E012", "BASE64_INVALID", "error", "NOIDUNGFILE của {table} không phải base64 hợp lệ: {detail}.",
+         "NOIDUNGFILE of {table} is not valid base64: {detail}.", "Strict base64 (whitespace between lines is tolerated)."),
+    Rule("E013", "LOAIHOSO_UNKNOWN", "error", "LOAIHOSO '{loai}' không thuộc chuẩn {standard}.",
+         "LOAIHOSO '{loai}' is not a table of standard {standard}.", "E.g. XML13 under QĐ 130, or a misspelt type."),
+    Rule("E014", "LOAIHOSO_DUPLICATE", "error", "{table} xuất hiện nhiều lần trong một HOSO.",
+         "{table} appears more than once in one HOSO.", "Each table at most once per HOSO; in particular exactly one XML1."),
+    Rule("E015", "XML1_MISSING", "error", "HOSO thứ {index} không có bảng XML1.", "HOSO number {index} has no XML1.",
+         "Every HOSO needs exactly one XML1 (the visit summary)."),
+    Rule("E016", "NOIDUNGFILE_EMPTY", "error", "NOIDUNGFILE của {table} rỗng.", "NOIDUNGFILE of {table} is empty.", ""),
+    Rule("E017", "MA_LK_DUPLICATE", "error", "MA_LK '{ma_lk}' trùng với một HOSO khác trong cùng tệp.",
+         "MA_LK '{ma_lk}' repeats another HOSO in the same file.", "MA_LK identifies one visit."),
+    Rule("E018", "INNER_TOO_LARGE", "error", "Nội dung {table} quá lớn sau giải mã: {size} byte, giới hạn {limit} byte.",
+         "Decoded {table} too large: {size} bytes, limit {limit} bytes.", "Checked before decoding."),
+    # --- S: structure of inner documents -----------------------------------------------------------------
+    Rule("S101", "ELEMENT_UNKNOWN", "warning", "Phần tử '{field}' không có trong {table} của chuẩn {standard}; bỏ qua.",
+         "Element '{field}' is not part of {table} in standard {standard}; ignored.", "Reported, not rejected."),
+    Rule("S102", "ELEMENT_REPEATED", "error", "Phần tử '{field}' lặp lại trong cùng một bản ghi {table}.",
+         "Element '{field}' repeats within one {table} record.", ""),
+    Rule("S103", "ELEMENT_NESTED", "error", "Phần tử '{field}' chứa phần tử con; chỉ được chứa văn bản.",
+         "Element '{field}' contains child elements; only text is allowed.", ""),
+    Rule("S104", "MA_LK_MISMATCH", "error", "MA_LK của {table} ('{value}') khác MA_LK của XML1 ('{ma_lk}').",
+         "MA_LK in {table} ('{value}') differs from XML1's ('{ma_lk}').", "Every table's MA_LK must equal its XML1."),
+    Rule("S105", "TABLE_EMPTY", "warning", "{table} không có bản ghi nào.", "{table} holds no record.",
+         "A list table sent with no rows."),
+    Rule("S106", "ROW_LIST_MISSING", "error", "{table} thiếu phần tử danh sách '{element}'.",
+         "{table} lacks its list element '{element}'.", ""),
+    # --- V: one field's value ----------------------------------------------------------------------------
+    Rule("V201", "REQUIRED", "error", "{table}.{field} bắt buộc nhưng để trống{condition_vi}.",
+         "{table}.{field} is required but empty{condition_en}.", "From the portal sheet's 'Bắt buộc' column, with its conditions."),
+    Rule("V202", "TOO_LONG", "error", "{table}.{field} dài {length} ký tự, tối đa {max_length}.",
+         "{table}.{field} is {length} characters long; at most {max_length}.", "Lengths count characters, not bytes."),
+    Rule("V203", "NOT_A_NUMBER", "error", "{table}.{field} phải là số (dấu thập phân là dấu chấm).",
+         "{table}.{field} must be a number ('.' as decimal point).", "Digits with an optional '.' and decimals; no sign, no thousands separators."),
+    Rule("V204", "TOO_MANY_DECIMALS", "error", "{table}.{field} có quá {decimals} chữ số thập phân.",
+         "{table}.{field} has more than {decimals} decimal places.", "Amounts 2, prices and quantities 3, codes and counts 0."),
+    Rule("V205", "TIMESTAMP_INVALID", "error", "{table}.{field} phải là thời điểm hợp lệ dạng yyyyMMddHHmm (12 chữ số).",
+         "{table}.{field} must be a valid yyyyMMddHHmm timestamp (12 digits).", ""),
+    Rule("V206", "DATE_INVALID", "error", "{table}.{field} phải là ngày hợp lệ dạng yyyyMMdd (8 chữ số).",
+         "{table}.{field} must be a valid yyyyMMdd date (8 digits).", "For multi-valued date fields, each value."),
+    Rule("V207", "BIRTH_INVALID", "error", "{table}.{field} phải dạng yyyyMMddHHmm; tháng, ngày, giờ, phút không rõ ghi 00.",
+         "{table}.{field} must be yyyyMMddHHmm; unknown month, day, hour or minute written as 00.", "Annex XML1 NGAY_SINH note."),
+    Rule("V208", "CODE_UNKNOWN", "error", "{table}.{field} = '{value}' không thuộc danh mục {codelist} của chuẩn {standard}.",
+         "{table}.{field} = '{value}' is not in code list {codelist} of standard {standard}.", "See docs/standard.md for the lists."),
+    Rule("V209", "ICD10_UNKNOWN", "error", "{table}.{field}: mã ICD-10 '{value}' không tồn tại.",
+         "{table}.{field}: '{value}' is not an ICD-10 code.", "WHO ICD-10 plus the Vietnamese additions in data/icd10_vn_additions.json; 'J18.9' and 'J189' both accepted."),
+    Rule("V210", "ICD10_NOT_SPECIFIC", "warning", "{table}.{field}: mã ICD-10 '{value}' là nhóm có mã chi tiết; nên ghi mã chi tiết.",
+         "{table}.{field}: ICD-10 '{value}' is a category with subdivisions; the detailed code is expected.", ""),
+    Rule("V211", "PATTERN_MISMATCH", "error", "{table}.{field} sai định dạng: {about_vi} (ví dụ {example}).",
+         "{table}.{field} has the wrong format: {about_en} (e.g. {example}).", "DUONG_DUNG, MA_DOITUONG_KCB, facility codes, MA_TTDV, CAN_NANG."),
+    Rule("V212", "PERSON_ID_INVALID", "error", "{table}.{field}: số định danh phải gồm 12 chữ số (CCCD, 3 số đầu là mã tỉnh), 9 chữ số (CMND) hoặc hộ chiếu 1 chữ in hoa + 7 chữ số.",
+         "{table}.{field}: the ID must be 12 digits (citizen ID, first 3 a province code), 9 digits (old ID) or a passport of 1 capital letter + 7 digits.", "Portal sheet XML1 SO_CCCD."),
+    Rule("V213", "INSURANCE_CARD_INVALID", "error", "{table}.{field}: mã thẻ BHYT phải gồm 15 ký tự: 2 chữ in hoa, 1 chữ số mức hưởng (1–5), 2 chữ số mã tỉnh, 10 chữ số mã BHXH; nhiều thẻ cách nhau bằng ';'.",
+         "{table}.{field}: an insurance card is 15 characters: 2 capital letters, a benefit digit (1-5), a 2-digit province, a 10-digit social-insurance number; several separated by ';'.", ""),
+    Rule("V214", "TOO_MANY_VALUES", "error", "{table}.{field} có {count} giá trị, tối đa {max_items}.",
+         "{table}.{field} holds {count} values; at most {max_items}.", "MA_BENH_KT: at most 12 secondary diagnoses."),
+    Rule("V215", "SINGLE_VALUE_EXPECTED", "error", "{table}.{field} chỉ được ghi một mã.",
+         "{table}.{field} takes exactly one code.", "MA_BENH_CHINH holds one ICD-10 code."),
+    # --- R: across fields and tables ---------------------------------------------------------------------
+    Rule("R301", "FACILITY_MISMATCH", "error", "MA_CSKCB của XML1 ('{value}') khác MACSKCB của hồ sơ gửi ('{expected}').",
+         "XML1 MA_CSKCB ('{value}') differs from the envelope's MACSKCB ('{expected}').", ""),
+    Rule("R302", "VISIT_DATES_ORDER", "error", "{table}: cần {left} ≤ {right} ({left_value} > {right_value}).",
+         "{table}: {left} must not be after {right} ({left_value} > {right_value}).", "NGAY_VAO ≤ NGAY_VAO_NOI_TRU ≤ NGAY_RA, and the same in copies."),
+    Rule("R303", "ORDER_TIME_OUTSIDE_VISIT", "error", "{table}.{field} = {value} nằm ngoài đợt KBCB ({start} – {end}).",
+         "{table}.{field} = {value} lies outside the visit ({start} – {end}).", "Order, execution and progress-note times must fall within NGAY_VAO..NGAY_RA."),
+    Rule("R304", "RESULT_BEFORE_ORDER", "error", "{table}.{field} = {value} sớm hơn {reference} = {reference_value}.",
+         "{table}.{field} = {value} is earlier than {reference} = {reference_value}.", "Execution and result times come after the order (NGAY_YL)."),
+    Rule("R305", "TREATMENT_DAYS", "error", "SO_NGAY_DTRI = {value} nhưng với MA_LOAI_KCB {visit_type} phải là {expected}.",
+         "SO_NGAY_DTRI = {value} but for MA_LOAI_KCB {visit_type} it must be {expected}.", "Annex XML1 SO_NGAY_DTRI: 0 for 01/07/09; NGAY_RA − NGAY_VAO + 1 (days) for 02/03/04/06."),
+    Rule("R306", "LINE_FORMULA", "error", "{table} dòng STT {stt}: {field} = {value}, theo công thức {formula} phải là {expected}.",
+         "{table} line STT {stt}: {field} = {value}, but {formula} gives {expected}.", "Line arithmetic, rounded to the field's decimals (tolerance 0.01)."),
+    Rule("R307", "PAYER_SPLIT", "error", "{table} dòng STT {stt}: T_BNTT + T_BNCCT + T_BHTT + T_NGUONKHAC = {actual}, phải bằng THANH_TIEN_BV = {expected}.",
+         "{table} line STT {stt}: T_BNTT + T_BNCCT + T_BHTT + T_NGUONKHAC = {actual}, must equal THANH_TIEN_BV = {expected}.", "Who pays must add up to what the line costs."),
+    Rule("R308", "PAYER_SHARE", "error", "{table} dòng STT {stt}: {field} = {value}, theo mức hưởng phải là {expected}.",
+         "{table} line STT {stt}: {field} = {value}, but the benefit level gives {expected}.",
+         "With no other source (T_NGUONKHAC = 0): T_BHTT = THANH_TIEN_BH × MUC_HUONG/100, T_BNCCT = THANH_TIEN_BH − T_BHTT, T_BNTT = THANH_TIEN_BV − THANH_TIEN_BH."),
+    Rule("R309", "TOTAL_MISMATCH", "error", "XML1.{field} = {value} nhưng tổng {source} là {expected}.",
+         "XML1.{field} = {value} but the sum of {source} is {expected}.", "XML1 totals are sums of XML2/XML3 lines (tolerance 0.01)."),
+    Rule("R310", "T_BHTT_FORMULA", "error", "XML1.T_BHTT = {value}, phải bằng T_TONGCHI_BH − T_BNCCT = {expected}.",
+         "XML1.T_BHTT = {value}, must equal T_TONGCHI_BH − T_BNCCT = {expected}.", ""),
+    Rule("R311", "TABLE_REQUIRED", "error", "Thiếu {table}: bắt buộc khi {condition}.",
+         "{table} is missing: required when {condition}.", "XML13 when MA_LOAI_RV is 2 or 5; XML8 when MA_LOAI_KCB is 03, 04 or 06."),
+    Rule("R312", "COPY_MISMATCH", "error", "{table}.{field} khác giá trị tương ứng ở XML1.",
+         "{table}.{field} differs from the same field in XML1.", "Portal sheet: 'Nếu có dữ liệu thì phải giống thông tin này ở bảng 1'."),
+    Rule("R313", "REEXAM_BEFORE_DISCHARGE", "error", "XML14.NGAY_HEN_KL = {value} sớm hơn NGAY_RA = {reference_value}.",
+         "XML14.NGAY_HEN_KL = {value} is before discharge NGAY_RA = {reference_value}.", ""),
+    Rule("R314", "REEXAM_AT_DISCHARGE", "warning", "XML14.NGAY_HEN_KL trùng thời điểm ra viện.",
+         "XML14.NGAY_HEN_KL equals the discharge time.", "The portal accepts it; a real appointment is later."),
+    Rule("R315", "PERSON_ID_INCONSISTENT", "warning", "{table}.SO_CCCD không khớp {detail}.",
+         "{table}.SO_CCCD does not match {detail}.", "Digit 4 of a 12-digit ID encodes sex and century, digits 5-6 the birth year."),
+    Rule("R316", "COST_GROUP_WRONG_TABLE", "error", "{table} dòng STT {stt}: MA_NHOM {value} không thuộc bảng này.",
+         "{table} line STT {stt}: cost group {value} does not belong in this table.", "Drugs, blood and blood products (4, 5, 6, 7, 17) in XML2; the rest in XML3."),
+    Rule("R317", "LINE_NUMBERING", "warning", "{table}: STT không liên tục từ 1 (gặp {value} ở vị trí {position}).",
+         "{table}: STT does not count up from 1 (found {value} at position {position}).", ""),
+    Rule("R318", "CARD_PERIOD", "error", "Thẻ BHYT thứ {index}: GT_THE_TU {start} sau GT_THE_DEN {end}.",
+         "Insurance card {index}: GT_THE_TU {start} is after GT_THE_DEN {end}.", ""),
+    Rule("R319", "CARD_LIST_LENGTHS", "warning", "Số giá trị của {field} ({count}) khác số thẻ BHYT ({cards}).",
+         "{field} holds {count} values but there are {cards} insurance cards.", "Multi-card visits list one value per card."),
+    Rule("R320", "VISIT_DATE_UNKNOWN", "warning", "Không xác định được ngày KBCB để chọn phiên bản chuẩn; dùng {standard}.",
+         "Could not read the visit date to choose the standard version; used {standard}.", ""),
+]
+
+RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+BY_NAME: dict[str, Rule] = {rule.name: rule for rule in _RULES}
+assert len(RULES) == len(_RULES) and len(BY_NAME) == len(_RULES), "duplicate rule code or name"

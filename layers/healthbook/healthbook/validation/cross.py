@@ -1,0 +1,440 @@
+"""Rules across fields and tables of one visit (one HOSO). Each rule is a function of a VisitContext.
+
+Rules read typed values (set only when the field passed its own checks), so a bad field is reported
+once, by its field rule, and not again by every sum it takes part in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from typing import Any
+
+from healthbook.standard import Condition, Standard, semantics, version_ids
+from healthbook.validation.issues import Issue, make_issue
+
+
+@dataclass(slots=True)
+class TableRows:
+    raw: list[dict[str, str]] = field(default_factory=list)
+    typed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class VisitContext:
+    standard: Standard
+    ma_lk: str
+    facility: str | None
+    tables: dict[str, TableRows]
+    issues: list[Issue]
+
+    def add(self, code: str, table: str | None = None, field: str | None = None, value: Any = None,
+            **params: Any) -> None:
+        self.issues.append(make_issue(code, table=table, ma_lk=self.ma_lk, field=field,
+                                      value=None if value is None else _show(value), **params))
+
+    def one(self, table: str) -> tuple[dict[str, str], dict[str, Any]] | None:
+        rows = self.tables.get(table)
+        if not rows or not rows.raw:
+            return None
+        return rows.raw[0], rows.typed[0]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y%m%d%H%M")
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    return str(value)
+
+
+Rule = Callable[[VisitContext], None]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+# --- arithmetic -----------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*([A-Z][A-Z0-9_]*|[0-9]+(?:\.[0-9]+)?|[-+*/])")
+
+
+@dataclass(frozen=True, slots=True)
+class Formula:
+    table: str
+    field: str
+    expr: str
+    places: int
+    terms: tuple[tuple[int, tuple[tuple[str, str], ...]], ...]  # (sign, ((op, operand), ...))
+
+    def operands(self) -> set[str]:
+        return {operand for _, factors in self.terms for _, operand in factors if not operand[0].isdigit()}
+
+    def evaluate(self, values: dict[str, Any]) -> Decimal | None:
+        total = Decimal(0)
+        for sign, factors in self.terms:
+            term = Decimal(1)
+            for op, operand in factors:
+                raw = Decimal(operand) if operand[0].isdigit() else values.get(operand)
+                if raw is None:
+                    return None
+                number = Decimal(raw)
+                term = term * number if op == "*" else term / number if number else Decimal(0)
+            total += sign * term
+        return total.quantize(Decimal(1).scaleb(-self.places), rounding=ROUND_HALF_UP)
+
+
+def parse_formula(table: str, target: str, expr: str, places: int) -> Formula:
+    tokens = _TOKEN.findall(expr)
+    if "".join(tokens) != expr.replace(" ", ""):
+        raise ValueError(f"bad formula {expr!r}")
+    terms: list[tuple[int, tuple[tuple[str, str], ...]]] = []
+    sign, factors, op = 1, [], "*"
+    for token in tokens:
+        if token in "+-":
+            terms.append((sign, tuple(factors)))
+            sign, factors, op = (1 if token == "+" else -1), [], "*"
+        elif token in "*/":
+            op = token
+        else:
+            factors.append((op, token))
+    terms.append((sign, tuple(factors)))
+    return Formula(table=table, field=target, expr=expr, places=places, terms=tuple(terms))
+
+
+def _in_force(entry: dict[str, Any], version: str) -> bool:
+    order = version_ids()
+    rank = order.index(version)
+    if "since" in entry and rank < order.index(entry["since"]):
+        return False
+    return not ("until" in entry and rank > order.index(entry["until"]))
+
+
+@cache
+def formulas(version: str) -> tuple[Formula, ...]:
+    spec = semantics()["arithmetic"]["line_formulas"]
+    return tuple(parse_formula(f["table"], f["field"], f["expr"], f["round"]) for f in spec if _in_force(f, version))
+
+
+def _tolerance() -> Decimal:
+    return Decimal(semantics()["arithmetic"]["tolerance"])
+
+
+def _stt(raw: dict[str, str], position: int) -> str:
+    return raw.get("STT") or f"#{position}"
+
+
+@rule
+def line_formulas(ctx: VisitContext) -> None:
+    tolerance = _tolerance()
+    for formula in formulas(ctx.standard.id):
+        rows = ctx.tables.get(formula.table)
+        if not rows:
+            continue
+        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
+            actual = typed.get(formula.field)
+            if actual is None:
+                continue
+            expected = formula.evaluate(typed)
+            if expected is not None and abs(actual - expected) > tolerance:
+                ctx.add("R306", table=formula.table, field=formula.field, value=actual, stt=_stt(raw, position),
+                        formula=formula.expr, expected=expected)
+
+
+_PAYERS = ("T_BNTT", "T_BNCCT", "T_BHTT", "T_NGUONKHAC")
+
+
+@rule
+def payer_split(ctx: VisitContext) -> None:
+    tolerance = _tolerance()
+    hundred = Decimal(100)
+    cent = Decimal("0.01")
+    for table in semantics()["arithmetic"]["payer_split_tables"]:
+        rows = ctx.tables.get(table)
+        if not rows:
+            continue
+        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
+            parts = [typed.get(name) for name in _PAYERS]
+            total_bv, total_bh = typed.get("THANH_TIEN_BV"), typed.get("THANH_TIEN_BH")
+            if total_bv is None or any(p is None for p in parts):
+                continue
+            actual = sum(parts, Decimal(0))
+            if abs(actual - total_bv) > tolerance:
+                ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv, stt=_stt(raw, position),
+                        actual=actual, expected=total_bv)
+                continue
+            level = typed.get("MUC_HUONG")
+            if parts[3] != 0 or total_bh is None or level is None:
+                continue  # other sources change the split (annex T_NGUONKHAC a/b/c): only the sum is checked
+            insurer = (total_bh * Decimal(level) / hundred).quantize(cent, rounding=ROUND_HALF_UP)
+            expected = {"T_BHTT": insurer, "T_BNCCT": total_bh - insurer, "T_BNTT": total_bv - total_bh}
+            for name, value in expected.items():
+                got = typed[name]
+                if abs(got - value) > tolerance:
+                    ctx.add("R308", table=table, field=name, value=got, stt=_stt(raw, position), expected=value)
+
+
+@rule
+def totals(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    _, head = summary
+    tolerance = _tolerance()
+    for total in semantics()["arithmetic"]["totals"]:
+        declared = head.get(total["field"])
+        if declared is None:
+            continue
+        expected = Decimal(0)
+        complete = True
+        for table in total["tables"]:
+            rows = ctx.tables.get(table)
+            if not rows:
+                continue
+            for raw, typed in zip(rows.raw, rows.typed, strict=True):
+                if not _matches(raw, total.get("where"), ctx.standard):
+                    continue
+                value = typed.get(total["sum"])
+                if value is None:
+                    complete = complete and not raw.get(total["sum"])
+                    continue
+                expected += value
+        if complete and abs(declared - expected) > tolerance:
+            source = " + ".join(f"{t}.{total['sum']}" for t in total["tables"])
+            if total.get("where"):
+                source += " (" + ", ".join(f"{k} ∈ {v}" for k, v in total["where"].items()) + ")"
+            ctx.add("R309", table="XML1", field=total["field"], value=declared, source=source, expected=expected)
+    paid, total_bh, copay = head.get("T_BHTT"), head.get("T_TONGCHI_BH"), head.get("T_BNCCT")
+    if paid is not None and total_bh is not None and copay is not None and abs(paid - (total_bh - copay)) > tolerance:
+        ctx.add("R310", table="XML1", field="T_BHTT", value=paid, expected=total_bh - copay)
+
+
+def _matches(raw: dict[str, str], where: dict[str, str] | None, standard: Standard) -> bool:
+    if not where:
+        return True
+    for name, codelist in where.items():
+        value = raw.get(name, "")
+        codes = standard.codes(codelist)
+        if value not in codes and (value.lstrip("0") or "0") not in codes:
+            return False
+    return True
+
+
+# --- dates and times ------------------------------------------------------------------------------------
+
+def _order(ctx: VisitContext, table: str, values: dict[str, Any], names: Iterable[str]) -> None:
+    present = [(n, values[n]) for n in names if values.get(n) is not None]
+    for (left, lv), (right, rv) in zip(present, present[1:], strict=False):
+        if lv > rv:
+            ctx.add("R302", table=table, field=right, value=rv, left=left, right=right,
+                    left_value=_show(lv), right_value=_show(rv))
+
+
+@rule
+def visit_dates(ctx: VisitContext) -> None:
+    for table, names in (("XML1", ("NGAY_VAO", "NGAY_VAO_NOI_TRU", "NGAY_RA")), ("XML7", ("NGAY_VAO", "NGAY_RA")),
+                         ("XML8", ("NGAY_VAO", "NGAY_RA")), ("XML13", ("NGAY_VAO", "NGAY_VAO_NOI_TRU", "NGAY_RA")),
+                         ("XML14", ("NGAY_VAO", "NGAY_VAO_NOI_TRU", "NGAY_RA"))):
+        row = ctx.one(table)
+        if row is not None:
+            _order(ctx, table, row[1], names)
+
+
+_WITHIN_VISIT = (("XML2", "NGAY_YL", True), ("XML3", "NGAY_YL", True), ("XML5", "THOI_DIEM_DBLS", True),
+                 ("XML2", "NGAY_TH_YL", True), ("XML3", "NGAY_TH_YL", True), ("XML4", "NGAY_KQ", False),
+                 ("XML3", "NGAY_KQ", False))
+_AFTER_ORDER = (("XML2", "NGAY_TH_YL"), ("XML3", "NGAY_TH_YL"), ("XML3", "NGAY_KQ"))
+
+
+@rule
+def order_times(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    start, end = summary[1].get("NGAY_VAO"), summary[1].get("NGAY_RA")
+    if start is None or end is None or start > end:
+        return
+    for table, name, bounded_above in _WITHIN_VISIT:
+        rows = ctx.tables.get(table)
+        if not rows:
+            continue
+        for typed in rows.typed:
+            when = typed.get(name)
+            # Results may arrive after discharge (annex XML3/XML4 NGAY_KQ), so those are bounded below only.
+            if when is not None and (when < start or (bounded_above and when > end)):
+                ctx.add("R303", table=table, field=name, value=when, start=_show(start),
+                        end=_show(end) if bounded_above else "…")
+    for table, name in _AFTER_ORDER:
+        rows = ctx.tables.get(table)
+        if not rows:
+            continue
+        for typed in rows.typed:
+            when, ordered = typed.get(name), typed.get("NGAY_YL")
+            if when is not None and ordered is not None and when < ordered:
+                ctx.add("R304", table=table, field=name, value=when, reference="NGAY_YL",
+                        reference_value=_show(ordered))
+
+
+@rule
+def treatment_days(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    raw, typed = summary
+    days, visit_type = typed.get("SO_NGAY_DTRI"), raw.get("MA_LOAI_KCB", "").zfill(2)
+    if days is None:
+        return
+    spec = semantics()["visit_rules"]["treatment_days"]
+    expected: int | None = None
+    if visit_type in spec["zero"]:
+        expected = 0
+    elif visit_type in spec["span_plus_one"] and typed.get("NGAY_VAO") and typed.get("NGAY_RA"):
+        expected = (typed["NGAY_RA"].date() - typed["NGAY_VAO"].date()).days + 1
+    if expected is not None and days != expected:
+        ctx.add("R305", table="XML1", field="SO_NGAY_DTRI", value=days, visit_type=visit_type, expected=expected)
+
+
+@rule
+def reexam_after_discharge(ctx: VisitContext) -> None:
+    reexam, summary = ctx.one("XML14"), ctx.one("XML1")
+    if reexam is None or summary is None:
+        return
+    appointment, discharge = reexam[1].get("NGAY_HEN_KL"), summary[1].get("NGAY_RA")
+    if appointment is None or discharge is None:
+        return
+    if appointment < discharge:
+        ctx.add("R313", table="XML14", field="NGAY_HEN_KL", value=appointment, reference_value=_show(discharge))
+    elif appointment == discharge:
+        ctx.add("R314", table="XML14", field="NGAY_HEN_KL", value=appointment)
+
+
+# --- tables and copies ----------------------------------------------------------------------------------
+
+@rule
+def facility_matches(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None or ctx.facility is None:
+        return
+    code = summary[0].get("MA_CSKCB")
+    if code and code != ctx.facility:
+        ctx.add("R301", table="XML1", field="MA_CSKCB", value=code, expected=ctx.facility)
+
+
+@rule
+def required_tables(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    for requirement in semantics()["visit_rules"]["required_tables"]:
+        if requirement["table"] not in ctx.standard.tables or requirement["table"] in ctx.tables:
+            continue
+        clauses = [Condition(c["field"], c["op"], tuple(c.get("values", ()))) for c in requirement["when"]]
+        if all(c.holds(summary[0]) for c in clauses):
+            ctx.add("R311", table=requirement["table"], condition=", ".join(c.describe() for c in clauses))
+
+
+@cache
+def copied_fields(standard: Standard) -> dict[str, tuple[str, ...]]:
+    """Fields the portal sheet marks 'must equal Bảng 1 when given', per table."""
+    marker = semantics()["visit_rules"]["copy_rule_marker"]
+    xml1 = standard.tables["XML1"].by_name
+    return {t.id: tuple(f.name for f in t.fields if marker in f.portal_check_vi and f.name in xml1)
+            for t in standard.tables.values() if t.id != "XML1"}
+
+
+@rule
+def copies_match(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    head = summary[0]
+    for table, names in copied_fields(ctx.standard).items():
+        rows = ctx.tables.get(table)
+        if not rows or not names:
+            continue
+        for raw in rows.raw:
+            for name in names:
+                value = raw.get(name)
+                if value and value != head.get(name, ""):
+                    ctx.add("R312", table=table, field=name, value=value)
+
+
+@rule
+def cost_group_table(ctx: VisitContext) -> None:
+    drug_groups = ctx.standard.codes("MA_NHOM_XML2")
+    for table, belongs in (("XML2", True), ("XML3", False)):
+        rows = ctx.tables.get(table)
+        if not rows:
+            continue
+        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
+            group = typed.get("MA_NHOM")
+            if group is not None and (str(group) in drug_groups) != belongs:
+                ctx.add("R316", table=table, field="MA_NHOM", value=group, stt=_stt(raw, position))
+
+
+@rule
+def line_numbering(ctx: VisitContext) -> None:
+    for table_id in ("XML2", "XML3", "XML4", "XML5", "XML15"):
+        rows = ctx.tables.get(table_id)
+        if not rows:
+            continue
+        for position, typed in enumerate(rows.typed, start=1):
+            number = typed.get("STT")
+            if number is not None and number != position:
+                ctx.add("R317", table=table_id, field="STT", value=number, position=position)
+                break
+
+
+# --- the citizen and the card ---------------------------------------------------------------------------
+
+_CENTURY_BY_DIGIT = {0: 1900, 1: 1900, 2: 2000, 3: 2000, 4: 2100, 5: 2100, 6: 2200, 7: 2200, 8: 1800, 9: 1800}
+
+
+@rule
+def person_id_consistent(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    raw, typed = summary
+    number, birth, sex = typed.get("SO_CCCD"), raw.get("NGAY_SINH", ""), raw.get("GIOI_TINH", "")
+    if not isinstance(number, str) or len(number) != 12 or not number.isdigit() or len(birth) < 4:
+        return
+    code = int(number[3])
+    year = _CENTURY_BY_DIGIT[code] + int(number[4:6])
+    if str(year) != birth[:4]:
+        ctx.add("R315", table="XML1", field="SO_CCCD", value=number, detail="NGAY_SINH (năm sinh / birth year)")
+    elif sex in ("1", "2") and (code % 2 == 0) != (sex == "1"):
+        ctx.add("R315", table="XML1", field="SO_CCCD", value=number, detail="GIOI_TINH (giới tính / sex)")
+
+
+@rule
+def insurance_cards(ctx: VisitContext) -> None:
+    summary = ctx.one("XML1")
+    if summary is None:
+        return
+    raw, typed = summary
+    cards = [c for c in raw.get("MA_THE_BHYT", "").split(";") if c.strip()]
+    if not cards:
+        return
+    for name in ("MA_DKBD", "GT_THE_TU", "GT_THE_DEN"):
+        values = [v for v in raw.get(name, "").split(";") if v.strip()]
+        if values and len(values) != len(cards):
+            ctx.add("R319", table="XML1", field=name, count=len(values), cards=len(cards))
+    starts, ends = typed.get("GT_THE_TU"), typed.get("GT_THE_DEN")
+    if starts and ends and len(starts) == len(ends):
+        for index, (start, end) in enumerate(zip(starts, ends, strict=True), start=1):
+            if start > end:
+                ctx.add("R318", table="XML1", field="GT_THE_DEN", value=end, index=index, start=_show(start),
+                        end=_show(end))
+
+
+def run(ctx: VisitContext) -> None:
+    for check in RULES:
+        check(ctx)

@@ -1,0 +1,292 @@
+"""Validate one submitted file: the GIAMDINHHS envelope, each HOSO (one visit) and its tables.
+
+Every problem becomes an Issue with a catalogue code; nothing here raises on bad input. A visit is
+checked against the standard version in force on its date (or the forced one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+
+from healthbook import standard as standards
+from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, parse
+from healthbook.standard import Standard, TableSpec
+from healthbook.validation import cross
+from healthbook.validation.cross import TableRows, VisitContext
+from healthbook.validation.fields import checkers, parse_date, parse_timestamp
+from healthbook.validation.issues import Issue, make_issue
+from healthbook.validation.results import FileResult, VisitResult
+
+ENVELOPE_ROOT = "GIAMDINHHS"
+SIGNATURE = "CHUKYDONVI"
+_FACILITY = re.compile(r"^[0-9]{5}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    standard: str = "auto"  # "auto" picks by visit date; otherwise a version id such as "4750"
+    limits: Limits = Limits()
+
+
+def _text(element: etree._Element | None) -> str | None:
+    if element is None or element.text is None:
+        return None
+    return element.text.strip()
+
+
+def _standalone_roots() -> dict[str, str]:
+    newest = standards.load(standards.version_ids()[-1])
+    return {t.root: t.id for t in newest.tables.values() if t.standalone}
+
+
+def validate_bytes(data: bytes, *, path: str = "<bytes>", options: Options = Options()) -> FileResult:
+    result = FileResult(path=path, size=len(data))
+    try:
+        root = parse(data, limit=options.limits.max_file_bytes)
+    except XmlRejected as rejected:
+        result.errors.append(make_issue(rejected.code, **rejected.params))
+        return result
+    tag = root.tag if isinstance(root.tag, str) else ""
+    if tag == ENVELOPE_ROOT:
+        result.kind = "claim"
+        _validate_envelope(root, result, options)
+    elif tag in _standalone_roots():
+        table_id = _standalone_roots()[tag]
+        result.kind = "checkin" if table_id == "XML0" else "assessment"
+        _validate_standalone(root, table_id, result, options)
+    else:
+        expected = " | ".join([ENVELOPE_ROOT, *_standalone_roots()])
+        result.errors.append(make_issue("E006", root=tag, expected=expected))
+    return result
+
+
+# --- envelope -------------------------------------------------------------------------------------------
+
+def _validate_envelope(root: etree._Element, result: FileResult, options: Options) -> None:
+    errors = result.errors
+    facility = _text(root.find("THONGTINDONVI/MACSKCB"))
+    if not facility:
+        errors.append(make_issue("E007", element="THONGTINDONVI/MACSKCB"))
+    elif not _FACILITY.match(facility):
+        errors.append(make_issue("E008", field="MACSKCB", value=facility))
+    else:
+        result.facility = facility
+    created = _text(root.find("THONGTINHOSO/NGAYLAP"))
+    if not created:
+        errors.append(make_issue("E007", element="THONGTINHOSO/NGAYLAP"))
+    elif parse_date(created) is None:
+        errors.append(make_issue("E009", field="NGAYLAP", value=created))
+    listing = root.find("THONGTINHOSO/DANHSACHHOSO")
+    hoso = [] if listing is None else [e for e in listing if e.tag == "HOSO"]
+    declared = _text(root.find("THONGTINHOSO/SOLUONGHOSO"))
+    if declared is None:
+        errors.append(make_issue("E007", element="THONGTINHOSO/SOLUONGHOSO"))
+    elif declared != str(len(hoso)):
+        errors.append(make_issue("E010", field="SOLUONGHOSO", value=declared, declared=declared, actual=len(hoso)))
+    if listing is None:
+        errors.append(make_issue("E007", element="THONGTINHOSO/DANHSACHHOSO"))
+    elif not hoso:
+        errors.append(make_issue("E011"))
+    seen: set[str] = set()
+    for index, element in enumerate(hoso, start=1):
+        visit = _validate_hoso(element, index, result.facility or facility, options)
+        if visit.ma_lk and visit.ma_lk in seen:
+            visit.issues.append(make_issue("E017", table="XML1", ma_lk=visit.ma_lk, field="MA_LK", value=visit.ma_lk))
+        seen.add(visit.ma_lk)
+        result.visits.append(visit)
+
+
+def _decode(table: str, content: str | None, spec_root: str, limits: Limits) -> etree._Element:
+    raw = decode_base64(content, limit=limits.max_inner_bytes, table=table)
+    root = parse(raw, limit=limits.max_inner_bytes)
+    if root.tag != spec_root:
+        raise XmlRejected("E006", root=root.tag if isinstance(root.tag, str) else "", expected=spec_root)
+    return root
+
+
+def _choose(forced: str, summary: dict[str, str]) -> tuple[Standard, bool]:
+    if forced != "auto":
+        return standards.load(forced), True
+    rules = standards.semantics()["visit_rules"]
+    for name in (rules["visit_date_field"], rules["visit_date_fallback"]):
+        when = parse_timestamp(summary.get(name, ""))
+        if when is not None:
+            return standards.select(when.date()), True
+    return standards.select(None), False
+
+
+def _validate_hoso(element: etree._Element, index: int, facility: str | None, options: Options) -> VisitResult:
+    visit = VisitResult(ma_lk="", standard=None)
+    documents: dict[str, str | None] = {}
+    early: list[Issue] = []
+    for item in element:
+        if item.tag != "FILEHOSO":
+            continue
+        kind = (_text(item.find("LOAIHOSO")) or "").upper()
+        if not kind:
+            early.append(make_issue("E007", element=f"HOSO[{index}]/FILEHOSO/LOAIHOSO"))
+            continue
+        if kind in documents:
+            early.append(make_issue("E014", table=kind))
+            continue
+        content = item.find("NOIDUNGFILE")
+        documents[kind] = None if content is None else (content.text or "")
+    if "XML1" not in documents:
+        visit.issues.extend(early)
+        visit.issues.append(make_issue("E015", table="XML1", index=index))
+        return visit
+
+    # XML1 first: it carries MA_LK and the date that chooses the standard version.
+    newest = standards.load(standards.version_ids()[-1])
+    try:
+        summary_root = _decode("XML1", documents["XML1"], newest.tables["XML1"].root, options.limits)
+    except XmlRejected as rejected:
+        visit.issues.extend(early)
+        visit.issues.append(make_issue(rejected.code, table="XML1", **rejected.params))
+        return visit
+    summary_raw = _raw_values(summary_root)
+    visit.ma_lk = summary_raw.get("MA_LK", "")
+    standard, dated = _choose(options.standard, summary_raw)
+    visit.standard = standard.id
+    for issue in early:
+        issue.ma_lk = visit.ma_lk
+    visit.issues.extend(early)
+    if not dated:
+        visit.issues.append(make_issue("R320", table="XML1", ma_lk=visit.ma_lk, standard=standard.id))
+
+    for kind, content in documents.items():
+        spec = standard.tables.get(kind)
+        if spec is None or spec.standalone:
+            visit.issues.append(make_issue("E013", table=kind, ma_lk=visit.ma_lk, loai=kind, standard=standard.id))
+            continue
+        try:
+            root = summary_root if kind == "XML1" else _decode(kind, content, spec.root, options.limits)
+        except XmlRejected as rejected:
+            visit.issues.append(make_issue(rejected.code, table=kind, ma_lk=visit.ma_lk, **rejected.params))
+            continue
+        visit.tables[kind] = _check_table(spec, standard, root, visit.ma_lk, visit.issues)
+
+    cross.run(VisitContext(standard=standard, ma_lk=visit.ma_lk, facility=facility, tables=visit.tables,
+                           issues=visit.issues))
+    return visit
+
+
+def _raw_values(row: etree._Element) -> dict[str, str]:
+    return {c.tag: (c.text or "").strip() for c in row if isinstance(c.tag, str)}
+
+
+# --- one table ------------------------------------------------------------------------------------------
+
+def _rows_of(spec: TableSpec, root: etree._Element, ma_lk: str, issues: list[Issue]) -> list[etree._Element]:
+    if spec.flat:
+        return [root]
+    listing = root.find(spec.list) if spec.list else None
+    if listing is None:
+        issues.append(make_issue("S106", table=spec.id, ma_lk=ma_lk, element=spec.list))
+        return []
+    rows = [e for e in listing if e.tag == spec.row]
+    if not rows:
+        issues.append(make_issue("S105", table=spec.id, ma_lk=ma_lk))
+    return rows
+
+
+def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_lk: str,
+                 issues: list[Issue]) -> TableRows:
+    """Field rules for every row of one table. The hot loop: keep it lean."""
+    table_id = spec.id
+    checks = checkers(standard, table_id)
+    required = [f.name for f in spec.fields if f.required]
+    conditional = [f for f in spec.fields if f.required_when]
+    check_key = table_id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name
+    unknown_reported: set[str] = set()
+    out = TableRows()
+    for row in _rows_of(spec, root, ma_lk, issues):
+        raw: dict[str, str] = {}
+        typed: dict[str, Any] = {}
+        for child in row:
+            tag = child.tag
+            if tag == SIGNATURE or not isinstance(tag, str):
+                continue
+            if tag in raw:
+                issues.append(make_issue("S102", table=table_id, ma_lk=ma_lk, field=tag))
+                continue
+            if len(child):
+                issues.append(make_issue("S103", table=table_id, ma_lk=ma_lk, field=tag))
+                raw[tag] = ""
+                continue
+            text = child.text
+            text = text.strip() if text else ""
+            raw[tag] = text
+            checker = checks.get(tag)
+            if checker is None:
+                if tag not in unknown_reported:
+                    unknown_reported.add(tag)
+                    issues.append(make_issue("S101", table=table_id, ma_lk=ma_lk, field=tag, standard=standard.id))
+                continue
+            if not text:
+                continue
+            value, problem = checker(text)
+            if problem is not None:
+                code, params = problem
+                shown = params.pop("_value", text)
+                issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag, value=shown, **params))
+            if value is not None:
+                typed[tag] = value
+        for name in required:
+            if not raw.get(name):
+                issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
+        for field in conditional:
+            if not raw.get(field.name) and field.is_required(raw):
+                condition = ", ".join(c.describe() for c in field.required_when)
+                issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=field.name,
+                                         condition_vi=f" (bắt buộc khi {condition})",
+                                         condition_en=f" (required when {condition})"))
+        if check_key and raw.get("MA_LK") and raw["MA_LK"] != ma_lk:
+            issues.append(make_issue("S104", table=table_id, ma_lk=ma_lk, field="MA_LK", value=raw["MA_LK"]))
+        out.raw.append(raw)
+        out.typed.append(typed)
+    return out
+
+
+# --- standalone documents (check-in table, medical assessment) -----------------------------------------
+
+def _validate_standalone(root: etree._Element, table_id: str, result: FileResult, options: Options) -> None:
+    newest = standards.load(standards.version_ids()[-1])
+    spec = newest.tables[table_id]
+    rows = _rows_of(spec, root, "", result.errors)
+    for row in rows:
+        raw = _raw_values(row)
+        ma_lk = raw.get("MA_LK", "")
+        standard, _ = _choose(options.standard, raw) if table_id == "XML0" else (newest, True)
+        table = standard.tables.get(table_id)
+        visit = VisitResult(ma_lk=ma_lk, standard=standard.id)
+        if table is None:
+            visit.issues.append(make_issue("E013", table=table_id, ma_lk=ma_lk, loai=table_id, standard=standard.id))
+        else:
+            # Re-wrap the single row so the table checker sees one record.
+            holder = etree.Element(spec.list or "LIST")
+            holder.append(row)
+            wrapper = etree.Element(spec.root)
+            wrapper.append(holder)
+            visit.tables[table_id] = _check_table(table, standard, wrapper, ma_lk, visit.issues)
+        if result.facility is None and raw.get("MA_CSKCB"):
+            result.facility = raw["MA_CSKCB"]
+        result.visits.append(visit)
+
+
+def validate_path(path: str, options: Options = Options()) -> FileResult:
+    """Read a file with the size limit enforced before reading it whole."""
+    import os
+
+    size = os.path.getsize(path)
+    if size > options.limits.max_file_bytes:
+        result = FileResult(path=path, size=size)
+        result.errors.append(make_issue("E002", size=size, limit=options.limits.max_file_bytes))
+        return result
+    with open(path, "rb") as fh:
+        data = fh.read(options.limits.max_file_bytes + 1)
+    return validate_bytes(data, path=path, options=options)

@@ -1,0 +1,155 @@
+"""Field rules compiled from the standard's data: one small function per field, built once per version.
+
+A checker takes the field's text (never empty: emptiness is the required rule's business) and returns
+the typed value and, when the text is wrong, the catalogue code with its message parameters. The typed
+values feed the cross-field rules and the typed records, so nothing is parsed twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from healthbook.standard import FieldSpec, Standard, icd10
+
+Problem = tuple[str, dict[str, Any]]
+Checker = Callable[[str], tuple[Any, Problem | None]]
+
+_NUMBER = re.compile(r"^[0-9]+(?:\.([0-9]+))?$")
+_CARD = re.compile(r"^[A-Z]{2}[1-5][0-9]{12}$")
+_PASSPORT = re.compile(r"^[A-Z][0-9]{7}$")
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    if len(text) != 12 or not text.isdigit():
+        return None
+    try:
+        return datetime(int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]))
+    except ValueError:
+        return None
+
+
+def parse_date(text: str) -> date | None:
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _birth_ok(text: str) -> bool:
+    """yyyyMMddHHmm where unknown parts are 00 (annex XML1 NGAY_SINH)."""
+    if len(text) != 12 or not text.isdigit():
+        return False
+    year, month, day, hour, minute = (int(text[i:j]) for i, j in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12)))
+    if year < 1850 or month > 12 or hour > 23 or minute > 59:
+        return False
+    if month == 0:
+        return day == 0
+    if day == 0:
+        return True
+    try:
+        date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def person_id_ok(text: str, provinces: dict[str, str]) -> bool:
+    if len(text) == 12 and text.isdigit():
+        return text[0] == "0" and text[1:3] in provinces
+    if len(text) == 9 and text.isdigit():
+        return True
+    return bool(_PASSPORT.match(text))
+
+
+def _values(spec: FieldSpec, text: str) -> list[str]:
+    return [v.strip() for v in text.split(";")] if spec.multi else [text]
+
+
+def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:  # noqa: C901 - one branch per kind
+    name, max_length, decimals = spec.name, spec.max_length, spec.decimals
+    is_number, fmt, check = spec.type == "number", spec.format, spec.check
+    codes: dict[str, str] | None = None
+    if check and check.kind == "codes" and check.codelist:
+        codes = standard.codes(check.codelist)
+        if is_number:  # numeric codes compare by value: "07" is group 7
+            codes = {**codes, **{c.lstrip("0") or "0": v for c, v in codes.items()}}
+    provinces = standard.codes("PROVINCE")
+
+    def checker(text: str) -> tuple[Any, Problem | None]:
+        if max_length is not None and len(text) > max_length:
+            return None, ("V202", {"length": len(text), "max_length": max_length})
+        typed: Any = text
+        if is_number:
+            match = _NUMBER.match(text)
+            if not match:
+                return None, ("V203", {})
+            places = match.group(1)
+            if places and len(places) > decimals:
+                return None, ("V204", {"decimals": decimals})
+            typed = Decimal(text) if decimals else int(text)
+        if fmt is not None:
+            if fmt == "timestamp":
+                typed = parse_timestamp(text)
+                if typed is None:
+                    return None, ("V205", {})
+            elif fmt == "date":
+                typed = parse_date(text)
+                if typed is None:
+                    return None, ("V206", {})
+            elif fmt == "multi_date":
+                dates = [parse_date(v) for v in _values(spec, text)]
+                if any(d is None for d in dates):
+                    return None, ("V206", {})
+                typed = tuple(dates)
+            elif fmt == "date_or_timestamp":
+                typed = parse_timestamp(text) if len(text) == 12 else parse_date(text)
+                if typed is None:
+                    return None, ("V206", {})
+            elif fmt == "birth" and not _birth_ok(text):
+                return None, ("V207", {})
+        values = _values(spec, text)
+        if spec.max_items is not None and len(values) > spec.max_items:
+            return None, ("V214", {"count": len(values), "max_items": spec.max_items})
+        if check is None:
+            return typed, None
+        kind = check.kind
+        if kind == "codes" and codes is not None:
+            for value in values:
+                if value not in codes and not (is_number and (value.lstrip("0") or "0") in codes):
+                    return None, ("V208", {"codelist": check.codelist, "standard": standard.id})
+        elif kind == "icd10":
+            if name == "MA_BENH_CHINH" and len(values) > 1:
+                return None, ("V215", {})
+            for value in values:
+                found = icd10.lookup(value)
+                if found == "unknown":
+                    return None, ("V209", {"_value": value})
+                if found == "category":
+                    return typed, ("V210", {"_value": value})
+        elif kind == "pattern" and check.pattern is not None:
+            for value in values:
+                if not check.pattern.match(value):
+                    return None, ("V211", {"about_vi": check.about_vi, "about_en": check.about_en,
+                                           "example": check.example})
+        elif kind == "person_id":
+            if not person_id_ok(text, provinces):
+                return None, ("V212", {})
+        elif kind == "insurance_card":
+            if not all(_CARD.match(v) for v in values):
+                return None, ("V213", {})
+        return typed, None
+
+    return checker
+
+
+@cache
+def checkers(standard: Standard, table_id: str) -> dict[str, Checker]:
+    table = standard.tables[table_id]
+    return {f.name: compile_checker(f, standard) for f in table.fields}
