@@ -31,6 +31,7 @@ class VisitContext:
     facility: str | None
     tables: dict[str, TableRows]
     issues: list[Issue]
+    broken: set[str] = field(default_factory=set)  # submitted tables that could not be decoded
 
     def add(self, code: str, table: str | None = None, field: str | None = None, value: Any = None,
             **params: Any) -> None:
@@ -190,8 +191,8 @@ def totals(ctx: VisitContext) -> None:
     tolerance = _tolerance()
     for total in semantics()["arithmetic"]["totals"]:
         declared = head.get(total["field"])
-        if declared is None:
-            continue
+        if declared is None or ctx.broken.intersection(total["tables"]):
+            continue  # a table that failed to decode would make every sum look wrong
         expected = Decimal(0)
         complete = True
         for table in total["tables"]:
@@ -344,8 +345,10 @@ def required_tables(ctx: VisitContext) -> None:
 def copied_fields(standard: Standard) -> dict[str, tuple[str, ...]]:
     """Fields the portal sheet marks 'must equal Bảng 1 when given', per table."""
     marker = semantics()["visit_rules"]["copy_rule_marker"]
+    extra = semantics()["visit_rules"]["copy_extra"]
     xml1 = standard.tables["XML1"].by_name
-    return {t.id: tuple(f.name for f in t.fields if marker in f.portal_check_vi and f.name in xml1)
+    return {t.id: tuple(f.name for f in t.fields
+                        if (marker in f.portal_check_vi or f.name in extra.get(t.id, ())) and f.name in xml1)
             for t in standard.tables.values() if t.id != "XML1"}
 
 

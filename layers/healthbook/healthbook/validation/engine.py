@@ -158,6 +158,7 @@ def _validate_hoso(element: etree._Element, index: int, facility: str | None, op
     if not dated:
         visit.issues.append(make_issue("R320", table="XML1", ma_lk=visit.ma_lk, standard=standard.id))
 
+    broken: set[str] = set()
     for kind, content in documents.items():
         spec = standard.tables.get(kind)
         if spec is None or spec.standalone:
@@ -167,11 +168,12 @@ def _validate_hoso(element: etree._Element, index: int, facility: str | None, op
             root = summary_root if kind == "XML1" else _decode(kind, content, spec.root, options.limits)
         except XmlRejected as rejected:
             visit.issues.append(make_issue(rejected.code, table=kind, ma_lk=visit.ma_lk, **rejected.params))
+            broken.add(kind)
             continue
         visit.tables[kind] = _check_table(spec, standard, root, visit.ma_lk, visit.issues)
 
     cross.run(VisitContext(standard=standard, ma_lk=visit.ma_lk, facility=facility, tables=visit.tables,
-                           issues=visit.issues))
+                           issues=visit.issues, broken=broken))
     return visit
 
 

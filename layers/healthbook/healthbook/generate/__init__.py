@@ -1,0 +1,39 @@
+"""Realistic synthetic submissions for tests, the demo and the benchmarks (one visit per file)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from healthbook.generate.defects import INJECTORS, Defect, inject
+from healthbook.generate.visit import SCENARIOS, Visit, build_visit
+from healthbook.generate.writer import envelope, table_document
+
+__all__ = ["INJECTORS", "SCENARIOS", "Defect", "Visit", "build_visit", "envelope", "generate_batch", "inject",
+           "submission", "table_document"]
+
+MANIFEST = "manifest.json"
+
+
+def submission(visit: Visit, defect: Defect | None = None) -> bytes:
+    return envelope([visit], **(defect.envelope if defect else {}))
+
+
+def generate_batch(out_dir: Path, *, visits: int, seed: int = 0, defect_rate: float = 0.0,
+                   standard: str = "4750", detail_rows: int | None = None) -> dict[str, Any]:
+    """Write ``visits`` files plus ``manifest.json`` naming each file's scenario and injected defect."""
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for number in range(1, visits + 1):
+        visit = build_visit(rng, standard=standard, detail_rows=detail_rows)
+        defect = inject(visit, rng) if rng.random() < defect_rate else None
+        name = f"{visit.facility}_{number:06d}.xml"
+        (out_dir / name).write_bytes(submission(visit, defect))
+        entries.append({"file": name, "ma_lk": visit.ma_lk, "facility": visit.facility, "scenario": visit.scenario,
+                        "standard": visit.standard, "defect": defect.label() if defect else None})
+    manifest = {"seed": seed, "visits": visits, "defect_rate": defect_rate, "files": entries}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    return manifest

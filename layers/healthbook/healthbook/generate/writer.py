@@ -1,0 +1,61 @@
+"""Serialise a Visit as the portal expects: inner table documents, base64 inside a GIAMDINHHS envelope."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from lxml import etree
+
+from healthbook import standard as standards
+from healthbook.generate.visit import Visit
+
+# Free text that HIS exports usually wrap in CDATA.
+_CDATA = {"CHAN_DOAN_VAO", "CHAN_DOAN_RV", "LY_DO_VV", "DIEN_BIEN_LS", "QT_BENHLY", "TOMTAT_KQ", "MO_TA",
+          "KET_LUAN", "DIA_CHI", "PP_DIEU_TRI", "PP_DIEUTRI", "LIEU_DUNG", "CACH_DUNG"}
+
+
+def table_document(visit: Visit, table_id: str) -> bytes:
+    spec = standards.load(visit.standard).tables[table_id]
+
+    def fill(parent: etree._Element, row: dict[str, str]) -> None:
+        for field in spec.fields:
+            child = etree.SubElement(parent, field.name)
+            value = row.get(field.name, "")
+            if value:
+                child.text = etree.CDATA(value) if field.name in _CDATA else value  # type: ignore[assignment]
+        for extra in row:  # defects may add elements the standard does not know
+            if extra not in spec.by_name:
+                etree.SubElement(parent, extra).text = row[extra]
+
+    root = etree.Element(spec.root)
+    rows = visit.tables[table_id]
+    if spec.flat:
+        fill(root, rows[0])
+    else:
+        listing = etree.SubElement(root, spec.list or "")
+        for row in rows:
+            fill(etree.SubElement(listing, spec.row or ""), row)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+
+
+def envelope(visits: list[Visit], *, facility: str | None = None, created: datetime | None = None,
+             count: int | None = None, documents: dict[tuple[str, str], bytes] | None = None) -> bytes:
+    """One GIAMDINHHS envelope; ``documents`` can replace the encoded payload of (ma_lk, table)."""
+    root = etree.Element("GIAMDINHHS", nsmap={"xsi": "http://www.w3.org/2001/XMLSchema-instance",
+                                               "xsd": "http://www.w3.org/2001/XMLSchema"})
+    etree.SubElement(etree.SubElement(root, "THONGTINDONVI"), "MACSKCB").text = facility or visits[0].facility
+    info = etree.SubElement(root, "THONGTINHOSO")
+    etree.SubElement(info, "NGAYLAP").text = (created or datetime.now()).strftime("%Y%m%d")
+    etree.SubElement(info, "SOLUONGHOSO").text = str(len(visits) if count is None else count)
+    listing = etree.SubElement(info, "DANHSACHHOSO")
+    for visit in visits:
+        hoso = etree.SubElement(listing, "HOSO")
+        for table_id in sorted(visit.tables, key=lambda t: int(t[3:])):
+            item = etree.SubElement(hoso, "FILEHOSO")
+            etree.SubElement(item, "LOAIHOSO").text = table_id
+            payload = (documents or {}).get((visit.ma_lk, table_id))
+            encoded = payload if payload is not None else base64.b64encode(table_document(visit, table_id))
+            etree.SubElement(item, "NOIDUNGFILE").text = encoded.decode("ascii")
+    etree.SubElement(root, "CHUKYDONVI")
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True))
