@@ -31,7 +31,7 @@ class VisitResult:
         return not any(i.severity == "error" for i in self.issues)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ma_lk": self.ma_lk, "accepted": self.accepted, "standard": self.standard,
+        return {"ma_lk": self.ma_lk, "accepted": self.accepted,
                 "errors": [i.to_dict() for i in self.errors], "warnings": [i.to_dict() for i in self.warnings]}
 
 
@@ -49,5 +49,5 @@ class FileResult:
         return not self.errors and bool(self.visits) and all(v.accepted for v in self.visits)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "accepted": self.accepted, "facility": self.facility,
+        return {"path": self.path, "accepted": self.accepted, "facility": self.facility,
                 "errors": [i.to_dict() for i in self.errors], "visits": [v.to_dict() for v in self.visits]}

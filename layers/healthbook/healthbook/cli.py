@@ -1,0 +1,209 @@
+"""The ``healthbook`` command.
+
+``validate`` is a contract other parts depend on: ``--json`` prints exactly
+``{"files": [{"path", "accepted", "facility", "errors", "visits": [{"ma_lk", "accepted", "errors", "warnings"}]}]}``;
+exit status 0 when every file is accepted, 1 when any is rejected, 2 on a usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from healthbook import standard as standards
+from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, Limits
+from healthbook.validation import FileResult, Options, validate_path
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _files(paths: Sequence[str]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.xml") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"no such file or folder: {raw}")
+    if not found:
+        raise UsageError("no XML files to validate")
+    return found
+
+
+def _options(args: argparse.Namespace) -> Options:
+    limit = int(args.max_mb * 1024 * 1024)
+    return Options(standard=args.standard, limits=Limits(max_file_bytes=limit, max_inner_bytes=limit))
+
+
+def _print_report(result: FileResult, out: object = sys.stdout) -> None:
+    write = out.write  # type: ignore[attr-defined]
+    mark = "OK " if result.accepted else "REJECTED"
+    write(f"{mark}  {result.path}  (facility {result.facility or '?'}, {len(result.visits)} visit(s))\n")
+    for issue in result.errors:
+        write(f"    {issue.severity:<7} {issue.code} {issue.message_vi}\n            {issue.message_en}\n")
+    for visit in result.visits:
+        if visit.issues:
+            state = "accepted" if visit.accepted else "rejected"
+            write(f"  visit MA_LK={visit.ma_lk or '?'} [QĐ {visit.standard}] {state}\n")
+        for issue in visit.issues:
+            where = ".".join(x for x in (issue.table, issue.field) if x)
+            value = f" = {issue.value!r}" if issue.value is not None else ""
+            write(f"    {issue.severity:<7} {issue.code} {where}{value}: {issue.message_vi}\n"
+                  f"            {issue.message_en}\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    options = _options(args)
+    results = [validate_path(str(path), options) for path in _files(args.paths)]
+    if args.json:
+        json.dump({"files": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        for result in results:
+            _print_report(result)
+        accepted = sum(r.accepted for r in results)
+        sys.stdout.write(f"\n{accepted}/{len(results)} file(s) accepted\n")
+    return EXIT_OK if all(r.accepted for r in results) else EXIT_REJECTED
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from healthbook.generate import generate_batch
+
+    manifest = generate_batch(Path(args.out), visits=args.visits, seed=args.seed, defect_rate=args.defect_rate,
+                              standard=args.standard_version, detail_rows=args.rows)
+    defects = sum(1 for f in manifest["files"] if f["defect"])
+    print(f"wrote {args.visits} file(s) to {args.out} ({defects} with a labelled defect; see manifest.json)")
+    return EXIT_OK
+
+
+def summary_table(results: list[FileResult], manifest: dict[str, object] | None, seconds: float) -> str:
+    by_file = {Path(str(f["file"])).name: f for f in (manifest or {}).get("files", [])}  # type: ignore[attr-defined]
+    rows: Counter[tuple[str, str]] = Counter()
+    codes: Counter[str] = Counter()
+    for result in results:
+        scenario = str(by_file.get(Path(result.path).name, {}).get("scenario", "-"))
+        rows[(scenario, "accepted" if result.accepted else "rejected")] += 1
+        for issue in result.errors + [i for v in result.visits for i in v.issues]:
+            codes[f"{issue.code} {issue.severity}"] += 1
+    scenarios = sorted({s for s, _ in rows})
+    lines = [f"{'scenario':<22}{'files':>7}{'accepted':>10}{'rejected':>10}", "-" * 49]
+    for scenario in scenarios:
+        ok, bad = rows[(scenario, "accepted")], rows[(scenario, "rejected")]
+        lines.append(f"{scenario:<22}{ok + bad:>7}{ok:>10}{bad:>10}")
+    total_ok = sum(n for (_, state), n in rows.items() if state == "accepted")
+    lines += ["-" * 49, f"{'total':<22}{len(results):>7}{total_ok:>10}{len(results) - total_ok:>10}", ""]
+    if codes:
+        lines.append("issues by code:")
+        lines += [f"  {code:<16}{n:>6}" for code, n in codes.most_common()]
+    rate = len(results) / seconds if seconds else 0.0
+    lines.append(f"\nvalidated {len(results)} file(s) in {seconds:.2f} s ({rate:.0f} files/s)")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from healthbook.generate import MANIFEST, generate_batch
+
+    out = Path(args.out)
+    manifest = generate_batch(out, visits=args.visits, seed=args.seed, defect_rate=args.defect_rate)
+    options = Options()
+    started = time.perf_counter()
+    results = [validate_path(str(out / f["file"]), options) for f in manifest["files"]]
+    elapsed = time.perf_counter() - started
+    print(f"generated {args.visits} submissions in {out}/ (labels in {out / MANIFEST})\n")
+    print(summary_table(results, manifest, elapsed))
+    missed = [f["file"] for f, r in zip(manifest["files"], results, strict=True) if f["defect"] and r.accepted]
+    false_alarms = [f["file"] for f, r in zip(manifest["files"], results, strict=True)
+                    if not f["defect"] and not r.accepted]
+    print(f"labelled defects missed: {len(missed)}; clean files rejected: {len(false_alarms)}")
+    return EXIT_OK if not missed and not false_alarms else EXIT_REJECTED
+
+
+def cmd_standard(args: argparse.Namespace) -> int:
+    if args.action == "derive":
+        from healthbook.standard import derive
+
+        for path in derive.write(Path(args.spec)):
+            print(f"wrote {path}")
+    else:
+        for version in standards.version_ids():
+            std = standards.load(version)
+            fields = sum(len(t.fields) for t in std.tables.values())
+            print(f"QĐ {version}: {std.title}; from {std.effective_from}; {len(std.tables)} tables, {fields} fields")
+    return EXIT_OK
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from healthbook.docs import errors_markdown
+
+    Path(args.out).write_text(errors_markdown(), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="healthbook", description="Electronic health-book pipeline tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="validate claim files against QĐ 130/4750")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="a file, or a folder (all *.xml inside)")
+    validate.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    validate.add_argument("--standard", choices=("auto", *standards.version_ids()), default="auto",
+                          help="force a version of the standard (default: by each visit's date)")
+    validate.add_argument("--max-mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 1024 / 1024,
+                          help="size limit per file and per decoded table (default 20)")
+    validate.set_defaults(func=cmd_validate)
+
+    generate = sub.add_parser("generate", help="write realistic synthetic submissions, one visit per file")
+    generate.add_argument("--visits", type=int, required=True)
+    generate.add_argument("--out", required=True)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--defect-rate", type=float, default=0.0, help="share of files with one labelled defect")
+    generate.add_argument("--standard", dest="standard_version", choices=standards.version_ids(), default="4750")
+    generate.add_argument("--rows", type=int, default=None, help="detail rows per visit (default: realistic mix)")
+    generate.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="generate a batch, validate it and print a summary table")
+    demo.add_argument("--visits", type=int, default=200)
+    demo.add_argument("--out", default="demo-out")
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--defect-rate", type=float, default=0.2)
+    demo.set_defaults(func=cmd_demo)
+
+    std = sub.add_parser("standard", help="show versions, or re-derive the data from the annex")
+    std.add_argument("action", choices=("show", "derive"))
+    std.add_argument("--spec", default="../shared/spec", help="folder holding tables/pl_NN.tsv and chk_NN.tsv")
+    std.set_defaults(func=cmd_standard)
+
+    docs = sub.add_parser("docs", help="regenerate docs/errors.md from the rule catalogue")
+    docs.add_argument("--out", default="docs/errors.md")
+    docs.set_defaults(func=cmd_docs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except UsageError as exc:
+        print(f"healthbook: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"healthbook: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
