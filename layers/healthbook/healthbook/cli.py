@@ -46,8 +46,8 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(standard=args.standard, limits=Limits(max_file_bytes=limit, max_inner_bytes=limit))
 
 
-def _print_report(result: FileResult, out: object = sys.stdout) -> None:
-    write = out.write  # type: ignore[attr-defined]
+def _print_report(result: FileResult) -> None:
+    write = sys.stdout.write
     mark = "OK " if result.accepted else "REJECTED"
     write(f"{mark}  {result.path}  (facility {result.facility or '?'}, {len(result.visits)} visit(s))\n")
     for issue in result.errors:

@@ -7,9 +7,10 @@ changed everywhere, so one defect means one mistake, not a cascade of copy misma
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,7 @@ class Defect:
     table: str | None
     field: str | None
     description: str
-    envelope: dict[str, Any] = field(default_factory=dict)  # changes applied when writing the envelope
+    envelope: dict[str, Any] = dataclasses.field(default_factory=dict)  # changes applied when writing the envelope
 
     def label(self) -> dict[str, Any]:
         return {"code": self.code, "table": self.table, "field": self.field, "description": self.description}

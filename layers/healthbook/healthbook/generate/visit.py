@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from healthbook.generate import vocab
 
@@ -50,6 +51,7 @@ class _Builder:
         self.detail_rows = detail_rows
         self.inpatient = scenario == "inpatient" or (scenario == "tuberculosis" and rng.random() < 0.5)
         self.start = start
+        self.admitted: datetime | None
         if self.inpatient:
             self.admitted = start + timedelta(minutes=rng.randint(30, 180))
             self.end = self.admitted + timedelta(days=rng.randint(2, 9), hours=rng.randint(0, 6))
@@ -195,7 +197,7 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
         if pick < 0.45:
             drugs.append(b.drug(rng.choice(catalogue[:3] if b.inpatient is False else catalogue), len(drugs) + 1))
         elif pick < 0.75:
-            lab = rng.choice(vocab.LABS)
+            lab: Any = rng.choice(vocab.LABS)
             line = b.service(lab, len(services) + 1, main_code)
             services.append(line)
             for code, name, unit, low, high in lab[5]:
@@ -271,7 +273,7 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
         visit.tables["XML4"] = results
 
     if b.inpatient:
-        notes = []
+        notes: list[Row] = []
         moment = b.admitted or start
         while moment < b.end and len(notes) < 10:
             notes.append({"MA_LK": b.ma_lk, "STT": str(len(notes) + 1), "DIEN_BIEN_LS": rng.choice([

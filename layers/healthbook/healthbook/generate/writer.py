@@ -23,7 +23,7 @@ def table_document(visit: Visit, table_id: str) -> bytes:
             child = etree.SubElement(parent, field.name)
             value = row.get(field.name, "")
             if value:
-                child.text = etree.CDATA(value) if field.name in _CDATA else value  # type: ignore[assignment]
+                child.text = etree.CDATA(value) if field.name in _CDATA else value
         for extra in row:  # defects may add elements the standard does not know
             if extra not in spec.by_name:
                 etree.SubElement(parent, extra).text = row[extra]

@@ -25,8 +25,16 @@ from healthbook.standard.model import (
 )
 
 __all__ = [
-    "Condition", "FieldSpec", "Standard", "TableSpec", "ValueCheck",
-    "load", "select", "version_ids", "pii_classes", "semantics",
+    "Condition",
+    "FieldSpec",
+    "Standard",
+    "TableSpec",
+    "ValueCheck",
+    "load",
+    "pii_classes",
+    "select",
+    "semantics",
+    "version_ids",
 ]
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -100,7 +108,7 @@ def _format_of(table_id: str, name: str) -> Format | None:
         return fmt
     for kind in ("timestamp", "date", "birth", "date_or_timestamp", "multi_date"):
         if name in formats[kind]:
-            found: Format = kind  # type: ignore[assignment]
+            found: Format = kind
             return found
     return None
 

@@ -6,6 +6,7 @@ once, by its field rule, and not again by every sum it takes part in.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,45 +70,45 @@ _TOKEN = re.compile(r"\s*([A-Z][A-Z0-9_]*|[0-9]+(?:\.[0-9]+)?|[-+*/])")
 
 @dataclass(frozen=True, slots=True)
 class Formula:
+    """A sum of products and quotients of fields and constants, evaluated on already-typed values."""
+
     table: str
     field: str
     expr: str
     places: int
-    terms: tuple[tuple[int, tuple[tuple[str, str], ...]], ...]  # (sign, ((op, operand), ...))
-
-    def operands(self) -> set[str]:
-        return {operand for _, factors in self.terms for _, operand in factors if not operand[0].isdigit()}
+    compute: Callable[[dict[str, Any]], Any]
 
     def evaluate(self, values: dict[str, Any]) -> Decimal | None:
-        total = Decimal(0)
-        for sign, factors in self.terms:
-            term = Decimal(1)
-            for op, operand in factors:
-                raw = Decimal(operand) if operand[0].isdigit() else values.get(operand)
-                if raw is None:
-                    return None
-                number = Decimal(raw)
-                term = term * number if op == "*" else term / number if number else Decimal(0)
-            total += sign * term
-        return total.quantize(Decimal(1).scaleb(-self.places), rounding=ROUND_HALF_UP)
+        try:
+            result = self.compute(values)
+        except (KeyError, ZeroDivisionError, ArithmeticError):
+            return None  # an operand is missing or invalid: its own field rule has said so
+        return Decimal(result).quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
+
+
+_QUANTUM = {places: Decimal(1).scaleb(-places) for places in range(6)}
 
 
 def parse_formula(table: str, target: str, expr: str, places: int) -> Formula:
+    """Compile a formula from the standard's data into a function of the row's typed values.
+
+    Only field names, decimal constants and + - * / are admitted (checked token by token), so the
+    generated expression can do nothing but arithmetic on the row.
+    """
     tokens = _TOKEN.findall(expr)
-    if "".join(tokens) != expr.replace(" ", ""):
+    if not tokens or "".join(tokens) != expr.replace(" ", ""):
         raise ValueError(f"bad formula {expr!r}")
-    terms: list[tuple[int, tuple[tuple[str, str], ...]]] = []
-    sign, factors, op = 1, [], "*"
+    parts = []
     for token in tokens:
-        if token in "+-":
-            terms.append((sign, tuple(factors)))
-            sign, factors, op = (1 if token == "+" else -1), [], "*"
-        elif token in "*/":
-            op = token
+        if token in "+-*/":
+            parts.append(token)
+        elif token[0].isdigit():
+            parts.append(f"D({token!r})")
         else:
-            factors.append((op, token))
-    terms.append((sign, tuple(factors)))
-    return Formula(table=table, field=target, expr=expr, places=places, terms=tuple(terms))
+            parts.append(f"v[{token!r}]")
+    namespace = {"D": Decimal, "__builtins__": {}}
+    compute: Callable[[dict[str, Any]], Any] = eval(f"lambda v: {' '.join(parts)}", namespace)
+    return Formula(table=table, field=target, expr=expr, places=places, compute=compute)
 
 
 def _in_force(entry: dict[str, Any], version: str) -> bool:
@@ -149,90 +150,113 @@ def line_formulas(ctx: VisitContext) -> None:
                         formula=formula.expr, expected=expected)
 
 
-_PAYERS = ("T_BNTT", "T_BNCCT", "T_BHTT", "T_NGUONKHAC")
-
-
 @rule
 def payer_split(ctx: VisitContext) -> None:
     tolerance = _tolerance()
-    hundred = Decimal(100)
     cent = Decimal("0.01")
     for table in semantics()["arithmetic"]["payer_split_tables"]:
         rows = ctx.tables.get(table)
         if not rows:
             continue
-        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
-            parts = [typed.get(name) for name in _PAYERS]
-            total_bv, total_bh = typed.get("THANH_TIEN_BV"), typed.get("THANH_TIEN_BH")
-            if total_bv is None or any(p is None for p in parts):
-                continue
-            actual = sum(parts, Decimal(0))
+        for position, typed in enumerate(rows.typed, start=1):
+            try:
+                total_bv, patient, copay, insurer, other = (typed["THANH_TIEN_BV"], typed["T_BNTT"], typed["T_BNCCT"],
+                                                            typed["T_BHTT"], typed["T_NGUONKHAC"])
+            except KeyError:
+                continue  # a missing or invalid amount has its own field error
+            actual = patient + copay + insurer + other
             if abs(actual - total_bv) > tolerance:
-                ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv, stt=_stt(raw, position),
-                        actual=actual, expected=total_bv)
+                ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv,
+                        stt=_stt(rows.raw[position - 1], position), actual=actual, expected=total_bv)
                 continue
-            level = typed.get("MUC_HUONG")
-            if parts[3] != 0 or total_bh is None or level is None:
+            total_bh, level = typed.get("THANH_TIEN_BH"), typed.get("MUC_HUONG")
+            if other or total_bh is None or level is None:
                 continue  # other sources change the split (annex T_NGUONKHAC a/b/c): only the sum is checked
-            insurer = (total_bh * Decimal(level) / hundred).quantize(cent, rounding=ROUND_HALF_UP)
-            expected = {"T_BHTT": insurer, "T_BNCCT": total_bh - insurer, "T_BNTT": total_bv - total_bh}
-            for name, value in expected.items():
-                got = typed[name]
-                if abs(got - value) > tolerance:
-                    ctx.add("R308", table=table, field=name, value=got, stt=_stt(raw, position), expected=value)
+            share = (total_bh * level / 100).quantize(cent, rounding=ROUND_HALF_UP)
+            for name, got, expected in (("T_BHTT", insurer, share), ("T_BNCCT", copay, total_bh - share),
+                                        ("T_BNTT", patient, total_bv - total_bh)):
+                if abs(got - expected) > tolerance:
+                    ctx.add("R308", table=table, field=name, value=got, stt=_stt(rows.raw[position - 1], position),
+                            expected=expected)
+
+
+@dataclass(frozen=True, slots=True)
+class _Total:
+    field: str
+    sums: str
+    tables: tuple[str, ...]
+    where: tuple[str, frozenset[str]] | None
+    source: str
+
+
+@cache
+def _totals(standard: Standard) -> tuple[_Total, ...]:
+    out = []
+    for spec in semantics()["arithmetic"]["totals"]:
+        where = None
+        source = " + ".join(f"{t}.{spec['sum']}" for t in spec["tables"])
+        if spec.get("where"):
+            (name, codelist), = spec["where"].items()
+            where = (name, _accepted(standard, codelist))
+            source += f" ({name} ∈ {codelist})"
+        out.append(_Total(spec["field"], spec["sum"], tuple(spec["tables"]), where, source))
+    return tuple(out)
 
 
 @rule
 def totals(ctx: VisitContext) -> None:
+    """XML1 totals against the sums of the XML2/XML3 lines, in one pass over the lines."""
     summary = ctx.one("XML1")
     if summary is None:
         return
-    _, head = summary
+    head = summary[1]
     tolerance = _tolerance()
-    for total in semantics()["arithmetic"]["totals"]:
-        declared = head.get(total["field"])
-        if declared is None or ctx.broken.intersection(total["tables"]):
-            continue  # a table that failed to decode would make every sum look wrong
-        expected = Decimal(0)
-        complete = True
-        for table in total["tables"]:
-            rows = ctx.tables.get(table)
-            if not rows:
-                continue
-            for raw, typed in zip(rows.raw, rows.typed, strict=True):
-                if not _matches(raw, total.get("where"), ctx.standard):
+    checks = [t for t in _totals(ctx.standard)
+              if head.get(t.field) is not None and not ctx.broken.intersection(t.tables)]
+    sums = {t.field: Decimal(0) for t in checks}
+    incomplete: set[str] = set()
+    for table in ("XML2", "XML3"):
+        rows = ctx.tables.get(table)
+        wanted = [t for t in checks if table in t.tables]
+        if not rows or not wanted:
+            continue
+        for raw, typed in zip(rows.raw, rows.typed, strict=True):
+            for total in wanted:
+                if total.where is not None and raw.get(total.where[0], "") not in total.where[1]:
                     continue
-                value = typed.get(total["sum"])
+                value = typed.get(total.sums)
                 if value is None:
-                    complete = complete and not raw.get(total["sum"])
+                    if total.sums in raw:
+                        incomplete.add(total.field)  # an invalid line amount: its field rule reports it
                     continue
-                expected += value
-        if complete and abs(declared - expected) > tolerance:
-            source = " + ".join(f"{t}.{total['sum']}" for t in total["tables"])
-            if total.get("where"):
-                source += " (" + ", ".join(f"{k} ∈ {v}" for k, v in total["where"].items()) + ")"
-            ctx.add("R309", table="XML1", field=total["field"], value=declared, source=source, expected=expected)
+                sums[total.field] += value
+    for total in checks:
+        declared = head[total.field]
+        if total.field not in incomplete and abs(declared - sums[total.field]) > tolerance:
+            ctx.add("R309", table="XML1", field=total.field, value=declared, source=total.source,
+                    expected=sums[total.field])
     paid, total_bh, copay = head.get("T_BHTT"), head.get("T_TONGCHI_BH"), head.get("T_BNCCT")
     if paid is not None and total_bh is not None and copay is not None and abs(paid - (total_bh - copay)) > tolerance:
         ctx.add("R310", table="XML1", field="T_BHTT", value=paid, expected=total_bh - copay)
 
 
+@cache
+def _accepted(standard: Standard, codelist: str) -> frozenset[str]:
+    codes = standard.codes(codelist)
+    return frozenset(codes) | frozenset(c.lstrip("0") or "0" for c in codes)
+
+
 def _matches(raw: dict[str, str], where: dict[str, str] | None, standard: Standard) -> bool:
     if not where:
         return True
-    for name, codelist in where.items():
-        value = raw.get(name, "")
-        codes = standard.codes(codelist)
-        if value not in codes and (value.lstrip("0") or "0") not in codes:
-            return False
-    return True
+    return all(raw.get(name, "") in _accepted(standard, codelist) for name, codelist in where.items())
 
 
 # --- dates and times ------------------------------------------------------------------------------------
 
 def _order(ctx: VisitContext, table: str, values: dict[str, Any], names: Iterable[str]) -> None:
     present = [(n, values[n]) for n in names if values.get(n) is not None]
-    for (left, lv), (right, rv) in zip(present, present[1:], strict=False):
+    for (left, lv), (right, rv) in itertools.pairwise(present):
         if lv > rv:
             ctx.add("R302", table=table, field=right, value=rv, left=left, right=right,
                     left_value=_show(lv), right_value=_show(rv))
@@ -405,9 +429,9 @@ def person_id_consistent(ctx: VisitContext) -> None:
     summary = ctx.one("XML1")
     if summary is None:
         return
-    raw, typed = summary
-    number, birth, sex = typed.get("SO_CCCD"), raw.get("NGAY_SINH", ""), raw.get("GIOI_TINH", "")
-    if not isinstance(number, str) or len(number) != 12 or not number.isdigit() or len(birth) < 4:
+    raw, _ = summary
+    number, birth, sex = raw.get("SO_CCCD", ""), raw.get("NGAY_SINH", ""), raw.get("GIOI_TINH", "")
+    if len(number) != 12 or not number.isascii() or not number.isdigit() or len(birth) < 4:
         return
     code = int(number[3])
     year = _CENTURY_BY_DIGIT[code] + int(number[4:6])

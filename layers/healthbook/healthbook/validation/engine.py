@@ -7,7 +7,9 @@ checked against the standard version in force on its date (or the forced one).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from lxml import etree
@@ -17,7 +19,7 @@ from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, pars
 from healthbook.standard import Standard, TableSpec
 from healthbook.validation import cross
 from healthbook.validation.cross import TableRows, VisitContext
-from healthbook.validation.fields import checkers, parse_date, parse_timestamp
+from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
 from healthbook.validation.issues import Issue, make_issue
 from healthbook.validation.results import FileResult, VisitResult
 
@@ -29,7 +31,7 @@ _FACILITY = re.compile(r"^[0-9]{5}$")
 @dataclass(frozen=True, slots=True)
 class Options:
     standard: str = "auto"  # "auto" picks by visit date; otherwise a version id such as "4750"
-    limits: Limits = Limits()
+    limits: Limits = Limits()  # noqa: RUF009 - Limits is frozen, sharing the default is safe
 
 
 def _text(element: etree._Element | None) -> str | None:
@@ -43,7 +45,10 @@ def _standalone_roots() -> dict[str, str]:
     return {t.root: t.id for t in newest.tables.values() if t.standalone}
 
 
-def validate_bytes(data: bytes, *, path: str = "<bytes>", options: Options = Options()) -> FileResult:
+DEFAULT_OPTIONS = Options()
+
+
+def validate_bytes(data: bytes, *, path: str = "<bytes>", options: Options = DEFAULT_OPTIONS) -> FileResult:
     result = FileResult(path=path, size=len(data))
     try:
         root = parse(data, limit=options.limits.max_file_bytes)
@@ -133,8 +138,8 @@ def _validate_hoso(element: etree._Element, index: int, facility: str | None, op
         if kind in documents:
             early.append(make_issue("E014", table=kind))
             continue
-        content = item.find("NOIDUNGFILE")
-        documents[kind] = None if content is None else (content.text or "")
+        payload = item.find("NOIDUNGFILE")
+        documents[kind] = None if payload is None else (payload.text or "")
     if "XML1" not in documents:
         visit.issues.extend(early)
         visit.issues.append(make_issue("E015", table="XML1", index=index))
@@ -196,55 +201,104 @@ def _rows_of(spec: TableSpec, root: etree._Element, ma_lk: str, issues: list[Iss
     return rows
 
 
+@cache
+def _nested_probe(spec: TableSpec) -> etree.XPath:
+    """One cheap XPath per document: does any field element hold child elements (S103)?"""
+    fields = f"*[not(self::{SIGNATURE})]" if spec.flat else f"{spec.list}/{spec.row}/*"
+    return etree.XPath(f"count({fields}/*)")
+
+
+@cache
+def _required_names(spec: TableSpec) -> frozenset[str]:
+    return frozenset(f.name for f in spec.fields if f.required)
+
+
+Predicate = Callable[[dict[str, str]], bool]
+
+
+def _both(first: Predicate, second: Predicate) -> Predicate:
+    return lambda row: first(row) and second(row)
+
+
+def _every(tests: tuple[Predicate, ...]) -> Predicate:
+    return lambda row: all(test(row) for test in tests)
+
+
+@cache
+def _conditional(spec: TableSpec) -> tuple[tuple[str, Callable[[dict[str, str]], bool], str], ...]:
+    """(field, does-the-condition-hold, description) for conditionally required fields, compiled once."""
+    compiled = []
+    for field in spec.fields:
+        if not field.required_when:
+            continue
+        tests = [c.compile() for c in field.required_when]
+        if len(tests) == 1:
+            applies = tests[0]
+        else:
+            first, second, *rest = tests
+            applies = _both(first, second) if not rest else _every(tuple(tests))
+        compiled.append((field.name, applies, ", ".join(c.describe() for c in field.required_when)))
+    return tuple(compiled)
+
+
 def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_lk: str,
                  issues: list[Issue]) -> TableRows:
-    """Field rules for every row of one table. The hot loop: keep it lean."""
+    """Field rules for every row of one table. The hot loop: keep it lean (see bench/validate.py)."""
     table_id = spec.id
-    checks = checkers(standard, table_id)
-    required = [f.name for f in spec.fields if f.required]
-    conditional = [f for f in spec.fields if f.required_when]
+    plans = plan(standard, table_id)
+    required = _required_names(spec)
+    conditional = _conditional(spec)
     check_key = table_id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name
     unknown_reported: set[str] = set()
+    probe = _nested_probe(spec)(root)
+    nested = isinstance(probe, float) and probe > 0
+    known = spec.by_name.keys() | {SIGNATURE}
     out = TableRows()
     for row in _rows_of(spec, root, ma_lk, issues):
-        raw: dict[str, str] = {}
+        raw: dict[str, str] = {}  # non-empty values only: absent, empty and blank are all "no value"
         typed: dict[str, Any] = {}
+        blank = 0
+        stray = False  # an element the standard does not define, even an empty one
         for child in row:
-            tag = child.tag
-            if tag == SIGNATURE or not isinstance(tag, str):
-                continue
-            if tag in raw:
-                issues.append(make_issue("S102", table=table_id, ma_lk=ma_lk, field=tag))
-                continue
-            if len(child):
-                issues.append(make_issue("S103", table=table_id, ma_lk=ma_lk, field=tag))
-                raw[tag] = ""
-                continue
             text = child.text
-            text = text.strip() if text else ""
-            raw[tag] = text
-            checker = checks.get(tag)
-            if checker is None:
-                if tag not in unknown_reported:
-                    unknown_reported.add(tag)
-                    issues.append(make_issue("S101", table=table_id, ma_lk=ma_lk, field=tag, standard=standard.id))
-                continue
+            if text is not None:
+                text = text.strip()
             if not text:
+                blank += 1
+                if child.tag not in plans:
+                    stray = True
                 continue
-            value, problem = checker(text)
-            if problem is not None:
-                code, params = problem
-                shown = params.pop("_value", text)
-                issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag, value=shown, **params))
-            if value is not None:
-                typed[tag] = value
-        for name in required:
-            if not raw.get(name):
+            tag = child.tag
+            raw[tag] = text
+            entry = plans.get(tag)
+            if entry is None:
+                continue  # unknown elements are reported below, once per table
+            if isinstance(entry, int):
+                if len(text) > entry:
+                    issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
+                                             length=len(text), max_length=entry))
+                continue
+            checker, memo = entry
+            value = memo.get(text)  # only valid values are memoised, as their typed value
+            if value is None:
+                value, problem = checker(text)
+                if problem is not None:
+                    code, params = problem
+                    issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
+                                             value=params.get("_value", text), **params))
+                    if value is None:
+                        continue
+                elif len(memo) < MEMO_LIMIT:
+                    memo[text] = value
+            typed[tag] = value
+        if nested or stray or len(raw) + blank != len(row) or not raw.keys() <= known:
+            _structure_issues(spec, standard, row, raw, ma_lk, issues, unknown_reported)
+        if not required.issubset(raw):
+            for name in sorted(required - raw.keys(), key=spec.field_names().index):
                 issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
-        for field in conditional:
-            if not raw.get(field.name) and field.is_required(raw):
-                condition = ", ".join(c.describe() for c in field.required_when)
-                issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=field.name,
+        for name, applies, condition in conditional:
+            if name not in raw and applies(raw):
+                issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name,
                                          condition_vi=f" (bắt buộc khi {condition})",
                                          condition_en=f" (required when {condition})"))
         if check_key and raw.get("MA_LK") and raw["MA_LK"] != ma_lk:
@@ -252,6 +306,25 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
         out.raw.append(raw)
         out.typed.append(typed)
     return out
+
+
+def _structure_issues(spec: TableSpec, standard: Standard, row: etree._Element, raw: dict[str, str], ma_lk: str,
+                      issues: list[Issue], unknown_reported: set[str]) -> None:
+    """The slow path, for a row that repeats an element, holds a nested one or one the standard lacks."""
+    seen: set[str] = set()
+    for child in row:
+        tag = str(child.tag)
+        if tag == SIGNATURE:
+            continue
+        if tag not in spec.by_name and tag not in unknown_reported:
+            unknown_reported.add(tag)
+            issues.append(make_issue("S101", table=spec.id, ma_lk=ma_lk, field=tag, standard=standard.id))
+        if tag in seen:
+            issues.append(make_issue("S102", table=spec.id, ma_lk=ma_lk, field=tag))
+        seen.add(tag)
+        if len(child):
+            issues.append(make_issue("S103", table=spec.id, ma_lk=ma_lk, field=tag))
+            raw.pop(tag, None)
 
 
 # --- standalone documents (check-in table, medical assessment) -----------------------------------------
@@ -280,7 +353,7 @@ def _validate_standalone(root: etree._Element, table_id: str, result: FileResult
         result.visits.append(visit)
 
 
-def validate_path(path: str, options: Options = Options()) -> FileResult:
+def validate_path(path: str, options: Options = DEFAULT_OPTIONS) -> FileResult:
     """Read a file with the size limit enforced before reading it whole."""
     import os
 

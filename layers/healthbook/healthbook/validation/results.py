@@ -32,7 +32,8 @@ class VisitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ma_lk": self.ma_lk, "accepted": self.accepted,
-                "errors": [i.to_dict() for i in self.errors], "warnings": [i.to_dict() for i in self.warnings]}
+                "errors": [i.to_dict() for i in self.errors],
+                "warnings": [i.to_dict() for i in self.warnings]}
 
 
 @dataclass(slots=True)

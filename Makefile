@@ -1,0 +1,43 @@
+# Every target works on a fresh machine: the first one that needs the venv creates it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench docs standard clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Generate 200 realistic submissions (20% with a labelled defect), validate them, print a summary table.
+demo: $(STAMP)
+	$(BIN)/healthbook demo --visits 200 --out demo-out
+
+## Lint, type-check and run the whole test suite.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check layers functions tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## Benchmarks print ratios against a baseline measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python bench/validate.py
+
+## Regenerate derived files: docs/errors.md (catalogue) and the annex-derived standard data.
+docs: $(STAMP)
+	$(BIN)/healthbook docs --out docs/errors.md
+
+standard: $(STAMP)
+	$(BIN)/healthbook standard derive --spec ../shared/spec
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,156 @@
+"""Validation speed and memory, as ratios against a floor measured in the same run.
+
+(a) floor: lxml parse of the envelope, base64 decode, parse and walk of every inner document (reading
+    each element's name and text: a walk that cannot tell which field a value belongs to does no work);
+(b) full validation (all field, cross-field and cross-table rules);
+(c) full validation plus typed records (what ingestion will run).
+Target: b/a >= 0.4 on one core. Then peak RSS while validating one ~20 MB file (target < 400 MB),
+measured in a child process against a child that only imports the package.
+
+Usage: python bench/validate.py [--files 300] [--rows 70] [--rounds 7] [--big-mb 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from healthbook.generate import build_visit, submission
+from healthbook.records import visit_record
+from healthbook.validation import validate_bytes
+from lxml import etree
+
+
+def floor(data: bytes) -> int:
+    """The least any validator must do: parse everything and read every element's name and value."""
+    walked = 0
+    envelope = etree.fromstring(data)
+    for content in envelope.iter("NOIDUNGFILE"):
+        inner = etree.fromstring(base64.b64decode(content.text or ""))
+        for element in inner.iter():
+            element.tag  # noqa: B018 - reading it is the work being measured
+            element.text  # noqa: B018
+            walked += 1
+    return walked
+
+
+def floor_text_only(data: bytes) -> int:
+    """A weaker floor that reads values but not names (shown for comparison)."""
+    walked = 0
+    envelope = etree.fromstring(data)
+    for content in envelope.iter("NOIDUNGFILE"):
+        inner = etree.fromstring(base64.b64decode(content.text or ""))
+        for element in inner.iter():
+            element.text  # noqa: B018
+            walked += 1
+    return walked
+
+
+def full(data: bytes) -> int:
+    return len(validate_bytes(data).visits)
+
+
+def with_records(data: bytes) -> int:
+    result = validate_bytes(data)
+    return sum(len(visit_record(v, result.facility).tables) for v in result.visits if v.accepted)
+
+
+def timed(fn, files: list[bytes]) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    for data in files:
+        fn(data)
+    return time.perf_counter() - started
+
+
+def interleaved(fns: dict[str, object], files: list[bytes], rounds: int) -> dict[str, list[float]]:
+    """files/s per round for each function, the functions taking turns so they share the machine's mood."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(len(files) / timed(fn, files))
+    return out
+
+
+def big_file(path: Path, megabytes: float) -> int:
+    """One visit grown until the envelope is about ``megabytes`` in size."""
+    rows = 400
+    while True:
+        data = submission(build_visit(random.Random(1), scenario="inpatient", detail_rows=rows))
+        if len(data) >= megabytes * 1024 * 1024 * 0.97 or rows > 200_000:
+            path.write_bytes(data)
+            return len(data)
+        rows = int(rows * megabytes * 1024 * 1024 / len(data)) + 1
+
+
+CHILD = """
+import sys
+from healthbook.validation import validate_path
+from healthbook.validation.engine import Options
+from healthbook.parsing.safe_xml import Limits
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+before = hwm()
+if sys.argv[1] != "-":
+    limit = 64 * 1024 * 1024
+    result = validate_path(sys.argv[1], Options(limits=Limits(limit, limit)))
+    assert result.visits and not result.errors, [e.code for e in result.errors]
+print(before, hwm())
+"""
+
+
+def peak_rss_mb(path: str) -> float:
+    """Peak RSS of a fresh child (VmHWM, in KiB; ru_maxrss would include the parent)."""
+    out = subprocess.run([sys.executable, "-c", CHILD, path], check=True, capture_output=True, text=True).stdout
+    _, peak = (int(x) for x in out.split())
+    return peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--rows", type=int, default=70)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--big-mb", type=float, default=20.0)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the target says
+
+    rng = random.Random(42)
+    files = [submission(build_visit(rng, scenario="outpatient", detail_rows=args.rows)) for _ in range(args.files)]
+    assert all(validate_bytes(f).accepted for f in files[:20])
+    size = sum(len(f) for f in files) / len(files)
+    print(f"{args.files} generated one-visit files, {args.rows} detail rows each, mean {size / 1024:.0f} KiB")
+
+    runs = interleaved({"a": floor, "a_text": floor_text_only, "b": full, "c": with_records}, files, args.rounds)
+    ratios_b = sorted(b / a for a, b in zip(runs["a"], runs["b"], strict=True))
+    ratios_c = sorted(c / a for a, c in zip(runs["a"], runs["c"], strict=True))
+    ratios_t = sorted(b / a for a, b in zip(runs["a_text"], runs["b"], strict=True))
+    med = statistics.median
+    print(f"(a) floor: parse + base64 + parse and walk inner documents  {med(runs['a']):8.0f} files/s")
+    print(f"(b) full validation                                          {med(runs['b']):8.0f} files/s   "
+          f"b/a = {med(ratios_b):.2f} (median of {args.rounds} interleaved rounds, "
+          f"range {ratios_b[0]:.2f}-{ratios_b[-1]:.2f}; target >= 0.40)")
+    print(f"(c) full validation + typed records                          {med(runs['c']):8.0f} files/s   "
+          f"c/a = {med(ratios_c):.2f}")
+    print(f"    for comparison, a floor that reads values but not names: {med(runs['a_text']):8.0f} files/s   "
+          f"b/a' = {med(ratios_t):.2f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.xml"
+        written = big_file(path, args.big_mb)
+        baseline = peak_rss_mb("-")
+        peak = peak_rss_mb(str(path))
+        print(f"peak RSS validating one {written / 1024 / 1024:.1f} MB file: {peak:.0f} MB "
+              f"(import-only baseline {baseline:.0f} MB; +{peak - baseline:.0f} MB; target < 400 MB)")
+
+
+if __name__ == "__main__":
+    main()
