@@ -312,7 +312,7 @@ def _(visit: Visit, rng: random.Random) -> Submission:
 
 # The envelope's facility code is passed on to the visit even when malformed, so XML1.MA_CSKCB (a valid
 # code) differs from it and R301 comes along.
-@case("MACSKCB-four-digits", "E008", None, "MACSKCB", level="file", also=frozenset({"R301"}))
+@case("MACSKCB-four-digits", "E008", None, "MACSKCB", level="file")
 def _(visit: Visit, rng: random.Random) -> Submission:
     return submit(visit, facility=visit.facility[:4])
 
@@ -512,11 +512,11 @@ def _secondary(n: int) -> Mutation:
 
 
 injector_case("MA_BENH_KT-13-codes", "V214", "XML1", "MA_BENH_KT", "too_many_secondary", near_miss=_secondary(12))
-# Two short codes, so the value stays within MA_BENH_CHINH's 7 characters (longer pairs are V202 first).
 CASES.append(Case("MA_BENH_CHINH-two-codes", "V215", "XML1", "MA_BENH_CHINH", "outpatient",
-                  _main_diagnosis("I10;J00"), near_miss=_main_diagnosis("I10"),
-                  xfail="V215 is unreachable: fields.py splits on ';' only for multi-valued fields and "
-                        "MA_BENH_CHINH is single-valued, so 'I10;J00' is looked up whole and reported V209"))
+                  _main_diagnosis("I10;J00"), near_miss=_main_diagnosis("I10")))
+# V215 comes before the length check: a long pair is still "one code too many", not "too long".
+CASES.append(Case("MA_BENH_CHINH-two-long-codes", "V215", "XML1", "MA_BENH_CHINH", "outpatient",
+                  _main_diagnosis("J18.9;I10"), near_miss=_main_diagnosis("J18.9")))
 
 
 # --- R: across fields and tables ------------------------------------------------------------------------

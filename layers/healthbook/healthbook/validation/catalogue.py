@@ -128,7 +128,7 @@ _RULES = [
     Rule("R309", "TOTAL_MISMATCH", "error", "XML1.{field} = {value} nhưng tổng {source} là {expected}.",
          "XML1.{field} = {value} but the sum of {source} is {expected}.", "XML1 totals are sums of XML2/XML3 lines (tolerance 0.01)."),
     Rule("R310", "T_BHTT_FORMULA", "error", "XML1.T_BHTT = {value}, phải bằng T_TONGCHI_BH − T_BNCCT = {expected}.",
-         "XML1.T_BHTT = {value}, must equal T_TONGCHI_BH − T_BNCCT = {expected}.", ""),
+         "XML1.T_BHTT = {value}, must equal T_TONGCHI_BH − T_BNCCT = {expected}.", "Checked when T_NGUONKHAC is 0: other sources are deducted first (annex XML2 T_NGUONKHAC a-c)."),
     Rule("R311", "TABLE_REQUIRED", "error", "Thiếu {table}: bắt buộc khi {condition}.",
          "{table} is missing: required when {condition}.", "XML13 when MA_LOAI_RV is 2 or 5; XML8 when MA_LOAI_KCB is 03, 04 or 06."),
     Rule("R312", "COPY_MISMATCH", "error", "{table}.{field} khác giá trị tương ứng ở XML1.",

@@ -236,6 +236,8 @@ def totals(ctx: VisitContext) -> None:
             ctx.add("R309", table="XML1", field=total.field, value=declared, source=total.source,
                     expected=sums[total.field])
     paid, total_bh, copay = head.get("T_BHTT"), head.get("T_TONGCHI_BH"), head.get("T_BNCCT")
+    if head.get("T_NGUONKHAC"):
+        return  # other sources are deducted before the split (annex XML2 T_NGUONKHAC a-c): the formula cannot hold
     if paid is not None and total_bh is not None and copay is not None and abs(paid - (total_bh - copay)) > tolerance:
         ctx.add("R310", table="XML1", field="T_BHTT", value=paid, expected=total_bh - copay)
 
@@ -421,7 +423,8 @@ def line_numbering(ctx: VisitContext) -> None:
 
 # --- the citizen and the card ---------------------------------------------------------------------------
 
-_CENTURY_BY_DIGIT = {0: 1900, 1: 1900, 2: 2000, 3: 2000, 4: 2100, 5: 2100, 6: 2200, 7: 2200, 8: 1800, 9: 1800}
+# TT 07/2016/TT-BCA: the 4th digit gives sex (even male, odd female) and century (0-1 1900s ... 8-9 2300s).
+_CENTURY_BY_DIGIT = {0: 1900, 1: 1900, 2: 2000, 3: 2000, 4: 2100, 5: 2100, 6: 2200, 7: 2200, 8: 2300, 9: 2300}
 
 
 @rule

@@ -98,7 +98,7 @@ def _validate_envelope(root: etree._Element, result: FileResult, options: Option
         errors.append(make_issue("E011"))
     seen: set[str] = set()
     for index, element in enumerate(hoso, start=1):
-        visit = _validate_hoso(element, index, result.facility or facility, options)
+        visit = _validate_hoso(element, index, result.facility, options)  # None when MACSKCB is unusable
         if visit.ma_lk and visit.ma_lk in seen:
             visit.issues.append(make_issue("E017", table="XML1", ma_lk=visit.ma_lk, field="MA_LK", value=visit.ma_lk))
         seen.add(visit.ma_lk)

@@ -88,7 +88,11 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
             codes = {**codes, **{c.lstrip("0") or "0": v for c, v in codes.items()}}
     provinces = standard.codes("PROVINCE")
 
+    single_code = check is not None and check.kind == "icd10" and not spec.multi
+
     def checker(text: str) -> tuple[Any, Problem | None]:
+        if single_code and ";" in text:
+            return None, ("V215", {})  # before the length check: "J18.9;I10" is one code too many, not too long
         if max_length is not None and len(text) > max_length:
             return None, ("V202", {"length": len(text), "max_length": max_length})
         typed: Any = text
@@ -139,8 +143,6 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
                 if value not in codes and not (is_number and (value.lstrip("0") or "0") in codes):
                     return None, ("V208", {"codelist": check.codelist, "standard": standard.id})
         elif kind == "icd10":
-            if name == "MA_BENH_CHINH" and len(values) > 1:
-                return None, ("V215", {})
             for value in values:
                 found = icd10.lookup(value)
                 if found == "unknown":
