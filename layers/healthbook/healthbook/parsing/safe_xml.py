@@ -92,11 +92,16 @@ def _check_encoding(data: bytes) -> bytes:
     if declared and declared.group(1).lower() not in _UTF8_NAMES:
         name = declared.group(1)[:40].decode("ascii", errors="replace")
         raise XmlRejected("E003", detail=f"encoding={name}")
+    return data  # the bytes themselves are checked by libxml2 as it parses (see _not_utf8)
+
+
+def _not_utf8(data: bytes) -> XmlRejected | None:
+    """Called only when parsing failed: libxml2 rejects invalid UTF-8, but E003 must say so precisely."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise XmlRejected("E003", detail=f"byte {exc.start}") from None
-    return data
+        return XmlRejected("E003", detail=f"byte {exc.start}")
+    return None
 
 
 def parse(data: bytes, *, limit: int) -> etree._Element:
@@ -112,6 +117,9 @@ def parse(data: bytes, *, limit: int) -> etree._Element:
     try:
         root = etree.fromstring(data, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
+        encoding_problem = _not_utf8(data)
+        if encoding_problem is not None:
+            raise encoding_problem from None
         message = str(exc.msg or exc).split("\n")[0][:200]
         raise XmlRejected("E005", detail=f"{message} (line {exc.lineno})") from None
     if root is None:

@@ -83,7 +83,9 @@ class Formula:
             result = self.compute(values)
         except (KeyError, ZeroDivisionError, ArithmeticError):
             return None  # an operand is missing or invalid: its own field rule has said so
-        return Decimal(result).quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
+        if not isinstance(result, Decimal):
+            result = Decimal(result)
+        return result.quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
 
 
 _QUANTUM = {places: Decimal(1).scaleb(-places) for places in range(6)}

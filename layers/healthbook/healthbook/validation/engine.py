@@ -19,7 +19,7 @@ from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, pars
 from healthbook.standard import Standard, TableSpec
 from healthbook.validation import cross
 from healthbook.validation.cross import TableRows, VisitContext
-from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
+from healthbook.validation.fields import MEMO_LIMIT, Checker, parse_date, parse_timestamp, plan
 from healthbook.validation.issues import Issue, make_issue
 from healthbook.validation.results import FileResult, VisitResult
 
@@ -209,6 +209,17 @@ def _nested_probe(spec: TableSpec) -> etree.XPath:
 
 
 @cache
+def _plan_parts(standard: Standard, table_id: str) -> tuple[dict[str, int], dict[str, dict[str, Any]],
+                                                              dict[str, Checker]]:
+    """The table's plan split for the hot loop: plain-string limits, memos, checkers."""
+    entries = plan(standard, table_id)
+    limits = {name: entry for name, entry in entries.items() if isinstance(entry, int)}
+    memos = {name: entry[1] for name, entry in entries.items() if not isinstance(entry, int)}
+    checks = {name: entry[0] for name, entry in entries.items() if not isinstance(entry, int)}
+    return limits, memos, checks
+
+
+@cache
 def _required_names(spec: TableSpec) -> frozenset[str]:
     return frozenset(f.name for f in spec.fields if f.required)
 
@@ -245,7 +256,8 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
                  issues: list[Issue]) -> TableRows:
     """Field rules for every row of one table. The hot loop: keep it lean (see bench/validate.py)."""
     table_id = spec.id
-    plans = plan(standard, table_id)
+    limits, memos, checks = _plan_parts(standard, table_id)
+    limits_get, memos_get = limits.get, memos.get
     required = _required_names(spec)
     conditional = _conditional(spec)
     check_key = table_id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name
@@ -255,33 +267,31 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
     known = spec.by_name.keys() | {SIGNATURE}
     out = TableRows()
     for row in _rows_of(spec, root, ma_lk, issues):
+        every = {child.tag: child.text for child in row}
+        # Repeated, unknown (even empty) or nested elements send the row down the slow path.
+        if nested or len(every) != len(row) or not every.keys() <= known:
+            _structure_issues(spec, standard, row, every, ma_lk, issues, unknown_reported)
         raw: dict[str, str] = {}  # non-empty values only: absent, empty and blank are all "no value"
         typed: dict[str, Any] = {}
-        blank = 0
-        stray = False  # an element the standard does not define, even an empty one
-        for child in row:
-            text = child.text
-            if text is not None:
-                text = text.strip()
+        for tag, text in every.items():
+            if text is None:
+                continue
+            text = text.strip()
             if not text:
-                blank += 1
-                if child.tag not in plans:
-                    stray = True
                 continue
-            tag = child.tag
             raw[tag] = text
-            entry = plans.get(tag)
-            if entry is None:
-                continue  # unknown elements are reported below, once per table
-            if isinstance(entry, int):
-                if len(text) > entry:
+            limit = limits_get(tag)
+            if limit is not None:  # a plain string: only its length is checked
+                if len(text) > limit:
                     issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
-                                             length=len(text), max_length=entry))
+                                             length=len(text), max_length=limit))
                 continue
-            checker, memo = entry
+            memo = memos_get(tag)
+            if memo is None:
+                continue  # unknown element, reported by the slow path
             value = memo.get(text)  # only valid values are memoised, as their typed value
             if value is None:
-                value, problem = checker(text)
+                value, problem = checks[tag](text)
                 if problem is not None:
                     code, params = problem
                     issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
@@ -291,8 +301,6 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
                 elif len(memo) < MEMO_LIMIT:
                     memo[text] = value
             typed[tag] = value
-        if nested or stray or len(raw) + blank != len(row) or not raw.keys() <= known:
-            _structure_issues(spec, standard, row, raw, ma_lk, issues, unknown_reported)
         if not required.issubset(raw):
             for name in sorted(required - raw.keys(), key=spec.field_names().index):
                 issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
@@ -308,8 +316,8 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
     return out
 
 
-def _structure_issues(spec: TableSpec, standard: Standard, row: etree._Element, raw: dict[str, str], ma_lk: str,
-                      issues: list[Issue], unknown_reported: set[str]) -> None:
+def _structure_issues(spec: TableSpec, standard: Standard, row: etree._Element, every: dict[str, str | None],
+                      ma_lk: str, issues: list[Issue], unknown_reported: set[str]) -> None:
     """The slow path, for a row that repeats an element, holds a nested one or one the standard lacks."""
     seen: set[str] = set()
     for child in row:
@@ -324,7 +332,7 @@ def _structure_issues(spec: TableSpec, standard: Standard, row: etree._Element, 
         seen.add(tag)
         if len(child):
             issues.append(make_issue("S103", table=spec.id, ma_lk=ma_lk, field=tag))
-            raw.pop(tag, None)
+            every[tag] = None  # a nested element holds no value of its own
 
 
 # --- standalone documents (check-in table, medical assessment) -----------------------------------------

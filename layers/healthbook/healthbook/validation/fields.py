@@ -79,7 +79,7 @@ def _values(spec: FieldSpec, text: str) -> list[str]:
 
 
 def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
-    name, max_length, decimals = spec.name, spec.max_length, spec.decimals
+    max_length, decimals = spec.max_length, spec.decimals
     is_number, fmt, check = spec.type == "number", spec.format, spec.check
     codes: dict[str, str] | None = None
     if check and check.kind == "codes" and check.codelist:
