@@ -19,7 +19,7 @@ from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, pars
 from healthbook.standard import Standard, TableSpec
 from healthbook.validation import cross
 from healthbook.validation.cross import TableRows, VisitContext
-from healthbook.validation.fields import MEMO_LIMIT, Checker, parse_date, parse_timestamp, plan
+from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
 from healthbook.validation.issues import Issue, make_issue
 from healthbook.validation.results import FileResult, VisitResult
 
@@ -209,17 +209,6 @@ def _nested_probe(spec: TableSpec) -> etree.XPath:
 
 
 @cache
-def _plan_parts(standard: Standard, table_id: str) -> tuple[dict[str, int], dict[str, dict[str, Any]],
-                                                              dict[str, Checker]]:
-    """The table's plan split for the hot loop: plain-string limits, memos, checkers."""
-    entries = plan(standard, table_id)
-    limits = {name: entry for name, entry in entries.items() if isinstance(entry, int)}
-    memos = {name: entry[1] for name, entry in entries.items() if not isinstance(entry, int)}
-    checks = {name: entry[0] for name, entry in entries.items() if not isinstance(entry, int)}
-    return limits, memos, checks
-
-
-@cache
 def _required_names(spec: TableSpec) -> frozenset[str]:
     return frozenset(f.name for f in spec.fields if f.required)
 
@@ -256,8 +245,7 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
                  issues: list[Issue]) -> TableRows:
     """Field rules for every row of one table. The hot loop: keep it lean (see bench/validate.py)."""
     table_id = spec.id
-    limits, memos, checks = _plan_parts(standard, table_id)
-    limits_get, memos_get = limits.get, memos.get
+    plans_get = plan(standard, table_id).get
     required = _required_names(spec)
     conditional = _conditional(spec)
     check_key = table_id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name
@@ -280,18 +268,17 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
             if not text:
                 continue
             raw[tag] = text
-            limit = limits_get(tag)
-            if limit is not None:  # a plain string: only its length is checked
-                if len(text) > limit:
-                    issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
-                                             length=len(text), max_length=limit))
-                continue
-            memo = memos_get(tag)
+            memo = plans_get(tag)
             if memo is None:
                 continue  # unknown element, reported by the slow path
+            if isinstance(memo, int):  # a plain string: only its length is checked
+                if len(text) > memo:
+                    issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
+                                             length=len(text), max_length=memo))
+                continue
             value = memo.get(text)  # only valid values are memoised, as their typed value
             if value is None:
-                value, problem = checks[tag](text)
+                value, problem = memo.check(text)
                 if problem is not None:
                     code, params = problem
                     issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,

@@ -166,9 +166,21 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
 
 PLAIN_UNBOUNDED = 1 << 62  # "n" in the annex: no maximum length
 
-# A field's plan is either an int (a plain string: only its maximum length is checked, inline) or a
-# checker with a memo of valid values and their typed form: MA_LK, codes and "0" repeat on every line.
-Plan = int | tuple[Checker, dict[str, Any]]
+class Memo(dict[str, Any]):
+    """Valid values of one field and their typed form, carrying the field's checker for the misses.
+
+    MA_LK, codes and "0" repeat on every line; one dict lookup answers them.
+    """
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Checker) -> None:
+        super().__init__()
+        self.check = check
+
+
+# A field's plan is an int (a plain string: only its maximum length is checked, inline) or a Memo.
+Plan = int | Memo
 MEMO_LIMIT = 4096
 
 
@@ -184,7 +196,7 @@ def plan(standard: Standard, table_id: str) -> dict[str, Plan]:
         if _plain(spec):
             out[spec.name] = spec.max_length if spec.max_length is not None else PLAIN_UNBOUNDED
         else:
-            out[spec.name] = (compile_checker(spec, standard), {})
+            out[spec.name] = Memo(compile_checker(spec, standard))
     return out
 
 
@@ -192,10 +204,9 @@ def check_value(entry: Plan, text: str) -> tuple[Any, Problem | None]:
     """Apply one field's plan to a non-empty value (the engine inlines the same logic in its hot loop)."""
     if isinstance(entry, int):
         return text, (("V202", {"length": len(text), "max_length": entry}) if len(text) > entry else None)
-    checker, memo = entry
-    if text in memo:
-        return memo[text], None
-    value, problem = checker(text)
-    if problem is None and len(memo) < MEMO_LIMIT:
-        memo[text] = value
+    if text in entry:
+        return entry[text], None
+    value, problem = entry.check(text)
+    if problem is None and len(entry) < MEMO_LIMIT:
+        entry[text] = value
     return value, problem
