@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 
-from lxml import etree
-
 from healthbook.generate import build_visit
 from healthbook.validation import validate_bytes
+from lxml import etree
 
 CHECKIN_FIELDS = ("MA_LK", "STT", "MA_BN", "HO_TEN", "SO_CCCD", "NGAY_SINH", "GIOI_TINH", "MA_DKBD", "GT_THE_TU",
                   "GT_THE_DEN", "MA_DOITUONG_KCB", "NGAY_VAO", "MA_LOAI_KCB", "MA_CSKCB")
