@@ -78,17 +78,26 @@ class Formula:
     places: int
     compute: Callable[[dict[str, Any]], Any]
 
-    def evaluate(self, values: dict[str, Any]) -> Decimal | None:
+    def mismatch(self, values: dict[str, Any], actual: Decimal, tolerance: Decimal) -> Decimal | None:
+        """The rounded expected value when ``actual`` is off by more than ``tolerance``, else None.
+
+        Rounding moves a result by at most half a unit of the last place, so only results in that band
+        around the tolerance need rounding to decide: the rest are decided on the raw product.
+        """
         try:
             result = self.compute(values)
         except (KeyError, ZeroDivisionError, ArithmeticError):
             return None  # an operand is missing or invalid: its own field rule has said so
-        if not isinstance(result, Decimal):
-            result = Decimal(result)
-        return result.quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
+        half = _HALF_UNIT[self.places]
+        difference = abs(actual - result)
+        if difference + half <= tolerance:
+            return None
+        expected = Decimal(result).quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
+        return expected if abs(actual - expected) > tolerance else None
 
 
 _QUANTUM = {places: Decimal(1).scaleb(-places) for places in range(6)}
+_HALF_UNIT = {places: quantum / 2 for places, quantum in _QUANTUM.items()}
 
 
 def parse_formula(table: str, target: str, expr: str, places: int) -> Formula:
@@ -135,51 +144,25 @@ def _stt(raw: dict[str, str], position: int) -> str:
     return raw.get("STT") or f"#{position}"
 
 
-@rule
-def line_formulas(ctx: VisitContext) -> None:
-    tolerance = _tolerance()
-    for formula in formulas(ctx.standard.id):
-        rows = ctx.tables.get(formula.table)
-        if not rows:
-            continue
-        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
-            actual = typed.get(formula.field)
-            if actual is None:
-                continue
-            expected = formula.evaluate(typed)
-            if expected is not None and abs(actual - expected) > tolerance:
-                ctx.add("R306", table=formula.table, field=formula.field, value=actual, stt=_stt(raw, position),
-                        formula=formula.expr, expected=expected)
-
-
-@rule
-def payer_split(ctx: VisitContext) -> None:
-    tolerance = _tolerance()
-    cent = Decimal("0.01")
-    for table in semantics()["arithmetic"]["payer_split_tables"]:
-        rows = ctx.tables.get(table)
-        if not rows:
-            continue
-        for position, typed in enumerate(rows.typed, start=1):
-            try:
-                total_bv, patient, copay, insurer, other = (typed["THANH_TIEN_BV"], typed["T_BNTT"], typed["T_BNCCT"],
-                                                            typed["T_BHTT"], typed["T_NGUONKHAC"])
-            except KeyError:
-                continue  # a missing or invalid amount has its own field error
-            actual = patient + copay + insurer + other
-            if abs(actual - total_bv) > tolerance:
-                ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv,
-                        stt=_stt(rows.raw[position - 1], position), actual=actual, expected=total_bv)
-                continue
-            total_bh, level = typed.get("THANH_TIEN_BH"), typed.get("MUC_HUONG")
-            if other or total_bh is None or level is None:
-                continue  # other sources change the split (annex T_NGUONKHAC a/b/c): only the sum is checked
-            share = (total_bh * level / 100).quantize(cent, rounding=ROUND_HALF_UP)
-            for name, got, expected in (("T_BHTT", insurer, share), ("T_BNCCT", copay, total_bh - share),
-                                        ("T_BNTT", patient, total_bv - total_bh)):
-                if abs(got - expected) > tolerance:
-                    ctx.add("R308", table=table, field=name, value=got, stt=_stt(rows.raw[position - 1], position),
-                            expected=expected)
+def _payer_split(ctx: VisitContext, table: str, stt: str, typed: dict[str, Any], tolerance: Decimal) -> None:
+    try:
+        total_bv, patient, copay, insurer, other = (typed["THANH_TIEN_BV"], typed["T_BNTT"], typed["T_BNCCT"],
+                                                    typed["T_BHTT"], typed["T_NGUONKHAC"])
+    except KeyError:
+        return  # a missing or invalid amount has its own field error
+    actual = patient + copay + insurer + other
+    if abs(actual - total_bv) > tolerance:
+        ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv, stt=stt, actual=actual,
+                expected=total_bv)
+        return
+    total_bh, level = typed.get("THANH_TIEN_BH"), typed.get("MUC_HUONG")
+    if other or total_bh is None or level is None:
+        return  # other sources change the split (annex T_NGUONKHAC a/b/c): only the sum is checked
+    share = (total_bh * level / 100).quantize(_QUANTUM[2], rounding=ROUND_HALF_UP)
+    for name, got, expected in (("T_BHTT", insurer, share), ("T_BNCCT", copay, total_bh - share),
+                                ("T_BNTT", patient, total_bv - total_bh)):
+        if abs(got - expected) > tolerance:
+            ctx.add("R308", table=table, field=name, value=got, stt=stt, expected=expected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,24 +188,50 @@ def _totals(standard: Standard) -> tuple[_Total, ...]:
     return tuple(out)
 
 
+@cache
+def _formulas_for(version: str, table: str) -> tuple[Formula, ...]:
+    return tuple(f for f in formulas(version) if f.table == table)
+
+
+@cache
+def _drug_groups(standard: Standard) -> frozenset[int]:
+    return frozenset(int(code) for code in standard.codes("MA_NHOM_XML2"))
+
+
 @rule
-def totals(ctx: VisitContext) -> None:
-    """XML1 totals against the sums of the XML2/XML3 lines, in one pass over the lines."""
-    summary = ctx.one("XML1")
-    if summary is None:
-        return
-    head = summary[1]
+def cost_lines(ctx: VisitContext) -> None:
+    """Line formulas (R306), payer split (R307/R308), cost group per table (R316) and the XML1 totals
+    (R309/R310), in one pass over the XML2 and XML3 lines: these are most of a claim's rows."""
     tolerance = _tolerance()
+    summary = ctx.one("XML1")
+    head = summary[1] if summary is not None else {}
     checks = [t for t in _totals(ctx.standard)
               if head.get(t.field) is not None and not ctx.broken.intersection(t.tables)]
     sums = {t.field: Decimal(0) for t in checks}
     incomplete: set[str] = set()
-    for table in ("XML2", "XML3"):
+    drug_groups = _drug_groups(ctx.standard)
+    split_tables = semantics()["arithmetic"]["payer_split_tables"]
+    for table, holds_drugs in (("XML2", True), ("XML3", False)):
         rows = ctx.tables.get(table)
-        wanted = [t for t in checks if table in t.tables]
-        if not rows or not wanted:
+        if not rows:
             continue
-        for raw, typed in zip(rows.raw, rows.typed, strict=True):
+        line_formulas = _formulas_for(ctx.standard.id, table)
+        wanted = [t for t in checks if table in t.tables]
+        split = table in split_tables
+        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
+            for formula in line_formulas:
+                actual = typed.get(formula.field)
+                if actual is None:
+                    continue
+                expected = formula.mismatch(typed, actual, tolerance)
+                if expected is not None:
+                    ctx.add("R306", table=table, field=formula.field, value=actual, stt=_stt(raw, position),
+                            formula=formula.expr, expected=expected)
+            if split:
+                _payer_split(ctx, table, raw.get("STT") or f"#{position}", typed, tolerance)
+            group = typed.get("MA_NHOM")
+            if group is not None and (group in drug_groups) != holds_drugs:
+                ctx.add("R316", table=table, field="MA_NHOM", value=group, stt=_stt(raw, position))
             for total in wanted:
                 if total.where is not None and raw.get(total.where[0], "") not in total.where[1]:
                     continue
@@ -248,12 +257,6 @@ def totals(ctx: VisitContext) -> None:
 def _accepted(standard: Standard, codelist: str) -> frozenset[str]:
     codes = standard.codes(codelist)
     return frozenset(codes) | frozenset(c.lstrip("0") or "0" for c in codes)
-
-
-def _matches(raw: dict[str, str], where: dict[str, str] | None, standard: Standard) -> bool:
-    if not where:
-        return True
-    return all(raw.get(name, "") in _accepted(standard, codelist) for name, codelist in where.items())
 
 
 # --- dates and times ------------------------------------------------------------------------------------
@@ -395,19 +398,6 @@ def copies_match(ctx: VisitContext) -> None:
                 value = raw.get(name)
                 if value and value != head.get(name, ""):
                     ctx.add("R312", table=table, field=name, value=value)
-
-
-@rule
-def cost_group_table(ctx: VisitContext) -> None:
-    drug_groups = ctx.standard.codes("MA_NHOM_XML2")
-    for table, belongs in (("XML2", True), ("XML3", False)):
-        rows = ctx.tables.get(table)
-        if not rows:
-            continue
-        for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
-            group = typed.get("MA_NHOM")
-            if group is not None and (str(group) in drug_groups) != belongs:
-                ctx.add("R316", table=table, field="MA_NHOM", value=group, stt=_stt(raw, position))
 
 
 @rule
