@@ -33,6 +33,10 @@ class Options:
     standard: str = "auto"  # "auto" picks by visit date; otherwise a version id such as "4750"
     limits: Limits = Limits()  # noqa: RUF009 - Limits is frozen, sharing the default is safe
 
+    def __post_init__(self) -> None:
+        if self.standard != "auto" and self.standard not in standards.version_ids():
+            raise ValueError(f"unknown standard {self.standard!r}; known: auto, {', '.join(standards.version_ids())}")
+
 
 def _text(element: etree._Element | None) -> str | None:
     if element is None or element.text is None:
@@ -40,6 +44,7 @@ def _text(element: etree._Element | None) -> str | None:
     return element.text.strip()
 
 
+@cache
 def _standalone_roots() -> dict[str, str]:
     newest = standards.load(standards.version_ids()[-1])
     return {t.root: t.id for t in newest.tables.values() if t.standalone}
