@@ -4,7 +4,7 @@ Codes never change meaning once published (facilities key their HIS fixes on the
 never reuse old ones. ``docs/errors.md`` is generated from this table (``healthbook docs errors``).
 
 Prefixes: E = the bytes and the envelope, S = the structure of an inner document, V = one field's
-value, R = rules across fields and tables.
+value, R = rules across fields and tables, K = the facility's signature (chữ ký).
 """
 
 from __future__ import annotations
@@ -150,6 +150,33 @@ _RULES = [
     Rule("R320", "VISIT_DATE_UNKNOWN", "warning", "Không xác định được ngày KBCB để chọn phiên bản chuẩn; dùng {standard}.",
          "Could not read the visit date to choose the standard version; used {standard}.", ""),
 ]
+
+_SIGNATURE_RULES = [
+    # --- K: the facility's signature (chữ ký số) in CHUKYDONVI -------------------------------------------
+    Rule("K401", "UNSIGNED", "error", "Hồ sơ chưa được ký số: không có chữ ký trong CHUKYDONVI.",
+         "The submission is not signed: no signature in CHUKYDONVI.", "QĐ 2733 requires every submission to be signed."),
+    Rule("K402", "SIGNATURE_MALFORMED", "error", "Chữ ký số không đúng cấu trúc XML-DSig: {detail}.",
+         "The signature is not well-formed XML-DSig: {detail}.", "Missing SignedInfo/SignatureValue/KeyInfo, several signatures, or one outside CHUKYDONVI."),
+    Rule("K403", "SIGNATURE_INVALID", "error", "Giá trị chữ ký không khớp với khóa công khai của chứng thư số.",
+         "The signature value does not verify with the certificate's public key.", ""),
+    Rule("K404", "TAMPERED", "error", "Nội dung hồ sơ đã bị thay đổi sau khi ký (sai giá trị băm).",
+         "The submission was changed after signing (digest mismatch).", ""),
+    Rule("K405", "SIGNATURE_SCOPE", "error", "Chữ ký không bao toàn bộ hồ sơ (cần Reference URI=\"\" với phép biến đổi enveloped).",
+         "The signature does not cover the whole submission (Reference URI=\"\" with the enveloped transform required).", ""),
+    Rule("K406", "WEAK_ALGORITHM", "error", "Thuật toán {algorithm} không được chấp nhận.",
+         "Algorithm {algorithm} is not accepted.", "SHA-1 and MD5 are refused; RSA-SHA256/384/512, ECDSA-SHA256/384/512 and SHA-256+ digests are accepted."),
+    Rule("K407", "CERTIFICATE_UNTRUSTED", "error", "Chứng thư số không do tổ chức chứng thực được tin cậy cấp.",
+         "The certificate does not chain to a trusted certification authority.", "Trust anchors are configured (CA bundle)."),
+    Rule("K408", "CERTIFICATE_EXPIRED", "error", "Chứng thư số không còn hiệu lực tại thời điểm tiếp nhận ({detail}).",
+         "The certificate is not valid at the time of receipt ({detail}).", "Checked at receipt time, not at signing time."),
+    Rule("K409", "CERTIFICATE_REVOKED", "error", "Chứng thư số đã bị thu hồi.", "The certificate has been revoked.",
+         "From the registry's deny-list or a configured CRL."),
+    Rule("K410", "CERTIFICATE_UNREGISTERED", "error", "Chứng thư số chưa được đăng ký cho cơ sở nào trong danh mục chứng thư số.",
+         "The certificate is not registered for any facility.", "Like the portal's \"Danh mục chứng thư số\"."),
+    Rule("K411", "CERTIFICATE_WRONG_FACILITY", "error", "Chứng thư số được đăng ký cho cơ sở khác, không phải {facility}.",
+         "The certificate is registered to another facility, not {facility}.", "A file replayed under another facility's code."),
+]
+_RULES.extend(_SIGNATURE_RULES)
 
 RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
 BY_NAME: dict[str, Rule] = {rule.name: rule for rule in _RULES}
