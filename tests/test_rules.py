@@ -25,11 +25,11 @@ from healthbook.generate import Defect, Visit, build_visit, envelope, inject, ta
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import FileResult, Options, validate_bytes
 from healthbook.validation.catalogue import RULES as ALL_RULES
+from healthbook.validation.issues import Issue
+from lxml import etree
 
 # The validator's rules; K4xx (signatures) have their own matrix in tests/test_signatures.py.
 RULES = {code: rule for code, rule in ALL_RULES.items() if not code.startswith("K")}
-from healthbook.validation.issues import Issue
-from lxml import etree
 
 # --- helpers --------------------------------------------------------------------------------------------
 

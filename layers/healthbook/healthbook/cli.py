@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="regenerate docs/errors.md from the rule catalogue")
     docs.add_argument("--out", default="docs/errors.md")
     docs.set_defaults(func=cmd_docs)
+
+    from healthbook.signing.commands import register as register_signatures
+    from healthbook.signing.receipt_commands import register as register_receipt
+
+    register_signatures(sub)
+    register_receipt(sub)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""Signature verification speed, as ratios against the validator benchmark's parse floor, in the same run.
+
+(a) floor: lxml parse of the envelope, base64 decode, parse and walk of every inner document
+    (the same function as bench/validate.py);
+(v) XML-DSig verification alone (certificate chain, registry, digest and signature);
+(w) validation + verification, as ingestion will run them.
+The runs take turns (interleaved rounds) and each figure is its best round, as timeit advises.
+
+Usage: python bench/verify.py [--files 200] [--rows 70] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from healthbook.generate import build_visit, submission
+from healthbook.signing.pki import dev_pki
+from healthbook.signing.xmldsig import Trust, sign_submission, verify_submission
+from healthbook.validation import validate_bytes
+
+
+def _floor_from_validate_bench():  # type: ignore[no-untyped-def]
+    """Reuse the exact floor of bench/validate.py so both benchmarks divide by the same thing."""
+    spec = importlib.util.spec_from_file_location("bench_validate", Path(__file__).with_name("validate.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.floor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=70)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    floor = _floor_from_validate_bench()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = dev_pki(Path(tmp))
+        trust = Trust.from_files(pki["ca"], registry=pki["registry"])
+        key = serialization.load_pem_private_key(pki["01001-key"].read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(pki["01001"].read_bytes())
+    rng = random.Random(7)
+    facility = ("01001", "Bệnh viện Đa khoa Thành phố Hà Nội", "01")
+    files = [sign_submission(submission(build_visit(rng, scenario="outpatient", detail_rows=args.rows,
+                                                    facility=facility)), key, cert)  # type: ignore[arg-type]
+             for _ in range(args.files)]
+    at = datetime.now(UTC)
+    check = verify_submission(files[0], trust=trust, facility="01001", at=at)
+    assert check.valid, [i.code for i in check.issues]
+
+    def verify(data: bytes) -> object:
+        return verify_submission(data, trust=trust, facility="01001", at=at)
+
+    def both(data: bytes) -> object:
+        return validate_bytes(data), verify(data)
+
+    best = {"a": 0.0, "v": 0.0, "w": 0.0}
+    for _ in range(args.rounds):
+        for name, fn in (("a", floor), ("v", verify), ("w", both)):
+            started = time.perf_counter()
+            for data in files:
+                fn(data)
+            best[name] = max(best[name], len(files) / (time.perf_counter() - started))
+    size = sum(len(f) for f in files) / len(files)
+    print(f"{args.files} signed one-visit files, {args.rows} detail rows each, mean {size / 1024:.0f} KiB")
+    a, v, w = best["a"], best["v"], best["w"]
+    print(f"(a) parse floor (bench/validate.py)            {a:8.0f} files/s")
+    print(f"(v) signature verification alone              {v:8.0f} files/s   v/a = {v / a:.2f}")
+    print(f"(w) validation + signature verification        {w:8.0f} files/s   w/a = {w / a:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One submitted file, end to end and free of AWS: validate, verify the facility's signature, sign, receipt.
+
+The ingest function (issue 4) calls ``process_submission`` with an S3 object's bytes and a KMS signer; the
+``healthbook receipt make`` command calls it with a local key. A facility signature that fails verification
+is a file-level error: nothing in that file is accepted, and the receipt says why.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from healthbook.signing.receipt import build_receipt
+from healthbook.signing.signer import Signer
+from healthbook.signing.xmldsig import SignatureCheck, Trust, verify_submission
+from healthbook.validation import FileResult, Options, validate_bytes
+from healthbook.validation.engine import DEFAULT_OPTIONS
+
+
+@dataclass(frozen=True)
+class Processed:
+    result: FileResult
+    signature: SignatureCheck | None  # None when no trust anchors were configured (development)
+    receipt: dict[str, Any]
+
+
+def receipt_view(check: SignatureCheck) -> dict[str, Any]:
+    """What a receipt says about the facility's signature. The certificate subject is left out: on a
+    personal certificate it is a person's name, and the fingerprint identifies the certificate anyway."""
+    return {"valid": check.valid, "certificate_sha256": check.certificate_sha256,
+            "registered_facilities": check.registered_facilities, "issues": [i.to_dict() for i in check.issues]}
+
+
+def process_submission(data: bytes, *, object_key: str, received_at: datetime, signer: Signer,
+                       trust: Trust | None, submission_id: str | None = None,
+                       options: Options = DEFAULT_OPTIONS) -> Processed:
+    result = validate_bytes(data, path=object_key, options=options)
+    check: SignatureCheck | None = None
+    parsed = result.kind != "unknown"  # when the bytes are not even XML the validator has said so already
+    if trust is not None and parsed:
+        check = verify_submission(data, trust=trust, facility=result.facility, at=received_at,
+                                  limit=options.limits.max_file_bytes)
+        # Only the signature's own findings: parse problems are already among the validator's.
+        result.errors.extend(issue for issue in check.issues if issue.code.startswith("K"))
+    receipt = build_receipt(result, submission_id=submission_id or str(uuid.uuid4()), object_key=object_key,
+                            received_at=received_at, signer=signer,
+                            facility_signature=receipt_view(check) if check is not None else None)
+    return Processed(result=result, signature=check, receipt=receipt)

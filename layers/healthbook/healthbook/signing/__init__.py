@@ -1,0 +1,1 @@
+"""Signatures: facility XML-DSig checks, and the platform's signed receipts."""

@@ -1,0 +1,426 @@
+"""The facility's signature on a GIAMDINHHS submission: W3C XML-DSig, enveloped, inside CHUKYDONVI.
+
+signxml does the canonicalisation and the cryptography. This module decides what is acceptable (where the
+signature sits, which algorithms, what it covers) and whom to trust (a chain to the configured anchors,
+validity at the receipt time, revocation, the facility registry), in a fixed order, so that every
+failure is reported with exactly one K code. See docs/signatures.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature as CryptographyInvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from lxml import etree
+from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
+from signxml.exceptions import InvalidDigest, SignXMLException
+from signxml.processor import XMLSignatureProcessor, get_schema
+from signxml.signer import XMLSigner
+from signxml.verifier import SignatureConfiguration, XMLVerifier
+
+from healthbook.parsing import safe_xml
+from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, XmlRejected
+from healthbook.signing.registry import FacilityRegistry, certificate_sha256, utc
+from healthbook.validation.issues import Issue, make_issue
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+DS = "http://www.w3.org/2000/09/xmldsig#"
+SIGNATURE_PARENT = "CHUKYDONVI"
+ENVELOPED = SignatureConstructionMethod.enveloped.value
+_XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
+
+ACCEPTED_SIGNATURE_METHODS = frozenset(m.value for m in (
+    SignatureMethod.RSA_SHA256, SignatureMethod.RSA_SHA384, SignatureMethod.RSA_SHA512,
+    SignatureMethod.ECDSA_SHA256, SignatureMethod.ECDSA_SHA384, SignatureMethod.ECDSA_SHA512,
+))
+ACCEPTED_DIGESTS = frozenset(d.value for d in (DigestAlgorithm.SHA256, DigestAlgorithm.SHA384, DigestAlgorithm.SHA512))
+# C14N 1.1 is accepted too: as strong as 1.0, and the default of signxml and other current signers.
+ACCEPTED_CANONICALIZATIONS = frozenset(c.value for c in (
+    CanonicalizationMethod.CANONICAL_XML_1_0, CanonicalizationMethod.CANONICAL_XML_1_0_WITH_COMMENTS,
+    CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0_WITH_COMMENTS,
+    CanonicalizationMethod.CANONICAL_XML_1_1, CanonicalizationMethod.CANONICAL_XML_1_1_WITH_COMMENTS,
+))
+ACCEPTED_TRANSFORMS = ACCEPTED_CANONICALIZATIONS | {ENVELOPED}
+MIN_RSA_BITS = 2048  # NIST SP 800-57's floor, and what licensed CAs issue
+ACCEPTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+_MAX_CHAIN = 8  # intermediates between a leaf and its anchor; real Vietnamese chains have one or two
+
+# For signxml, after safe_xml.parse has vetted the same bytes (no DOCTYPE, UTF-8, size). Unlike safe_xml's
+# parser this one keeps processing instructions: they are part of what URI="" signs. Comments are not
+# (a same-document URI="" drops them, even under a #WithComments canonicalisation), so the verifier
+# removes them and agrees with xmlsec1; the signer keeps them so the facility's file comes back intact.
+_VERIFY_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
+                                 remove_comments=True, remove_pis=False, collect_ids=False)
+_SIGN_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
+                               remove_comments=False, remove_pis=False, collect_ids=False)
+
+
+def _ds(name: str) -> str:
+    return f"{{{DS}}}{name}"
+
+
+# --- signing -----------------------------------------------------------------------------------------------
+
+
+def _same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+
+def load_signing_material(key_pem: bytes | None = None, cert_pem: bytes | None = None, *, p12: bytes | None = None,
+                          password: bytes | None = None) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
+    """The private key, its certificate and the rest of the chain, from PEM files or a PKCS#12 bundle.
+
+    The signer's certificate is the one matching the key, wherever it sits in the PEM or bundle.
+    ``password`` opens the PKCS#12 file or an encrypted PEM key. Raises ValueError on anything unusable.
+    """
+    try:
+        if p12 is not None:
+            if key_pem is not None or cert_pem is not None:
+                raise ValueError("give a PKCS#12 bundle or a key and a certificate, not both")
+            key, first, extra = pkcs12.load_key_and_certificates(p12, password)
+            certs = [c for c in (first, *extra) if c is not None]
+        elif key_pem is not None and cert_pem is not None:
+            key = serialization.load_pem_private_key(key_pem, password)
+            certs = x509.load_pem_x509_certificates(cert_pem)
+        else:
+            raise ValueError("a private key and a certificate are both needed")
+    except TypeError as exc:  # cryptography's way of saying "encrypted, but no password" (or the reverse)
+        raise ValueError(str(exc)) from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError("only RSA and ECDSA keys can sign submissions")
+    leaf = next((c for c in certs if _same_public_key(c, key)), None)
+    if leaf is None:
+        raise ValueError("no certificate matches the private key")
+    return key, leaf, [c for c in certs if c is not leaf]
+
+
+class _Signer(XMLSigner):
+    @property
+    def parser(self) -> etree.XMLParser:
+        # signxml copies the tree through its parser; ours keeps huge text nodes (a NOIDUNGFILE over 10 MB).
+        return _SIGN_PARSER
+
+
+def sign_submission(data: bytes, key: PrivateKey, cert: x509.Certificate, *,
+                    chain: Sequence[x509.Certificate] = ()) -> bytes:
+    """Sign a GIAMDINHHS envelope: enveloped XML-DSig placed in CHUKYDONVI (created if absent).
+
+    RSA keys sign with rsa-sha256, EC keys with ecdsa-sha256; SHA-256 digest; C14N 1.0; the certificate
+    and ``chain`` go into KeyInfo/X509Data. Raises ValueError for a file that is not an unsigned envelope.
+    """
+    try:
+        safe_xml.parse(data, limit=max(len(data), 1))  # the same vetting as every received file; no size cap
+    except XmlRejected as exc:
+        issue = make_issue(exc.code, table=exc.table, **exc.params)
+        raise ValueError(f"not signable: {issue.code} {issue.message_en}") from None
+    root = etree.fromstring(data, parser=_SIGN_PARSER)
+    if root.tag != "GIAMDINHHS":
+        raise ValueError(f"expected a GIAMDINHHS envelope, found <{root.tag}>")
+    if next(root.iter(_ds("Signature")), None) is not None:
+        raise ValueError("the file is already signed")
+    parents = root.findall(SIGNATURE_PARENT)
+    if len(parents) > 1:
+        raise ValueError(f"the envelope holds {len(parents)} {SIGNATURE_PARENT} elements")
+    parent = parents[0] if parents else etree.SubElement(root, SIGNATURE_PARENT)
+    # signxml's placeholder: it becomes the signature, in the place the portal expects it.
+    etree.SubElement(parent, _ds("Signature"), {"Id": "placeholder"}, nsmap={"ds": DS})
+    if isinstance(key, rsa.RSAPrivateKey):
+        method = SignatureMethod.RSA_SHA256
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        method = SignatureMethod.ECDSA_SHA256
+    else:
+        raise ValueError("only RSA and ECDSA keys can sign submissions")
+    signer = _Signer(method=SignatureConstructionMethod.enveloped, signature_algorithm=method,
+                     digest_algorithm=DigestAlgorithm.SHA256,
+                     c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_0)
+    signed = signer.sign(root, key=key, cert=[cert, *chain])
+    return bytes(etree.tostring(signed, xml_declaration=True, encoding="UTF-8"))
+
+
+# --- verifying ---------------------------------------------------------------------------------------------
+
+
+def _load_crl(data: bytes) -> x509.CertificateRevocationList:
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the receiving side trusts: CA certificates, optionally a facility registry and CRLs."""
+
+    anchors: tuple[x509.Certificate, ...]
+    registry: FacilityRegistry | None = None
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+
+    @classmethod
+    def from_files(cls, ca_pem: Path, registry: Path | None = None, crls: Sequence[Path] = ()) -> Trust:
+        """Load a PEM CA bundle, a registry JSON and CRLs (PEM or DER). Raises ValueError or OSError."""
+        anchors = tuple(x509.load_pem_x509_certificates(Path(ca_pem).read_bytes()))  # ValueError when none
+        return cls(anchors=anchors, registry=FacilityRegistry.load(registry) if registry else None,
+                   crls=tuple(_load_crl(Path(p).read_bytes()) for p in crls))
+
+
+@dataclass
+class SignatureCheck:
+    valid: bool
+    issues: list[Issue]
+    certificate_sha256: str | None = None
+    subject: str | None = None
+    registered_facilities: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"valid": self.valid, "issues": [i.to_dict() for i in self.issues],
+                "certificate_sha256": self.certificate_sha256, "subject": self.subject,
+                "registered_facilities": self.registered_facilities}
+
+
+class _Refused(Exception):
+    """One failed check: its catalogue code and message parameters."""
+
+    def __init__(self, code: str, **params: Any) -> None:
+        super().__init__(code, params)
+        self.code = code
+        self.params = params
+
+
+def _locate(root: etree._Element) -> etree._Element:
+    """The one ds:Signature, which must be a child of CHUKYDONVI (a child of the root)."""
+    signatures = list(root.iter(_ds("Signature")))
+    if len(signatures) > 1:
+        raise _Refused("K402", detail=f"{len(signatures)} ds:Signature elements, only one is allowed")
+    if not signatures:
+        holders = [p for p in root.findall(SIGNATURE_PARENT) if len(p) or (p.text or "").strip()]
+        if holders:  # something sits there, just not an XML-DSig signature (wrong namespace, say)
+            raise _Refused("K402", detail=f"{SIGNATURE_PARENT} holds no ds:Signature in the XML-DSig namespace")
+        raise _Refused("K401")
+    signature = signatures[0]
+    parent = signature.getparent()
+    if parent is None or parent.tag != SIGNATURE_PARENT or parent.getparent() is not root:
+        raise _Refused("K402", detail=f"ds:Signature must be a child of {root.tag}/{SIGNATURE_PARENT}")
+    return signature
+
+
+def _check_structure(signature: etree._Element) -> list[x509.Certificate]:
+    """The XML-DSig schema, plus what we require beyond it; returns the KeyInfo certificates."""
+    try:
+        for schema_file in XMLSignatureProcessor.schema_files:  # what signxml's own validate_schema uses
+            get_schema(schema_file).assertValid(signature)
+    except etree.DocumentInvalid as exc:
+        raise _Refused("K402", detail=str(exc).split(", line ")[0].replace(f"{{{DS}}}", "ds:")[:200]) from None
+    texts = [e.text or "" for e in signature.findall("ds:KeyInfo/ds:X509Data/ds:X509Certificate", {"ds": DS})]
+    if not texts:
+        raise _Refused("K402", detail="no KeyInfo/X509Data/X509Certificate")
+    certs: list[x509.Certificate] = []
+    for text in texts:
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(text))
+        except (ValueError, binascii.Error):
+            raise _Refused("K402", detail="an X509Certificate is not a DER certificate in base64") from None
+        if cert not in certs:
+            certs.append(cert)
+    return certs
+
+
+def _check_algorithms(signature: etree._Element, leaf: x509.Certificate) -> None:
+    """Every algorithm named in SignedInfo must be one we accept (SHA-1 and MD5 never are), and the key strong
+    enough: RSA of at least 2048 bits, ECDSA on a NIST prime curve of at least 256 bits."""
+    signed_info = signature.find(_ds("SignedInfo"))
+    assert signed_info is not None  # the schema requires it
+    allowed = {_ds("CanonicalizationMethod"): ACCEPTED_CANONICALIZATIONS,
+               _ds("SignatureMethod"): ACCEPTED_SIGNATURE_METHODS,
+               _ds("Transform"): ACCEPTED_TRANSFORMS, _ds("DigestMethod"): ACCEPTED_DIGESTS}
+    for element in signed_info.iter(*allowed):
+        algorithm = element.get("Algorithm", "")
+        if algorithm not in allowed[str(element.tag)]:
+            raise _Refused("K406", algorithm=algorithm)
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise _Refused("K406", algorithm=f"RSA-{key.key_size}")
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in ACCEPTED_CURVES:
+        raise _Refused("K406", algorithm=f"ECDSA {key.curve.name}")
+
+
+def _ids_inside_objects(signature: etree._Element) -> set[str]:
+    return {value for obj in signature.findall(_ds("Object")) for e in obj.iter()
+            for value in (e.get("Id"), e.get("ID"), e.get("id"), e.get(_XML_ID)) if value}
+
+
+def _check_scope(signature: etree._Element) -> int:
+    """One reference must cover the whole document; others may only sign the signature's own ds:Object
+    (signing-time properties some signing tools add). Returns the number of references."""
+    references = signature.findall("ds:SignedInfo/ds:Reference", {"ds": DS})
+    whole = [r for r in references if r.get("URI") == ""]
+    if not whole:
+        raise _Refused("K405")
+    if len(whole) > 1:
+        raise _Refused("K402", detail='several references with URI=""')
+    transforms = [t.get("Algorithm") for t in whole[0].findall("ds:Transforms/ds:Transform", {"ds": DS})]
+    if not transforms or transforms[0] != ENVELOPED or len(transforms) > 2 or ENVELOPED in transforms[1:]:
+        raise _Refused("K405")
+    own = _ids_inside_objects(signature)
+    for reference in references:
+        uri = reference.get("URI")
+        if uri != "" and (uri is None or not uri.startswith("#") or uri[1:] not in own):
+            raise _Refused("K402", detail=f"reference {uri!r} points outside the signature's own ds:Object")
+    return len(references)
+
+
+def _signing_certificate(certs: list[x509.Certificate]) -> x509.Certificate:
+    """The certificate no other one in KeyInfo was issued by (XML-DSig implies no order)."""
+    leaves = [c for c in certs if not any(o is not c and o.issuer == c.subject for o in certs)]
+    if len(leaves) != 1:
+        raise _Refused("K402", detail="cannot tell which X509Certificate is the signer's")
+    return leaves[0]
+
+
+def _check_cryptography(data: bytes, signature: etree._Element, leaf: x509.Certificate, references: int) -> None:
+    method = signature.find("ds:SignedInfo/ds:SignatureMethod", {"ds": DS})
+    family = (method.get("Algorithm", "") if method is not None else "").rsplit("#", 1)[-1].split("-")[0]
+    wanted = rsa.RSAPublicKey if family == "rsa" else ec.EllipticCurvePublicKey
+    if not isinstance(leaf.public_key(), wanted):
+        raise _Refused("K403")  # e.g. an RSA signature presented with an EC certificate
+    config = SignatureConfiguration(
+        require_x509=True, location=f"./{SIGNATURE_PARENT}/", expect_references=references,
+        signature_methods=frozenset(SignatureMethod(m) for m in ACCEPTED_SIGNATURE_METHODS),
+        digest_algorithms=frozenset(DigestAlgorithm(d) for d in ACCEPTED_DIGESTS),
+        # XML-DSig: without an explicit c14n transform a node-set is serialised with C14N 1.0.
+        default_reference_c14n_method=CanonicalizationMethod.CANONICAL_XML_1_0,
+        # Trust and time are judged afterwards, at the receipt time; signxml only checks the mathematics,
+        # so its own validity check is given a moment at which the leaf is valid.
+        verification_time=leaf.not_valid_before_utc)
+    try:
+        XMLVerifier().verify(data, x509_cert=leaf, parser=_VERIFY_PARSER, validate_schema=False,
+                             expect_config=config)
+    except InvalidDigest:
+        raise _Refused("K404") from None
+    except CryptographyInvalidSignature:  # signxml's InvalidSignature derives from it
+        raise _Refused("K403") from None
+    except etree.C14NError:  # libxml2 cannot canonicalise relative namespace URIs (xmlns:a="http;//...")
+        raise _Refused("K402", detail="the document cannot be canonicalised (relative namespace URI?)") from None
+    except (SignXMLException, ValueError, TypeError, KeyError, etree.LxmlError) as exc:
+        raise _Refused("K402", detail=str(exc)[:200]) from None
+
+
+def _directly_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)  # issuer name and signature
+    except (ValueError, TypeError, CryptographyInvalidSignature):
+        return False
+    return True
+
+
+def _valid_at(cert: x509.Certificate, at: datetime) -> bool:
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+
+
+def _usable_ca(cert: x509.Certificate, at: datetime, intermediates_below: int) -> bool:
+    """A CA certificate may issue at ``at``: valid then, basic constraints CA with room in its path length,
+    and allowed to sign certificates if it restricts its key usage."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not constraints.ca or (constraints.path_length is not None and constraints.path_length < intermediates_below):
+        return False
+    try:
+        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    return _valid_at(cert, at)
+
+
+def _check_chain(leaf: x509.Certificate, presented: list[x509.Certificate], anchors: Sequence[x509.Certificate],
+                 at: datetime) -> x509.Certificate:
+    """Walk from the leaf to an anchor through the presented certificates; return the leaf's issuer."""
+    current, below, leaf_issuer = leaf, 0, None
+    pool = [c for c in presented if c is not leaf]
+    for _ in range(_MAX_CHAIN + 1):
+        anchor = next((a for a in anchors if _directly_issued(current, a) and _usable_ca(a, at, below)), None)
+        if anchor is not None:
+            return leaf_issuer or anchor
+        step = next((c for c in pool if _directly_issued(current, c) and _usable_ca(c, at, below)), None)
+        if step is None:
+            break
+        pool.remove(step)  # each certificate once: no loops through self-signed ones
+        leaf_issuer = leaf_issuer or step
+        current, below = step, below + int(step.subject != step.issuer)
+    raise _Refused("K407")
+
+
+def _revoked_by_crl(leaf: x509.Certificate, issuer: x509.Certificate,
+                    crls: Sequence[x509.CertificateRevocationList], at: datetime) -> bool:
+    """Only a CRL the leaf's own issuer signed counts."""
+    key = issuer.public_key()
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return False
+    for crl in crls:
+        if crl.issuer != leaf.issuer or not crl.is_signature_valid(key):
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+        if entry is not None and entry.revocation_date_utc <= at:
+            return True
+    return False
+
+
+def _window(cert: x509.Certificate) -> str:
+    return f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} – {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+
+
+def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: datetime,
+                      limit: int = DEFAULT_MAX_FILE_BYTES) -> SignatureCheck:
+    """Check the facility's signature as of ``at`` (the receipt time, timezone-aware).
+
+    ``facility`` is the envelope's MACSKCB; with a registry in ``trust`` the certificate must be
+    registered for it (None skips that one check). The first failure ends the check with one issue.
+    """
+    at = utc(at)
+    check = SignatureCheck(valid=False, issues=[])
+    try:
+        try:
+            root = safe_xml.parse(data, limit=limit)
+        except XmlRejected as exc:
+            check.issues.append(make_issue(exc.code, table=exc.table, **exc.params))
+            return check
+        signature = _locate(root)
+        presented = _check_structure(signature)
+        leaf = _signing_certificate(presented)
+        check.certificate_sha256 = certificate_sha256(leaf)
+        check.subject = leaf.subject.rfc4514_string()
+        _check_algorithms(signature, leaf)
+        references = _check_scope(signature)
+        _check_cryptography(data, signature, leaf, references)
+        issuer = _check_chain(leaf, presented, trust.anchors, at)
+        if not _valid_at(leaf, at):
+            raise _Refused("K408", detail=_window(leaf))
+        registry = trust.registry
+        if (registry is not None and registry.is_revoked(check.certificate_sha256, at)) or _revoked_by_crl(
+                leaf, issuer, trust.crls, at):
+            raise _Refused("K409")
+        if registry is not None:
+            check.registered_facilities = registry.facilities_for(check.certificate_sha256, at)
+            if not check.registered_facilities:
+                raise _Refused("K410")
+            if facility is not None and facility not in check.registered_facilities:
+                raise _Refused("K411", facility=facility)
+    except _Refused as refused:
+        check.issues.append(make_issue(refused.code, **refused.params))
+        return check
+    check.valid = True
+    return check
