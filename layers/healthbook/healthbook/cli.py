@@ -16,29 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from healthbook import standard as standards
+from healthbook.cli_support import UsageError, xml_files
 from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, Limits
 from healthbook.validation import FileResult, Options, validate_path
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    pass
-
-
-def _files(paths: Sequence[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*.xml") if p.is_file()))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UsageError(f"no such file or folder: {raw}")
-    if not found:
-        raise UsageError("no XML files to validate")
-    return found
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -65,7 +47,7 @@ def _print_report(result: FileResult) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     options = _options(args)
-    results = [validate_path(str(path), options) for path in _files(args.paths)]
+    results = [validate_path(str(path), options) for path in xml_files(args.paths, verb="validate")]
     if args.json:
         json.dump({"files": [r.to_dict() for r in results]}, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from healthbook.cli_support import UsageError, xml_files
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import XmlRejected
 from healthbook.signing.pki import dev_pki
@@ -29,8 +30,7 @@ from healthbook.signing.xmldsig import (
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
-class _Usage(Exception):
-    pass
+_Usage = UsageError  # this module raises it as _Usage
 
 
 def _guarded(name: str, command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -70,21 +70,6 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _files(paths: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*.xml") if p.is_file()))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise _Usage(f"no such file or folder: {raw}")
-    if not found:
-        raise _Usage("no XML files to verify")
-    return found
-
-
 def _receipt_time(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
@@ -122,7 +107,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     trust = Trust.from_files(Path(args.trust), Path(args.registry) if args.registry else None,
                              [Path(p) for p in args.crl or []])
     results = []
-    for path in _files(args.paths):
+    for path in xml_files(args.paths, verb="verify"):
         data = path.read_bytes()
         facility = envelope_facility(data)
         results.append((path, facility, verify_submission(data, trust=trust, facility=facility, at=at)))
