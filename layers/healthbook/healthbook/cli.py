@@ -62,8 +62,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from healthbook.generate import generate_batch
 
-    manifest = generate_batch(Path(args.out), visits=args.visits, seed=args.seed, defect_rate=args.defect_rate,
-                              standard=args.standard_version, detail_rows=args.rows)
+    try:
+        manifest = generate_batch(Path(args.out), visits=args.visits, seed=args.seed,
+                                  defect_rate=args.defect_rate, standard=args.standard_version,
+                                  detail_rows=args.rows, facility=args.facility)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     defects = sum(1 for f in manifest["files"] if f["defect"])
     print(f"wrote {args.visits} file(s) to {args.out} ({defects} with a labelled defect; see manifest.json)")
     return EXIT_OK
@@ -153,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--defect-rate", type=float, default=0.0, help="share of files with one labelled defect")
     generate.add_argument("--standard", dest="standard_version", choices=standards.version_ids(), default="4750")
     generate.add_argument("--rows", type=int, default=None, help="detail rows per visit (default: realistic mix)")
+    generate.add_argument("--facility", metavar="MACSKCB", help="every file from this facility (default: a mix)")
     generate.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate a batch, validate it and print a summary table")

@@ -12,7 +12,7 @@ from healthbook.generate.visit import SCENARIOS, Visit, build_visit
 from healthbook.generate.writer import envelope, table_document
 
 __all__ = ["INJECTORS", "SCENARIOS", "Defect", "Visit", "build_visit", "envelope", "generate_batch", "inject",
-           "submission", "table_document"]
+           "facility_named", "submission", "table_document"]
 
 MANIFEST = "manifest.json"
 
@@ -21,14 +21,28 @@ def submission(visit: Visit, defect: Defect | None = None) -> bytes:
     return envelope([visit], **(defect.envelope if defect else {}))
 
 
+def facility_named(code: str) -> tuple[str, str, str]:
+    """A facility of the vocabulary, or a made-up one for any other 5-digit code (province = first 2 digits)."""
+    from healthbook.generate.vocab import FACILITIES
+
+    for facility in FACILITIES:
+        if facility[0] == code:
+            return facility
+    if len(code) != 5 or not code.isascii() or not code.isdigit():
+        raise ValueError(f"a facility code is 5 digits, not {code!r}")
+    return code, f"Cơ sở KBCB {code}", code[:2]
+
+
 def generate_batch(out_dir: Path, *, visits: int, seed: int = 0, defect_rate: float = 0.0,
-                   standard: str = "4750", detail_rows: int | None = None) -> dict[str, Any]:
+                   standard: str = "4750", detail_rows: int | None = None,
+                   facility: str | None = None) -> dict[str, Any]:
     """Write ``visits`` files plus ``manifest.json`` naming each file's scenario and injected defect."""
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
+    chosen = facility_named(facility) if facility else None
     for number in range(1, visits + 1):
-        visit = build_visit(rng, standard=standard, detail_rows=detail_rows)
+        visit = build_visit(rng, standard=standard, detail_rows=detail_rows, facility=chosen)
         defect = inject(visit, rng) if rng.random() < defect_rate else None
         name = f"{visit.facility}_{number:06d}.xml"
         (out_dir / name).write_bytes(submission(visit, defect))

@@ -101,6 +101,9 @@ Bad ones, one per refusal:
   registry.json                       the facility registry (docs/signatures.md describes the format)
   crl.pem                             the root's CRL listing revoked.pem
 
+The platform's receipt-signing key (KMS in production; `healthbook receipt make --key`):
+  platform-key.pem, platform-public.pem   ECDSA P-256; verify receipts with --public-key platform-public.pem
+
 Certificate SHA-256 fingerprints:
 {fingerprints}
 """
@@ -172,6 +175,11 @@ def dev_pki(outdir: Path, *, now: datetime | None = None) -> dict[str, Path]:
 
     for stem, code in (("facility-01001", "01001"), ("facility-79001", "79001"), ("facility-48001-ec", "48001")):
         paths[code], paths[f"{code}-key"] = paths[stem], paths[f"{stem}-key"]
+    platform = ec.generate_private_key(ec.SECP256R1())  # stands in for the KMS receipt-signing key
+    paths["platform-key"] = _write_key(outdir / "platform-key.pem", platform)
+    paths["platform-public"] = outdir / "platform-public.pem"
+    paths["platform-public"].write_bytes(platform.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     fingerprints = "\n".join(f"  {stem:<22}{certificate_sha256(cert)}" for stem, cert in certs.items())
     paths["README"] = outdir / "README.txt"
     paths["README"].write_text(_README.format(now=now, fingerprints=fingerprints), encoding="utf-8")

@@ -315,8 +315,8 @@ def _issue_lines(issues: list[Any], indent: str) -> list[str]:
             continue
         where = ".".join(str(x) for x in (issue.get("table"), issue.get("field")) if x)
         value = f" = {issue['value']!r}" if issue.get("value") is not None else ""
-        out.append(f"{indent}{issue.get('severity', '?'):<7} {issue.get('code')} {where}{value}: "
-                   f"{issue.get('message_vi')}")
+        place = f" {where}{value}" if where or value else ""
+        out.append(f"{indent}{issue.get('severity', '?'):<7} {issue.get('code')}{place}: {issue.get('message_vi')}")
         out.append(f"{indent}{'':<7} {'':<4} {issue.get('message_en')}")
     return out
 
