@@ -11,8 +11,19 @@ from healthbook.generate.defects import INJECTORS, Defect, inject
 from healthbook.generate.visit import SCENARIOS, Visit, build_visit
 from healthbook.generate.writer import envelope, table_document
 
-__all__ = ["INJECTORS", "SCENARIOS", "Defect", "Visit", "build_visit", "envelope", "generate_batch", "inject",
-           "facility_named", "submission", "table_document"]
+__all__ = [
+    "INJECTORS",
+    "SCENARIOS",
+    "Defect",
+    "Visit",
+    "build_visit",
+    "envelope",
+    "facility_named",
+    "generate_batch",
+    "inject",
+    "submission",
+    "table_document",
+]
 
 MANIFEST = "manifest.json"
 
