@@ -4,7 +4,8 @@ Codes never change meaning once published (facilities key their HIS fixes on the
 never reuse old ones. ``docs/errors.md`` is generated from this table (``healthbook docs errors``).
 
 Prefixes: E = the bytes and the envelope, S = the structure of an inner document, V = one field's
-value, R = rules across fields and tables, K = the facility's signature (chữ ký).
+value, R = rules across fields and tables, K = the facility's signature (chữ ký), I = ingestion (where the
+file arrived).
 """
 
 from __future__ import annotations
@@ -177,6 +178,16 @@ _SIGNATURE_RULES = [
          "The certificate is registered to another facility, not {facility}.", "A file replayed under another facility's code."),
 ]
 _RULES.extend(_SIGNATURE_RULES)
+
+_INGESTION_RULES = [
+    # --- I: where and how the file arrived -----------------------------------------------------------------
+    Rule("I501", "PREFIX_MISMATCH", "error", "Tệp được tải lên thư mục của cơ sở {prefix} nhưng MACSKCB trong hồ sơ là {facility}.",
+         "The file was uploaded under facility {prefix}'s folder but its MACSKCB is {facility}.",
+         "inbox/{MACSKCB}/ must match the envelope; the signing certificate must be registered for it too (K411)."),
+    Rule("I502", "UPLOAD_LOCATION", "error", "Tệp phải nằm trong inbox/<MACSKCB>/ (nhận được: {detail}).",
+         "Files belong under inbox/<MACSKCB>/ (got: {detail}).", "Anything else in the inbox bucket is refused."),
+]
+_RULES.extend(_INGESTION_RULES)
 
 RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
 BY_NAME: dict[str, Rule] = {rule.name: rule for rule in _RULES}
