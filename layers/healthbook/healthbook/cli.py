@@ -176,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs/errors.md")
     docs.set_defaults(func=cmd_docs)
 
+    from healthbook.ops_commands import register as register_operations
     from healthbook.signing.commands import register as register_signatures
     from healthbook.signing.receipt_commands import register as register_receipt
 
     register_signatures(sub)
     register_receipt(sub)
+    register_operations(sub)
     return parser
 
 

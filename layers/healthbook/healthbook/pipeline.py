@@ -17,6 +17,7 @@ from healthbook.signing.signer import Signer
 from healthbook.signing.xmldsig import SignatureCheck, Trust, verify_submission
 from healthbook.validation import FileResult, Options, validate_bytes
 from healthbook.validation.engine import DEFAULT_OPTIONS
+from healthbook.validation.issues import make_issue
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ def receipt_view(check: SignatureCheck) -> dict[str, Any]:
 
 def process_submission(data: bytes, *, object_key: str, received_at: datetime, signer: Signer,
                        trust: Trust | None, submission_id: str | None = None,
-                       options: Options = DEFAULT_OPTIONS) -> Processed:
+                       options: Options = DEFAULT_OPTIONS, uploaded_by: str | None = None) -> Processed:
+    """``uploaded_by``: the facility whose folder the file arrived in. IAM lets a facility write only to its
+    own folder, so a file whose envelope names another facility is refused whole (I501)."""
     result = validate_bytes(data, path=object_key, options=options)
+    if uploaded_by is not None and result.facility is not None and result.facility != uploaded_by:
+        result.errors.append(make_issue("I501", prefix=uploaded_by, facility=result.facility))
     check: SignatureCheck | None = None
     parsed = result.kind != "unknown"  # when the bytes are not even XML the validator has said so already
     if trust is not None and parsed:

@@ -1,0 +1,154 @@
+"""The ingest RecordsRepository on DynamoDB: the `submissions` and `visits` tables of docs/data-model.md.
+
+Every write is conditional, so running the same object twice adds nothing. A new visit version, the move
+of its LATEST pointer and the supersession of the version it replaces go in one TransactWriteItems: a
+reader never sees a pointer to a missing version, nor two PENDING versions of one visit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healthbook.aws.settings import error_code
+from healthbook.ingest.model import LATEST, PENDING, SUPERSEDED, SubmissionRecord, VisitVersion, VisitWrite
+
+# DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
+MAX_RECORDS_BYTES = 380 * 1024
+_CONFLICTS = {"ConditionalCheckFailed", "TransactionConflict"}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+class RecordsTooLarge(ValueError):
+    """An accepted visit whose records do not fit in one item. Raised, not rejected: the receipt already
+    accepted it, so the message goes to the DLQ for an operator (docs/ingest.md)."""
+
+
+class DynamoRecords:
+    def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5) -> None:
+        self._db = dynamodb
+        self.submissions_table = submissions_table
+        self.visits_table = visits_table
+        self._max_attempts = max_attempts
+
+    # --- submissions ------------------------------------------------------------------------------------
+
+    def submission_exists(self, submission_id: str) -> bool:
+        response = self._db.get_item(TableName=self.submissions_table, Key={"submission_id": _s(submission_id)},
+                                     ConsistentRead=True, ProjectionExpression="submission_id")
+        return "Item" in response
+
+    def put_submission(self, record: SubmissionRecord) -> bool:
+        item: dict[str, Any] = {
+            "submission_id": _s(record.submission_id), "facility": _s(record.facility),
+            "facility_day": _s(record.facility_day), "received_at": _s(record.received),
+            "object_key": _s(record.object_key), "size": _n(record.size), "status": _s(record.status),
+            "visits_total": _n(record.visits_total), "visits_accepted": _n(record.visits_accepted),
+            "receipt_key": _s(record.receipt_key), "signing_key_id": _s(record.signing_key_id),
+        }
+        optional = {"version_id": record.version_id, "content_sha256": record.content_sha256,
+                    "quarantine_key": record.quarantine_key, "merkle_root": record.merkle_root}
+        item.update({name: _s(value) for name, value in optional.items() if value})
+        # String sets cannot be empty: an accepted file simply has no error_codes attribute.
+        if record.error_codes:
+            item["error_codes"] = {"SS": sorted(set(record.error_codes))}
+        if record.standards:
+            item["standards"] = {"SS": sorted(set(record.standards))}
+        try:
+            self._db.put_item(TableName=self.submissions_table, Item=item,
+                              ConditionExpression="attribute_not_exists(submission_id)")
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # --- visits -----------------------------------------------------------------------------------------
+
+    def latest(self, visit_id: str) -> str | None:
+        """The version key in force (the LATEST pointer's ``current``), None for an unknown visit."""
+        response = self._db.get_item(TableName=self.visits_table, Key={"visit_id": _s(visit_id), "version": _s(LATEST)},
+                                     ConsistentRead=True, ProjectionExpression="#c",
+                                     ExpressionAttributeNames={"#c": "current"})
+        current = response.get("Item", {}).get("current", {}).get("S")
+        return str(current) if current is not None else None
+
+    def save_visit(self, visit: VisitVersion) -> VisitWrite:
+        """Read the pointer, then write conditionally on what was read; a concurrent move of the pointer
+        cancels the transaction and the decision is taken again on the new state."""
+        if len(visit.records) > MAX_RECORDS_BYTES:
+            raise RecordsTooLarge(f"visit {visit.visit_id}: {len(visit.records)} bytes of compressed records "
+                                  f"exceed the {MAX_RECORDS_BYTES} a DynamoDB item can hold")
+        for _ in range(self._max_attempts):
+            current = self.latest(visit.visit_id)
+            if current == visit.version:
+                return VisitWrite.PRESENT
+            if current is not None and current > visit.version:
+                return self._put_late(visit, current)
+            try:
+                self._transact(visit, current)
+            except Exception as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
+                if reasons and reasons[0] == "ConditionalCheckFailed":
+                    return VisitWrite.PRESENT  # the version item exists: an earlier run wrote all of it
+                if not _CONFLICTS.intersection(reasons):
+                    raise
+                continue  # the pointer moved under us: decide again
+            return VisitWrite.CREATED if current is None else VisitWrite.SUPERSEDING
+        raise RuntimeError(f"visit {visit.visit_id}: the LATEST pointer kept changing; giving up for this attempt")
+
+    def _version_item(self, visit: VisitVersion, status: str, superseded_by: str | None = None) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "visit_id": _s(visit.visit_id), "version": _s(visit.version), "submission_id": _s(visit.submission_id),
+            "received_at": _s(visit.received_at), "digest": _s(visit.digest), "status": _s(status),
+            "deadline_at": _s(visit.deadline_at), "status_shard": _s(visit.status_shard(status)),
+            "records": {"B": visit.records},
+        }
+        if visit.standard:
+            item["standard"] = _s(visit.standard)
+        if visit.citizen_key:  # no attribute, no entry in the sparse by-citizen index
+            item["citizen_key"] = _s(visit.citizen_key)
+        if superseded_by:
+            item["superseded_by"] = _s(superseded_by)
+        return item
+
+    def _transact(self, visit: VisitVersion, current: str | None) -> None:
+        put_version = {"Put": {"TableName": self.visits_table, "Item": self._version_item(visit, PENDING),
+                               "ConditionExpression": "attribute_not_exists(visit_id)"}}
+        pointer_key = {"visit_id": _s(visit.visit_id), "version": _s(LATEST)}
+        if current is None:
+            items = [put_version, {"Put": {
+                "TableName": self.visits_table, "Item": {**pointer_key, "current": _s(visit.version)},
+                "ConditionExpression": "attribute_not_exists(visit_id)"}}]
+        else:
+            # "current = :old" (not merely "< :new") guarantees the version superseded below is the one the
+            # pointer leaves; it is still a forward move, since current < new was checked.
+            items = [put_version, {"Update": {
+                "TableName": self.visits_table, "Key": pointer_key, "UpdateExpression": "SET #c = :new",
+                "ConditionExpression": "#c = :old", "ExpressionAttributeNames": {"#c": "current"},
+                "ExpressionAttributeValues": {":new": _s(visit.version), ":old": _s(current)}}}, {"Update": {
+                "TableName": self.visits_table, "Key": {"visit_id": _s(visit.visit_id), "version": _s(current)},
+                "UpdateExpression": "SET #s = :s, status_shard = :shard, superseded_by = :new",
+                "ConditionExpression": "attribute_exists(visit_id)", "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": _s(SUPERSEDED), ":shard": _s(visit.status_shard(SUPERSEDED)),
+                                              ":new": _s(visit.version)}}}]
+        self._db.transact_write_items(TransactItems=items)
+
+    def _put_late(self, visit: VisitVersion, current: str) -> VisitWrite:
+        """An older object processed after a newer one (SQS does not keep order): keep it as history."""
+        try:
+            self._db.put_item(TableName=self.visits_table, Item=self._version_item(visit, SUPERSEDED, current),
+                              ConditionExpression="attribute_not_exists(visit_id)")
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return VisitWrite.PRESENT
+            raise
+        return VisitWrite.LATE

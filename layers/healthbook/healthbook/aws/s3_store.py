@@ -1,0 +1,71 @@
+"""The ingest ObjectStore on S3: read an inbox object within a size limit, write receipts, quarantine, tag.
+
+Encryption is the buckets' default (SSE-KMS), so no call names a key. Errors other than "that object is
+gone" propagate: the handler fails the message and SQS retries it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healthbook.aws.settings import error_code
+from healthbook.ingest.model import ObjectGone, ObjectRef, StoredObject
+
+PROCESSED_TAG = {"Key": "processed", "Value": "true"}
+_GONE = {"404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed"}  # 405: the version is a delete marker
+_COPY_OBJECT_LIMIT = 5 * 1024**3  # CopyObject copies up to 5 GiB in one call; beyond, a multipart copy
+
+
+def _version(ref: ObjectRef) -> dict[str, str]:
+    return {"VersionId": ref.version_id} if ref.version_id else {}
+
+
+class S3Store:
+    def __init__(self, s3: Any, *, receipts_bucket: str, quarantine_bucket: str) -> None:
+        self._s3 = s3
+        self.receipts_bucket = receipts_bucket
+        self.quarantine_bucket = quarantine_bucket
+
+    def read(self, ref: ObjectRef, limit: int) -> StoredObject:
+        """HEAD first, so an oversized object is never downloaded; then at most limit + 1 bytes."""
+        try:
+            head = self._s3.head_object(Bucket=ref.bucket, Key=ref.key, **_version(ref))
+            size = int(head["ContentLength"])
+            if size > limit:
+                return StoredObject(size=size, data=None)
+            body = self._s3.get_object(Bucket=ref.bucket, Key=ref.key, **_version(ref))["Body"]
+            try:
+                data: bytes = body.read(limit + 1)
+            finally:
+                body.close()
+        except Exception as exc:
+            if error_code(exc) in _GONE:
+                raise ObjectGone(ref.key) from exc
+            raise
+        # Only an unversioned key can change between the two calls; what was read is what counts.
+        return StoredObject(size=len(data), data=data if len(data) <= limit else None)
+
+    def put_receipt(self, key: str, body: bytes) -> None:
+        self._s3.put_object(Bucket=self.receipts_bucket, Key=key, Body=body,
+                            ContentType="application/json; charset=utf-8")
+
+    def quarantine(self, ref: ObjectRef, size: int) -> str:
+        source = {"Bucket": ref.bucket, "Key": ref.key, **_version(ref)}
+        if size > _COPY_OBJECT_LIMIT:
+            self._s3.copy(source, self.quarantine_bucket, ref.key)  # boto3's managed multipart copy (no tags)
+        else:
+            # No tags: a retried run may find the original already tagged processed=true, which must not
+            # follow the copy (and so the function needs no tagging rights on the quarantine bucket).
+            self._s3.copy_object(CopySource=source, Bucket=self.quarantine_bucket, Key=ref.key,
+                                 MetadataDirective="COPY", TaggingDirective="REPLACE")
+        return ref.key
+
+    def mark_processed(self, ref: ObjectRef) -> None:
+        # PutObjectTagging replaces the tag set. Uploads are not expected to carry tags; should facilities
+        # ever tag theirs, merge with GetObjectTagging here.
+        try:
+            self._s3.put_object_tagging(Bucket=ref.bucket, Key=ref.key, **_version(ref),
+                                        Tagging={"TagSet": [PROCESSED_TAG]})
+        except Exception as exc:
+            if error_code(exc) not in _GONE:  # deleted meanwhile: nothing left to expire
+                raise

@@ -1,0 +1,216 @@
+"""What ingestion reads and writes, as plain values: the S3 object, the items of docs/data-model.md, the outcome.
+
+Pure: no AWS. The adapters in healthbook.aws turn these into DynamoDB items and S3 calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from healthbook.signing.receipt import PORTAL_TZ, iso_utc
+
+# Visit statuses (docs/data-model.md); the delivery stage adds DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED.
+PENDING = "PENDING"
+SUPERSEDED = "SUPERSEDED"
+# Submission statuses.
+ACCEPTED = "ACCEPTED"
+PARTIAL = "PARTIAL"
+REJECTED = "REJECTED"
+
+STATUS_SHARDS = 8
+LATEST = "LATEST"  # the sort key of a visit's pointer item
+DEADLINE = timedelta(hours=24)  # QĐ 2733 Appendix 01 Art. 5
+UNKNOWN_FACILITY = "unknown"  # receipts folder for a key that names no folder at all
+
+_INBOX_KEY = re.compile(r"^inbox/([0-9]{5})/(?:.+/)?[^/]+$")
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object from an S3 event notification (key already URL-decoded)."""
+
+    bucket: str
+    key: str
+    version_id: str | None
+    received_at: datetime  # the event time: when S3 received the object
+    size: int | None = None  # as the event reports it; the store's HEAD is what counts
+    sequencer: str | None = None
+
+    @property
+    def version_token(self) -> str:
+        # Without bucket versioning S3 sends no versionId; the event's sequencer then tells two uploads of the
+        # same key apart (a redelivered event keeps its sequencer, so retries still collapse).
+        if self.version_id:
+            return self.version_id
+        return f"seq:{self.sequencer}" if self.sequencer else ""
+
+    @property
+    def submission_id(self) -> str:
+        """hex SHA-256 of ``bucket/key#versionId``: the idempotency key of the object, not of the message."""
+        return hashlib.sha256(f"{self.bucket}/{self.key}#{self.version_token}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an object sits: its facility folder, or why it sits nowhere acceptable (I502)."""
+
+    facility: str | None  # the 5-digit MACSKCB of inbox/{MACSKCB}/..., None outside it
+    folder: str  # the receipts folder: the facility, else the prefix segment if usable, else "unknown"
+    basename: str
+
+    @property
+    def receipt_key(self) -> str:
+        return f"receipts/{self.folder}/{self.basename}.receipt.json"
+
+
+def locate(key: str) -> Location:
+    basename = key.rsplit("/", 1)[-1]
+    match = _INBOX_KEY.match(key)
+    if match:
+        return Location(facility=match.group(1), folder=match.group(1), basename=basename)
+    parts = key.split("/")
+    # "inbox/abc/x.xml" -> "abc"; a segment unfit for a key prefix (or "..") goes to "unknown".
+    segment = parts[1] if len(parts) >= 3 and parts[0] == "inbox" else ""
+    folder = segment if _SAFE_SEGMENT.match(segment) and segment.strip(".") else UNKNOWN_FACILITY
+    return Location(facility=None, folder=folder, basename=basename or "unnamed")
+
+
+def status_shard(status: str, visit_id: str) -> str:
+    """``{status}#{n}``, n = first byte of SHA-256(visit_id) mod 8: spreads one status over 8 GSI partitions."""
+    return f"{status}#{hashlib.sha256(visit_id.encode()).digest()[0] % STATUS_SHARDS}"
+
+
+def facility_day(facility: str, received_at: datetime) -> str:
+    """``{facility}#{YYYY-MM-DD}`` in Vietnam time: a facility's "day" is its own, not UTC's."""
+    return f"{facility}#{received_at.astimezone(PORTAL_TZ):%Y-%m-%d}"
+
+
+def version_key(received_at: datetime, submission_id: str) -> str:
+    """Sortable by time, and the same object processed twice gives the same key."""
+    return f"{iso_utc(received_at)}#{submission_id[:16]}"
+
+
+@dataclass(frozen=True)
+class VisitVersion:
+    """One accepted visit as stored: a new version item of ``visit_id``."""
+
+    visit_id: str  # {facility}#{MA_LK}
+    version: str
+    submission_id: str
+    received_at: str
+    standard: str | None
+    digest: str
+    deadline_at: str
+    citizen_key: str | None  # HMAC of SO_CCCD; None when the visit names no ID number
+    records: bytes = field(repr=False)  # gzip(canonical JSON): personal data, never logged
+
+    def status_shard(self, status: str) -> str:
+        return status_shard(status, self.visit_id)
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    submission_id: str
+    facility: str
+    received_at: datetime
+    object_key: str
+    version_id: str | None
+    content_sha256: str | None  # None when the object was never read (too large, wrong place)
+    size: int
+    status: str
+    visits_total: int
+    visits_accepted: int
+    error_codes: tuple[str, ...]
+    standards: tuple[str, ...]
+    receipt_key: str
+    quarantine_key: str | None
+    merkle_root: str | None
+    signing_key_id: str
+
+    @property
+    def received(self) -> str:
+        return iso_utc(self.received_at)
+
+    @property
+    def facility_day(self) -> str:
+        return facility_day(self.facility, self.received_at)
+
+
+def deadline(received_at: datetime) -> str:
+    return iso_utc(received_at.astimezone(UTC) + DEADLINE)
+
+
+@dataclass
+class Outcome:
+    """What happened to one object, for logs and metrics: codes and counts, never values or names."""
+
+    submission_id: str
+    facility: str  # the receipts folder (a facility code, or the segment / "unknown" for I502)
+    object_key: str
+    status: str  # ACCEPTED | PARTIAL | REJECTED | DUPLICATE | GONE | SKIPPED
+    visits_total: int = 0
+    visits_accepted: int = 0
+    visits_stored: int = 0  # versions written now (0 on a replay)
+    visits_superseding: int = 0  # of those, how many replaced an earlier version
+    error_codes: list[str] = field(default_factory=list)
+    rejected_by_family: dict[str, int] = field(default_factory=dict)  # rejected visits by error family
+    file_error_family: str | None = None  # the family of the first file-level error, if any
+    receipt_key: str | None = None
+    quarantine_key: str | None = None
+    size: int | None = None
+
+    @property
+    def visits_rejected(self) -> int:
+        return self.visits_total - self.visits_accepted
+
+    @property
+    def rejection_family(self) -> str | None:
+        """Why a rejected file was rejected, as one family: its file-level error, else its visits' commonest."""
+        if self.file_error_family:
+            return self.file_error_family
+        if self.rejected_by_family:
+            return max(sorted(self.rejected_by_family), key=lambda family: self.rejected_by_family[family])
+        return None
+
+    @property
+    def processed(self) -> bool:
+        """A file that got a receipt in this run (not a replay, not a vanished object)."""
+        return self.status in (ACCEPTED, PARTIAL, REJECTED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"submission_id": self.submission_id, "facility": self.facility, "object_key": self.object_key,
+                "status": self.status, "visits_total": self.visits_total, "visits_accepted": self.visits_accepted,
+                "visits_rejected": self.visits_rejected, "visits_stored": self.visits_stored,
+                "visits_superseding": self.visits_superseding, "error_codes": list(self.error_codes),
+                "rejected_by_family": dict(self.rejected_by_family), "file_error_family": self.file_error_family,
+                "receipt_key": self.receipt_key, "quarantine_key": self.quarantine_key, "size": self.size}
+
+
+def error_family(code: str) -> str:
+    """V, R, K, E, I... : the first letter of a catalogue code."""
+    return code[:1] or "?"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    data: bytes | None  # None: larger than the limit, so never read
+
+
+class ObjectGone(Exception):
+    """The object (or that version of it) no longer exists: nothing to process, nothing to retry."""
+
+
+class VisitWrite(StrEnum):
+    """What storing one visit version did (see RecordsRepository.save_visit)."""
+
+    CREATED = "CREATED"  # the first version of this visit
+    SUPERSEDING = "SUPERSEDING"  # the new latest; the previous latest is now SUPERSEDED
+    LATE = "LATE"  # an older version arriving after a newer one: stored as SUPERSEDED, pointer untouched
+    PRESENT = "PRESENT"  # already stored by an earlier run of the same object

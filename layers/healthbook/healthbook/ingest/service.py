@@ -1,0 +1,235 @@
+"""Ingest ONE uploaded object: locate, read, validate-verify-sign (healthbook.pipeline), store, receipt.
+
+Pure orchestration over ports (Protocols) so it runs in unit tests without AWS; healthbook.aws has the
+S3/DynamoDB/KMS adapters and functions/ingest/app.py the Lambda handler. docs/ingest.md tells the story.
+
+Failure policy: whatever is wrong with the *file* becomes an issue on its receipt and never raises; whatever
+is wrong with the *platform* (throttling, KMS, 5xx, permissions) raises, so the caller fails only that
+message and SQS retries it. Every write is conditional or idempotent and the submission item, the
+"done" marker, is written last: a retry after a crash anywhere converges to the same items.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from healthbook.ingest.model import (
+    ACCEPTED,
+    PARTIAL,
+    REJECTED,
+    Location,
+    ObjectGone,
+    ObjectRef,
+    Outcome,
+    StoredObject,
+    SubmissionRecord,
+    VisitVersion,
+    VisitWrite,
+    deadline,
+    error_family,
+    locate,
+    version_key,
+)
+from healthbook.pipeline import process_submission, receipt_view
+from healthbook.signing.merkle import canonical_visit
+from healthbook.signing.receipt import build_receipt, iso_utc
+from healthbook.signing.registry import FacilityRegistry
+from healthbook.signing.signer import Signer
+from healthbook.signing.xmldsig import SignatureCheck, Trust
+from healthbook.validation import FileResult, Options, VisitResult
+from healthbook.validation.engine import DEFAULT_OPTIONS
+from healthbook.validation.issues import make_issue
+
+__all__ = ["IngestService", "ObjectStore", "RecordsRepository", "RegistrySource", "citizen_key", "pack_records"]
+
+_MAX_DETAIL = 200  # I502 quotes the key; a 1 KB key need not be copied whole into a receipt
+
+
+# --- ports ----------------------------------------------------------------------------------------------
+
+class ObjectStore(Protocol):
+    def read(self, ref: ObjectRef, limit: int) -> StoredObject:
+        """The object's bytes, or only its size when it is larger than ``limit``; ObjectGone if deleted."""
+        ...
+
+    def put_receipt(self, key: str, body: bytes) -> None: ...
+
+    def quarantine(self, ref: ObjectRef, size: int) -> str:
+        """Copy the original to the quarantine bucket (same key); returns the key."""
+        ...
+
+    def mark_processed(self, ref: ObjectRef) -> None:
+        """Tag the inbox object processed=true (the bucket's lifecycle rule expires tagged objects)."""
+        ...
+
+
+class RecordsRepository(Protocol):
+    def submission_exists(self, submission_id: str) -> bool: ...
+
+    def save_visit(self, visit: VisitVersion) -> VisitWrite:
+        """Store a new version and move the LATEST pointer forward, superseding the version it replaces."""
+        ...
+
+    def put_submission(self, record: SubmissionRecord) -> bool:
+        """Conditional on the id being new; False when it was already there."""
+        ...
+
+
+class RegistrySource(Protocol):
+    def load_registry(self) -> FacilityRegistry: ...
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------
+
+def citizen_key(pepper: bytes, id_number: str) -> str | None:
+    """HMAC-SHA256(pepper, SO_CCCD): joins a citizen's visits without storing the number. None when empty."""
+    number = id_number.strip()
+    if not number:
+        return None
+    return hmac.new(pepper, number.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pack_records(visit: VisitResult) -> bytes:
+    """gzip of the canonical JSON whose SHA-256 is the receipt's digest, so the stored records can be checked
+    against the receipt. mtime=0 keeps the bytes reproducible."""
+    return gzip.compress(canonical_visit(visit), compresslevel=6, mtime=0)
+
+
+def _id_number(visit: VisitResult) -> str:
+    rows = visit.tables.get("XML1")
+    return rows.raw[0].get("SO_CCCD", "") if rows and rows.raw else ""
+
+
+# --- the service ----------------------------------------------------------------------------------------
+
+class IngestService:
+    def __init__(self, *, store: ObjectStore, records: RecordsRepository, registry: RegistrySource,
+                 anchors: Sequence[x509.Certificate] | None, signer: Signer, pepper: bytes,
+                 options: Options = DEFAULT_OPTIONS, registry_ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``anchors`` None disables the facility-signature check: development only (the settings of the
+        deployed function always load a CA bundle). The registry is re-read every ``registry_ttl`` seconds so
+        that a facility registered with ``healthbook facility add`` is accepted without a cold start."""
+        if not pepper:
+            raise ValueError("the citizen-key pepper must not be empty")
+        self._store, self._records, self._registry_source = store, records, registry
+        self._anchors = tuple(anchors) if anchors is not None else None
+        self._signer, self._pepper, self._options = signer, pepper, options
+        self._registry_ttl, self._clock = registry_ttl, clock
+        self._trust: Trust | None = None
+        self._trust_loaded = float("-inf")
+
+    @property
+    def max_bytes(self) -> int:
+        return self._options.limits.max_file_bytes
+
+    def trust(self) -> Trust | None:
+        if self._anchors is None:
+            return None
+        now = self._clock()
+        if self._trust is None or now - self._trust_loaded >= self._registry_ttl:
+            self._trust = Trust(anchors=self._anchors, registry=self._registry_source.load_registry())
+            self._trust_loaded = now
+        return self._trust
+
+    def ingest(self, ref: ObjectRef) -> Outcome:
+        location = locate(ref.key)
+        sid = ref.submission_id
+        outcome = Outcome(submission_id=sid, facility=location.folder, object_key=ref.key, status="SKIPPED",
+                          receipt_key=location.receipt_key)
+        if ref.key.endswith("/"):
+            outcome.receipt_key = None  # a console "folder" placeholder, not a submission
+            return outcome
+        if self._records.submission_exists(sid):
+            outcome.status = "DUPLICATE"  # the same object version again: its receipt and items stand
+            return outcome
+        try:
+            result, receipt, stored, content_sha256 = self._examine(ref, location, sid)
+        except ObjectGone:
+            outcome.status, outcome.receipt_key = "GONE", None
+            return outcome
+        return self._record(ref, location, result, receipt, stored, content_sha256, outcome)
+
+    # --- steps ------------------------------------------------------------------------------------------
+
+    def _examine(self, ref: ObjectRef, location: Location,
+                 sid: str) -> tuple[FileResult, dict[str, Any], StoredObject, str | None]:
+        """Validate and sign: the result, the signed receipt, what was read and its SHA-256."""
+        if location.facility is None:
+            detail = ref.key if len(ref.key) <= _MAX_DETAIL else ref.key[:_MAX_DETAIL] + "…"
+            result = FileResult(path=ref.key, size=ref.size or 0)
+            result.errors.append(make_issue("I502", detail=detail))  # never read: not a facility's folder
+            return result, self._receipt(result, ref, sid, None), StoredObject(size=ref.size or 0, data=None), None
+        stored = self._store.read(ref, self.max_bytes)
+        if stored.data is None:
+            result = FileResult(path=ref.key, size=stored.size)
+            result.errors.append(make_issue("E002", size=stored.size, limit=self.max_bytes))
+            return result, self._receipt(result, ref, sid, None), stored, None
+        # The folder is the uploader's identity (IAM lets a facility write only inbox/{its code}/).
+        done = process_submission(stored.data, object_key=ref.key, received_at=ref.received_at, signer=self._signer,
+                                  trust=self.trust(), submission_id=sid, options=self._options,
+                                  uploaded_by=location.facility)
+        return done.result, done.receipt, stored, hashlib.sha256(stored.data).hexdigest()
+
+    def _receipt(self, result: FileResult, ref: ObjectRef, sid: str,
+                 check: SignatureCheck | None) -> dict[str, Any]:
+        return build_receipt(result, submission_id=sid, object_key=ref.key, received_at=ref.received_at,
+                             signer=self._signer, facility_signature=receipt_view(check) if check is not None else None)
+
+    def _record(self, ref: ObjectRef, location: Location, result: FileResult, receipt: dict[str, Any],
+                stored: StoredObject, content_sha256: str | None, outcome: Outcome) -> Outcome:
+        entries: list[dict[str, Any]] = receipt["visits"]
+        accepted = sum(1 for e in entries if e["accepted"])
+        status = ACCEPTED if receipt["accepted"] else PARTIAL if accepted else REJECTED
+        codes = sorted({i.code for i in result.errors} | {i.code for v in result.visits for i in v.errors})
+        file_family = error_family(result.errors[0].code) if result.errors else None
+        rejected: Counter[str] = Counter()
+        for visit, entry in zip(result.visits, entries, strict=True):
+            if not entry["accepted"]:
+                first = file_family or (error_family(visit.errors[0].code) if visit.errors else "?")
+                rejected[first] += 1
+        outcome.status, outcome.size = status, stored.size
+        outcome.visits_total, outcome.visits_accepted = len(entries), accepted
+        outcome.error_codes, outcome.rejected_by_family = codes, dict(sorted(rejected.items()))
+        outcome.file_error_family = file_family
+
+        # 1. visits: each write is conditional, so a retry finds them present and moves on.
+        received = iso_utc(ref.received_at)
+        version = version_key(ref.received_at, outcome.submission_id)
+        for visit, entry in zip(result.visits, entries, strict=True):
+            if not entry["accepted"]:
+                continue
+            written = self._records.save_visit(VisitVersion(
+                visit_id=f"{location.facility}#{visit.ma_lk}", version=version,
+                submission_id=outcome.submission_id, received_at=received, standard=visit.standard,
+                digest=entry["digest"], deadline_at=deadline(ref.received_at),
+                citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit)))
+            if written is not VisitWrite.PRESENT:
+                outcome.visits_stored += 1
+            if written is VisitWrite.SUPERSEDING:
+                outcome.visits_superseding += 1
+        # 2. the receipt, for every file; 3. the original of a rejected file; 4. the lifecycle tag.
+        self._store.put_receipt(location.receipt_key, json.dumps(receipt, ensure_ascii=False, indent=2).encode())
+        if status == REJECTED:
+            outcome.quarantine_key = self._store.quarantine(ref, stored.size)
+        self._store.mark_processed(ref)
+        # 5. last: the submission item says "done"; until it exists a retry redoes the steps above.
+        self._records.put_submission(SubmissionRecord(
+            submission_id=outcome.submission_id, facility=location.folder, received_at=ref.received_at,
+            object_key=ref.key, version_id=ref.version_id, content_sha256=content_sha256, size=stored.size,
+            status=status, visits_total=len(entries), visits_accepted=accepted, error_codes=tuple(codes),
+            standards=tuple(receipt["standards"]), receipt_key=location.receipt_key,
+            quarantine_key=outcome.quarantine_key,
+            merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
+            signing_key_id=receipt["platform_signature"]["key_id"]))
+        return outcome
+
