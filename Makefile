@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench docs standard clean
+.PHONY: demo test lint typecheck unit sam bench docs standard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check layers functions tests bench
+	$(BIN)/ruff check layers functions tests bench infra
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) sam
 	$(BIN)/pytest
+
+## The SAM CLI in its own Python 3.13 venv (it pins libraries our venv must not share): sam validate, sam build.
+sam:
+	infra/localstack/install.sh sam
 
 ## Benchmarks print ratios against a baseline measured in the same run.
 bench: $(STAMP)

@@ -84,7 +84,7 @@ def test_readable_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "REJECTED" in out and "V202" in out and "XML1.MA_KHOA" in out and "0/1 file(s) accepted" in out
 
 
-def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--visits", "25", "--out", str(tmp_path / "demo")]) == 0
+def test_validate_only_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--validate-only", "--visits", "25", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "labelled defects missed: 0; clean files rejected: 0" in out and "total" in out

@@ -22,9 +22,9 @@ from urllib.parse import quote_plus
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from healthbook.aws.sandbox import create_tables, kms_signs_digests_like_aws
 from healthbook.generate import Visit, build_visit, submission
 from healthbook.ingest import IngestService, ObjectGone, ObjectRef, StoredObject, SubmissionRecord, VisitVersion
 from healthbook.ingest.model import VisitWrite, facility_day, locate, status_shard, version_key
@@ -242,37 +242,8 @@ def app() -> ModuleType:
     return module
 
 
-def _kms_like_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Test-only (as in test_receipts.py): moto 5.x ignores MessageType=DIGEST and hashes the digest again;
-    make it sign the digest as real KMS does, so receipts verify with the offline verifier."""
-    from moto.kms import utils
-
-    def ec_sign(self: Any, message: bytes, signing_algorithm: str) -> bytes:
-        signature: bytes = self.private_key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256())))
-        return signature
-
-    monkeypatch.setattr(utils.ECDSAPrivateKey, "sign", ec_sign)
-
-
 def _create_tables(ddb: Any) -> None:
-    def table(name: str, keys: list[tuple[str, str]], indexes: dict[str, list[tuple[str, str]]]) -> None:
-        attributes = {a for a, _ in keys} | {a for index in indexes.values() for a, _ in index}
-        gsis = [{"IndexName": n, "KeySchema": [{"AttributeName": a, "KeyType": t} for a, t in k],
-                 "Projection": {"ProjectionType": "ALL"}} for n, k in indexes.items()]
-        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                         KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in keys],
-                         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-                         **({"GlobalSecondaryIndexes": gsis} if gsis else {}))
-
-    table(TABLES["SUBMISSIONS_TABLE"], [("submission_id", "HASH")],
-          {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")]})
-    table(TABLES["VISITS_TABLE"], [("visit_id", "HASH"), ("version", "RANGE")],
-          {"by-citizen": [("citizen_key", "HASH"), ("received_at", "RANGE")],
-           "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")]})
-    table(TABLES["FACILITIES_TABLE"], [("facility", "HASH")], {})
-    table(TABLES["IDEMPOTENCY_TABLE"], [("id", "HASH")], {})
-    ddb.update_time_to_live(TableName=TABLES["IDEMPOTENCY_TABLE"],
-                            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"})
+    create_tables(ddb, TABLES)
 
 
 @pytest.fixture
@@ -289,8 +260,7 @@ def aws(pki: dict[str, Path], app: ModuleType, monkeypatch: pytest.MonkeyPatch) 
                         "TRUST_BUNDLE_PARAMETER": "/healthbook/dev/trust-bundle",
                         "CITIZEN_PEPPER_SECRET": "healthbook/dev/citizen-pepper", **TABLES}.items():
         monkeypatch.setenv(name, value)
-    _kms_like_aws(monkeypatch)
-    with mock_aws():
+    with mock_aws(), kms_signs_digests_like_aws():
         s3, ddb, kms = boto3.client("s3"), boto3.client("dynamodb"), boto3.client("kms")
         location = {"LocationConstraint": "ap-southeast-1"}
         for bucket in (INBOX, RECEIPTS, QUARANTINE):

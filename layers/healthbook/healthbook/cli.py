@@ -98,6 +98,10 @@ def summary_table(results: list[FileResult], manifest: dict[str, object] | None,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.validate_only:
+        from healthbook.local_demo import run
+
+        return run(Path(args.out), visits=args.visits, seed=args.seed, defect_rate=args.defect_rate)
     from healthbook.generate import MANIFEST, generate_batch
 
     out = Path(args.out)
@@ -160,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--facility", metavar="MACSKCB", help="every file from this facility (default: a mix)")
     generate.set_defaults(func=cmd_generate)
 
-    demo = sub.add_parser("demo", help="generate a batch, validate it and print a summary table")
+    demo = sub.add_parser("demo", help="the pipeline locally on moto: sign, upload, ingest, receipts, records")
+    demo.add_argument("--validate-only", action="store_true", help="only generate and validate (no AWS at all)")
     demo.add_argument("--visits", type=int, default=200)
     demo.add_argument("--out", default="demo-out")
     demo.add_argument("--seed", type=int, default=2024)

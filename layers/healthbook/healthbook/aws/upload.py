@@ -49,8 +49,10 @@ def wait_for_receipt(s3: Any, destination: Destination, facility: str, path: Pat
             body = s3.get_object(Bucket=destination.receipts_bucket, Key=key)["Body"].read()
             receipt: dict[str, Any] = json.loads(body)
             return receipt
-        except s3.exceptions.NoSuchKey:
-            pass
+        except s3.exceptions.ClientError as error:
+            # A facility may read its receipts but not list them, so S3 answers 403, not 404, until it exists.
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "AccessDenied", "403", "404"):
+                raise
         if time.monotonic() >= deadline:
             return None
         sleep(poll)

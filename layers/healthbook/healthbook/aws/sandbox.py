@@ -1,0 +1,131 @@
+"""An in-process AWS (moto) shaped like template.yaml: for the local demo and the tests.
+
+Nothing here runs in Lambda. It creates the buckets, tables (with the GSIs of docs/data-model.md), the
+receipt-signing key, the trust-bundle parameter and the pepper secret, and sets the environment variables
+the ingest function reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+REGION = "ap-southeast-1"
+NAMES = {
+    "INBOX_BUCKET": "healthbook-sandbox-inbox", "RECEIPTS_BUCKET": "healthbook-sandbox-receipts",
+    "QUARANTINE_BUCKET": "healthbook-sandbox-quarantine", "SUBMISSIONS_TABLE": "healthbook-sandbox-submissions",
+    "VISITS_TABLE": "healthbook-sandbox-visits", "FACILITIES_TABLE": "healthbook-sandbox-facilities",
+    "IDEMPOTENCY_TABLE": "healthbook-sandbox-idempotency", "TRUST_BUNDLE_PARAMETER": "/healthbook/sandbox/trust-bundle",
+    "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper",
+}
+EVENT_TEMPLATE = {
+    "messageId": "", "receiptHandle": "sandbox", "attributes": {"ApproximateReceiveCount": "1"},
+    "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+    "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:healthbook-sandbox-ingest", "awsRegion": REGION,
+}
+
+
+def create_tables(ddb: Any, names: dict[str, str]) -> None:
+    """The four tables of docs/data-model.md, keys and GSIs included."""
+    def table(name: str, keys: list[tuple[str, str]], indexes: dict[str, list[tuple[str, str]]]) -> None:
+        attributes = {a for a, _ in keys} | {a for index in indexes.values() for a, _ in index}
+        gsis = [{"IndexName": n, "KeySchema": [{"AttributeName": a, "KeyType": t} for a, t in k],
+                 "Projection": {"ProjectionType": "ALL"}} for n, k in indexes.items()]
+        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in keys],
+                         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+                         **({"GlobalSecondaryIndexes": gsis} if gsis else {}))
+
+    table(names["SUBMISSIONS_TABLE"], [("submission_id", "HASH")],
+          {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")]})
+    table(names["VISITS_TABLE"], [("visit_id", "HASH"), ("version", "RANGE")],
+          {"by-citizen": [("citizen_key", "HASH"), ("received_at", "RANGE")],
+           "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")]})
+    table(names["FACILITIES_TABLE"], [("facility", "HASH")], {})
+    table(names["IDEMPOTENCY_TABLE"], [("id", "HASH")], {})
+    ddb.update_time_to_live(TableName=names["IDEMPOTENCY_TABLE"],
+                            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"})
+
+
+@contextmanager
+def kms_signs_digests_like_aws() -> Iterator[None]:
+    """moto 5.x ignores ``MessageType=DIGEST`` and hashes the digest again, so its signatures would not verify
+    the way AWS KMS's do. Inside this block its ECDSA keys sign the digest as KMS does (emulation only)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from moto.kms import utils
+
+    original = utils.ECDSAPrivateKey.sign
+
+    def sign(self: Any, message: bytes, signing_algorithm: str) -> bytes:
+        signature: bytes = self.private_key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256())))
+        return signature
+
+    utils.ECDSAPrivateKey.sign = sign  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        utils.ECDSAPrivateKey.sign = original  # type: ignore[method-assign]
+
+
+@dataclass
+class Sandbox:
+    s3: Any
+    ddb: Any
+    kms: Any
+    receipt_key_id: str
+    public_key_pem: bytes
+    names: dict[str, str]
+
+
+def build(ca_pem: str, pepper: str, names: dict[str, str] = NAMES) -> Sandbox:
+    """Create every resource inside an active ``moto.mock_aws()``; the caller sets ``names`` as env vars."""
+    import boto3  # type: ignore[import-untyped]
+
+    s3, ddb, kms = boto3.client("s3"), boto3.client("dynamodb"), boto3.client("kms")
+    for bucket in (names["INBOX_BUCKET"], names["RECEIPTS_BUCKET"], names["QUARANTINE_BUCKET"]):
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_versioning(Bucket=names["INBOX_BUCKET"], VersioningConfiguration={"Status": "Enabled"})
+    create_tables(ddb, names)
+    key_id = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"]["KeyId"]
+    boto3.client("ssm").put_parameter(Name=names["TRUST_BUNDLE_PARAMETER"], Type="String", Value=ca_pem,
+                                      Tier="Advanced")
+    boto3.client("secretsmanager").create_secret(Name=names["CITIZEN_PEPPER_SECRET"],
+                                                 SecretString=json.dumps({"pepper": pepper}))
+    public = b"-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(
+        kms.get_public_key(KeyId=key_id)["PublicKey"]) + b"-----END PUBLIC KEY-----\n"
+    return Sandbox(s3=s3, ddb=ddb, kms=kms, receipt_key_id=key_id, public_key_pem=public, names=dict(names))
+
+
+def s3_event_message(bucket: str, key: str, version: str | None, *, size: int, at: datetime,
+                     message_id: str) -> dict[str, Any]:
+    """One SQS record carrying an S3 ObjectCreated notification, as AWS delivers it (keys URL-encoded)."""
+    obj: dict[str, Any] = {"key": quote_plus(key, safe="/"), "size": size, "eTag": "0" * 32, "sequencer": "0"}
+    if version is not None:
+        obj["versionId"] = version
+    body = {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+                         "eventTime": at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                         "eventName": "ObjectCreated:Put",
+                         "s3": {"s3SchemaVersion": "1.0", "configurationId": "inbox-to-queue",
+                                "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": obj}}]}
+    record = copy.deepcopy(EVENT_TEMPLATE)
+    record.update(messageId=message_id, body=json.dumps(body))
+    return record
+
+
+def functions_dir() -> Path | None:
+    """functions/ of the checkout this package is installed from (editable installs), if there is one."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "functions" / "ingest" / "app.py").is_file():
+            return parent / "functions"
+    return None

@@ -1,0 +1,234 @@
+"""The main job, locally: facilities sign and upload claims; the ingest function turns them into records
+and signed receipts. Everything runs in-process on moto (no Docker, no AWS account).
+
+Facilities get certificates from a development PKI; files come from the generator, some with a labelled
+defect, a few tampered after signing or dropped in another facility's folder. Each upload becomes the
+SQS message S3 would send, and the real handler (functions/ingest/app.py) processes them in batches.
+Output: out/inbox (what was uploaded), out/receipts (what came back), out/lambda.log (the function's
+logs and metrics), a manifest of the labels, and a summary table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from healthbook.generate import build_visit, facility_named, inject, submission
+from healthbook.signing.pki import dev_pki
+from healthbook.signing.receipt import verify_receipt
+from healthbook.signing.xmldsig import sign_submission
+
+FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
+BATCH = 10
+
+
+class _Context:
+    function_name = "healthbook-sandbox-ingest"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:ap-southeast-1:123456789012:function:healthbook-sandbox-ingest"
+    aws_request_id = "sandbox"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _load_handler() -> ModuleType:
+    from healthbook.aws.sandbox import functions_dir
+
+    folder = functions_dir()
+    if folder is None:
+        raise FileNotFoundError("functions/ingest/app.py not found: run the demo from a checkout of the project")
+    spec = importlib.util.spec_from_file_location("healthbook_ingest_app", folder / "ingest" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _files(out: Path, pki: dict[str, Path], visits: int, seed: int,
+           defect_rate: float) -> list[dict[str, Any]]:
+    """Generate, label and sign the submissions; write them under out/inbox/<folder>/."""
+    rng = random.Random(seed)
+    material = {}
+    for code in FACILITIES:
+        cert, *chain = x509.load_pem_x509_certificates(pki[code].read_bytes())
+        material[code] = (serialization.load_pem_private_key(pki[f"{code}-key"].read_bytes(), password=None),
+                          cert, chain)
+    entries = []
+    for number in range(1, visits + 1):
+        code = FACILITIES[number % len(FACILITIES)]
+        visit = build_visit(rng, facility=facility_named(code))
+        label = None
+        defect = inject(visit, rng) if rng.random() < defect_rate else None
+        if defect is not None:
+            label = defect.label()
+        key, cert, chain = material[code]
+        data = sign_submission(submission(visit, defect), key, cert, chain=chain)  # type: ignore[arg-type]
+        folder = code
+        if label is None and number % 23 == 0:  # changed after signing
+            data = data.replace(b"<SOLUONGHOSO>1</SOLUONGHOSO>", b"<SOLUONGHOSO>1 </SOLUONGHOSO>", 1)
+            label = {"code": "K404", "table": None, "field": None, "description": "edited after signing"}
+        elif label is None and number % 37 == 0:  # uploaded into another facility's folder
+            folder = FACILITIES[(number + 1) % len(FACILITIES)]
+            label = {"code": "I501", "table": None, "field": None, "description": "another facility's folder"}
+        name = f"{code}_{number:05d}.xml"
+        path = out / "inbox" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        entries.append({"key": f"inbox/{folder}/{name}", "facility": code, "ma_lk": visit.ma_lk,
+                        "scenario": visit.scenario, "defect": label, "path": path})
+    return entries
+
+
+def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 0.2) -> int:
+    from moto import mock_aws
+
+    from healthbook.aws.facilities import FacilitiesRepository
+    from healthbook.aws.sandbox import NAMES, REGION, build, kms_signs_digests_like_aws, s3_event_message
+
+    started = time.perf_counter()
+    pki = dev_pki(out / "pki")
+    entries = _files(out, pki, visits, seed, defect_rate)
+    env = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
+           "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_SERVICE_NAME": "healthbook-ingest",
+           "POWERTOOLS_METRICS_NAMESPACE": "Healthbook", "POWERTOOLS_LOG_LEVEL": "INFO", **NAMES}
+    for unset in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        env.pop(unset, None)
+    log = io.StringIO()
+    with _environment(env), mock_aws(), kms_signs_digests_like_aws():
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        box = build(pki["ca"].read_text(), pepper="sandbox-pepper-not-a-secret")
+        os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id
+        registry = FacilitiesRepository(box_table(box, "FACILITIES_TABLE"))
+        for code in FACILITIES:
+            _, name, province = facility_named(code)
+            registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()))
+        app = _load_handler()
+        # Powertools keeps one logging handler per service for the whole process: point it at the log.
+        previous_stream = app.logger.registered_handler.setStream(log)
+        app.reset()
+        received = datetime.now(UTC).replace(microsecond=0)
+        messages = []
+        for number, entry in enumerate(entries):
+            data = entry["path"].read_bytes()
+            version = box.s3.put_object(Bucket=NAMES["INBOX_BUCKET"], Key=entry["key"], Body=data)["VersionId"]
+            messages.append(s3_event_message(NAMES["INBOX_BUCKET"], entry["key"], version, size=len(data),
+                                             at=received + timedelta(seconds=number), message_id=f"m-{number}"))
+        failed: list[str] = []
+        processing = time.perf_counter()
+        with contextlib.redirect_stdout(log):
+            for start in range(0, len(messages), BATCH):
+                response = app.lambda_handler({"Records": messages[start:start + BATCH]}, _Context())
+                failed += [f["itemIdentifier"] for f in response["batchItemFailures"]]
+            processing = time.perf_counter() - processing
+            before = _counts(box)
+            app.lambda_handler({"Records": messages[:BATCH]}, _Context())  # S3 and SQS may deliver twice
+            after = _counts(box)
+        receipts = _receipts(box, out, entries)
+        pending = _pending(box)
+        app.reset()
+        app.logger.registered_handler.setStream(previous_stream)
+    (out / "lambda.log").write_text(log.getvalue(), encoding="utf-8")
+    manifest = [{k: v for k, v in e.items() if k != "path"} for e in entries]
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(_summary(entries, receipts, box.public_key_pem, failed, before, after, pending, processing, out,
+                   time.perf_counter() - started))
+    missed = sum(1 for e in entries if e["defect"] and receipts[e["key"]].get("accepted"))
+    false_alarms = sum(1 for e in entries if not e["defect"] and not receipts[e["key"]].get("accepted"))
+    print(f"labelled defects missed: {missed}; clean files rejected: {false_alarms}")
+    return 0 if not (missed or false_alarms or failed) and before == after else 1
+
+
+def box_table(box: Any, name: str) -> Any:
+    import boto3  # type: ignore[import-untyped]
+
+    return boto3.resource("dynamodb").Table(box.names[name])
+
+
+def _counts(box: Any) -> tuple[int, int]:
+    submissions = box.ddb.scan(TableName=box.names["SUBMISSIONS_TABLE"], Select="COUNT")["Count"]
+    visits = box.ddb.scan(TableName=box.names["VISITS_TABLE"], Select="COUNT")["Count"]
+    return submissions, visits
+
+
+def _receipts(box: Any, out: Path, entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for entry in entries:
+        folder, name = entry["key"].split("/")[1:3]
+        key = f"receipts/{folder}/{name}.receipt.json"
+        body = box.s3.get_object(Bucket=box.names["RECEIPTS_BUCKET"], Key=key)["Body"].read()
+        path = out / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        found[entry["key"]] = json.loads(body)
+    return found
+
+
+def _pending(box: Any) -> int:
+    """Visits waiting for the health book, through the GSI the delivery stage will use (8 shards)."""
+    total = 0
+    for shard in range(8):
+        total += box.ddb.query(TableName=box.names["VISITS_TABLE"], IndexName="by-status-deadline",
+                               KeyConditionExpression="status_shard = :s",
+                               ExpressionAttributeValues={":s": {"S": f"PENDING#{shard}"}}, Select="COUNT")["Count"]
+    return total
+
+
+def _summary(entries: list[dict[str, Any]], receipts: dict[str, dict[str, Any]], public: bytes, failed: list[str],
+             before: tuple[int, int], after: tuple[int, int], pending: int, processing: float, out: Path,
+             total: float) -> str:
+    rows: Counter[tuple[str, str]] = Counter()
+    codes: Counter[str] = Counter()
+    verified = 0
+    for entry in entries:
+        receipt = receipts[entry["key"]]
+        verified += not verify_receipt(receipt, public)
+        rows[(entry["facility"], "accepted" if receipt.get("accepted") else "rejected")] += 1
+        for error in receipt.get("errors", []) + [e for v in receipt.get("visits", []) for e in v.get("errors", [])]:
+            codes[error["code"]] += 1
+    lines = [f"{'facility':<10}{'files':>7}{'accepted':>10}{'rejected':>10}", "-" * 37]
+    for code in FACILITIES:
+        ok, bad = rows[(code, "accepted")], rows[(code, "rejected")]
+        lines.append(f"{code:<10}{ok + bad:>7}{ok:>10}{bad:>10}")
+    accepted = sum(n for (_, state), n in rows.items() if state == "accepted")
+    lines += ["-" * 37, f"{'total':<10}{len(entries):>7}{accepted:>10}{len(entries) - accepted:>10}", ""]
+    lines.append(f"receipts written and verified offline: {verified}/{len(entries)}  (in {out}/receipts)")
+    lines.append(f"records: {before[0]} submissions, {before[1]} visit items (versions + LATEST pointers); "
+                 f"{pending} visits PENDING for the health book")
+    lines.append(f"redelivered {BATCH} messages: records {'unchanged' if before == after else f'CHANGED to {after}'}")
+    lines.append(f"messages failed (would be retried, then DLQ): {len(failed)}")
+    if codes:
+        lines.append("rejections by code: " + ", ".join(f"{c} {n}" for c, n in sorted(codes.items())))
+    lines.append(f"ingest handler: {len(entries) / processing:.0f} files/s on moto; whole demo {total:.1f} s; "
+                 f"function logs and metrics in {out}/lambda.log")
+    return "\n".join(lines)
