@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sam bench docs standard clean
+.PHONY: demo test lint typecheck unit sam bench docs standard clean localstack-up localstack-down localstack-deploy e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,24 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) sam
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not localstack"
 
 ## The SAM CLI in its own Python 3.13 venv (it pins libraries our venv must not share): sam validate, sam build.
 sam:
 	infra/localstack/install.sh sam
+
+## LocalStack in host mode (no Docker): start, stop, deploy template.yaml, and the end-to-end tests.
+localstack-up:
+	infra/localstack/up.sh
+
+localstack-down:
+	infra/localstack/down.sh
+
+localstack-deploy: localstack-up
+	infra/localstack/deploy.sh
+
+e2e: $(STAMP) localstack-up
+	HEALTHBOOK_E2E=1 $(BIN)/pytest -m localstack tests/e2e
 
 ## Benchmarks print ratios against a baseline measured in the same run.
 bench: $(STAMP)

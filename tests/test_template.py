@@ -293,33 +293,35 @@ def test_queue_policy_admits_only_the_inbox_bucket_of_this_account(template: dic
 
 
 def test_facility_isolation_by_principal_tag(template: dict[str, Any]) -> None:
-    own_inbox = "${InboxBucket.Arn}/inbox/${!aws:PrincipalTag/facility}/*"
-    own_receipts = "${ReceiptsBucket.Arn}/receipts/${!aws:PrincipalTag/facility}/*"
+    # Fn::Join, not Fn::Sub with ${!...}: LocalStack's CloudFormation does not understand that escape.
+    own_inbox = {"Fn::Join": ["", [{"Fn::GetAtt": ["InboxBucket", "Arn"]}, "/inbox/${aws:PrincipalTag/facility}/*"]]}
+    own_receipts = {"Fn::Join": ["", [{"Fn::GetAtt": ["ReceiptsBucket", "Arn"]},
+                                      "/receipts/${aws:PrincipalTag/facility}/*"]]}
     tagged = {"Null": {"aws:PrincipalTag/facility": "false"}}
 
     inbox = statements(bucket_policy(template, "InboxBucket"))
     allow = [s for s in inbox if s["Effect"] == "Allow"]
     assert len(allow) == 1
     assert as_list(allow[0]["Action"]) == ["s3:PutObject"]
-    assert allow[0]["Resource"] == {"Fn::Sub": own_inbox}
+    assert allow[0]["Resource"] == own_inbox
     assert allow[0]["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
     assert allow[0]["Condition"] == tagged
     deny = [s for s in inbox if s["Effect"] == "Deny" and "NotResource" in s]
-    assert len(deny) == 1 and deny[0]["NotResource"] == {"Fn::Sub": own_inbox} and deny[0]["Condition"] == tagged
+    assert len(deny) == 1 and deny[0]["NotResource"] == own_inbox and deny[0]["Condition"] == tagged
 
     receipts = statements(bucket_policy(template, "ReceiptsBucket"))
     allow = [s for s in receipts if s["Effect"] == "Allow"]
     assert len(allow) == 1
     assert as_list(allow[0]["Action"]) == ["s3:GetObject"]
-    assert allow[0]["Resource"] == {"Fn::Sub": own_receipts}
+    assert allow[0]["Resource"] == own_receipts
     assert allow[0]["Condition"] == tagged
     deny = [s for s in receipts if s["Effect"] == "Deny" and "NotResource" in s]
-    assert len(deny) == 1 and deny[0]["NotResource"] == {"Fn::Sub": own_receipts}
+    assert len(deny) == 1 and deny[0]["NotResource"] == own_receipts
 
     facility = statements(props(template, "FacilityPolicy")["PolicyDocument"])
     by_sid = {s["Sid"]: s for s in facility}
-    assert by_sid["UploadUnderOwnInboxPrefix"]["Resource"] == {"Fn::Sub": own_inbox}
-    assert by_sid["ReadOwnReceipts"]["Resource"] == {"Fn::Sub": own_receipts}
+    assert by_sid["UploadUnderOwnInboxPrefix"]["Resource"] == own_inbox
+    assert by_sid["ReadOwnReceipts"]["Resource"] == own_receipts
     kms = by_sid["UseTheDataKeyThroughS3Only"]
     assert is_arn_of(kms["Resource"], "DataKey")
     assert kms["Condition"]["StringEquals"]["kms:ViaService"] == {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}

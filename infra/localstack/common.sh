@@ -40,6 +40,15 @@ with urllib.request.urlopen(sys.argv[1], timeout=1) as response:
 EOF
 }
 
+# 0 when PID is a live (not zombie) LocalStack process; a recycled PID of another program does not count.
+hb_is_localstack() {
+  local pid="$1" state
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "localstack.runtime.main" || return 1
+  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 hb_pid_alive() {
-  [ -f "$HB_PIDFILE" ] && kill -0 "$(cat "$HB_PIDFILE")" 2>/dev/null
+  [ -f "$HB_PIDFILE" ] && hb_is_localstack "$(cat "$HB_PIDFILE")"
 }

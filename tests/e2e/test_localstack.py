@@ -1,0 +1,349 @@
+"""End-to-end: SAM stacks deployed to LocalStack, driven through S3 and SQS as AWS would drive them.
+
+1. The fixture stack (tests/e2e/fixtures/template.yaml) proves the no-Docker LocalStack set-up itself: the
+   process-based Lambda executor (layers, env, errors, timeouts, logs, SQS and S3 triggers, partial batch
+   failures, DLQ) and the moto-backed DynamoDB (KMS encryption, GSI, TTL), plus KMS signing from a function.
+2. The pipeline tests deploy the real template.yaml and push signed submissions through the ingest function:
+   skipped, with the reason, while the template has no ingest function yet.
+Run: ``make localstack-up && make e2e`` (docs/localstack.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.localstack
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_TEMPLATE = Path(__file__).resolve().parent / "fixtures" / "template.yaml"
+FIXTURE_STACK = "hb-e2e-fixture"
+# The real stack; HB_E2E_TEMPLATE / HB_E2E_STACK / HB_E2E_STAGE point the pipeline tests elsewhere (a variant).
+PIPELINE_TEMPLATE = Path(os.environ.get("HB_E2E_TEMPLATE") or REPO / "template.yaml")
+PIPELINE_STACK = os.environ.get("HB_E2E_STACK") or "healthbook-local"
+PIPELINE_STAGE = os.environ.get("HB_E2E_STAGE") or "local"
+FACILITY = "01001"
+
+
+def _invoke(aws: Callable[..., Any], function: str, event: dict[str, Any]) -> tuple[str | None, Any, str]:
+    response = aws("lambda").invoke(FunctionName=function, Payload=json.dumps(event), LogType="Tail")
+    logs = base64.b64decode(response.get("LogResult", "")).decode("utf-8", "replace")
+    return response.get("FunctionError"), json.loads(response["Payload"].read() or b"null"), logs
+
+
+# --- 1. the fixture stack: executor and DynamoDB provider -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fixture_stack(deploy: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return deploy(FIXTURE_TEMPLATE, FIXTURE_STACK, "e2e")
+
+
+def _item(aws: Callable[..., Any], table: str, item_id: str) -> dict[str, Any] | None:
+    item: dict[str, Any] | None = aws("dynamodb").get_item(TableName=table, Key={"id": {"S": item_id}},
+                                                          ConsistentRead=True).get("Item")
+    return item
+
+
+def test_sqs_message_reaches_dynamodb_through_lambda(aws: Callable[..., Any], fixture_stack: dict[str, str],
+                                                     wait_for: Callable[..., Any]) -> None:
+    item_id = f"sqs-{uuid.uuid4()}"
+    aws("sqs").send_message(QueueUrl=fixture_stack["QueueUrl"], MessageBody=json.dumps({"id": item_id}))
+    item = wait_for(f"item {item_id}", lambda: _item(aws, fixture_stack["TableName"], item_id))
+    assert item["source"] == {"S": "sqs"}
+    assert item["request_id"]["S"]  # written by the layer's helper with the context's request id
+    # the GSI answers too (moto-backed DynamoDB)
+    found = aws("dynamodb").query(TableName=fixture_stack["TableName"], IndexName="by-source",
+                                  KeyConditionExpression="#s = :s AND id = :i",
+                                  ExpressionAttributeNames={"#s": "source"},
+                                  ExpressionAttributeValues={":s": {"S": "sqs"}, ":i": {"S": item_id}})
+    assert found["Count"] == 1
+
+
+def test_s3_upload_notifies_the_function_through_sqs(aws: Callable[..., Any], fixture_stack: dict[str, str],
+                                                     wait_for: Callable[..., Any]) -> None:
+    key = f"inbox/{FACILITY}/hồ sơ {uuid.uuid4()}.xml"  # arrives URL-encoded in the notification
+    aws("s3").put_object(Bucket=fixture_stack["BucketName"], Key=key, Body=b"<x/>")
+    item = wait_for(f"item {key}", lambda: _item(aws, fixture_stack["TableName"], key))
+    assert item["source"] == {"S": "s3"}
+
+
+def test_failed_message_of_a_batch_goes_to_the_dead_letter_queue(aws: Callable[..., Any],
+                                                                 fixture_stack: dict[str, str],
+                                                                 wait_for: Callable[..., Any]) -> None:
+    sqs, marker, good = aws("sqs"), str(uuid.uuid4()), f"good-{uuid.uuid4()}"
+    sqs.send_message_batch(QueueUrl=fixture_stack["QueueUrl"], Entries=[
+        {"Id": "good", "MessageBody": json.dumps({"id": good})},
+        {"Id": "poison", "MessageBody": json.dumps({"poison": True, "marker": marker})},
+    ])
+    wait_for(f"item {good}", lambda: _item(aws, fixture_stack["TableName"], good))
+
+    def poisoned() -> bool:
+        messages = sqs.receive_message(QueueUrl=fixture_stack["DeadLetterQueueUrl"], MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=1).get("Messages", [])
+        for message in messages:
+            sqs.delete_message(QueueUrl=fixture_stack["DeadLetterQueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+        return any(json.loads(m["Body"]).get("marker") == marker for m in messages)
+
+    # maxReceiveCount 2 with a 6 s visibility timeout: the poison message reaches the DLQ after about 12 s
+    wait_for("the poison message in the DLQ", poisoned, timeout=90)
+
+
+def test_function_environment_layers_and_logs(aws: Callable[..., Any], fixture_stack: dict[str, str]) -> None:
+    error, result, logs = _invoke(aws, fixture_stack["WriterFunctionName"], {"action": "whoami"})
+    assert error is None, result
+    assert result["function_name"] == fixture_stack["WriterFunctionName"]
+    assert result["python"] == [3, 13]
+    assert result["greeting"] == "hello from SSM"  # read through the function's own AWS_ENDPOINT_URL
+    assert result["endpoint"] and result["region"]
+    assert 0 < result["remaining_ms"] <= 5000
+    assert "START RequestId" in logs and "REPORT RequestId" in logs
+
+
+def test_errors_are_mapped_like_lambda(aws: Callable[..., Any], fixture_stack: dict[str, str]) -> None:
+    writer = fixture_stack["WriterFunctionName"]
+    error, result, logs = _invoke(aws, writer, {"action": "fail"})
+    assert error == "Unhandled"
+    assert result["errorType"] == "RuntimeError"
+    assert result["errorMessage"] == "failing on purpose"
+    assert "failing on purpose" in logs
+
+    error, result, _ = _invoke(aws, writer, {"action": "sleep", "seconds": 30})  # Timeout: 5
+    assert error == "Unhandled"
+    assert result["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 5.00 seconds" in result["errorMessage"]
+    # the sandbox is reset, as after a timeout in Lambda, and the next invocation works
+    error, result, _ = _invoke(aws, writer, {"action": "whoami"})
+    assert error is None, result
+
+    error, result, _ = _invoke(aws, fixture_stack["BrokenFunctionName"], {})
+    assert error == "Unhandled"
+    assert result["errorType"] == "Runtime.ImportModuleError"
+    assert "missing_module" in result["errorMessage"]
+
+
+def test_function_signs_with_kms_and_the_public_key_verifies(aws: Callable[..., Any],
+                                                             fixture_stack: dict[str, str]) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    error, result, _ = _invoke(aws, fixture_stack["WriterFunctionName"], {"action": "sign", "message": "receipt"})
+    assert error is None, result
+    der = aws("kms").get_public_key(KeyId=fixture_stack["SigningKeyArn"])["PublicKey"]
+    public_key = serialization.load_der_public_key(der)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    digest = hashlib.sha256(b"receipt").digest()
+    public_key.verify(base64.b64decode(result["signature"]), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+
+def test_dynamodb_table_settings_from_cloudformation(aws: Callable[..., Any], fixture_stack: dict[str, str]) -> None:
+    ddb = aws("dynamodb")
+    table = ddb.describe_table(TableName=fixture_stack["TableName"])["Table"]
+    assert table["SSEDescription"]["SSEType"] == "KMS"
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == ["by-source"]
+    ttl = ddb.describe_time_to_live(TableName=fixture_stack["TableName"])["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiration"}
+
+
+# --- 2. the real pipeline: template.yaml ----------------------------------------------------------------------
+
+PIPELINE_ENV = ("INBOX_BUCKET", "RECEIPTS_BUCKET", "VISITS_TABLE", "SUBMISSIONS_TABLE", "FACILITIES_TABLE",
+                "RECEIPT_KEY_ID", "TRUST_BUNDLE_PARAMETER")
+
+
+@pytest.fixture(scope="module")
+def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]],
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The deployed real stack, its ingest function's settings, a dev PKI whose CA it trusts and facility 01001
+    registered; skipped while the template has no ingest function."""
+    outputs = deploy(PIPELINE_TEMPLATE, PIPELINE_STACK, PIPELINE_STAGE)
+    lam = aws("lambda")
+    resources = aws("cloudformation").describe_stack_resources(StackName=PIPELINE_STACK)["StackResources"]
+    ingest = None
+    for resource in resources:
+        if resource["ResourceType"] != "AWS::Lambda::Function":
+            continue
+        config = lam.get_function_configuration(FunctionName=resource["PhysicalResourceId"])
+        if all(name in config.get("Environment", {}).get("Variables", {}) for name in PIPELINE_ENV):
+            ingest = config
+    if ingest is None:
+        pytest.skip(f"{PIPELINE_TEMPLATE.name} has no ingest function yet (a function whose environment has "
+                    f"{', '.join(PIPELINE_ENV)}); outputs so far: {sorted(outputs)}")
+    env: dict[str, str] = dict(ingest["Environment"]["Variables"])
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from healthbook.aws.facilities import put_facility
+    from healthbook.signing.pki import FACILITIES, dev_pki
+
+    pki = dev_pki(tmp_path_factory.mktemp("pki"))
+    ssm = aws("ssm")
+    try:
+        kind = ssm.get_parameter(Name=env["TRUST_BUNDLE_PARAMETER"])["Parameter"]["Type"]
+    except ssm.exceptions.ParameterNotFound:
+        kind = "String"
+    ssm.put_parameter(Name=env["TRUST_BUNDLE_PARAMETER"], Value=pki["ca"].read_text(), Type=kind, Overwrite=True)
+    certificate = x509.load_pem_x509_certificates(pki[FACILITY].read_bytes())[0]
+    name, province = FACILITIES[FACILITY]
+    put_facility(aws("dynamodb", resource=True).Table(env["FACILITIES_TABLE"]), FACILITY, name, province,
+                 certificate)
+    # A warm function may hold the trust anchors and registry of an earlier run: new environments start cold.
+    variables = dict(env, HB_E2E_RUN=str(uuid.uuid4()))
+    lam.update_function_configuration(FunctionName=ingest["FunctionName"], Environment={"Variables": variables})
+    lam.get_waiter("function_updated_v2").wait(FunctionName=ingest["FunctionName"])
+    key = serialization.load_pem_private_key(pki[f"{FACILITY}-key"].read_bytes(), password=None)
+    return {"outputs": outputs, "env": env, "function": ingest["FunctionName"], "certificate": certificate,
+            "key": key, "workdir": tmp_path_factory.mktemp("submissions")}
+
+
+def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> Path:
+    from healthbook.generate import generate_batch
+    from healthbook.signing.xmldsig import sign_submission
+
+    out = pipeline["workdir"] / f"batch-{seed}"
+    generate_batch(out, visits=1, seed=seed, defect_rate=1.0 if defect else 0.0, facility=FACILITY)
+    source = next(out.glob("*.xml"))
+    # a name no earlier run used, so that an old receipt is never mistaken for this one
+    target = pipeline["workdir"] / f"{FACILITY}_{uuid.uuid4().hex[:12]}.xml"
+    target.write_bytes(sign_submission(source.read_bytes(), pipeline["key"], pipeline["certificate"]))
+    return target
+
+
+def _upload(aws: Callable[..., Any], pipeline: dict[str, Any], path: Path) -> dict[str, Any]:
+    from healthbook.aws.upload import Destination, upload_file
+
+    destination = Destination(inbox_bucket=pipeline["env"]["INBOX_BUCKET"],
+                              receipts_bucket=pipeline["env"]["RECEIPTS_BUCKET"],
+                              kms_key_id=pipeline["outputs"].get("DataKeyArn"))
+    key = upload_file(aws("s3"), destination, FACILITY, path)
+    head = aws("s3").head_object(Bucket=destination.inbox_bucket, Key=key)
+    return {"key": key, "version_id": head.get("VersionId"), "size": head["ContentLength"]}
+
+
+def _receipt(aws: Callable[..., Any], pipeline: dict[str, Any], path: Path,
+             wait_for: Callable[..., Any]) -> dict[str, Any]:
+    s3, key = aws("s3"), f"receipts/{FACILITY}/{path.name}.receipt.json"
+
+    def fetch() -> dict[str, Any] | None:
+        try:
+            receipt: dict[str, Any] = json.loads(s3.get_object(Bucket=pipeline["env"]["RECEIPTS_BUCKET"],
+                                                               Key=key)["Body"].read())
+            return receipt
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    return wait_for(f"receipt {key}", fetch, timeout=180, interval=1.0)  # type: ignore[no-any-return]
+
+
+def _verify(aws: Callable[..., Any], pipeline: dict[str, Any], receipt: dict[str, Any]) -> None:
+    from healthbook.aws.kms_signer import KmsSigner
+    from healthbook.signing.receipt import verify_receipt
+
+    public_pem = KmsSigner(pipeline["env"]["RECEIPT_KEY_ID"], client=aws("kms")).public_key_pem()
+    assert verify_receipt(receipt, public_pem) == []
+
+
+def _visit_items(aws: Callable[..., Any], pipeline: dict[str, Any], ma_lk: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = aws("dynamodb").query(
+        TableName=pipeline["env"]["VISITS_TABLE"], KeyConditionExpression="visit_id = :v",
+        ExpressionAttributeValues={":v": {"S": f"{FACILITY}#{ma_lk}"}}, ConsistentRead=True)["Items"]
+    return items
+
+
+def _submissions_for(aws: Callable[..., Any], pipeline: dict[str, Any], object_key: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in aws("dynamodb").get_paginator("scan").paginate(
+            TableName=pipeline["env"]["SUBMISSIONS_TABLE"], FilterExpression="object_key = :k",
+            ExpressionAttributeValues={":k": {"S": object_key}}, ConsistentRead=True):
+        items.extend(page["Items"])
+    return items
+
+
+def test_signed_submission_is_stored_and_receipted(aws: Callable[..., Any], pipeline: dict[str, Any],
+                                                   wait_for: Callable[..., Any]) -> None:
+    path = _signed_submission(pipeline, defect=False, seed=11)
+    uploaded = _upload(aws, pipeline, path)
+    receipt = _receipt(aws, pipeline, path, wait_for)
+    _verify(aws, pipeline, receipt)
+    assert receipt["accepted"] is True, receipt["errors"] or [v["errors"] for v in receipt["visits"]]
+    assert receipt["facility"] == FACILITY and receipt["object_key"] == uploaded["key"]
+    assert receipt["facility_signature"]
+    (visit,) = receipt["visits"]
+    items = _visit_items(aws, pipeline, visit["ma_lk"])
+    versions = [item for item in items if item["version"]["S"] != "LATEST"]
+    assert len(versions) == 1 and versions[0]["digest"]["S"] == visit["digest"]
+    assert [item["current"]["S"] for item in items if item["version"]["S"] == "LATEST"] == [versions[0]["version"]["S"]]
+    (submission,) = _submissions_for(aws, pipeline, uploaded["key"])
+    assert submission["status"]["S"] == "ACCEPTED"
+
+
+def test_defective_submission_gets_a_rejection_receipt(aws: Callable[..., Any], pipeline: dict[str, Any],
+                                                       wait_for: Callable[..., Any]) -> None:
+    path = _signed_submission(pipeline, defect=True, seed=12)
+    uploaded = _upload(aws, pipeline, path)
+    receipt = _receipt(aws, pipeline, path, wait_for)
+    _verify(aws, pipeline, receipt)
+    assert receipt["accepted"] is False
+    assert receipt["visits_accepted"] == 0
+    assert receipt["errors"] or any(visit["errors"] for visit in receipt["visits"])
+    (visit,) = receipt["visits"]
+    assert _visit_items(aws, pipeline, visit["ma_lk"]) == []
+    (submission,) = wait_for("the submission item", lambda: _submissions_for(aws, pipeline, uploaded["key"]))
+    assert submission["status"]["S"] == "REJECTED"
+
+
+def test_the_same_file_twice_keeps_one_record(aws: Callable[..., Any], pipeline: dict[str, Any],
+                                              wait_for: Callable[..., Any]) -> None:
+    """The same object's notification delivered twice writes one submission and one visit version; the same
+    bytes uploaded again (a new object version) leave exactly one visit version in force."""
+    path = _signed_submission(pipeline, defect=False, seed=13)
+    uploaded = _upload(aws, pipeline, path)
+    receipt = _receipt(aws, pipeline, path, wait_for)
+    (visit,) = receipt["visits"]
+
+    # 1. replay the S3 notification of that very object version on the function's queue (without bucket
+    #    versioning the object is told apart by its event's sequencer, which a replay cannot know: skip that part)
+    if uploaded["version_id"] is not None:
+        _replay_notification(aws, pipeline, uploaded, wait_for)
+        assert len(_submissions_for(aws, pipeline, uploaded["key"])) == 1
+        assert len([i for i in _visit_items(aws, pipeline, visit["ma_lk"]) if i["version"]["S"] != "LATEST"]) == 1
+
+    # 2. the same bytes uploaded again: one visit version in force (PENDING), the LATEST pointer on it
+    aws("s3").delete_object(Bucket=pipeline["env"]["RECEIPTS_BUCKET"],
+                            Key=f"receipts/{FACILITY}/{path.name}.receipt.json")
+    _upload(aws, pipeline, path)
+    _receipt(aws, pipeline, path, wait_for)
+    items = _visit_items(aws, pipeline, visit["ma_lk"])
+    pointers = [i for i in items if i["version"]["S"] == "LATEST"]
+    in_force = [i for i in items if i["version"]["S"] != "LATEST" and i["status"]["S"] == "PENDING"]
+    assert len(pointers) == 1 and len(in_force) == 1
+    assert pointers[0]["current"]["S"] == in_force[0]["version"]["S"]
+
+
+def _replay_notification(aws: Callable[..., Any], pipeline: dict[str, Any], uploaded: dict[str, Any],
+                         wait_for: Callable[..., Any]) -> None:
+    mappings = aws("lambda").list_event_source_mappings(FunctionName=pipeline["function"])["EventSourceMappings"]
+    queue_arn = next(m["EventSourceArn"] for m in mappings if m["EventSourceArn"].startswith("arn:aws:sqs:"))
+    queue_url = aws("sqs").get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
+    notification = {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": queue_arn.split(":")[3],
+        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"), "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": pipeline["env"]["INBOX_BUCKET"],
+                                                    "arn": f"arn:aws:s3:::{pipeline['env']['INBOX_BUCKET']}"},
+               "object": {"key": uploaded["key"], "size": uploaded["size"], "versionId": uploaded["version_id"],
+                          "sequencer": "0000000000000000E2"}}}]}
+    aws("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps(notification))
+    wait_for("the replayed message to be consumed", lambda: aws("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"] == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"},
+        timeout=120)
