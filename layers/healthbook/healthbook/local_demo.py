@@ -48,9 +48,14 @@ class _Context:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) variables for the duration of the block, then put everything back."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
@@ -119,14 +124,13 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     started = time.perf_counter()
     pki = dev_pki(out / "pki")
     entries = _files(out, pki, visits, seed, defect_rate)
-    env = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
-           "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_SERVICE_NAME": "healthbook-ingest",
-           "POWERTOOLS_METRICS_NAMESPACE": "Healthbook", "POWERTOOLS_LOG_LEVEL": "INFO", **NAMES}
-    for unset in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        env.pop(unset, None)
+    env: dict[str, str | None] = {
+        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
+        "AWS_ENDPOINT_URL": None, "AWS_PROFILE": None, "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_SERVICE_NAME": "healthbook-ingest", "POWERTOOLS_METRICS_NAMESPACE": "Healthbook",
+        "POWERTOOLS_LOG_LEVEL": "INFO", "RECEIPT_KEY_ID": None, **NAMES}
     log = io.StringIO()
     with _environment(env), mock_aws(), kms_signs_digests_like_aws():
-        os.environ.pop("AWS_ENDPOINT_URL", None)
         box = build(pki["ca"].read_text(), pepper="sandbox-pepper-not-a-secret")
         os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id
         registry = FacilitiesRepository(box_table(box, "FACILITIES_TABLE"))
