@@ -7,11 +7,9 @@ import copy
 import gzip
 import hashlib
 import hmac
-import importlib.util
 import io
 import json
 import random
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from healthbook.aws.sandbox import create_tables, kms_signs_digests_like_aws
+from healthbook.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
 from healthbook.generate import Visit, build_visit, submission
 from healthbook.ingest import IngestService, ObjectGone, ObjectRef, StoredObject, SubmissionRecord, VisitVersion
 from healthbook.ingest.model import VisitWrite, facility_day, locate, status_shard, version_key
@@ -220,26 +218,9 @@ def test_registry_is_reloaded_after_its_ttl(pki: dict[str, Path], platform: Loca
 
 # --- AWS (moto) ---------------------------------------------------------------------------------------------
 
-@dataclass
-class LambdaContext:
-    function_name: str = "healthbook-dev-ingest"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:ap-southeast-1:123456789012:function:healthbook-dev-ingest"
-    aws_request_id: str = "5b8f3f3a-0000-4000-8000-000000000001"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
-
-
 @pytest.fixture(scope="module")
 def app() -> ModuleType:
-    """functions/ingest/app.py, loaded as a module (it is not a package: SAM zips the folder)."""
-    spec = importlib.util.spec_from_file_location("ingest_app", ROOT / "functions" / "ingest" / "app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ingest_app"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_ingest_handler()
 
 
 def _create_tables(ddb: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import hashlib
@@ -21,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from healthbook.cli import main
 from healthbook.generate import Visit, build_visit, envelope, inject, submission
 from healthbook.generate.vocab import FACILITIES
 from healthbook.signing.merkle import (
@@ -39,7 +39,6 @@ from healthbook.signing.receipt import (
     signed_bytes,
     verify_receipt,
 )
-from healthbook.signing.receipt_commands import register
 from healthbook.signing.signer import LocalKeySigner, verify_digest_signature
 from healthbook.validation import FileResult, VisitResult, validate_bytes
 from hypothesis import given, settings
@@ -682,12 +681,7 @@ def test_documented_snippet(kind: str, tmp_path: Path, mixed: tuple[list[Visit],
 # --- CLI ------------------------------------------------------------------------------------------------
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="healthbook")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return main(list(argv))  # through the real CLI wiring
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ wrong way), makes one mistake and expects exactly that code and nothing else.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import random
@@ -21,9 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from healthbook.cli import main
 from healthbook.generate import build_visit, submission
 from healthbook.generate.vocab import FACILITIES
-from healthbook.signing.commands import envelope_facility, register
+from healthbook.signing.commands import envelope_facility
 from healthbook.signing.pki import dev_pki
 from healthbook.signing.registry import FacilityRegistry, certificate_sha256
 from healthbook.signing.xmldsig import (
@@ -502,12 +502,7 @@ def test_registry_mistakes_are_value_errors(text: str, message: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="healthbook")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return main(argv)  # through the real CLI wiring
 
 
 def test_sign_with_pem_and_with_pkcs12(kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

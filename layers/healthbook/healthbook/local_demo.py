@@ -11,18 +11,15 @@ logs and metrics), a manifest of the labels, and a summary table.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from cryptography import x509
@@ -35,16 +32,6 @@ from healthbook.signing.xmldsig import sign_submission
 
 FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
 BATCH = 10
-
-
-class _Context:
-    function_name = "healthbook-sandbox-ingest"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:ap-southeast-1:123456789012:function:healthbook-sandbox-ingest"
-    aws_request_id = "sandbox"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @contextlib.contextmanager
@@ -64,20 +51,6 @@ def _environment(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _load_handler() -> ModuleType:
-    from healthbook.aws.sandbox import functions_dir
-
-    folder = functions_dir()
-    if folder is None:
-        raise FileNotFoundError("functions/ingest/app.py not found: run the demo from a checkout of the project")
-    spec = importlib.util.spec_from_file_location("healthbook_ingest_app", folder / "ingest" / "app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _files(out: Path, pki: dict[str, Path], visits: int, seed: int,
@@ -119,7 +92,15 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     from moto import mock_aws
 
     from healthbook.aws.facilities import FacilitiesRepository
-    from healthbook.aws.sandbox import NAMES, REGION, build, kms_signs_digests_like_aws, s3_event_message
+    from healthbook.aws.sandbox import (
+        NAMES,
+        REGION,
+        LambdaContext,
+        build,
+        kms_signs_digests_like_aws,
+        load_ingest_handler,
+        s3_event_message,
+    )
 
     started = time.perf_counter()
     pki = dev_pki(out / "pki")
@@ -137,7 +118,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         for code in FACILITIES:
             _, name, province = facility_named(code)
             registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()))
-        app = _load_handler()
+        app = load_ingest_handler()
         # Powertools keeps one logging handler per service for the whole process: point it at the log.
         previous_stream = app.logger.registered_handler.setStream(log)
         app.reset()
@@ -152,11 +133,11 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         processing = time.perf_counter()
         with contextlib.redirect_stdout(log):
             for start in range(0, len(messages), BATCH):
-                response = app.lambda_handler({"Records": messages[start:start + BATCH]}, _Context())
+                response = app.lambda_handler({"Records": messages[start:start + BATCH]}, LambdaContext())
                 failed += [f["itemIdentifier"] for f in response["batchItemFailures"]]
             processing = time.perf_counter() - processing
             before = _counts(box)
-            app.lambda_handler({"Records": messages[:BATCH]}, _Context())  # S3 and SQS may deliver twice
+            app.lambda_handler({"Records": messages[:BATCH]}, LambdaContext())  # S3 and SQS may deliver twice
             after = _counts(box)
         receipts = _receipts(box, out, entries)
         pending = _pending(box)

@@ -17,18 +17,14 @@ from cryptography import x509
 
 from healthbook.aws.settings import error_code
 from healthbook.signing.receipt import iso_utc
-from healthbook.signing.registry import FORMAT, FacilityRegistry, RegisteredCertificate
+from healthbook.signing.registry import FORMAT, Facility, FacilityRegistry, RegisteredCertificate
 from healthbook.signing.registry import utc as _utc
 
 
 @dataclass(frozen=True)
-class FacilityEntry:
-    """One item of the table, as the ops command lists it."""
+class FacilityEntry(Facility):
+    """One item of the table, as the ops command lists it: the registry's facility and what the table adds."""
 
-    code: str
-    name: str
-    province: str
-    certificates: tuple[RegisteredCertificate, ...] = ()
     revoked: dict[str, datetime] = field(default_factory=dict)  # certificate sha256 -> revoked_at (UTC)
     principal_arn: str | None = None
 

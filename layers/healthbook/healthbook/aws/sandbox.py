@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -120,6 +124,34 @@ def s3_event_message(bucket: str, key: str, version: str | None, *, size: int, a
     record = copy.deepcopy(EVENT_TEMPLATE)
     record.update(messageId=message_id, body=json.dumps(body))
     return record
+
+
+@dataclass
+class LambdaContext:
+    """What the handler reads from the Lambda context when it is called directly."""
+
+    function_name: str = "healthbook-sandbox-ingest"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:healthbook-sandbox-ingest"
+    aws_request_id: str = "5b8f3f3a-7c1e-4d2a-9f6b-3e8a1c5d7b92"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@cache
+def load_ingest_handler() -> ModuleType:
+    """functions/ingest/app.py as a module (it is not a package: SAM zips the folder). Loaded once per
+    process: Powertools keeps one logging handler per service, so a second copy would share it anyway."""
+    folder = functions_dir()
+    if folder is None:
+        raise FileNotFoundError("functions/ingest/app.py not found: run this from a checkout of the project")
+    spec = importlib.util.spec_from_file_location("healthbook_ingest_app", folder / "ingest" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def functions_dir() -> Path | None:

@@ -64,8 +64,8 @@ UNDETERMINED_SEX: Final = "3"
 
 
 @dataclass(frozen=True)
-class Citizen:
-    """A record of the population database. ``birth`` is yyyyMMdd where unknown month/day are 00."""
+class Identity:
+    """ID number, full name, birth date and sex: personal data, so hidden from ``repr``."""
 
     id_number: str = field(repr=False)
     full_name: str = field(repr=False)
@@ -74,13 +74,13 @@ class Citizen:
 
 
 @dataclass(frozen=True)
-class ClaimIdentity:
-    """Who the claim says the patient is (XML1 SO_CCCD, HO_TEN, NGAY_SINH, GIOI_TINH), as sent."""
+class Citizen(Identity):
+    """A record of the population database. ``birth`` is yyyyMMdd where unknown month/day are 00."""
 
-    id_number: str = field(repr=False)
-    full_name: str = field(repr=False)
-    birth: str = field(repr=False)
-    sex: str = field(repr=False)
+
+@dataclass(frozen=True)
+class ClaimIdentity(Identity):
+    """Who the claim says the patient is (XML1 SO_CCCD, HO_TEN, NGAY_SINH, GIOI_TINH), as sent."""
 
 
 @dataclass(frozen=True)

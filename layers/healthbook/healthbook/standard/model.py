@@ -14,6 +14,11 @@ CheckKind = Literal["codes", "icd10", "pattern", "person_id", "insurance_card"]
 PiiClass = Literal["name", "id", "card", "phone", "address", "birthdate"]
 
 
+def code_key(code: str) -> str:
+    """How codes compare: as written, except that leading zeros do not count ("07" is cost group 7)."""
+    return code.lstrip("0") or code[:1]
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One clause of a conditional requirement; a field is required when all clauses hold."""
@@ -23,28 +28,19 @@ class Condition:
     values: tuple[str, ...] = ()
 
     def holds(self, row: dict[str, str]) -> bool:
-        value = row.get(self.field, "")
-        if self.op == "empty":
-            return not value
-        if self.op == "not_empty":
-            return bool(value)
-        # Codes compare as written and, for numbers, by value ("07" and "7" are the same group).
-        normalised = value.lstrip("0") or value
-        hit = value in self.values or normalised in self.values
-        return hit if self.op == "in" else not hit
+        return self.compile()(row)
 
     def compile(self) -> Callable[[dict[str, str]], bool]:
-        """The same test as holds(), as one closure: it runs for every empty conditional field of every row."""
+        """The test as one closure: the engine runs it for every empty conditional field of every row."""
         name = self.field
         if self.op == "empty":
             return lambda row: not row.get(name)
         if self.op == "not_empty":
             return lambda row: bool(row.get(name))
-        # Accept "7", "07" and "007" alike for numeric codes without normalising at run time.
-        accepted = frozenset(v.zfill(width) for v in self.values for width in (1, 2, 3))
+        accepted = frozenset(code_key(v) for v in self.values)
         if self.op == "in":
-            return lambda row: row.get(name, "") in accepted
-        return lambda row: row.get(name, "") not in accepted
+            return lambda row: code_key(row.get(name, "")) in accepted
+        return lambda row: code_key(row.get(name, "")) not in accepted
 
     def describe(self) -> str:
         if self.op in ("empty", "not_empty"):

@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from healthbook.standard import Condition, Standard, semantics, version_ids
+from healthbook.standard.model import code_key
 from healthbook.validation.issues import Issue, make_issue
 
 
@@ -233,7 +234,7 @@ def cost_lines(ctx: VisitContext) -> None:
             if group is not None and (group in drug_groups) != holds_drugs:
                 ctx.add("R316", table=table, field="MA_NHOM", value=group, stt=_stt(raw, position))
             for total in wanted:
-                if total.where is not None and raw.get(total.where[0], "") not in total.where[1]:
+                if total.where is not None and code_key(raw.get(total.where[0], "")) not in total.where[1]:
                     continue
                 value = typed.get(total.sums)
                 if value is None:
@@ -255,8 +256,7 @@ def cost_lines(ctx: VisitContext) -> None:
 
 @cache
 def _accepted(standard: Standard, codelist: str) -> frozenset[str]:
-    codes = standard.codes(codelist)
-    return frozenset(codes) | frozenset(c.lstrip("0") or "0" for c in codes)
+    return frozenset(code_key(c) for c in standard.codes(codelist))
 
 
 # --- dates and times ------------------------------------------------------------------------------------

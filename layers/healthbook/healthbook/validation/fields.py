@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 from healthbook.standard import FieldSpec, Standard, icd10
+from healthbook.standard.model import code_key
 
 Problem = tuple[str, dict[str, Any]]
 Checker = Callable[[str], tuple[Any, Problem | None]]
@@ -81,11 +82,11 @@ def _values(spec: FieldSpec, text: str) -> list[str]:
 def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
     max_length, decimals = spec.max_length, spec.decimals
     is_number, fmt, check = spec.type == "number", spec.format, spec.check
-    codes: dict[str, str] | None = None
+    codes: frozenset[str] | None = None
     if check and check.kind == "codes" and check.codelist:
-        codes = standard.codes(check.codelist)
-        if is_number:  # numeric codes compare by value: "07" is group 7
-            codes = {**codes, **{c.lstrip("0") or "0": v for c, v in codes.items()}}
+        # Numeric codes compare by value ("07" is group 7); string codes exactly as written.
+        listed = standard.codes(check.codelist)
+        codes = frozenset(code_key(c) for c in listed) if is_number else frozenset(listed)
     provinces = standard.codes("PROVINCE")
 
     single_code = check is not None and check.kind == "icd10" and not spec.multi
@@ -140,7 +141,7 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
         kind = check.kind
         if kind == "codes" and codes is not None:
             for value in values:
-                if value not in codes and not (is_number and (value.lstrip("0") or "0") in codes):
+                if (code_key(value) if is_number else value) not in codes:
                     return None, ("V208", {"codelist": check.codelist, "standard": standard.id})
         elif kind == "icd10":
             for value in values:
@@ -198,15 +199,3 @@ def plan(standard: Standard, table_id: str) -> dict[str, Plan]:
         else:
             out[spec.name] = Memo(compile_checker(spec, standard))
     return out
-
-
-def check_value(entry: Plan, text: str) -> tuple[Any, Problem | None]:
-    """Apply one field's plan to a non-empty value (the engine inlines the same logic in its hot loop)."""
-    if isinstance(entry, int):
-        return text, (("V202", {"length": len(text), "max_length": entry}) if len(text) > entry else None)
-    if text in entry:
-        return entry[text], None
-    value, problem = entry.check(text)
-    if problem is None and len(entry) < MEMO_LIMIT:
-        entry[text] = value
-    return value, problem
