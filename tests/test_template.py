@@ -391,6 +391,13 @@ def test_table_is_on_demand_with_pitr_and_kms(template: dict[str, Any], table: s
     assert is_arn_of(sse["KMSMasterKeyId"], "DataKey")
 
 
+def test_status_index_projects_what_the_sweep_reads(template: dict[str, Any]) -> None:
+    from healthbook.aws.delivery import STATUS_INDEX, STATUS_INDEX_ATTRIBUTES
+
+    index = {i["IndexName"]: i for i in props(template, "VisitsTable")["GlobalSecondaryIndexes"]}[STATUS_INDEX]
+    assert index["Projection"] == {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(STATUS_INDEX_ATTRIBUTES)}
+
+
 def test_idempotency_table_expires_on_expiration(template: dict[str, Any]) -> None:
     assert props(template, "IdempotencyTable")["TimeToLiveSpecification"] == {"AttributeName": "expiration",
                                                                              "Enabled": True}

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import html
 import json
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 
 import pytest
 import requests
+from healthbook.generate import build_visit, submission
+from healthbook.projection import mapping as projection_mapping
+from healthbook.projection import project
+from healthbook.signing.merkle import canonical_visit
+from healthbook.validation import validate_bytes
 from healthbook.vneid import (
     MutualTLS,
     OAuth2ClientCredentials,
@@ -19,7 +27,14 @@ from healthbook.vneid import (
     credentials_from_secret,
 )
 from healthbook.vneid.client import parse_retry_after
-from healthbook.vneid.fake import FakeVneid
+from healthbook.vneid.fake import (
+    FIELD_LABELS,
+    GROUP_HEADINGS,
+    ITEM_TITLES,
+    FakeVneid,
+    entry_mapping,
+    render_health_book_html,
+)
 
 KEY = "ck_" + "a1b2c3d4" * 4
 VISIT = "7900124012791786709"
@@ -240,6 +255,85 @@ def test_html_view_shows_the_visit_and_escapes(fake: FakeVneid, client: VneidCli
     assert "Bệnh viện Chợ Rẫy" in text and "Amoxicillin" in text and "Bạch cầu" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.index("Bệnh viện Chợ Rẫy") < text.index("Trạm Y tế Phường 1")  # newest visit first
+
+
+# The view of real entries: generated visit -> validate_bytes -> canonical_visit -> project (as in
+# tests/test_health_book_flow.py), rendered by the names of healthbook/projection/mapping.json.
+
+RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+
+def real_entry(seed: int, scenario: str, *, version: int = 1,
+               edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    visit = build_visit(random.Random(seed), scenario=scenario)
+    result = validate_bytes(submission(visit))
+    assert result.accepted
+    stored: dict[str, Any] = json.loads(canonical_visit(result.visits[0]))
+    if edit is not None:
+        edit(stored)
+    return project(stored, facility=visit.facility, received_at=RECEIVED, version=version)
+
+
+def test_html_view_renders_a_real_entry_by_the_mapping_names(fake: FakeVneid, client: VneidClient) -> None:
+    hostile = 'Thuốc <script>alert("x")</script> & <b>Co.</b>'
+
+    def poison(stored: dict[str, Any]) -> None:
+        stored["tables"]["XML2"][0]["TEN_THUOC"] = hostile
+
+    entry = real_entry(11, "inpatient", edit=poison)
+    client.deliver(KEY, entry)
+    page = requests.get(f"{fake.url}/v1/citizens/{KEY}/health-book.html", timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    text = page.text
+    main = entry["diagnoses"][0]
+    assert main["main"] and main["code"] and main["name"]
+    assert f"{html.escape(main['code'])} – {html.escape(main['name'])}" in text  # diagnosis code and name
+    other_drug = next(d["name"] for d in entry["drugs"] if d["name"] != hostile)
+    assert html.escape(other_drug) in text
+    # escaped, never markup: the poisoned drug name comes through as text
+    assert "<script>" not in text and "<b>Co." not in text
+    assert html.escape(hostile) in text
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;Co.&lt;/b&gt;" in text
+    # Vietnamese headings with the English subtitle, dates in dd/mm/yyyy
+    assert '<h3>Chẩn đoán<small lang="en">Diagnoses (ICD-10), main first</small></h3>' in text
+    assert '<h3>Thuốc<small lang="en">Medicines</small></h3>' in text
+    admitted = datetime.fromisoformat(entry["visit"]["admitted_at"])
+    assert f"Ngày vào: {admitted:%d/%m/%Y %H:%M}" in text
+    assert html.escape(entry["citizen"]["name"]) in text and entry["visit"]["visit_type"]["label"] in text
+
+
+@pytest.mark.parametrize(("seed", "scenario"), [(11, "inpatient"), (3, "referral"), (5, "outpatient_reexam"),
+                                                (7, "outpatient")])
+def test_html_view_shows_exactly_the_groups_present(seed: int, scenario: str) -> None:
+    entry = real_entry(seed, scenario)
+    text = render_health_book_html(KEY, [{"version": 1, "entry": entry}])
+    for group, (title_vi, title_en) in GROUP_HEADINGS.items():
+        heading = f'<h3>{html.escape(title_vi)}<small lang="en">{html.escape(title_en)}</small></h3>'
+        present = bool(entry[group])
+        assert (heading in text) == present, (scenario, group)
+    for group in ("drugs", "services", "results"):
+        for item in entry[group]:
+            title = next(item[n] for n in ITEM_TITLES[group] if item[n])
+            assert f"<strong>{html.escape(title)}</strong>" in text, (group, title)
+
+
+def test_html_view_labels_every_field_the_mapping_names() -> None:
+    groups = projection_mapping()["groups"]
+    assert entry_mapping() == groups  # the fake reads the projection's own file
+    assert list(GROUP_HEADINGS) == list(groups)
+    for name, group in groups.items():
+        assert set(FIELD_LABELS[name]) == set(group.get("fields", {})), name
+
+
+def test_html_view_orders_real_entries_by_admission_newest_first(fake: FakeVneid, client: VneidClient) -> None:
+    newer, older = real_entry(11, "inpatient"), real_entry(3, "referral")
+    assert newer["visit"]["admitted_at"] > older["visit"]["admitted_at"]
+    client.deliver(KEY, newer)
+    client.deliver(KEY, older)  # delivered last, admitted first
+    assert [e["visit_id"] for e in fake.entries(KEY)] == [newer["visit_id"], older["visit_id"]]
+    text = requests.get(f"{fake.url}/v1/citizens/{KEY}/health-book.html", timeout=5).text
+    assert text.index(f"Cơ sở khám chữa bệnh {newer['facility']}") < text.index(
+        f"Cơ sở khám chữa bệnh {older['facility']}")
 
 
 # ------------------------------------------------------------------------------------------------ mTLS, wire

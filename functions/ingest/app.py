@@ -32,11 +32,13 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from healthbook.aws.delivery import StepFunctionsStarter
 from healthbook.aws.facilities import FacilitiesRepository
 from healthbook.aws.kms_signer import KmsSigner
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.s3_store import S3Store
 from healthbook.aws.settings import Settings, client, dynamodb_table, load_pepper, load_trust_anchors
+from healthbook.delivery import Timing
 from healthbook.ingest import IngestService, ObjectRef, Outcome
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import Options
@@ -82,6 +84,8 @@ class Runtime:
 
 def build_service(settings: Settings) -> IngestService:
     s3, dynamodb = client("s3"), client("dynamodb")
+    timing = Timing.from_env(os.environ)
+    machine = os.environ.get("DELIVERY_STATE_MACHINE_ARN")
     return IngestService(
         store=S3Store(s3, receipts_bucket=settings.receipts_bucket, quarantine_bucket=settings.quarantine_bucket),
         records=DynamoRecords(dynamodb, submissions_table=settings.submissions_table,
@@ -91,7 +95,8 @@ def build_service(settings: Settings) -> IngestService:
         signer=KmsSigner(settings.receipt_key_id, client=client("kms")),
         pepper=load_pepper(client("secretsmanager"), settings.citizen_pepper_secret),
         options=Options(limits=Limits(max_file_bytes=settings.max_object_bytes)),
-        registry_ttl=settings.registry_ttl_seconds)
+        registry_ttl=settings.registry_ttl_seconds, deadline=timing.deadline, lease=timing.lease,
+        delivery=StepFunctionsStarter(client("stepfunctions"), state_machine_arn=machine) if machine else None)
 
 
 _runtime: Runtime | None = None
@@ -125,6 +130,9 @@ def _observe(outcome: Outcome, elapsed_ms: float) -> None:
         metrics.add_metric(name="VisitsAccepted", unit=MetricUnit.Count, value=outcome.visits_accepted)
         metrics.add_metric(name="VisitsRejected", unit=MetricUnit.Count, value=outcome.visits_rejected)
         metrics.add_metric(name="ProcessingTime", unit=MetricUnit.Milliseconds, value=round(elapsed_ms, 1))
+        if outcome.delivery_start_failures:
+            metrics.add_metric(name="DeliveryStartFailures", unit=MetricUnit.Count,
+                               value=outcome.delivery_start_failures)
         if outcome.status == "REJECTED":
             metrics.add_metric(name="FilesRejected", unit=MetricUnit.Count, value=1)
             _rejected_families["FilesRejected", outcome.rejection_family or "?"] += 1

@@ -118,6 +118,8 @@ class DynamoRecords:
             item["citizen_key"] = _s(visit.citizen_key)
         if superseded_by:
             item["superseded_by"] = _s(superseded_by)
+        elif visit.next_attempt_at:
+            item["next_attempt_at"] = _s(visit.next_attempt_at)
         return item
 
     def _transact(self, visit: VisitVersion, current: str | None) -> None:

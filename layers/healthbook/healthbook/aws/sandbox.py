@@ -37,12 +37,20 @@ EVENT_TEMPLATE = {
 }
 
 
+def _projection(index: str) -> dict[str, Any]:
+    from healthbook.aws.delivery import STATUS_INDEX, STATUS_INDEX_ATTRIBUTES
+
+    if index == STATUS_INDEX:  # the sweep reads a few attributes, never the records
+        return {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(STATUS_INDEX_ATTRIBUTES)}
+    return {"ProjectionType": "ALL"}
+
+
 def create_tables(ddb: Any, names: dict[str, str]) -> None:
     """The four tables of docs/data-model.md, keys and GSIs included."""
     def table(name: str, keys: list[tuple[str, str]], indexes: dict[str, list[tuple[str, str]]]) -> None:
         attributes = {a for a, _ in keys} | {a for index in indexes.values() for a, _ in index}
         gsis = [{"IndexName": n, "KeySchema": [{"AttributeName": a, "KeyType": t} for a, t in k],
-                 "Projection": {"ProjectionType": "ALL"}} for n, k in indexes.items()]
+                 "Projection": _projection(n)} for n, k in indexes.items()]
         ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
                          KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in keys],
                          AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
@@ -140,18 +148,60 @@ class LambdaContext:
 
 
 @cache
-def load_ingest_handler() -> ModuleType:
-    """functions/ingest/app.py as a module (it is not a package: SAM zips the folder). Loaded once per
+def load_function(name: str) -> ModuleType:
+    """functions/<name>/app.py as a module (it is not a package: SAM zips the folder). Loaded once per
     process: Powertools keeps one logging handler per service, so a second copy would share it anyway."""
     folder = functions_dir()
-    if folder is None:
-        raise FileNotFoundError("functions/ingest/app.py not found: run this from a checkout of the project")
-    spec = importlib.util.spec_from_file_location("healthbook_ingest_app", folder / "ingest" / "app.py")
+    if folder is None or not (folder / name / "app.py").is_file():
+        raise FileNotFoundError(f"functions/{name}/app.py not found: run this from a checkout of the project")
+    spec = importlib.util.spec_from_file_location(f"healthbook_{name}_app", folder / name / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_ingest_handler() -> ModuleType:
+    return load_function("ingest")
+
+
+@contextmanager
+def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
+    """Inside an active ``mock_aws(config={"lambda": {"use_docker": False}})``: moto would answer every
+    invocation with a canned payload (it runs real code only in Docker, which these machines lack), so an
+    invocation of a function named in ``handlers`` calls that Python handler in this process instead, the way
+    the Lambda runtime would: an exception becomes a function error whose errorType is its class name, which
+    is what Step Functions' Retry and Catch match. Yields the names invoked, in order."""
+    import traceback
+
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    original = LambdaSimpleBackend.invoke
+    calls: list[str] = []
+
+    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: Any) -> Any:
+        name = self.get_function(function_name, qualifier).function_name
+        handler = handlers.get(name)
+        if handler is None:
+            return original(self, function_name, qualifier, body, headers, response_headers)
+        calls.append(name)
+        event = json.loads(body) if body else {}
+        context = LambdaContext(function_name=name, invoked_function_arn=self.get_function(name, None).function_arn)
+        try:
+            result = handler(event, context)
+        except Exception as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)[:200],
+                               "stackTrace": traceback.format_tb(exc.__traceback__)[-3:]}).encode()
+        return json.dumps(result).encode()
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
 def functions_dir() -> Path | None:

@@ -5,15 +5,23 @@
 """
 
 from healthbook.ingest.model import (
-           ObjectGone,
-           ObjectRef,
-           Outcome,
-           StoredObject,
-           SubmissionRecord,
-           VisitVersion,
-           VisitWrite,
+    ObjectGone,
+    ObjectRef,
+    Outcome,
+    StoredObject,
+    SubmissionRecord,
+    VisitRef,
+    VisitVersion,
+    VisitWrite,
 )
-from healthbook.ingest.service import IngestService, ObjectStore, RecordsRepository, RegistrySource
+from healthbook.ingest.service import (
+    DeliveryStarter,
+    IngestService,
+    ObjectStore,
+    RecordsRepository,
+    RegistrySource,
+)
 
-__all__ = ["IngestService", "ObjectGone", "ObjectRef", "ObjectStore", "Outcome", "RecordsRepository",
-           "RegistrySource", "StoredObject", "SubmissionRecord", "VisitVersion", "VisitWrite"]
+__all__ = ["DeliveryStarter", "IngestService", "ObjectGone", "ObjectRef", "ObjectStore", "Outcome",
+           "RecordsRepository", "RegistrySource", "StoredObject", "SubmissionRecord", "VisitRef", "VisitVersion",
+           "VisitWrite"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -97,6 +98,28 @@ def version_key(received_at: datetime, submission_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class VisitRef:
+    """One visit version, as the workflow passes it around: keys only, never personal data."""
+
+    visit_id: str
+    version: str
+
+    @property
+    def facility(self) -> str:
+        return self.visit_id.split("#", 1)[0]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"visit_id": self.visit_id, "version": self.version}
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> VisitRef:
+        visit_id, version = event.get("visit_id"), event.get("version")
+        if not isinstance(visit_id, str) or "#" not in visit_id or not isinstance(version, str) or not version:
+            raise ValueError("a visit reference needs visit_id ({facility}#{MA_LK}) and version")
+        return cls(visit_id, version)
+
+
+@dataclass(frozen=True)
 class VisitVersion:
     """One accepted visit as stored: a new version item of ``visit_id``."""
 
@@ -109,9 +132,16 @@ class VisitVersion:
     deadline_at: str
     citizen_key: str | None  # HMAC of SO_CCCD; None when the visit names no ID number
     records: bytes = field(repr=False)  # gzip(canonical JSON): personal data, never logged
+    # When the delivery sweep may take the visit: ingest starts its execution at once and leases it until
+    # then, so the sweep only catches visits whose start failed (docs/delivery.md).
+    next_attempt_at: str | None = None
 
     def status_shard(self, status: str) -> str:
         return status_shard(status, self.visit_id)
+
+    @property
+    def ref(self) -> VisitRef:
+        return VisitRef(self.visit_id, self.version)
 
 
 @dataclass(frozen=True)
@@ -142,8 +172,8 @@ class SubmissionRecord:
         return facility_day(self.facility, self.received_at)
 
 
-def deadline(received_at: datetime) -> str:
-    return iso_utc(received_at.astimezone(UTC) + DEADLINE)
+def deadline(received_at: datetime, within: timedelta = DEADLINE) -> str:
+    return iso_utc(received_at.astimezone(UTC) + within)
 
 
 @dataclass
@@ -164,6 +194,8 @@ class Outcome:
     receipt_key: str | None = None
     quarantine_key: str | None = None
     size: int | None = None
+    delivery_executions: int = 0  # delivery workflows started for the accepted visits
+    delivery_start_failures: int = 0
 
     @property
     def visits_rejected(self) -> int:
@@ -189,7 +221,9 @@ class Outcome:
                 "visits_rejected": self.visits_rejected, "visits_stored": self.visits_stored,
                 "visits_superseding": self.visits_superseding, "error_codes": list(self.error_codes),
                 "rejected_by_family": dict(self.rejected_by_family), "file_error_family": self.file_error_family,
-                "receipt_key": self.receipt_key, "quarantine_key": self.quarantine_key, "size": self.size}
+                "receipt_key": self.receipt_key, "quarantine_key": self.quarantine_key, "size": self.size,
+                "delivery_executions": self.delivery_executions,
+                "delivery_start_failures": self.delivery_start_failures}
 
 
 def error_family(code: str) -> str:

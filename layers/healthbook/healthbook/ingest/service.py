@@ -15,15 +15,18 @@ import gzip
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography import x509
 
 from healthbook.ingest.model import (
     ACCEPTED,
+    DEADLINE,
     PARTIAL,
     REJECTED,
     Location,
@@ -32,6 +35,7 @@ from healthbook.ingest.model import (
     Outcome,
     StoredObject,
     SubmissionRecord,
+    VisitRef,
     VisitVersion,
     VisitWrite,
     deadline,
@@ -49,7 +53,11 @@ from healthbook.validation import FileResult, Options, VisitResult
 from healthbook.validation.engine import DEFAULT_OPTIONS
 from healthbook.validation.issues import make_issue
 
-__all__ = ["IngestService", "ObjectStore", "RecordsRepository", "RegistrySource", "citizen_key", "pack_records"]
+__all__ = ["DeliveryStarter", "IngestService", "ObjectStore", "RecordsRepository", "RegistrySource", "citizen_key",
+           "pack_records"]
+
+log = logging.getLogger(__name__)
+BATCH = 50  # visits per delivery execution (docs/cost.md)
 
 _MAX_DETAIL = 200  # I502 quotes the key; a 1 KB key need not be copied whole into a receipt
 
@@ -88,6 +96,12 @@ class RegistrySource(Protocol):
     def load_registry(self) -> FacilityRegistry: ...
 
 
+class DeliveryStarter(Protocol):
+    def start(self, name: str, visits: Sequence[VisitRef]) -> None:
+        """Start one delivery execution for these visit versions (healthbook.delivery)."""
+        ...
+
+
 # --- pure helpers ---------------------------------------------------------------------------------------
 
 def citizen_key(pepper: bytes, id_number: str) -> str | None:
@@ -115,16 +129,22 @@ class IngestService:
     def __init__(self, *, store: ObjectStore, records: RecordsRepository, registry: RegistrySource,
                  anchors: Sequence[x509.Certificate] | None, signer: Signer, pepper: bytes,
                  options: Options = DEFAULT_OPTIONS, registry_ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, delivery: DeliveryStarter | None = None,
+                 deadline: timedelta = DEADLINE, lease: timedelta = timedelta(minutes=10),
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         """``anchors`` None disables the facility-signature check: development only (the settings of the
         deployed function always load a CA bundle). The registry is re-read every ``registry_ttl`` seconds so
-        that a facility registered with ``healthbook facility add`` is accepted without a cold start."""
+        that a facility registered with ``healthbook facility add`` is accepted without a cold start.
+
+        ``delivery`` starts the health-book delivery of the accepted visits; each is leased for ``lease``
+        (the delivery sweep leaves it alone until then) and must reach VNeID within ``deadline`` of receipt."""
         if not pepper:
             raise ValueError("the citizen-key pepper must not be empty")
         self._store, self._records, self._registry_source = store, records, registry
         self._anchors = tuple(anchors) if anchors is not None else None
         self._signer, self._pepper, self._options = signer, pepper, options
         self._registry_ttl, self._clock = registry_ttl, clock
+        self._delivery, self._deadline, self._lease, self._now = delivery, deadline, lease, now
         self._trust: Trust | None = None
         self._trust_loaded = float("-inf")
 
@@ -205,18 +225,24 @@ class IngestService:
         # 1. visits: each write is conditional, so a retry finds them present and moves on.
         received = iso_utc(ref.received_at)
         version = version_key(ref.received_at, outcome.submission_id)
+        leased_until = iso_utc(self._now() + self._lease)
+        to_deliver: list[VisitRef] = []
         for visit, entry in zip(result.visits, entries, strict=True):
             if not entry["accepted"]:
                 continue
-            written = self._records.save_visit(VisitVersion(
+            stored_visit = VisitVersion(
                 visit_id=f"{location.facility}#{visit.ma_lk}", version=version,
                 submission_id=outcome.submission_id, received_at=received, standard=visit.standard,
-                digest=entry["digest"], deadline_at=deadline(ref.received_at),
-                citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit)))
+                digest=entry["digest"], deadline_at=deadline(ref.received_at, self._deadline),
+                citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit),
+                next_attempt_at=leased_until)
+            written = self._records.save_visit(stored_visit)
             if written is not VisitWrite.PRESENT:
                 outcome.visits_stored += 1
             if written is VisitWrite.SUPERSEDING:
                 outcome.visits_superseding += 1
+            if written is not VisitWrite.LATE:  # PRESENT too: a retry may follow a crash before the start
+                to_deliver.append(stored_visit.ref)
         # 2. the receipt, for every file; 3. the original of a rejected file; 4. the lifecycle tag.
         self._store.put_receipt(location.receipt_key, json.dumps(receipt, ensure_ascii=False, indent=2).encode())
         if status == REJECTED:
@@ -231,5 +257,20 @@ class IngestService:
             quarantine_key=outcome.quarantine_key,
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
             signing_key_id=receipt["platform_signature"]["key_id"]))
+        self._start_delivery(outcome, to_deliver)
         return outcome
+
+    def _start_delivery(self, outcome: Outcome, visits: list[VisitRef]) -> None:
+        """Best effort, after the "done" marker: a start that fails loses nothing, the visits stay PENDING and
+        the delivery sweep takes them when their lease ends. Starting twice is harmless (docs/delivery.md)."""
+        if self._delivery is None or not visits:
+            return
+        for number, start in enumerate(range(0, len(visits), BATCH)):
+            try:
+                self._delivery.start(f"ingest-{outcome.submission_id[:40]}-{number}", visits[start:start + BATCH])
+                outcome.delivery_executions += 1
+            except Exception as exc:  # the sweep is the safety net; say so and go on
+                log.warning("delivery start failed; the sweep will take these visits",
+                            extra={"submission_id": outcome.submission_id, "error": type(exc).__name__})
+                outcome.delivery_start_failures += 1
 

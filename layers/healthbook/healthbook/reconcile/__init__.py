@@ -1,4 +1,11 @@
-"""Reconciliation of claim identities with the national population database (docs/reconciliation.md)."""
+"""Reconciliation of claim identities with the national population database (docs/reconciliation.md).
+
+The HTTP adapter (``PopulationClient``, ``PopulationError``, ``population_from_env``; needs ``requests``, the
+``aws`` extra) and the fake service (``FakePopulationServer``) are imported on first use, so importing this
+package stays pure and ``python -m healthbook.reconcile.server`` runs the module only once.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from healthbook.reconcile.matching import (
     BIRTH_MISMATCH,
@@ -21,6 +28,17 @@ from healthbook.reconcile.matching import (
 )
 from healthbook.reconcile.population import FakePopulation, Perturbation
 
+if TYPE_CHECKING:
+    from healthbook.reconcile.http import PopulationClient, PopulationError, population_from_env
+    from healthbook.reconcile.server import FakePopulationServer
+
+_LAZY = {
+    "PopulationClient": "healthbook.reconcile.http",
+    "PopulationError": "healthbook.reconcile.http",
+    "population_from_env": "healthbook.reconcile.http",
+    "FakePopulationServer": "healthbook.reconcile.server",
+}
+
 __all__ = [
     "BIRTH_MISMATCH",
     "ID_FORMAT",
@@ -34,11 +52,26 @@ __all__ = [
     "Citizen",
     "ClaimIdentity",
     "FakePopulation",
+    "FakePopulationServer",
     "Perturbation",
+    "PopulationClient",
+    "PopulationError",
     "PopulationRegistry",
     "PopulationUnavailable",
     "Reconciliation",
     "count_by_reason",
     "identity_from_summary",
+    "population_from_env",
     "reconcile",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

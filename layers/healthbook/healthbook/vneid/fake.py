@@ -27,11 +27,14 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["FakeVneid", "StoredEntry", "render_health_book_html"]
+__all__ = ["FIELD_LABELS", "GROUP_HEADINGS", "ITEM_TITLES", "FakeVneid", "StoredEntry", "entry_mapping",
+           "render_health_book_html"]
 
 FailMode = Literal["5xx", "timeout", "slow"]
 CITIZEN_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -210,7 +213,8 @@ class FakeVneid:
         """The citizen's current entries (newest version of each visit), newest visit first."""
         with self._lock:
             stored = list(self._books.get(citizen_key, {}).values())
-        return [s.as_json() for s in sorted(stored, key=_visit_sort_key, reverse=True)]
+        # reversed: among equal keys (no admission date, stored in the same second) the later-stored comes first
+        return [s.as_json() for s in sorted(reversed(stored), key=_visit_sort_key, reverse=True)]
 
     # -- request handling (called from handler threads)
 
@@ -431,114 +435,245 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ------------------------------------------------------------------------------------------------- HTML view
-# The entry layout belongs to healthbook.projection; this view reads it tolerantly (several spellings, any
-# missing part simply not shown) so it keeps working while that contract settles.
+# Renders the projection's entry (schema healthbook-entry/1, docs/health-book.md) by the names of
+# healthbook/projection/mapping.json: its groups in order, each group's fields in order, each value formatted by
+# the field's transform. The mapping is read as a file, not through healthbook.projection, so the fake stays
+# stdlib only. Keys the mapping does not name are still shown, under their own name: nothing is silently hidden.
+
+_MAPPING_FILE = Path(__file__).resolve().parents[1] / "projection" / "mapping.json"
+
+#: group -> (Vietnamese heading, English subtitle)
+GROUP_HEADINGS: dict[str, tuple[str, str]] = {
+    "citizen": ("Thông tin hành chính", "Administrative details"),
+    "visit": ("Thông tin lần khám bệnh, chữa bệnh", "The visit"),
+    "diagnoses": ("Chẩn đoán", "Diagnoses (ICD-10), main first"),
+    "drugs": ("Thuốc", "Medicines"),
+    "services": ("Dịch vụ kỹ thuật, thủ thuật, vật tư", "Services, procedures and supplies"),
+    "results": ("Kết quả cận lâm sàng", "Test and imaging results"),
+    "discharge_summary": ("Giấy ra viện / tóm tắt hồ sơ bệnh án", "Discharge summary"),
+    "referral": ("Giấy chuyển tuyến", "Referral"),
+    "reexam": ("Giấy hẹn khám lại", "Re-examination appointment"),
+}
+
+#: group -> field (the mapping's output name) -> Vietnamese label
+FIELD_LABELS: dict[str, dict[str, str]] = {
+    "citizen": {
+        "name": "Họ và tên", "birth_date": "Ngày sinh", "sex": "Giới tính", "ethnicity": "Dân tộc (mã)",
+        "nationality": "Quốc tịch (mã)", "occupation": "Nghề nghiệp (mã)", "id_number": "Số định danh cá nhân",
+        "phone": "Điện thoại", "insurance_cards": "Thẻ BHYT", "registered_facilities": "Nơi đăng ký KCB ban đầu",
+        "card_valid_from": "Thẻ có giá trị từ", "card_valid_to": "Thẻ có giá trị đến", "address": "Địa chỉ",
+        "province": "Tỉnh/thành phố (mã)", "district": "Quận/huyện (mã)", "commune": "Xã/phường (mã)",
+    },
+    "visit": {
+        "facility": "Cơ sở khám chữa bệnh (mã)", "department": "Khoa (mã)", "record_number": "Số hồ sơ bệnh án",
+        "admitted_at": "Ngày vào", "inpatient_admitted_at": "Ngày vào nội trú", "discharged_at": "Ngày ra",
+        "visit_type": "Hình thức khám chữa bệnh", "reason": "Lý do vào viện",
+        "admission_diagnosis_text": "Chẩn đoán vào viện", "discharge_diagnosis_text": "Chẩn đoán ra viện",
+        "treatment": "Phương pháp điều trị", "treatment_days": "Số ngày điều trị", "result": "Kết quả điều trị",
+        "discharge_type": "Hình thức ra viện", "blood_group": "Nhóm máu", "weight_kg": "Cân nặng (kg)",
+        "reexam_dates": "Ngày tái khám",
+    },
+    "diagnoses": {},  # items are {code, name, main}: rendered as "code – name"
+    "drugs": {
+        "code": "Mã thuốc", "name": "Tên thuốc", "strength": "Hàm lượng", "form": "Dạng bào chế",
+        "route": "Đường dùng", "dosage": "Liều dùng", "instructions": "Cách dùng", "unit": "Đơn vị tính",
+        "quantity": "Số lượng", "group": "Nhóm", "registration_number": "Số đăng ký", "ordered_at": "Ngày y lệnh",
+        "given_at": "Ngày thực hiện",
+    },
+    "services": {
+        "code": "Mã dịch vụ", "name": "Tên dịch vụ", "supply_code": "Mã vật tư", "supply_name": "Tên vật tư",
+        "procedure_codes": "Mã phẫu thuật, thủ thuật", "group": "Nhóm", "unit": "Đơn vị tính",
+        "quantity": "Số lượng", "diagnoses": "Mã bệnh", "ordered_at": "Ngày y lệnh",
+        "performed_at": "Ngày thực hiện", "result_at": "Ngày có kết quả",
+    },
+    "results": {
+        "service_code": "Mã dịch vụ", "indicator_code": "Mã chỉ số", "indicator_name": "Tên chỉ số",
+        "value": "Giá trị", "unit": "Đơn vị đo", "description": "Mô tả", "conclusion": "Kết luận",
+        "reported_at": "Ngày có kết quả",
+    },
+    "discharge_summary": {
+        "visit_type": "Hình thức khám chữa bệnh", "admitted_at": "Ngày vào", "discharged_at": "Ngày ra",
+        "admission_diagnosis_text": "Chẩn đoán vào viện", "discharge_diagnosis_text": "Chẩn đoán ra viện",
+        "course": "Quá trình bệnh lý và diễn biến lâm sàng", "key_results": "Tóm tắt kết quả cận lâm sàng",
+        "treatment": "Phương pháp điều trị", "result": "Kết quả điều trị", "note": "Ghi chú",
+        "issued_on": "Ngày cấp",
+    },
+    "referral": {
+        "number": "Số chuyển tuyến", "record_number": "Số hồ sơ", "paper": "Số giấy chuyển tuyến",
+        "facility": "Cơ sở khám chữa bệnh (mã)", "from_facility": "Nơi chuyển đi (mã)",
+        "to_facility": "Nơi chuyển đến (mã)", "admitted_at": "Ngày vào", "discharged_at": "Ngày ra",
+        "clinical_signs": "Dấu hiệu lâm sàng", "diagnosis_text": "Chẩn đoán", "main_diagnoses": "Bệnh chính",
+        "secondary_diagnoses": "Bệnh kèm theo", "course": "Quá trình bệnh lý và diễn biến lâm sàng",
+        "key_results": "Tóm tắt kết quả cận lâm sàng", "treatment": "Phương pháp điều trị",
+        "services_given": "Dịch vụ đã thực hiện", "drugs_given": "Thuốc đã dùng",
+        "discharge_type": "Hình thức ra viện", "reason": "Lý do chuyển tuyến", "direction": "Hướng điều trị",
+        "transport": "Phương tiện vận chuyển",
+    },
+    "reexam": {
+        "number": "Số giấy hẹn khám lại", "facility": "Cơ sở khám chữa bệnh (mã)",
+        "appointment_at": "Ngày hẹn khám lại", "diagnosis_text": "Chẩn đoán", "main_diagnoses": "Bệnh chính",
+        "secondary_diagnoses": "Bệnh kèm theo", "issued_on": "Ngày cấp",
+    },
+}
+
+#: list groups: the field that names an item (the first one present), shown first and in bold
+ITEM_TITLES: dict[str, tuple[str, ...]] = {
+    "drugs": ("name",),
+    "services": ("name", "supply_name"),
+    "results": ("indicator_name",),
+}
 
 
-def _first(mapping: Mapping[str, Any], *names: str) -> Any:
-    for name in names:
-        value = mapping.get(name)
-        if value not in (None, "", [], {}):
-            return value
-    return None
+@cache
+def entry_mapping() -> dict[str, Any]:
+    """``groups`` of healthbook/projection/mapping.json (group -> {kind, fields: {name: {transform, ...}}})."""
+    groups: dict[str, Any] = json.loads(_MAPPING_FILE.read_text(encoding="utf-8"))["groups"]
+    return groups
 
 
-def _label(value: Any) -> str:
-    """A readable one-line label for a code/name dict, a string or a number."""
+def _empty(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(_empty(v) for v in value.values())
+    return value is None or value == "" or value == []
+
+
+def _when(value: str, *, with_time: bool) -> str:
+    """ISO 8601 (the projection's timestamp/date) as the Vietnamese dd/mm/yyyy [HH:MM]; unreadable: as is."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return moment.strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
+
+
+def _number(value: int | float) -> str:
+    return str(value).replace(".", ",")  # Vietnamese decimal comma
+
+
+def _icd(item: Any) -> str:
+    """An ``icd10_list`` item (and a diagnosis): ``{code, name}`` as "code – name"."""
+    if not isinstance(item, Mapping):
+        return _text(item)
+    code, name = _text(item.get("code")), _text(item.get("name"))
+    return f"{code} – {name}" if code and name else code or name
+
+
+def _text(value: Any) -> str:
+    """Any JSON value as one line (for values the mapping does not describe)."""
     if value is None:
         return ""
-    if isinstance(value, Mapping):
-        code = _first(value, "code", "ma", "id")
-        name = _first(value, "name", "ten", "display", "label", "title", "text")
-        parts = [str(p) for p in (code, name) if p is not None]
-        if parts:
-            return " - ".join(parts)
-        return ", ".join(f"{k}: {_label(v)}" for k, v in value.items() if not isinstance(v, Mapping | list))
+    if isinstance(value, bool):
+        return "có" if value else "không"
+    if isinstance(value, int | float):
+        return _number(value)
     if isinstance(value, list):
-        return ", ".join(_label(v) for v in value)
+        return "; ".join(t for t in (_text(v) for v in value) if t)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in value.items() if not _empty(v))
     return str(value)
 
 
-def _items(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
+def _format(spec: Mapping[str, Any] | None, value: Any) -> str:
+    """A field's value as text, by its mapping transform (see mapping.json "transforms")."""
+    transform = spec.get("transform") if spec else None
+    if transform in ("timestamp", "date") and isinstance(value, str):
+        return _when(value, with_time=transform == "timestamp")
+    if transform == "date_list" and isinstance(value, list):
+        return ", ".join(_when(v, with_time=False) if isinstance(v, str) else _text(v) for v in value)
+    if transform == "code" and isinstance(value, Mapping):
+        return _text(value.get("label") or value.get("code"))  # the label is already "Vietnamese / English"
+    if transform == "icd10_list" and isinstance(value, list):
+        return "; ".join(_icd(v) for v in value)
+    return _text(value)
 
 
-def _drug_line(drug: Any) -> str:
-    if not isinstance(drug, Mapping):
-        return _label(drug)
-    name = _label(_first(drug, "name", "ten_thuoc", "drug", "display")) or _label(drug)
-    extra = [_label(drug[k]) for k in ("strength", "ham_luong", "dose", "lieu_dung", "quantity", "so_luong", "unit",
-                                       "don_vi", "route", "duong_dung") if drug.get(k) not in (None, "")]
-    return name + (f" ({'; '.join(extra)})" if extra else "")
+def _fields(group: str, value: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, label, text) of the non-empty fields: the mapping's in its order, then any others."""
+    specs: Mapping[str, Any] = entry_mapping().get(group, {}).get("fields", {})
+    labels = FIELD_LABELS.get(group, {})
+    names = [n for n in specs if n in value] + [n for n in value if n not in specs]
+    out = []
+    for name in names:
+        text = _format(specs.get(name), value[name])
+        if text:
+            out.append((name, labels.get(name, name), text))
+    return out
 
 
-def _result_line(result: Any) -> str:
-    if not isinstance(result, Mapping):
-        return _label(result)
-    name = _label(_first(result, "name", "test", "ten_chi_so", "display", "code"))
-    value = _label(_first(result, "value", "gia_tri", "result"))
-    unit = _label(_first(result, "unit", "don_vi_do"))
-    flag = _label(_first(result, "flag", "interpretation"))
-    line = f"{name}: {value} {unit}".strip() if value else name
-    return f"{line} [{flag}]" if flag else line
-
-
-def _visit_dates(entry: Mapping[str, Any]) -> tuple[str, str]:
-    period = entry.get("period")
-    start = _first(entry, "admitted_at", "start", "visit_date", "date", "ngay_vao")
-    end = _first(entry, "discharged_at", "end", "ngay_ra")
-    if isinstance(period, Mapping):
-        start = start or _first(period, "start", "from", "admitted_at")
-        end = end or _first(period, "end", "to", "discharged_at")
-    return (str(start) if start else "", str(end) if end else "")
+def _render_group(group: str, kind: str, value: Any) -> str:
+    """The HTML of one group's body (everything escaped)."""
+    e = html.escape
+    if kind == "diagnoses" and isinstance(value, list):
+        items = [e(_icd(d)) + (" <small>(bệnh chính)</small>" if isinstance(d, Mapping) and d.get("main") is True
+                               else "") for d in value if not _empty(d)]
+        return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+    if kind == "list" and isinstance(value, list):
+        lines = []
+        for item in value:
+            if not isinstance(item, Mapping):
+                lines.append(e(_text(item)))
+                continue
+            fields = _fields(group, item)
+            title = next((text for name, _, text in fields if name in ITEM_TITLES.get(group, ())), "")
+            details = " · ".join(f"{e(label)}: {e(text)}" for _, label, text in fields if text != title)
+            lines.append(f"<strong>{e(title)}</strong>" + (f" — {details}" if title and details else details))
+        return "<ul>" + "".join(f"<li>{line}</li>" for line in lines if line) + "</ul>"
+    if isinstance(value, Mapping):
+        rows = "".join(f"<dt>{e(label)}</dt><dd>{e(text)}</dd>" for _, label, text in _fields(group, value))
+        return f"<dl>{rows}</dl>"
+    return f"<p>{e(_text(value))}</p>"
 
 
 def _visit_sort_key(stored: StoredEntry) -> tuple[str, str]:
-    return (_visit_dates(stored.entry)[0], stored.stored_at)
+    visit = stored.entry.get("visit")
+    admitted = visit.get("admitted_at") if isinstance(visit, Mapping) else None
+    return (admitted if isinstance(admitted, str) else "", stored.stored_at)
 
 
 def render_health_book_html(citizen_key: str, entries: list[dict[str, Any]]) -> str:
-    """The citizen's view of their health book: visits newest first; every value escaped."""
+    """The citizen's view of their health book: visits in the given order (newest first), each group of the entry
+    that has content under a Vietnamese heading with an English subtitle; every value escaped."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="vi"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>Sổ sức khỏe điện tử</title>",
-        "<style>body{font-family:sans-serif;max-width:46em;margin:1em auto;padding:0 1em;color:#222}"
+        "<style>body{font-family:sans-serif;max-width:50em;margin:1em auto;padding:0 1em;color:#222}"
         "section{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin:1em 0}"
-        "h2{font-size:1.1em;margin:.3em 0}dt{font-weight:bold;margin-top:.4em}.muted{color:#666;font-size:.9em}"
-        "</style></head><body>",
-        "<h1>Sổ sức khỏe điện tử</h1>",
+        "h2{font-size:1.15em;margin:.3em 0}h3{font-size:1em;margin:.9em 0 .2em}"
+        "h3 small{display:block;font-weight:normal;color:#666;font-size:.8em}"
+        "dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:.2em 0}dt{color:#555}dd{margin:0}"
+        ".muted{color:#666;font-size:.9em}</style></head><body>",
+        '<h1>Sổ sức khỏe điện tử <small lang="en" class="muted">Electronic health book</small></h1>',
         f'<p class="muted">Mã công dân (ẩn danh): {e(citizen_key)}</p>',
     ]
     if not entries:
         parts.append("<p>Chưa có lượt khám chữa bệnh nào.</p>")
+    groups = entry_mapping()
     for stored in entries:
-        entry = stored.get("entry") or {}
+        entry = stored.get("entry")
         if not isinstance(entry, Mapping):
             entry = {}
-        facility = _label(_first(entry, "facility", "co_so", "facility_name")) or "Cơ sở khám chữa bệnh"
-        start, end = _visit_dates(entry)
+        raw_visit = entry.get("visit")
+        visit: Mapping[str, Any] = raw_visit if isinstance(raw_visit, Mapping) else {}
+        specs = groups.get("visit", {}).get("fields", {})
+        start = _format(specs.get("admitted_at"), visit.get("admitted_at"))
+        end = _format(specs.get("discharged_at"), visit.get("discharged_at"))
+        facility = _text(entry.get("facility"))
         parts.append("<section>")
-        parts.append(f"<h2>{e(facility)}</h2>")
+        parts.append(f"<h2>Cơ sở khám chữa bệnh {e(facility)}</h2>" if facility else
+                     "<h2>Cơ sở khám chữa bệnh</h2>")
         when = f"Ngày vào: {e(start) or '—'}" + (f" · Ngày ra: {e(end)}" if end else "")
-        parts.append(f'<p class="muted">{when} · Phiên bản {e(str(stored.get("version", "")))}</p>')
-        parts.append("<dl>")
-        sections = (
-            ("Chẩn đoán", _items(_first(entry, "diagnoses", "diagnosis", "chan_doan")), _label),
-            ("Thuốc", _items(_first(entry, "drugs", "medications", "medicines", "thuoc")), _drug_line),
-            ("Kết quả cận lâm sàng", _items(_first(entry, "results", "lab_results", "tests", "can_lam_sang")),
-             _result_line),
-        )
-        for title, items, render in sections:
-            if not items:
+        parts.append(f'<p class="muted">{when} · Phiên bản {e(_text(stored.get("version")))}</p>')
+        for group, spec in groups.items():
+            value = entry.get(group)
+            if _empty(value):
                 continue
-            parts.append(f"<dt>{e(title)}</dt>")
-            parts.append("<dd><ul>" + "".join(f"<li>{e(render(item))}</li>" for item in items) + "</ul></dd>")
-        parts.append("</dl></section>")
+            title_vi, title_en = GROUP_HEADINGS.get(group, (str(spec.get("title_vi", group)), group))
+            parts.append(f'<h3>{e(title_vi)}<small lang="en">{e(title_en)}</small></h3>')
+            parts.append(_render_group(group, str(spec.get("kind", "")), value))
+        parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

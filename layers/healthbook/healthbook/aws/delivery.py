@@ -1,0 +1,192 @@
+"""Delivery-stage adapters: visit statuses in DynamoDB, projections in S3, Step Functions starts, SNS.
+
+Every status change is one conditional UpdateItem on ``status = PENDING``: a lost race answers False, not an
+error. Times are written as ``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from healthbook.aws.settings import error_code
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, parse_time
+from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
+from healthbook.signing.receipt import iso_utc
+
+STATUS_INDEX = "by-status-deadline"
+# What that index projects besides the keys (template.yaml must agree; a test checks it).
+STATUS_INDEX_ATTRIBUTES = ("received_at", "next_attempt_at", "attempts")
+_LIGHT = "visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key"
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _key(ref: VisitRef) -> dict[str, Any]:
+    return {"visit_id": _s(ref.visit_id), "version": _s(ref.version)}
+
+
+def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
+    def text(name: str) -> str | None:
+        value = item.get(name, {}).get("S")
+        return str(value) if value is not None else None
+
+    next_attempt = text("next_attempt_at")
+    records = item.get("records", {}).get("B")
+    return StoredVisit(
+        ref=VisitRef(str(text("visit_id")), str(text("version"))), status=status or str(text("status")),
+        received_at=parse_time(str(text("received_at"))), deadline_at=parse_time(str(text("deadline_at"))),
+        attempts=int(item.get("attempts", {}).get("N", "0")),
+        next_attempt_at=parse_time(next_attempt) if next_attempt else None, citizen_key=text("citizen_key"),
+        records=bytes(records) if records is not None else None)
+
+
+class DynamoVisitStatus:
+    """healthbook.delivery.VisitStatusStore on the ``visits`` table."""
+
+    def __init__(self, dynamodb: Any, *, visits_table: str) -> None:
+        self._db = dynamodb
+        self.table = visits_table
+
+    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
+        projection = _LIGHT + (", records" if with_records else "")
+        item = self._db.get_item(TableName=self.table, Key=_key(ref), ConsistentRead=True,
+                                 ProjectionExpression=projection,
+                                 ExpressionAttributeNames={"#s": "status"}).get("Item")
+        return _visit(item) if item else None
+
+    def previous_version(self, ref: VisitRef) -> str | None:
+        # "LATEST" sorts after every ISO version key, so "version < :v" never returns the pointer.
+        items = self._db.query(TableName=self.table, KeyConditionExpression="visit_id = :id AND version < :v",
+                               ExpressionAttributeValues={":id": _s(ref.visit_id), ":v": _s(ref.version)},
+                               ProjectionExpression="version", ScanIndexForward=False, Limit=1,
+                               ConsistentRead=True).get("Items", [])
+        return str(items[0]["version"]["S"]) if items else None
+
+    def _update(self, ref: VisitRef, expression: str, values: dict[str, Any], *,
+                condition: str = "#s = :pending") -> bool:
+        try:
+            self._db.update_item(TableName=self.table, Key=_key(ref), UpdateExpression=expression,
+                                 ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
+                                 ExpressionAttributeValues={":pending": _s(PENDING), **values})
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any]) -> bool:
+        """PENDING → ``status``: the GSI shard moves with it and the lease goes."""
+        return self._update(ref, f"SET #s = :status, status_shard = :shard{extra_set} REMOVE next_attempt_at",
+                            {":status": _s(status), ":shard": _s(status_shard(status, ref.visit_id)), **values})
+
+    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
+        return self._update(ref, "SET citizen_key = :k, reconciled_at = :t",
+                            {":k": _s(citizen_key), ":t": _s(iso_utc(now))})
+
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool:
+        values: dict[str, Any] = {":t": _s(iso_utc(now))}
+        extra = ", reconciled_at = :t"
+        if reasons:  # a string set cannot be empty
+            values[":r"] = {"SS": sorted(set(reasons))}
+            extra += ", reconciliation_reasons = :r"
+        return self._move(ref, NEEDS_RECONCILIATION, extra, values)
+
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
+                       receipt_id: str | None) -> bool:
+        values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)}}
+        extra = ", delivered_at = :t, latency_ms = :l"
+        if receipt_id:
+            values[":r"] = _s(receipt_id)
+            extra += ", vneid_receipt_id = :r"
+        return self._move(ref, DELIVERED, extra, values)
+
+    def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
+        return self._move(ref, SUPERSEDED, ", superseded_at = :t, superseded_by = :by",
+                          {":t": _s(iso_utc(now)), ":by": _s("VNEID_NEWER_VERSION")})
+
+    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
+        return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t ADD attempts :one",
+                            {":n": _s(iso_utc(next_attempt_at)), ":e": _s(error), ":t": _s(iso_utc(now)),
+                             ":one": {"N": "1"}})
+
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool:
+        return self._move(ref, DEADLINE_BREACHED, ", breached_at = :t, last_error = :e",
+                          {":t": _s(iso_utc(now)), ":e": _s(error)})
+
+    def claim(self, ref: VisitRef, *, now: datetime, lease_until: datetime) -> bool:
+        return self._update(ref, "SET next_attempt_at = :lease",
+                            {":lease": _s(iso_utc(lease_until)), ":now": _s(iso_utc(now))},
+                            condition="#s = :pending AND (attribute_not_exists(next_attempt_at) "
+                                      "OR next_attempt_at <= :now)")
+
+    def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
+        """The 8 PENDING shards of the by-status-deadline index (keys and the few attributes it projects)."""
+        found = 0
+        for shard in range(STATUS_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self.table, "IndexName": STATUS_INDEX,
+                "KeyConditionExpression": "status_shard = :shard",
+                "FilterExpression": "attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now",
+                "ExpressionAttributeValues": {":shard": _s(f"{PENDING}#{shard}"), ":now": _s(iso_utc(now))},
+            }
+            while True:
+                page = self._db.query(**kwargs)
+                for item in page.get("Items", []):
+                    yield _visit(item, PENDING)
+                    found += 1
+                    if found >= limit:
+                        return
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class S3Projections:
+    """healthbook.delivery.ProjectionStore: what was (or will be) sent to VNeID, encrypted by the bucket key."""
+
+    def __init__(self, s3: Any, *, bucket: str) -> None:
+        self._s3 = s3
+        self.bucket = bucket
+
+    def put(self, key: str, body: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json; charset=utf-8")
+
+    def get(self, key: str) -> bytes:
+        response = self._s3.get_object(Bucket=self.bucket, Key=key)
+        with response["Body"] as body:
+            data: bytes = body.read()
+        return data
+
+
+class StepFunctionsStarter:
+    """healthbook.ingest.DeliveryStarter: one Express execution of the delivery state machine per batch."""
+
+    def __init__(self, sfn: Any, *, state_machine_arn: str) -> None:
+        self._sfn = sfn
+        self.state_machine_arn = state_machine_arn
+
+    def start(self, name: str, visits: Sequence[VisitRef]) -> None:
+        # Express executions are not deduplicated by name; the states' conditions make a second run harmless.
+        self._sfn.start_execution(stateMachineArn=self.state_machine_arn, name=_execution_name(name),
+                                  input=json.dumps({"visits": [v.to_dict() for v in visits]}))
+
+
+def _execution_name(name: str) -> str:
+    """At most 80 characters of letters, digits, - and _ (the Step Functions rule)."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+    return cleaned[:80]
+
+
+class SnsNotifier:
+    def __init__(self, sns: Any, *, topic_arn: str) -> None:
+        self._sns = sns
+        self.topic_arn = topic_arn
+
+    def notify(self, subject: str, message: dict[str, Any]) -> None:
+        self._sns.publish(TopicArn=self.topic_arn, Subject=subject[:100],
+                          Message=json.dumps(message, ensure_ascii=False, indent=1))

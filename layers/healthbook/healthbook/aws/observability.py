@@ -1,0 +1,28 @@
+"""The delivery stage's Metrics port on Powertools EMF: plain counts in the function's batch of metrics, a
+count with a dimension (a reconciliation reason) as its own small EMF document, since one document cannot
+give different metrics different dimension values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+
+class PowertoolsMetrics:
+    def __init__(self, metrics: Any, *, namespace: str, service: str) -> None:
+        self._metrics = metrics
+        self._namespace = namespace
+        self._service = service
+
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None:
+        if not dimensions:
+            self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            return
+        with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=self._namespace,
+                           default_dimensions={"service": self._service}) as metric:
+            for key, dimension in sorted(dimensions.items()):
+                metric.add_dimension(name=key[:1].upper() + key[1:], value=dimension)
+
+    def latency(self, name: str, milliseconds: float) -> None:
+        self._metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(milliseconds, 1))

@@ -1,0 +1,106 @@
+"""Delivery to VNeID as plain values: statuses, the visit as the delivery stage sees it, and the timing rules.
+
+Pure: no AWS. docs/delivery.md tells the whole flow; docs/cost.md why it has this shape.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from healthbook.ingest.model import PENDING, SUPERSEDED
+from healthbook.ingest.model import VisitRef as VisitRef  # re-exported: the workflow passes these around
+
+DELIVERED = "DELIVERED"
+NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
+DEADLINE_BREACHED = "DEADLINE_BREACHED"
+STATUSES = (PENDING, DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED, SUPERSEDED)
+
+# What a step of the workflow reports for one visit (the Map's item result).
+MATCHED = "MATCHED"
+PROJECTED = "PROJECTED"
+DEFERRED = "DEFERRED"
+SKIPPED = "SKIPPED"  # the visit is no longer PENDING (delivered by a concurrent run, superseded...)
+UNSETTLED = "UNSETTLED"  # even the Catch path failed: the lease expires and the sweep takes the visit again
+
+MAX_BATCH = 50  # visits per Express execution (docs/cost.md)
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 UTC string of docs/data-model.md (``2026-11-22T03:00:00Z``) as an aware datetime."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time without a zone: {value!r}")
+    return moment.astimezone(UTC)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class StoredVisit:
+    """A visit version item, as far as delivery needs it. ``records`` only when asked for (it is large)."""
+
+    ref: VisitRef
+    status: str
+    received_at: datetime
+    deadline_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    citizen_key: str | None = None
+    records: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The deadline rules. Production: 24 h deadline (QĐ 2733 Appendix 01 Art. 5), escalate 1 h before it.
+
+    ``lease`` keeps the sweep away from a visit while an execution holds it; it must outlast an Express
+    execution (5 minutes at most). Retries between executions back off exponentially with full jitter from
+    ``retry_base`` to ``retry_max``, and never past the cutoff (deadline − safety margin), so the last attempt
+    happens at the cutoff and a failure there escalates while there is still time to act.
+    """
+
+    deadline: timedelta = timedelta(hours=24)
+    safety_margin: timedelta = timedelta(hours=1)
+    lease: timedelta = timedelta(minutes=10)
+    retry_base: timedelta = timedelta(minutes=1)
+    retry_max: timedelta = timedelta(minutes=30)
+
+    def __post_init__(self) -> None:
+        if not timedelta(0) <= self.safety_margin < self.deadline:
+            raise ValueError("the safety margin must be at least 0 and shorter than the deadline")
+        if self.lease <= timedelta(0) or self.retry_base <= timedelta(0) or self.retry_max < self.retry_base:
+            raise ValueError("lease and retry_base must be positive, retry_max at least retry_base")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Timing:
+        """DEADLINE_SECONDS, SAFETY_MARGIN_SECONDS, LEASE_SECONDS, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS;
+        each optional (the defaults above). Tests shrink them to seconds."""
+        default = cls()
+        values = {}
+        for field, name in (("deadline", "DEADLINE_SECONDS"), ("safety_margin", "SAFETY_MARGIN_SECONDS"),
+                            ("lease", "LEASE_SECONDS"), ("retry_base", "RETRY_BASE_SECONDS"),
+                            ("retry_max", "RETRY_MAX_SECONDS")):
+            text = env.get(name)
+            try:
+                values[field] = timedelta(seconds=float(text)) if text else getattr(default, field)
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds") from None
+        return cls(**values)
+
+    def deadline_for(self, received_at: datetime) -> datetime:
+        return received_at.astimezone(UTC) + self.deadline
+
+    def cutoff(self, deadline_at: datetime) -> datetime:
+        """From here on, a failed attempt escalates instead of waiting for another."""
+        return deadline_at - self.safety_margin
+
+    def next_attempt(self, now: datetime, attempts: int, deadline_at: datetime, rng: random.Random) -> datetime:
+        """When to try again after ``attempts`` failed executions: full jitter, capped at the cutoff."""
+        ceiling = min(self.retry_max.total_seconds(), self.retry_base.total_seconds() * 2 ** max(0, attempts - 1))
+        delay = timedelta(seconds=rng.uniform(self.retry_base.total_seconds() / 2, max(ceiling, 1e-3)))
+        return min(now + delay, self.cutoff(deadline_at))

@@ -1,0 +1,350 @@
+"""The delivery stage over ports: the steps the workflow runs for one visit, and the sweep that restarts it.
+
+Pure: no AWS. The Express workflow (infra/statemachine/delivery.asl.json) calls one step per task state:
+
+    reconcile → project → deliver        (fast path; Retry on the retryable errors)
+    settle                               (Catch path: try again later, or escalate at the cutoff)
+    summarise                            (once per execution: what happened, and which visits breached)
+
+Every status change is conditional on the visit still being PENDING, so two executions holding the same visit
+(a duplicate start, a sweep racing a slow execution) change it once; VNeID's Idempotency-Key makes the second
+PUT a no-op there too. Steps return small JSON-ready dicts of keys and codes: the workflow's state never
+holds personal data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from healthbook.delivery.model import (
+    DEADLINE_BREACHED,
+    DEFERRED,
+    DELIVERED,
+    MATCHED,
+    MAX_BATCH,
+    NEEDS_RECONCILIATION,
+    PROJECTED,
+    SKIPPED,
+    StoredVisit,
+    Timing,
+    VisitRef,
+    epoch_ms,
+    parse_time,
+)
+from healthbook.ingest.model import PENDING, SUPERSEDED
+from healthbook.ingest.service import DeliveryStarter as WorkflowStarter  # one port, two names
+from healthbook.projection import dumps, project, projection_id
+from healthbook.reconcile import PopulationRegistry, identity_from_summary, reconcile
+from healthbook.signing.receipt import iso_utc as iso  # one spelling of time: text order is time order
+
+__all__ = [
+    "Deliverer",
+    "DeliveryService",
+    "Metrics",
+    "Notifier",
+    "ProjectionStore",
+    "SweepReport",
+    "Sweeper",
+    "VisitStatusStore",
+    "WorkflowStarter",
+    "batches",
+    "summarise",
+]
+
+log = logging.getLogger(__name__)
+
+# Kept on the item and in logs: an error's name, clipped; never its message (it could quote a value).
+_MAX_ERROR_NAME = 80
+
+
+# --- ports ----------------------------------------------------------------------------------------------
+
+class VisitStatusStore(Protocol):
+    """The visits table as the delivery stage uses it; every ``mark_*``/``defer``/``claim`` is conditional on
+    the version still being PENDING and returns False when it no longer is."""
+
+    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None: ...
+
+    def previous_version(self, ref: VisitRef) -> str | None:
+        """The version key just before ``ref.version`` of the same visit, if any."""
+        ...
+
+    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool: ...
+
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool: ...
+
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
+                       receipt_id: str | None) -> bool: ...
+
+    def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
+
+    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool: ...
+
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool: ...
+
+    def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
+        """PENDING versions whose ``next_attempt_at`` has come (or that have none), nearest deadline first
+        within each shard; at most ``limit``."""
+        ...
+
+    def claim(self, ref: VisitRef, *, now: datetime, lease_until: datetime) -> bool:
+        """Take a due visit for one execution: ``next_attempt_at`` moves to ``lease_until``."""
+        ...
+
+
+class ProjectionStore(Protocol):
+    def put(self, key: str, body: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+
+class Deliverer(Protocol):
+    """healthbook.vneid.VneidClient: returns a Delivery or raises RetryableDeliveryError/PermanentDeliveryError."""
+
+    def deliver(self, citizen_key: str, entry: Any) -> Any: ...
+
+
+class Notifier(Protocol):
+    def notify(self, subject: str, message: dict[str, Any]) -> None: ...
+
+
+class Metrics(Protocol):
+    """Counts and latencies for CloudWatch (EMF in the functions); names are docs/delivery.md's."""
+
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None: ...
+
+    def latency(self, name: str, milliseconds: float) -> None: ...
+
+
+class NoMetrics:
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None:
+        pass
+
+    def latency(self, name: str, milliseconds: float) -> None:
+        pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def error_name(error: object) -> str:
+    text = str(error or "Unknown").strip() or "Unknown"
+    return text[:_MAX_ERROR_NAME]
+
+
+def projection_key(ref: VisitRef, pid: str) -> str:
+    """Where a projection is kept: by facility and projection id (MA_LK may hold characters unfit for a key)."""
+    return f"projections/{ref.facility}/{pid}.json"
+
+
+def version_ms(version_key: str) -> int:
+    """The projection version of a visit version key ``{received_at}#{submission}``: epoch ms of receipt."""
+    return epoch_ms(parse_time(version_key.split("#", 1)[0]))
+
+
+# --- the steps ------------------------------------------------------------------------------------------
+
+@dataclass
+class DeliveryService:
+    store: VisitStatusStore
+    projections: ProjectionStore | None = None
+    population: PopulationRegistry | None = None
+    vneid: Deliverer | None = None
+    pepper: bytes | None = field(default=None, repr=False)
+    timing: Timing = field(default_factory=Timing)
+    metrics: Metrics = field(default_factory=NoMetrics)
+    now: Callable[[], datetime] = utc_now
+    rng: random.Random = field(default_factory=random.Random)
+
+    def _pending(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
+        visit = self.store.load(ref, with_records=with_records)
+        if visit is None or visit.status != PENDING:
+            return None
+        return visit
+
+    @staticmethod
+    def _skipped(ref: VisitRef) -> dict[str, Any]:
+        return {"visit_id": ref.visit_id, "outcome": SKIPPED}
+
+    @staticmethod
+    def _stored(visit: StoredVisit) -> dict[str, Any]:
+        if visit.records is None:
+            raise ValueError(f"visit {visit.ref.visit_id}: no records stored")
+        stored: dict[str, Any] = json.loads(gzip.decompress(visit.records))
+        return stored
+
+    def reconcile(self, ref: VisitRef) -> dict[str, Any]:
+        """Match the claim's identity against the population database. PopulationUnavailable propagates: the
+        workflow retries it. A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes."""
+        if self.population is None or self.pepper is None:
+            raise RuntimeError("reconcile needs a population registry and the citizen-key pepper")
+        visit = self._pending(ref, with_records=True)
+        if visit is None:
+            return self._skipped(ref)
+        summary = (self._stored(visit).get("tables", {}).get("XML1") or [{}])[0]
+        match = reconcile(identity_from_summary(summary), self.population)
+        now = self.now()
+        if not match.matched or match.citizen_key_material is None:
+            if self.store.mark_needs_reconciliation(ref, match.reasons, now):
+                for reason in match.reasons:
+                    self.metrics.count("ReconciliationNeeded", reason=reason)
+            return {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": list(match.reasons)}
+        key = hmac.new(self.pepper, match.citizen_key_material.encode("utf-8"), hashlib.sha256).hexdigest()
+        if not self.store.mark_matched(ref, key, now):
+            return self._skipped(ref)
+        return {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": key}
+
+    def project(self, ref: VisitRef) -> dict[str, Any]:
+        """Build the health-book entry and keep it (what VNeID will receive, for audit and for the deliver
+        step). SensitiveDataError propagates: nothing is published, the Catch path parks the visit."""
+        if self.projections is None:
+            raise RuntimeError("project needs a projection store")
+        visit = self._pending(ref, with_records=True)
+        if visit is None:
+            return self._skipped(ref)
+        previous = self.store.previous_version(ref)
+        supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
+        entry = project(self._stored(visit), facility=ref.facility, received_at=visit.received_at,
+                        version=version_ms(ref.version), supersedes=supersedes)
+        key = projection_key(ref, entry["projection_id"])
+        self.projections.put(key, dumps(entry).encode("utf-8"))
+        return {"visit_id": ref.visit_id, "outcome": PROJECTED, "projection_key": key,
+                "projection_id": entry["projection_id"]}
+
+    def deliver(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> dict[str, Any]:
+        """One PUT to VNeID. RetryableDeliveryError propagates (the workflow retries with backoff);
+        PermanentDeliveryError too (the Catch path)."""
+        if self.vneid is None or self.projections is None:
+            raise RuntimeError("deliver needs a VNeID client and the projection store")
+        visit = self._pending(ref)
+        if visit is None:
+            return self._skipped(ref)
+        entry = json.loads(self.projections.get(projection_key))
+        delivery = self.vneid.deliver(citizen_key, entry)
+        now = self.now()
+        if delivery.outcome == "superseded":  # VNeID already holds a newer version of this visit
+            self.store.mark_superseded(ref, now)
+            return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
+        latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
+        if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id):
+            return self._skipped(ref)  # a concurrent execution recorded it first; VNeID stored it once
+        self.metrics.count("VisitsDelivered")
+        self.metrics.latency("DeliveryLatency", latency_ms)
+        if now <= visit.deadline_at:
+            self.metrics.count("VisitsDeliveredInTime")
+        return {"visit_id": ref.visit_id, "outcome": DELIVERED, "latency_ms": latency_ms}
+
+    def settle(self, ref: VisitRef, error: object) -> dict[str, Any]:
+        """The Catch path: a step failed beyond its retries. Before the cutoff, wait and try again (the sweep
+        restarts the visit at ``next_attempt_at``); from the cutoff on, escalate: DEADLINE_BREACHED."""
+        visit = self._pending(ref)
+        if visit is None:
+            return self._skipped(ref)
+        name, now = error_name(error), self.now()
+        if now >= self.timing.cutoff(visit.deadline_at):
+            return self._breach(ref, name, now)
+        when = self.timing.next_attempt(now, visit.attempts + 1, visit.deadline_at, self.rng)
+        if not self.store.defer(ref, next_attempt_at=when, error=name, now=now):
+            return self._skipped(ref)
+        self.metrics.count("DeliveryDeferred")
+        log.info("delivery deferred", extra={"visit_id": ref.visit_id, "error": name,
+                                             "next_attempt_at": iso(when), "attempts": visit.attempts + 1})
+        return {"visit_id": ref.visit_id, "outcome": DEFERRED, "next_attempt_at": iso(when), "error": name}
+
+    def _breach(self, ref: VisitRef, name: str, now: datetime) -> dict[str, Any]:
+        if not self.store.mark_breached(ref, error=name, now=now):
+            return self._skipped(ref)
+        self.metrics.count("DeadlineBreached")
+        log.error("deadline breached", extra={"visit_id": ref.visit_id, "error": name})
+        return {"visit_id": ref.visit_id, "outcome": DEADLINE_BREACHED, "error": name}
+
+
+def summarise(results: Iterable[Any]) -> dict[str, Any]:
+    """One execution's outcome counts and the visits it escalated (for the SNS message)."""
+    counts: Counter[str] = Counter()
+    breached: list[str] = []
+    for result in results:
+        outcome = str(result.get("outcome", "UNKNOWN")) if isinstance(result, dict) else "UNKNOWN"
+        counts[outcome] += 1
+        if outcome == DEADLINE_BREACHED:
+            breached.append(str(result.get("visit_id")))
+    return {"counts": dict(sorted(counts.items())), "breached_count": len(breached), "breached": breached[:MAX_BATCH]}
+
+
+# --- the sweep ------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepReport:
+    claimed: int = 0
+    executions: int = 0
+    breached: list[str] = field(default_factory=list)
+    lost_claims: int = 0  # due visits another sweep or execution took first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "executions": self.executions, "breached_count": len(self.breached),
+                "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims}
+
+
+@dataclass
+class Sweeper:
+    """Runs every few minutes: restarts due visits in batches, and is the backstop for the deadline itself.
+
+    A visit still PENDING past its *deadline* (not merely the cutoff) had its chance: a workflow that never
+    settled it (a failed start, a broken deployment) must not hide it, so the sweep marks it
+    DEADLINE_BREACHED itself and notifies.
+    """
+
+    store: VisitStatusStore
+    starter: WorkflowStarter
+    timing: Timing = field(default_factory=Timing)
+    notifier: Notifier | None = None
+    metrics: Metrics = field(default_factory=NoMetrics)
+    batch_size: int = MAX_BATCH
+    limit: int = 5000  # visits per sweep; the rest wait for the next one (the oldest deadlines come first)
+
+    def sweep(self, now: datetime, run_name: str) -> SweepReport:
+        report = SweepReport()
+        batch: list[VisitRef] = []
+        lease_until = now + self.timing.lease
+
+        def flush() -> None:
+            if batch:
+                self.starter.start(f"{run_name}-{report.executions}", list(batch))
+                report.executions += 1
+                batch.clear()
+
+        for visit in self.store.due(now, self.limit):
+            if now >= visit.deadline_at:
+                if self.store.mark_breached(visit.ref, error="NotDeliveredByDeadline", now=now):
+                    report.breached.append(visit.ref.visit_id)
+                    self.metrics.count("DeadlineBreached")
+                continue
+            if not self.store.claim(visit.ref, now=now, lease_until=lease_until):
+                report.lost_claims += 1
+                continue
+            report.claimed += 1
+            batch.append(visit.ref)
+            if len(batch) >= self.batch_size:
+                flush()
+        flush()
+        if report.breached and self.notifier is not None:
+            self.notifier.notify("Healthbook: visits not delivered to VNeID by their deadline",
+                                 {"source": "sweep", "breached_count": len(report.breached),
+                                  "breached": report.breached[:MAX_BATCH], "at": iso(now)})
+        return report
+
+
+def batches(refs: Sequence[VisitRef], size: int = MAX_BATCH) -> Iterator[list[VisitRef]]:
+    for start in range(0, len(refs), size):
+        yield list(refs[start:start + size])

@@ -1,0 +1,330 @@
+"""The delivery workflow as deployed: infra/statemachine/delivery.asl.json on moto's Step Functions interpreter
+(``execute_state_machine``), its task states calling the real handlers of functions/delivery in process, the
+real DynamoDB/S3/SNS adapters on moto, and the fake VNeID and population services over HTTP.
+
+Deadlines are seconds here (DEADLINE_SECONDS and friends); the Retry waits of the ASL are compressed tenfold.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from healthbook.aws.delivery import DynamoVisitStatus
+from healthbook.aws.records import DynamoRecords
+from healthbook.aws.sandbox import LambdaContext, create_tables, lambdas_in_process, load_function
+from healthbook.delivery import VisitRef
+from healthbook.generate import Visit, build_visit, submission
+from healthbook.ingest import VisitVersion
+from healthbook.ingest.model import version_key
+from healthbook.ingest.service import citizen_key, pack_records
+from healthbook.reconcile import FakePopulation
+from healthbook.reconcile.server import FakePopulationServer
+from healthbook.signing.receipt import iso_utc
+from healthbook.validation import validate_bytes
+from healthbook.vneid.fake import FakeVneid
+
+moto = pytest.importorskip("moto")
+# The Map runs its items in threads of this one process, so handlers share Powertools' module-level Metrics and
+# one flush can take another's metrics; in Lambda each invocation has its own process.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+ASL = ROOT / "infra" / "statemachine" / "delivery.asl.json"
+REGION = "ap-southeast-1"
+PEPPER = "workflow-pepper-0123456789"
+VISITS, PROJECTIONS = "healthbook-wf-visits", "healthbook-wf-projections"
+FUNCTIONS = {"ReconcileFunctionArn": ("healthbook-wf-reconcile", "reconcile_handler"),
+             "ProjectFunctionArn": ("healthbook-wf-project", "project_handler"),
+             "DeliverFunctionArn": ("healthbook-wf-deliver", "deliver_handler"),
+             "SettleFunctionArn": ("healthbook-wf-settle", "settle_handler")}
+TIMING = {"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2", "RETRY_BASE_SECONDS": "0.5",
+          "RETRY_MAX_SECONDS": "1"}
+
+
+@dataclass
+class World:
+    aws: SimpleNamespace
+    machine_arn: str
+    vneid: FakeVneid
+    population: FakePopulationServer
+    people: FakePopulation
+    calls: list[str]
+    inbox: str  # the SQS queue subscribed to the deadline topic
+
+    def visits(self) -> DynamoVisitStatus:
+        return DynamoVisitStatus(self.aws.ddb, visits_table=VISITS)
+
+    def run(self, refs: list[VisitRef], name: str) -> dict[str, Any]:
+        """One execution, to its end: its status and output."""
+        arn = self.aws.sfn.start_execution(stateMachineArn=self.machine_arn, name=name,
+                                           input=json.dumps({"visits": [r.to_dict() for r in refs]}))["executionArn"]
+        give_up = time.monotonic() + 60
+        while True:
+            done = self.aws.sfn.describe_execution(executionArn=arn)
+            if done["status"] != "RUNNING":
+                return {"status": done["status"], "output": json.loads(done.get("output") or "null"),
+                        "error": done.get("error")}
+            assert time.monotonic() < give_up, "the execution did not finish"
+            time.sleep(0.05)
+
+    def item(self, ref: VisitRef) -> dict[str, Any]:
+        item = self.aws.ddb.get_item(TableName=VISITS, Key={"visit_id": {"S": ref.visit_id},
+                                                            "version": {"S": ref.version}})["Item"]
+        return {k: next(iter(v.values())) for k, v in item.items() if k != "records"}
+
+    def notifications(self) -> list[dict[str, Any]]:
+        found = []
+        for message in self.aws.sqs.receive_message(QueueUrl=self.inbox, MaxNumberOfMessages=10).get("Messages", []):
+            found.append(json.loads(json.loads(message["Body"])["Message"]))
+        return found
+
+    def sweep(self) -> dict[str, Any]:
+        result: dict[str, Any] = load_function("sweep").lambda_handler({}, LambdaContext(function_name="sweep"))
+        return result
+
+
+def _compress_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    monkeypatch.setattr(retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: time.sleep(seconds / 10)))
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": REGION, "POWERTOOLS_TRACE_DISABLED": "true",
+                        "POWERTOOLS_METRICS_NAMESPACE": "Healthbook", **TIMING}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _compress_retry_waits(monkeypatch)
+    people = FakePopulation()
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}), \
+            FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
+        aws = SimpleNamespace(**{name: boto3.client(service) for name, service in (
+            ("ddb", "dynamodb"), ("s3", "s3"), ("sfn", "stepfunctions"), ("sns", "sns"), ("sqs", "sqs"),
+            ("lam", "lambda"), ("iam", "iam"), ("secrets", "secretsmanager"))})
+        create_tables(aws.ddb, {"SUBMISSIONS_TABLE": "healthbook-wf-submissions", "VISITS_TABLE": VISITS,
+                                "FACILITIES_TABLE": "healthbook-wf-facilities",
+                                "IDEMPOTENCY_TABLE": "healthbook-wf-idempotency"})
+        aws.s3.create_bucket(Bucket=PROJECTIONS, CreateBucketConfiguration={"LocationConstraint": REGION})
+        pepper = aws.secrets.create_secret(Name="wf/pepper", SecretString=json.dumps({"pepper": PEPPER}))["ARN"]
+        credentials = aws.secrets.create_secret(Name="wf/vneid", SecretString=json.dumps(
+            {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
+             "client_secret": vneid.client_secret}))["ARN"]
+        topic = aws.sns.create_topic(Name="healthbook-wf-deadline")["TopicArn"]
+        inbox = aws.sqs.create_queue(QueueName="deadline-inbox")["QueueUrl"]
+        inbox_arn = aws.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        aws.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)
+        role = aws.iam.create_role(RoleName="wf", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        module = load_function("delivery")
+        substitutions = {"DeadlineTopicArn": topic}
+        handlers = {}
+        for placeholder, (function, handler) in FUNCTIONS.items():
+            substitutions[placeholder] = aws.lam.create_function(
+                FunctionName=function, Runtime="python3.13", Role=role, Handler=f"app.{handler}",
+                Code={"ZipFile": b"in process"})["FunctionArn"]
+            handlers[function] = getattr(module, handler)
+        definition = ASL.read_text(encoding="utf-8")
+        for name, value in substitutions.items():
+            definition = definition.replace("${" + name + "}", value)
+        machine = aws.sfn.create_state_machine(name="healthbook-wf-delivery", definition=definition, roleArn=role,
+                                               type="EXPRESS")["stateMachineArn"]
+        for name, value in {"VISITS_TABLE": VISITS, "PROJECTIONS_BUCKET": PROJECTIONS, "CITIZEN_PEPPER_SECRET": pepper,
+                            "POPULATION_URL": population.url, "VNEID_URL": vneid.url, "VNEID_SECRET": credentials,
+                            "VNEID_TIMEOUT_SECONDS": "2", "DELIVERY_STATE_MACHINE_ARN": machine,
+                            "DEADLINE_TOPIC_ARN": topic}.items():
+            monkeypatch.setenv(name, value)
+        module.reset()
+        load_function("sweep").reset()
+        with lambdas_in_process(handlers) as calls:
+            yield World(aws=aws, machine_arn=machine, vneid=vneid, population=population, people=people, calls=calls,
+                        inbox=inbox)
+        module.reset()
+        load_function("sweep").reset()
+
+
+def _visit(seed: int, scenario: str = "outpatient") -> Visit:
+    return build_visit(random.Random(seed), scenario=scenario)
+
+
+def store(world: World, visit: Visit, *, received: datetime | None = None, known: bool = True,
+          lease: timedelta = timedelta(0)) -> VisitRef:
+    """Write an accepted visit the way ingest does (DynamoRecords), received ``received`` (default: now)."""
+    received = received or datetime.now(UTC).replace(microsecond=0)
+    result = validate_bytes(submission(visit))
+    assert result.accepted, [i.code for i in result.issues]
+    accepted = result.visits[0]
+    if known:
+        world.people.add(FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
+                         .lookup(visit.tables["XML1"][0]["SO_CCCD"]))  # type: ignore[arg-type]
+    sid = hashlib.sha256(f"{accepted.ma_lk}@{received.isoformat()}".encode()).hexdigest()
+    version = version_key(received, sid)
+    deadline = received + timedelta(seconds=float(TIMING["DEADLINE_SECONDS"]))
+    written = VisitVersion(visit_id=f"{visit.facility}#{accepted.ma_lk}", version=version, submission_id=sid,
+                           received_at=iso_utc(received), standard=accepted.standard, digest="0" * 64,
+                           deadline_at=iso_utc(deadline), citizen_key=citizen_key(PEPPER.encode(), "x"),
+                           records=pack_records(accepted), next_attempt_at=iso_utc(received + lease))
+    DynamoRecords(world.aws.ddb, submissions_table="healthbook-wf-submissions",
+                  visits_table=VISITS).save_visit(written)
+    return written.ref
+
+
+def key_of(world: World, ref: VisitRef) -> str:
+    return str(world.item(ref)["citizen_key"])
+
+
+# --- the fast path -----------------------------------------------------------------------------------------
+
+def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconciliation(world: World) -> None:
+    delivered = [store(world, _visit(seed)) for seed in (1, 2)]
+    unknown = store(world, _visit(3), known=False)
+    run = world.run([*delivered, unknown], "fast-path")
+    assert run["status"] == "SUCCEEDED", run
+    assert run["output"]["counts"] == {"DELIVERED": 2, "NEEDS_RECONCILIATION": 1}
+    for ref in delivered:
+        item = world.item(ref)
+        assert item["status"] == "DELIVERED" and "next_attempt_at" not in item
+        assert int(item["latency_ms"]) >= 0 and item["delivered_at"] >= item["received_at"]
+        entries = world.vneid.entries(key_of(world, ref))
+        assert [e["entry"]["visit_id"] for e in entries] == [ref.visit_id]
+    parked = world.item(unknown)
+    assert parked["status"] == "NEEDS_RECONCILIATION" and parked["reconciliation_reasons"] == ["UNKNOWN_ID"]
+    assert parked["status_shard"].startswith("NEEDS_RECONCILIATION#")
+    assert world.vneid.delivery_count == 2
+    assert world.notifications() == []
+
+
+def test_a_second_execution_for_the_same_visits_changes_nothing(world: World) -> None:
+    ref = store(world, _visit(4))
+    assert world.run([ref], "first")["output"]["counts"] == {"DELIVERED": 1}
+    again = world.run([ref], "duplicate-start")
+    assert again["output"]["counts"] == {"SKIPPED": 1}
+    assert world.vneid.delivery_count == 1
+
+
+def test_a_short_vneid_outage_is_ridden_out_by_the_retries(world: World) -> None:
+    ref = store(world, _visit(5))
+    world.vneid.respond_next(503, times=2)
+    run = world.run([ref], "short-outage")
+    assert run["output"]["counts"] == {"DELIVERED": 1}
+    assert world.calls.count("healthbook-wf-deliver") == 3  # two 503s, then stored
+    assert len(world.vneid.entries(key_of(world, ref))) == 1
+
+
+def test_a_referral_reaches_vneid_with_its_paper(world: World) -> None:
+    ref = store(world, _visit(6, "referral"))
+    assert world.run([ref], "referral")["output"]["counts"] == {"DELIVERED": 1}
+    entry = world.vneid.entries(key_of(world, ref))[0]["entry"]
+    assert entry["referral"], "the referral paper (XML13) is part of the entry"
+    projection = world.aws.s3.list_objects_v2(Bucket=PROJECTIONS)["Contents"]
+    assert [o["Key"] for o in projection] == [f"projections/{ref.facility}/{entry['projection_id']}.json"]
+
+
+# --- resubmission ------------------------------------------------------------------------------------------
+
+def test_a_resubmission_replaces_the_entry_in_vneid(world: World) -> None:
+    visit = _visit(7)
+    first_at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    first = store(world, visit, received=first_at)
+    world.run([first], "original")
+    second = store(world, visit, received=first_at + timedelta(seconds=1))
+    history = world.item(first)  # the replaced version is history: SUPERSEDED, with when it was delivered
+    assert history["status"] == "SUPERSEDED" and history["superseded_by"] == second.version
+    assert history["delivered_at"]
+    assert world.run([second], "resubmission")["output"]["counts"] == {"DELIVERED": 1}
+    entries = world.vneid.entries(key_of(world, second))
+    assert len(entries) == 1
+    assert entries[0]["entry"]["version"] > 0 and entries[0]["entry"]["supersedes"] is not None
+
+
+def test_a_version_superseded_before_delivery_is_skipped(world: World) -> None:
+    visit = _visit(8)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    old = store(world, visit, received=at)
+    new = store(world, visit, received=at + timedelta(seconds=1))
+    run = world.run([old, new], "both")
+    assert run["output"]["counts"] == {"DELIVERED": 1, "SKIPPED": 1}
+    assert world.item(old)["status"] == "SUPERSEDED"
+    assert [e["entry"]["version"] for e in world.vneid.entries(key_of(world, new))] == [
+        int((at + timedelta(seconds=1)).timestamp() * 1000)]
+
+
+# --- stragglers, the sweep and the deadline ----------------------------------------------------------------
+
+def test_vneid_down_then_back_before_the_deadline_is_delivered_once_by_the_sweep(world: World) -> None:
+    ref = store(world, _visit(9))
+    world.vneid.fail("5xx", seconds=3)  # longer than the retries inside one execution (1.4 s at most)
+    run = world.run([ref], "outage")
+    assert run["output"]["counts"] == {"DEFERRED": 1}
+    deferred = world.item(ref)
+    assert deferred["status"] == "PENDING" and deferred["last_error"] == "RetryableDeliveryError"
+    assert int(deferred["attempts"]) == 1
+    give_up = time.monotonic() + 9
+    while world.item(ref)["status"] == "PENDING":
+        assert time.monotonic() < give_up, "the sweep never delivered it"
+        world.sweep()
+        _wait_for_executions(world)
+        time.sleep(0.3)
+    assert world.item(ref)["status"] == "DELIVERED"
+    assert len(world.vneid.entries(key_of(world, ref))) == 1
+    assert world.notifications() == []
+
+
+def test_vneid_down_past_the_cutoff_breaches_and_notifies(world: World) -> None:
+    ref = store(world, _visit(10))
+    world.vneid.fail("5xx", seconds=60)
+    give_up = time.monotonic() + 20
+    while world.item(ref)["status"] == "PENDING":
+        assert time.monotonic() < give_up, "the deadline never escalated"
+        world.sweep()
+        _wait_for_executions(world)
+        time.sleep(0.3)
+    item = world.item(ref)
+    assert item["status"] == "DEADLINE_BREACHED" and item["status_shard"].startswith("DEADLINE_BREACHED#")
+    assert item["breached_at"] < item["deadline_at"]  # escalated at the cutoff, before the deadline itself
+    notices = world.notifications()
+    assert [n["breached"] for n in notices] == [[ref.visit_id]]
+    assert world.vneid.delivery_count == 0
+
+
+def test_the_sweep_breaches_a_visit_no_execution_ever_settled(world: World) -> None:
+    long_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
+    ref = store(world, _visit(11), received=long_ago)  # its deadline passed with no workflow at all
+    report = world.sweep()
+    assert report["breached"] == [ref.visit_id] and report["executions"] == 0
+    assert world.item(ref)["status"] == "DEADLINE_BREACHED"
+    assert world.notifications()[0]["breached"] == [ref.visit_id]
+
+
+def test_the_sweep_leaves_leased_visits_alone(world: World) -> None:
+    ref = store(world, _visit(12), lease=timedelta(seconds=30))
+    assert world.sweep()["claimed"] == 0
+    assert world.item(ref)["status"] == "PENDING"
+
+
+def _wait_for_executions(world: World) -> None:
+    give_up = time.monotonic() + 30
+    while world.aws.sfn.list_executions(stateMachineArn=world.machine_arn, statusFilter="RUNNING")["executions"]:
+        assert time.monotonic() < give_up
+        time.sleep(0.05)
+
+
+def test_stored_records_are_what_the_projection_reads(world: World) -> None:
+    ref = store(world, _visit(13))
+    raw = world.aws.ddb.get_item(TableName=VISITS, Key={"visit_id": {"S": ref.visit_id},
+                                                         "version": {"S": ref.version}})["Item"]["records"]["B"]
+    assert json.loads(gzip.decompress(raw))["ma_lk"] == ref.visit_id.split("#", 1)[1]
