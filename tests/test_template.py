@@ -8,6 +8,7 @@ virtualenv (.venv-sam) because it pins boto3 and pydantic; its tests skip withou
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -219,7 +220,7 @@ def test_key_aliases_carry_the_stage(template: dict[str, Any]) -> None:
 # ---- buckets ---------------------------------------------------------------------------------------------
 
 BUCKETS = {"InboxBucket": "inbox", "ReceiptsBucket": "receipts", "QuarantineBucket": "quarantine",
-           "ReportsBucket": "reports"}
+           "ReportsBucket": "reports", "ProjectionsBucket": "projections"}
 
 
 def bucket_policy(template: dict[str, Any], bucket: str) -> dict[str, Any]:
@@ -229,7 +230,7 @@ def bucket_policy(template: dict[str, Any], bucket: str) -> dict[str, Any]:
     return dict(found[0]["Properties"]["PolicyDocument"])
 
 
-def test_exactly_the_four_buckets(template: dict[str, Any]) -> None:
+def test_exactly_the_buckets_of_the_design(template: dict[str, Any]) -> None:
     assert set(resources(template, "AWS::S3::Bucket")) == set(BUCKETS)
     for name, role in BUCKETS.items():
         assert props(template, name)["BucketName"] == {
@@ -426,8 +427,36 @@ def test_one_layer_per_architecture_built_by_the_makefile(template: dict[str, An
     assert template["Outputs"]["HealthbookLayerArn"]["Value"] == selected
 
 
+# function -> (code folder, handler, name suffix)
+FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "ingest"),
+             "ReconcileFunction": ("functions/delivery/", "app.reconcile_handler", "reconcile"),
+             "ProjectFunction": ("functions/delivery/", "app.project_handler", "project"),
+             "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
+             "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
+             "SweepFunction": ("functions/sweep/", "app.lambda_handler", "sweep")}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_function_is_built_alike_and_its_handler_exists(template: dict[str, Any], function: str) -> None:
+    assert set(resources(template, "AWS::Serverless::Function")) == set(FUNCTIONS)
+    code, handler, suffix = FUNCTIONS[function]
+    p = props(template, function)
+    assert (p["CodeUri"], p["Handler"]) == (code, handler)
+    assert f"def {handler.removeprefix('app.')}(" in (ROOT / code / "app.py").read_text(encoding="utf-8")
+    assert p["FunctionName"] == {"Fn::Sub": f"healthbook-${{Stage}}-{suffix}"}
+    assert p["Runtime"] == "python3.13" and p["Tracing"] == "Active"
+    assert p["Architectures"] == [{"Ref": "Architecture"}]
+    assert template["Resources"][function]["Metadata"] == {"BuildMethod": "makefile", "ContextPath": "infra/layer"}
+    assert f"build-{function}" in (ROOT / "infra" / "layer" / "Makefile").read_text(encoding="utf-8")
+    log_group = props(template, p["LoggingConfig"]["LogGroup"]["Ref"])
+    assert log_group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/healthbook-${{Stage}}-{suffix}"}
+    assert is_arn_of(log_group["KmsKeyId"], "DataKey")
+    variables = p["Environment"]["Variables"]
+    assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+    assert variables["POWERTOOLS_TRACER_CAPTURE_ERROR"] == "false"
+
+
 def test_ingest_function(template: dict[str, Any]) -> None:
-    assert set(resources(template, "AWS::Serverless::Function")) == {"IngestFunction"}
     p = props(template, "IngestFunction")
     assert p["CodeUri"] == "functions/ingest/"
     assert p["Handler"] == "app.lambda_handler"
@@ -495,24 +524,26 @@ def test_function_log_group(template: dict[str, Any]) -> None:
     assert props(template, "IngestFunction")["LoggingConfig"]["LogGroup"] == {"Ref": "IngestLogGroup"}
 
 
-def function_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+def function_statements(template: dict[str, Any], function: str = "IngestFunction") -> list[dict[str, Any]]:
     found = []
-    for policy in props(template, "IngestFunction")["Policies"]:
+    for policy in props(template, function)["Policies"]:
         if isinstance(policy, dict) and "Statement" in policy:
             found += statements(policy)
     return found
 
 
-def test_function_policies_name_exact_resources(template: dict[str, Any]) -> None:
-    policies = props(template, "IngestFunction")["Policies"]
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_function_policies_name_exact_resources(template: dict[str, Any], function: str) -> None:
+    policies = props(template, function)["Policies"]
     for policy in policies:  # managed policies by name: only X-Ray's would do (Tracing adds it anyway)
         if isinstance(policy, str):
             assert policy in {"AWSXRayDaemonWriteAccess", "AWSXrayWriteOnlyAccess"}
         else:
             assert "Statement" in policy, f"SAM policy templates are not used here: {policy}"
     data_resources = set(resources(template, "AWS::S3::Bucket")) | set(resources(template, "AWS::DynamoDB::Table"))
-    data_resources |= {"DataKey", "ReceiptSigningKey", "TrustBundleParameter", "CitizenPepperSecret"}
-    for statement in function_statements(template):
+    data_resources |= {"DataKey", "ReceiptSigningKey", "TrustBundleParameter", "CitizenPepperSecret",
+                       "VneidCredentialsSecret", "PopulationApiKeySecret", "DeliveryStateMachine", "DeadlineTopic"}
+    for statement in function_statements(template, function):
         if statement["Effect"] == "Deny":  # only to narrow what SAM's managed SQS policy grants on "*"
             assert statement["Sid"] == "PollOnlyTheIngestQueue"
             assert is_arn_of(statement["NotResource"], "IngestQueue")
@@ -590,3 +621,51 @@ def test_deploy_doc_covers_parameters_environment_and_outputs(template: dict[str
                 if f"`{name}`" not in doc and f"`{name.removesuffix('Arn').removesuffix('Url')}" not in doc]
     missing += [f"resource {name}" for name in template["Resources"] if f"`{name}`" not in doc]
     assert not missing, missing
+
+
+# ---- the delivery workflow ------------------------------------------------------------------------------------
+
+def test_delivery_state_machine_is_express_wired_by_substitutions_and_logs_no_data(template: dict[str, Any]) -> None:
+    import re
+
+    p = props(template, "DeliveryStateMachine")
+    assert p["Type"] == "EXPRESS"  # docs/cost.md: no Standard transitions at $25 per million
+    text = (ROOT / p["DefinitionUri"]).read_text(encoding="utf-8")
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == set(p["DefinitionSubstitutions"])
+    for name, value in p["DefinitionSubstitutions"].items():
+        target = value.get("Fn::GetAtt", [value.get("Ref")])[0]
+        assert name.removesuffix("Arn") == target, f"{name} must name {name.removesuffix('Arn')}"
+    assert p["Logging"]["IncludeExecutionData"] is False and p["Logging"]["Level"] == "ERROR"
+
+
+def test_every_error_the_workflow_matches_is_raised_by_the_code(template: dict[str, Any]) -> None:
+    from healthbook.reconcile import PopulationUnavailable
+    from healthbook.vneid import RetryableDeliveryError
+
+    raised = {PopulationUnavailable.__name__, RetryableDeliveryError.__name__}
+    definition = json.loads((ROOT / "infra" / "statemachine" / "delivery.asl.json").read_text(encoding="utf-8"))
+    named: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for rule in node.get("Retry", []) + node.get("Catch", []):
+                named.update(e for e in rule["ErrorEquals"] if not e.startswith(("States.", "Lambda.")))
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(definition)
+    assert named == raised
+
+
+def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[str, Any]) -> None:
+    (event,) = props(template, "SweepFunction")["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == {"Ref": "SweepSchedule"}
+    alarm = props(template, "DeadlineBreachedAlarm")
+    assert alarm["MetricName"] == "DeadlineBreached" and alarm["Namespace"] == "Healthbook"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "delivery"}]
+    assert alarm["AlarmActions"] == [{"Ref": "DeadlineTopic"}]
+    for function in ("SettleFunction", "SweepFunction"):  # both emit the metric, under the alarm's dimension
+        assert props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
