@@ -662,7 +662,8 @@ def test_every_error_the_workflow_matches_is_raised_by_the_code(template: dict[s
 
 def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[str, Any]) -> None:
     (event,) = props(template, "SweepFunction")["Events"].values()
-    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == {"Ref": "SweepSchedule"}
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Fn::Sub": "rate(${SweepEveryMinutes} minutes)"}
     alarm = props(template, "DeadlineBreachedAlarm")
     assert alarm["MetricName"] == "DeadlineBreached" and alarm["Namespace"] == "Healthbook"
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "delivery"}]

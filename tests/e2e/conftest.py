@@ -72,12 +72,15 @@ def aws(localstack: str) -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def deploy(localstack: str) -> Callable[..., dict[str, str]]:
-    """``deploy(template, stack, stage)`` -> the stack's outputs, via infra/localstack/deploy.sh."""
+    """``deploy(template, stack, stage, **parameter_overrides)`` -> the stack's outputs, via
+    infra/localstack/deploy.sh (values without spaces: they pass through samlocal's parameter list)."""
 
-    def run(template: Path, stack: str, stage: str) -> dict[str, str]:
+    def run(template: Path, stack: str, stage: str, **parameters: str) -> dict[str, str]:
         env = dict(os.environ, AWS_ENDPOINT_URL=localstack, AWS_DEFAULT_REGION=REGION)
         started = time.monotonic()
-        done = subprocess.run([str(DEPLOY), "--template", str(template), "--stack-name", stack, "--stage", stage],
+        overrides = [f"{name}={value}" for name, value in parameters.items()]
+        done = subprocess.run([str(DEPLOY), "--template", str(template), "--stack-name", stack, "--stage", stage,
+                               *overrides],
                               env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
             hint = ""

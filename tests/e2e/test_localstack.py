@@ -14,8 +14,11 @@ import base64
 import hashlib
 import json
 import os
+import time
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -161,12 +164,37 @@ PIPELINE_ENV = ("INBOX_BUCKET", "RECEIPTS_BUCKET", "VISITS_TABLE", "SUBMISSIONS_
                 "RECEIPT_KEY_ID", "TRUST_BUNDLE_PARAMETER")
 
 
+# Seconds, not hours: the cutoff (deadline - margin) comes 60 s after receipt.
+DELIVERY_TIMING = {"DeadlineSeconds": "90", "SafetyMarginSeconds": "30", "LeaseSeconds": "10",
+                   "RetryBaseSeconds": "2", "RetryMaxSeconds": "5", "SweepEveryMinutes": "2"}
+
+
+@dataclass
+class Fakes:
+    vneid: Any
+    population: Any
+    people: Any
+
+
 @pytest.fixture(scope="module")
-def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]],
+def fakes() -> Iterator[Fakes]:
+    """The fake VNeID and population services on this machine (host-mode Lambdas reach 127.0.0.1)."""
+    from healthbook.reconcile import FakePopulation
+    from healthbook.reconcile.server import FakePopulationServer
+    from healthbook.vneid.fake import FakeVneid
+
+    people = FakePopulation()
+    with FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
+        yield Fakes(vneid=vneid, population=population, people=people)
+
+
+@pytest.fixture(scope="module")
+def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]], fakes: Fakes,
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The deployed real stack, its ingest function's settings, a dev PKI whose CA it trusts and facility 01001
-    registered; skipped while the template has no ingest function."""
-    outputs = deploy(PIPELINE_TEMPLATE, PIPELINE_STACK, PIPELINE_STAGE)
+    """The deployed real stack, its ingest function's settings, a dev PKI whose CA it trusts, facility 01001
+    registered and the VNeID credentials of the fake; skipped while the template has no ingest function."""
+    outputs = deploy(PIPELINE_TEMPLATE, PIPELINE_STACK, PIPELINE_STAGE, VneidBaseUrl=fakes.vneid.url,
+                     PopulationBaseUrl=fakes.population.url, **DELIVERY_TIMING)
     lam = aws("lambda")
     resources = aws("cloudformation").describe_stack_resources(StackName=PIPELINE_STACK)["StackResources"]
     ingest = None
@@ -201,6 +229,10 @@ def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]],
     variables = dict(env, HB_E2E_RUN=str(uuid.uuid4()))
     lam.update_function_configuration(FunctionName=ingest["FunctionName"], Environment={"Variables": variables})
     lam.get_waiter("function_updated_v2").wait(FunctionName=ingest["FunctionName"])
+    if "VneidCredentialsSecretArn" in outputs:
+        aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
+            {"type": "oauth2", "token_url": fakes.vneid.token_url, "client_id": fakes.vneid.client_id,
+             "client_secret": fakes.vneid.client_secret}))
     key = serialization.load_pem_private_key(pki[f"{FACILITY}-key"].read_bytes(), password=None)
     return {"outputs": outputs, "env": env, "function": ingest["FunctionName"], "certificate": certificate,
             "key": key, "workdir": tmp_path_factory.mktemp("submissions")}
@@ -318,14 +350,14 @@ def test_the_same_file_twice_keeps_one_record(aws: Callable[..., Any], pipeline:
         assert len(_submissions_for(aws, pipeline, uploaded["key"])) == 1
         assert len([i for i in _visit_items(aws, pipeline, visit["ma_lk"]) if i["version"]["S"] != "LATEST"]) == 1
 
-    # 2. the same bytes uploaded again: one visit version in force (PENDING), the LATEST pointer on it
+    # 2. the same bytes uploaded again: one visit version in force, the LATEST pointer on it
     aws("s3").delete_object(Bucket=pipeline["env"]["RECEIPTS_BUCKET"],
                             Key=f"receipts/{FACILITY}/{path.name}.receipt.json")
     _upload(aws, pipeline, path)
     _receipt(aws, pipeline, path, wait_for)
     items = _visit_items(aws, pipeline, visit["ma_lk"])
     pointers = [i for i in items if i["version"]["S"] == "LATEST"]
-    in_force = [i for i in items if i["version"]["S"] != "LATEST" and i["status"]["S"] == "PENDING"]
+    in_force = [i for i in items if i["version"]["S"] != "LATEST" and i["status"]["S"] != "SUPERSEDED"]
     assert len(pointers) == 1 and len(in_force) == 1
     assert pointers[0]["current"]["S"] == in_force[0]["version"]["S"]
 
@@ -347,3 +379,133 @@ def _replay_notification(aws: Callable[..., Any], pipeline: dict[str, Any], uplo
         QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"] == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"},
         timeout=120)
+
+
+# --- 3. the health book: ingest -> Express workflow -> (fake) VNeID ----------------------------------------------
+
+def _book_submission(pipeline: dict[str, Any], fakes: Fakes, seed: int, *, visit: Any = None) -> tuple[Path, Any]:
+    """A signed one-visit submission whose citizen the fake population knows; ``visit`` again = a resubmission."""
+    import random
+
+    from healthbook.generate import build_visit, submission
+    from healthbook.reconcile import FakePopulation
+    from healthbook.signing.pki import FACILITIES
+    from healthbook.signing.xmldsig import sign_submission
+
+    if visit is None:
+        name, province = FACILITIES[FACILITY]
+        visit = build_visit(random.Random(seed), scenario="outpatient", facility=(FACILITY, name, province))
+        id_number = visit.tables["XML1"][0]["SO_CCCD"]
+        citizen = FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=seed).lookup(id_number)
+        assert citizen is not None
+        fakes.people.add(citizen)
+    target = pipeline["workdir"] / f"{FACILITY}_{uuid.uuid4().hex[:12]}.xml"
+    target.write_bytes(sign_submission(submission(visit), pipeline["key"], pipeline["certificate"]))
+    return target, visit
+
+
+def _visit_item(aws: Callable[..., Any], pipeline: dict[str, Any], ma_lk: str, version: str) -> dict[str, Any]:
+    item = aws("dynamodb").get_item(TableName=pipeline["env"]["VISITS_TABLE"], ConsistentRead=True, Key={
+        "visit_id": {"S": f"{FACILITY}#{ma_lk}"}, "version": {"S": version}})["Item"]
+    return {k: next(iter(v.values())) for k, v in item.items() if k != "records"}
+
+
+def _in_force(aws: Callable[..., Any], pipeline: dict[str, Any], ma_lk: str) -> str:
+    (pointer,) = [i for i in _visit_items(aws, pipeline, ma_lk) if i["version"]["S"] == "LATEST"]
+    return str(pointer["current"]["S"])
+
+
+def _sweep_until(aws: Callable[..., Any], pipeline: dict[str, Any], ma_lk: str, version: str, wanted: str,
+                 timeout: float) -> dict[str, Any]:
+    """Invoke the sweep (the schedule fires only every few minutes) until the visit reaches ``wanted``."""
+    give_up = time.monotonic() + timeout
+    while True:
+        item = _visit_item(aws, pipeline, ma_lk, version)
+        if item["status"] == wanted:
+            return item
+        assert item["status"] == "PENDING", item["status"]
+        assert time.monotonic() < give_up, f"still PENDING after {timeout:.0f} s: {item}"
+        aws("lambda").invoke(FunctionName=pipeline["outputs"]["SweepFunctionName"], Payload=b"{}")
+        time.sleep(2)
+
+
+@pytest.fixture
+def deadline_inbox(aws: Callable[..., Any], pipeline: dict[str, Any]) -> Iterator[str]:
+    """An SQS queue subscribed to the deadline topic: what on-call would receive."""
+    sqs = aws("sqs")
+    url = sqs.create_queue(QueueName=f"hb-e2e-deadline-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    subscription = aws("sns").subscribe(TopicArn=pipeline["outputs"]["DeadlineTopicArn"], Protocol="sqs",
+                                        Endpoint=arn)["SubscriptionArn"]
+    yield url
+    aws("sns").unsubscribe(SubscriptionArn=subscription)
+    sqs.delete_queue(QueueUrl=url)
+
+
+def test_an_accepted_visit_appears_in_the_citizens_vneid_health_book(
+        aws: Callable[..., Any], pipeline: dict[str, Any], fakes: Fakes, wait_for: Callable[..., Any]) -> None:
+    path, visit = _book_submission(pipeline, fakes, seed=21)
+    _upload(aws, pipeline, path)
+    (entry,) = _receipt(aws, pipeline, path, wait_for)["visits"]
+    version = _in_force(aws, pipeline, entry["ma_lk"])
+    item = _sweep_until(aws, pipeline, entry["ma_lk"], version, "DELIVERED", timeout=60)
+    assert int(item["latency_ms"]) > 0 and item["delivered_at"] <= item["deadline_at"]
+    (stored,) = fakes.vneid.entries(item["citizen_key"])
+    assert stored["entry"]["visit_id"] == f"{FACILITY}#{entry['ma_lk']}"
+    assert stored["entry"]["diagnoses"][0]["code"] == visit.tables["XML1"][0]["MA_BENH_CHINH"]
+    with urllib.request.urlopen(f"{fakes.vneid.url}/v1/citizens/{item['citizen_key']}/health-book.html",
+                                timeout=5) as page:
+        assert visit.tables["XML1"][0]["MA_BENH_CHINH"] in page.read().decode("utf-8")
+
+
+def test_vneid_down_for_a_while_then_back_delivers_once(
+        aws: Callable[..., Any], pipeline: dict[str, Any], fakes: Fakes, wait_for: Callable[..., Any]) -> None:
+    path, _ = _book_submission(pipeline, fakes, seed=22)
+    fakes.vneid.fail("5xx", seconds=20)  # longer than one execution's retries (2 + 4 + 8 s at most)
+    _upload(aws, pipeline, path)
+    (entry,) = _receipt(aws, pipeline, path, wait_for)["visits"]
+    version = _in_force(aws, pipeline, entry["ma_lk"])
+    item = _sweep_until(aws, pipeline, entry["ma_lk"], version, "DELIVERED", timeout=55)
+    assert int(item["attempts"]) >= 1 and item["last_error"] == "RetryableDeliveryError"
+    assert len(fakes.vneid.entries(item["citizen_key"])) == 1
+
+
+def test_vneid_down_past_the_cutoff_records_a_breach_and_notifies(
+        aws: Callable[..., Any], pipeline: dict[str, Any], fakes: Fakes, deadline_inbox: str,
+        wait_for: Callable[..., Any]) -> None:
+    path, _ = _book_submission(pipeline, fakes, seed=23)
+    fakes.vneid.fail("5xx", seconds=600)
+    try:
+        _upload(aws, pipeline, path)
+        (entry,) = _receipt(aws, pipeline, path, wait_for)["visits"]
+        version = _in_force(aws, pipeline, entry["ma_lk"])
+        item = _sweep_until(aws, pipeline, entry["ma_lk"], version, "DEADLINE_BREACHED", timeout=120)
+    finally:
+        fakes.vneid.reset()
+    assert item["breached_at"] <= item["deadline_at"] and "delivered_at" not in item
+    visit_id = f"{FACILITY}#{entry['ma_lk']}"
+
+    def notified() -> list[Any]:
+        messages = aws("sqs").receive_message(QueueUrl=deadline_inbox, WaitTimeSeconds=1).get("Messages", [])
+        return [m for m in messages if visit_id in m["Body"]]
+
+    assert wait_for("the deadline notification", notified, timeout=30)
+
+
+def test_a_resubmission_leaves_only_the_new_version_in_vneid(
+        aws: Callable[..., Any], pipeline: dict[str, Any], fakes: Fakes, wait_for: Callable[..., Any]) -> None:
+    first, visit = _book_submission(pipeline, fakes, seed=24)
+    _upload(aws, pipeline, first)
+    (entry,) = _receipt(aws, pipeline, first, wait_for)["visits"]
+    old = _in_force(aws, pipeline, entry["ma_lk"])
+    delivered = _sweep_until(aws, pipeline, entry["ma_lk"], old, "DELIVERED", timeout=60)
+    time.sleep(1)  # versions are receipt times in seconds: the resubmission must come a second later
+    again, _ = _book_submission(pipeline, fakes, seed=24, visit=visit)
+    _upload(aws, pipeline, again)
+    _receipt(aws, pipeline, again, wait_for)
+    new = _in_force(aws, pipeline, entry["ma_lk"])
+    assert new > old
+    _sweep_until(aws, pipeline, entry["ma_lk"], new, "DELIVERED", timeout=60)
+    (stored,) = fakes.vneid.entries(delivered["citizen_key"])
+    assert stored["entry"]["supersedes"] is not None and stored["entry"]["version"] > 0
+    assert _visit_item(aws, pipeline, entry["ma_lk"], old)["status"] == "SUPERSEDED"
