@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sam bench docs standard clean localstack-up localstack-down localstack-deploy e2e
+.PHONY: demo test lint typecheck unit sam bench bench-e2e docs standard clean localstack-up localstack-down localstack-deploy e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ e2e: $(STAMP) localstack-up
 ## Benchmarks print ratios against a baseline measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
+
+## Upload -> receipt -> VNeID on LocalStack, and the orchestration's $ per million visits (docs/cost.md).
+bench-e2e: $(STAMP) localstack-up
+	$(BIN)/python bench/e2e.py
 
 ## Regenerate derived files: docs/errors.md (catalogue) and the annex-derived standard data.
 docs: $(STAMP)

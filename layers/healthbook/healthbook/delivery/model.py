@@ -88,7 +88,7 @@ class Timing:
             text = env.get(name)
             try:
                 values[field] = timedelta(seconds=float(text)) if text else getattr(default, field)
-            except ValueError:
+            except (ValueError, OverflowError):  # "abc"; "inf" or 1e20 overflow timedelta
                 raise ValueError(f"{name} must be a number of seconds") from None
         return cls(**values)
 
@@ -101,6 +101,7 @@ class Timing:
 
     def next_attempt(self, now: datetime, attempts: int, deadline_at: datetime, rng: random.Random) -> datetime:
         """When to try again after ``attempts`` failed executions: full jitter, capped at the cutoff."""
-        ceiling = min(self.retry_max.total_seconds(), self.retry_base.total_seconds() * 2 ** max(0, attempts - 1))
+        doublings = min(max(0, attempts - 1), 60)  # 2**60 bases exceed any retry_max; more would overflow
+        ceiling = min(self.retry_max.total_seconds(), self.retry_base.total_seconds() * 2**doublings)
         delay = timedelta(seconds=rng.uniform(self.retry_base.total_seconds() / 2, max(ceiling, 1e-3)))
         return min(now + delay, self.cutoff(deadline_at))

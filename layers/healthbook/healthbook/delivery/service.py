@@ -196,9 +196,10 @@ class DeliveryService:
         match = reconcile(identity_from_summary(summary), self.population)
         now = self.now()
         if not match.matched or match.citizen_key_material is None:
-            if self.store.mark_needs_reconciliation(ref, match.reasons, now):
-                for reason in match.reasons:
-                    self.metrics.count("ReconciliationNeeded", reason=reason)
+            if not self.store.mark_needs_reconciliation(ref, match.reasons, now):
+                return self._skipped(ref)  # superseded or settled meanwhile: not ours to report
+            for reason in match.reasons:
+                self.metrics.count("ReconciliationNeeded", reason=reason)
             return {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": list(match.reasons)}
         key = hmac.new(self.pepper, match.citizen_key_material.encode("utf-8"), hashlib.sha256).hexdigest()
         if not self.store.mark_matched(ref, key, now):
@@ -234,7 +235,8 @@ class DeliveryService:
         delivery = self.vneid.deliver(citizen_key, entry)
         now = self.now()
         if delivery.outcome == "superseded":  # VNeID already holds a newer version of this visit
-            self.store.mark_superseded(ref, now)
+            if not self.store.mark_superseded(ref, now):
+                return self._skipped(ref)
             return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
         if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id):

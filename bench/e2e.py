@@ -1,0 +1,262 @@
+"""End-to-end figures on LocalStack: upload → receipt → VNeID, and what the orchestration costs per visit.
+
+Deploys template.yaml (stack hb-bench) with the fake VNeID and population services of this process, uploads
+a batch of signed one-visit files as a facility would, and measures:
+
+* baseline: a no-op round trip through LocalStack in the same run (a Lambda invoke of the sweep with nothing
+  due), so the latencies below read as multiples of what the emulator itself costs;
+* upload → receipt and receipt → delivered (the visit item's latency_ms, S3 event time to VNeID's 2xx),
+  p50/p95, and delivered visits per second over the batch;
+* Lambda invocations per visit (from the functions' REPORT lines) and state transitions per visit (the states
+  each visit and each execution passes, counted from the ASL's path and the observed invocations);
+* dollars per million visits at list prices: the orchestration (Step Functions Express) against the US$5
+  target, and the Lambda compute beside it.
+
+Usage: python bench/e2e.py [--files 40] [--endpoint http://127.0.0.1:4566]  (after `make localstack-up`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import boto3  # type: ignore[import-untyped]
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from healthbook.aws.facilities import put_facility
+from healthbook.aws.upload import Destination, upload_file
+from healthbook.generate import build_visit
+from healthbook.generate.writer import envelope
+from healthbook.reconcile import FakePopulation
+from healthbook.reconcile.server import FakePopulationServer
+from healthbook.signing.pki import FACILITIES, dev_pki
+from healthbook.signing.xmldsig import sign_submission
+from healthbook.vneid.fake import FakeVneid
+
+REPO = Path(__file__).resolve().parents[1]
+STACK, STAGE, FACILITY, REGION = "hb-bench", "test-bench", "01001", "us-east-1"
+
+# List prices, us-east-1 (docs/cost.md).
+EXPRESS_PER_EXECUTION = 1.00 / 1_000_000
+EXPRESS_PER_GB_SECOND = 0.00001667
+EXPRESS_GB = 64 / 1024  # Express bills memory in 64 MB steps; a workflow passing keys stays in the first
+LAMBDA_PER_REQUEST = 0.20 / 1_000_000
+LAMBDA_PER_GB_SECOND_ARM = 0.0000133334
+STANDARD_PER_TRANSITION = 25.00 / 1_000_000
+# States passed: per delivered visit Reconcile, Matched?, Project, Deliver, Delivered; per execution the Map,
+# Summarise, Breaches? and Done (docs/delivery.md).
+STATES_PER_DELIVERED_VISIT = 5
+STATES_PER_EXECUTION = 4
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def deploy(endpoint: str, vneid: FakeVneid, population: FakePopulationServer) -> dict[str, str]:
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=REGION)
+    done = subprocess.run([str(REPO / "infra" / "localstack" / "deploy.sh"), "--stack-name", STACK, "--stage", STAGE,
+                           f"VneidBaseUrl={vneid.url}", f"PopulationBaseUrl={population.url}"],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"deploy failed:\n{done.stderr[-3000:]}")
+    outputs: dict[str, str] = json.loads(done.stdout)
+    return outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--visits-per-file", type=int, default=5, help="one file, one delivery execution")
+    parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
+    args = parser.parse_args()
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+
+    def aws(service: str) -> Any:
+        return session.client(service, endpoint_url=args.endpoint)
+
+    people = FakePopulation()
+    with FakeVneid.start() as vneid, FakePopulationServer.start(people) as population, TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        outputs = deploy(args.endpoint, vneid, population)
+        print(f"deployed {STACK} in {time.monotonic() - started:.0f} s")
+        work = Path(tmp)
+        pki = dev_pki(work / "pki")
+        aws("ssm").put_parameter(Name=outputs["TrustBundleParameterName"], Value=pki["ca"].read_text(),
+                                 Type="String", Overwrite=True)
+        certificate = x509.load_pem_x509_certificates(pki[FACILITY].read_bytes())[0]
+        key = serialization.load_pem_private_key(pki[f"{FACILITY}-key"].read_bytes(), password=None)
+        name, province = FACILITIES[FACILITY]
+        table = session.resource("dynamodb", endpoint_url=args.endpoint).Table(outputs["FacilitiesTableName"])
+        put_facility(table, FACILITY, name, province, certificate)
+        aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
+            {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
+             "client_secret": vneid.client_secret}))
+        lam = aws("lambda")
+        for function in ("IngestFunctionName", "SweepFunctionName"):  # fresh environments: new trust, registry
+            config = lam.get_function_configuration(FunctionName=outputs[function])
+            variables = dict(config["Environment"]["Variables"], HB_BENCH_RUN=uuid.uuid4().hex)
+            lam.update_function_configuration(FunctionName=outputs[function], Environment={"Variables": variables})
+            lam.get_waiter("function_updated_v2").wait(FunctionName=outputs[function])
+
+        # Baseline: LocalStack's own round trip, a warm no-op invoke (nothing is due).
+        lam.invoke(FunctionName=outputs["SweepFunctionName"], Payload=b"{}")
+        baseline = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            lam.invoke(FunctionName=outputs["SweepFunctionName"], Payload=b"{}")
+            baseline.append(time.perf_counter() - t0)
+        noop = statistics.median(baseline)
+
+        files = []
+        rng = random.Random(1000)
+        for _ in range(args.files):
+            batch = [build_visit(rng, scenario="outpatient", facility=(FACILITY, name, province))
+                     for _ in range(args.visits_per_file)]
+            known = FakePopulation.from_visits(batch, mismatch_rate=0.0, unknown_rate=0.0, seed=1)
+            for visit in batch:
+                citizen = known.lookup(visit.tables["XML1"][0]["SO_CCCD"])
+                assert citizen is not None
+                people.add(citizen)
+            path = work / f"{FACILITY}_bench_{uuid.uuid4().hex[:10]}.xml"
+            path.write_bytes(sign_submission(envelope(batch), key, certificate))  # type: ignore[arg-type]
+            files.append(path)
+
+        s3 = aws("s3")
+        destination = Destination(inbox_bucket=outputs["InboxBucketName"],
+                                  receipts_bucket=outputs["ReceiptsBucketName"], kms_key_id=outputs.get("DataKeyArn"))
+        run_start_ms = int(time.time() * 1000)
+        uploaded: dict[str, float] = {}
+        t_start = time.monotonic()
+
+        def put(path: Path) -> None:
+            upload_file(s3, destination, FACILITY, path)
+            uploaded[path.name] = time.monotonic()
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(put, files))
+        receipts: dict[str, float] = {}
+        ma_lk: dict[str, str] = {}  # visit -> its file
+        give_up = time.monotonic() + 300
+        while len(receipts) < len(files) and time.monotonic() < give_up:
+            for path in files:
+                if path.name in receipts:
+                    continue
+                try:
+                    body = s3.get_object(Bucket=destination.receipts_bucket,
+                                         Key=f"receipts/{FACILITY}/{path.name}.receipt.json")["Body"].read()
+                except s3.exceptions.NoSuchKey:
+                    continue
+                receipts[path.name] = time.monotonic()
+                for entry in json.loads(body)["visits"]:
+                    if entry["accepted"]:
+                        ma_lk[entry["ma_lk"]] = path.name
+            time.sleep(0.2)
+
+        ddb = aws("dynamodb")
+        delivered: dict[str, dict[str, Any]] = {}
+        while len(delivered) < len(ma_lk) and time.monotonic() < give_up:
+            for lk, file_name in ma_lk.items():
+                if lk in delivered:
+                    continue
+                items = ddb.query(TableName=outputs["VisitsTableName"], KeyConditionExpression="visit_id = :v",
+                                  ExpressionAttributeValues={":v": {"S": f"{FACILITY}#{lk}"}})["Items"]
+                done = [i for i in items if i.get("status", {}).get("S") == "DELIVERED"]
+                if done:
+                    delivered[lk] = {"latency_ms": int(done[0]["latency_ms"]["N"]), "seen": time.monotonic(),
+                                     "file": file_name}
+            time.sleep(0.5)
+        elapsed = max((d["seen"] for d in delivered.values()), default=time.monotonic()) - t_start
+
+        invocations, billed_gb_s = count_invocations(aws("logs"), STAGE, run_start_ms)
+
+    visits = len(delivered)
+    if not visits:
+        sys.exit("nothing was delivered; see the function logs")
+    to_receipt = [receipts[n] - uploaded[n] for n in receipts]
+    seen = [d["seen"] - uploaded[d["file"]] for d in delivered.values()]  # upload -> seen DELIVERED (polled)
+    to_vneid = [d["latency_ms"] / 1000 for d in delivered.values()]
+    executions = invocations.get("settle-summary", 0) or invocations["settle"]
+    task_invocations = sum(invocations[f] for f in ("reconcile", "project", "deliver", "settle"))
+    transitions = STATES_PER_DELIVERED_VISIT * visits + STATES_PER_EXECUTION * executions + max(
+        0, invocations["deliver"] - visits)  # each retried attempt enters the task state again
+    # An execution lasts about one visit's task time per wave of 10 (the Map's concurrency).
+    per_visit_path = billed_gb_s["path_seconds"] / visits
+    batch = visits / executions
+
+    def express_cost(visits_per_execution: float) -> float:
+        duration = -(-visits_per_execution // 10) * per_visit_path
+        return 1e6 / visits_per_execution * (EXPRESS_PER_EXECUTION + duration * EXPRESS_GB * EXPRESS_PER_GB_SECOND)
+
+    express, batched = express_cost(batch), express_cost(50)
+    requests = task_invocations * LAMBDA_PER_REQUEST
+    lambda_cost = 1e6 / visits * (requests + billed_gb_s["gb_s"] * LAMBDA_PER_GB_SECOND_ARM)
+    standard = 1e6 * transitions / visits * STANDARD_PER_TRANSITION
+
+    print(f"\nfiles {len(files)} x {args.visits_per_file} visits, receipts {len(receipts)}, "
+          f"delivered {visits}  (LocalStack {args.endpoint})")
+    print(f"baseline: no-op Lambda round trip through LocalStack  p50 {noop * 1000:.0f} ms  (= 1.0)")
+    print(f"upload -> receipt      p50 {pct(to_receipt, .5):.2f} s  p95 {pct(to_receipt, .95):.2f} s   "
+          f"= {pct(to_receipt, .5) / noop:.0f}x / {pct(to_receipt, .95) / noop:.0f}x baseline")
+    print(f"receipt -> VNeID (item latency_ms)  p50 {pct(to_vneid, .5):.2f} s  p95 {pct(to_vneid, .95):.2f} s   "
+          f"= {pct(to_vneid, .5) / noop:.0f}x / {pct(to_vneid, .95) / noop:.0f}x baseline")
+    print(f"upload -> delivered (polled every 0.5 s)  p50 {pct(seen, .5):.2f} s  p95 {pct(seen, .95):.2f} s")
+    print(f"throughput: {visits / elapsed:.2f} visits/s delivered over {elapsed:.0f} s (2 cores, everything local)")
+    print(f"Lambda invocations: {dict(sorted(invocations.items()))} -> {task_invocations / visits:.2f} delivery "
+          f"tasks per visit, + {invocations['ingest'] / visits:.2f} ingest")
+    print(f"state transitions per visit: {transitions / visits:.2f} ({executions} executions); task time per "
+          f"visit {per_visit_path * 1000:.0f} ms billed (LocalStack on 2 shared cores: expect far less on AWS)")
+    print("$ per million visits (list prices):")
+    print(f"  orchestration, Express as run here ({batch:.0f} visits per execution): ${express:.2f}   target <= $5.00")
+    print(f"  orchestration, Express at 50 visits per execution:           ${batched:.2f}")
+    print(f"  the same transitions on Standard workflows, for scale:        ${standard:.2f}")
+    print(f"  Lambda compute for the delivery tasks (arm64, billed ms):      ${lambda_cost:.2f}")
+
+
+def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str], dict[str, float]]:
+    """REPORT lines per function since ``since_ms``; GB-seconds billed, and the summed task time of the path."""
+    counts: Counter[str] = Counter()
+    gb_s = 0.0
+    path_seconds = 0.0
+    for function in ("ingest", "reconcile", "project", "deliver", "settle", "sweep"):
+        group = f"/aws/lambda/healthbook-{stage}-{function}"
+        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": since_ms}
+        while True:
+            try:
+                page = logs.filter_log_events(**kwargs)
+            except logs.exceptions.ResourceNotFoundException:
+                break
+            for event in page["events"]:
+                message = event["message"]
+                if '"delivery execution summary"' in message:
+                    counts["settle-summary"] += 1
+                if not message.startswith("REPORT"):
+                    continue
+                counts[function] += 1
+                fields = dict(part.split(": ", 1) for part in message.strip().split("\t")[1:] if ": " in part)
+                billed = float(fields.get("Billed Duration", "0 ms").split()[0]) / 1000
+                memory = float(fields.get("Memory Size", "512 MB").split()[0]) / 1024
+                if function in ("reconcile", "project", "deliver", "settle"):
+                    gb_s += billed * memory
+                    path_seconds += billed
+            if "nextToken" not in page:
+                break
+            kwargs["nextToken"] = page["nextToken"]
+    return counts, {"gb_s": gb_s, "path_seconds": path_seconds}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,925 @@
+"""The delivery core (healthbook.delivery) over in-memory ports: fast, pure, no AWS, no network, no sleeping.
+
+``FakeStatusStore`` mirrors healthbook.aws.delivery.DynamoVisitStatus: every ``mark_*``/``defer``/``claim`` is
+conditional on the version still being PENDING (``claim`` also on ``next_attempt_at`` having come) and answers
+False when it is not. ``race`` changes a visit's status just before the next conditional write, the way a
+concurrent execution (or ingest superseding the version) would between a step's load and its write.
+tests/test_delivery_workflow.py runs the same steps as deployed, on moto.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import pytest
+from healthbook.delivery.model import (
+    DEADLINE_BREACHED,
+    DEFERRED,
+    DELIVERED,
+    MATCHED,
+    MAX_BATCH,
+    NEEDS_RECONCILIATION,
+    PROJECTED,
+    SKIPPED,
+    StoredVisit,
+    Timing,
+    VisitRef,
+    epoch_ms,
+    parse_time,
+)
+from healthbook.delivery.service import (
+    DeliveryService,
+    Sweeper,
+    SweepReport,
+    batches,
+    projection_key,
+    summarise,
+    version_ms,
+)
+from healthbook.generate import Visit, build_visit, submission
+from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
+from healthbook.ingest.service import citizen_key, pack_records
+from healthbook.projection import dumps, project, projection_id
+from healthbook.reconcile import FakePopulation, PopulationUnavailable
+from healthbook.signing.receipt import iso_utc
+from healthbook.validation import validate_bytes
+from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+PEPPER = b"unit-pepper-0123456789"
+RECEIVED = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
+TIMING = Timing()  # 24 h deadline, 1 h margin, 10 min lease, retries 1 min .. 30 min
+DEADLINE = TIMING.deadline_for(RECEIVED)
+CUTOFF = TIMING.cutoff(DEADLINE)
+T = RECEIVED + timedelta(hours=1, milliseconds=250)  # the fixed clock: well before the cutoff
+
+
+# --- fakes ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    """One visit version as the fake table holds it (the attributes DynamoVisitStatus writes)."""
+
+    ref: VisitRef
+    status: str
+    received_at: datetime
+    deadline_at: datetime
+    records: bytes | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    citizen_key: str | None = None
+    reconciled_at: datetime | None = None
+    reasons: tuple[str, ...] = ()
+    delivered_at: datetime | None = None
+    latency_ms: int | None = None
+    receipt_id: str | None = None
+    superseded_at: datetime | None = None
+    breached_at: datetime | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+
+
+class FakeStatusStore:
+    """healthbook.delivery.VisitStatusStore in memory, with DynamoVisitStatus's conditions."""
+
+    def __init__(self) -> None:
+        self.items: dict[VisitRef, Item] = {}
+        self.calls: list[str] = []
+        self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
+        self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
+
+    def add(self, ref: VisitRef, *, records: bytes | None = None, status: str = PENDING,
+            received_at: datetime = RECEIVED, deadline_at: datetime | None = None, attempts: int = 0,
+            next_attempt_at: datetime | None = None) -> VisitRef:
+        self.items[ref] = Item(ref=ref, status=status, received_at=received_at,
+                               deadline_at=deadline_at or TIMING.deadline_for(received_at), records=records,
+                               attempts=attempts, next_attempt_at=next_attempt_at)
+        return ref
+
+    def status(self, ref: VisitRef) -> str:
+        return self.items[ref].status
+
+    def writes(self) -> list[str]:
+        return [call for call in self.calls if call not in ("load", "previous_version", "due")]
+
+    # the protocol
+
+    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
+        self.calls.append("load")
+        item = self.items.get(ref)
+        if item is None:
+            return None
+        return StoredVisit(ref=item.ref, status=item.status, received_at=item.received_at,
+                           deadline_at=item.deadline_at, attempts=item.attempts,
+                           next_attempt_at=item.next_attempt_at, citizen_key=item.citizen_key,
+                           records=item.records if with_records else None)
+
+    def previous_version(self, ref: VisitRef) -> str | None:
+        self.calls.append("previous_version")
+        earlier = [r.version for r in self.items if r.visit_id == ref.visit_id and r.version < ref.version]
+        return max(earlier) if earlier else None
+
+    def _pending(self, name: str, ref: VisitRef) -> Item | None:
+        self.calls.append(name)
+        item = self.items.get(ref)
+        if item is None:
+            return None
+        if ref in self.race:
+            item.status = self.race.pop(ref)
+        if ref in self.lease_race:
+            item.next_attempt_at = self.lease_race.pop(ref)
+        return item if item.status == PENDING else None
+
+    def _move(self, item: Item, status: str) -> None:
+        item.status = status
+        item.next_attempt_at = None  # the lease goes with PENDING
+
+    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
+        item = self._pending("mark_matched", ref)
+        if item is None:
+            return False
+        item.citizen_key, item.reconciled_at = citizen_key, now
+        return True
+
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool:
+        item = self._pending("mark_needs_reconciliation", ref)
+        if item is None:
+            return False
+        self._move(item, NEEDS_RECONCILIATION)
+        item.reasons, item.reconciled_at = tuple(sorted(set(reasons))), now
+        return True
+
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
+                       receipt_id: str | None) -> bool:
+        item = self._pending("mark_delivered", ref)
+        if item is None:
+            return False
+        self._move(item, DELIVERED)
+        item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
+        return True
+
+    def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
+        item = self._pending("mark_superseded", ref)
+        if item is None:
+            return False
+        self._move(item, SUPERSEDED)
+        item.superseded_at = now
+        return True
+
+    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
+        item = self._pending("defer", ref)
+        if item is None:
+            return False
+        item.next_attempt_at, item.last_error, item.last_attempt_at = next_attempt_at, error, now
+        item.attempts += 1
+        return True
+
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool:
+        item = self._pending("mark_breached", ref)
+        if item is None:
+            return False
+        self._move(item, DEADLINE_BREACHED)
+        item.breached_at, item.last_error = now, error
+        return True
+
+    def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
+        self.calls.append("due")
+        ready = sorted((i for i in self.items.values()
+                        if i.status == PENDING and (i.next_attempt_at is None or i.next_attempt_at <= now)),
+                       key=lambda i: (i.deadline_at, i.ref.visit_id))
+        for item in ready[:limit]:
+            yield StoredVisit(ref=item.ref, status=PENDING, received_at=item.received_at,
+                              deadline_at=item.deadline_at, attempts=item.attempts,
+                              next_attempt_at=item.next_attempt_at)
+
+    def claim(self, ref: VisitRef, *, now: datetime, lease_until: datetime) -> bool:
+        item = self._pending("claim", ref)
+        if item is None or (item.next_attempt_at is not None and item.next_attempt_at > now):
+            return False
+        item.next_attempt_at = lease_until
+        return True
+
+
+class DictProjections:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, body: bytes) -> None:
+        self.objects[key] = body
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+
+@dataclass(frozen=True)
+class FakeDelivery:
+    outcome: str
+    receipt_id: str | None
+
+
+@dataclass
+class FakeDeliverer:
+    outcome: str = "delivered"
+    fail: Exception | None = None
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def deliver(self, citizen_key: str, entry: Any) -> FakeDelivery:
+        self.calls.append((citizen_key, entry))
+        if self.fail is not None:
+            raise self.fail
+        return FakeDelivery(self.outcome, f"vneid-{len(self.calls)}" if self.outcome == "delivered" else None)
+
+
+@dataclass
+class RecordingMetrics:
+    counts: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    latencies: list[tuple[str, float]] = field(default_factory=list)
+
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None:
+        self.counts.append((name, value, dict(dimensions)))
+
+    def latency(self, name: str, milliseconds: float) -> None:
+        self.latencies.append((name, milliseconds))
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.counts]
+
+
+@dataclass
+class RecordingStarter:
+    starts: list[tuple[str, list[VisitRef]]] = field(default_factory=list)
+
+    def start(self, name: str, visits: Sequence[VisitRef]) -> None:
+        self.starts.append((name, list(visits)))
+
+
+@dataclass
+class RecordingNotifier:
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def notify(self, subject: str, message: dict[str, Any]) -> None:
+        self.messages.append((subject, message))
+
+
+class UnavailablePopulation:
+    calls = 0
+
+    def lookup(self, id_number: str) -> None:
+        self.calls += 1
+        raise PopulationUnavailable("population service answered 503")
+
+
+# --- builders ------------------------------------------------------------------------------------------
+
+@cache
+def _accepted(seed: int) -> tuple[Visit, str, bytes]:
+    """A generated outpatient visit, its MA_LK and its stored records (what ingest keeps)."""
+    visit = build_visit(random.Random(seed), scenario="outpatient")
+    result = validate_bytes(submission(visit))
+    assert result.accepted, [issue.code for issue in result.errors]
+    return visit, result.visits[0].ma_lk, pack_records(result.visits[0])
+
+
+def _ref(seed: int, received: datetime = RECEIVED) -> VisitRef:
+    visit, ma_lk, _ = _accepted(seed)
+    sid = hashlib.sha256(f"{ma_lk}@{received.isoformat()}".encode()).hexdigest()
+    return VisitRef(f"{visit.facility}#{ma_lk}", version_key(received, sid))
+
+
+def _id_number(seed: int) -> str:
+    return str(_accepted(seed)[0].tables["XML1"][0]["SO_CCCD"])
+
+
+def _known(seed: int) -> FakePopulation:
+    return FakePopulation.from_visits([_accepted(seed)[0]], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
+
+
+@dataclass
+class World:
+    store: FakeStatusStore
+    projections: DictProjections
+    vneid: FakeDeliverer
+    metrics: RecordingMetrics
+    population: FakePopulation
+
+    def service(self, now: datetime = T, *, timing: Timing = TIMING) -> DeliveryService:
+        return DeliveryService(store=self.store, projections=self.projections, population=self.population,
+                               vneid=self.vneid, pepper=PEPPER, timing=timing, metrics=self.metrics,
+                               now=lambda: now, rng=random.Random(0))
+
+    def stored(self, seed: int = 1, *, received: datetime = RECEIVED, **item: Any) -> VisitRef:
+        return self.store.add(_ref(seed, received), records=_accepted(seed)[2], received_at=received, **item)
+
+
+@pytest.fixture
+def world() -> World:
+    return World(FakeStatusStore(), DictProjections(), FakeDeliverer(), RecordingMetrics(), _known(1))
+
+
+# --- model: times --------------------------------------------------------------------------------------
+
+def test_parse_time_reads_utc_and_offsets_as_aware_utc() -> None:
+    assert parse_time("2026-11-22T03:00:00Z") == RECEIVED
+    moment = parse_time("2026-11-22T10:00:00+07:00")
+    assert moment == RECEIVED and moment.utcoffset() == timedelta(0)
+
+
+def test_parse_time_refuses_a_time_without_a_zone() -> None:
+    with pytest.raises(ValueError, match="without a zone"):
+        parse_time("2026-11-22T03:00:00")
+
+
+def test_epoch_ms_and_version_ms() -> None:
+    assert epoch_ms(datetime(1970, 1, 1, tzinfo=UTC)) == 0
+    assert epoch_ms(RECEIVED + timedelta(milliseconds=5, microseconds=999)) == epoch_ms(RECEIVED) + 5
+    assert epoch_ms(RECEIVED) == 1_795_316_400_000
+    ref = _ref(1)
+    assert version_ms(ref.version) == epoch_ms(RECEIVED)
+    assert version_ms("2026-11-22T03:00:01Z#abc#def") == epoch_ms(RECEIVED) + 1000
+
+
+def test_projection_key_is_by_facility_and_projection_id() -> None:
+    ref = VisitRef("79001#LK/2026 01", "2026-11-22T03:00:00Z#0123456789abcdef")
+    assert projection_key(ref, "f" * 64) == f"projections/79001/{'f' * 64}.json"
+
+
+# --- model: Timing -------------------------------------------------------------------------------------
+
+def test_timing_from_env_defaults_when_unset_or_empty() -> None:
+    assert Timing.from_env({}) == Timing()
+    assert Timing.from_env({"DEADLINE_SECONDS": "", "LEASE_SECONDS": ""}) == Timing()
+    assert Timing() == Timing(deadline=timedelta(hours=24), safety_margin=timedelta(hours=1),
+                              lease=timedelta(minutes=10), retry_base=timedelta(minutes=1),
+                              retry_max=timedelta(minutes=30))
+
+
+def test_timing_from_env_reads_seconds_including_fractions() -> None:
+    timing = Timing.from_env({"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2",
+                              "RETRY_BASE_SECONDS": "0.5", "RETRY_MAX_SECONDS": "1", "UNRELATED": "x"})
+    assert timing == Timing(deadline=timedelta(seconds=12), safety_margin=timedelta(seconds=3),
+                            lease=timedelta(seconds=2), retry_base=timedelta(milliseconds=500),
+                            retry_max=timedelta(seconds=1))
+    assert Timing.from_env({"SAFETY_MARGIN_SECONDS": "0"}).safety_margin == timedelta(0)
+
+
+@pytest.mark.parametrize("name", ["DEADLINE_SECONDS", "SAFETY_MARGIN_SECONDS", "LEASE_SECONDS",
+                                  "RETRY_BASE_SECONDS", "RETRY_MAX_SECONDS"])
+@pytest.mark.parametrize("text", ["ten", "1h", " ", "nan"])
+def test_timing_from_env_names_the_variable_that_is_not_a_number(name: str, text: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be a number of seconds$"):
+        Timing.from_env({name: text})
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SAFETY_MARGIN_SECONDS": "86400"}, "safety margin"),  # margin == deadline
+    ({"DEADLINE_SECONDS": "60", "SAFETY_MARGIN_SECONDS": "120"}, "safety margin"),
+    ({"SAFETY_MARGIN_SECONDS": "-1"}, "safety margin"),
+    ({"DEADLINE_SECONDS": "-5"}, "safety margin"),
+    ({"LEASE_SECONDS": "0"}, "lease"),
+    ({"LEASE_SECONDS": "-1"}, "lease"),
+    ({"RETRY_BASE_SECONDS": "0"}, "retry_base"),
+    ({"RETRY_BASE_SECONDS": "120", "RETRY_MAX_SECONDS": "60"}, "retry_max"),
+])
+def test_timing_refuses_inconsistent_rules(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Timing.from_env(env)
+
+
+@pytest.mark.parametrize("text", ["inf", "1e20"])
+def test_timing_from_env_names_a_variable_out_of_range(text: str) -> None:
+    with pytest.raises(ValueError, match="DEADLINE_SECONDS"):
+        Timing.from_env({"DEADLINE_SECONDS": text})
+
+
+def test_deadline_and_cutoff() -> None:
+    assert TIMING.deadline_for(parse_time("2026-11-22T10:00:00+07:00")) == RECEIVED + timedelta(hours=24)
+    assert TIMING.deadline_for(RECEIVED).tzinfo == UTC
+    assert TIMING.cutoff(DEADLINE) == RECEIVED + timedelta(hours=23)
+
+
+def test_next_attempt_grows_with_attempts_up_to_retry_max() -> None:
+    delays = [TIMING.next_attempt(T, attempts, DEADLINE, random.Random(0)) - T for attempts in range(0, 12)]
+    assert delays == sorted(delays)  # the same draw over a growing ceiling
+    assert delays[0] == delays[1]  # attempts 0 and 1 both use retry_base
+    assert delays[1] < delays[2] < delays[3] < delays[4] < delays[5]
+    assert delays[-1] == delays[-2]  # capped at retry_max
+    # attempt n waits at most retry_base * 2^(n-1)
+    for attempts in range(1, 6):
+        assert delays[attempts] <= TIMING.retry_base * 2 ** (attempts - 1)
+
+
+def test_next_attempt_is_jittered_by_the_rng() -> None:
+    rng = random.Random(0)
+    draws = {TIMING.next_attempt(T, 6, DEADLINE, rng) for _ in range(20)}
+    assert len(draws) > 1
+    assert TIMING.next_attempt(T, 6, DEADLINE, random.Random(7)) == TIMING.next_attempt(T, 6, DEADLINE,
+                                                                                        random.Random(7))
+
+
+def test_next_attempt_never_passes_the_cutoff() -> None:
+    late = CUTOFF - timedelta(seconds=10)  # less than retry_base / 2 before it
+    for attempts in range(1, 10):
+        assert TIMING.next_attempt(late, attempts, DEADLINE, random.Random(attempts)) == CUTOFF
+
+
+@settings(max_examples=300, deadline=None)
+@given(base_ms=st.integers(1, 120_000), spread=st.integers(1, 64), attempts=st.integers(0, 80),
+       before_cutoff_ms=st.integers(0, 48 * 3_600_000), seed=st.integers(0, 2**32 - 1))
+def test_next_attempt_bounds(base_ms: int, spread: int, attempts: int, before_cutoff_ms: int, seed: int) -> None:
+    timing = Timing(deadline=timedelta(hours=72), safety_margin=timedelta(hours=1),
+                    retry_base=timedelta(milliseconds=base_ms), retry_max=timedelta(milliseconds=base_ms * spread))
+    deadline = RECEIVED + timing.deadline
+    cutoff = timing.cutoff(deadline)
+    now = cutoff - timedelta(milliseconds=before_cutoff_ms)
+    when = timing.next_attempt(now, attempts, deadline, random.Random(seed))
+    assert when <= cutoff
+    if when < cutoff:
+        assert now + timing.retry_base / 2 <= when <= now + timing.retry_max
+        ceiling = timing.retry_base * min(spread, 2 ** max(0, attempts - 1))  # min(retry_max, base * 2^(n-1))
+        assert when <= now + ceiling
+    else:
+        assert cutoff <= now + timing.retry_max
+
+
+def test_next_attempt_after_very_many_attempts_waits_retry_max_at_most() -> None:
+    when = TIMING.next_attempt(T, 1100, DEADLINE, random.Random(0))
+    assert T + TIMING.retry_base / 2 <= when <= T + TIMING.retry_max
+
+
+# --- reconcile -----------------------------------------------------------------------------------------
+
+def test_reconcile_matched_records_the_hmac_citizen_key(world: World) -> None:
+    ref = world.stored()
+    result = world.service().reconcile(ref)
+    expected = hmac.new(PEPPER, _id_number(1).encode("utf-8"), hashlib.sha256).hexdigest()
+    assert expected == citizen_key(PEPPER, _id_number(1))  # the same key ingest writes
+    assert result == {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": expected}
+    item = world.store.items[ref]
+    assert item.status == PENDING and item.citizen_key == expected and item.reconciled_at == T
+    assert world.store.writes() == ["mark_matched"]
+    assert world.population.calls == 1
+    assert world.metrics.counts == []
+
+
+def test_reconcile_of_an_unknown_citizen_needs_reconciliation(world: World) -> None:
+    world.population = FakePopulation()
+    ref = world.stored()
+    result = world.service().reconcile(ref)
+    assert result == {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": ["UNKNOWN_ID"]}
+    item = world.store.items[ref]
+    assert item.status == NEEDS_RECONCILIATION and item.reasons == ("UNKNOWN_ID",)
+    assert item.citizen_key is None and item.next_attempt_at is None and item.reconciled_at == T
+    assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": "UNKNOWN_ID"})]
+
+
+def test_reconcile_mismatch_stores_every_reason_and_counts_each(world: World) -> None:
+    registered = _known(1).lookup(_id_number(1))
+    assert registered is not None
+    world.population = FakePopulation([replace(registered, full_name="Ngô Bảo Châu Khác",
+                                               sex={"1": "2", "2": "1"}.get(registered.sex, "1"))])
+    ref = world.stored()
+    result = world.service().reconcile(ref)
+    assert result["outcome"] == NEEDS_RECONCILIATION
+    assert result["reasons"] == ["NAME_MISMATCH", "SEX_MISMATCH"]
+    assert "citizen_key" not in result
+    assert world.store.items[ref].reasons == ("NAME_MISMATCH", "SEX_MISMATCH")
+    assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": "NAME_MISMATCH"}),
+                                    ("ReconciliationNeeded", 1, {"reason": "SEX_MISMATCH"})]
+
+
+@pytest.mark.parametrize("status", [DELIVERED, SUPERSEDED, NEEDS_RECONCILIATION, DEADLINE_BREACHED])
+def test_reconcile_of_a_visit_no_longer_pending_is_skipped(world: World, status: str) -> None:
+    ref = world.stored(status=status)
+    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.store.calls == ["load"]
+    assert world.population.calls == 0
+    assert world.store.status(ref) == status and world.metrics.counts == []
+
+
+def test_reconcile_of_a_missing_visit_is_skipped(world: World) -> None:
+    ref = _ref(1)
+    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.population.calls == 0
+
+
+def test_reconcile_lets_population_unavailable_propagate(world: World) -> None:
+    population = UnavailablePopulation()
+    ref = world.stored()
+    service = replace(world.service(), population=population)
+    with pytest.raises(PopulationUnavailable):
+        service.reconcile(ref)
+    assert population.calls == 1
+    assert world.store.writes() == [] and world.store.status(ref) == PENDING and world.metrics.counts == []
+
+
+@pytest.mark.parametrize("missing", ["population", "pepper"])
+def test_reconcile_needs_a_population_and_the_pepper(world: World, missing: str) -> None:
+    ref = world.stored()
+    service = replace(world.service(), population=None) if missing == "population" else \
+        replace(world.service(), pepper=None)
+    with pytest.raises(RuntimeError, match="population registry and the citizen-key pepper"):
+        service.reconcile(ref)
+    assert world.store.calls == []
+
+
+def test_reconcile_refuses_a_visit_stored_without_records(world: World) -> None:
+    ref = world.store.add(_ref(1))
+    with pytest.raises(ValueError, match="no records stored"):
+        world.service().reconcile(ref)
+
+
+def test_reconcile_match_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
+    ref = world.stored()
+    world.store.race[ref] = SUPERSEDED
+    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.store.items[ref].citizen_key is None
+
+
+def test_reconcile_mismatch_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
+    world.population = FakePopulation()
+    ref = world.stored()
+    world.store.race[ref] = SUPERSEDED
+    result = world.service().reconcile(ref)
+    assert world.store.status(ref) == SUPERSEDED and world.metrics.counts == []
+    assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+
+
+# --- project -------------------------------------------------------------------------------------------
+
+def test_project_keeps_the_entry_under_its_projection_key(world: World) -> None:
+    ref = world.stored()
+    result = world.service().project(ref)
+    stored = json.loads(gzip.decompress(_accepted(1)[2]))
+    entry = project(stored, facility=ref.facility, received_at=RECEIVED, version=epoch_ms(RECEIVED))
+    key = projection_key(ref, entry["projection_id"])
+    assert result == {"visit_id": ref.visit_id, "outcome": PROJECTED, "projection_key": key,
+                      "projection_id": projection_id(ref.visit_id, epoch_ms(RECEIVED))}
+    assert list(world.projections.objects) == [key]
+    assert world.projections.get(key) == dumps(entry).encode("utf-8")
+    kept = json.loads(world.projections.get(key))
+    assert kept["supersedes"] is None and kept["version"] == version_ms(ref.version)
+    assert kept["visit_id"] == ref.visit_id
+    assert world.store.writes() == [] and world.store.status(ref) == PENDING  # projecting changes no status
+
+
+def test_project_of_a_resubmission_supersedes_the_previous_version(world: World) -> None:
+    first = world.stored(status=SUPERSEDED)
+    second = world.stored(received=RECEIVED + timedelta(minutes=5))
+    assert first.visit_id == second.visit_id and first.version < second.version
+    result = world.service().project(second)
+    kept = json.loads(world.projections.get(result["projection_key"]))
+    assert kept["supersedes"] == projection_id(first.visit_id, version_ms(first.version))
+    assert kept["version"] == version_ms(second.version) == epoch_ms(RECEIVED + timedelta(minutes=5))
+    assert kept["projection_id"] == result["projection_id"] != kept["supersedes"]
+
+
+def test_project_of_a_visit_no_longer_pending_is_skipped(world: World) -> None:
+    ref = world.stored(status=DELIVERED)
+    assert world.service().project(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.projections.objects == {} and world.store.calls == ["load"]
+
+
+def test_project_needs_a_projection_store(world: World) -> None:
+    ref = world.stored()
+    with pytest.raises(RuntimeError, match="projection store"):
+        replace(world.service(), projections=None).project(ref)
+
+
+# --- deliver -------------------------------------------------------------------------------------------
+
+def _projected(world: World, ref: VisitRef) -> str:
+    key: str = world.service().project(ref)["projection_key"]
+    return key
+
+
+def test_deliver_marks_delivered_with_latency_from_receipt(world: World) -> None:
+    ref = world.stored()
+    key = _projected(world, ref)
+    result = world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    latency = (T - RECEIVED) // timedelta(milliseconds=1)
+    assert latency == 3_600_250
+    assert result == {"visit_id": ref.visit_id, "outcome": DELIVERED, "latency_ms": latency}
+    item = world.store.items[ref]
+    assert item.status == DELIVERED and item.delivered_at == T and item.latency_ms == latency
+    assert item.receipt_id == "vneid-1" and item.next_attempt_at is None
+    assert world.vneid.calls == [("ck", json.loads(world.projections.get(key)))]
+    assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]
+    assert world.metrics.latencies == [("DeliveryLatency", latency)]
+
+
+def test_deliver_at_the_deadline_is_in_time_and_after_it_is_not(world: World) -> None:
+    on_time, late = world.stored(1), world.stored(2)
+    for ref, now in ((on_time, DEADLINE), (late, DEADLINE + timedelta(milliseconds=1))):
+        key = _projected(world, ref)
+        assert world.service(now).deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
+    assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime", "VisitsDelivered"]
+    assert world.store.items[late].latency_ms == 24 * 3_600_000 + 1
+
+
+def test_deliver_superseded_at_vneid_marks_superseded(world: World) -> None:
+    world.vneid.outcome = "superseded"
+    ref = world.stored()
+    key = _projected(world, ref)
+    assert world.service().deliver(ref, citizen_key="ck", projection_key=key) == {"visit_id": ref.visit_id,
+                                                                                  "outcome": SUPERSEDED}
+    item = world.store.items[ref]
+    assert item.status == SUPERSEDED and item.superseded_at == T and item.delivered_at is None
+    assert world.metrics.counts == [] and world.metrics.latencies == []
+
+
+@pytest.mark.parametrize("error", [RetryableDeliveryError("503", status=503),
+                                   PermanentDeliveryError("403", status=403)], ids=["retryable", "permanent"])
+def test_deliver_errors_propagate_and_change_nothing(world: World, error: Exception) -> None:
+    world.vneid.fail = error
+    ref = world.stored()
+    key = _projected(world, ref)
+    with pytest.raises(type(error)):
+        world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    assert len(world.vneid.calls) == 1
+    assert world.store.writes() == [] and world.store.status(ref) == PENDING
+    assert world.metrics.counts == [] and world.metrics.latencies == []
+
+
+def test_a_second_deliver_of_the_same_visit_is_skipped(world: World) -> None:
+    ref = world.stored()
+    key = _projected(world, ref)
+    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
+    again = world.service(T + timedelta(minutes=1)).deliver(ref, citizen_key="ck", projection_key=key)
+    assert again == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert len(world.vneid.calls) == 1
+    assert world.store.items[ref].delivered_at == T
+    assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]
+
+
+def test_deliver_recorded_first_by_a_concurrent_execution_is_skipped_and_not_counted(world: World) -> None:
+    ref = world.stored()
+    key = _projected(world, ref)
+    world.store.race[ref] = DELIVERED
+    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == SKIPPED
+    assert len(world.vneid.calls) == 1  # the PUT happened (VNeID's Idempotency-Key makes it a replay)
+    assert world.store.items[ref].delivered_at is None
+    assert world.metrics.counts == [] and world.metrics.latencies == []
+
+
+def test_deliver_superseded_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
+    world.vneid.outcome = "superseded"
+    ref = world.stored()
+    key = _projected(world, ref)
+    world.store.race[ref] = DEADLINE_BREACHED
+    result = world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    assert world.store.status(ref) == DEADLINE_BREACHED
+    assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+
+
+def test_deliver_needs_vneid_and_the_projection_store(world: World) -> None:
+    ref = world.stored()
+    for service in (replace(world.service(), vneid=None), replace(world.service(), projections=None)):
+        with pytest.raises(RuntimeError, match="VNeID client and the projection store"):
+            service.deliver(ref, citizen_key="ck", projection_key="k")
+    assert world.store.calls == []
+
+
+def test_the_fast_path_delivers_the_entry_under_the_citizen_key(world: World) -> None:
+    ref = world.stored()
+    service = world.service()
+    matched = service.reconcile(ref)
+    projected = service.project(ref)
+    delivered = service.deliver(ref, citizen_key=matched["citizen_key"], projection_key=projected["projection_key"])
+    assert [matched["outcome"], projected["outcome"], delivered["outcome"]] == [MATCHED, PROJECTED, DELIVERED]
+    (key, entry), = world.vneid.calls
+    assert key == citizen_key(PEPPER, _id_number(1))
+    assert entry["projection_id"] == projected["projection_id"]
+    assert summarise([delivered]) == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
+
+
+# --- settle --------------------------------------------------------------------------------------------
+
+def test_settle_before_the_cutoff_defers(world: World) -> None:
+    ref = world.stored(attempts=2, next_attempt_at=T - timedelta(minutes=1))
+    result = world.service().settle(ref, "RetryableDeliveryError")
+    expected = TIMING.next_attempt(T, 3, DEADLINE, random.Random(0))
+    assert result == {"visit_id": ref.visit_id, "outcome": DEFERRED, "next_attempt_at": iso_utc(expected),
+                      "error": "RetryableDeliveryError"}
+    item = world.store.items[ref]
+    assert item.status == PENDING and item.attempts == 3 and item.next_attempt_at == expected
+    assert item.last_error == "RetryableDeliveryError" and item.last_attempt_at == T
+    assert T + TIMING.retry_base / 2 <= expected <= T + TIMING.retry_base * 4  # attempt 3: at most base * 2^2
+    assert world.metrics.names() == ["DeliveryDeferred"]
+
+
+@pytest.mark.parametrize(("error", "kept"), [
+    ("E" * 200, "E" * 80),
+    ("  States.TaskFailed  ", "States.TaskFailed"),
+    (None, "Unknown"),
+    ("", "Unknown"),
+    ("   ", "Unknown"),
+])
+def test_settle_keeps_the_error_name_clipped(world: World, error: str | None, kept: str) -> None:
+    ref = world.stored()
+    assert world.service().settle(ref, error)["error"] == kept
+    assert world.store.items[ref].last_error == kept
+
+
+def test_settle_near_the_cutoff_waits_until_the_cutoff_at_most(world: World) -> None:
+    ref = world.stored(attempts=9)
+    now = CUTOFF - timedelta(seconds=1)
+    assert world.service(now).settle(ref, "PermanentDeliveryError")["outcome"] == DEFERRED
+    assert world.store.items[ref].next_attempt_at == CUTOFF
+
+
+@pytest.mark.parametrize("now", [CUTOFF, CUTOFF + timedelta(minutes=1), DEADLINE + timedelta(hours=1)],
+                         ids=["at-cutoff", "after-cutoff", "after-deadline"])
+def test_settle_from_the_cutoff_breaches(world: World, now: datetime) -> None:
+    ref = world.stored(attempts=4)
+    result = world.service(now).settle(ref, "RetryableDeliveryError")
+    assert result == {"visit_id": ref.visit_id, "outcome": DEADLINE_BREACHED, "error": "RetryableDeliveryError"}
+    item = world.store.items[ref]
+    assert item.status == DEADLINE_BREACHED and item.breached_at == now and item.next_attempt_at is None
+    assert item.last_error == "RetryableDeliveryError" and item.attempts == 4
+    assert world.metrics.names() == ["DeadlineBreached"]
+    assert summarise([result])["breached"] == [ref.visit_id]
+
+
+@pytest.mark.parametrize("now", [T, CUTOFF])
+def test_settle_of_a_visit_no_longer_pending_is_skipped(world: World, now: datetime) -> None:
+    ref = world.stored(status=DELIVERED)
+    assert world.service(now).settle(ref, "X") == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.store.calls == ["load"] and world.store.status(ref) == DELIVERED
+    assert world.metrics.counts == []
+
+
+@pytest.mark.parametrize("now", [T, CUTOFF])
+def test_settle_lost_to_a_concurrent_change_is_skipped(world: World, now: datetime) -> None:
+    ref = world.stored()
+    world.store.race[ref] = DELIVERED
+    assert world.service(now).settle(ref, "X")["outcome"] == SKIPPED
+    item = world.store.items[ref]
+    assert item.status == DELIVERED and item.attempts == 0 and item.last_error is None
+    assert world.metrics.counts == []
+
+
+# --- summarise -----------------------------------------------------------------------------------------
+
+def test_summarise_counts_outcomes_and_lists_breached_visits() -> None:
+    results: list[Any] = [
+        {"visit_id": "1#a", "outcome": DELIVERED}, {"visit_id": "1#b", "outcome": DEADLINE_BREACHED},
+        {"visit_id": "1#c", "outcome": SKIPPED}, {"visit_id": "1#d", "outcome": DELIVERED},
+        {"visit_id": "1#e", "outcome": DEADLINE_BREACHED}, {"visit_id": "1#f"}, None, "UNSETTLED",
+    ]
+    assert summarise(results) == {"counts": {DEADLINE_BREACHED: 2, DELIVERED: 2, SKIPPED: 1, "UNKNOWN": 3},
+                                  "breached_count": 2, "breached": ["1#b", "1#e"]}
+    assert summarise([]) == {"counts": {}, "breached_count": 0, "breached": []}
+
+
+def test_summarise_lists_at_most_a_batch_of_breached_ids_but_counts_them_all() -> None:
+    results = [{"visit_id": f"1#{n}", "outcome": DEADLINE_BREACHED} for n in range(MAX_BATCH + 7)]
+    summary = summarise(results)
+    assert summary["breached_count"] == MAX_BATCH + 7
+    assert summary["breached"] == [f"1#{n}" for n in range(MAX_BATCH)]
+    assert list(summary["counts"]) == [DEADLINE_BREACHED]
+
+
+# --- the sweep -----------------------------------------------------------------------------------------
+
+@dataclass
+class SweepWorld:
+    store: FakeStatusStore
+    starter: RecordingStarter
+    notifier: RecordingNotifier
+    metrics: RecordingMetrics
+
+    def sweeper(self, *, batch_size: int = MAX_BATCH, limit: int = 5000) -> Sweeper:
+        return Sweeper(store=self.store, starter=self.starter, timing=TIMING, notifier=self.notifier,
+                       metrics=self.metrics, batch_size=batch_size, limit=limit)
+
+    def visit(self, n: int, *, received: datetime = RECEIVED, **item: Any) -> VisitRef:
+        ref = VisitRef(f"79001#LK{n:04d}", version_key(received, f"{n:064x}"))
+        return self.store.add(ref, received_at=received, **item)
+
+
+@pytest.fixture
+def sweep_world() -> SweepWorld:
+    return SweepWorld(FakeStatusStore(), RecordingStarter(), RecordingNotifier(), RecordingMetrics())
+
+
+def test_sweep_claims_due_visits_and_starts_them_in_batches(sweep_world: SweepWorld) -> None:
+    refs = [sweep_world.visit(n, received=RECEIVED + timedelta(seconds=n)) for n in range(5)]
+    report = sweep_world.sweeper(batch_size=2).sweep(T, "sweep-20261122T0400")
+    assert sweep_world.starter.starts == [("sweep-20261122T0400-0", refs[0:2]), ("sweep-20261122T0400-1", refs[2:4]),
+                                          ("sweep-20261122T0400-2", refs[4:5])]
+    assert report == SweepReport(claimed=5, executions=3, breached=[], lost_claims=0)
+    assert all(sweep_world.store.items[r].next_attempt_at == T + TIMING.lease for r in refs)
+    assert all(sweep_world.store.status(r) == PENDING for r in refs)
+    assert sweep_world.notifier.messages == [] and sweep_world.metrics.counts == []
+
+
+def test_sweep_of_an_exact_batch_starts_no_empty_execution(sweep_world: SweepWorld) -> None:
+    refs = [sweep_world.visit(n) for n in range(4)]
+    report = sweep_world.sweeper(batch_size=2).sweep(T, "run")
+    assert [name for name, _ in sweep_world.starter.starts] == ["run-0", "run-1"]
+    assert [v for _, batch in sweep_world.starter.starts for v in batch] == sorted(refs, key=lambda r: r.visit_id)
+    assert report.executions == 2 and report.claimed == 4
+
+
+def test_sweep_leaves_leased_and_settled_visits_alone(sweep_world: SweepWorld) -> None:
+    leased = sweep_world.visit(1, next_attempt_at=T + timedelta(seconds=1))
+    done = sweep_world.visit(2, status=DELIVERED)
+    due = sweep_world.visit(3, next_attempt_at=T)  # due exactly now
+    report = sweep_world.sweeper().sweep(T, "run")
+    assert sweep_world.starter.starts == [("run-0", [due])]
+    assert report.claimed == 1
+    assert sweep_world.store.items[leased].next_attempt_at == T + timedelta(seconds=1)
+    assert sweep_world.store.status(done) == DELIVERED
+
+
+def test_sweep_breaches_visits_past_their_deadline_not_merely_the_cutoff(sweep_world: SweepWorld) -> None:
+    now = RECEIVED + timedelta(days=2)
+    past_cutoff = sweep_world.visit(1, received=now - TIMING.deadline + timedelta(minutes=30))
+    at_deadline = sweep_world.visit(2, received=now - TIMING.deadline)
+    past_deadline = sweep_world.visit(3, received=now - TIMING.deadline - timedelta(hours=3))
+    assert TIMING.cutoff(sweep_world.store.items[past_cutoff].deadline_at) < now
+    report = sweep_world.sweeper().sweep(now, "run")
+    assert sweep_world.starter.starts == [("run-0", [past_cutoff])]  # the workflow escalates it at settle
+    assert report.breached == [past_deadline.visit_id, at_deadline.visit_id]  # nearest deadline first
+    for ref in (at_deadline, past_deadline):
+        item = sweep_world.store.items[ref]
+        assert item.status == DEADLINE_BREACHED and item.last_error == "NotDeliveredByDeadline"
+        assert item.breached_at == now
+    assert sweep_world.metrics.names() == ["DeadlineBreached", "DeadlineBreached"]
+    (subject, message), = sweep_world.notifier.messages
+    assert "deadline" in subject
+    assert message == {"source": "sweep", "breached_count": 2,
+                       "breached": [past_deadline.visit_id, at_deadline.visit_id], "at": iso_utc(now)}
+    assert report.to_dict() == {"claimed": 1, "executions": 1, "breached_count": 2,
+                                "breached": [past_deadline.visit_id, at_deadline.visit_id], "lost_claims": 0}
+
+
+def test_sweep_respects_its_limit(sweep_world: SweepWorld) -> None:
+    refs = [sweep_world.visit(n, received=RECEIVED + timedelta(seconds=n)) for n in range(7)]
+    report = sweep_world.sweeper(batch_size=2, limit=3).sweep(T, "run")
+    assert report.claimed == 3 and report.executions == 2
+    assert [v for _, batch in sweep_world.starter.starts for v in batch] == refs[:3]
+    assert all(sweep_world.store.items[r].next_attempt_at is None for r in refs[3:])
+    again = sweep_world.sweeper(batch_size=2, limit=3).sweep(T, "next")  # the rest wait for the next sweep
+    assert again.claimed == 3
+    assert [v for _, batch in sweep_world.starter.starts[2:] for v in batch] == refs[3:6]
+
+
+def test_sweep_counts_claims_lost_to_a_concurrent_sweep(sweep_world: SweepWorld) -> None:
+    taken, settled, free = (sweep_world.visit(n, received=RECEIVED + timedelta(seconds=n)) for n in range(3))
+    sweep_world.store.lease_race[taken] = T + timedelta(minutes=5)  # another sweep leased it first
+    sweep_world.store.race[settled] = DELIVERED  # delivered by an execution between the query and the claim
+    report = sweep_world.sweeper().sweep(T, "run")
+    assert report == SweepReport(claimed=1, executions=1, breached=[], lost_claims=2)
+    assert sweep_world.starter.starts == [("run-0", [free])]
+    assert sweep_world.store.items[taken].next_attempt_at == T + timedelta(minutes=5)
+    assert sweep_world.notifier.messages == []
+
+
+def test_sweep_backstop_lost_to_a_concurrent_change_is_not_reported(sweep_world: SweepWorld) -> None:
+    now = RECEIVED + timedelta(days=2)
+    ref = sweep_world.visit(1)
+    sweep_world.store.race[ref] = DELIVERED
+    report = sweep_world.sweeper().sweep(now, "run")
+    assert report == SweepReport()
+    assert sweep_world.notifier.messages == [] and sweep_world.metrics.counts == []
+
+
+def test_sweep_with_nothing_due_starts_and_notifies_nothing(sweep_world: SweepWorld) -> None:
+    sweep_world.visit(1, next_attempt_at=T + TIMING.lease)
+    report = sweep_world.sweeper().sweep(T, "run")
+    assert report == SweepReport() and report.to_dict()["breached_count"] == 0
+    assert sweep_world.starter.starts == [] and sweep_world.notifier.messages == []
+
+
+def test_sweep_without_a_notifier_still_breaches(sweep_world: SweepWorld) -> None:
+    ref = sweep_world.visit(1)
+    sweeper = replace(sweep_world.sweeper(), notifier=None)
+    assert sweeper.sweep(RECEIVED + timedelta(days=2), "run").breached == [ref.visit_id]
+    assert sweep_world.store.status(ref) == DEADLINE_BREACHED
+
+
+def test_sweep_notification_lists_at_most_a_batch_of_ids(sweep_world: SweepWorld) -> None:
+    for n in range(MAX_BATCH + 3):
+        sweep_world.visit(n)
+    report = sweep_world.sweeper().sweep(RECEIVED + timedelta(days=2), "run")
+    (_, message), = sweep_world.notifier.messages
+    assert message["breached_count"] == MAX_BATCH + 3 and len(message["breached"]) == MAX_BATCH
+    assert len(report.breached) == MAX_BATCH + 3 and len(report.to_dict()["breached"]) == MAX_BATCH
+
+
+def test_batches_split_refs_in_order() -> None:
+    refs = [VisitRef(f"79001#{n}", "v") for n in range(5)]
+    assert list(batches(refs, 2)) == [refs[0:2], refs[2:4], refs[4:5]]
+    assert list(batches(refs)) == [refs]
+    assert list(batches([], 2)) == []
