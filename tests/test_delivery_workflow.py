@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
-from healthbook.aws.sandbox import LambdaContext, create_tables, lambdas_in_process, load_function
+from healthbook.aws.sandbox import (
+    MOTO_CONFIG,
+    LambdaContext,
+    create_delivery,
+    create_tables,
+    lambdas_in_process,
+    load_function,
+)
 from healthbook.delivery import VisitRef
 from healthbook.generate import Visit, build_visit, submission
 from healthbook.ingest import VisitVersion
@@ -40,14 +47,9 @@ moto = pytest.importorskip("moto")
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-ASL = ROOT / "infra" / "statemachine" / "delivery.asl.json"
 REGION = "ap-southeast-1"
 PEPPER = "workflow-pepper-0123456789"
-VISITS, PROJECTIONS = "healthbook-wf-visits", "healthbook-wf-projections"
-FUNCTIONS = {"ReconcileFunctionArn": ("healthbook-wf-reconcile", "reconcile_handler"),
-             "ProjectFunctionArn": ("healthbook-wf-project", "project_handler"),
-             "DeliverFunctionArn": ("healthbook-wf-deliver", "deliver_handler"),
-             "SettleFunctionArn": ("healthbook-wf-settle", "settle_handler")}
+VISITS, PROJECTIONS = "healthbook-wf-visits", "healthbook-wf-projections"  # create_delivery names it
 TIMING = {"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2", "RETRY_BASE_SECONDS": "0.5",
           "RETRY_MAX_SECONDS": "1"}
 
@@ -112,42 +114,24 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     _compress_retry_waits(monkeypatch)
     people = FakePopulation()
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}), \
-            FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
+    with mock_aws(config=MOTO_CONFIG), FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
         aws = SimpleNamespace(**{name: boto3.client(service) for name, service in (
             ("ddb", "dynamodb"), ("s3", "s3"), ("sfn", "stepfunctions"), ("sns", "sns"), ("sqs", "sqs"),
-            ("lam", "lambda"), ("iam", "iam"), ("secrets", "secretsmanager"))})
+            ("secrets", "secretsmanager"))})
         create_tables(aws.ddb, {"SUBMISSIONS_TABLE": "healthbook-wf-submissions", "VISITS_TABLE": VISITS,
                                 "FACILITIES_TABLE": "healthbook-wf-facilities",
                                 "IDEMPOTENCY_TABLE": "healthbook-wf-idempotency"})
-        aws.s3.create_bucket(Bucket=PROJECTIONS, CreateBucketConfiguration={"LocationConstraint": REGION})
         pepper = aws.secrets.create_secret(Name="wf/pepper", SecretString=json.dumps({"pepper": PEPPER}))["ARN"]
-        credentials = aws.secrets.create_secret(Name="wf/vneid", SecretString=json.dumps(
-            {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
-             "client_secret": vneid.client_secret}))["ARN"]
-        topic = aws.sns.create_topic(Name="healthbook-wf-deadline")["TopicArn"]
+        stack = create_delivery("healthbook-wf", visits_table=VISITS, pepper_secret=pepper, vneid_url=vneid.url,
+                                population_url=population.url, vneid_credentials={
+                                    "type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
+                                    "client_secret": vneid.client_secret})
         inbox = aws.sqs.create_queue(QueueName="deadline-inbox")["QueueUrl"]
         inbox_arn = aws.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        aws.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)
-        role = aws.iam.create_role(RoleName="wf", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        module = load_function("delivery")
-        substitutions = {"DeadlineTopicArn": topic}
-        handlers = {}
-        for placeholder, (function, handler) in FUNCTIONS.items():
-            substitutions[placeholder] = aws.lam.create_function(
-                FunctionName=function, Runtime="python3.13", Role=role, Handler=f"app.{handler}",
-                Code={"ZipFile": b"in process"})["FunctionArn"]
-            handlers[function] = getattr(module, handler)
-        definition = ASL.read_text(encoding="utf-8")
-        for name, value in substitutions.items():
-            definition = definition.replace("${" + name + "}", value)
-        machine = aws.sfn.create_state_machine(name="healthbook-wf-delivery", definition=definition, roleArn=role,
-                                               type="EXPRESS")["stateMachineArn"]
-        for name, value in {"VISITS_TABLE": VISITS, "PROJECTIONS_BUCKET": PROJECTIONS, "CITIZEN_PEPPER_SECRET": pepper,
-                            "POPULATION_URL": population.url, "VNEID_URL": vneid.url, "VNEID_SECRET": credentials,
-                            "VNEID_TIMEOUT_SECONDS": "2", "DELIVERY_STATE_MACHINE_ARN": machine,
-                            "DEADLINE_TOPIC_ARN": topic}.items():
+        aws.sns.subscribe(TopicArn=stack.topic_arn, Protocol="sqs", Endpoint=inbox_arn)
+        for name, value in {**stack.environment, "VNEID_TIMEOUT_SECONDS": "2"}.items():
             monkeypatch.setenv(name, value)
+        module, machine, handlers = load_function("delivery"), stack.machine_arn, stack.handlers
         module.reset()
         load_function("sweep").reset()
         with lambdas_in_process(handlers) as calls:

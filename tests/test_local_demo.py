@@ -17,6 +17,13 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, capsys: pytest.Captur
     assert "receipts written and verified offline: 24/24" in printed
     assert "redelivered 10 messages: records unchanged" in printed
     assert "labelled defects missed: 0; clean files rejected: 0" in printed
+    delivered = re.search(r"health book: (\d+) visits delivered to VNeID, (\d+) awaiting identity reconciliation",
+                          printed)
+    assert delivered, printed
+    accepted = int(re.search(r"total\s+24\s+(\d+)", printed).group(1))  # type: ignore[union-attr]
+    assert int(delivered.group(1)) + int(delivered.group(2)) == accepted and int(delivered.group(1)) > 0
+    assert ", 0 pending, 0 past the deadline" in printed
+    assert "<html" in (out / "citizen.html").read_text(encoding="utf-8").lower()
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert len(manifest) == 24 and len(list((out / "receipts").rglob("*.receipt.json"))) == 24
     log = (out / "lambda.log").read_text(encoding="utf-8")

@@ -1,11 +1,16 @@
 """The main job, locally: facilities sign and upload claims; the ingest function turns them into records
-and signed receipts. Everything runs in-process on moto (no Docker, no AWS account).
+and signed receipts, and the delivery workflow puts each accepted visit into the citizen's (fake) VNeID health
+book. Everything runs in-process on moto (no Docker, no AWS account).
 
 Facilities get certificates from a development PKI; files come from the generator, some with a labelled
 defect, a few tampered after signing or dropped in another facility's folder. Each upload becomes the
 SQS message S3 would send, and the real handler (functions/ingest/app.py) processes them in batches.
-Output: out/inbox (what was uploaded), out/receipts (what came back), out/lambda.log (the function's
-logs and metrics), a manifest of the labels, and a summary table.
+The delivery workflow is infra/statemachine/delivery.asl.json on moto's Step Functions interpreter, its tasks
+the real handlers; a fake population service (a few citizens registered with other names or not at all) and a
+fake VNeID answer over HTTP on 127.0.0.1.
+Output: out/inbox (what was uploaded), out/receipts (what came back), out/lambda.log (the functions' logs and
+metrics), out/citizen.html (one citizen's health book as VNeID shows it), a manifest of the labels, and a
+summary table.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,9 @@ from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.xmldsig import sign_submission
 
+# Variables create_delivery sets, put back when the demo ends.
+DELIVERY_ENV = ("PROJECTIONS_BUCKET", "POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN",
+                "DEADLINE_TOPIC_ARN")
 FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
 BATCH = 10
 
@@ -84,7 +92,7 @@ def _files(out: Path, pki: dict[str, Path], visits: int, seed: int,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         entries.append({"key": f"inbox/{folder}/{name}", "facility": code, "ma_lk": visit.ma_lk,
-                        "scenario": visit.scenario, "defect": label, "path": path})
+                        "scenario": visit.scenario, "defect": label, "path": path, "visit": visit})
     return entries
 
 
@@ -93,14 +101,23 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
 
     from healthbook.aws.facilities import FacilitiesRepository
     from healthbook.aws.sandbox import (
+        MOTO_CONFIG,
+        MOTO_LOCK,
         NAMES,
         REGION,
         LambdaContext,
         build,
+        create_delivery,
         kms_signs_digests_like_aws,
+        lambdas_in_process,
+        load_function,
         load_ingest_handler,
         s3_event_message,
+        wait_for_executions,
     )
+    from healthbook.reconcile import FakePopulation
+    from healthbook.reconcile.server import FakePopulationServer
+    from healthbook.vneid.fake import FakeVneid
 
     started = time.perf_counter()
     pki = dev_pki(out / "pki")
@@ -108,50 +125,101 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     env: dict[str, str | None] = {
         "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
         "AWS_ENDPOINT_URL": None, "AWS_PROFILE": None, "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_SERVICE_NAME": "healthbook-ingest", "POWERTOOLS_METRICS_NAMESPACE": "Healthbook",
-        "POWERTOOLS_LOG_LEVEL": "INFO", "RECEIPT_KEY_ID": None, **NAMES}
+        "POWERTOOLS_SERVICE_NAME": None, "POWERTOOLS_METRICS_NAMESPACE": "Healthbook",
+        "POWERTOOLS_LOG_LEVEL": "INFO", "RECEIPT_KEY_ID": None, **NAMES, **dict.fromkeys(DELIVERY_ENV)}
     log = io.StringIO()
-    with _environment(env), mock_aws(), kms_signs_digests_like_aws():
+    # Who the population database knows: most citizens as they are, a few under another name or not at all.
+    people = FakePopulation.from_visits([e["visit"] for e in entries], mismatch_rate=0.04, unknown_rate=0.03,
+                                        seed=seed)
+    with _environment(env), mock_aws(config=MOTO_CONFIG), kms_signs_digests_like_aws(), \
+            FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
         box = build(pki["ca"].read_text(), pepper="sandbox-pepper-not-a-secret")
         os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id
+        stack = create_delivery("healthbook-sandbox", visits_table=NAMES["VISITS_TABLE"],
+                                pepper_secret=NAMES["CITIZEN_PEPPER_SECRET"], vneid_url=vneid.url,
+                                population_url=population.url, vneid_credentials={
+                                    "type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
+                                    "client_secret": vneid.client_secret})
+        os.environ.update(stack.environment)
         registry = FacilitiesRepository(box_table(box, "FACILITIES_TABLE"))
         for code in FACILITIES:
             _, name, province = facility_named(code)
             registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()))
-        app = load_ingest_handler()
-        # Powertools keeps one logging handler per service for the whole process: point it at the log.
-        previous_stream = app.logger.registered_handler.setStream(log)
+        app, delivery = load_ingest_handler(), load_function("delivery")
+        # Powertools keeps one logging handler per service for the whole process: point them at the log.
+        previous_streams = [(m, m.logger.registered_handler.setStream(log)) for m in (app, delivery)]
         app.reset()
-        received = datetime.now(UTC).replace(microsecond=0)
+        delivery.reset()
         messages = []
         for number, entry in enumerate(entries):
             data = entry["path"].read_bytes()
             version = box.s3.put_object(Bucket=NAMES["INBOX_BUCKET"], Key=entry["key"], Body=data)["VersionId"]
             messages.append(s3_event_message(NAMES["INBOX_BUCKET"], entry["key"], version, size=len(data),
-                                             at=received + timedelta(seconds=number), message_id=f"m-{number}"))
+                                             at=datetime.now(UTC), message_id=f"m-{number}"))
         failed: list[str] = []
         processing = time.perf_counter()
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), lambdas_in_process(stack.handlers):
             for start in range(0, len(messages), BATCH):
-                response = app.lambda_handler({"Records": messages[start:start + BATCH]}, LambdaContext())
+                with MOTO_LOCK:  # the delivery executions it starts run in moto's threads meanwhile
+                    response = app.lambda_handler({"Records": messages[start:start + BATCH]}, LambdaContext())
                 failed += [f["itemIdentifier"] for f in response["batchItemFailures"]]
             processing = time.perf_counter() - processing
+            wait_for_executions(stack.machine_arn)  # ingest started one delivery execution per accepted file
             before = _counts(box)
-            app.lambda_handler({"Records": messages[:BATCH]}, LambdaContext())  # S3 and SQS may deliver twice
+            with MOTO_LOCK:
+                app.lambda_handler({"Records": messages[:BATCH]}, LambdaContext())  # S3 and SQS may deliver twice
             after = _counts(box)
         receipts = _receipts(box, out, entries)
         pending = _pending(box)
+        book = _health_book(box, vneid, out)
         app.reset()
-        app.logger.registered_handler.setStream(previous_stream)
+        delivery.reset()
+        for module, stream in previous_streams:
+            module.logger.registered_handler.setStream(stream)
     (out / "lambda.log").write_text(log.getvalue(), encoding="utf-8")
-    manifest = [{k: v for k, v in e.items() if k != "path"} for e in entries]
+    manifest = [{k: v for k, v in e.items() if k not in ("path", "visit")} for e in entries]
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
     print(_summary(entries, receipts, box.public_key_pem, failed, before, after, pending, processing, out,
                    time.perf_counter() - started))
     missed = sum(1 for e in entries if e["defect"] and receipts[e["key"]].get("accepted"))
     false_alarms = sum(1 for e in entries if not e["defect"] and not receipts[e["key"]].get("accepted"))
     print(f"labelled defects missed: {missed}; clean files rejected: {false_alarms}")
-    return 0 if not (missed or false_alarms or failed) and before == after else 1
+    print(book["summary"])
+    return 0 if not (missed or false_alarms or failed or pending) and before == after else 1
+
+
+def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:
+    """What the delivery stage did with the accepted visits, and one citizen's book as VNeID shows it."""
+    import urllib.request
+
+    statuses: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    latencies: list[int] = []
+    citizen = None
+    for page in box.ddb.get_paginator("scan").paginate(TableName=box.names["VISITS_TABLE"]):
+        for item in page["Items"]:
+            if item["version"]["S"] == "LATEST":
+                continue
+            status = item["status"]["S"]
+            statuses[status] += 1
+            reasons.update(item.get("reconciliation_reasons", {}).get("SS", []))
+            if status == "DELIVERED":
+                latencies.append(int(item["latency_ms"]["N"]))
+                citizen = citizen or item["citizen_key"]["S"]
+    lines = [f"health book: {statuses['DELIVERED']} visits delivered to VNeID, "
+             f"{statuses['NEEDS_RECONCILIATION']} awaiting identity reconciliation"
+             + (f" ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})" if reasons else "")
+             + f", {statuses['PENDING']} pending, {statuses['DEADLINE_BREACHED']} past the deadline"]
+    if latencies:
+        latencies.sort()
+        p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+        lines.append(f"receipt -> VNeID: p50 {latencies[len(latencies) // 2] / 1000:.1f} s, p95 {p95 / 1000:.1f} s "
+                     f"(deadline 24 h); VNeID stored {vneid.delivery_count} entries")
+    if citizen:
+        with urllib.request.urlopen(f"{vneid.url}/v1/citizens/{citizen}/health-book.html", timeout=5) as page:
+            (out / "citizen.html").write_bytes(page.read())
+        lines.append(f"one citizen's health book as VNeID shows it: {out}/citizen.html")
+    return {"statuses": statuses, "summary": "\n".join(lines)}
 
 
 def box_table(box: Any, name: str) -> Any:
@@ -171,7 +239,11 @@ def _receipts(box: Any, out: Path, entries: list[dict[str, Any]]) -> dict[str, d
     for entry in entries:
         folder, name = entry["key"].split("/")[1:3]
         key = f"receipts/{folder}/{name}.receipt.json"
-        body = box.s3.get_object(Bucket=box.names["RECEIPTS_BUCKET"], Key=key)["Body"].read()
+        try:
+            body = box.s3.get_object(Bucket=box.names["RECEIPTS_BUCKET"], Key=key)["Body"].read()
+        except box.s3.exceptions.NoSuchKey:
+            found[entry["key"]] = {"missing": True}  # its message failed: see lambda.log
+            continue
         path = out / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
@@ -197,6 +269,8 @@ def _summary(entries: list[dict[str, Any]], receipts: dict[str, dict[str, Any]],
     verified = 0
     for entry in entries:
         receipt = receipts[entry["key"]]
+        if receipt.get("missing"):
+            continue
         verified += not verify_receipt(receipt, public)
         rows[(entry["facility"], "accepted" if receipt.get("accepted") else "rejected")] += 1
         for error in receipt.get("errors", []) + [e for v in receipt.get("visits", []) for e in v.get("errors", [])]:
@@ -209,7 +283,7 @@ def _summary(entries: list[dict[str, Any]], receipts: dict[str, dict[str, Any]],
     lines += ["-" * 37, f"{'total':<10}{len(entries):>7}{accepted:>10}{len(entries) - accepted:>10}", ""]
     lines.append(f"receipts written and verified offline: {verified}/{len(entries)}  (in {out}/receipts)")
     lines.append(f"records: {before[0]} submissions, {before[1]} visit items (versions + LATEST pointers); "
-                 f"{pending} visits PENDING for the health book")
+                 f"{pending} visits still PENDING for the health book")
     lines.append(f"redelivered {BATCH} messages: records {'unchanged' if before == after else f'CHANGED to {after}'}")
     lines.append(f"messages failed (would be retried, then DLQ): {len(failed)}")
     if codes:

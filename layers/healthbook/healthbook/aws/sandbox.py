@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ NAMES = {
     "IDEMPOTENCY_TABLE": "healthbook-sandbox-idempotency", "TRUST_BUNDLE_PARAMETER": "/healthbook/sandbox/trust-bundle",
     "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper",
 }
+# moto's backends are not thread-safe (a transaction deep-copies a table another thread may be changing), and
+# its Step Functions executions run in threads: one "Lambda" at a time holds this while it calls moto.
+MOTO_LOCK = threading.RLock()
+# moto runs Step Functions definitions only when asked; Lambda without Docker answers with canned payloads,
+# which lambdas_in_process replaces with our handlers.
+MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+# The delivery workflow's task states: substitution -> (function name suffix, handler in functions/delivery/app.py)
+DELIVERY_TASKS = {"ReconcileFunctionArn": ("reconcile", "reconcile_handler"),
+                  "ProjectFunctionArn": ("project", "project_handler"),
+                  "DeliverFunctionArn": ("deliver", "deliver_handler"),
+                  "SettleFunctionArn": ("settle", "settle_handler")}
 EVENT_TEMPLATE = {
     "messageId": "", "receiptHandle": "sandbox", "attributes": {"ApproximateReceiveCount": "1"},
     "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
@@ -190,7 +202,8 @@ def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
         event = json.loads(body) if body else {}
         context = LambdaContext(function_name=name, invoked_function_arn=self.get_function(name, None).function_arn)
         try:
-            result = handler(event, context)
+            with MOTO_LOCK:
+                result = handler(event, context)
         except Exception as exc:
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)[:200],
@@ -202,6 +215,72 @@ def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
         yield calls
     finally:
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+@dataclass
+class DeliveryStack:
+    """What create_delivery made: the environment the functions read and the in-process handlers."""
+
+    machine_arn: str
+    topic_arn: str
+    projections_bucket: str
+    environment: dict[str, str]
+    handlers: dict[str, Any]
+
+
+def create_delivery(prefix: str, *, visits_table: str, pepper_secret: str, vneid_url: str,
+                    vneid_credentials: dict[str, str], population_url: str) -> DeliveryStack:
+    """Inside ``mock_aws(config=MOTO_CONFIG)``: the delivery stage of template.yaml, the way moto can hold it.
+
+    The projections bucket, the VNeID credentials secret, the deadline topic, the four task functions and the
+    Express state machine from infra/statemachine/delivery.asl.json with its substitutions. The caller sets
+    ``environment`` (and the timing variables it wants) and runs the workflow inside
+    ``lambdas_in_process(handlers)``."""
+    import boto3
+
+    folder = functions_dir()
+    if folder is None:
+        raise FileNotFoundError("functions/ not found: run this from a checkout of the project")
+    s3, lam = boto3.client("s3"), boto3.client("lambda")
+    bucket = f"{prefix}-projections"
+    region = boto3.session.Session().region_name
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    credentials = boto3.client("secretsmanager").create_secret(
+        Name=f"{prefix}/vneid", SecretString=json.dumps(vneid_credentials))["ARN"]
+    topic = boto3.client("sns").create_topic(Name=f"{prefix}-deadline")["TopicArn"]
+    role = boto3.client("iam").create_role(RoleName=f"{prefix}-delivery", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    module = load_function("delivery")
+    substitutions, handlers = {"DeadlineTopicArn": topic}, {}
+    for placeholder, (suffix, handler) in DELIVERY_TASKS.items():
+        name = f"{prefix}-{suffix}"
+        substitutions[placeholder] = lam.create_function(FunctionName=name, Runtime="python3.13", Role=role,
+                                                         Handler=f"app.{handler}",
+                                                         Code={"ZipFile": b"runs in process"})["FunctionArn"]
+        handlers[name] = getattr(module, handler)
+    definition = (folder.parent / "infra" / "statemachine" / "delivery.asl.json").read_text(encoding="utf-8")
+    for placeholder, value in substitutions.items():
+        definition = definition.replace("${" + placeholder + "}", value)
+    machine = boto3.client("stepfunctions").create_state_machine(
+        name=f"{prefix}-delivery", definition=definition, roleArn=role, type="EXPRESS")["stateMachineArn"]
+    environment = {"VISITS_TABLE": visits_table, "PROJECTIONS_BUCKET": bucket, "CITIZEN_PEPPER_SECRET": pepper_secret,
+                   "POPULATION_URL": population_url, "VNEID_URL": vneid_url, "VNEID_SECRET": credentials,
+                   "DELIVERY_STATE_MACHINE_ARN": machine, "DEADLINE_TOPIC_ARN": topic}
+    return DeliveryStack(machine_arn=machine, topic_arn=topic, projections_bucket=bucket, environment=environment,
+                         handlers=handlers)
+
+
+def wait_for_executions(machine_arn: str, timeout: float = 120.0) -> None:
+    """Until moto has no RUNNING execution of the machine (moto lists Express executions; AWS does not)."""
+    import time
+
+    import boto3
+
+    sfn = boto3.client("stepfunctions")
+    give_up = time.monotonic() + timeout
+    while sfn.list_executions(stateMachineArn=machine_arn, statusFilter="RUNNING")["executions"]:
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"executions of {machine_arn} still running after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def functions_dir() -> Path | None:
