@@ -92,7 +92,7 @@ class World:
         return found
 
     def sweep(self) -> dict[str, Any]:
-        result: dict[str, Any] = load_function("sweep").lambda_handler({}, LambdaContext(function_name="sweep"))
+        result: dict[str, Any] = load_function("delivery").sweep_handler({}, LambdaContext(function_name="sweep"))
         return result
 
 
@@ -133,12 +133,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             monkeypatch.setenv(name, value)
         module, machine, handlers = load_function("delivery"), stack.machine_arn, stack.handlers
         module.reset()
-        load_function("sweep").reset()
         with lambdas_in_process(handlers) as calls:
             yield World(aws=aws, machine_arn=machine, vneid=vneid, population=population, people=people, calls=calls,
                         inbox=inbox)
         module.reset()
-        load_function("sweep").reset()
 
 
 def _visit(seed: int, scenario: str = "outpatient") -> Visit:

@@ -433,7 +433,7 @@ FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "inge
              "ProjectFunction": ("functions/delivery/", "app.project_handler", "project"),
              "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
-             "SweepFunction": ("functions/sweep/", "app.lambda_handler", "sweep")}
+             "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep")}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))

@@ -1,12 +1,14 @@
-"""Delivery functions: the task states of the delivery workflow (infra/statemachine/delivery.asl.json).
+"""Delivery functions: the task states of the delivery workflow (infra/statemachine/delivery.asl.json) and
+the sweep that restarts it.
 
-One module, four handlers, four functions in template.yaml (each with only the permissions its step needs):
+One module, five handlers, five functions in template.yaml (each with only the permissions its step needs):
 
     reconcile_handler   {visit_id, version}                              -> MATCHED | NEEDS_RECONCILIATION | SKIPPED
     project_handler     {visit_id, version}                              -> PROJECTED (projection_key) | SKIPPED
     deliver_handler     {visit_id, version, citizen_key, projection_key} -> DELIVERED | SUPERSEDED | SKIPPED
     settle_handler      {visit_id, version, error}                       -> DEFERRED | DEADLINE_BREACHED | SKIPPED
                         {results: [...]}                                 -> the execution's summary
+    sweep_handler       (EventBridge schedule, or invoked by hand)       -> claimed, executions, breached
 
 Thin on purpose: the logic is healthbook.delivery, the data access healthbook.aws. An exception leaves the
 handler with its class name as the Lambda errorType, which the state machine's Retry and Catch match
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -119,3 +122,17 @@ def settle_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return summary
     with _step():
         return _done(runtime().service().settle(_visit(event), event.get("error")))
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+def sweep_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Claim due PENDING visits, start executions of 50, breach what is past its deadline (delivery.Sweeper)."""
+    now = datetime.now(UTC)
+    report = runtime().sweeper().sweep(now, run_name=f"sweep-{now:%Y%m%dT%H%M%S}-{context.aws_request_id[:8]}")
+    metrics.add_metric(name="SweepClaimed", unit=MetricUnit.Count, value=report.claimed)
+    metrics.add_metric(name="SweepExecutions", unit=MetricUnit.Count, value=report.executions)
+    result = report.to_dict()
+    logger.info("sweep done", extra=result)
+    return result
