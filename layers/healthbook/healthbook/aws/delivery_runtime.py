@@ -51,19 +51,22 @@ class DeliveryRuntime:
             return cached
         value = build()
         self._cache[name] = (now, value)
+        close = getattr(hit[1], "close", None) if hit is not None else None
+        if callable(close):  # an HTTP client rebuilt after the TTL: release its connection pool
+            close()
         return value
 
     def store(self) -> DynamoVisitStatus:
-        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"),
-                                                               visits_table=_required(self.env, "VISITS_TABLE")))
+        table = _required(self.env, "VISITS_TABLE")  # before any client: a missing variable says so first
+        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=table))
 
     def projections(self) -> S3Projections:
-        return self._cached("projections", lambda: S3Projections(
-            client("s3"), bucket=_required(self.env, "PROJECTIONS_BUCKET")))
+        bucket = _required(self.env, "PROJECTIONS_BUCKET")
+        return self._cached("projections", lambda: S3Projections(client("s3"), bucket=bucket))
 
     def pepper(self) -> bytes:
-        return self._cached("pepper", lambda: load_pepper(client("secretsmanager"),
-                                                          _required(self.env, "CITIZEN_PEPPER_SECRET")))
+        secret = _required(self.env, "CITIZEN_PEPPER_SECRET")
+        return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), secret))
 
     def population(self) -> Any:
         def build() -> Any:
@@ -87,11 +90,7 @@ class DeliveryRuntime:
             return VneidClient(_required(self.env, "VNEID_URL"), auth=credentials_from_secret(secret["SecretString"]),
                                timeout=(3.05, timeout))
 
-        previous = self._cache.get("vneid")
-        built = self._cached("vneid", build, self.secrets_ttl)
-        if previous is not None and previous[1] is not built:
-            previous[1].close()
-        return built
+        return self._cached("vneid", build, self.secrets_ttl)
 
     def service(self, *, reconcile: bool = False, project: bool = False, deliver: bool = False) -> DeliveryService:
         return DeliveryService(
