@@ -18,6 +18,7 @@ handler with its class name as the Lambda errorType, which the state machine's R
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -130,7 +131,8 @@ def settle_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def sweep_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Claim due PENDING visits, start executions of 50, breach what is past its deadline (delivery.Sweeper)."""
     now = datetime.now(UTC)
-    report = runtime().sweeper().sweep(now, run_name=f"sweep-{now:%Y%m%dT%H%M%S}-{context.aws_request_id[:8]}")
+    # Unique per run: two sweeps may start in the same second (a schedule and an operator).
+    report = runtime().sweeper().sweep(now, run_name=f"sweep-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
     metrics.add_metric(name="SweepClaimed", unit=MetricUnit.Count, value=report.claimed)
     metrics.add_metric(name="SweepExecutions", unit=MetricUnit.Count, value=report.executions)
     result = report.to_dict()

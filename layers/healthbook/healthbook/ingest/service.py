@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -265,9 +266,11 @@ class IngestService:
         the delivery sweep takes them when their lease ends. Starting twice is harmless (docs/delivery.md)."""
         if self._delivery is None or not visits:
             return
+        run = uuid.uuid4().hex[:8]  # a retried ingest starts anew: execution names must not repeat
         for number, start in enumerate(range(0, len(visits), BATCH)):
             try:
-                self._delivery.start(f"ingest-{outcome.submission_id[:40]}-{number}", visits[start:start + BATCH])
+                self._delivery.start(f"ingest-{outcome.submission_id[:40]}-{run}-{number}",
+                                     visits[start:start + BATCH])
                 outcome.delivery_executions += 1
             except Exception as exc:  # the sweep is the safety net; say so and go on
                 log.warning("delivery start failed; the sweep will take these visits",

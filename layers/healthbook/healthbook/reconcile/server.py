@@ -1,6 +1,7 @@
-"""A fake population service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread,
-serving a :class:`~healthbook.reconcile.population.FakePopulation` (or any registry) under the HTTP contract
-that :class:`~healthbook.reconcile.http.PopulationClient` speaks (docs/reconciliation.md, "HTTP contract").
+"""A fake population service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread
+(the plumbing is :mod:`healthbook.fakeserver`'s), serving a :class:`~healthbook.reconcile.population.FakePopulation`
+(or any registry) under the HTTP contract that :class:`~healthbook.reconcile.http.PopulationClient` speaks
+(docs/reconciliation.md, "HTTP contract").
 
 Endpoints:
 
@@ -19,19 +20,18 @@ Nothing is logged: request lines carry ID numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import asdict
+from email.message import Message
 from types import FrameType
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from healthbook.fakeserver import Answer, FakeService, json_answer
 from healthbook.reconcile.matching import PopulationRegistry, PopulationUnavailable, id_format_ok
 from healthbook.reconcile.population import FakePopulation
 
@@ -40,37 +40,28 @@ __all__ = ["FakePopulationServer", "main"]
 FailMode = Literal["5xx", "timeout"]
 NOT_FOUND_CODE = "citizen_not_found"  # the same value as healthbook.reconcile.http.NOT_FOUND_CODE (stdlib only here)
 _CITIZEN_PATH = "/v1/citizens/"
-_MAX_BODY = 64 * 1024
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    body: bytes
-    content_type: str = "application/json; charset=utf-8"
+class FakePopulationServer(FakeService):
+    """``with FakePopulationServer.start(population) as server: client = PopulationClient(server.url)``.
 
+    :meth:`reset` forgets counters and injected failures; the population itself is kept."""
 
-def _json_answer(status: int, payload: Any) -> _Answer:
-    return _Answer(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
-
-
-class FakePopulationServer:
-    """``with FakePopulationServer.start(population) as server: client = PopulationClient(server.url)``."""
+    _server_version = "FakePopulation/1"
+    _thread_name = "fake-population"
+    _max_body = 64 * 1024
+    _api_prefix = "/v1/"
+    _fail_modes = ("5xx", "timeout")
+    _counters = ("lookups", "found", "not_found", "unauthorised")
 
     def __init__(self, population: PopulationRegistry, *, api_key: str | None = None) -> None:
         self.population = population
         self._api_key = api_key or None
-        self._lock = threading.RLock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.reset()
+        super().__init__()
 
     def __repr__(self) -> str:
         state = self.url if self._server is not None else "stopped"
         return f"FakePopulationServer({state}, {self.lookups} lookups)"
-
-    # -- lifecycle
 
     @classmethod
     def start(cls, population: PopulationRegistry, host: str = "127.0.0.1", port: int = 0,
@@ -79,66 +70,17 @@ class FakePopulationServer:
         server._serve(host, port)
         return server
 
-    def _serve(self, host: str, port: int) -> None:
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = self
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-population",
-                                        daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakePopulationServer is not running")
-        host, port = self._server.server_address[:2]
-        host_text = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{host_text}:{port}"
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers parked in a 'timeout' outage
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakePopulationServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- state and failure injection
-
-    def reset(self) -> None:
-        """Forget counters and injected failures (the population itself is kept)."""
-        with self._lock:
-            self._counts = {"requests": 0, "lookups": 0, "found": 0, "not_found": 0, "unauthorised": 0,
-                            "injected_failures": 0}
-            self._fail_mode: FailMode | None = None
-            self._fail_until = 0.0
 
     def fail(self, mode: FailMode = "5xx", seconds: float = 1.0) -> None:
         """An outage of ``seconds``: every ``/v1/`` request answers 503 (``5xx``), or hangs with no answer until
         the outage ends and then has its connection dropped (``timeout``). ``seconds=0`` ends an outage."""
-        if mode not in ("5xx", "timeout"):
-            raise ValueError(f"unknown failure mode {mode!r}")
-        with self._lock:
-            self._fail_mode = mode
-            self._fail_until = time.monotonic() + max(0.0, seconds)
+        self._begin_outage(mode, seconds)
 
     def counts(self) -> dict[str, int]:
         """``requests`` (to ``/v1/``), ``lookups`` (reached the population), ``found``, ``not_found``,
         ``unauthorised``, ``injected_failures``."""
-        with self._lock:
-            return dict(self._counts)
+        return super().counts()
 
     @property
     def lookups(self) -> int:
@@ -147,131 +89,43 @@ class FakePopulationServer:
 
     # -- request handling (called from handler threads)
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
-
-    def _injected(self) -> tuple[str, float]:
-        """What the failure injection does to this request: ("proceed" | "5xx" | "hang", seconds to hang)."""
-        with self._lock:
-            self._counts["requests"] += 1
-            remaining = self._fail_until - time.monotonic()
-            if self._fail_mode is None or remaining <= 0:
-                return "proceed", 0.0
-            self._counts["injected_failures"] += 1
-            return ("5xx", 0.0) if self._fail_mode == "5xx" else ("hang", remaining)
+    def _route(self, method: str, path: str, headers: Message, body: bytes) -> Answer:
+        raw_id = path[len(_CITIZEN_PATH):] if path.startswith(_CITIZEN_PATH) else ""
+        if not raw_id or "/" in raw_id:
+            return json_answer(404, {"error": "not_found"})
+        if method != "GET":
+            return json_answer(405, {"error": "method_not_allowed"})
+        return self._lookup(raw_id, headers.get("X-Api-Key"))
 
     def _authorised(self, presented: str | None) -> bool:
         if self._api_key is None:
             return True
         return presented is not None and secrets.compare_digest(presented.encode(), self._api_key.encode())
 
-    def _lookup(self, raw_id: str, presented_key: str | None) -> _Answer:
+    def _lookup(self, raw_id: str, presented_key: str | None) -> Answer:
         if not self._authorised(presented_key):
             self._count("unauthorised")
-            return _json_answer(401, {"error": "invalid_api_key"})
+            return json_answer(401, {"error": "invalid_api_key"})
         id_number = unquote(raw_id)
         if not id_format_ok(id_number):
-            return _json_answer(400, {"error": "invalid_id_number"})
+            return json_answer(400, {"error": "invalid_id_number"})
         try:
             with self._lock:  # FakePopulation is not thread-safe (its call counter)
                 self._counts["lookups"] += 1
                 citizen = self.population.lookup(id_number)
         except PopulationUnavailable:  # a registry that is itself a proxy
-            return _json_answer(503, {"error": "service_unavailable"})
+            return json_answer(503, {"error": "service_unavailable"})
         if citizen is None:
             self._count("not_found")
-            return _json_answer(404, {"error": NOT_FOUND_CODE})
+            return json_answer(404, {"error": NOT_FOUND_CODE})
         self._count("found")
-        return _json_answer(200, asdict(citizen))
+        return json_answer(200, asdict(citizen))
 
-    def _admin(self, path: str, body: bytes) -> _Answer:
-        try:
-            args = json.loads(body) if body else {}
-            if not isinstance(args, dict):
-                raise ValueError
-            if path == "/_admin/fail":
-                self.fail(args.get("mode", "5xx"), float(args.get("seconds", 1.0)))
-            elif path == "/_admin/reset":
-                self.reset()
-            elif path != "/_admin/stats":
-                return _json_answer(404, {"error": "not_found"})
-        except (ValueError, TypeError):
-            return _json_answer(400, {"error": "invalid_admin_request"})
-        return _json_answer(200, self.counts())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    fake: FakePopulationServer
-    protocol_version = "HTTP/1.1"
-    server_version = "FakePopulation/1"
-    # Buffered, so headers and body leave in one segment: written apart on a keep-alive connection, they meet
-    # Nagle's algorithm and the client's delayed ACK, and every lookup waits ~40 ms.
-    wbufsize = 64 * 1024
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the request line holds an ID number: never log it (this also silences log_error)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            raise ValueError("body too large")
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _handle(self, method: str) -> None:
-        fake = self.fake
-        path = self.path.split("?", 1)[0]
-        try:
-            body = self._read_body()
-        except ValueError:
-            self.close_connection = True
-            self._send(_json_answer(413, {"error": "too_large"}))
-            return
-        if path.startswith("/_admin/"):  # never failed, never counted as requests
-            self._send(fake._admin(path, body) if method == "POST" or path == "/_admin/stats"
-                       else _json_answer(405, {"error": "method_not_allowed"}))
-            return
-        if not path.startswith("/v1/"):
-            self._send(_json_answer(404, {"error": "not_found"}))
-            return
-        action, hang = fake._injected()
-        if action == "hang":
-            fake._stopping.wait(hang)
-            self.close_connection = True  # no answer at all: the client sees a read timeout or a dropped socket
-            return
-        if action == "5xx":
-            self._send(_json_answer(503, {"error": "service_unavailable"}))
-            return
-        raw_id = path[len(_CITIZEN_PATH):] if path.startswith(_CITIZEN_PATH) else ""
-        if not raw_id or "/" in raw_id:
-            self._send(_json_answer(404, {"error": "not_found"}))
-        elif method != "GET":
-            self._send(_json_answer(405, {"error": "method_not_allowed"}))
-        else:
-            self._send(fake._lookup(raw_id, self.headers.get("X-Api-Key")))
-
-    def _send(self, answer: _Answer) -> None:
-        try:
-            self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(answer.body)))
-            self.end_headers()
-            self.wfile.write(answer.body)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+    def _admin_action(self, path: str, args: dict[str, Any]) -> bool:
+        if path == "/_admin/fail":
+            self.fail(args.get("mode", "5xx"), float(args.get("seconds", 1.0)))
+            return True
+        return super()._admin_action(path, args)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -1,4 +1,5 @@
-"""A fake VNeID service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread.
+"""A fake VNeID service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread (the
+plumbing is :mod:`healthbook.fakeserver`'s).
 
 Endpoints (see docs/vneid-contract.md):
 
@@ -21,17 +22,18 @@ import html
 import json
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
+
+from healthbook.fakeserver import Answer, FakeService, json_answer
 
 __all__ = ["FIELD_LABELS", "GROUP_HEADINGS", "ITEM_TITLES", "FakeVneid", "StoredEntry", "entry_mapping",
            "render_health_book_html"]
@@ -40,7 +42,6 @@ FailMode = Literal["5xx", "timeout", "slow"]
 CITIZEN_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _ENTRY_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book/entries/([^/]+)$")
 _BOOK_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book(\.html)?$")
-_MAX_BODY = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,15 @@ class StoredEntry:
         }
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    body: bytes
-    content_type: str = "application/json; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _json_answer(status: int, payload: Any, *headers: tuple[str, str]) -> _Answer:
-    return _Answer(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=tuple(headers))
-
-
-class FakeVneid:
+class FakeVneid(FakeService):
     """In-memory VNeID: ``with FakeVneid.start() as fake: client = VneidClient(fake.url, auth=fake.oauth2())``."""
+
+    _server_version = "FakeVNeID/1"
+    _thread_name = "fake-vneid"
+    _max_body = 2 * 1024 * 1024
+    _methods = ("GET", "POST", "PUT")
+    _fail_modes = ("5xx", "timeout", "slow")
+    _counters = ("token_requests", "puts", "deliveries", "replays", "conflicts")
 
     def __init__(
         self,
@@ -91,11 +87,7 @@ class FakeVneid:
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
-        self._lock = threading.RLock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.reset()
+        super().__init__()
 
     # -- lifecycle
 
@@ -104,28 +96,6 @@ class FakeVneid:
         fake = cls(**kwargs)
         fake._serve(host, port)
         return fake
-
-    def _serve(self, host: str, port: int) -> None:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-vneid",
-                                        daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeVneid is not running")
-        host, port = self._server.server_address[:2]
-        host_text = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{host_text}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -137,34 +107,15 @@ class FakeVneid:
 
         return OAuth2ClientCredentials(self.token_url, self.client_id, self.client_secret, scope)
 
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers parked in a 'timeout' outage
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeVneid:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- state and failure injection
 
     def reset(self) -> None:
         """Forget entries, tokens, idempotency records, counters and injected failures."""
         with self._lock:
+            super().reset()
             self._books: dict[str, dict[str, StoredEntry]] = {}
-            self._idempotency: dict[str, tuple[str, _Answer]] = {}
+            self._idempotency: dict[str, tuple[str, Answer]] = {}
             self._tokens: dict[str, float] = {}
-            self._counts = {"requests": 0, "token_requests": 0, "puts": 0, "deliveries": 0, "replays": 0,
-                            "conflicts": 0, "injected_failures": 0}
-            self._fail_mode: FailMode | None = None
-            self._fail_until = 0.0
             self._fail_delay = 0.0
             self._slow_delay = 0.0
             self._respond_next: list[tuple[int, float | None]] = []
@@ -172,11 +123,8 @@ class FakeVneid:
     def fail(self, mode: FailMode = "5xx", seconds: float = 1.0, *, delay: float = 2.0) -> None:
         """An outage of ``seconds``: every request answers 503 (``5xx``), hangs with no answer until the outage
         ends and then drops the connection (``timeout``), or answers correctly after ``delay`` seconds (``slow``)."""
-        if mode not in ("5xx", "timeout", "slow"):
-            raise ValueError(f"unknown failure mode {mode!r}")
         with self._lock:
-            self._fail_mode = mode
-            self._fail_until = time.monotonic() + max(0.0, seconds)
+            self._begin_outage(mode, seconds)
             self._fail_delay = delay
 
     def slow(self, delay: float) -> None:
@@ -196,10 +144,6 @@ class FakeVneid:
         with self._lock:
             self._tokens.clear()
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
     @property
     def request_count(self) -> int:
         return self.counts()["requests"]
@@ -218,52 +162,57 @@ class FakeVneid:
 
     # -- request handling (called from handler threads)
 
-    def _injected(self, path: str) -> tuple[str, float, _Answer | None]:
-        """What the failure injection does to this request: (action, delay, answer)."""
+    def _injected(self, path: str) -> tuple[str, float, Answer | None]:
         with self._lock:
-            delay = self._slow_delay
-            if self._fail_mode is not None and time.monotonic() < self._fail_until:
-                mode = self._fail_mode
-                remaining = self._fail_until - time.monotonic()
-                self._counts["injected_failures"] += 1
-                if mode == "5xx":
-                    return "answer", delay, _json_answer(503, {"error": "service_unavailable"})
-                if mode == "timeout":
-                    return "hang", remaining, None
-                return "answer-late", delay + self._fail_delay, None
-            if self._respond_next and path.startswith("/v1/"):
+            action, delay, answer = super()._injected(path)
+            if action == "proceed" and self._respond_next and path.startswith("/v1/"):
                 status, retry_after = self._respond_next.pop(0)
                 self._counts["injected_failures"] += 1
                 headers = (("Retry-After", f"{retry_after:g}"),) if retry_after is not None else ()
-                return "answer", delay, _json_answer(status, {"error": f"injected_{status}"}, *headers)
-            return "proceed", delay, None
+                action, answer = "answer", json_answer(status, {"error": f"injected_{status}"}, *headers)
+            return action, delay if action == "hang" else delay + self._slow_delay, answer
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
+    def _outage(self, mode: str, remaining: float) -> tuple[str, float, Answer | None]:
+        if mode == "slow":
+            return "answer-late", self._fail_delay, None
+        return super()._outage(mode, remaining)
 
-    def _token(self, headers: Mapping[str, str], body: bytes) -> _Answer:
+    def _route(self, method: str, path: str, headers: Message, body: bytes) -> Answer:
+        fields = dict(headers.items())
+        if path == "/oauth/token":
+            return self._token(fields, body) if method == "POST" else json_answer(405, {"error": "method"})
+        match = _ENTRY_PATH.match(path)
+        if match:
+            if method != "PUT":
+                return json_answer(405, {"error": "method_not_allowed"})
+            return self._put_entry(unquote(match[1]), unquote(match[2]), fields, body)
+        match = _BOOK_PATH.match(path)
+        if match and method == "GET":
+            return self._book(unquote(match[1]), as_html=bool(match[2]))
+        return json_answer(404, {"error": "not_found"})
+
+    def _token(self, headers: Mapping[str, str], body: bytes) -> Answer:
         self._count("token_requests")
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         if form.get("grant_type") != "client_credentials":
-            return _json_answer(400, {"error": "unsupported_grant_type"})
+            return json_answer(400, {"error": "unsupported_grant_type"})
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         basic = headers.get("Authorization", "")
         if basic.startswith("Basic "):
             try:
                 client_id, _, client_secret = base64.b64decode(basic[6:]).decode("utf-8").partition(":")
             except ValueError:
-                return _json_answer(401, {"error": "invalid_client"})
+                return json_answer(401, {"error": "invalid_client"})
         if not (secrets.compare_digest(client_id or "", self.client_id)
                 and secrets.compare_digest(client_secret or "", self.client_secret)):
-            return _json_answer(401, {"error": "invalid_client"}, ("WWW-Authenticate", 'Basic realm="vneid"'))
+            return json_answer(401, {"error": "invalid_client"}, ("WWW-Authenticate", 'Basic realm="vneid"'))
         token = secrets.token_urlsafe(24)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_ttl
         payload: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl}
         if form.get("scope"):
             payload["scope"] = form["scope"]
-        return _json_answer(200, payload, ("Cache-Control", "no-store"))
+        return json_answer(200, payload, ("Cache-Control", "no-store"))
 
     def _authorised(self, headers: Mapping[str, str]) -> bool:
         value = headers.get("Authorization", "")
@@ -273,44 +222,44 @@ class FakeVneid:
             expiry = self._tokens.get(value[7:])
         return expiry is not None and time.monotonic() < expiry
 
-    def _put_entry(self, citizen_key: str, visit_id: str, headers: Mapping[str, str], body: bytes) -> _Answer:
+    def _put_entry(self, citizen_key: str, visit_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
         self._count("puts")
         if not self._authorised(headers):
-            return _json_answer(401, {"error": "invalid_token"}, ("WWW-Authenticate", 'Bearer error="invalid_token"'))
+            return json_answer(401, {"error": "invalid_token"}, ("WWW-Authenticate", 'Bearer error="invalid_token"'))
         if not CITIZEN_KEY.match(citizen_key):
-            return _json_answer(400, {"error": "invalid_citizen_key"})
+            return json_answer(400, {"error": "invalid_citizen_key"})
         key = headers.get("Idempotency-Key", "")
         if not key or len(key) > 255:
-            return _json_answer(400, {"error": "idempotency_key_required"})
+            return json_answer(400, {"error": "idempotency_key_required"})
         if not headers.get("Content-Type", "").lower().startswith("application/json"):
-            return _json_answer(415, {"error": "unsupported_media_type"})
+            return json_answer(415, {"error": "unsupported_media_type"})
         try:
             request = json.loads(body)
         except ValueError:
-            return _json_answer(400, {"error": "invalid_json"})
+            return json_answer(400, {"error": "invalid_json"})
         entry = request.get("entry") if isinstance(request, dict) else None
         version = request.get("version") if isinstance(request, dict) else None
         if not isinstance(entry, dict) or not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            return _json_answer(400, {"error": "invalid_body"})
+            return json_answer(400, {"error": "invalid_body"})
         if entry.get("visit_id") != visit_id or entry.get("version") != version:
-            return _json_answer(400, {"error": "entry_mismatch"})
+            return json_answer(400, {"error": "entry_mismatch"})
         fingerprint = hashlib.sha256(f"{citizen_key}\n{visit_id}\n".encode() + body).hexdigest()
 
         with self._lock:
             previous = self._idempotency.get(key)
             if previous is not None:
                 if previous[0] != fingerprint:
-                    return _json_answer(422, {"error": "idempotency_key_reused"})
+                    return json_answer(422, {"error": "idempotency_key_reused"})
                 self._counts["replays"] += 1
                 original = previous[1]
-                return _Answer(original.status, original.body, original.content_type,
-                               (*original.headers, ("Idempotent-Replayed", "true")))
+                return Answer(original.status, original.body, original.content_type,
+                              (*original.headers, ("Idempotent-Replayed", "true")))
             book = self._books.setdefault(citizen_key, {})
             current = book.get(visit_id)
             if current is not None and current.version >= version:
                 self._counts["conflicts"] += 1
                 code = "newer_version_exists" if current.version > version else "version_exists"
-                answer = _json_answer(409, {"error": code, "current_version": current.version})
+                answer = json_answer(409, {"error": code, "current_version": current.version})
             else:
                 stored = StoredEntry(
                     citizen_key=citizen_key, visit_id=visit_id, version=version,
@@ -319,7 +268,7 @@ class FakeVneid:
                 )
                 book[visit_id] = stored
                 self._counts["deliveries"] += 1
-                answer = _json_answer(
+                answer = json_answer(
                     201 if current is None else 200,
                     {"receipt_id": stored.receipt_id, "visit_id": visit_id, "version": version,
                      "replaced_version": current.version if current else None},
@@ -327,111 +276,27 @@ class FakeVneid:
             self._idempotency[key] = (fingerprint, answer)
             return answer
 
-    def _book(self, citizen_key: str, as_html: bool) -> _Answer:
+    def _book(self, citizen_key: str, as_html: bool) -> Answer:
         entries = self.entries(citizen_key)
         if as_html:
-            return _Answer(200, render_health_book_html(citizen_key, entries).encode("utf-8"),
-                           "text/html; charset=utf-8")
-        return _json_answer(200, {"citizen_key": citizen_key, "entries": entries})
+            return Answer(200, render_health_book_html(citizen_key, entries).encode("utf-8"),
+                          "text/html; charset=utf-8")
+        return json_answer(200, {"citizen_key": citizen_key, "entries": entries})
 
-    def _admin(self, path: str, body: bytes) -> _Answer:
-        try:
-            args = json.loads(body) if body else {}
-            if not isinstance(args, dict):
-                raise ValueError
-            if path == "/_admin/fail":
-                self.fail(args.get("mode", "5xx"), float(args.get("seconds", 1.0)),
-                          delay=float(args.get("delay", 2.0)))
-            elif path == "/_admin/slow":
-                self.slow(float(args.get("delay", 0.0)))
-            elif path == "/_admin/respond-next":
-                retry_after = args.get("retry_after")
-                self.respond_next(int(args["status"]), times=int(args.get("times", 1)),
-                                  retry_after=None if retry_after is None else float(retry_after))
-            elif path == "/_admin/revoke-tokens":
-                self.revoke_tokens()
-            elif path == "/_admin/reset":
-                self.reset()
-            elif path != "/_admin/stats":
-                return _json_answer(404, {"error": "not_found"})
-        except (ValueError, KeyError, TypeError):
-            return _json_answer(400, {"error": "invalid_admin_request"})
-        return _json_answer(200, self.counts())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    fake: FakeVneid
-    protocol_version = "HTTP/1.1"
-    server_version = "FakeVNeID/1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests and demo print their own summaries; and never log request bodies
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            raise ValueError("body too large")
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _handle(self, method: str) -> None:
-        fake = self.fake
-        path = self.path.split("?", 1)[0]
-        try:
-            body = self._read_body()
-        except ValueError:
-            self._send(_json_answer(413, {"error": "too_large"}))
-            return
-        if path.startswith("/_admin/"):
-            self._send(fake._admin(path, body) if method == "POST" or path == "/_admin/stats"
-                       else _json_answer(405, {"error": "method_not_allowed"}))
-            return
-        fake._count("requests")
-        action, delay, answer = fake._injected(path)
-        if action == "hang":
-            fake._stopping.wait(delay)
-            self.close_connection = True  # no answer at all: the client sees a read timeout or a dropped socket
-            return
-        if delay > 0:
-            fake._stopping.wait(delay)
-        if answer is None:
-            answer = self._route(method, path, body)
-        self._send(answer)
-
-    def _route(self, method: str, path: str, body: bytes) -> _Answer:
-        fake = self.fake
-        headers = {k: v for k, v in self.headers.items()}
-        if path == "/oauth/token":
-            return fake._token(headers, body) if method == "POST" else _json_answer(405, {"error": "method"})
-        match = _ENTRY_PATH.match(path)
-        if match:
-            if method != "PUT":
-                return _json_answer(405, {"error": "method_not_allowed"})
-            return fake._put_entry(unquote(match[1]), unquote(match[2]), headers, body)
-        match = _BOOK_PATH.match(path)
-        if match and method == "GET":
-            return fake._book(unquote(match[1]), as_html=bool(match[2]))
-        return _json_answer(404, {"error": "not_found"})
-
-    def _send(self, answer: _Answer) -> None:
-        try:
-            self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(answer.body)))
-            for name, value in answer.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(answer.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+    def _admin_action(self, path: str, args: dict[str, Any]) -> bool:
+        if path == "/_admin/fail":
+            self.fail(args.get("mode", "5xx"), float(args.get("seconds", 1.0)), delay=float(args.get("delay", 2.0)))
+        elif path == "/_admin/slow":
+            self.slow(float(args.get("delay", 0.0)))
+        elif path == "/_admin/respond-next":
+            retry_after = args.get("retry_after")
+            self.respond_next(int(args["status"]), times=int(args.get("times", 1)),
+                              retry_after=None if retry_after is None else float(retry_after))
+        elif path == "/_admin/revoke-tokens":
+            self.revoke_tokens()
+        else:
+            return super()._admin_action(path, args)
+        return True
 
 
 # ------------------------------------------------------------------------------------------------- HTML view
