@@ -203,6 +203,48 @@ def test_service_rejections_without_reading(pki: dict[str, Path], platform: Loca
         "inbox/01001/big.xml", "elsewhere/x.xml"]
 
 
+@dataclass
+class RecordingStarter:
+    fail: bool = False
+    started: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    def start(self, name: str, visits: Any) -> None:
+        if self.fail:
+            raise ConnectionError("states endpoint unreachable")
+        self.started.append((name, list(visits)))
+
+
+def test_accepted_visits_are_leased_and_their_delivery_started(pki: dict[str, Path],
+                                                               platform: LocalKeySigner) -> None:
+    starter = RecordingStarter()
+    now = datetime(2026, 11, 22, 3, 0, 5, tzinfo=UTC)
+    service, store, records = fake_service(pki, platform, delivery=starter, deadline=timedelta(seconds=90),
+                                           lease=timedelta(seconds=10), now=lambda: now)
+    visit = a_visit(31)
+    store.objects["inbox/01001/a.xml"] = signed(pki, visit)
+    outcome = service.ingest(ref("inbox/01001/a.xml"))
+    ((name, refs),) = starter.started
+    (stored,) = [v for v, _ in records.versions.values()]
+    assert refs == [stored.ref] and name.startswith(f"ingest-{outcome.submission_id[:40]}-")
+    assert stored.deadline_at == "2026-11-22T03:01:30Z" and stored.next_attempt_at == "2026-11-22T03:00:15Z"
+    assert outcome.delivery_executions == 1 and outcome.delivery_start_failures == 0
+    store.objects["inbox/01001/b.xml"] = store.objects["inbox/01001/c.xml"] = store.objects["inbox/01001/a.xml"]
+    service.ingest(ref("inbox/01001/b.xml", at=RECEIVED + timedelta(seconds=1)))  # a resubmission
+    assert len({n for n, _ in starter.started}) == 2  # names never repeat
+    older = service.ingest(ref("inbox/01001/c.xml", at=RECEIVED - timedelta(seconds=1)))  # arrives late
+    assert older.visits_stored == 1 and len(starter.started) == 2  # kept as history, never delivered
+
+
+def test_a_failed_delivery_start_loses_nothing(pki: dict[str, Path], platform: LocalKeySigner) -> None:
+    service, store, records = fake_service(pki, platform, delivery=RecordingStarter(fail=True))
+    store.objects["inbox/01001/a.xml"] = signed(pki, a_visit(32))
+    outcome = service.ingest(ref("inbox/01001/a.xml"))
+    assert outcome.status == "ACCEPTED" and outcome.delivery_start_failures == 1
+    (stored,) = [v for v, status in records.versions.values() if status == "PENDING"]
+    assert stored.next_attempt_at  # leased: the sweep takes it when the lease ends
+    assert outcome.submission_id in records.submissions  # the file is done; its receipt stands
+
+
 def test_registry_is_reloaded_after_its_ttl(pki: dict[str, Path], platform: LocalKeySigner) -> None:
     now = [0.0]
     store, records = FakeStore(), FakeRecords()
