@@ -1,0 +1,112 @@
+"""Which counters each event adds, and how to read percentiles back from them (docs/reports.md).
+
+Pure: the adapters commit these deltas in the same DynamoDB transaction as the event's own conditional write,
+so an event is counted exactly once however often it is retried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from healthbook.signing.receipt import PORTAL_TZ
+
+# Upper bounds, in seconds, of the receipt -> VNeID latency buckets; beyond the last, "inf".
+LATENCY_BUCKETS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+LATENCY_PREFIX = "latency#"
+
+
+def facility_scope(facility: str) -> str:
+    return f"F#{facility}"
+
+
+def day(moment: datetime) -> str:
+    """The Vietnam day of an event: a facility's day is its own, not UTC's."""
+    return f"D#{moment.astimezone(PORTAL_TZ):%Y-%m-%d}"
+
+
+def month(moment: datetime) -> str:
+    return f"M#{moment.astimezone(PORTAL_TZ):%Y-%m}"
+
+
+def latency_bucket(milliseconds: int) -> str:
+    seconds = max(0, milliseconds) / 1000
+    for bound in LATENCY_BUCKETS_S:
+        if seconds <= bound:
+            return f"{LATENCY_PREFIX}{bound}"
+    return f"{LATENCY_PREFIX}inf"
+
+
+def percentile(counters: Mapping[str, int], q: float) -> float | None:
+    """The upper bound (s) of the bucket where the cumulative count reaches q of the total; None when empty.
+
+    An over-estimate by at most one bucket: a report never claims a better latency than the truth."""
+    if not 0 < q <= 1:
+        raise ValueError("q must be in (0, 1]")
+    buckets = [(float(b), counters.get(f"{LATENCY_PREFIX}{b}", 0)) for b in LATENCY_BUCKETS_S]
+    buckets.append((math.inf, counters.get(f"{LATENCY_PREFIX}inf", 0)))
+    total = sum(n for _, n in buckets)
+    if total == 0:
+        return None
+    target = q * total
+    seen = 0
+    for bound, count in buckets:
+        seen += count
+        if seen >= target:
+            return bound
+    return math.inf  # unreachable: the last bucket completes the total
+
+
+@dataclass(frozen=True)
+class CounterUpdate:
+    """ADD ``deltas`` to the counter item (scope, period)."""
+
+    scope: str
+    period: str
+    deltas: dict[str, int] = field(default_factory=dict)
+
+
+def for_submission(facility: str, received_at: datetime, *, status: str, visits_accepted: int, visits_total: int,
+                   error_codes: Iterable[str]) -> CounterUpdate:
+    """A recorded submission; ``error#<code>`` counts files carrying the code (the submission keeps codes per
+    file, never values)."""
+    deltas = {"files_received": 1, "visits_accepted": visits_accepted,
+              "visits_rejected": visits_total - visits_accepted}
+    if status == "REJECTED":
+        deltas["files_rejected"] = 1
+    for code in sorted(set(error_codes)):
+        deltas[f"error#{code}"] = 1
+    return CounterUpdate(facility_scope(facility), day(received_at), {k: v for k, v in deltas.items() if v})
+
+
+def for_delivery(facility: str, delivered_at: datetime, *, deadline_at: datetime, latency_ms: int,
+                 referral: bool = False, reexam: bool = False) -> CounterUpdate:
+    deltas = {"delivered": 1, latency_bucket(latency_ms): 1}
+    if delivered_at <= deadline_at:
+        deltas["delivered_in_time"] = 1
+    if referral:
+        deltas["referral_delivered"] = 1
+    if reexam:
+        deltas["reexam_delivered"] = 1
+    return CounterUpdate(facility_scope(facility), day(delivered_at), deltas)
+
+
+def for_reconciliation(facility: str, at: datetime, reasons: Iterable[str]) -> CounterUpdate:
+    deltas = {"needs_reconciliation": 1}
+    deltas.update({f"reconciliation#{reason}": 1 for reason in sorted(set(reasons))})
+    return CounterUpdate(facility_scope(facility), day(at), deltas)
+
+
+def for_breach(facility: str, at: datetime) -> CounterUpdate:
+    return CounterUpdate(facility_scope(facility), day(at), {"breached": 1})
+
+
+def total(items: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Sum counter items (days into a month, facilities into a province)."""
+    summed: dict[str, int] = {}
+    for item in items:
+        for name, value in item.items():
+            summed[name] = summed.get(name, 0) + int(value)
+    return summed
