@@ -40,7 +40,8 @@ SAIGON = ("79001", "Bệnh viện Đa khoa Sài Gòn", "79")
 PEPPER = "test-pepper-0123456789abcdef"
 INBOX, RECEIPTS, QUARANTINE = "healthbook-dev-inbox", "healthbook-dev-receipts", "healthbook-dev-quarantine"
 TABLES = {"SUBMISSIONS_TABLE": "healthbook-dev-submissions", "VISITS_TABLE": "healthbook-dev-visits",
-          "FACILITIES_TABLE": "healthbook-dev-facilities", "IDEMPOTENCY_TABLE": "healthbook-dev-idempotency"}
+          "FACILITIES_TABLE": "healthbook-dev-facilities", "IDEMPOTENCY_TABLE": "healthbook-dev-idempotency",
+          "AGGREGATES_TABLE": "healthbook-dev-aggregates"}
 
 
 # --- shared material ----------------------------------------------------------------------------------------
@@ -440,6 +441,40 @@ def test_same_event_twice_is_processed_once(aws: SimpleNamespace, app: ModuleTyp
     assert invoke(app, event) == []
     after = (scan(aws, "SUBMISSIONS_TABLE"), visit_items(aws), receipt_at(aws, receipt_key))
     assert after == before
+
+
+def test_report_counters_count_each_file_once(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
+    good = ingest_one(aws, app, "inbox/01001/good.xml", signed(pki, a_visit(5)), message_id="m-good")
+    defective = a_visit(6)
+    defective.tables["XML1"][0]["HO_TEN"] = ""  # V201
+    bad = ingest_one(aws, app, "inbox/01001/bad.xml", signed(pki, defective), message_id="m-bad")
+    for item in scan(aws, "IDEMPOTENCY_TABLE"):  # forget the idempotency records: the submission item must stop it
+        aws.ddb.delete_item(TableName=TABLES["IDEMPOTENCY_TABLE"], Key={"id": {"S": item["id"]}})
+    assert invoke(app, good, bad) == []  # delivered again, all of it
+    (counters,) = scan(aws, "AGGREGATES_TABLE")
+    assert (counters.pop("scope"), counters.pop("period")) == ("F#01001", "D#2026-11-22")  # 10:00 in Vietnam
+    codes = {k: v for k, v in counters.items() if k.startswith("error#")}
+    assert {k: v for k, v in counters.items() if not k.startswith("error#")} == {
+        "files_received": 2, "files_rejected": 1, "visits_accepted": 1, "visits_rejected": 1}
+    assert codes["error#V201"] == 1 and set(codes.values()) == {1}
+
+
+def test_a_racing_second_put_of_a_submission_counts_nothing(aws: SimpleNamespace) -> None:
+    """Two runs of one object past the "seen before?" check: one submission item, one count."""
+    from healthbook.aws.records import DynamoRecords
+
+    records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
+                            visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
+    record = SubmissionRecord(
+        submission_id="a" * 64, facility="01001", received_at=RECEIVED, object_key="inbox/01001/r.xml",
+        version_id="v1", content_sha256="b" * 64, size=10, status="PARTIAL", visits_total=3, visits_accepted=2,
+        error_codes=("R301",), standards=("4750",), receipt_key="receipts/01001/r.xml.receipt.json",
+        quarantine_key=None, merkle_root="c" * 64, signing_key_id="k")
+    assert records.put_submission(record) is True
+    assert records.put_submission(record) is False
+    (counters,) = scan(aws, "AGGREGATES_TABLE")
+    assert {k: v for k, v in counters.items() if k not in ("scope", "period")} == {
+        "files_received": 1, "visits_accepted": 2, "visits_rejected": 1, "error#R301": 1}
 
 
 def test_resubmission_supersedes_and_a_late_old_version_stays_history(aws: SimpleNamespace, app: ModuleType,

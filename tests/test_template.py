@@ -358,6 +358,7 @@ TABLES = {
                      "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")]}),
     "FacilitiesTable": ("facilities", [("facility", "HASH")], {}),
     "IdempotencyTable": ("idempotency", [("id", "HASH")], {}),
+    "AggregatesTable": ("aggregates", [("scope", "HASH"), ("period", "RANGE")], {}),
 }
 
 
@@ -578,8 +579,11 @@ def test_function_gets_what_ingestion_needs(template: dict[str, Any]) -> None:
     assert {"Fn::Sub": "${ReceiptsBucket.Arn}/receipts/*"} in grants["s3:PutObject"]
     assert {"Fn::Sub": "${QuarantineBucket.Arn}/*"} in grants["s3:PutObject"]
     assert not [r for r in grants["s3:PutObject"] if "InboxBucket" in referenced(r)]
-    for table in TABLES:
+    for table in set(TABLES) - {"AggregatesTable"}:
         assert any(is_arn_of(r, table) for r in grants["dynamodb:GetItem"]), table
+    # the report counters: added to, never read, by ingestion
+    assert [r for r in grants["dynamodb:UpdateItem"] if is_arn_of(r, "AggregatesTable")]
+    assert not [r for r in grants["dynamodb:GetItem"] + grants["dynamodb:Query"] if is_arn_of(r, "AggregatesTable")]
     for table in ("SubmissionsTable", "VisitsTable"):
         assert {"Fn::Sub": f"${{{table}.Arn}}/index/*"} in grants["dynamodb:Query"]
     assert [r for r in grants["dynamodb:Scan"] if referenced(r) - {"FacilitiesTable"}] == []

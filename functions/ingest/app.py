@@ -89,7 +89,7 @@ def build_service(settings: Settings) -> IngestService:
     return IngestService(
         store=S3Store(s3, receipts_bucket=settings.receipts_bucket, quarantine_bucket=settings.quarantine_bucket),
         records=DynamoRecords(dynamodb, submissions_table=settings.submissions_table,
-                              visits_table=settings.visits_table),
+                              visits_table=settings.visits_table, aggregates_table=settings.aggregates_table),
         registry=FacilitiesRepository(dynamodb_table(settings.facilities_table)),
         anchors=load_trust_anchors(client("ssm"), settings.trust_bundle_parameter),
         signer=KmsSigner(settings.receipt_key_id, client=client("kms")),

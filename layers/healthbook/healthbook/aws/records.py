@@ -11,6 +11,7 @@ from typing import Any
 
 from healthbook.aws.settings import error_code
 from healthbook.ingest.model import LATEST, PENDING, SUPERSEDED, SubmissionRecord, VisitVersion, VisitWrite
+from healthbook.reports.aggregates import CounterUpdate, for_submission
 
 # DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
 MAX_RECORDS_BYTES = 380 * 1024
@@ -30,11 +31,22 @@ class RecordsTooLarge(ValueError):
     accepted it, so the message goes to the DLQ for an operator (docs/ingest.md)."""
 
 
+def counter_update(table: str, update: CounterUpdate) -> dict[str, Any]:
+    """The TransactWriteItems entry that ADDs a CounterUpdate's deltas to its item (created on first use)."""
+    names = {f"#c{i}": name for i, name in enumerate(sorted(update.deltas))}
+    values = {f":c{i}": {"N": str(update.deltas[name])} for i, name in enumerate(sorted(update.deltas))}
+    return {"Update": {"TableName": table, "Key": {"scope": _s(update.scope), "period": _s(update.period)},
+                       "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(names))),
+                       "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+
+
 class DynamoRecords:
-    def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5) -> None:
+    def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5,
+                 aggregates_table: str | None = None) -> None:
         self._db = dynamodb
         self.submissions_table = submissions_table
         self.visits_table = visits_table
+        self.aggregates_table = aggregates_table
         self._max_attempts = max_attempts
 
     # --- submissions ------------------------------------------------------------------------------------
@@ -60,11 +72,26 @@ class DynamoRecords:
             item["error_codes"] = {"SS": sorted(set(record.error_codes))}
         if record.standards:
             item["standards"] = {"SS": sorted(set(record.standards))}
+        put = {"TableName": self.submissions_table, "Item": item,
+               "ConditionExpression": "attribute_not_exists(submission_id)"}
+        if self.aggregates_table is None:
+            try:
+                self._db.put_item(**put)
+            except Exception as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    return False
+                raise
+            return True
+        # The report counters commit with the submission item, or not at all: a retry counts nothing twice.
+        count = for_submission(record.facility, record.received_at, status=record.status,
+                               visits_accepted=record.visits_accepted, visits_total=record.visits_total,
+                               error_codes=record.error_codes)
         try:
-            self._db.put_item(TableName=self.submissions_table, Item=item,
-                              ConditionExpression="attribute_not_exists(submission_id)")
+            self._db.transact_write_items(TransactItems=[{"Put": put},
+                                                         counter_update(self.aggregates_table, count)])
         except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
+            reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
+            if error_code(exc) == "TransactionCanceledException" and reasons[:1] == ["ConditionalCheckFailed"]:
                 return False
             raise
         return True

@@ -29,7 +29,7 @@ NAMES = {
     "QUARANTINE_BUCKET": "healthbook-sandbox-quarantine", "SUBMISSIONS_TABLE": "healthbook-sandbox-submissions",
     "VISITS_TABLE": "healthbook-sandbox-visits", "FACILITIES_TABLE": "healthbook-sandbox-facilities",
     "IDEMPOTENCY_TABLE": "healthbook-sandbox-idempotency", "TRUST_BUNDLE_PARAMETER": "/healthbook/sandbox/trust-bundle",
-    "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper",
+    "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper", "AGGREGATES_TABLE": "healthbook-sandbox-aggregates",
 }
 # moto's backends are not thread-safe (a transaction deep-copies a table another thread may be changing), and
 # its Step Functions executions run in threads: one "Lambda" at a time holds this while it calls moto.
@@ -58,7 +58,7 @@ def _projection(index: str) -> dict[str, Any]:
 
 
 def create_tables(ddb: Any, names: dict[str, str]) -> None:
-    """The four tables of docs/data-model.md, keys and GSIs included."""
+    """The tables of docs/data-model.md, keys and GSIs included (``aggregates`` when ``names`` has it)."""
     def table(name: str, keys: list[tuple[str, str]], indexes: dict[str, list[tuple[str, str]]]) -> None:
         attributes = {a for a, _ in keys} | {a for index in indexes.values() for a, _ in index}
         gsis = [{"IndexName": n, "KeySchema": [{"AttributeName": a, "KeyType": t} for a, t in k],
@@ -77,6 +77,8 @@ def create_tables(ddb: Any, names: dict[str, str]) -> None:
     table(names["IDEMPOTENCY_TABLE"], [("id", "HASH")], {})
     ddb.update_time_to_live(TableName=names["IDEMPOTENCY_TABLE"],
                             TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"})
+    if "AGGREGATES_TABLE" in names:
+        table(names["AGGREGATES_TABLE"], [("scope", "HASH"), ("period", "RANGE")], {})
 
 
 @contextmanager

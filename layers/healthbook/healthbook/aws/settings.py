@@ -36,6 +36,7 @@ class Settings:
     citizen_pepper_secret: str  # Secrets Manager secret (id or ARN) holding the citizen-key pepper
     max_object_bytes: int = DEFAULT_MAX_FILE_BYTES
     registry_ttl_seconds: float = 300.0
+    aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,7 +54,7 @@ class Settings:
         if max_bytes <= 0 or ttl < 0:
             raise ValueError("MAX_OBJECT_BYTES must be positive and REGISTRY_TTL_SECONDS not negative")
         return cls(**{name.lower(): env[name] for name in REQUIRED}, max_object_bytes=max_bytes,
-                   registry_ttl_seconds=ttl)
+                   registry_ttl_seconds=ttl, aggregates_table=env.get("AGGREGATES_TABLE") or None)
 
 
 def _config() -> Any:
