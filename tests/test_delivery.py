@@ -50,6 +50,7 @@ from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
 from healthbook.ingest.service import citizen_key, pack_records
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import FakePopulation, PopulationUnavailable
+from healthbook.reports.aggregates import CounterUpdate
 from healthbook.signing.receipt import iso_utc
 from healthbook.validation import validate_bytes
 from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
@@ -97,6 +98,7 @@ class FakeStatusStore:
         self.calls: list[str] = []
         self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
         self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
+        self.counted: list[CounterUpdate | None] = []  # the report counters committed with each transition
 
     def add(self, ref: VisitRef, *, records: bytes | None = None, status: str = PENDING,
             received_at: datetime = RECEIVED, deadline_at: datetime | None = None, attempts: int = 0,
@@ -151,19 +153,22 @@ class FakeStatusStore:
         item.citizen_key, item.reconciled_at = citizen_key, now
         return True
 
-    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool:
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime,
+                                  count: CounterUpdate | None = None) -> bool:
         item = self._pending("mark_needs_reconciliation", ref)
         if item is None:
             return False
+        self.counted.append(count)
         self._move(item, NEEDS_RECONCILIATION)
         item.reasons, item.reconciled_at = tuple(sorted(set(reasons))), now
         return True
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None) -> bool:
+                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool:
         item = self._pending("mark_delivered", ref)
         if item is None:
             return False
+        self.counted.append(count)
         self._move(item, DELIVERED)
         item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
         return True
@@ -184,10 +189,12 @@ class FakeStatusStore:
         item.attempts += 1
         return True
 
-    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool:
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
+                      count: CounterUpdate | None = None) -> bool:
         item = self._pending("mark_breached", ref)
         if item is None:
             return False
+        self.counted.append(count)
         self._move(item, DEADLINE_BREACHED)
         item.breached_at, item.last_error = now, error
         return True

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REGION = "ap-southeast-1"
 PEPPER = "workflow-pepper-0123456789"
 VISITS, PROJECTIONS = "healthbook-wf-visits", "healthbook-wf-projections"  # create_delivery names it
+AGGREGATES = "healthbook-wf-aggregates"
 TIMING = {"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2", "RETRY_BASE_SECONDS": "0.5",
           "RETRY_MAX_SECONDS": "1"}
 
@@ -91,6 +92,15 @@ class World:
             found.append(json.loads(json.loads(message["Body"])["Message"]))
         return found
 
+    def counters(self) -> dict[str, int]:
+        """The report counters of every facility and day, summed."""
+        summed: dict[str, int] = {}
+        for item in self.aws.ddb.scan(TableName=AGGREGATES)["Items"]:
+            for name, value in item.items():
+                if "N" in value:
+                    summed[name] = summed.get(name, 0) + int(value["N"])
+        return summed
+
     def sweep(self) -> dict[str, Any]:
         result: dict[str, Any] = load_function("delivery").sweep_handler({}, LambdaContext(function_name="sweep"))
         return result
@@ -120,10 +130,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             ("secrets", "secretsmanager"))})
         create_tables(aws.ddb, {"SUBMISSIONS_TABLE": "healthbook-wf-submissions", "VISITS_TABLE": VISITS,
                                 "FACILITIES_TABLE": "healthbook-wf-facilities",
-                                "IDEMPOTENCY_TABLE": "healthbook-wf-idempotency"})
+                                "IDEMPOTENCY_TABLE": "healthbook-wf-idempotency", "AGGREGATES_TABLE": AGGREGATES})
         pepper = aws.secrets.create_secret(Name="wf/pepper", SecretString=json.dumps({"pepper": PEPPER}))["ARN"]
         stack = create_delivery("healthbook-wf", visits_table=VISITS, pepper_secret=pepper, vneid_url=vneid.url,
-                                population_url=population.url, vneid_credentials={
+                                population_url=population.url, aggregates_table=AGGREGATES, vneid_credentials={
                                     "type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
                                     "client_secret": vneid.client_secret})
         inbox = aws.sqs.create_queue(QueueName="deadline-inbox")["QueueUrl"]
@@ -188,6 +198,10 @@ def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconcili
     assert parked["status_shard"].startswith("NEEDS_RECONCILIATION#")
     assert world.vneid.delivery_count == 2
     assert world.notifications() == []
+    counters = world.counters()
+    assert {k: v for k, v in counters.items() if not k.startswith("latency#")} == {
+        "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1}
+    assert sum(v for k, v in counters.items() if k.startswith("latency#")) == 2
 
 
 def test_a_second_execution_for_the_same_visits_changes_nothing(world: World) -> None:
@@ -195,7 +209,7 @@ def test_a_second_execution_for_the_same_visits_changes_nothing(world: World) ->
     assert world.run([ref], "first")["output"]["counts"] == {"DELIVERED": 1}
     again = world.run([ref], "duplicate-start")
     assert again["output"]["counts"] == {"SKIPPED": 1}
-    assert world.vneid.delivery_count == 1
+    assert world.vneid.delivery_count == 1 and world.counters()["delivered"] == 1
 
 
 def test_a_short_vneid_outage_is_ridden_out_by_the_retries(world: World) -> None:
@@ -280,7 +294,7 @@ def test_vneid_down_past_the_cutoff_breaches_and_notifies(world: World) -> None:
     assert item["breached_at"] < item["deadline_at"]  # escalated at the cutoff, before the deadline itself
     notices = world.notifications()
     assert [n["breached"] for n in notices] == [[ref.visit_id]]
-    assert world.vneid.delivery_count == 0
+    assert world.vneid.delivery_count == 0 and world.counters() == {"breached": 1}
 
 
 def test_the_sweep_breaches_a_visit_no_execution_ever_settled(world: World) -> None:

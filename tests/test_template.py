@@ -674,3 +674,12 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
     assert alarm["AlarmActions"] == [{"Ref": "DeadlineTopic"}]
     for function in ("SettleFunction", "SweepFunction"):  # both emit the metric, under the alarm's dimension
         assert props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
+
+
+@pytest.mark.parametrize("function", ["IngestFunction", "ReconcileFunction", "DeliverFunction", "SettleFunction",
+                                      "SweepFunction"])
+def test_every_function_that_changes_what_reports_count_adds_to_the_counters(template: dict[str, Any],
+                                                                              function: str) -> None:
+    assert props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
+    (grant,) = [s for s in function_statements(template, function) if s.get("Sid") == "CountForReports"]
+    assert grant["Action"] == "dynamodb:UpdateItem" and is_arn_of(grant["Resource"], "AggregatesTable")

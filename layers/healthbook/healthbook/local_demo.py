@@ -137,7 +137,8 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id
         stack = create_delivery("healthbook-sandbox", visits_table=NAMES["VISITS_TABLE"],
                                 pepper_secret=NAMES["CITIZEN_PEPPER_SECRET"], vneid_url=vneid.url,
-                                population_url=population.url, vneid_credentials={
+                                population_url=population.url, aggregates_table=NAMES["AGGREGATES_TABLE"],
+                                vneid_credentials={
                                     "type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
                                     "client_secret": vneid.client_secret})
         os.environ.update(stack.environment)

@@ -11,9 +11,11 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from healthbook.aws.records import counter_update
 from healthbook.aws.settings import error_code
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, parse_time
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
+from healthbook.reports.aggregates import CounterUpdate
 from healthbook.signing.receipt import iso_utc
 
 STATUS_INDEX = "by-status-deadline"
@@ -48,9 +50,10 @@ def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
 class DynamoVisitStatus:
     """healthbook.delivery.VisitStatusStore on the ``visits`` table."""
 
-    def __init__(self, dynamodb: Any, *, visits_table: str) -> None:
+    def __init__(self, dynamodb: Any, *, visits_table: str, aggregates_table: str | None = None) -> None:
         self._db = dynamodb
         self.table = visits_table
+        self.aggregates_table = aggregates_table
 
     def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
         projection = _LIGHT + (", records" if with_records else "")
@@ -68,42 +71,57 @@ class DynamoVisitStatus:
         return str(items[0]["version"]["S"]) if items else None
 
     def _update(self, ref: VisitRef, expression: str, values: dict[str, Any], *,
-                condition: str = "#s = :pending") -> bool:
+                condition: str = "#s = :pending", count: CounterUpdate | None = None) -> bool:
+        update = {"TableName": self.table, "Key": _key(ref), "UpdateExpression": expression,
+                  "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
+                  "ExpressionAttributeValues": {":pending": _s(PENDING), **values}}
+        if count is None or self.aggregates_table is None:
+            try:
+                self._db.update_item(**update)
+            except Exception as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    return False
+                raise
+            return True
+        # The report counters commit with the status change or not at all: a lost race counts nothing.
         try:
-            self._db.update_item(TableName=self.table, Key=_key(ref), UpdateExpression=expression,
-                                 ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
-                                 ExpressionAttributeValues={":pending": _s(PENDING), **values})
+            self._db.transact_write_items(TransactItems=[{"Update": update},
+                                                         counter_update(self.aggregates_table, count)])
         except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
+            reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
+            if error_code(exc) == "TransactionCanceledException" and reasons[:1] == ["ConditionalCheckFailed"]:
                 return False
             raise
         return True
 
-    def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any]) -> bool:
+    def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any],
+              count: CounterUpdate | None = None) -> bool:
         """PENDING → ``status``: the GSI shard moves with it and the lease goes."""
         return self._update(ref, f"SET #s = :status, status_shard = :shard{extra_set} REMOVE next_attempt_at",
-                            {":status": _s(status), ":shard": _s(status_shard(status, ref.visit_id)), **values})
+                            {":status": _s(status), ":shard": _s(status_shard(status, ref.visit_id)), **values},
+                            count=count)
 
     def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
         return self._update(ref, "SET citizen_key = :k, reconciled_at = :t",
                             {":k": _s(citizen_key), ":t": _s(iso_utc(now))})
 
-    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool:
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime,
+                                  count: CounterUpdate | None = None) -> bool:
         values: dict[str, Any] = {":t": _s(iso_utc(now))}
         extra = ", reconciled_at = :t"
         if reasons:  # a string set cannot be empty
             values[":r"] = {"SS": sorted(set(reasons))}
             extra += ", reconciliation_reasons = :r"
-        return self._move(ref, NEEDS_RECONCILIATION, extra, values)
+        return self._move(ref, NEEDS_RECONCILIATION, extra, values, count)
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None) -> bool:
+                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool:
         values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)}}
         extra = ", delivered_at = :t, latency_ms = :l"
         if receipt_id:
             values[":r"] = _s(receipt_id)
             extra += ", vneid_receipt_id = :r"
-        return self._move(ref, DELIVERED, extra, values)
+        return self._move(ref, DELIVERED, extra, values, count)
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
         return self._move(ref, SUPERSEDED, ", superseded_at = :t, superseded_by = :by",
@@ -114,9 +132,10 @@ class DynamoVisitStatus:
                             {":n": _s(iso_utc(next_attempt_at)), ":e": _s(error), ":t": _s(iso_utc(now)),
                              ":one": {"N": "1"}})
 
-    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool:
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
+                      count: CounterUpdate | None = None) -> bool:
         return self._move(ref, DEADLINE_BREACHED, ", breached_at = :t, last_error = :e",
-                          {":t": _s(iso_utc(now)), ":e": _s(error)})
+                          {":t": _s(iso_utc(now)), ":e": _s(error)}, count)
 
     def claim(self, ref: VisitRef, *, now: datetime, lease_until: datetime) -> bool:
         return self._update(ref, "SET next_attempt_at = :lease",

@@ -58,7 +58,9 @@ class DeliveryRuntime:
 
     def store(self) -> DynamoVisitStatus:
         table = _required(self.env, "VISITS_TABLE")  # before any client: a missing variable says so first
-        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=table))
+        counters = self.env.get("AGGREGATES_TABLE") or None  # report counters (docs/reports.md)
+        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=table,
+                                                               aggregates_table=counters))
 
     def projections(self) -> S3Projections:
         bucket = _required(self.env, "PROJECTIONS_BUCKET")

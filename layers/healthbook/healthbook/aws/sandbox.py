@@ -231,7 +231,8 @@ class DeliveryStack:
 
 
 def create_delivery(prefix: str, *, visits_table: str, pepper_secret: str, vneid_url: str,
-                    vneid_credentials: dict[str, str], population_url: str) -> DeliveryStack:
+                    vneid_credentials: dict[str, str], population_url: str,
+                    aggregates_table: str | None = None) -> DeliveryStack:
     """Inside ``mock_aws(config=MOTO_CONFIG)``: the delivery stage of template.yaml, the way moto can hold it.
 
     The projections bucket, the VNeID credentials secret, the deadline topic, the four task functions and the
@@ -267,6 +268,8 @@ def create_delivery(prefix: str, *, visits_table: str, pepper_secret: str, vneid
     environment = {"VISITS_TABLE": visits_table, "PROJECTIONS_BUCKET": bucket, "CITIZEN_PEPPER_SECRET": pepper_secret,
                    "POPULATION_URL": population_url, "VNEID_URL": vneid_url, "VNEID_SECRET": credentials,
                    "DELIVERY_STATE_MACHINE_ARN": machine, "DEADLINE_TOPIC_ARN": topic}
+    if aggregates_table:
+        environment["AGGREGATES_TABLE"] = aggregates_table
     return DeliveryStack(machine_arn=machine, topic_arn=topic, projections_bucket=bucket, environment=environment,
                          handlers=handlers)
 

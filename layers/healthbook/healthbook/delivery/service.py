@@ -45,6 +45,7 @@ from healthbook.ingest.model import PENDING, SUPERSEDED
 from healthbook.ingest.service import DeliveryStarter as WorkflowStarter  # one port, two names
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import PopulationRegistry, identity_from_summary, reconcile
+from healthbook.reports.aggregates import CounterUpdate, for_breach, for_delivery, for_reconciliation
 from healthbook.signing.receipt import iso_utc as iso  # one spelling of time: text order is time order
 
 __all__ = [
@@ -81,16 +82,20 @@ class VisitStatusStore(Protocol):
 
     def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool: ...
 
-    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime) -> bool: ...
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime,
+                                  count: CounterUpdate | None = None) -> bool:
+        """``count``: report counters committed with the change, or not at all (docs/reports.md)."""
+        ...
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None) -> bool: ...
+                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool: ...
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool: ...
 
-    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime) -> bool: ...
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
+                      count: CounterUpdate | None = None) -> bool: ...
 
     def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
         """PENDING versions whose ``next_attempt_at`` has come (or that have none), nearest deadline first
@@ -196,7 +201,8 @@ class DeliveryService:
         match = reconcile(identity_from_summary(summary), self.population)
         now = self.now()
         if not match.matched or match.citizen_key_material is None:
-            if not self.store.mark_needs_reconciliation(ref, match.reasons, now):
+            count = for_reconciliation(ref.facility, now, match.reasons)
+            if not self.store.mark_needs_reconciliation(ref, match.reasons, now, count=count):
                 return self._skipped(ref)  # superseded or settled meanwhile: not ours to report
             for reason in match.reasons:
                 self.metrics.count("ReconciliationNeeded", reason=reason)
@@ -239,7 +245,10 @@ class DeliveryService:
                 return self._skipped(ref)
             return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
-        if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id):
+        count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
+                             referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
+        if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id,
+                                         count=count):
             return self._skipped(ref)  # a concurrent execution recorded it first; VNeID stored it once
         self.metrics.count("VisitsDelivered")
         self.metrics.latency("DeliveryLatency", latency_ms)
@@ -265,7 +274,7 @@ class DeliveryService:
         return {"visit_id": ref.visit_id, "outcome": DEFERRED, "next_attempt_at": iso(when), "error": name}
 
     def _breach(self, ref: VisitRef, name: str, now: datetime) -> dict[str, Any]:
-        if not self.store.mark_breached(ref, error=name, now=now):
+        if not self.store.mark_breached(ref, error=name, now=now, count=for_breach(ref.facility, now)):
             return self._skipped(ref)
         self.metrics.count("DeadlineBreached")
         log.error("deadline breached", extra={"visit_id": ref.visit_id, "error": name})
@@ -328,7 +337,8 @@ class Sweeper:
 
         for visit in self.store.due(now, self.limit):
             if now >= visit.deadline_at:
-                if self.store.mark_breached(visit.ref, error="NotDeliveredByDeadline", now=now):
+                if self.store.mark_breached(visit.ref, error="NotDeliveredByDeadline", now=now,
+                                            count=for_breach(visit.ref.facility, now)):
                     report.breached.append(visit.ref.visit_id)
                     self.metrics.count("DeadlineBreached")
                 continue
