@@ -506,6 +506,10 @@ def test_a_resubmission_leaves_only_the_new_version_in_vneid(
     new = _in_force(aws, pipeline, entry["ma_lk"])
     assert new > old
     _sweep_until(aws, pipeline, entry["ma_lk"], new, "DELIVERED", timeout=60)
+    from healthbook.delivery.service import version_ms
+    from healthbook.projection import projection_id
+
     (stored,) = fakes.vneid.entries(delivered["citizen_key"])
-    assert stored["entry"]["supersedes"] is not None and stored["entry"]["version"] > 0
+    assert stored["entry"]["version"] == version_ms(new)
+    assert stored["entry"]["supersedes"] == projection_id(f"{FACILITY}#{entry['ma_lk']}", version_ms(old))
     assert _visit_item(aws, pipeline, entry["ma_lk"], old)["status"] == "SUPERSEDED"

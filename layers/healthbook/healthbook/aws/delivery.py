@@ -11,8 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from healthbook.aws.records import counter_update
-from healthbook.aws.settings import error_code
+from healthbook.aws.records import conditional_write
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, parse_time
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
 from healthbook.reports.aggregates import CounterUpdate
@@ -75,24 +74,7 @@ class DynamoVisitStatus:
         update = {"TableName": self.table, "Key": _key(ref), "UpdateExpression": expression,
                   "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
                   "ExpressionAttributeValues": {":pending": _s(PENDING), **values}}
-        if count is None or self.aggregates_table is None:
-            try:
-                self._db.update_item(**update)
-            except Exception as exc:
-                if error_code(exc) == "ConditionalCheckFailedException":
-                    return False
-                raise
-            return True
-        # The report counters commit with the status change or not at all: a lost race counts nothing.
-        try:
-            self._db.transact_write_items(TransactItems=[{"Update": update},
-                                                         counter_update(self.aggregates_table, count)])
-        except Exception as exc:
-            reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
-            if error_code(exc) == "TransactionCanceledException" and reasons[:1] == ["ConditionalCheckFailed"]:
-                return False
-            raise
-        return True
+        return conditional_write(self._db, "Update", update, counters=self.aggregates_table, count=count)
 
     def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any],
               count: CounterUpdate | None = None) -> bool:

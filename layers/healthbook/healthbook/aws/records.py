@@ -7,7 +7,7 @@ reader never sees a pointer to a missing version, nor two PENDING versions of on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from healthbook.aws.settings import error_code
 from healthbook.ingest.model import LATEST, PENDING, SUPERSEDED, SubmissionRecord, VisitVersion, VisitWrite
@@ -38,6 +38,37 @@ def counter_update(table: str, update: CounterUpdate) -> dict[str, Any]:
     return {"Update": {"TableName": table, "Key": {"scope": _s(update.scope), "period": _s(update.period)},
                        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(names))),
                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+
+
+def cancellation_reasons(error: BaseException) -> list[str]:
+    """The per-item codes of a cancelled TransactWriteItems ("ConditionalCheckFailed", "None"...); [] for any
+    other error."""
+    if error_code(error) != "TransactionCanceledException":
+        return []
+    return [str(r.get("Code", "")) for r in getattr(error, "response", {}).get("CancellationReasons", [])]
+
+
+def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], request: dict[str, Any], *,
+                      counters: str | None, count: CounterUpdate | None) -> bool:
+    """One conditional PutItem/UpdateItem; False when its condition fails. With a counters table and a count,
+    the report counters commit in the same transaction or not at all, so a retry or a lost race counts
+    nothing twice (docs/reports.md)."""
+    if counters is None or count is None:
+        write = dynamodb.put_item if operation == "Put" else dynamodb.update_item
+        try:
+            write(**request)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+    try:
+        dynamodb.transact_write_items(TransactItems=[{operation: request}, counter_update(counters, count)])
+    except Exception as exc:
+        if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
+            return False
+        raise
+    return True
 
 
 class DynamoRecords:
@@ -74,27 +105,10 @@ class DynamoRecords:
             item["standards"] = {"SS": sorted(set(record.standards))}
         put = {"TableName": self.submissions_table, "Item": item,
                "ConditionExpression": "attribute_not_exists(submission_id)"}
-        if self.aggregates_table is None:
-            try:
-                self._db.put_item(**put)
-            except Exception as exc:
-                if error_code(exc) == "ConditionalCheckFailedException":
-                    return False
-                raise
-            return True
-        # The report counters commit with the submission item, or not at all: a retry counts nothing twice.
         count = for_submission(record.facility, record.received_at, status=record.status,
                                visits_accepted=record.visits_accepted, visits_total=record.visits_total,
                                error_codes=record.error_codes)
-        try:
-            self._db.transact_write_items(TransactItems=[{"Put": put},
-                                                         counter_update(self.aggregates_table, count)])
-        except Exception as exc:
-            reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
-            if error_code(exc) == "TransactionCanceledException" and reasons[:1] == ["ConditionalCheckFailed"]:
-                return False
-            raise
-        return True
+        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count)
 
     # --- visits -----------------------------------------------------------------------------------------
 
@@ -121,10 +135,10 @@ class DynamoRecords:
             try:
                 self._transact(visit, current)
             except Exception as exc:
-                if error_code(exc) != "TransactionCanceledException":
+                reasons = cancellation_reasons(exc)
+                if not reasons:
                     raise
-                reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
-                if reasons and reasons[0] == "ConditionalCheckFailed":
+                if reasons[0] == "ConditionalCheckFailed":
                     return VisitWrite.PRESENT  # the version item exists: an earlier run wrote all of it
                 if not _CONFLICTS.intersection(reasons):
                     raise

@@ -19,7 +19,6 @@ from healthbook.delivery.service import (
     SweepReport,
     VisitStatusStore,
     WorkflowStarter,
-    batches,
     summarise,
 )
 
@@ -40,6 +39,5 @@ __all__ = [
     "VisitRef",
     "VisitStatusStore",
     "WorkflowStarter",
-    "batches",
     "summarise",
 ]

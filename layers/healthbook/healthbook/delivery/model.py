@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from healthbook.ingest.model import PENDING, SUPERSEDED
+from healthbook.ingest.model import DELIVERY_BATCH, PENDING, SUPERSEDED
 from healthbook.ingest.model import VisitRef as VisitRef  # re-exported: the workflow passes these around
+from healthbook.signing.registry import utc
 
 DELIVERED = "DELIVERED"
 NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
@@ -25,15 +26,12 @@ DEFERRED = "DEFERRED"
 SKIPPED = "SKIPPED"  # the visit is no longer PENDING (delivered by a concurrent run, superseded...)
 UNSETTLED = "UNSETTLED"  # even the Catch path failed: the lease expires and the sweep takes the visit again
 
-MAX_BATCH = 50  # visits per Express execution (docs/cost.md)
+MAX_BATCH = DELIVERY_BATCH  # visits per Express execution (docs/cost.md)
 
 
 def parse_time(value: str) -> datetime:
     """An ISO 8601 UTC string of docs/data-model.md (``2026-11-22T03:00:00Z``) as an aware datetime."""
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"time without a zone: {value!r}")
-    return moment.astimezone(UTC)
+    return utc(datetime.fromisoformat(value))
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -58,7 +58,6 @@ __all__ = [
     "Sweeper",
     "VisitStatusStore",
     "WorkflowStarter",
-    "batches",
     "summarise",
 ]
 
@@ -356,7 +355,3 @@ class Sweeper:
                                   "breached": report.breached[:MAX_BATCH], "at": iso(now)})
         return report
 
-
-def batches(refs: Sequence[VisitRef], size: int = MAX_BATCH) -> Iterator[list[VisitRef]]:
-    for start in range(0, len(refs), size):
-        yield list(refs[start:start + size])

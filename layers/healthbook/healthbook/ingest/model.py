@@ -24,6 +24,7 @@ PARTIAL = "PARTIAL"
 REJECTED = "REJECTED"
 
 STATUS_SHARDS = 8
+DELIVERY_BATCH = 50  # visits per delivery execution (docs/cost.md)
 LATEST = "LATEST"  # the sort key of a visit's pointer item
 DEADLINE = timedelta(hours=24)  # QĐ 2733 Appendix 01 Art. 5
 UNKNOWN_FACILITY = "unknown"  # receipts folder for a key that names no folder at all

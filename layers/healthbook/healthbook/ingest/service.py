@@ -28,6 +28,7 @@ from cryptography import x509
 from healthbook.ingest.model import (
     ACCEPTED,
     DEADLINE,
+    DELIVERY_BATCH,
     PARTIAL,
     REJECTED,
     Location,
@@ -58,7 +59,6 @@ __all__ = ["DeliveryStarter", "IngestService", "ObjectStore", "RecordsRepository
            "pack_records"]
 
 log = logging.getLogger(__name__)
-BATCH = 50  # visits per delivery execution (docs/cost.md)
 
 _MAX_DETAIL = 200  # I502 quotes the key; a 1 KB key need not be copied whole into a receipt
 
@@ -267,10 +267,10 @@ class IngestService:
         if self._delivery is None or not visits:
             return
         run = uuid.uuid4().hex[:8]  # a retried ingest starts anew: execution names must not repeat
-        for number, start in enumerate(range(0, len(visits), BATCH)):
+        for number, start in enumerate(range(0, len(visits), DELIVERY_BATCH)):
             try:
                 self._delivery.start(f"ingest-{outcome.submission_id[:40]}-{run}-{number}",
-                                     visits[start:start + BATCH])
+                                     visits[start:start + DELIVERY_BATCH])
                 outcome.delivery_executions += 1
             except Exception as exc:  # the sweep is the safety net; say so and go on
                 log.warning("delivery start failed; the sweep will take these visits",
