@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,7 @@ from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
 from healthbook.ingest.service import citizen_key, pack_records
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import FakePopulation, PopulationUnavailable
-from healthbook.reports.aggregates import CounterUpdate
+from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 from healthbook.signing.receipt import iso_utc
 from healthbook.validation import validate_bytes
 from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
@@ -98,6 +99,8 @@ class FakeStatusStore:
         self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
         self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
         self.counted: list[CounterUpdate | None] = []  # the report counters committed with each transition
+        self.markers: set[tuple[str, str]] = set()  # distinct-citizen markers set
+        self.citizen_counts: list[CounterUpdate] = []  # the counts committed with them
 
     def add(self, ref: VisitRef, *, records: bytes | None = None, status: str = PENDING,
             received_at: datetime = RECEIVED, deadline_at: datetime | None = None, attempts: int = 0,
@@ -179,6 +182,12 @@ class FakeStatusStore:
         self._move(item, SUPERSEDED)
         item.superseded_at = now
         return True
+
+    def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
+        for marker in markers:
+            if (marker.scope, marker.period) not in self.markers:
+                self.markers.add((marker.scope, marker.period))
+                self.citizen_counts.append(marker.count)
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
         item = self._pending("defer", ref)
@@ -685,6 +694,25 @@ def test_deliver_superseded_lost_to_a_concurrent_change_is_skipped(world: World)
     result = world.service().deliver(ref, citizen_key="ck", projection_key=key)
     assert world.store.status(ref) == DEADLINE_BREACHED
     assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+
+
+def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_delivered(world: World) -> None:
+    # seeds 3, 4 and 8 are visits at 79002, seed 1 at 79001: all in province 79
+    first, second, third, elsewhere = (world.stored(seed) for seed in (3, 4, 8, 1))
+    for ref, citizen in ((first, "ck"), (second, "ck"), (third, "someone-else"), (elsewhere, "ck")):
+        world.service().deliver(ref, citizen_key=citizen, projection_key=_projected(world, ref))
+    counted = Counter((c.scope, c.period, name) for c in world.store.citizen_counts for name in c.deltas)
+    month, half, day = "M#2026-11", "S#2026-H2", "D#2026-11-22"  # T is 22 Nov 2026, 11:00 in Vietnam
+    assert counted == Counter({("F#79002", month, "citizens"): 2, ("F#79002", half, "citizens"): 2,
+                               ("F#79001", month, "citizens"): 1, ("F#79001", half, "citizens"): 1,
+                               ("P#79", month, "citizens"): 2, ("P#79", half, "citizens"): 2,
+                               ("P#79", day, "new_citizens"): 2})
+    province = "P#79"
+    assert (f"{province}#ALL", "citizen#ck") in world.store.markers
+    # a crash between the markers and the status change: the retry finds the markers and counts nothing again
+    world.store.items[first].status = PENDING
+    world.service().deliver(first, citizen_key="ck", projection_key=_projected(world, first))
+    assert len(world.store.citizen_counts) == sum(counted.values())
 
 
 def test_deliver_needs_vneid_and_the_projection_store(world: World) -> None:

@@ -94,9 +94,12 @@ class World:
             found.append(json.loads(json.loads(message["Body"])["Message"]))
         return found
 
-    def counters(self) -> dict[str, int]:
-        """The report counters of every facility and day, summed."""
-        items = self.aws.ddb.scan(TableName=AGGREGATES)["Items"]
+    def counters(self, scope: str = "F#", period: str = "D#") -> dict[str, int]:
+        """The report counters of every item whose scope and period start so (default: facility days), summed;
+        never the distinct-citizen markers, whose scope carries the period too."""
+        items = [item for item in self.aws.ddb.scan(TableName=AGGREGATES)["Items"]
+                 if item["scope"]["S"].startswith(scope) and item["scope"]["S"].count("#") == 1
+                 and item["period"]["S"].startswith(period)]
         return total({name: int(value["N"]) for name, value in item.items() if "N" in value} for item in items)
 
     def sweep(self) -> dict[str, Any]:
@@ -200,6 +203,8 @@ def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconcili
     assert {k: v for k, v in counters.items() if not k.startswith("latency#")} == {
         "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1}
     assert sum(v for k, v in counters.items() if k.startswith("latency#")) == 2
+    assert world.counters("P#") == {"new_citizens": 2}  # two citizens with a health book now
+    assert world.counters("F#", "M#") == {"citizens": 2}
 
 
 def test_a_second_execution_for_the_same_visits_changes_nothing(world: World) -> None:

@@ -1,4 +1,4 @@
-"""``healthbook facility add|list`` (operations) and ``healthbook upload`` (facilities).
+"""``healthbook facility add|list`` and ``healthbook report`` (operations), ``healthbook upload`` (facilities).
 
 AWS is reached through boto3, which honours ``AWS_ENDPOINT_URL`` (moto server, LocalStack); ``--localstack``
 resolves LocalStack's endpoints with localstack-client when no endpoint URL is set.
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("code", metavar="MACSKCB")
     add.add_argument("--name", required=True)
     add.add_argument("--province", required=True, help="2-digit province code")
+    add.add_argument("--district", help="district code, for the reports' district roll-up (default: keep)")
     add.add_argument("--cert", required=True, metavar="CERT.pem", help="the facility's signing certificate")
     add.add_argument("--no-principal", action="store_true", help="only register the certificate")
     add.add_argument("--credentials-out", metavar="FILE",
@@ -37,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true")
     _aws_options(listing, tables=True)
     listing.set_defaults(func=_guard(cmd_facility_list))
+
+    report = subparsers.add_parser("report", help="build a period's report from the aggregates (as the report "
+                                                 "function does) and write its files to a folder")
+    report.add_argument("--period", required=True, help="YYYY-MM (month), YYYY-MM-DD (day) or YYYY-H1/H2")
+    report.add_argument("--level", choices=("facility", "district", "province"),
+                        help="print this level and write only its CSV (default: every file, provinces printed)")
+    report.add_argument("--out", required=True, type=Path, metavar="DIR")
+    report.add_argument("--aggregates-table", default=os.environ.get("HEALTHBOOK_AGGREGATES_TABLE"),
+                        help="default: from --stack")
+    _aws_options(report, tables=True)
+    report.set_defaults(func=_guard(cmd_report))
 
     upload = subparsers.add_parser("upload", help="upload signed submissions to the inbox (facilities)")
     upload.add_argument("paths", nargs="+", metavar="PATH")
@@ -115,6 +127,61 @@ def _facilities_table(clients: _Clients, args: argparse.Namespace, outputs: dict
     return clients.resource("dynamodb").Table(name)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from healthbook.aws.reports import build
+    from healthbook.reports.model import Period
+
+    period = Period.parse(args.period)  # ValueError -> usage error, before any AWS call
+    clients = _Clients(args)
+    outputs_of_stack = _stack_outputs(clients, args.stack)
+    aggregates = args.aggregates_table or outputs_of_stack.get("AggregatesTableName")
+    if not aggregates:
+        raise UsageError("give --aggregates-table or --stack (or set HEALTHBOOK_AGGREGATES_TABLE)")
+    report = build(period, dynamodb=clients.client("dynamodb"), aggregates_table=aggregates,
+                   facilities_table=_facilities_table(clients, args, outputs_of_stack),
+                   generated_at=datetime.now(UTC))
+    written = write_report(report, args.out, level=args.level)
+    for line in _summary_lines(report, args.level or "province"):
+        print(line)
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+_SUMMARY = ("code", "files_received", "visits_accepted", "visits_rejected", "delivered", "in_time_pct",
+            "latency_p95", "breached", "needs_reconciliation", "citizens", "coverage_pct")
+
+
+def _summary_lines(report: Any, level: str) -> list[str]:
+    """A plain table of one level's key figures for the terminal ("-" where a figure does not exist)."""
+    from healthbook.reports.model import COLUMNS, cell
+
+    columns = [c for key in _SUMMARY for c in COLUMNS if c.key == key]
+    table = [[c.header_en for c in columns]]
+    for row in report.level(level):
+        values = [cell(row, c) for c in columns]
+        table.append(["-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values])
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = [f"{report.period.label_vi} ({report.period.label}), {level}:"]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
+    return lines
+
+
+def write_report(report: Any, out: Path, *, level: str | None = None) -> list[Path]:
+    """The report function's files, in ``out`` instead of the bucket; with ``level`` only that level's CSV."""
+    from healthbook.reports.render import outputs
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (body, _) in sorted(outputs(report).items()):
+        if level is None or name == f"{level}.csv":
+            (out / name).write_bytes(body)
+            written.append(out / name)
+    return written
+
+
 def cmd_facility_add(args: argparse.Namespace) -> int:
     from cryptography import x509
 
@@ -131,7 +198,7 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
         principal = create_facility_principal(args.code, stage=args.stage, iam=clients.client("iam"),
                                               policy_arn=args.policy_arn or outputs.get("FacilityPolicyArn"))
     put_facility(table, args.code, args.name, args.province, certificate,
-                 principal_arn=principal.arn if principal else None)
+                 principal_arn=principal.arn if principal else None, district=args.district)
     print(f"registered {args.code} ({args.name}, province {args.province}); certificate "
           f"{certificate_sha256(certificate)} valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
           f"{certificate.not_valid_after_utc:%Y-%m-%d}")

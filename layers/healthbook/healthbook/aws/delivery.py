@@ -11,16 +11,20 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from healthbook.aws.records import conditional_write
+from healthbook.aws.records import cancellation_reasons, conditional_write, counter_update
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, parse_time
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
-from healthbook.reports.aggregates import CounterUpdate
+from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 from healthbook.signing.receipt import iso_utc
 
 STATUS_INDEX = "by-status-deadline"
 # What that index projects besides the keys (template.yaml must agree; a test checks it).
 STATUS_INDEX_ATTRIBUTES = ("received_at", "next_attempt_at", "attempts")
-_LIGHT = "visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key"
+_LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key, province, "
+          "district")
+
+
+_MARKER_ATTEMPTS = 3
 
 
 def _s(value: str) -> dict[str, str]:
@@ -43,7 +47,8 @@ def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
         received_at=parse_time(str(text("received_at"))), deadline_at=parse_time(str(text("deadline_at"))),
         attempts=int(item.get("attempts", {}).get("N", "0")),
         next_attempt_at=parse_time(next_attempt) if next_attempt else None, citizen_key=text("citizen_key"),
-        records=bytes(records) if records is not None else None)
+        records=bytes(records) if records is not None else None, province=text("province"),
+        district=text("district"))
 
 
 class DynamoVisitStatus:
@@ -108,6 +113,46 @@ class DynamoVisitStatus:
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
         return self._move(ref, SUPERSEDED, ", superseded_at = :t, superseded_by = :by",
                           {":t": _s(iso_utc(now)), ":by": _s("VNEID_NEWER_VERSION")})
+
+    def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
+        """Read which markers exist (repeat citizens cost one BatchGetItem), then put the missing ones, each with
+        its ADD, in one transaction. A racing delivery of the same citizen cancels it: read again, retry."""
+        table = self.aggregates_table
+        if not table or not markers:
+            return
+        for _ in range(_MARKER_ATTEMPTS):
+            present = self._existing(table, markers)
+            missing = [m for m in markers if (m.scope, m.period) not in present]
+            if not missing:
+                return
+            writes: list[dict[str, Any]] = []
+            for marker in missing:
+                item = {"scope": _s(marker.scope), "period": _s(marker.period)}
+                if marker.expires_at is not None:
+                    item["expires_at"] = {"N": str(marker.expires_at)}
+                writes.append({"Put": {"TableName": table, "Item": item,
+                                       "ConditionExpression": "attribute_not_exists(#p)",
+                                       "ExpressionAttributeNames": {"#p": "period"}}})
+                writes.append(counter_update(table, marker.count))
+            try:
+                self._db.transact_write_items(TransactItems=writes)
+                return
+            except Exception as exc:
+                if not {"ConditionalCheckFailed", "TransactionConflict"} & set(cancellation_reasons(exc)):
+                    raise
+        raise RuntimeError("distinct-citizen markers kept changing; the step will be retried")
+
+    def _existing(self, table: str, markers: Sequence[CitizenMarker]) -> set[tuple[str, str]]:
+        request: dict[str, Any] = {table: {
+            "Keys": [{"scope": _s(m.scope), "period": _s(m.period)} for m in markers],
+            "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
+            "ConsistentRead": True}}
+        found: set[tuple[str, str]] = set()
+        while request:
+            page = self._db.batch_get_item(RequestItems=request)
+            found.update((i["scope"]["S"], i["period"]["S"]) for i in page.get("Responses", {}).get(table, []))
+            request = page.get("UnprocessedKeys") or {}
+        return found
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
         return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t ADD attempts :one",

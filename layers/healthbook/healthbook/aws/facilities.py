@@ -64,6 +64,7 @@ class FacilitiesRepository:
                             for cert in item.get("certificates") or [] if isinstance(cert, dict)]
             facilities[_text(item.get("facility"))] = {"name": _text(item.get("name")),
                                                       "province": _text(item.get("province")),
+                                                      "district": _text(item.get("district")),
                                                       "certificates": certificates}
             revoked.update({str(k): _text(v) for k, v in (item.get("revoked") or {}).items()})
         return FacilityRegistry.loads(json.dumps({"format": FORMAT, "facilities": facilities, "revoked": revoked}))
@@ -80,7 +81,7 @@ class FacilitiesRepository:
             facility = registry.facilities[_text(item.get("facility"))]
             own = set(item.get("revoked") or {})
             entries.append(FacilityEntry(code=facility.code, name=facility.name, province=facility.province,
-                                         certificates=facility.certificates,
+                                         certificates=facility.certificates, district=facility.district,
                                          revoked={s: at for s, at in registry.revoked.items() if s in own},
                                          principal_arn=_text(item.get("principal_arn")) or None))
         return sorted(entries, key=lambda e: e.code)
@@ -92,12 +93,12 @@ class FacilitiesRepository:
         return dict(item) if item else None
 
     def put_facility(self, code: str, name: str, province: str, certificate: x509.Certificate,
-                     principal_arn: str | None = None) -> RegisteredCertificate:
+                     principal_arn: str | None = None, district: str | None = None) -> RegisteredCertificate:
         """Create or update a facility and register ``certificate`` for it (its validity window). Other
         certificates of the facility stay; the same certificate again only refreshes its window."""
         current = self._get(code)
         registry = self._registry([current] if current else [])
-        registered = registry.register(code, name, province, certificate)  # checks the 5-digit code
+        registered = registry.register(code, name, province, certificate, district=district)  # checks the code
         item: dict[str, Any] = {
             **(current or {}), "facility": code, "name": name, "province": province,
             "certificates": [{"sha256": c.sha256, "not_before": iso_utc(c.not_before),
@@ -105,6 +106,8 @@ class FacilitiesRepository:
         }
         if principal_arn:
             item["principal_arn"] = principal_arn
+        if registry.facilities[code].district:
+            item["district"] = registry.facilities[code].district
         self._conditional_put(item, current)
         return registered
 
@@ -140,9 +143,10 @@ class FacilitiesRepository:
 # --- for the ops commands (healthbook facility add|list) ---------------------------------------------------
 
 def put_facility(table: Any, code: str, name: str, province: str, certificate: x509.Certificate,
-                 principal_arn: str | None = None) -> RegisteredCertificate:
-    """``table``: a boto3 DynamoDB Table resource."""
-    return FacilitiesRepository(table).put_facility(code, name, province, certificate, principal_arn=principal_arn)
+                 principal_arn: str | None = None, district: str | None = None) -> RegisteredCertificate:
+    """``table``: a boto3 DynamoDB Table resource. ``district`` None keeps the recorded one."""
+    return FacilitiesRepository(table).put_facility(code, name, province, certificate, principal_arn=principal_arn,
+                                                    district=district)
 
 
 def list_facilities(table: Any) -> list[FacilityEntry]:

@@ -155,6 +155,10 @@ class DynamoRecords:
         }
         if visit.standard:
             item["standard"] = _s(visit.standard)
+        if visit.province:
+            item["province"] = _s(visit.province)
+        if visit.district:
+            item["district"] = _s(visit.district)
         if visit.citizen_key:  # no attribute, no entry in the sparse by-citizen index
             item["citizen_key"] = _s(visit.citizen_key)
         if superseded_by:

@@ -79,6 +79,8 @@ def create_tables(ddb: Any, names: dict[str, str]) -> None:
                             TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"})
     if "AGGREGATES_TABLE" in names:
         table(names["AGGREGATES_TABLE"], [("scope", "HASH"), ("period", "RANGE")], {})
+        ddb.update_time_to_live(TableName=names["AGGREGATES_TABLE"],
+                                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
 
 
 @contextmanager

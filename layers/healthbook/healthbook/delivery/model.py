@@ -50,6 +50,8 @@ class StoredVisit:
     next_attempt_at: datetime | None = None
     citizen_key: str | None = None
     records: bytes | None = None
+    province: str | None = None  # the facility's, stamped at ingest (older items: None)
+    district: str | None = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,14 @@ from healthbook.ingest.model import PENDING, SUPERSEDED
 from healthbook.ingest.service import DeliveryStarter as WorkflowStarter  # one port, two names
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import PopulationRegistry, identity_from_summary, reconcile
-from healthbook.reports.aggregates import CounterUpdate, for_breach, for_delivery, for_reconciliation
+from healthbook.reports.aggregates import (
+    CitizenMarker,
+    CounterUpdate,
+    citizen_markers,
+    for_breach,
+    for_delivery,
+    for_reconciliation,
+)
 from healthbook.signing.receipt import iso_utc as iso  # one spelling of time: text order is time order
 
 __all__ = [
@@ -90,6 +97,11 @@ class VisitStatusStore(Protocol):
                        receipt_id: str | None, count: CounterUpdate | None = None) -> bool: ...
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
+
+    def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
+        """Set the markers not set yet, each with its count in the same transaction, so a citizen is counted
+        once per scope and period however often a delivery is retried (docs/reports.md)."""
+        ...
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool: ...
 
@@ -244,6 +256,11 @@ class DeliveryService:
                 return self._skipped(ref)
             return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
+        # Before the status change: a crash in between leaves the visit PENDING, and the retry finds the
+        # markers set and counts nothing twice.
+        self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
+                                                 province=visit.province or ref.facility[:2],
+                                                 district=visit.district))
         count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
                              referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
         if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id,

@@ -22,6 +22,14 @@ def facility_scope(facility: str) -> str:
     return f"F#{facility}"
 
 
+def district_scope(province: str, district: str) -> str:
+    return f"DIST#{province}#{district}"
+
+
+def province_scope(province: str) -> str:
+    return f"P#{province}"
+
+
 def day(moment: datetime) -> str:
     """The Vietnam day of an event: a facility's day is its own, not UTC's."""
     return f"D#{moment.astimezone(PORTAL_TZ):%Y-%m-%d}"
@@ -29,6 +37,11 @@ def day(moment: datetime) -> str:
 
 def month(moment: datetime) -> str:
     return f"M#{moment.astimezone(PORTAL_TZ):%Y-%m}"
+
+
+def half(moment: datetime) -> str:
+    local = moment.astimezone(PORTAL_TZ)
+    return f"S#{local.year}-H{1 if local.month <= 6 else 2}"
 
 
 def latency_bucket(milliseconds: int) -> str:
@@ -101,6 +114,39 @@ def for_reconciliation(facility: str, at: datetime, reasons: Iterable[str]) -> C
 
 def for_breach(facility: str, at: datetime) -> CounterUpdate:
     return CounterUpdate(facility_scope(facility), day(at), {"breached": 1})
+
+
+# Distinct-citizen markers outlive the six-monthly report (and its re-runs) by a margin.
+MARKER_TTL_DAYS = 400
+EVER = "ALL"
+
+
+@dataclass(frozen=True)
+class CitizenMarker:
+    """A citizen seen in a scope and period: the item (``scope``, ``period``) put only if absent, with its count
+    in the same transaction (docs/reports.md)."""
+
+    scope: str  # "<counter scope>#<period>", e.g. "P#01#M#2025-03"
+    period: str  # "citizen#<citizen_key>"
+    expires_at: int | None  # epoch seconds for the table's TTL; None for the kept "ever" marker
+    count: CounterUpdate
+
+
+def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: str,
+                    district: str | None) -> list[CitizenMarker]:
+    """The markers a delivery to ``citizen_key`` sets: distinct citizens per month and half-year for the facility,
+    its district and province, and the province's "ever" marker whose count, ``new_citizens`` on the day, sums
+    to the citizens with a health book (coverage)."""
+    expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
+    scopes = [facility_scope(facility), province_scope(province)]
+    if district:
+        scopes.insert(1, district_scope(province, district))
+    marker = f"citizen#{citizen_key}"
+    markers = [CitizenMarker(f"{scope}#{period}", marker, expires, CounterUpdate(scope, period, {"citizens": 1}))
+               for scope in scopes for period in (month(at), half(at))]
+    ever = province_scope(province)
+    markers.append(CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1})))
+    return markers
 
 
 def total(items: Iterable[Mapping[str, int]]) -> dict[str, int]:

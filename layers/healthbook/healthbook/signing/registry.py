@@ -71,6 +71,7 @@ class Facility:
     name: str
     province: str
     certificates: tuple[RegisteredCertificate, ...] = ()
+    district: str = ""  # for the district roll-up of the reports; "" when not recorded
 
 
 @dataclass
@@ -116,7 +117,8 @@ class FacilityRegistry:
                 certificates.append(registered)
             registry.facilities[code] = Facility(code=code, name=str(entry.get("name", "")),
                                                  province=str(entry.get("province", "")),
-                                                 certificates=tuple(certificates))
+                                                 certificates=tuple(certificates),
+                                                 district=str(entry.get("district", "")))
         for sha256, revoked_at in revoked_in.items():
             registry.revoked[_check_sha256(sha256, f"revoked.{sha256}")] = _parse_time(revoked_at,
                                                                                       f"revoked.{sha256}")
@@ -126,7 +128,7 @@ class FacilityRegistry:
         document = {
             "format": FORMAT,
             "facilities": {
-                code: {"name": f.name, "province": f.province,
+                code: {"name": f.name, "province": f.province, **({"district": f.district} if f.district else {}),
                        "certificates": [{"sha256": c.sha256, "not_before": _iso(c.not_before),
                                          "not_after": _iso(c.not_after)} for c in f.certificates]}
                 for code, f in sorted(self.facilities.items())
@@ -138,7 +140,8 @@ class FacilityRegistry:
     # --- changes ---------------------------------------------------------------------------------------
 
     def register(self, code: str, name: str, province: str, certificate: x509.Certificate,
-                 not_before: datetime | None = None, not_after: datetime | None = None) -> RegisteredCertificate:
+                 not_before: datetime | None = None, not_after: datetime | None = None, *,
+                 district: str | None = None) -> RegisteredCertificate:
         """Register (or re-register with a new window) a certificate for a facility."""
         if not _FACILITY_CODE.fullmatch(code):
             raise ValueError(f"facility code must be 5 digits, got {code!r}")
@@ -148,7 +151,9 @@ class FacilityRegistry:
             not_after=utc(not_after or certificate.not_valid_after_utc))
         existing = self.facilities.get(code)
         others = tuple(c for c in (existing.certificates if existing else ()) if c.sha256 != registered.sha256)
-        self.facilities[code] = Facility(code=code, name=name, province=province, certificates=(*others, registered))
+        kept_district = district if district is not None else (existing.district if existing else "")
+        self.facilities[code] = Facility(code=code, name=name, province=province, certificates=(*others, registered),
+                                         district=kept_district)
         return registered
 
     def revoke(self, sha256: str, at: datetime) -> None:

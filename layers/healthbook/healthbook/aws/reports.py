@@ -1,0 +1,63 @@
+"""The report job on AWS: counters from the ``aggregates`` table, facilities from the registry, files to the
+reports bucket under the period (docs/reports.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from healthbook.aws.facilities import FacilitiesRepository
+from healthbook.reports.build import Place, build_report
+from healthbook.reports.job import report_prefix
+from healthbook.reports.model import Period, Report
+from healthbook.reports.render import outputs
+
+_KEYS = {"scope", "period", "expires_at"}
+
+
+class DynamoCounters:
+    """healthbook.reports.build.CounterSource: one Query per scope and range, summed."""
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self.table = table
+        self.queries = 0
+
+    def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "KeyConditionExpression": "#sc = :s AND #p BETWEEN :lo AND :hi",
+            "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
+            "ExpressionAttributeValues": {":s": {"S": scope}, ":lo": {"S": low}, ":hi": {"S": high}}}
+        summed: dict[str, int] = {}
+        while True:
+            page = self._db.query(**kwargs)
+            self.queries += 1
+            for item in page.get("Items", []):
+                for name, value in item.items():
+                    if name not in _KEYS and "N" in value:
+                        summed[name] = summed.get(name, 0) + int(value["N"])
+            if "LastEvaluatedKey" not in page:
+                return summed
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def places(facilities_table: Any) -> list[Place]:
+    """The registered facilities (``facilities_table``: a boto3 Table resource)."""
+    return [Place(e.code, e.name, e.province, e.district)
+            for e in FacilitiesRepository(facilities_table).list_facilities()]
+
+
+def build(period: Period, *, dynamodb: Any, aggregates_table: str, facilities_table: Any,
+          generated_at: datetime) -> Report:
+    return build_report(period, places(facilities_table), DynamoCounters(dynamodb, aggregates_table),
+                        generated_at=generated_at)
+
+
+def publish(report: Report, *, s3: Any, bucket: str) -> list[str]:
+    """Write the report's files under its period's prefix, replacing a previous run's; the keys written."""
+    prefix = report_prefix(report.period)
+    keys = []
+    for name, (body, content_type) in sorted(outputs(report).items()):
+        s3.put_object(Bucket=bucket, Key=prefix + name, Body=body, ContentType=content_type)
+        keys.append(prefix + name)
+    return keys

@@ -1,0 +1,361 @@
+"""Reports: periods, the builder on hand-set counters, and a hand-computable dataset committed through the real
+DynamoDB adapters on moto, retries and duplicates included (docs/reports.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from healthbook.aws.delivery import DynamoVisitStatus
+from healthbook.aws.records import DynamoRecords
+from healthbook.aws.reports import DynamoCounters
+from healthbook.aws.sandbox import NAMES, create_tables
+from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
+from healthbook.reports.aggregates import citizen_markers, for_breach, for_delivery, for_reconciliation
+from healthbook.reports.build import Place, PopulationFigure, build_report, load_population
+from healthbook.reports.job import period_for, report_prefix
+from healthbook.reports.model import COLUMNS, Period, cell
+from moto import mock_aws
+
+REGION = "ap-southeast-1"
+VN = timedelta(hours=7)
+
+
+# --- periods ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "kind", "start", "end", "previous"), [
+    ("2025-03", "month", date(2025, 3, 1), date(2025, 3, 31), "2025-02"),
+    ("2024-02", "month", date(2024, 2, 1), date(2024, 2, 29), "2024-01"),
+    ("2025-01", "month", date(2025, 1, 1), date(2025, 1, 31), "2024-12"),
+    ("2025-H1", "half", date(2025, 1, 1), date(2025, 6, 30), "2024-H2"),
+    ("2025-H2", "half", date(2025, 7, 1), date(2025, 12, 31), "2025-H1"),
+    ("2025-03-01", "day", date(2025, 3, 1), date(2025, 3, 1), "2025-02-28"),
+])
+def test_periods_parse_with_their_bounds_and_the_one_before(text: str, kind: str, start: date, end: date,
+                                                            previous: str) -> None:
+    period = Period.parse(text)
+    assert (period.kind, period.start, period.end, period.label) == (kind, start, end, text)
+    assert period.previous().label == previous
+
+
+@pytest.mark.parametrize("text", ["2025-13", "2025-H3", "2025-02-30", "25-03", "march", ""])
+def test_bad_periods_are_refused_with_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        Period.parse(text)
+
+
+@pytest.mark.parametrize(("kind", "now", "expected"), [
+    ("day", datetime(2025, 3, 1, 17, 30, tzinfo=UTC), "2025-03-01"),  # 00:30 on 2 March in Vietnam
+    ("day", datetime(2025, 3, 1, 16, 59, tzinfo=UTC), "2025-02-28"),  # 23:59 on 1 March in Vietnam
+    ("month", datetime(2024, 12, 31, 19, 0, tzinfo=UTC), "2024-12"),  # 02:00 on 1 January in Vietnam
+    ("half", datetime(2025, 6, 30, 20, 0, tzinfo=UTC), "2025-H1"),  # 03:00 on 1 July in Vietnam
+    ("half", datetime(2024, 12, 31, 20, 0, tzinfo=UTC), "2024-H2"),
+])
+def test_a_scheduled_run_reports_the_last_complete_period_on_vietnams_calendar(kind: str, now: datetime,
+                                                                               expected: str) -> None:
+    period = period_for({"kind": kind}, now)
+    assert period.label == expected and period.kind == kind
+    assert report_prefix(period) == f"reports/{kind}/{expected}/"
+
+
+def test_a_rerun_names_its_period_and_anything_else_is_refused() -> None:
+    assert period_for({"period": "2025-03", "kind": "day"}, datetime.now(UTC)).label == "2025-03"
+    for event in ({}, {"kind": "week"}, {"period": 202503}):
+        with pytest.raises(ValueError, match="expected"):
+            period_for(event, datetime.now(UTC))
+
+
+# --- the builder on counters set by hand -------------------------------------------------------------------
+
+class DictCounters:
+    """CounterSource over {(scope, period): counters}."""
+
+    def __init__(self, items: dict[tuple[str, str], dict[str, int]]) -> None:
+        self.items = items
+        self.reads: list[tuple[str, str, str]] = []
+
+    def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
+        self.reads.append((scope, low, high))
+        summed: dict[str, int] = {}
+        for (item_scope, period), counters in self.items.items():
+            if item_scope == scope and low <= period <= high:
+                for name, value in counters.items():
+                    summed[name] = summed.get(name, 0) + value
+        return summed
+
+
+POPULATION = {"26": PopulationFigure("26", "Tỉnh Ví Dụ", 2_724_670, 2025, "test figure")}
+
+
+def test_coverage_is_citizens_with_a_book_over_the_population_to_two_decimals() -> None:
+    # the seeds' example: 369,164 citizens integrated = 13.55 % of 2,724,670 people
+    source = DictCounters({("P#26", "D#2024-12-31"): {"new_citizens": 369_000},
+                           ("P#26", "D#2025-03-31"): {"new_citizens": 164},
+                           ("P#26", "D#2025-04-01"): {"new_citizens": 99}})  # after the period: not counted
+    report = build_report(Period.parse("2025-03"), [Place("26001", "BV", "26")], source,
+                          generated_at=datetime(2025, 4, 1, tzinfo=UTC), population=POPULATION)
+    (province,) = report.level("province")
+    assert province.citizens_with_book == 369_164 and province.population == 2_724_670
+    assert province.coverage_pct == 13.55
+    assert province.population_source == "test figure (2025)"
+
+
+def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_errors_ordered() -> None:
+    source = DictCounters({
+        ("F#01001", "D#2025-03-02"): {"files_received": 2, "files_rejected": 1, "visits_accepted": 1,
+                                      "visits_rejected": 1, "error#E_B": 1, "error#E_A": 1, "delivered": 1,
+                                      "delivered_in_time": 1, "latency#10": 1},
+        ("F#01002", "D#2025-03-31"): {"files_received": 1, "visits_accepted": 3, "error#E_B": 1, "delivered": 3,
+                                      "delivered_in_time": 2, "latency#60": 2, "latency#inf": 1, "breached": 1},
+        ("F#01002", "D#2025-02-28"): {"files_received": 5, "delivered": 4, "delivered_in_time": 4},
+        ("F#01001", "M#2025-03"): {"citizens": 1}, ("F#01002", "M#2025-03"): {"citizens": 2},
+        ("DIST#01#001", "M#2025-03"): {"citizens": 2}, ("P#01", "M#2025-03"): {"citizens": 2},
+        ("P#01", "M#2025-02"): {"citizens": 4},
+    })
+    places = [Place("01001", "A", "01", "001"), Place("01002", "B", "01", "001"), Place("01003", "C", "01")]
+    report = build_report(Period.parse("2025-03"), places, source, generated_at=datetime.now(UTC),
+                          population={})
+    a, b, c = report.level("facility")
+    assert (a.current.top_errors, b.current.top_errors) == ((("E_A", 1), ("E_B", 1)), (("E_B", 1),))
+    assert (a.current.latency_p50_s, b.current.latency_p50_s, b.current.latency_p95_s) == (10, 60, math.inf)
+    assert b.previous.files_received == 5 and b.previous.in_time_pct == 100.0 and b.previous.citizens == 0
+    assert c.facilities_without_submission == ("01003",) and c.current.citizens == 0
+    district, no_district = report.level("district")
+    assert (district.code, district.facilities, district.current.citizens) == ("01/001", 2, 2)
+    assert district.current.top_errors == (("E_B", 2), ("E_A", 1))
+    assert district.current.in_time_pct == 75.0  # 3 of 4
+    assert district.current.latency_p50_s == 60 and district.current.latency_p95_s == math.inf
+    assert (no_district.code, no_district.current.citizens, no_district.facilities_without_submission) == (
+        "01/?", None, ("01003",))
+    (province,) = report.level("province")
+    assert province.current.files_received == 3 and province.current.citizens == 2
+    assert province.previous.citizens == 4 and province.previous.delivered == 4
+    assert province.facilities == 3 and province.facilities_without_submission == ("01003",)
+    assert province.population is None and province.coverage_pct is None and province.citizens_with_book == 0
+
+
+def test_a_day_report_has_no_distinct_citizens_and_reads_each_range_once() -> None:
+    source = DictCounters({("F#01001", "D#2025-03-02"): {"files_received": 1, "delivered": 1}})
+    report = build_report(Period.parse("2025-03-02"), [Place("01001", "A", "01", "001")], source,
+                          generated_at=datetime.now(UTC), population={})
+    assert [row.current.citizens for row in report.rows] == [None, None, None]
+    assert [row.current.delivered for row in report.rows] == [1, 1, 1]
+    assert len(source.reads) == len(set(source.reads))
+
+
+def test_every_column_reads_a_value_from_a_row() -> None:
+    report = build_report(Period.parse("2025-03"), [Place("01001", "A", "01", "001")], DictCounters({}),
+                          generated_at=datetime.now(UTC))
+    for row in report.rows:
+        values = {column.key: cell(row, column) for column in COLUMNS}
+        assert values["code"] == row.code and values["files_received"] == 0
+    assert {c.key for c in COLUMNS} >= {"in_time_pct", "latency_p95", "coverage_pct", "citizens", "breached"}
+
+
+def test_the_shipped_population_table_names_its_source_for_every_figure() -> None:
+    table = load_population()
+    assert table["01"].population == 8_053_663 and table["79"].name == "Thành phố Hồ Chí Minh"
+    for figure in table.values():
+        assert figure.population > 100_000 and figure.year >= 2019 and figure.source
+
+
+# --- a known dataset through the real adapters, on moto -----------------------------------------------------
+
+@pytest.fixture
+def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        create_tables(client, NAMES)
+        yield client
+
+
+def _submission(n: int, facility: str, at: datetime, *, accepted: int, total: int,
+                errors: tuple[str, ...] = ()) -> SubmissionRecord:
+    return SubmissionRecord(
+        submission_id=f"sub-{n}", facility=facility, received_at=at, object_key=f"inbox/{facility}/{n}.xml",
+        version_id=None, content_sha256=None, size=100, status="REJECTED" if not accepted else "ACCEPTED",
+        visits_total=total, visits_accepted=accepted, error_codes=errors, standards=(), receipt_key="r",
+        quarantine_key=None, merkle_root=None, signing_key_id="k")
+
+
+class Dataset:
+    """March 2025 (and one February visit), events committed as ingest and delivery commit them."""
+
+    def __init__(self, ddb: Any) -> None:
+        self.records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"],
+                                     visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
+        self.status = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
+                                        aggregates_table=NAMES["AGGREGATES_TABLE"])
+        self.ddb = ddb
+        self.places = {"01001": ("01", "001"), "01002": ("01", "001"), "79001": ("79", "760"),
+                       "79002": ("79", "760"), "48001": ("48", "")}
+
+    def visit(self, facility: str, n: int) -> VisitRef:
+        ref = VisitRef(f"{facility}#LK{n}", "2025-03-01T00:00:00Z#x")
+        self.ddb.put_item(TableName=NAMES["VISITS_TABLE"], Item={
+            "visit_id": {"S": ref.visit_id}, "version": {"S": ref.version}, "status": {"S": PENDING},
+            "status_shard": {"S": status_shard(PENDING, ref.visit_id)}})
+        return ref
+
+    def deliver(self, ref: VisitRef, citizen: str, at: datetime, *, latency_s: int, late: bool = False,
+                referral: bool = False) -> bool:
+        province, district = self.places[ref.facility]
+        self.status.count_citizen(citizen_markers(citizen, at, facility=ref.facility, province=province,
+                                                  district=district or None))
+        deadline = at - timedelta(seconds=1) if late else at + timedelta(hours=1)
+        count = for_delivery(ref.facility, at, deadline_at=deadline, latency_ms=latency_s * 1000, referral=referral)
+        return self.status.mark_delivered(ref, delivered_at=at, latency_ms=latency_s * 1000, receipt_id="r",
+                                          count=count)
+
+
+def _vn(day: int, hour: int = 10, month: int = 3) -> datetime:
+    return datetime(2025, month, day, hour, tzinfo=UTC) - VN
+
+
+def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbers(ddb: Any) -> None:
+    data = Dataset(ddb)
+    put = data.records.put_submission
+    # 01001: three files; the first one retried twice (an SQS redelivery, a racing duplicate event)
+    first = _submission(1, "01001", _vn(2), accepted=2, total=2)
+    assert put(first) and not put(first) and not put(first)
+    assert put(_submission(2, "01001", _vn(3), accepted=0, total=1, errors=("E_X", "E_Y")))
+    assert put(_submission(3, "01001", _vn(4), accepted=1, total=2, errors=("E_X",)))
+    assert put(_submission(4, "01002", _vn(5), accepted=1, total=1))
+    assert put(_submission(5, "79001", _vn(6), accepted=1, total=1))
+    assert put(_submission(6, "48001", _vn(20, month=2), accepted=1, total=1))  # February: the previous period
+    # 00:30 on 1 April in Vietnam is April's, though it is still 31 March in UTC
+    assert put(_submission(7, "01002", datetime(2025, 3, 31, 17, 30, tzinfo=UTC), accepted=1, total=1))
+
+    v1, v2, v3 = data.visit("01001", 1), data.visit("01001", 2), data.visit("01001", 3)
+    assert data.deliver(v1, "citizen-a", _vn(2, 11), latency_s=30)
+    assert not data.deliver(v1, "citizen-a", _vn(2, 12), latency_s=3630)  # a duplicate execution: nothing
+    assert data.deliver(v2, "citizen-a", _vn(3, 11), latency_s=90_000, late=True)  # the same citizen, late
+    assert data.status.mark_breached(v3, error="Timeout", now=_vn(5), count=for_breach("01001", _vn(5)))
+    assert not data.status.mark_breached(v3, error="Timeout", now=_vn(5), count=for_breach("01001", _vn(5)))
+    v4 = data.visit("01002", 4)
+    assert data.deliver(v4, "citizen-a", _vn(5, 11), latency_s=100, referral=True)  # a's second facility
+    v5 = data.visit("79001", 5)
+    assert data.status.mark_needs_reconciliation(v5, ["UNKNOWN_ID"], _vn(6),
+                                                 count=for_reconciliation("79001", _vn(6), ["UNKNOWN_ID"]))
+    v6 = data.visit("48001", 6)
+    assert data.deliver(v6, "citizen-b", _vn(20, 11, month=2), latency_s=20)
+
+    places = [Place(code, f"BV {code}", province, district) for code, (province, district) in data.places.items()]
+    counters = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"])
+    report = build_report(Period.parse("2025-03"), places, counters, generated_at=_vn(31, 23),
+                          population=load_population())
+    facility = {row.code: row for row in report.level("facility")}
+    hn1 = facility["01001"].current
+    assert (hn1.files_received, hn1.files_rejected, hn1.visits_accepted, hn1.visits_rejected) == (3, 1, 3, 2)
+    assert hn1.top_errors == (("E_X", 2), ("E_Y", 1))
+    assert (hn1.delivered, hn1.delivered_in_time, hn1.in_time_pct, hn1.breached, hn1.citizens) == (2, 1, 50.0, 1, 1)
+    assert (hn1.latency_p50_s, hn1.latency_p95_s) == (30, math.inf)  # 30 s and 25 h
+    hn2 = facility["01002"].current
+    assert (hn2.files_received, hn2.delivered, hn2.referral_delivered, hn2.citizens) == (1, 1, 1, 1)
+    assert facility["79001"].current.needs_reconciliation == 1
+    assert facility["79002"].facilities_without_submission == ("79002",)
+    assert facility["48001"].current.files_received == 0 and facility["48001"].previous.delivered == 1
+
+    district = {row.code: row for row in report.level("district")}
+    assert district["01/001"].current.citizens == 1  # citizen a, at two facilities of one district
+    assert district["01/001"].current.delivered == 3 and district["01/001"].current.in_time_pct == 66.67
+    assert (district["01/001"].current.latency_p50_s, district["01/001"].current.latency_p95_s) == (120, math.inf)
+    assert district["48/?"].current.citizens is None  # no district on record: no marker counts it
+
+    province = {row.code: row for row in report.level("province")}
+    hanoi = province["01"]
+    assert (hanoi.current.files_received, hanoi.current.visits_accepted, hanoi.current.delivered) == (4, 4, 3)
+    assert (hanoi.current.breached, hanoi.current.citizens, hanoi.citizens_with_book) == (1, 1, 1)
+    assert hanoi.population == 8_053_663 and hanoi.coverage_pct == 0.0
+    assert province["79"].facilities_without_submission == ("79002",)
+    assert province["79"].current.needs_reconciliation == 1 and province["79"].current.in_time_pct is None
+    danang = province["48"]
+    assert danang.current.citizens == 0 and danang.previous.citizens == 1 and danang.citizens_with_book == 1
+    assert danang.facilities_without_submission == ("48001",)
+
+    april = build_report(Period.parse("2025-04"), places, counters, generated_at=_vn(30, 23, month=4))
+    assert {row.code: row.current.files_received for row in april.level("facility")}["01002"] == 1
+    assert {row.code: row.citizens_with_book for row in april.level("province")} == {"01": 1, "48": 1, "79": 0}
+
+
+def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
+    at = _vn(2)
+    status = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
+    status.count_citizen(citizen_markers("k", at, facility="01001", province="01", district="001"))
+    items = {(i["scope"]["S"], i["period"]["S"]): i for i in
+             ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"] if i["period"]["S"].startswith("citizen#")}
+    assert len(items) == 7
+    assert "expires_at" not in items[("P#01#ALL", "citizen#k")]
+    expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key[0] != "P#01#ALL"]
+    assert expiring == [int(at.timestamp()) + 400 * 86400] * 6
+
+
+# --- the report function and the command, on moto ------------------------------------------------------------
+
+def _registry_and_counters(ddb: Any, tmp_path: Any) -> None:
+    from cryptography import x509
+    from healthbook.aws.facilities import put_facility
+    from healthbook.signing.pki import dev_pki
+
+    pki = dev_pki(tmp_path / "pki")
+    table = boto3.resource("dynamodb", region_name=REGION).Table(NAMES["FACILITIES_TABLE"])
+    for code, district in (("01001", "001"), ("79001", None)):
+        cert = x509.load_pem_x509_certificate(pki[code].read_bytes())
+        put_facility(table, code, f"Bệnh viện {code}", code[:2], cert, district=district)
+    records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"],
+                            aggregates_table=NAMES["AGGREGATES_TABLE"])
+    assert records.put_submission(_submission(1, "01001", _vn(2), accepted=1, total=2, errors=("E_X",)))
+
+
+def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_replaces_them(
+        ddb: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from healthbook.aws.sandbox import LambdaContext, load_function
+
+    _registry_and_counters(ddb, tmp_path)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="reports-test", CreateBucketConfiguration={"LocationConstraint": REGION})
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AGGREGATES_TABLE", NAMES["AGGREGATES_TABLE"])
+    monkeypatch.setenv("FACILITIES_TABLE", NAMES["FACILITIES_TABLE"])
+    monkeypatch.setenv("REPORTS_BUCKET", "reports-test")
+    app = load_function("report")
+    context = LambdaContext(function_name="report")
+    for _ in range(2):  # a re-run: the same keys, replaced
+        result = app.lambda_handler({"period": "2025-03"}, context)
+    assert result["period"] == "2025-03" and result["rows"] == 6  # 2 facilities, 2 districts, 2 provinces
+    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="reports-test")["Contents"])
+    assert listed == [f"reports/month/2025-03/{name}" for name in
+                      ("district.csv", "facility.csv", "province.csv", "report.html", "report.xlsx")]
+    body = s3.get_object(Bucket="reports-test", Key="reports/month/2025-03/facility.csv")["Body"].read()
+    assert body.startswith(b"\xef\xbb\xbf") and "Bệnh viện 01001".encode() in body
+    with pytest.raises(ValueError, match="expected"):
+        app.lambda_handler({"kind": "week"}, context)
+
+
+def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_path: Any,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from healthbook.cli import main
+
+    _registry_and_counters(ddb, tmp_path)
+    common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--table", NAMES["FACILITIES_TABLE"],
+              "--region", REGION]
+    assert main(["report", "--period", "2025-03", "--out", str(tmp_path / "all"), *common]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        "district.csv", "facility.csv", "province.csv", "report.html", "report.xlsx"]
+    assert "Tháng 03/2025 (2025-03), province:" in out and "Files received" in out
+    assert main(["report", "--period", "2025-03", "--level", "facility", "--out", str(tmp_path / "one"),
+                 *common]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["facility.csv"]
+    assert printed[2].split()[:4] == ["01001", "1", "1", "1"]  # code, files, visits accepted, rejected
+    assert main(["report", "--period", "2025-13", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "YYYY-MM" in capsys.readouterr().err
