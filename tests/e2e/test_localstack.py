@@ -11,7 +11,9 @@ Run: ``make localstack-up && make e2e`` (docs/localstack.md).
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -513,3 +515,37 @@ def test_a_resubmission_leaves_only_the_new_version_in_vneid(
     assert stored["entry"]["version"] == version_ms(new)
     assert stored["entry"]["supersedes"] == projection_id(f"{FACILITY}#{entry['ma_lk']}", version_ms(old))
     assert _visit_item(aws, pipeline, entry["ma_lk"], old)["status"] == "SUPERSEDED"
+
+
+def test_the_report_function_reports_what_the_counters_hold(aws: Callable[..., Any], pipeline: dict[str, Any]) -> None:
+    """Runs last: the month's report on the deployed stack, after the uploads and deliveries above (Scheduler
+    never fires on LocalStack, so the function is invoked as an operator re-running a period would)."""
+    from healthbook.reports.model import Period
+    from healthbook.signing.receipt import PORTAL_TZ
+
+    outputs = pipeline["outputs"]
+    if "ReportFunctionName" not in outputs:
+        pytest.skip("the stack has no report function")
+    month = Period.month_of(datetime.now(PORTAL_TZ).date())
+    error, result, logs = _invoke(aws, outputs["ReportFunctionName"], {"period": month.label})
+    assert error is None, logs
+    prefix = f"reports/month/{month.label}/"
+    assert sorted(result["objects"]) == [prefix + name for name in
+                                         ("district.csv", "facility.csv", "province.csv", "report.html", "report.xlsx")]
+    s3 = aws("s3")
+    body = s3.get_object(Bucket=outputs["ReportsBucketName"], Key=prefix + "facility.csv")["Body"].read()
+    assert body.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
+    header, facility = rows[0], next(r for r in rows[1:] if r[0] == FACILITY)
+    # the same numbers, read straight from the counters of this month's days
+    items = aws("dynamodb").query(
+        TableName=outputs["AggregatesTableName"], KeyConditionExpression="#s = :s AND #p BETWEEN :lo AND :hi",
+        ExpressionAttributeNames={"#s": "scope", "#p": "period"},
+        ExpressionAttributeValues={":s": {"S": f"F#{FACILITY}"}, ":lo": {"S": f"D#{month.start}"},
+                                   ":hi": {"S": f"D#{month.end}"}})["Items"]
+    for counter, column in (("files_received", "Số hồ sơ (file) nhận"), ("delivered", "Số lượt đã gửi lên VNeID"),
+                            ("breached", "Số lượt quá hạn 24 giờ")):
+        expected = sum(int(item.get(counter, {}).get("N", "0")) for item in items)
+        assert int(facility[header.index(column)]) == expected, counter
+    assert int(facility[header.index("Số lượt đã gửi lên VNeID")]) >= 3  # the health-book tests above delivered
+    assert int(facility[header.index("Số công dân (không trùng)")]) >= 1

@@ -32,13 +32,14 @@ from cryptography.hazmat.primitives import serialization
 
 from healthbook.generate import build_visit, facility_named, inject, submission
 from healthbook.signing.pki import dev_pki
-from healthbook.signing.receipt import verify_receipt
+from healthbook.signing.receipt import PORTAL_TZ, verify_receipt
 from healthbook.signing.xmldsig import sign_submission
 
 # Variables create_delivery sets, put back when the demo ends.
 DELIVERY_ENV = ("PROJECTIONS_BUCKET", "POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN",
                 "DEADLINE_TOPIC_ARN")
 FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
+DISTRICTS = {"01001": "001", "79001": "760", "48001": "492"}  # for the report's district roll-up
 BATCH = 10
 
 
@@ -145,7 +146,8 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         registry = FacilitiesRepository(box_table(box, "FACILITIES_TABLE"))
         for code in FACILITIES:
             _, name, province = facility_named(code)
-            registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()))
+            registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()),
+                                  district=DISTRICTS[code])
         app, delivery = load_ingest_handler(), load_function("delivery")
         # Powertools keeps one logging handler per service for the whole process: point them at the log.
         previous_streams = [(m, m.logger.registered_handler.setStream(log)) for m in (app, delivery)]
@@ -173,6 +175,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         receipts = _receipts(box, out, entries)
         pending = _pending(box)
         book = _health_book(box, vneid, out)
+        report = _report(box, out)
         app.reset()
         delivery.reset()
         for module, stream in previous_streams:
@@ -186,7 +189,30 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     false_alarms = sum(1 for e in entries if not e["defect"] and not receipts[e["key"]].get("accepted"))
     print(f"labelled defects missed: {missed}; clean files rejected: {false_alarms}")
     print(book["summary"])
-    return 0 if not (missed or false_alarms or failed or pending) and before == after else 1
+    print("\n".join(report["summary"]))
+    consistent = report["totals"] == (len(entries), book["statuses"]["DELIVERED"])
+    print(f"report totals agree with the records (files, delivered): {'yes' if consistent else 'NO'}")
+    return 0 if not (missed or false_alarms or failed or pending) and before == after and consistent else 1
+
+
+def _report(box: Any, out: Path) -> dict[str, Any]:
+    """This month's report, as the monthly job would build it, from the counters the run kept."""
+    from healthbook.aws.reports import build
+    from healthbook.reports.model import Period
+    from healthbook.reports.render import outputs, summary_lines
+
+    now = datetime.now(UTC)
+    report = build(Period.month_of(now.astimezone(PORTAL_TZ).date()), dynamodb=box.ddb,
+                   aggregates_table=box.names["AGGREGATES_TABLE"], facilities_table=box_table(box, "FACILITIES_TABLE"),
+                   generated_at=now)
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (body, _) in outputs(report).items():
+        (folder / name).write_bytes(body)
+    provinces = report.level("province")
+    totals = (sum(r.current.files_received for r in provinces), sum(r.current.delivered for r in provinces))
+    return {"totals": totals,
+            "summary": [*summary_lines(report, "province"), f"report files (CSV, XLSX, HTML): {folder}/"]}
 
 
 def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:

@@ -132,6 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from healthbook.aws.reports import build
     from healthbook.reports.model import Period
+    from healthbook.reports.render import summary_lines
 
     period = Period.parse(args.period)  # ValueError -> usage error, before any AWS call
     clients = _Clients(args)
@@ -143,30 +144,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                    facilities_table=_facilities_table(clients, args, outputs_of_stack),
                    generated_at=datetime.now(UTC))
     written = write_report(report, args.out, level=args.level)
-    for line in _summary_lines(report, args.level or "province"):
+    for line in summary_lines(report, args.level or "province"):
         print(line)
     for path in written:
         print(f"wrote {path}")
     return EXIT_OK
-
-
-_SUMMARY = ("code", "files_received", "visits_accepted", "visits_rejected", "delivered", "in_time_pct",
-            "latency_p95", "breached", "needs_reconciliation", "citizens", "coverage_pct")
-
-
-def _summary_lines(report: Any, level: str) -> list[str]:
-    """A plain table of one level's key figures for the terminal ("-" where a figure does not exist)."""
-    from healthbook.reports.model import COLUMNS, cell
-
-    columns = [c for key in _SUMMARY for c in COLUMNS if c.key == key]
-    table = [[c.header_en for c in columns]]
-    for row in report.level(level):
-        values = [cell(row, c) for c in columns]
-        table.append(["-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values])
-    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
-    lines = [f"{report.period.label_vi} ({report.period.label}), {level}:"]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
-    return lines
 
 
 def write_report(report: Any, out: Path, *, level: str | None = None) -> list[Path]:

@@ -353,3 +353,27 @@ def outputs(report: Report) -> dict[str, tuple[bytes, str]]:
     }
     files.update({f"{level}.csv": (to_csv(report, level), CSV_TYPE) for level in LEVELS})
     return files
+
+
+_SUMMARY = ("code", "files_received", "visits_accepted", "visits_rejected", "delivered", "in_time_pct",
+            "latency_p95", "breached", "needs_reconciliation", "citizens", "coverage_pct")
+
+
+def _plain(value: str | int | float | None, column: Column) -> str:
+    if value is None:
+        return "-"
+    if column.kind == "seconds" and isinstance(value, (int, float)):
+        return str(_seconds(value))
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(report: Report, level: Level) -> list[str]:
+    """A plain table of one level's key figures for the terminal ("-" where a figure does not exist)."""
+    columns = [c for key in _SUMMARY for c in COLUMNS if c.key == key]
+    table = [[c.header_en for c in columns]]
+    for row in report.level(level):
+        table.append([_plain(cell(row, c), c) for c in columns])
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = [f"{report.period.label_vi} ({report.period.label}), {level}:"]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
+    return lines
