@@ -359,3 +359,21 @@ def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_pa
     assert printed[2].split()[:4] == ["01001", "1", "1", "1"]  # code, files, visits accepted, rejected
     assert main(["report", "--period", "2025-13", "--out", str(tmp_path / "x"), *common]) == 2
     assert "YYYY-MM" in capsys.readouterr().err
+
+
+def test_the_demos_moto_shim_still_rolls_a_cancelled_transaction_back(ddb: Any) -> None:
+    from healthbook.aws.sandbox import moto_transactions_copy_tables_once
+
+    table = NAMES["AGGREGATES_TABLE"]
+    add = {"Update": {"TableName": table, "Key": {"scope": {"S": "F#01001"}, "period": {"S": "D#2025-03-01"}},
+                      "UpdateExpression": "ADD n :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}
+    fails = {"Put": {"TableName": table, "Item": {"scope": {"S": "F#01001"}, "period": {"S": "D#2025-03-01"}},
+                     "ConditionExpression": "attribute_not_exists(#p)", "ExpressionAttributeNames": {"#p": "period"}}}
+    other = {"Update": {**add["Update"], "Key": {"scope": {"S": "F#01001"}, "period": {"S": "D#2025-03-02"}}}}
+    with moto_transactions_copy_tables_once():
+        ddb.transact_write_items(TransactItems=[add])
+        with pytest.raises(ddb.exceptions.TransactionCanceledException):
+            ddb.transact_write_items(TransactItems=[other, fails])
+        ddb.transact_write_items(TransactItems=[add, other])
+    items = {i["period"]["S"]: i["n"]["N"] for i in ddb.scan(TableName=table)["Items"]}
+    assert items == {"D#2025-03-01": "2", "D#2025-03-02": "1"}

@@ -113,6 +113,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         lambdas_in_process,
         load_function,
         load_ingest_handler,
+        moto_transactions_copy_tables_once,
         s3_event_message,
         wait_for_executions,
     )
@@ -133,6 +134,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     people = FakePopulation.from_visits([e["visit"] for e in entries], mismatch_rate=0.04, unknown_rate=0.03,
                                         seed=seed)
     with _environment(env), mock_aws(config=MOTO_CONFIG), kms_signs_digests_like_aws(), \
+            moto_transactions_copy_tables_once(), \
             FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
         box = build(pki["ca"].read_text(), pepper="sandbox-pepper-not-a-secret")
         os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id
