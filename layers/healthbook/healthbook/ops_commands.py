@@ -181,7 +181,8 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
                                               policy_arn=args.policy_arn or outputs.get("FacilityPolicyArn"))
     put_facility(table, args.code, args.name, args.province, certificate,
                  principal_arn=principal.arn if principal else None, district=args.district)
-    print(f"registered {args.code} ({args.name}, province {args.province}); certificate "
+    print(f"registered {args.code} ({args.name}, province {args.province}"
+          f"{f', district {args.district}' if args.district else ''}); certificate "
           f"{certificate_sha256(certificate)} valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
           f"{certificate.not_valid_after_utc:%Y-%m-%d}")
     if principal is not None:
@@ -212,7 +213,8 @@ def cmd_facility_list(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     for facility in facilities:
-        print(f"{facility.code}  {facility.name}  (province {facility.province})")
+        district = f", district {facility.district}" if facility.district else ""
+        print(f"{facility.code}  {facility.name}  (province {facility.province}{district})")
         for cert in facility.certificates:
             print(f"    {cert.sha256}  {cert.not_before:%Y-%m-%d} → {cert.not_after:%Y-%m-%d}")
     print(f"{len(facilities)} facilit{'y' if len(facilities) == 1 else 'ies'}")
@@ -221,7 +223,7 @@ def cmd_facility_list(args: argparse.Namespace) -> int:
 
 def _facility_json(facility: Any) -> dict[str, Any]:
     return {"code": facility.code, "name": facility.name, "province": facility.province,
-            "certificates": [{"sha256": c.sha256, "not_before": c.not_before.isoformat(),
+            "district": facility.district or None, "certificates": [{"sha256": c.sha256, "not_before": c.not_before.isoformat(),
                               "not_after": c.not_after.isoformat()} for c in facility.certificates]}
 
 
