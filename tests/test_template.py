@@ -7,6 +7,7 @@ virtualenv (.venv-sam) because it pins boto3 and pydantic; its tests skip withou
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -434,7 +436,8 @@ FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "inge
              "ProjectFunction": ("functions/delivery/", "app.project_handler", "project"),
              "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
-             "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep")}
+             "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep"),
+             "ReportFunction": ("functions/report/", "app.lambda_handler", "report")}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -671,7 +674,7 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
     alarm = props(template, "DeadlineBreachedAlarm")
     assert alarm["MetricName"] == "DeadlineBreached" and alarm["Namespace"] == "Healthbook"
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "delivery"}]
-    assert alarm["AlarmActions"] == [{"Ref": "DeadlineTopic"}]
+    assert {"Ref": "DeadlineTopic"} in alarm["AlarmActions"]  # and the ops topic (test_every_alarm_notifies_...)
     for function in ("SettleFunction", "SweepFunction"):  # both emit the metric, under the alarm's dimension
         assert props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
 
@@ -683,3 +686,572 @@ def test_every_function_that_changes_what_reports_count_adds_to_the_counters(tem
     assert props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
     (grant,) = [s for s in function_statements(template, function) if s.get("Sid") == "CountForReports"]
     assert grant["Action"] == "dynamodb:UpdateItem" and is_arn_of(grant["Resource"], "AggregatesTable")
+
+
+def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: dict[str, Any]) -> None:
+    marking = {function for function in ("IngestFunction", "ReconcileFunction", "ProjectFunction", "DeliverFunction",
+                                         "SettleFunction", "SweepFunction", "ReportFunction")
+               if [s for s in function_statements(template, function) if s.get("Sid") == "MarkCitizensForReports"]}
+    assert marking == {"DeliverFunction"}
+    (grant,) = [s for s in function_statements(template, "DeliverFunction") if s.get("Sid") == "MarkCitizensForReports"]
+    assert grant["Action"] == ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+    assert is_arn_of(grant["Resource"], "AggregatesTable")
+    import inspect
+
+    from healthbook.aws.delivery import DynamoVisitStatus  # the attribute count_citizen writes
+
+    assert '"expires_at"' in inspect.getsource(DynamoVisitStatus.count_citizen)
+    assert props(template, "AggregatesTable")["TimeToLiveSpecification"] == {"AttributeName": "expires_at",
+                                                                            "Enabled": True}
+
+
+# ---- reports: the function and its schedules (docs/operations.md) ------------------------------------------------
+
+def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
+    p = props(template, "ReportFunction")
+    assert (p["Timeout"], p["MemorySize"]) == (300, 1024)
+    variables = p["Environment"]["Variables"]
+    assert variables["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
+    assert variables["FACILITIES_TABLE"] == {"Ref": "FacilitiesTable"}
+    assert variables["REPORTS_BUCKET"] == {"Ref": "ReportsBucket"}
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "report"
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "Healthbook"
+    # The common variables of every other function, with the same values.
+    common = {"STAGE", "POWERTOOLS_LOG_LEVEL", "LOG_LEVEL", "POWERTOOLS_TRACER_CAPTURE_RESPONSE",
+              "POWERTOOLS_TRACER_CAPTURE_ERROR", "POWERTOOLS_METRICS_NAMESPACE"}
+    ingest = props(template, "IngestFunction")["Environment"]["Variables"]
+    assert {name: variables[name] for name in common} == {name: ingest[name] for name in common}
+    assert props(template, "ReportFunction")["Layers"] == props(template, "IngestFunction")["Layers"]
+    group = props(template, "ReportFunctionLogGroup")
+    assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
+    """Exactly: read the counters (Query, Scan), scan the registry, put under reports/, and the data key for
+    those; nothing with a wildcard action or resource, no Deny tricks, no managed policies."""
+    assert all(isinstance(policy, dict) for policy in props(template, "ReportFunction")["Policies"])
+    grants: dict[str, list[Any]] = {}
+    for statement in function_statements(template, "ReportFunction"):
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement and "NotResource" not in statement
+        for action in as_list(statement["Action"]):
+            assert "*" not in action, action
+            grants.setdefault(action, []).extend(as_list(statement["Resource"]))
+    aggregates, facilities = {"Fn::GetAtt": ["AggregatesTable", "Arn"]}, {"Fn::GetAtt": ["FacilitiesTable", "Arn"]}
+    data_key = {"Fn::GetAtt": ["DataKey", "Arn"]}
+    assert grants == {"dynamodb:Query": [aggregates], "dynamodb:Scan": [aggregates, facilities],
+                      "s3:PutObject": [{"Fn::Sub": "${ReportsBucket.Arn}/reports/*"}],
+                      "kms:Decrypt": [data_key], "kms:GenerateDataKey": [data_key]}
+
+
+SCHEDULES = {"ReportDaySchedule": ("cron(30 0 * * ? *)", {"kind": "day"}),
+             "ReportMonthSchedule": ("cron(0 2 1 * ? *)", {"kind": "month"}),
+             "ReportHalfYearSchedule": ("cron(0 3 1 1,7 ? *)", {"kind": "half"})}
+
+
+def test_report_schedules_run_in_vietnam_time_with_their_inputs(template: dict[str, Any]) -> None:
+    assert set(resources(template, "AWS::Scheduler::Schedule")) == set(SCHEDULES)
+    for name, (expression, payload) in SCHEDULES.items():
+        p = props(template, name)
+        assert p["ScheduleExpression"] == expression, name
+        assert p["ScheduleExpressionTimezone"] == "Asia/Ho_Chi_Minh", name
+        assert p["FlexibleTimeWindow"] == {"Mode": "OFF"}, name
+        assert p["State"] == {"Ref": "ReportSchedulesState"}, name
+        assert p["GroupName"] == {"Ref": "ReportScheduleGroup"}, name
+        target = p["Target"]
+        assert is_arn_of(target["Arn"], "ReportFunction") and is_arn_of(target["RoleArn"], "ReportSchedulerRole")
+        assert json.loads(target["Input"]) == payload, name
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+        assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 3600
+    state = template["Parameters"]["ReportSchedulesState"]
+    assert state["Default"] == "ENABLED" and set(state["AllowedValues"]) == {"ENABLED", "DISABLED"}
+
+
+def test_the_scheduler_role_may_only_invoke_the_report_function(template: dict[str, Any]) -> None:
+    role = props(template, "ReportSchedulerRole")
+    (trust,) = statements(role["AssumeRolePolicyDocument"])
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert is_ref(trust["Condition"]["StringEquals"]["aws:SourceAccount"], "AWS::AccountId")
+    assert is_arn_of(trust["Condition"]["ArnEquals"]["aws:SourceArn"], "ReportScheduleGroup")
+    granted = [s for policy in role["Policies"] for s in statements(policy["PolicyDocument"])]
+    assert [(s["Effect"], as_list(s["Action"]), as_list(s["Resource"])) for s in granted] == [
+        ("Allow", ["lambda:InvokeFunction"], [{"Fn::GetAtt": ["ReportFunction", "Arn"]}])]
+    assert "ManagedPolicyArns" not in role
+
+
+# ---- the ops console: topic, alarms, dashboard ------------------------------------------------------------------
+
+def test_ops_topic_is_encrypted_with_a_key_cloudwatch_may_use(template: dict[str, Any]) -> None:
+    assert is_arn_of(props(template, "OpsAlarmTopic")["KmsMasterKeyId"], "DataKey")
+    key_statements = statements(props(template, "DataKey")["KeyPolicy"])
+    cloudwatch = [s for s in key_statements if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
+    assert cloudwatch and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(as_list(cloudwatch[0]["Action"]))
+
+
+ALARMS = {"IngestDlqNotEmptyAlarm", "IngestQueueAgeAlarm", "IngestFailuresAlarm", "DeliveryWorkflowFailuresAlarm",
+          "DeliveryLatencyAlarm", "DeadlineBreachedAlarm", "SweepErrorsAlarm", "ReportFailedAlarm"}
+
+
+def test_every_alarm_notifies_the_ops_topic_and_says_how_to_treat_missing_data(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == ALARMS
+    runbook = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    for name, alarm in alarms.items():
+        p = alarm["Properties"]
+        assert {"Ref": "OpsAlarmTopic"} in p["AlarmActions"], name
+        assert {"Ref": "OpsAlarmTopic"} in p["OKActions"], name
+        assert p["TreatMissingData"] in ("notBreaching", "breaching", "ignore", "missing"), name
+        alarm_name = p["AlarmName"]["Fn::Sub"]
+        assert alarm_name.startswith("healthbook-${Stage}-"), name
+        assert f"`{alarm_name.replace('${Stage}', '<stage>')}`" in runbook, f"docs/operations.md lacks {alarm_name}"
+
+
+def test_alarm_thresholds_are_parameters(template: dict[str, Any]) -> None:
+    expected = {"IngestQueueAgeAlarm": ("IngestQueueAgeAlarmMinutes", 15),
+                "IngestFailuresAlarm": ("IngestFailuresAlarmThreshold", 1),
+                "DeliveryLatencyAlarm": ("DeliveryLatencyAlarmSeconds", 3600)}
+    for alarm, (parameter, default) in expected.items():
+        assert props(template, alarm)["Threshold"] == {"Ref": parameter}
+        assert template["Parameters"][parameter]["Default"] == default
+    # The metrics are in seconds (SQS age) and milliseconds (DeliveryLatency): the alarms convert them.
+    expressions = {m["Id"]: m.get("Expression") for m in props(template, "IngestQueueAgeAlarm")["Metrics"]}
+    assert "age / 60" in expressions.values()
+    latency = props(template, "DeliveryLatencyAlarm")["Metrics"]
+    assert any(m.get("MetricStat", {}).get("Stat") == "p95" for m in latency)
+    assert "latency / 1000" in {m.get("Expression") for m in latency}
+
+
+def render_sub(template: dict[str, Any], text: str) -> str:
+    """A Fn::Sub string as CloudFormation would make it, with parameters at their defaults and every resource
+    reference as "<LogicalId>" or "<LogicalId.Attribute>" (inside the JSON strings of the dashboard)."""
+    parameters = template["Parameters"]
+    pseudo = {"AWS::Region": REGION, "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in parameters:
+            return str(parameters[name]["Default"])
+        if name in pseudo:
+            return pseudo[name]
+        assert name.split(".")[0] in template["Resources"], f"${{{name}}} names nothing"
+        return f"<{name}>"
+
+    return re.sub(r"\$\{(?!!)([^}]+)\}", value, text)
+
+
+def render(template: dict[str, Any], node: Any) -> Any:
+    """An alarm's Ref / GetAtt / Sub values rendered like render_sub."""
+    if isinstance(node, dict):
+        if set(node) == {"Ref"}:
+            return render_sub(template, "${" + node["Ref"] + "}")
+        if set(node) == {"Fn::GetAtt"}:
+            target = node["Fn::GetAtt"]
+            return f"<{'.'.join(target) if isinstance(target, list) else target}>"
+        if set(node) == {"Fn::Sub"} and isinstance(node["Fn::Sub"], str):
+            return render_sub(template, node["Fn::Sub"])
+        return {key: render(template, value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [render(template, value) for value in node]
+    return node
+
+
+def dashboard(template: dict[str, Any]) -> dict[str, Any]:
+    body = props(template, "OpsDashboard")["DashboardBody"]["Fn::Sub"]
+    parsed: dict[str, Any] = json.loads(render_sub(template, body))
+    return parsed
+
+
+@dataclass(frozen=True)
+class MetricRef:
+    """A metric the console names: where, namespace, name, {dimension: value}."""
+
+    where: str
+    namespace: str
+    name: str
+    dimensions: tuple[tuple[str, str | None], ...]  # value None: any (a SEARCH over that dimension)
+    stat: str | None = None
+
+
+SEARCH = re.compile(r"SEARCH\(\s*'(?P<query>[^']*)'")
+
+
+def _search_refs(where: str, expression: str) -> list[MetricRef]:
+    found = []
+    for match in SEARCH.finditer(expression):
+        query = match.group("query")
+        schema = re.search(r"\{([^}]*)\}", query)
+        assert schema, f"{where}: a SEARCH without a {{Namespace,dimension,...}} schema: {query}"
+        namespace, *names = [part.strip() for part in schema.group(1).split(",")]
+        terms = dict(re.findall(r'(\w+)="([^"]*)"', query))
+        assert "MetricName" in terms, f"{where}: a SEARCH must name its metric exactly: {query}"
+        dimensions = tuple(sorted((name, terms.get(name)) for name in names))
+        found.append(MetricRef(where, namespace, terms["MetricName"], dimensions))
+    return found
+
+
+def dashboard_refs(template: dict[str, Any]) -> list[MetricRef]:
+    refs: list[MetricRef] = []
+    for widget in dashboard(template)["widgets"]:
+        properties = widget["properties"]
+        where = f"widget {properties.get('title', widget['type'])!r}"
+        previous: list[Any] = []
+        for row in properties.get("metrics", []):
+            options = row[-1] if row and isinstance(row[-1], dict) else {}
+            if "expression" in options:
+                refs += _search_refs(where, options["expression"])
+                continue
+            fields = [previous[i] if value == "." and i < len(previous) else value
+                      for i, value in enumerate(row[:-1] if options else row)]
+            previous = fields
+            namespace, name, *pairs = fields
+            assert len(pairs) % 2 == 0, f"{where}: {row}"
+            dimensions = tuple(sorted(zip(pairs[::2], pairs[1::2], strict=True)))
+            refs.append(MetricRef(where, namespace, name, dimensions, options.get("stat", properties.get("stat"))))
+    return refs
+
+
+def alarm_refs(template: dict[str, Any]) -> list[MetricRef]:
+    refs = []
+    for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
+        p = render(template, alarm["Properties"])
+        metrics = [(p, p.get("Statistic") or p.get("ExtendedStatistic"))] if "MetricName" in p else [
+            (m["MetricStat"]["Metric"], m["MetricStat"]["Stat"]) for m in p["Metrics"] if "MetricStat" in m]
+        for metric, stat in metrics:
+            dimensions = tuple(sorted((d["Name"], d["Value"]) for d in metric.get("Dimensions", [])))
+            refs.append(MetricRef(f"alarm {name}", metric["Namespace"], metric["MetricName"], dimensions, stat))
+        for m in p.get("Metrics", []):
+            refs += _search_refs(f"alarm {name}", m.get("Expression", ""))
+    return refs
+
+
+# -- what the code emits: scanned from the sources, never listed by hand ---------------------------------------------
+
+@dataclass
+class Emission:
+    name: str
+    dimensions: frozenset[str]  # the EMF dimension names the metric carries
+    path: Path
+    line: int
+
+
+@dataclass
+class Scan:
+    emitted: list[Emission] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # call sites whose metric name the scan cannot know
+
+
+def _call_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _receiver(call: ast.Call) -> str:
+    """'metrics' for metrics.count(...) and self.metrics.count(...)."""
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        value = func.value
+        return value.attr if isinstance(value, ast.Attribute) else value.id if isinstance(value, ast.Name) else ""
+    return ""
+
+
+def _argument(call: ast.Call, keyword: str) -> ast.expr | None:
+    for kw in call.keywords:
+        if kw.arg == keyword:
+            return kw.value
+    return call.args[0] if call.args else None
+
+
+def _first_leaf(target: ast.expr) -> ast.expr:
+    while isinstance(target, ast.Tuple) and target.elts:
+        target = target.elts[0]
+    return target
+
+
+def scan_metrics(path: Path, source: str) -> Scan:
+    """Metric names and dimensions a module emits with Powertools: ``*.add_metric(name=...)`` (the function's
+    ``service`` dimension), ``single_metric(name=..., default_dimensions={...})`` with the ``add_dimension`` calls
+    of its block, and the delivery metrics port, ``metrics.count("X", reason=...)`` / ``metrics.latency("X", ...)``
+    (service, plus each keyword capitalised: healthbook.aws.observability.PowertoolsMetrics). A name that is not a
+    literal is followed through module constants, ``D.get(...)`` / ``D[...]`` of a module-level dict literal, and
+    ``for (name, ...) in C.items()`` over a mapping filled as ``C["X", ...] += n``; a name that is a parameter of
+    the enclosing function is passed through (its callers are scanned). Anything else is reported unresolved, so
+    a new way of naming metrics fails the test instead of slipping past it."""
+    tree = ast.parse(source)
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    strings: dict[str, str] = {}
+    dicts: dict[str, list[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if not isinstance(target, ast.Name):
+                    continue
+                if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                    strings[target.id] = node.value.value
+                elif isinstance(node.value, ast.Dict):
+                    dicts[target.id] = [v.value for v in node.value.values
+                                        if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+    keyed: dict[str, set[str]] = {}  # C -> first elements of the literal keys C["X", ...] is given
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and isinstance(node.ctx, ast.Store):
+            key = _first_leaf(node.slice)
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                keyed.setdefault(node.value.id, set()).add(key.value)
+
+    def enclosing(node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                return node
+        return None
+
+    def resolve(expr: ast.expr | None, at: ast.AST) -> set[str] | None:
+        """The names ``expr`` may hold; None for a parameter passed through; empty when unknown."""
+        if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+            return {expr.value}
+        if not isinstance(expr, ast.Name):
+            return set()
+        function = enclosing(at)
+        if function is not None:
+            arguments = function.args
+            if expr.id in {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}:
+                return None
+            for node in ast.walk(function):
+                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == expr.id
+                                                        for t in node.targets):
+                    value = node.value
+                    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+                            and value.func.attr == "get" and isinstance(value.func.value, ast.Name):
+                        value = value.func.value
+                    elif isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
+                        value = value.value
+                    if isinstance(value, ast.Name) and value.id in dicts:
+                        return set(dicts[value.id])
+                    return resolve(value, node)
+                if isinstance(node, ast.For | ast.comprehension):
+                    leaf = _first_leaf(node.target)
+                    if isinstance(leaf, ast.Name) and leaf.id == expr.id:
+                        sources = {n.id for n in ast.walk(node.iter) if isinstance(n, ast.Name)} & set(keyed)
+                        if len(sources) == 1:
+                            return set(keyed[sources.pop()])
+        return {strings[expr.id]} if expr.id in strings else set()
+
+    def dimension_names(call: ast.Call) -> set[str] | None:
+        names: set[str] = set()
+        for kw in call.keywords:
+            if kw.arg == "default_dimensions":
+                if not isinstance(kw.value, ast.Dict):
+                    return None
+                for key in kw.value.keys:
+                    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                        return None
+                    names.add(key.value)
+        with_node = parents.get(parents.get(call, call), call)
+        if isinstance(with_node, ast.With):
+            for node in ast.walk(with_node):
+                if isinstance(node, ast.Call) and _call_name(node) == "add_dimension":
+                    named = resolve(_argument(node, "name"), node)
+                    if not named:
+                        return None
+                    names |= named
+        return names
+
+    scan = Scan()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        kind = _call_name(node)
+        if kind == "add_metric":
+            dimensions: set[str] | None = {"service"}
+        elif kind == "single_metric":
+            dimensions = dimension_names(node)
+        elif kind in ("count", "latency") and _receiver(node) == "metrics":
+            dimensions = {"service"} | {kw.arg[:1].upper() + kw.arg[1:] for kw in node.keywords
+                                        if kw.arg not in (None, "name", "value", "milliseconds")}
+        elif kind in ("add_dimension", "set_default_dimensions") and not _inside_single_metric(node, parents):
+            scan.unresolved.append(f"{path}:{node.lineno}: {kind} outside a single_metric block (dimensions of "
+                                   "the function's metrics that this scan does not follow)")
+            continue
+        else:
+            continue
+        names = resolve(_argument(node, "name"), node)
+        if names is None:
+            continue  # a pass-through wrapper
+        if not names or dimensions is None:
+            scan.unresolved.append(f"{path}:{node.lineno}: {ast.unparse(node)[:100]}")
+            continue
+        scan.emitted += [Emission(name, frozenset(dimensions), path, node.lineno) for name in sorted(names)]
+    return scan
+
+
+def _inside_single_metric(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.With) and any(isinstance(item.context_expr, ast.Call)
+                                              and _call_name(item.context_expr) == "single_metric"
+                                              for item in node.items):
+            return True
+    return False
+
+
+METRIC_SOURCES = (ROOT / "functions", ROOT / "layers" / "healthbook" / "healthbook")
+
+
+def emitted_metrics(template: dict[str, Any]) -> tuple[dict[str, set[tuple[str, frozenset[str]]]], list[str]]:
+    """metric name -> {(service, dimension names)} over every source file, and the unresolved call sites.
+
+    The service of a metric emitted in functions/<dir>/ is POWERTOOLS_SERVICE_NAME of the functions built from
+    that folder; one emitted in the layer belongs to the functions whose handler module binds the layer's metrics
+    port (PowertoolsMetrics)."""
+    services_of: dict[str, set[str]] = {}
+    for p in (f["Properties"] for f in resources(template, "AWS::Serverless::Function").values()):
+        services_of.setdefault(p["CodeUri"].rstrip("/"), set()).add(p["Environment"]["Variables"]
+                                                                     ["POWERTOOLS_SERVICE_NAME"])
+    port_users = set().union(*[services for code, services in services_of.items()
+                               if "PowertoolsMetrics(" in _read(ROOT / code / "app.py")])
+    emitted: dict[str, set[tuple[str, frozenset[str]]]] = {}
+    unresolved: list[str] = []
+    for folder in METRIC_SOURCES:
+        for path in sorted(folder.rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            scan = scan_metrics(path.relative_to(ROOT), path.read_text(encoding="utf-8"))
+            unresolved += scan.unresolved
+            code = "/".join(relative.split("/")[:2])
+            services = services_of.get(code, set()) if relative.startswith("functions/") else port_users
+            for emission in scan.emitted:
+                emitted.setdefault(emission.name, set()).update((s, emission.dimensions) for s in services)
+    return emitted, unresolved
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def metric_problems(refs: list[MetricRef], emitted: dict[str, set[tuple[str, frozenset[str]]]]) -> list[str]:
+    """Why each Healthbook metric the console names would show nothing: a name nobody emits, a dimension set it
+    is never emitted with (CloudWatch matches the set exactly), or a service that does not emit it."""
+    problems = []
+    for ref in refs:
+        if ref.namespace != "Healthbook":
+            continue
+        if ref.name not in emitted:
+            problems.append(f"{ref.where}: {ref.name} is not emitted by any function")
+            continue
+        names = frozenset(name for name, _ in ref.dimensions)
+        shapes = {dims for _, dims in emitted[ref.name]}
+        if names not in shapes:
+            problems.append(f"{ref.where}: {ref.name} with dimensions {sorted(names)}; it is emitted with "
+                            f"{sorted(sorted(s) for s in shapes)}")
+            continue
+        service = dict(ref.dimensions).get("service")
+        services = {s for s, dims in emitted[ref.name] if dims == names}
+        if service is not None and service not in services:
+            problems.append(f"{ref.where}: {ref.name} with service={service}; emitted by {sorted(services)}")
+    return problems
+
+
+def test_every_healthbook_metric_of_the_console_is_emitted_with_those_dimensions(template: dict[str, Any]) -> None:
+    emitted, unresolved = emitted_metrics(template)
+    assert not unresolved, "metric call sites this test cannot follow (teach scan_metrics):\n" + "\n".join(unresolved)
+    refs = dashboard_refs(template) + alarm_refs(template)
+    assert len([r for r in refs if r.namespace == "Healthbook"]) >= 20
+    problems = metric_problems(refs, emitted)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_metric_check_catches_misspelt_names_wrong_services_and_dimensions(template: dict[str, Any]) -> None:
+    """The negative self-check: the same check fails for a console that names a metric wrongly."""
+    emitted, _ = emitted_metrics(template)
+    # The scan finds what the brief of each stage says it emits, including the indirect names.
+    for name in ("FilesReceived", "VisitsRejected", "MessagesFailed", "DeliveryStartFailures", "DeliveryLatency",
+                 "DeadlineBreached", "VisitsNeedingReconciliation", "SweepClaimed"):
+        assert name in emitted, name
+    assert ("ingest", frozenset({"service", "ErrorFamily"})) in emitted["FilesRejected"]  # single_metric + dimension
+    assert emitted["ReconciliationNeeded"] == {("delivery", frozenset({"service", "Reason"}))}
+    bad = [MetricRef("typo", "Healthbook", "DeadlineBreech", (("service", "delivery"),)),
+           MetricRef("service", "Healthbook", "DeadlineBreached", (("service", "ingest"),)),
+           MetricRef("no reason", "Healthbook", "ReconciliationNeeded", (("service", "delivery"),)),
+           MetricRef("extra", "Healthbook", "VisitsAccepted", (("ErrorFamily", "V"), ("service", "ingest")))]
+    problems = metric_problems(bad, emitted)
+    assert [p.split(":")[0] for p in problems] == ["typo", "service", "no reason", "extra"], problems
+    good = [MetricRef("ok", "Healthbook", "FilesRejected", (("ErrorFamily", "K"), ("service", "ingest"))),
+            MetricRef("ok", "AWS/Lambda", "Whatever", ())]
+    assert metric_problems(good, emitted) == []
+
+
+def test_the_scan_reads_literals_and_flags_what_it_cannot_follow() -> None:
+    source = '''
+NAME = "FromConstant"
+TABLE = {"A": "FromDict"}
+counts = {}
+
+def handler(event, metric_name):
+    metrics.add_metric(name="Literal", unit="Count", value=1)
+    metrics.add_metric("Positional", "Count", 1)
+    metrics.add_metric(name=NAME, unit="Count", value=1)
+    chosen = TABLE.get(event["x"])
+    metrics.add_metric(name=chosen, unit="Count", value=1)
+    metrics.add_metric(name=metric_name, unit="Count", value=1)          # pass-through: callers are scanned
+    self.metrics.count("Counted", reason="r")
+    counts["Keyed", "f"] += 1
+    for (name, family), n in sorted(counts.items()):
+        with single_metric(name=name, unit="Count", value=n, default_dimensions={"service": "x"}) as m:
+            m.add_dimension(name="Family", value=family)
+    metrics.add_metric(name=event["dynamic"], unit="Count", value=1)  # cannot be known
+    text.count("not a metric")
+'''
+    scan = scan_metrics(Path("example.py"), source)
+    found = {(e.name, tuple(sorted(e.dimensions))) for e in scan.emitted}
+    assert found == {("Literal", ("service",)), ("Positional", ("service",)), ("FromConstant", ("service",)),
+                     ("FromDict", ("service",)), ("Counted", ("Reason", "service")),
+                     ("Keyed", ("Family", "service"))}
+    assert len(scan.unresolved) == 1 and "dynamic" in scan.unresolved[0]
+
+
+# -- the dashboard shows what the brief asks, on the stack's own resources -----------------------------------------
+
+def test_dashboard_covers_ingest_delivery_lambda_and_reports(template: dict[str, Any]) -> None:
+    refs = dashboard_refs(template)
+    named = {(r.namespace, r.name, dict(r.dimensions).get("service") or next(iter(dict(r.dimensions).values()), None))
+             for r in refs}
+    for metric in ("FilesReceived", "VisitsAccepted", "VisitsRejected", "FilesRejected"):
+        assert ("Healthbook", metric, "ingest") in named, metric
+    for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"):
+        assert ("AWS/SQS", metric, "<IngestQueue.QueueName>") in named, metric
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "<IngestDeadLetterQueue.QueueName>") in named
+    for function in resources(template, "AWS::Serverless::Function"):
+        for metric in ("Errors", "Throttles", "Duration"):
+            assert ("AWS/Lambda", metric, f"<{function}>") in named, (function, metric)
+    for metric in ("ExecutionsStarted", "ExecutionsFailed", "ExecutionsTimedOut"):
+        assert ("AWS/States", metric, "<DeliveryStateMachine>") in named, metric
+    assert [r.stat for r in refs if r.name == "DeliveryLatency"].count("p95") == 1
+    assert ("Healthbook", "DeadlineBreached", "delivery") in named
+    reasons = [r for r in refs if r.name == "ReconciliationNeeded"]
+    assert reasons and dict(reasons[0].dimensions) == {"Reason": None, "service": "delivery"}  # a SEARCH by reason
+    for metric in ("ReportsBuilt", "ReportFailures"):
+        assert ("Healthbook", metric, "report") in named, metric
+    alarms = [w for w in dashboard(template)["widgets"] if w["type"] == "alarm"]
+    assert len(alarms) == 1
+    assert set(alarms[0]["properties"]["alarms"]) == {f"<{name}.Arn>" for name in ALARMS}
+
+
+# dimension -> the resource types its value may name
+AWS_DIMENSIONS = {"FunctionName": {"AWS::Serverless::Function"}, "QueueName": {"AWS::SQS::Queue"},
+                  "StateMachineArn": {"AWS::Serverless::StateMachine"},
+                  "ScheduleGroup": {"AWS::Scheduler::ScheduleGroup"}}
+
+
+def test_aws_metrics_of_the_console_name_the_stacks_own_resources(template: dict[str, Any]) -> None:
+    for ref in dashboard_refs(template) + alarm_refs(template):
+        if ref.namespace == "Healthbook":
+            assert {name for name, _ in ref.dimensions} <= {"service", "Reason", "ErrorFamily"}, ref
+            continue
+        assert ref.namespace in {"AWS/SQS", "AWS/Lambda", "AWS/States", "AWS/Scheduler"}, ref
+        for dimension, value in ref.dimensions:
+            assert value and value.startswith("<"), f"{ref.where}: {dimension}={value} is not the stack's own"
+            logical = value.strip("<>").split(".")[0]
+            assert template["Resources"][logical]["Type"] in AWS_DIMENSIONS[dimension], (ref.where, dimension, value)
+            if dimension == "QueueName":
+                assert value.endswith(".QueueName>"), value

@@ -31,6 +31,7 @@ started=$SECONDS
 (
   cd "$HB_LOCALSTACK_STATE"
   # Host mode: the machine carries Docker's marker file, so LocalStack must be told it is not in its container.
+  # CloudFormation skips what it cannot emulate (the CloudWatch dashboard) instead of failing the stack.
   export OVERRIDE_IN_DOCKER=0 \
     FILESYSTEM_ROOT="$HB_LOCALSTACK_STATE/fs" \
     TMPDIR="$HB_LOCALSTACK_STATE/tmp" \
@@ -41,6 +42,7 @@ started=$SECONDS
     SKIP_SSL_CERT_DOWNLOAD=1 \
     DISABLE_EVENTS=1 \
     DNS_ADDRESS=0 \
+    CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES=1 \
     PROVIDER_OVERRIDE_DYNAMODB=moto \
     PROVIDER_OVERRIDE_DYNAMODBSTREAMS=moto \
     LAMBDA_RUNTIME_EXECUTOR=healthbook-process \

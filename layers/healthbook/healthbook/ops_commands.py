@@ -223,7 +223,8 @@ def cmd_facility_list(args: argparse.Namespace) -> int:
 
 def _facility_json(facility: Any) -> dict[str, Any]:
     return {"code": facility.code, "name": facility.name, "province": facility.province,
-            "district": facility.district or None, "certificates": [{"sha256": c.sha256, "not_before": c.not_before.isoformat(),
+            "district": facility.district or None,
+            "certificates": [{"sha256": c.sha256, "not_before": c.not_before.isoformat(),
                               "not_after": c.not_after.isoformat()} for c in facility.certificates]}
 
 
