@@ -377,3 +377,39 @@ def test_the_demos_moto_shim_still_rolls_a_cancelled_transaction_back(ddb: Any) 
         ddb.transact_write_items(TransactItems=[add, other])
     items = {i["period"]["S"]: i["n"]["N"] for i in ddb.scan(TableName=table)["Items"]}
     assert items == {"D#2025-03-01": "2", "D#2025-03-02": "1"}
+
+
+class _ScriptedDynamo:
+    """batch_get_item answers in turns (the first leaves keys unprocessed); the first transaction loses a race."""
+
+    def __init__(self) -> None:
+        self.present: set[tuple[str, str]] = set()
+        self.gets = 0
+        self.transactions = 0
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        ((table, request),) = RequestItems.items()
+        self.gets += 1
+        keys = [(k["scope"]["S"], k["period"]["S"]) for k in request["Keys"]]
+        answered, left = (keys[:2], keys[2:]) if self.gets == 1 else (keys, [])
+        found = [{"scope": {"S": s}, "period": {"S": p}} for s, p in answered if (s, p) in self.present]
+        unprocessed = {table: {**request, "Keys": [{"scope": {"S": s}, "period": {"S": p}} for s, p in left]}}
+        return {"Responses": {table: found}, "UnprocessedKeys": unprocessed if left else {}}
+
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:
+        from botocore.exceptions import ClientError
+
+        self.transactions += 1
+        puts = [(w["Put"]["Item"]["scope"]["S"], w["Put"]["Item"]["period"]["S"]) for w in TransactItems if "Put" in w]
+        self.present.update(puts)  # the racing delivery set them all
+        if self.transactions == 1:
+            raise ClientError({"Error": {"Code": "TransactionCanceledException"},
+                               "CancellationReasons": [{"Code": "ConditionalCheckFailed"}]}, "TransactWriteItems")
+
+
+def test_markers_read_unprocessed_keys_again_and_a_lost_race_reads_again_and_stops() -> None:
+    dynamo = _ScriptedDynamo()
+    store = DynamoVisitStatus(dynamo, visits_table="visits", aggregates_table="aggregates")
+    store.count_citizen(citizen_markers("k", _vn(2), facility="01001", province="01", district="001"))
+    assert dynamo.transactions == 1  # the race lost; the second read finds every marker: nothing to write
+    assert dynamo.gets == 3  # the first read answered in two parts, the second whole

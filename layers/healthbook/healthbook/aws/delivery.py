@@ -7,6 +7,7 @@ error. Times are written as ``iso_utc`` strings like the rest of docs/data-model
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -148,11 +149,14 @@ class DynamoVisitStatus:
             "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
             "ConsistentRead": True}}
         found: set[tuple[str, str]] = set()
-        while request:
+        for attempt in range(_MARKER_ATTEMPTS * 3):
             page = self._db.batch_get_item(RequestItems=request)
             found.update((i["scope"]["S"], i["period"]["S"]) for i in page.get("Responses", {}).get(table, []))
             request = page.get("UnprocessedKeys") or {}
-        return found
+            if not request:
+                return found
+            time.sleep(0.05 * 2 ** attempt)  # keys left unread under throttling: back off, then ask for them
+        raise RuntimeError("distinct-citizen markers could not be read (throttled); the step will be retried")
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
         return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t ADD attempts :one",
