@@ -3,11 +3,13 @@ reports bucket under the period (docs/reports.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from healthbook.aws.facilities import FacilitiesRepository
-from healthbook.reports.build import Place, build_report
+from healthbook.reports.build import Place, Range, build_report
 from healthbook.reports.job import report_prefix
 from healthbook.reports.model import Period, Report
 from healthbook.reports.render import outputs
@@ -16,12 +18,19 @@ _KEYS = {"scope", "period", "expires_at"}
 
 
 class DynamoCounters:
-    """healthbook.reports.build.CounterSource: one Query per scope and range, summed."""
+    """healthbook.reports.build.CounterSource: one Query per scope and range, summed; ``workers`` at a time (a
+    national registry is thousands of facilities: sequential Queries would outlast the function's timeout)."""
 
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    def __init__(self, dynamodb: Any, table: str, *, workers: int = 16) -> None:
         self._db = dynamodb
         self.table = table
-        self.queries = 0
+        self.workers = workers
+
+    def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
+        if self.workers <= 1 or len(ranges) <= 1:
+            return [self.sum(*wanted) for wanted in ranges]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:  # boto3 clients are thread-safe
+            return list(pool.map(lambda wanted: self.sum(*wanted), ranges))
 
     def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
         kwargs: dict[str, Any] = {
@@ -31,7 +40,6 @@ class DynamoCounters:
         summed: dict[str, int] = {}
         while True:
             page = self._db.query(**kwargs)
-            self.queries += 1
             for item in page.get("Items", []):
                 for name, value in item.items():
                     if name not in _KEYS and "N" in value:

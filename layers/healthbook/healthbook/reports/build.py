@@ -19,9 +19,13 @@ TOP_ERRORS = 5
 _FIRST_DAY = "D#0000-00-00"
 
 
+Range = tuple[str, str, str]  # (scope, lowest period key, highest period key)
+
+
 class CounterSource(Protocol):
-    def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
-        """The counters of ``scope``'s items whose period key lies in [low, high], added up."""
+    def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
+        """For each range, the counters of the scope's items whose period key lies in [low, high], added up; in
+        the order asked (an adapter may read them in parallel)."""
         ...
 
 
@@ -79,38 +83,59 @@ def figures(counters: Mapping[str, int], citizens: int | None) -> Figures:
         reexam_delivered=get("reexam_delivered", 0))
 
 
-class _Reader:
-    """The source, read once per (scope, range)."""
+def _days(scope: str, period: Period) -> Range:
+    return scope, _day_key(period.start), _day_key(period.end)
 
-    def __init__(self, source: CounterSource) -> None:
-        self._source = source
-        self._cache: dict[tuple[str, str, str], dict[str, int]] = {}
 
-    def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
-        key = (scope, low, high)
-        if key not in self._cache:
-            self._cache[key] = self._source.sum(scope, low, high)
-        return self._cache[key]
+def _citizens(scope: str, period: Period) -> Range | None:
+    marker = _citizen_period(period)
+    return None if marker is None else (scope, marker, marker)
 
-    def days(self, scope: str, period: Period) -> dict[str, int]:
-        return self.sum(scope, _day_key(period.start), _day_key(period.end))
+
+def _to_date(scope: str, period: Period) -> Range:
+    return scope, _FIRST_DAY, _day_key(period.end)
+
+
+class _Counts:
+    """Every range the report needs, read in one call to the source (planned first, so a large registry is one
+    parallel read, not thousands of sequential ones)."""
+
+    def __init__(self, source: CounterSource, ranges: Sequence[Range]) -> None:
+        wanted = list(dict.fromkeys(ranges))
+        self._read = dict(zip(wanted, source.sum_many(wanted), strict=True))
+
+    def __call__(self, scope: str, low: str, high: str) -> dict[str, int]:
+        return self._read[(scope, low, high)]  # KeyError: a range the plan missed
 
     def citizens(self, scope: str, period: Period) -> int | None:
-        marker = _citizen_period(period)
-        return None if marker is None else self.sum(scope, marker, marker).get("citizens", 0)
+        wanted = _citizens(scope, period)
+        return None if wanted is None else self(*wanted).get("citizens", 0)
 
 
 def build_report(period: Period, places: Sequence[Place], source: CounterSource, *, generated_at: datetime,
                  population: Mapping[str, PopulationFigure] | None = None) -> Report:
     population = load_population() if population is None else population
-    reader = _Reader(source)
     previous = period.previous()
+    by_district: dict[tuple[str, str], list[Place]] = {}
+    by_province: dict[str, list[Place]] = {}
+    for place in places:
+        by_district.setdefault((place.province, place.district), []).append(place)
+        by_province.setdefault(place.province, []).append(place)
+
+    plan: list[Range | None] = []
+    for of in (period, previous):
+        plan += [_days(facility_scope(p.code), of) for p in places]
+        plan += [_citizens(facility_scope(p.code), of) for p in places]
+        plan += [_citizens(district_scope(*key), of) for key in by_district if key[1]]
+        plan += [_citizens(province_scope(province), of) for province in by_province]
+    plan += [_to_date(province_scope(province), period) for province in by_province]
+    reader = _Counts(source, [wanted for wanted in plan if wanted is not None])
     rows: list[Row] = []
 
     facility_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
     for place in sorted(places, key=lambda p: p.code):
         scope = facility_scope(place.code)
-        now, before = reader.days(scope, period), reader.days(scope, previous)
+        now, before = reader(*_days(scope, period)), reader(*_days(scope, previous))
         facility_counts[place.code] = (now, before)
         current = figures(now, reader.citizens(scope, period))
         rows.append(Row("facility", place.code, place.name, place.province, current,
@@ -129,12 +154,6 @@ def build_report(period: Period, places: Sequence[Place], source: CounterSource,
         return Row(level, code, name, province, figures(now, citizens(period)), figures(before, citizens(previous)),
                    facilities=len(members), facilities_without_submission=silent)
 
-    by_district: dict[tuple[str, str], list[Place]] = {}
-    by_province: dict[str, list[Place]] = {}
-    for place in places:
-        by_district.setdefault((place.province, place.district), []).append(place)
-        by_province.setdefault(place.province, []).append(place)
-
     # Within a province, the facilities with no district on record come last.
     for (province, district), members in sorted(by_district.items(), key=lambda kv: (kv[0][0], not kv[0][1], kv[0])):
         # Facilities with no district on record share one row per province; no marker counts them.
@@ -145,7 +164,7 @@ def build_report(period: Period, places: Sequence[Place], source: CounterSource,
     for province, members in sorted(by_province.items()):
         figure = population.get(province)
         scope = province_scope(province)
-        with_book = reader.sum(scope, _FIRST_DAY, _day_key(period.end)).get("new_citizens", 0)
+        with_book = reader(*_to_date(scope, period)).get("new_citizens", 0)
         row = grouped(members, "province", province, figure.name if figure else f"Tỉnh {province}", province, scope)
         rows.append(replace(row, citizens_with_book=with_book, population=figure.population if figure else None,
                             population_source=f"{figure.source} ({figure.year})" if figure else None))
