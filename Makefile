@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sam bench bench-e2e docs standard clean localstack-up localstack-down localstack-deploy e2e
+.PHONY: demo demo-moto test lint typecheck unit sam security bench bench-e2e docs standard clean localstack-up localstack-down localstack-deploy e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Generate 200 realistic submissions (20% with a labelled defect), validate them, print a summary table.
+## The one-command demo: LocalStack (host mode, started and stopped here), template.yaml deployed, two facilities
+## uploading 250 signed visits, receipts, the health book in a fake VNeID, the monthly report, a summary.
 demo: $(STAMP)
+	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 250 --out demo-out
+
+## The same pipeline in process on moto: no LocalStack, no deploy (about a minute).
+demo-moto: $(STAMP)
 	$(BIN)/healthbook demo --visits 200 --out demo-out
 
 ## Lint, type-check and run the whole test suite.
@@ -31,6 +36,11 @@ unit: $(STAMP) sam
 ## The SAM CLI in its own Python 3.13 venv (it pins libraries our venv must not share): sam validate, sam build.
 sam:
 	infra/localstack/install.sh sam
+
+## Policy scan: checkov (its own Python 3.12 venv, infra/security/) on the SAM-expanded template, offline; any failed
+## check that template.yaml does not suppress with a reason fails. cfn-lint runs in `make test`. docs/security.md
+security:
+	infra/security/scan.sh
 
 ## LocalStack in host mode (no Docker): start, stop, deploy template.yaml, and the end-to-end tests.
 localstack-up:

@@ -1255,3 +1255,81 @@ def test_aws_metrics_of_the_console_name_the_stacks_own_resources(template: dict
             assert template["Resources"][logical]["Type"] in AWS_DIMENSIONS[dimension], (ref.where, dimension, value)
             if dimension == "QueueName":
                 assert value.endswith(".QueueName>"), value
+
+
+# ---- security scan suppressions (make security, docs/security.md) --------------------------------------------
+# checkov takes a suppression from the resource's Metadata (checkov: skip: - id, comment) or from a
+# `# checkov:skip=<id>:<reason>` comment line inside the resource (the SAM functions' Metadata holds their build
+# settings). Either way each one must say why, and docs/security.md must list it.
+
+CHECKOV_COMMENT = re.compile(  # checkov.common.comment.enum.COMMENT_REGEX
+    r"(checkov:skip=|bridgecrew:skip=|cortex:skip=) *([A-Za-z_\d-]+(?:,[A-Za-z_\d-]+)*)?(:[^\n]*)?")
+CHECK_ID = re.compile(r"^CKV2?_AWS_\d+$")
+
+
+@dataclass(frozen=True)
+class Suppression:
+    resource: str
+    check: str
+    reason: str
+    where: str
+
+
+def suppressions(template: dict[str, Any], text: str | None = None) -> list[Suppression]:
+    """Every checkov suppression of template.yaml (or TEXT): Metadata entries and in-resource comment lines."""
+    found = []
+    for name, resource in template["Resources"].items():
+        metadata = resource.get("Metadata", {})
+        for tool in ("checkov", "bridgecrew"):
+            skips = metadata.get(tool, {}).get("skip", []) if isinstance(metadata.get(tool), dict) else []
+            assert isinstance(skips, list), f"{name}: Metadata.{tool}.skip must be a list of {{id, comment}}"
+            for skip in skips:
+                assert isinstance(skip, dict), f"{name}: Metadata.{tool}.skip entry {skip!r} is not {{id, comment}}"
+                found.append(Suppression(name, str(skip.get("id", "")), str(skip.get("comment") or "").strip(),
+                                         f"{name} Metadata.{tool}"))
+    section = resource_name = None
+    text = TEMPLATE.read_text(encoding="utf-8") if text is None else text
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line[:1].isalpha():
+            section, resource_name = line.split(":", 1)[0], None
+        elif section == "Resources" and (key := re.match(r"^  ([A-Za-z0-9]+):\s*(#.*)?$", line)):
+            resource_name = key.group(1)
+        elif skip := CHECKOV_COMMENT.search(line):
+            where = f"template.yaml:{number}"
+            assert section == "Resources" and resource_name, f"{where}: a checkov suppression outside any resource"
+            assert line.lstrip().startswith("#"), f"{where}: a checkov suppression must be a comment line of its own"
+            reason = (skip.group(3) or ":")[1:].strip()
+            found.append(Suppression(resource_name, skip.group(2) or "", reason, where))
+    return found
+
+
+def test_every_checkov_suppression_says_why(template: dict[str, Any]) -> None:
+    found = suppressions(template)
+    assert found, "the template suppresses nothing: then docs/security.md's table should be empty too"
+    for s in found:
+        assert CHECK_ID.match(s.check), f"{s.where}: {s.check!r} is not one checkov check id"
+        assert s.reason and s.reason != "No comment provided", f"{s.where}: {s.check} suppressed without a reason"
+        assert len(s.reason.split()) >= 5, f"{s.where}: {s.check}: say why, in a sentence ({s.reason!r})"
+    pairs = [(s.resource, s.check) for s in found]
+    assert len(pairs) == len(set(pairs)), "a check is suppressed twice on the same resource"
+
+
+def test_the_suppression_check_finds_bare_and_misplaced_skips() -> None:
+    bare = {"Resources": {"B": {"Type": "AWS::S3::Bucket", "Metadata": {"checkov": {"skip": [{"id": "CKV_AWS_18"}]}}}}}
+    text = "Resources:\n  B:\n    # checkov:skip=CKV_AWS_21\n    Type: AWS::S3::Bucket\n"
+    found = suppressions(bare, text)
+    assert {(s.resource, s.check, s.reason) for s in found} == {("B", "CKV_AWS_18", ""), ("B", "CKV_AWS_21", "")}
+    with pytest.raises(AssertionError, match="outside any resource"):
+        suppressions({"Resources": {}}, "# checkov:skip=CKV_AWS_21:a reason outside of every resource is no use\n")
+    with pytest.raises(AssertionError, match="comment line of its own"):
+        suppressions({"Resources": {}}, "Resources:\n  B:\n    Type: AWS::S3::Bucket  # checkov:skip=CKV_AWS_21:x y\n")
+
+
+def test_security_doc_lists_every_suppression(template: dict[str, Any]) -> None:
+    doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    table = doc.split("\n## Suppressions\n", 1)[1].split("\n## ", 1)[0]
+    rows = {(cells[0].strip("` "), cells[1].strip("` ")) for line in table.splitlines()
+            if line.startswith("| `") and len(cells := [c.strip() for c in line.strip("|").split("|")]) >= 3}
+    found = {(s.resource, s.check) for s in suppressions(template)}
+    assert found - rows == set(), f"suppressed in template.yaml, missing from docs/security.md: {sorted(found - rows)}"
+    assert rows - found == set(), f"listed in docs/security.md, not suppressed in template.yaml: {sorted(rows - found)}"

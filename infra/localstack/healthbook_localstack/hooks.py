@@ -26,3 +26,42 @@ def s3_storage_under_tmpdir() -> None:
     if target != provider.DEFAULT_S3_TMP_DIR:
         provider.DEFAULT_S3_TMP_DIR = target
         LOG.debug("S3 object store moved to %s", target)
+
+
+@hooks.on_infra_start(priority=100)
+def moto_transactions_copy_tables_once() -> None:
+    """DynamoDB here is moto (dynamodb.py), whose transactions copy a table once per item: see
+    moto_transactions.py. HB_MOTO_COPY_TABLES_ONCE=0 keeps moto as it is."""
+    if os.environ.get("HB_MOTO_COPY_TABLES_ONCE", "1") in ("0", "false", "no"):
+        return
+    from healthbook_localstack.moto_transactions import install
+
+    install()
+    LOG.debug("moto transactions copy each table once")
+
+
+@hooks.on_infra_start(priority=100)
+def stepfunctions_parse_each_jsonpath_once() -> None:
+    """LocalStack's Step Functions interpreter parses every JSONPath again on every evaluation, and jsonpath_ng
+    builds its LALR parser tables each time: about 40 % of LocalStack's CPU in ``make demo`` (py-spy). A parsed
+    path is immutable, so each distinct path is parsed once. HB_JSONPATH_CACHE=0 keeps LocalStack as it is."""
+    if os.environ.get("HB_JSONPATH_CACHE", "1") in ("0", "false", "no"):
+        return
+    import functools
+    import sys
+
+    import jsonpath_ng
+    import jsonpath_ng.ext
+
+    plain = functools.lru_cache(maxsize=4096)(jsonpath_ng.parse)
+    extended = functools.lru_cache(maxsize=4096)(jsonpath_ng.ext.parse)
+    jsonpath_ng.parse = plain
+    jsonpath_ng.ext.parse = extended
+    # modules that imported the names already keep their own reference
+    for name, cached in (("localstack.services.stepfunctions.asl.utils.json_path", extended),
+                         ("localstack.services.stepfunctions.asl.component.common.path.result_path", plain)):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.parse = cached  # type: ignore[attr-defined]
+    LOG.debug("JSONPath parses cached")
+

@@ -105,53 +105,23 @@ def kms_signs_digests_like_aws() -> Iterator[None]:
         utils.ECDSAPrivateKey.sign = original  # type: ignore[method-assign]
 
 
-class _CopyEachTableOnce:
-    """Stands in for the ``copy`` module inside moto's DynamoDB models: within one transaction, a table is
-    deep-copied (for rollback) once, not once per item that touches it."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def deepcopy(self, value: Any, memo: Any = None) -> Any:
-        from moto.dynamodb.models.table import Table
-
-        copies: dict[int, Any] | None = getattr(self._local, "copies", None)
-        if copies is None or not isinstance(value, Table):
-            return copy.deepcopy(value, memo)
-        if id(value) not in copies:
-            copies[id(value)] = copy.deepcopy(value, memo)
-        return copies[id(value)]
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self._local.copies = {}
-        try:
-            yield
-        finally:
-            self._local.copies = None
-
-
 @contextmanager
 def moto_transactions_copy_tables_once() -> Iterator[None]:
-    """moto 5.x copies the whole table once per item of a TransactWriteItems, so a 14-item transaction on a
-    table of n items costs 14 n (the distinct-citizen markers made ``make demo`` twice as slow). Inside this
-    block it copies each table once per transaction, with the same rollback (emulation only)."""
-    from moto.dynamodb import models
-
-    shim = _CopyEachTableOnce()
-    original = models.DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        with shim.transaction():
-            original(self, transact_items)
-
-    setattr(models, "copy", shim)  # noqa: B010  # the module's global, which moto's code looks up per call
-    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    try:
+    """moto copies a whole table once per item of a TransactWriteItems, so the pipeline's transactions slow down
+    as the tables grow (``make demo`` took twice as long). Inside this block each table is copied once per
+    transaction, with the same rollback. The patch lives with the LocalStack plugins, which serve DynamoDB from
+    moto too (``infra/localstack/healthbook_localstack/moto_transactions.py``); outside a checkout, no patch."""
+    folder = functions_dir()
+    path = folder.parent / "infra" / "localstack" / "healthbook_localstack" / "moto_transactions.py" if folder else None
+    if path is None or not path.is_file():
         yield
-    finally:
-        setattr(models, "copy", copy)  # noqa: B010
-        models.DynamoDBBackend.transact_write_items = original  # type: ignore[method-assign]
+        return
+    spec = importlib.util.spec_from_file_location("healthbook_moto_transactions", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with module.copy_tables_once():
+        yield
 
 
 @dataclass

@@ -1,0 +1,362 @@
+"""The one-command demo on LocalStack (``make demo``): template.yaml deployed, facilities uploading, receipts and
+the health book arriving, the monthly report, a summary.
+
+Steps: deploy the stack (``infra/localstack/deploy.sh``) pointing at a fake VNeID and a fake population service
+run by this process; issue development certificates, trust their CA and register two facilities; generate and sign
+a few hundred visits in multi-visit files (a few deliberately defective, one edited after signing, one dropped in
+the other facility's folder); upload them as the facilities would; follow receipts and deliveries; invoke the
+report function for this month; download receipts and report files and write one citizen's health book as VNeID
+shows it. LocalStack itself is started and stopped by ``infra/localstack/with-localstack.sh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from healthbook.generate import build_visit, facility_named, inject
+from healthbook.generate.writer import envelope
+from healthbook.reconcile import FakePopulation
+from healthbook.signing.pki import dev_pki
+from healthbook.signing.receipt import PORTAL_TZ
+from healthbook.signing.xmldsig import sign_submission
+
+STACK, STAGE, REGION = "hb-demo", "demo", "us-east-1"
+FACILITIES = {"01001": "001", "79001": "760"}  # code -> district
+VISITS_PER_FILE = 10
+TERMINAL = ("DELIVERED", "NEEDS_RECONCILIATION", "DEADLINE_BREACHED", "SUPERSEDED")
+
+
+@dataclass
+class Upload:
+    facility: str  # the facility that made it
+    folder: str  # where it is uploaded (another facility's folder for the I501 case)
+    path: Path
+    label: str | None  # what is wrong with it, when something is
+    visits: list[str] = field(default_factory=list)  # MA_LK
+
+    @property
+    def receipt_key(self) -> str:
+        return f"receipts/{self.folder}/{self.path.name}.receipt.json"
+
+
+class Clients:
+    def __init__(self, endpoint: str) -> None:
+        import boto3  # type: ignore[import-untyped]
+
+        self._session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                              region_name=REGION)
+        self.endpoint = endpoint
+
+    def __call__(self, service: str) -> Any:
+        return self._session.client(service, endpoint_url=self.endpoint)
+
+    def table(self, name: str) -> Any:
+        return self._session.resource("dynamodb", endpoint_url=self.endpoint).Table(name)
+
+
+def repository_root() -> Path:
+    from healthbook.aws.sandbox import functions_dir
+
+    folder = functions_dir()
+    if folder is None:
+        raise SystemExit("the LocalStack demo deploys template.yaml: run it from a checkout of the project")
+    return folder.parent
+
+
+def deploy(endpoint: str, **parameters: str) -> dict[str, str]:
+    script = repository_root() / "infra" / "localstack" / "deploy.sh"
+    done = subprocess.run([str(script), "--stack-name", STACK, "--stage", STAGE,
+                           *(f"{k}={v}" for k, v in parameters.items())],
+                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION},
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"deploy failed:\n{done.stderr[-3000:]}")
+    outputs: dict[str, str] = json.loads(done.stdout)
+    return outputs
+
+
+def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: Any) -> None:
+    """Trust the dev CA, register the facilities, give delivery VNeID's credentials, start functions afresh."""
+    from healthbook.aws.facilities import put_facility
+
+    aws("ssm").put_parameter(Name=outputs["TrustBundleParameterName"], Value=pki["ca"].read_text(),
+                             Type="String", Overwrite=True)
+    table = aws.table(outputs["FacilitiesTableName"])
+    for code, district in FACILITIES.items():
+        _, name, province = facility_named(code)
+        certificate = x509.load_pem_x509_certificates(pki[code].read_bytes())[0]
+        put_facility(table, code, name, province, certificate, district=district)
+    aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
+        {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
+         "client_secret": vneid.client_secret}))
+    lam = aws("lambda")
+    for output in ("IngestFunctionName", "SweepFunctionName"):  # warm ones may hold an older trust and registry
+        config = lam.get_function_configuration(FunctionName=outputs[output])
+        variables = dict(config["Environment"]["Variables"], HB_DEMO_RUN=uuid.uuid4().hex)
+        lam.update_function_configuration(FunctionName=outputs[output], Environment={"Variables": variables})
+        lam.get_waiter("function_updated_v2").wait(FunctionName=outputs[output])
+
+
+def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, visits: int,
+                 seed: int) -> list[Upload]:
+    """Signed multi-visit files per facility; about one file in eight carries a defect (a rejected visit), one
+    is edited after signing (K404), one goes into the other facility's folder (I501)."""
+    rng = random.Random(seed)
+    codes = list(FACILITIES)
+    uploads = []
+    for number in range(-(-visits // VISITS_PER_FILE)):
+        code = codes[number % len(codes)]
+        facility = facility_named(code)
+        batch = [build_visit(rng, facility=facility) for _ in range(VISITS_PER_FILE)]
+        known = FakePopulation.from_visits(batch, mismatch_rate=0.02, unknown_rate=0.02, seed=seed + number)
+        for visit in batch:
+            citizen = known.lookup(visit.tables["XML1"][0]["SO_CCCD"])
+            if citizen is not None:
+                people.add(citizen)
+        label = None
+        defect = inject(batch[0], rng) if number % 8 == 3 else None
+        if defect is not None:
+            label = f"a defective visit ({defect.label()['code']})"
+        cert, *chain = x509.load_pem_x509_certificates(pki[code].read_bytes())
+        key = serialization.load_pem_private_key(pki[f"{code}-key"].read_bytes(), password=None)
+        data = sign_submission(envelope(batch, **(defect.envelope if defect else {})), key, cert,  # type: ignore[arg-type]
+                               chain=chain)
+        folder = code
+        if number == 10:
+            data = data.replace(b"<SOLUONGHOSO>", b"<SOLUONGHOSO> ", 1)
+            label = "edited after signing"
+        elif number == 13:
+            folder = codes[(number + 1) % len(codes)]
+            label = "another facility's folder"
+        path = work / f"{code}_{number:04d}_{uuid.uuid4().hex[:6]}.xml"
+        path.write_bytes(data)
+        uploads.append(Upload(code, folder, path, label, [v.ma_lk for v in batch]))
+    return uploads
+
+
+def upload_all(aws: Clients, outputs: dict[str, str], uploads: list[Upload]) -> dict[str, float]:
+    """As each facility's uploader would (``healthbook upload``: SSE-KMS, checksum), four at a time."""
+    from healthbook.aws.upload import Destination, upload_file
+
+    destination = Destination(inbox_bucket=outputs["InboxBucketName"], receipts_bucket=outputs["ReceiptsBucketName"],
+                              kms_key_id=outputs.get("DataKeyArn"))
+    s3 = aws("s3")
+    sent: dict[str, float] = {}
+
+    def put(upload: Upload) -> None:
+        upload_file(s3, destination, upload.folder, upload.path)
+        sent[upload.path.name] = time.monotonic()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, uploads))
+    return sent
+
+
+@dataclass
+class Progress:
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> receipt
+    counters: dict[str, int] = field(default_factory=dict)  # today's report counters, all facilities
+    statuses: Counter[str] = field(default_factory=Counter)  # the accepted visits' final statuses
+    latencies_ms: list[int] = field(default_factory=list)
+    citizen: str | None = None
+
+
+def follow(aws: Clients, outputs: dict[str, str], uploads: list[Upload], *, timeout: float,
+           show: Callable[[str], None]) -> Progress:
+    """Receipts as they appear (one listing per poll), deliveries from the report counters (one read per
+    facility): cheap enough to poll every 2 s without slowing the emulator down."""
+    s3, ddb = aws("s3"), aws("dynamodb")
+    progress = Progress()
+    by_key = {u.receipt_key: u for u in uploads}
+    give_up = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < give_up:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=outputs["ReceiptsBucketName"],
+                                                                   Prefix="receipts/"):
+            for listed in page.get("Contents", []):
+                upload = by_key.get(listed["Key"])
+                if upload is not None and upload.path.name not in progress.receipts:
+                    body = s3.get_object(Bucket=outputs["ReceiptsBucketName"], Key=listed["Key"])["Body"].read()
+                    progress.receipts[upload.path.name] = json.loads(body)
+        progress.counters = _today(ddb, outputs["AggregatesTableName"])
+        counters = progress.counters
+        settled = sum(counters.get(name, 0) for name in ("delivered", "needs_reconciliation", "breached"))
+        line = (f"receipts {len(progress.receipts)}/{len(uploads)}   visits accepted "
+                f"{counters.get('visits_accepted', 0)}   delivered {counters.get('delivered', 0)}   "
+                f"awaiting reconciliation {counters.get('needs_reconciliation', 0)}   "
+                f"breached {counters.get('breached', 0)}")
+        if line != last:
+            show(line)
+            last = line
+        if len(progress.receipts) == len(uploads) and settled >= counters.get("visits_accepted", 0):
+            break
+        time.sleep(2)
+    accepted = [(u.folder, v["ma_lk"]) for u in uploads
+                for v in progress.receipts.get(u.path.name, {}).get("visits", []) if v.get("accepted")]
+    _final_statuses(ddb, outputs["VisitsTableName"], accepted, progress)
+    return progress
+
+
+def _today(ddb: Any, table: str) -> dict[str, int]:
+    """The day's counters of the demo's facilities, added up (what the daily report will read)."""
+    from healthbook.reports.aggregates import day, facility_scope, total
+
+    keys = [{"scope": {"S": facility_scope(code)}, "period": {"S": day(datetime.now(UTC))}} for code in FACILITIES]
+    items = ddb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})["Responses"][table]
+    return total({k: int(v["N"]) for k, v in item.items() if "N" in v} for item in items)
+
+
+def _final_statuses(ddb: Any, table: str, accepted: list[tuple[str, str]], progress: Progress) -> None:
+    """Once, at the end: each accepted visit's status in force, and the delivered ones' latencies."""
+    for folder, ma_lk in accepted:
+        items = ddb.query(TableName=table, KeyConditionExpression="visit_id = :v",
+                          ExpressionAttributeValues={":v": {"S": f"{folder}#{ma_lk}"}})["Items"]
+        versions = [i for i in items if i["version"]["S"] != "LATEST"]
+        if not versions:
+            progress.statuses["MISSING"] += 1
+            continue
+        latest = max(versions, key=lambda i: i["version"]["S"])
+        status = latest["status"]["S"]
+        progress.statuses[status] += 1
+        if status == "DELIVERED":
+            progress.latencies_ms.append(int(latest["latency_ms"]["N"]))
+            progress.citizen = progress.citizen or latest["citizen_key"]["S"]
+
+
+def _pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1000
+
+
+def run(out: Path, *, endpoint: str, visits: int = 250, seed: int = 2026, timeout: float = 240) -> int:
+    from healthbook.reconcile.server import FakePopulationServer
+    from healthbook.vneid.fake import FakeVneid
+
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def show(message: str) -> None:
+        print(f"[{time.monotonic() - started:5.0f} s] {message}", flush=True)
+
+    aws = Clients(endpoint)
+    people = FakePopulation()
+    with FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
+        show(f"deploying template.yaml to LocalStack ({endpoint}) as stack {STACK}…")
+        outputs = deploy(endpoint, VneidBaseUrl=vneid.url, PopulationBaseUrl=population.url)
+        pki = dev_pki(out / "pki")
+        prepare(aws, outputs, pki, vneid)
+        show(f"deployed; facilities {', '.join(FACILITIES)} registered with development certificates")
+        work = out / "submissions"
+        work.mkdir(exist_ok=True)
+        uploads = make_uploads(work, pki, people, visits=visits, seed=seed)
+        show(f"uploading {len(uploads)} signed files ({len(uploads) * VISITS_PER_FILE} visits) as the facilities "
+             "would…")
+        upload_all(aws, outputs, uploads)
+        progress = follow(aws, outputs, uploads, timeout=timeout, show=show)
+        show("building this month's report (the report function, as the monthly schedule would)…")
+        month = f"{datetime.now(PORTAL_TZ):%Y-%m}"
+        report = aws("lambda").invoke(FunctionName=outputs["ReportFunctionName"],
+                                      Payload=json.dumps({"period": month}).encode())
+        result = json.loads(report["Payload"].read())
+        report_files = _download(aws, outputs, out, uploads, result.get("objects", []))
+        citizen_page = None
+        if progress.citizen:
+            with urllib.request.urlopen(f"{vneid.url}/v1/citizens/{progress.citizen}/health-book.html",
+                                        timeout=5) as page:
+                citizen_page = out / "citizen.html"
+                citizen_page.write_bytes(page.read())
+    print(summary(uploads, progress, out, report_files, citizen_page, time.monotonic() - started))
+    complete = len(progress.receipts) == len(uploads) and progress.statuses["PENDING"] == 0
+    return 0 if complete and "FunctionError" not in report else 1
+
+
+def _download(aws: Clients, outputs: dict[str, str], out: Path, uploads: list[Upload],
+              report_keys: list[str]) -> list[Path]:
+    s3 = aws("s3")
+    for upload in uploads:
+        target = out / upload.receipt_key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            s3.download_file(outputs["ReceiptsBucketName"], upload.receipt_key, str(target))
+        except Exception:  # a missing receipt is reported in the summary
+            continue
+    files = []
+    for key in report_keys:
+        target = out / "report" / key.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(outputs["ReportsBucketName"], key, str(target))
+        files.append(target)
+    return files
+
+
+def summary(uploads: list[Upload], progress: Progress, out: Path, report_files: list[Path],
+            citizen_page: Path | None, elapsed: float) -> str:
+    codes: Counter[str] = Counter()
+    accepted_files = rejected_files = visits_accepted = visits_rejected = 0
+    for receipt in progress.receipts.values():
+        accepted_files += bool(receipt.get("accepted"))
+        rejected_files += not receipt.get("accepted")
+        for error in receipt.get("errors", []):
+            codes[error["code"]] += 1
+        for visit in receipt.get("visits", []):
+            visits_accepted += bool(visit.get("accepted"))
+            visits_rejected += not visit.get("accepted")
+            for error in visit.get("errors", []):
+                codes[error["code"]] += 1
+    statuses, latencies = progress.statuses, progress.latencies_ms
+    rows = [
+        ("files uploaded", str(len(uploads))),
+        ("receipts", f"{len(progress.receipts)}  ({accepted_files} files wholly accepted, {rejected_files} not)"),
+        ("visits accepted / rejected", f"{visits_accepted} / {visits_rejected}"),
+        ("rejected by reason", ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"),
+        ("delivered to VNeID", str(statuses["DELIVERED"])),
+        ("awaiting identity reconciliation", str(statuses["NEEDS_RECONCILIATION"])),
+        ("still pending", str(statuses["PENDING"])),
+        ("deadline breaches", str(statuses["DEADLINE_BREACHED"])),
+        ("receipt -> VNeID latency", f"p50 {_pct(latencies, .5):.1f} s, p95 {_pct(latencies, .95):.1f} s"
+         if latencies else "-"),
+        ("whole demo", f"{elapsed:.0f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = ["", *(f"{name:<{width}}  {value}" for name, value in rows), ""]
+    lines.append(f"receipts:      {out / 'receipts'}/")
+    lines.append(f"report files:  {', '.join(str(p) for p in report_files) or 'none (see the report function log)'}")
+    if citizen_page:
+        lines.append(f"citizen view:  {citizen_page}  (one citizen's health book as VNeID shows it)")
+    labelled = [u for u in uploads if u.label]
+    lines.append(f"deliberately bad files: {len(labelled)} (" + "; ".join(
+        f"{u.path.name}: {u.label}" for u in labelled[:4]) + ("; …" if len(labelled) > 4 else "") + ")")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--endpoint", default="http://127.0.0.1:4566")
+    parser.add_argument("--visits", type=int, default=250)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for receipts and deliveries")
+    args = parser.parse_args(argv)
+    return run(args.out, endpoint=args.endpoint, visits=args.visits, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
