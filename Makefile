@@ -58,6 +58,7 @@ e2e: $(STAMP) localstack-up
 ## Benchmarks print ratios against a baseline measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/verify.py
 
 ## Upload -> receipt -> VNeID on LocalStack, and the orchestration's $ per million visits (docs/cost.md).
 bench-e2e: $(STAMP) localstack-up
