@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import gzip
 import hashlib
 import hmac
@@ -25,7 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from healthbook.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
 from healthbook.generate import Visit, build_visit, submission
 from healthbook.ingest import IngestService, ObjectGone, ObjectRef, StoredObject, SubmissionRecord, VisitVersion
-from healthbook.ingest.model import VisitWrite, facility_day, locate, status_shard, version_key
+from healthbook.ingest.model import (
+    ContentClaim,
+    ContentClaimPending,
+    VisitWrite,
+    facility_day,
+    locate,
+    status_shard,
+    version_key,
+)
 from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.registry import FacilityRegistry
@@ -103,9 +112,20 @@ class FakeRecords:
     submissions: dict[str, SubmissionRecord] = field(default_factory=dict)
     versions: dict[tuple[str, str], tuple[VisitVersion, str]] = field(default_factory=dict)
     latest: dict[str, str] = field(default_factory=dict)
+    claims: dict[str, ContentClaim] = field(default_factory=dict)
 
     def submission_exists(self, submission_id: str) -> bool:
         return submission_id in self.submissions
+
+    def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
+        return self.claims.get(ContentClaim(facility, content_sha256, "", "", "").key)
+
+    def claim_content(self, claim: ContentClaim) -> ContentClaim:
+        held = self.claims.get(claim.key)
+        if held is not None and held.submission_id != claim.submission_id:
+            return held
+        self.claims[claim.key] = held or claim
+        return claim
 
     def save_visit(self, visit: VisitVersion) -> VisitWrite:
         if (visit.visit_id, visit.version) in self.versions:
@@ -121,8 +141,19 @@ class FakeRecords:
         self.versions[visit.visit_id, current] = (self.versions[visit.visit_id, current][0], "SUPERSEDED")
         return VisitWrite.SUPERSEDING
 
-    def put_submission(self, record: SubmissionRecord) -> bool:
-        return self.submissions.setdefault(record.submission_id, record) is record
+    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
+                       release: ContentClaim | None = None) -> bool:
+        if record.submission_id in self.submissions:
+            return False
+        for claim in (confirm, release):
+            held = self.claims.get(claim.key) if claim else None
+            assert held is None or claim is None or held.submission_id == claim.submission_id, "claim held by another"
+        self.submissions[record.submission_id] = record
+        if confirm is not None:
+            self.claims[confirm.key] = dataclasses.replace(confirm, confirmed=True)
+        if release is not None:
+            self.claims.pop(release.key, None)
+        return True
 
 
 @dataclass
@@ -229,7 +260,9 @@ def test_accepted_visits_are_leased_and_their_delivery_started(pki: dict[str, Pa
     assert refs == [stored.ref] and name.startswith(f"ingest-{outcome.submission_id[:40]}-")
     assert stored.deadline_at == "2026-11-22T03:01:30Z" and stored.next_attempt_at == "2026-11-22T03:00:15Z"
     assert outcome.delivery_executions == 1 and outcome.delivery_start_failures == 0
-    store.objects["inbox/01001/b.xml"] = store.objects["inbox/01001/c.xml"] = store.objects["inbox/01001/a.xml"]
+    for name, phone in (("b", "0912345678"), ("c", "0987654321")):  # the same visit, corrected: new content
+        visit.tables["XML1"][0]["DIEN_THOAI"] = phone
+        store.objects[f"inbox/01001/{name}.xml"] = signed(pki, visit)
     service.ingest(ref("inbox/01001/b.xml", at=RECEIVED + timedelta(seconds=1)))  # a resubmission
     assert len({n for n, _ in starter.started}) == 2  # names never repeat
     older = service.ingest(ref("inbox/01001/c.xml", at=RECEIVED - timedelta(seconds=1)))  # arrives late
@@ -244,6 +277,74 @@ def test_a_failed_delivery_start_loses_nothing(pki: dict[str, Path], platform: L
     (stored,) = [v for v, status in records.versions.values() if status == "PENDING"]
     assert stored.next_attempt_at  # leased: the sweep takes it when the lease ends
     assert outcome.submission_id in records.submissions  # the file is done; its receipt stands
+
+
+def test_a_replay_racing_its_original_waits_for_it(pki: dict[str, Path], platform: LocalKeySigner) -> None:
+    """The same bytes as content another submission has claimed but not confirmed (in progress, or failing and
+    retried): the message fails and is retried, nothing written; once the claim is confirmed, I503."""
+    starter = RecordingStarter()
+    service, store, records = fake_service(pki, platform, delivery=starter)
+    data = store.objects["inbox/01001/copy.xml"] = signed(pki, a_visit(33))
+    sha = hashlib.sha256(data).hexdigest()
+    other = ContentClaim("01001", sha, "f" * 64, "2026-11-22T02:59:00Z", "receipts/01001/first.xml.receipt.json")
+    records.claims[other.key] = other
+    with pytest.raises(ContentClaimPending, match="f" * 64):
+        service.ingest(ref("inbox/01001/copy.xml"))
+    assert (store.receipts, store.quarantined, records.submissions, records.versions) == ({}, [], {}, {})
+    records.claims[other.key] = dataclasses.replace(other, confirmed=True)
+    outcome = service.ingest(ref("inbox/01001/copy.xml"))
+    assert (outcome.status, outcome.error_codes, outcome.replay_of) == ("REJECTED", ["I503"], "f" * 64)
+    assert outcome.visits_total == 0 and records.versions == {} and starter.started == []
+    assert store.quarantined == ["inbox/01001/copy.xml"]
+    receipt = json.loads(store.receipts["receipts/01001/copy.xml.receipt.json"])
+    (error,) = receipt["errors"]
+    assert error["code"] == "I503" and "2026-11-22T02:59:00Z" in error["message_vi"] and "f" * 64 in error["message_en"]
+    assert "first.xml" not in json.dumps(receipt, ensure_ascii=False)  # the earlier file's name is never quoted
+    assert verify_receipt(receipt, platform.public_key_pem()) == []
+
+
+def test_the_loser_of_a_claim_race_stores_nothing(pki: dict[str, Path], platform: LocalKeySigner) -> None:
+    """Two identical uploads both find the content unclaimed; the one whose claim fails is refused with I503
+    before it stores a visit or writes anything but its rejection receipt."""
+
+    @dataclass
+    class Racing(FakeRecords):
+        def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
+            return None  # read before the winner claimed
+
+    store, records = FakeStore(), Racing()
+    service = IngestService(store=store, records=records,
+                            registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
+                            anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=platform,
+                            pepper=PEPPER.encode())
+    data = store.objects["inbox/01001/a.xml"] = store.objects["inbox/01001/b.xml"] = signed(pki, a_visit(34))
+    winner = service.ingest(ref("inbox/01001/a.xml"))
+    loser = service.ingest(ref("inbox/01001/b.xml", at=RECEIVED + timedelta(seconds=1)))
+    assert (winner.status, loser.status, loser.error_codes) == ("ACCEPTED", "REJECTED", ["I503"])
+    assert loser.visits_stored == 0 and len(records.versions) == 1
+    assert [record.status for record in records.submissions.values()] == ["ACCEPTED", "REJECTED"]
+    (claim,) = records.claims.values()
+    assert claim.submission_id == winner.submission_id and claim.confirmed
+    assert claim.key == f"content#01001#{hashlib.sha256(data).hexdigest()}"
+
+
+def test_only_accepted_content_is_claimed_and_a_stale_claim_of_its_own_is_released(
+        pki: dict[str, Path], platform: LocalKeySigner) -> None:
+    service, store, records = fake_service(pki, platform)
+    defective = a_visit(35)
+    defective.tables["XML1"][0]["HO_TEN"] = ""  # V201
+    data = store.objects["inbox/01001/bad.xml"] = signed(pki, defective)
+    # An earlier attempt of this very object found it acceptable and claimed it, then failed; this one rejects it
+    # (as after a certificate was revoked in between): the claim goes with the REJECTED submission item.
+    own = ContentClaim("01001", hashlib.sha256(data).hexdigest(), ref("inbox/01001/bad.xml").submission_id,
+                       "2026-11-22T03:00:00Z", "receipts/01001/bad.xml.receipt.json")
+    records.claims[own.key] = own
+    assert service.ingest(ref("inbox/01001/bad.xml")).status == "REJECTED"
+    assert records.claims == {}
+    store.objects["inbox/01001/bad-again.xml"] = data
+    again = service.ingest(ref("inbox/01001/bad-again.xml"))
+    assert again.error_codes == ["V201"] and store.reads == 2  # validated again: a rejected copy blocks nothing
+    assert records.claims == {}
 
 
 def test_registry_is_reloaded_after_its_ttl(pki: dict[str, Path], platform: LocalKeySigner) -> None:
@@ -353,6 +454,16 @@ def scan(aws: SimpleNamespace, table: str) -> list[dict[str, Any]]:
     return [{k: plain.deserialize(v) for k, v in item.items()} for item in items]
 
 
+def submissions(aws: SimpleNamespace) -> list[dict[str, Any]]:
+    """The submission items proper, without the content claims that share their table."""
+    return [item for item in scan(aws, "SUBMISSIONS_TABLE") if not item["submission_id"].startswith("content#")]
+
+
+def claims(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
+    return {item["submission_id"]: item for item in scan(aws, "SUBMISSIONS_TABLE")
+            if item["submission_id"].startswith("content#")}
+
+
 def visit_items(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
     return {item["version"]: item for item in scan(aws, "VISITS_TABLE")}
 
@@ -385,7 +496,7 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
     head = aws.s3.head_object(Bucket=RECEIPTS, Key="receipts/01001/sample.xml.receipt.json")
     assert head["ContentType"].startswith("application/json")
 
-    (item,) = scan(aws, "SUBMISSIONS_TABLE")
+    (item,) = submissions(aws)
     assert item == {
         "submission_id": sid, "facility": "01001", "facility_day": "01001#2026-11-22",
         "received_at": "2026-11-22T03:00:00Z", "object_key": key, "version_id": version,
@@ -393,6 +504,11 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
         "visits_total": 1, "visits_accepted": 1, "standards": {"4750"},
         "receipt_key": "receipts/01001/sample.xml.receipt.json", "merkle_root": receipt["merkle"]["root"],
         "signing_key_id": receipt["platform_signature"]["key_id"]}
+    # The content claim, confirmed in the same transaction: no file name, no personal data.
+    assert claims(aws) == {f"content#01001#{hashlib.sha256(data).hexdigest()}": {
+        "submission_id": f"content#01001#{hashlib.sha256(data).hexdigest()}", "claimed_by": sid,
+        "received_at": "2026-11-22T03:00:00Z", "receipt_key": "receipts/01001/sample.xml.receipt.json",
+        "claim_state": "CONFIRMED"}}
 
     visit_id = f"01001#{visit.ma_lk}"
     version_key_ = f"2026-11-22T03:00:00Z#{sid[:16]}"
@@ -495,12 +611,137 @@ def test_resubmission_supersedes_and_a_late_old_version_stays_history(aws: Simpl
     assert items[v1]["status_shard"] == status_shard("SUPERSEDED", visit_id)
     assert items[v1]["digest"] != items[v2]["digest"]
 
-    # An even older upload processed only now (SQS keeps no order) becomes history, the pointer stays.
+    # An even older upload processed only now (SQS keeps no order) becomes history, the pointer stays. (Its own
+    # content: the same bytes as an accepted file would be a replay, I503.)
+    visit.tables["XML1"][0]["DIEN_THOAI"] = "0987654321"
     ingest_one(aws, app, "inbox/01001/2026/11/visit-old.xml", signed(pki, visit),
                at=RECEIVED - timedelta(hours=1), message_id="m-3")
     items = visit_items(aws)
     assert items["LATEST"]["current"] == v2 and len(items) == 4
     assert [i["status"] for k, i in sorted(items.items()) if k != "LATEST"] == ["SUPERSEDED", "SUPERSEDED", "PENDING"]
+
+
+@pytest.fixture
+def deliveries(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """The delivery executions the handler starts, recorded instead of started."""
+    started: list[list[Any]] = []
+
+    class Starter:
+        def __init__(self, sfn: Any, *, state_machine_arn: str) -> None:
+            pass
+
+        def start(self, name: str, visits: Any) -> None:
+            started.append(list(visits))
+
+    monkeypatch.setenv("DELIVERY_STATE_MACHINE_ARN", "arn:aws:states:ap-southeast-1:123456789012:stateMachine:d")
+    monkeypatch.setattr(app, "StepFunctionsStarter", Starter)
+    return started
+
+
+def test_an_accepted_file_replayed_is_refused_once_with_I503(aws: SimpleNamespace, app: ModuleType,
+                                                              pki: dict[str, Path],
+                                                              deliveries: list[list[Any]]) -> None:
+    aws.s3.put_bucket_versioning(Bucket=RECEIPTS, VersioningConfiguration={"Status": "Enabled"})  # shows 2nd writes
+    data = signed(pki, a_visit(40))
+    sha = hashlib.sha256(data).hexdigest()
+    key, copy_key = "inbox/01001/2026/11/claim.xml", "inbox/01001/2026/11/claim-copy.xml"
+    original = ingest_one(aws, app, key, data, message_id="m-1")
+    first = sid_of(key, json.loads(original["body"])["Records"][0]["s3"]["object"]["versionId"])
+    replay = ingest_one(aws, app, copy_key, data, at=RECEIVED + timedelta(minutes=5), message_id="m-2")
+
+    def receipt_versions(receipt_key: str) -> int:
+        listed = aws.s3.list_object_versions(Bucket=RECEIPTS, Prefix=receipt_key).get("Versions", [])
+        return len([v for v in listed if v["Key"] == receipt_key])
+
+    copy_receipt = "receipts/01001/claim-copy.xml.receipt.json"
+    receipt = receipt_at(aws, copy_receipt)
+    assert receipt_versions(copy_receipt) == 1 and verify_receipt(receipt, aws.public) == []
+    assert not receipt["accepted"] and receipt["visits"] == [] and receipt["merkle"] is None
+    (error,) = receipt["errors"]
+    assert error["code"] == "I503" and error["severity"] == "error"
+    assert first in error["message_en"] and "2026-11-22T03:00:00Z" in error["message_vi"]
+    assert "claim.xml" not in error["message_en"] + error["message_vi"]  # never the earlier file's name
+    assert receipt_at(aws, "receipts/01001/claim.xml.receipt.json")["accepted"]  # the original's stands
+
+    items = visit_items(aws)  # one version, the original's, in force; one delivery, the original's
+    assert len(items) == 2 and items["LATEST"]["current"] == version_key(RECEIVED, first)
+    assert items[version_key(RECEIVED, first)]["status"] == "PENDING"
+    assert len(deliveries) == 1
+    (copied,) = [s for s in submissions(aws) if s["object_key"] == copy_key]
+    assert copied["status"] == "REJECTED" and copied["error_codes"] == {"I503"} and copied["content_sha256"] == sha
+    assert copied["visits_total"] == 0 and copied["quarantine_key"] == copy_key
+    assert aws.s3.get_object(Bucket=QUARANTINE, Key=copy_key)["Body"].read() == data
+    assert {k: v["claimed_by"] for k, v in claims(aws).items()} == {f"content#01001#{sha}": first}
+
+    # The same key again (a new S3 version): a replay too. Its receipt replaces the original's at that key.
+    ingest_one(aws, app, key, data, at=RECEIVED + timedelta(minutes=10), message_id="m-3")
+    assert [e["code"] for e in receipt_at(aws, "receipts/01001/claim.xml.receipt.json")["errors"]] == ["I503"]
+    assert receipt_versions("receipts/01001/claim.xml.receipt.json") == 2 and len(visit_items(aws)) == 2
+
+    (counters,) = scan(aws, "AGGREGATES_TABLE")
+    assert {k: v for k, v in counters.items() if k not in ("scope", "period")} == {
+        "files_received": 3, "files_rejected": 2, "visits_accepted": 1, "error#I503": 2}
+
+    # The replay's own notification again (its idempotency record gone): DUPLICATE, no second receipt or count.
+    before = (scan(aws, "SUBMISSIONS_TABLE"), scan(aws, "AGGREGATES_TABLE"), visit_items(aws))
+    for item in scan(aws, "IDEMPOTENCY_TABLE"):
+        aws.ddb.delete_item(TableName=TABLES["IDEMPOTENCY_TABLE"], Key={"id": {"S": item["id"]}})
+    assert invoke(app, replay, original) == []
+    assert (scan(aws, "SUBMISSIONS_TABLE"), scan(aws, "AGGREGATES_TABLE"), visit_items(aws)) == before
+    assert receipt_versions(copy_receipt) == 1 and len(deliveries) == 1
+
+
+def test_the_same_bytes_after_a_rejected_copy_are_processed(aws: SimpleNamespace, app: ModuleType,
+                                                            pki: dict[str, Path]) -> None:
+    """A file refused (here: its certificate not registered yet) claims nothing: once the facility registers its
+    certificate, the very same bytes are validated again and accepted."""
+    danang = ("48001", "Bệnh viện Đa khoa Đà Nẵng", "48")
+    data = signed(pki, a_visit(41, danang), facility="48001")
+    ingest_one(aws, app, "inbox/48001/first.xml", data, message_id="m-1")
+    first = receipt_at(aws, "receipts/48001/first.xml.receipt.json")
+    assert not first["accepted"] and "K410" in {e["code"] for e in first["errors"]}
+    assert claims(aws) == {}
+    aws.facilities.put_facility(*danang, x509.load_pem_x509_certificate(pki["48001"].read_bytes()))
+    app.reset()  # a cold start reads the registry again (as REGISTRY_TTL_SECONDS would)
+    ingest_one(aws, app, "inbox/48001/again.xml", data, at=RECEIVED + timedelta(hours=1), message_id="m-2")
+    again = receipt_at(aws, "receipts/48001/again.xml.receipt.json")
+    assert again["accepted"] and again["errors"] == []
+    assert sorted(s["status"] for s in submissions(aws)) == ["ACCEPTED", "REJECTED"]
+    assert len(claims(aws)) == 1 and len([v for v in visit_items(aws) if v != "LATEST"]) == 1
+
+
+def test_content_claims_are_taken_once_and_confirmed_with_the_submission(aws: SimpleNamespace) -> None:
+    from botocore.exceptions import ClientError
+    from healthbook.aws.records import DynamoRecords
+
+    records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
+                            visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
+    mine = ContentClaim("01001", "d" * 64, "a" * 64, "2026-11-22T03:00:00Z", "receipts/01001/r.xml.receipt.json")
+    theirs = dataclasses.replace(mine, submission_id="e" * 64, received_at="2026-11-22T03:00:01Z",
+                                 receipt_key="receipts/01001/s.xml.receipt.json")
+    assert records.content_claim("01001", "d" * 64) is None
+    assert records.claim_content(mine) == mine
+    assert records.claim_content(theirs) == mine  # the holder, unconfirmed
+    assert records.claim_content(mine) == mine  # a retry of the holder: still its own
+
+    def record(sid: str, status: str) -> SubmissionRecord:
+        return SubmissionRecord(
+            submission_id=sid, facility="01001", received_at=RECEIVED, object_key=f"inbox/01001/{sid[:4]}.xml",
+            version_id="v1", content_sha256="d" * 64, size=10, status=status, visits_total=1,
+            visits_accepted=int(status == "ACCEPTED"), error_codes=(), standards=("4750",), receipt_key="r",
+            quarantine_key=None, merkle_root=None, signing_key_id="k")
+
+    with pytest.raises(ClientError):  # another's claim: the whole transaction is cancelled, nothing counted
+        records.put_submission(record("e" * 64, "ACCEPTED"), confirm=theirs)
+    assert scan(aws, "AGGREGATES_TABLE") == [] and not records.submission_exists("e" * 64)
+    assert records.put_submission(record("a" * 64, "ACCEPTED"), confirm=mine) is True
+    assert records.content_claim("01001", "d" * 64) == dataclasses.replace(mine, confirmed=True)
+    assert records.claim_content(mine) == mine and records.content_claim("01001", "d" * 64).confirmed  # stays so
+
+    stale = dataclasses.replace(mine, content_sha256="c" * 64, submission_id="b" * 64)
+    assert records.claim_content(stale) == stale
+    assert records.put_submission(record("b" * 64, "REJECTED"), release=stale) is True
+    assert records.content_claim("01001", "c" * 64) is None
 
 
 def test_defective_file_gets_a_rejection_receipt_and_is_quarantined(aws: SimpleNamespace, app: ModuleType,
@@ -609,10 +850,10 @@ def test_transient_failure_fails_only_its_message(aws: SimpleNamespace, app: Mod
         data = signed(pki, a_visit(20 + n))
         records.append(message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data)))
     assert invoke(app, *records) == ["m-1"]
-    assert len(scan(aws, "SUBMISSIONS_TABLE")) == 1
+    assert len(submissions(aws)) == 1
     # SQS redelivers m-1: the failed attempt left no idempotency record behind, so it runs and succeeds.
     assert invoke(app, records[0]) == []
-    assert len(scan(aws, "SUBMISSIONS_TABLE")) == 2 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 2
+    assert len(submissions(aws)) == 2 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 2
 
 
 def test_logs_and_metrics_carry_no_personal_data(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],

@@ -502,6 +502,7 @@ def test_a_resubmission_leaves_only_the_new_version_in_vneid(
     old = _in_force(aws, pipeline, entry["ma_lk"])
     delivered = _sweep_until(aws, pipeline, entry["ma_lk"], old, "DELIVERED", timeout=60)
     time.sleep(1)  # versions are receipt times in seconds: the resubmission must come a second later
+    visit.tables["XML1"][0]["DIEN_THOAI"] = "0912345678"  # a correction: identical bytes would be a replay (I503)
     again, _ = _book_submission(pipeline, fakes, seed=24, visit=visit)
     _upload(aws, pipeline, again)
     _receipt(aws, pipeline, again, wait_for)

@@ -258,7 +258,10 @@ def box_table(box: Any, name: str) -> Any:
 
 
 def _counts(box: Any) -> tuple[int, int]:
-    submissions = box.ddb.scan(TableName=box.names["SUBMISSIONS_TABLE"], Select="COUNT")["Count"]
+    # the content claims (replay detection, docs/ingest.md) share the table; count submissions only
+    submissions = box.ddb.scan(TableName=box.names["SUBMISSIONS_TABLE"], Select="COUNT",
+                               FilterExpression="NOT begins_with(submission_id, :claim)",
+                               ExpressionAttributeValues={":claim": {"S": "content#"}})["Count"]
     visits = box.ddb.scan(TableName=box.names["VISITS_TABLE"], Select="COUNT")["Count"]
     return submissions, visits
 

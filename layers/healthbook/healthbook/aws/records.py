@@ -2,20 +2,34 @@
 
 Every write is conditional, so running the same object twice adds nothing. A new visit version, the move
 of its LATEST pointer and the supersession of the version it replaces go in one TransactWriteItems: a
-reader never sees a pointer to a missing version, nor two PENDING versions of one visit.
+reader never sees a pointer to a missing version, nor two PENDING versions of one visit. The content claim of
+an accepted file (`content#{facility}#{sha256}` in `submissions`) is taken before its visits are stored and
+confirmed in the transaction of its submission item.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from healthbook.aws.settings import error_code
-from healthbook.ingest.model import LATEST, PENDING, SUPERSEDED, SubmissionRecord, VisitVersion, VisitWrite
+from healthbook.ingest.model import (
+    LATEST,
+    PENDING,
+    SUPERSEDED,
+    ContentClaim,
+    SubmissionRecord,
+    VisitVersion,
+    VisitWrite,
+    content_claim_key,
+)
 from healthbook.reports.aggregates import CounterUpdate, for_submission
 
 # DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
 MAX_RECORDS_BYTES = 380 * 1024
 _CONFLICTS = {"ConditionalCheckFailed", "TransactionConflict"}
+CLAIM_PENDING, CLAIM_CONFIRMED = "PENDING", "CONFIRMED"  # a content claim's claim_state
+_HELD = "claimed_by = :by"  # the content claim is this submission's
 
 
 def _s(value: str) -> dict[str, str]:
@@ -49,11 +63,16 @@ def cancellation_reasons(error: BaseException) -> list[str]:
 
 
 def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], request: dict[str, Any], *,
-                      counters: str | None, count: CounterUpdate | None) -> bool:
+                      counters: str | None, count: CounterUpdate | None,
+                      also: Sequence[dict[str, Any]] = ()) -> bool:
     """One conditional PutItem/UpdateItem; False when its condition fails. With a counters table and a count,
     the report counters commit in the same transaction or not at all, so a retry or a lost race counts
-    nothing twice (docs/reports.md)."""
-    if counters is None or count is None:
+    nothing twice (docs/reports.md). ``also``: more TransactWriteItems entries committed with it (a content
+    claim); when one of *their* conditions fails the transaction is cancelled and the error raised."""
+    extra = list(also)
+    if counters is not None and count is not None:
+        extra.append(counter_update(counters, count))
+    if not extra:
         write = dynamodb.put_item if operation == "Put" else dynamodb.update_item
         try:
             write(**request)
@@ -63,7 +82,7 @@ def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], reques
             raise
         return True
     try:
-        dynamodb.transact_write_items(TransactItems=[{operation: request}, counter_update(counters, count)])
+        dynamodb.transact_write_items(TransactItems=[{operation: request}, *extra])
     except Exception as exc:
         if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
             return False
@@ -87,7 +106,13 @@ class DynamoRecords:
                                      ConsistentRead=True, ProjectionExpression="submission_id")
         return "Item" in response
 
-    def put_submission(self, record: SubmissionRecord) -> bool:
+    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
+                       release: ContentClaim | None = None) -> bool:
+        """The "done" marker, conditional on the id being new, with its report counters and, in the same
+        transaction, ``confirm`` written as the confirmed content claim (an ACCEPTED or PARTIAL file, on
+        condition the claim is free or this submission's) or ``release`` emptied (a file that claimed its
+        content on an earlier attempt and is REJECTED now, on condition the claim is this submission's).
+        Another holder cancels the whole transaction: the error is raised, the message retried."""
         item: dict[str, Any] = {
             "submission_id": _s(record.submission_id), "facility": _s(record.facility),
             "facility_day": _s(record.facility_day), "received_at": _s(record.received),
@@ -108,7 +133,59 @@ class DynamoRecords:
         count = for_submission(record.facility, record.received_at, status=record.status,
                                visits_accepted=record.visits_accepted, visits_total=record.visits_total,
                                error_codes=record.error_codes)
-        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count)
+        also: list[dict[str, Any]] = []
+        if confirm is not None:
+            also.append({"Put": {"TableName": self.submissions_table, "Item": self._claim_item(confirm, True),
+                                 "ConditionExpression": f"attribute_not_exists(claimed_by) OR {_HELD}",
+                                 "ExpressionAttributeValues": {":by": _s(confirm.submission_id)}}})
+        if release is not None:
+            # Emptied rather than deleted (UpdateItem, which the function may do anyway): only the key remains.
+            also.append({"Update": {"TableName": self.submissions_table, "Key": {"submission_id": _s(release.key)},
+                                    "UpdateExpression": "REMOVE claimed_by, claim_state, received_at, receipt_key",
+                                    "ConditionExpression": _HELD,
+                                    "ExpressionAttributeValues": {":by": _s(release.submission_id)}}})
+        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count, also=also)
+
+    # --- content claims (docs/ingest.md, Replays) -------------------------------------------------------
+
+    def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
+        """Which submission holds this content of this facility, if any (a consistent read)."""
+        response = self._db.get_item(TableName=self.submissions_table,
+                                     Key={"submission_id": _s(content_claim_key(facility, content_sha256))},
+                                     ConsistentRead=True)
+        item = response.get("Item")
+        if item is None or "claimed_by" not in item:  # never claimed, or released
+            return None
+        return ContentClaim(facility=facility, content_sha256=content_sha256, submission_id=item["claimed_by"]["S"],
+                            received_at=item["received_at"]["S"], receipt_key=item["receipt_key"]["S"],
+                            confirmed=item.get("claim_state", {}).get("S") == CLAIM_CONFIRMED)
+
+    def claim_content(self, claim: ContentClaim) -> ContentClaim:
+        """Take the claim (unconfirmed) unless another submission holds it. Returns the holder: ``claim`` when
+        it is now this submission's (again, on a retry: a confirmed claim stays confirmed), else the other."""
+        for _ in range(self._max_attempts):
+            try:
+                self._db.update_item(
+                    TableName=self.submissions_table, Key={"submission_id": _s(claim.key)},
+                    UpdateExpression="SET claimed_by = :by, received_at = :at, receipt_key = :receipt, "
+                                     "claim_state = if_not_exists(claim_state, :pending)",
+                    ConditionExpression=f"attribute_not_exists(claimed_by) OR {_HELD}",
+                    ExpressionAttributeValues={":by": _s(claim.submission_id), ":at": _s(claim.received_at),
+                                               ":receipt": _s(claim.receipt_key), ":pending": _s(CLAIM_PENDING)})
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                holder = self.content_claim(claim.facility, claim.content_sha256)
+                if holder is not None:
+                    return holder
+                continue  # released between the two calls: try again
+            return claim
+        raise RuntimeError(f"content claim {claim.key}: kept changing; giving up for this attempt")
+
+    def _claim_item(self, claim: ContentClaim, confirmed: bool) -> dict[str, Any]:
+        return {"submission_id": _s(claim.key), "claimed_by": _s(claim.submission_id),
+                "received_at": _s(claim.received_at), "receipt_key": _s(claim.receipt_key),
+                "claim_state": _s(CLAIM_CONFIRMED if confirmed else CLAIM_PENDING)}
 
     # --- visits -----------------------------------------------------------------------------------------
 

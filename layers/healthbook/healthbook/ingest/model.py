@@ -177,6 +177,36 @@ class SubmissionRecord:
         return facility_day(self.facility, self.received_at)
 
 
+def content_claim_key(facility: str, content_sha256: str) -> str:
+    """The ``submission_id`` of a content claim item: never a real submission id (those are 64 hex digits)."""
+    return f"content#{facility}#{content_sha256}"
+
+
+@dataclass(frozen=True)
+class ContentClaim:
+    """Which submission holds a facility's file content (its SHA-256): the one whose visits are stored.
+
+    Claimed (unconfirmed) after validation and before anything of an ACCEPTED or PARTIAL file is stored;
+    confirmed in the transaction that writes its submission item. A byte-identical file of the same facility
+    is then refused with I503 instead of being stored again (docs/ingest.md, *Replays*)."""
+
+    facility: str
+    content_sha256: str
+    submission_id: str  # the holder
+    received_at: str  # when S3 received the holder (ISO 8601 UTC)
+    receipt_key: str  # the holder's receipt; never quoted in a message (file names are the facility's free text)
+    confirmed: bool = False  # the holder's submission item exists
+
+    @property
+    def key(self) -> str:
+        return content_claim_key(self.facility, self.content_sha256)
+
+
+class ContentClaimPending(RuntimeError):
+    """The same content is being ingested by another submission whose claim is not confirmed yet (in progress,
+    or failing and retried): this object's message fails and SQS retries it later, when that one has ended."""
+
+
 def deadline(received_at: datetime, within: timedelta = DEADLINE) -> str:
     return iso_utc(received_at.astimezone(UTC) + within)
 
@@ -201,6 +231,7 @@ class Outcome:
     size: int | None = None
     delivery_executions: int = 0  # delivery workflows started for the accepted visits
     delivery_start_failures: int = 0
+    replay_of: str | None = None  # I503: the submission that holds the same content
 
     @property
     def visits_rejected(self) -> int:
@@ -228,7 +259,7 @@ class Outcome:
                 "rejected_by_family": dict(self.rejected_by_family), "file_error_family": self.file_error_family,
                 "receipt_key": self.receipt_key, "quarantine_key": self.quarantine_key, "size": self.size,
                 "delivery_executions": self.delivery_executions,
-                "delivery_start_failures": self.delivery_start_failures}
+                "delivery_start_failures": self.delivery_start_failures, "replay_of": self.replay_of}
 
 
 def error_family(code: str) -> str:

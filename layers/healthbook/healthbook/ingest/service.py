@@ -7,6 +7,10 @@ Failure policy: whatever is wrong with the *file* becomes an issue on its receip
 is wrong with the *platform* (throttling, KMS, 5xx, permissions) raises, so the caller fails only that
 message and SQS retries it. Every write is conditional or idempotent and the submission item, the
 "done" marker, is written last: a retry after a crash anywhere converges to the same items.
+
+Replays: a file byte-identical to an ACCEPTED or PARTIAL file of the same facility is refused with I503. The
+content claim that decides it is taken after validation and before anything of the file is stored, so of two
+identical uploads racing only one ever stores visits or writes an accepting receipt (docs/ingest.md).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,6 +36,8 @@ from healthbook.ingest.model import (
     DELIVERY_BATCH,
     PARTIAL,
     REJECTED,
+    ContentClaim,
+    ContentClaimPending,
     Location,
     ObjectGone,
     ObjectRef,
@@ -84,12 +91,22 @@ class ObjectStore(Protocol):
 class RecordsRepository(Protocol):
     def submission_exists(self, submission_id: str) -> bool: ...
 
+    def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
+        """Which submission holds this content of this facility, if any (a consistent read)."""
+        ...
+
+    def claim_content(self, claim: ContentClaim) -> ContentClaim:
+        """Take the claim, unconfirmed, unless another submission holds it; returns the holder."""
+        ...
+
     def save_visit(self, visit: VisitVersion) -> VisitWrite:
         """Store a new version and move the LATEST pointer forward, superseding the version it replaces."""
         ...
 
-    def put_submission(self, record: SubmissionRecord) -> bool:
-        """Conditional on the id being new; False when it was already there."""
+    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
+                       release: ContentClaim | None = None) -> bool:
+        """Conditional on the id being new; False when it was already there. In the same transaction: the
+        claim ``confirm`` written confirmed, or this submission's claim ``release`` emptied (freed)."""
         ...
 
 
@@ -122,6 +139,26 @@ def pack_records(visit: VisitResult) -> bytes:
 def _id_number(visit: VisitResult) -> str:
     rows = visit.tables.get("XML1")
     return rows.raw[0].get("SO_CCCD", "") if rows and rows.raw else ""
+
+
+def _status(receipt: dict[str, Any]) -> str:
+    if receipt["accepted"]:
+        return ACCEPTED
+    return PARTIAL if any(entry["accepted"] for entry in receipt["visits"]) else REJECTED
+
+
+@dataclass(frozen=True)
+class _Examined:
+    """What reading, validating and signing one object gave, and what its submission does with the content
+    claim: ``confirm`` it (ACCEPTED, PARTIAL) or ``release`` this submission's own (REJECTED on a retry)."""
+
+    result: FileResult
+    receipt: dict[str, Any]
+    stored: StoredObject
+    content_sha256: str | None
+    confirm: ContentClaim | None = None
+    release: ContentClaim | None = None
+    replay_of: str | None = None
 
 
 # --- the service ----------------------------------------------------------------------------------------
@@ -182,43 +219,70 @@ class IngestService:
             outcome.status = "DUPLICATE"  # the same object version again: its receipt and items stand
             return outcome
         try:
-            result, receipt, stored, content_sha256 = self._examine(ref, location, sid)
+            examined = self._examine(ref, location, sid)
         except ObjectGone:
             outcome.status, outcome.receipt_key = "GONE", None
             return outcome
-        return self._record(ref, location, result, receipt, stored, content_sha256, outcome)
+        return self._record(ref, location, examined, outcome)
 
     # --- steps ------------------------------------------------------------------------------------------
 
-    def _examine(self, ref: ObjectRef, location: Location,
-                 sid: str) -> tuple[FileResult, dict[str, Any], StoredObject, str | None]:
-        """Validate and sign: the result, the signed receipt, what was read and its SHA-256."""
+    def _examine(self, ref: ObjectRef, location: Location, sid: str) -> _Examined:
+        """Validate and sign (the result, the signed receipt, what was read and its SHA-256), and settle the
+        content claim: a replay of content another submission holds is refused here, before anything is
+        stored; an ACCEPTED or PARTIAL file takes the claim before its visits are stored."""
         if location.facility is None:
             detail = ref.key if len(ref.key) <= _MAX_DETAIL else ref.key[:_MAX_DETAIL] + "…"
             result = FileResult(path=ref.key, size=ref.size or 0)
             result.errors.append(make_issue("I502", detail=detail))  # never read: not a facility's folder
-            return result, self._receipt(result, ref, sid, None), StoredObject(size=ref.size or 0, data=None), None
+            return _Examined(result, self._receipt(result, ref, sid, None), StoredObject(size=ref.size or 0, data=None),
+                             None)
         stored = self._store.read(ref, self.max_bytes)
         if stored.data is None:
             result = FileResult(path=ref.key, size=stored.size)
             result.errors.append(make_issue("E002", size=stored.size, limit=self.max_bytes))
-            return result, self._receipt(result, ref, sid, None), stored, None
+            return _Examined(result, self._receipt(result, ref, sid, None), stored, None)
+        content_sha256 = hashlib.sha256(stored.data).hexdigest()
+        held = self._records.content_claim(location.facility, content_sha256)
+        if held is not None and held.submission_id != sid:
+            return self._replay(ref, sid, stored, content_sha256, held)  # not even validated again
         # The folder is the uploader's identity (IAM lets a facility write only inbox/{its code}/).
         done = process_submission(stored.data, object_key=ref.key, received_at=ref.received_at, signer=self._signer,
                                   trust=self.trust(), submission_id=sid, options=self._options,
                                   uploaded_by=location.facility)
-        return done.result, done.receipt, stored, hashlib.sha256(stored.data).hexdigest()
+        if _status(done.receipt) == REJECTED:
+            # ``held`` is this submission's own claim only when an earlier attempt accepted the file (a certificate
+            # revoked since, say): it goes with this submission item, so that a resubmission is not refused.
+            return _Examined(done.result, done.receipt, stored, content_sha256, release=held)
+        claim = ContentClaim(facility=location.facility, content_sha256=content_sha256, submission_id=sid,
+                             received_at=iso_utc(ref.received_at), receipt_key=location.receipt_key)
+        holder = self._records.claim_content(claim)
+        if holder.submission_id != sid:  # an identical upload took the claim since the check above
+            return self._replay(ref, sid, stored, content_sha256, holder)
+        return _Examined(done.result, done.receipt, stored, content_sha256, confirm=claim)
+
+    def _replay(self, ref: ObjectRef, sid: str, stored: StoredObject, content_sha256: str,
+                holder: ContentClaim) -> _Examined:
+        """I503: the same bytes as a file another submission accepted. Until that submission's item confirms its
+        claim it may still end otherwise (or be in progress right now), so this message is retried later."""
+        if not holder.confirmed:
+            raise ContentClaimPending(f"submission {holder.submission_id} holds the same content and has not "
+                                      "finished yet; retrying later")
+        result = FileResult(path=ref.key, size=stored.size)
+        result.errors.append(make_issue("I503", received_at=holder.received_at, submission=holder.submission_id))
+        return _Examined(result, self._receipt(result, ref, sid, None), stored, content_sha256,
+                         replay_of=holder.submission_id)
 
     def _receipt(self, result: FileResult, ref: ObjectRef, sid: str,
                  check: SignatureCheck | None) -> dict[str, Any]:
         return build_receipt(result, submission_id=sid, object_key=ref.key, received_at=ref.received_at,
                              signer=self._signer, facility_signature=receipt_view(check) if check is not None else None)
 
-    def _record(self, ref: ObjectRef, location: Location, result: FileResult, receipt: dict[str, Any],
-                stored: StoredObject, content_sha256: str | None, outcome: Outcome) -> Outcome:
+    def _record(self, ref: ObjectRef, location: Location, examined: _Examined, outcome: Outcome) -> Outcome:
+        result, receipt, stored = examined.result, examined.receipt, examined.stored
         entries: list[dict[str, Any]] = receipt["visits"]
         accepted = sum(1 for e in entries if e["accepted"])
-        status = ACCEPTED if receipt["accepted"] else PARTIAL if accepted else REJECTED
+        status = _status(receipt)
         codes = sorted({i.code for i in result.errors} | {i.code for v in result.visits for i in v.errors})
         file_family = error_family(result.errors[0].code) if result.errors else None
         rejected: Counter[str] = Counter()
@@ -229,7 +293,7 @@ class IngestService:
         outcome.status, outcome.size = status, stored.size
         outcome.visits_total, outcome.visits_accepted = len(entries), accepted
         outcome.error_codes, outcome.rejected_by_family = codes, dict(sorted(rejected.items()))
-        outcome.file_error_family = file_family
+        outcome.file_error_family, outcome.replay_of = file_family, examined.replay_of
 
         # 1. visits: each write is conditional, so a retry finds them present and moves on.
         received = iso_utc(ref.received_at)
@@ -258,15 +322,16 @@ class IngestService:
         if status == REJECTED:
             outcome.quarantine_key = self._store.quarantine(ref, stored.size)
         self._store.mark_processed(ref)
-        # 5. last: the submission item says "done"; until it exists a retry redoes the steps above.
+        # 5. last: the submission item says "done"; until it exists a retry redoes the steps above. The content
+        # claim taken in _examine is confirmed in the same transaction (or, REJECTED on a retry, released).
         self._records.put_submission(SubmissionRecord(
             submission_id=outcome.submission_id, facility=location.folder, received_at=ref.received_at,
-            object_key=ref.key, version_id=ref.version_id, content_sha256=content_sha256, size=stored.size,
+            object_key=ref.key, version_id=ref.version_id, content_sha256=examined.content_sha256, size=stored.size,
             status=status, visits_total=len(entries), visits_accepted=accepted, error_codes=tuple(codes),
             standards=tuple(receipt["standards"]), receipt_key=location.receipt_key,
             quarantine_key=outcome.quarantine_key,
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
-            signing_key_id=receipt["platform_signature"]["key_id"]))
+            signing_key_id=receipt["platform_signature"]["key_id"]), confirm=examined.confirm, release=examined.release)
         self._start_delivery(outcome, to_deliver)
         return outcome
 

@@ -4,8 +4,8 @@ Codes never change meaning once published (facilities key their HIS fixes on the
 never reuse old ones. ``docs/errors.md`` is generated from this table (``healthbook docs errors``).
 
 Prefixes: E = the bytes and the envelope, S = the structure of an inner document, V = one field's
-value, R = rules across fields and tables, K = the facility's signature (chữ ký), I = ingestion (where the
-file arrived).
+value, R = rules across fields and tables, K = the facility's signature (chữ ký), I = ingestion (where and
+how the file arrived: its folder, a replay of an accepted file).
 """
 
 from __future__ import annotations
@@ -186,6 +186,14 @@ _INGESTION_RULES = [
          "inbox/{MACSKCB}/ must match the envelope; the signing certificate must be registered for it too (K411)."),
     Rule("I502", "UPLOAD_LOCATION", "error", "Tệp phải nằm trong inbox/<MACSKCB>/ (nhận được: {detail}).",
          "Files belong under inbox/<MACSKCB>/ (got: {detail}).", "Anything else in the inbox bucket is refused."),
+    Rule("I503", "FILE_REPLAYED", "error",
+         "Tệp trùng với một tệp đã được chấp nhận (tiếp nhận lúc {received_at}, submission_id {submission}); "
+         "tệp này không được xử lý lại.",
+         "This file is identical to a file already accepted at {received_at} (submission_id {submission}); "
+         "it was not processed again.",
+         "Byte for byte (SHA-256) the same as an ACCEPTED or PARTIAL file of the same facility, under any name or "
+         "as a new version of the same key; a rejected earlier copy does not count. Names the earlier submission "
+         "and its time of receipt, never its file name."),
 ]
 _RULES.extend(_INGESTION_RULES)
 
