@@ -22,7 +22,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -32,10 +31,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.aws.facilities import put_facility
 from healthbook.aws.upload import Destination, upload_file
 from healthbook.generate import build_visit
 from healthbook.generate.writer import envelope
@@ -43,10 +40,10 @@ from healthbook.reconcile import FakePopulation
 from healthbook.reconcile.server import FakePopulationServer
 from healthbook.signing.pki import FACILITIES, dev_pki
 from healthbook.signing.xmldsig import sign_submission
+from healthbook.stack_demo import Clients, deploy, prepare
 from healthbook.vneid.fake import FakeVneid
 
-REPO = Path(__file__).resolve().parents[1]
-STACK, STAGE, FACILITY, REGION = "hb-bench", "test-bench", "01001", "us-east-1"
+STACK, STAGE, FACILITY = "hb-bench", "test-bench", "01001"
 
 # List prices, us-east-1 (docs/cost.md).
 EXPRESS_PER_EXECUTION = 1.00 / 1_000_000
@@ -66,51 +63,27 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def deploy(endpoint: str, vneid: FakeVneid, population: FakePopulationServer) -> dict[str, str]:
-    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=REGION)
-    done = subprocess.run([str(REPO / "infra" / "localstack" / "deploy.sh"), "--stack-name", STACK, "--stage", STAGE,
-                           f"VneidBaseUrl={vneid.url}", f"PopulationBaseUrl={population.url}"],
-                          env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"deploy failed:\n{done.stderr[-3000:]}")
-    outputs: dict[str, str] = json.loads(done.stdout)
-    return outputs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--visits-per-file", type=int, default=5, help="one file, one delivery execution")
     parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
     args = parser.parse_args()
-    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
-
-    def aws(service: str) -> Any:
-        return session.client(service, endpoint_url=args.endpoint)
+    aws = Clients(args.endpoint)
 
     people = FakePopulation()
     with FakeVneid.start() as vneid, FakePopulationServer.start(people) as population, TemporaryDirectory() as tmp:
         started = time.monotonic()
-        outputs = deploy(args.endpoint, vneid, population)
+        outputs = deploy(args.endpoint, stack=STACK, stage=STAGE, VneidBaseUrl=vneid.url,
+                         PopulationBaseUrl=population.url)
         print(f"deployed {STACK} in {time.monotonic() - started:.0f} s")
         work = Path(tmp)
         pki = dev_pki(work / "pki")
-        aws("ssm").put_parameter(Name=outputs["TrustBundleParameterName"], Value=pki["ca"].read_text(),
-                                 Type="String", Overwrite=True)
+        prepare(aws, outputs, pki, vneid, facilities={FACILITY: ""})
         certificate = x509.load_pem_x509_certificates(pki[FACILITY].read_bytes())[0]
         key = serialization.load_pem_private_key(pki[f"{FACILITY}-key"].read_bytes(), password=None)
         name, province = FACILITIES[FACILITY]
-        table = session.resource("dynamodb", endpoint_url=args.endpoint).Table(outputs["FacilitiesTableName"])
-        put_facility(table, FACILITY, name, province, certificate)
-        aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
-            {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
-             "client_secret": vneid.client_secret}))
         lam = aws("lambda")
-        for function in ("IngestFunctionName", "SweepFunctionName"):  # fresh environments: new trust, registry
-            config = lam.get_function_configuration(FunctionName=outputs[function])
-            variables = dict(config["Environment"]["Variables"], HB_BENCH_RUN=uuid.uuid4().hex)
-            lam.update_function_configuration(FunctionName=outputs[function], Environment={"Variables": variables})
-            lam.get_waiter("function_updated_v2").wait(FunctionName=outputs[function])
 
         # Baseline: LocalStack's own round trip, a warm no-op invoke (nothing is due).
         lam.invoke(FunctionName=outputs["SweepFunctionName"], Payload=b"{}")
@@ -195,13 +168,13 @@ def main() -> None:
         0, invocations["deliver"] - visits)  # each retried attempt enters the task state again
     # An execution lasts about one visit's task time per wave of 10 (the Map's concurrency).
     per_visit_path = billed_gb_s["path_seconds"] / visits
-    batch = visits / executions
+    per_execution = visits / executions
 
     def express_cost(visits_per_execution: float) -> float:
         duration = -(-visits_per_execution // 10) * per_visit_path
         return 1e6 / visits_per_execution * (EXPRESS_PER_EXECUTION + duration * EXPRESS_GB * EXPRESS_PER_GB_SECOND)
 
-    express, batched = express_cost(batch), express_cost(50)
+    express, batched = express_cost(per_execution), express_cost(50)
     requests = task_invocations * LAMBDA_PER_REQUEST
     lambda_cost = 1e6 / visits * (requests + billed_gb_s["gb_s"] * LAMBDA_PER_GB_SECOND_ARM)
     standard = 1e6 * transitions / visits * STANDARD_PER_TRANSITION
@@ -220,7 +193,7 @@ def main() -> None:
     print(f"state transitions per visit: {transitions / visits:.2f} ({executions} executions); task time per "
           f"visit {per_visit_path * 1000:.0f} ms billed (LocalStack on 2 shared cores: expect far less on AWS)")
     print("$ per million visits (list prices):")
-    print(f"  orchestration, Express as run here ({batch:.0f} visits per execution): ${express:.2f}   target <= $5.00")
+    print(f"  orchestration, Express as run here ({per_execution:.0f} visits per execution): ${express:.2f}   target <= $5.00")
     print(f"  orchestration, Express at 50 visits per execution:           ${batched:.2f}")
     print(f"  the same transitions on Standard workflows, for scale:        ${standard:.2f}")
     print(f"  Lambda compute for the delivery tasks (arm64, billed ms):      ${lambda_cost:.2f}")

@@ -80,9 +80,10 @@ def repository_root() -> Path:
     return folder.parent
 
 
-def deploy(endpoint: str, **parameters: str) -> dict[str, str]:
+def deploy(endpoint: str, *, stack: str = STACK, stage: str = STAGE, **parameters: str) -> dict[str, str]:
+    """template.yaml built and deployed to LocalStack (``infra/localstack/deploy.sh``); the stack's outputs."""
     script = repository_root() / "infra" / "localstack" / "deploy.sh"
-    done = subprocess.run([str(script), "--stack-name", STACK, "--stage", STAGE,
+    done = subprocess.run([str(script), "--stack-name", stack, "--stage", stage,
                            *(f"{k}={v}" for k, v in parameters.items())],
                           env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION},
                           capture_output=True, text=True, check=False)
@@ -92,14 +93,16 @@ def deploy(endpoint: str, **parameters: str) -> dict[str, str]:
     return outputs
 
 
-def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: Any) -> None:
-    """Trust the dev CA, register the facilities, give delivery VNeID's credentials, start functions afresh."""
+def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: Any,
+            facilities: dict[str, str] | None = None) -> None:
+    """Trust the dev CA, register the facilities (code -> district), give delivery VNeID's credentials, start
+    the functions that cache trust and registry afresh."""
     from healthbook.aws.facilities import put_facility
 
     aws("ssm").put_parameter(Name=outputs["TrustBundleParameterName"], Value=pki["ca"].read_text(),
                              Type="String", Overwrite=True)
     table = aws.table(outputs["FacilitiesTableName"])
-    for code, district in FACILITIES.items():
+    for code, district in (FACILITIES if facilities is None else facilities).items():
         _, name, province = facility_named(code)
         certificate = x509.load_pem_x509_certificates(pki[code].read_bytes())[0]
         put_facility(table, code, name, province, certificate, district=district)
