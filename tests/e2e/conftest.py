@@ -110,3 +110,65 @@ def _wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, interv
 def wait_for() -> Callable[..., Any]:
     """``wait_for(what, probe, timeout=60)``: poll ``probe`` until it returns something truthy, else fail."""
     return _wait_for
+
+
+class FaultSwitchboard:
+    """The test side of the emulator's fault switchboard (infra/localstack/healthbook_localstack/faults.py,
+    docs/faults.md): ``set`` a configuration (it gets a fresh id), read what ``fired`` for it, ``clear`` it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id: str | None = None
+
+    def set(self, config: dict[str, Any]) -> str:
+        import uuid
+
+        self.id = f"e2e-{uuid.uuid4().hex[:12]}"
+        self._write(dict(config, id=self.id))
+        return self.id
+
+    def clear(self) -> None:
+        self._write({})
+
+    def _write(self, document: dict[str, Any]) -> None:
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(document), encoding="utf-8")
+        os.replace(temporary, self.path)  # atomic: LocalStack and the workers never read half a file
+
+    def fired(self) -> dict[str, Any]:
+        """Throttled DynamoDB requests (total and by operation) and Lambda crashes (by function) of the current id."""
+        stem = self.path.name.removesuffix(".json")
+        try:
+            counters = json.loads(self.path.with_name(f"{stem}.counters.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            counters = {}
+        if counters.get("id") != self.id:
+            counters = {}
+        crashes: dict[str, int] = {}
+        tokens = self.path.with_name(f"{stem}.d")
+        for token in sorted(tokens.glob(f"{self.id}.crash.*")) if tokens.is_dir() else []:
+            function = str(json.loads(token.read_text(encoding="utf-8")).get("function"))
+            crashes[function] = crashes.get(function, 0) + 1
+        return {"dynamodb_throttled": int(counters.get("dynamodb_throttled", 0)),
+                "dynamodb_throttled_by_operation": counters.get("dynamodb_throttled_by_operation", {}),
+                "lambda_crashes": crashes}
+
+
+@pytest.fixture(scope="session")
+def faults(localstack: str) -> FaultSwitchboard:
+    """The fault switchboard of the host-mode LocalStack at ``localstack``: ``$HB_FAULTS_FILE``, else
+    healthbook-faults.json in its TMPDIR (``$HB_LOCALSTACK_STATE/tmp``, by default
+    infra/localstack/.work/state-<port>/tmp, as infra/localstack/common.sh and up.sh set them). Skips when there is
+    none (LocalStack's Docker image has no such plugin)."""
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HB_FAULTS_FILE"):
+        return FaultSwitchboard(Path(os.environ["HB_FAULTS_FILE"]))
+    port = urlsplit(localstack).port or 4566
+    home = Path(os.environ.get("HB_LOCALSTACK_HOME") or REPO / "infra" / "localstack" / ".work")
+    state = Path(os.environ.get("HB_LOCALSTACK_STATE") or home / f"state-{port}")
+    path = state / "tmp" / "healthbook-faults.json"
+    if not (path.parent.is_dir() and (state / "localstack.pid").is_file()):
+        pytest.skip(f"no fault switchboard for {localstack}: {path.parent} is not the TMPDIR of a LocalStack started "
+                    f"by infra/localstack/up.sh (fault injection is a plugin of the host-mode set-up)")
+    return FaultSwitchboard(path)

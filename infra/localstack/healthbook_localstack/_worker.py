@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import decimal
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -109,8 +110,26 @@ def _send(fd: int, message: dict[str, Any]) -> None:
         data = data[os.write(fd, data):]
 
 
+def _fault_injection() -> Any:
+    """faults.WorkerFaults for this function when the executor named a switchboard (HB_FAULTS_FILE), else None.
+
+    faults.py sits next to this file and is loaded by path under a private name: the function's own modules and
+    sys.path are untouched, and the function does not see the variable."""
+    path = os.environ.pop("HB_FAULTS_FILE", "")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults.py")
+    if not path or not os.path.isfile(source):
+        return None
+    spec = importlib.util.spec_from_file_location("_healthbook_localstack_faults", source)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.WorkerFaults(path, os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""))
+
+
 def main() -> None:
     requests_fd, responses_fd = (int(part) for part in os.environ.pop("HB_WORKER_FDS").split(","))
+    faults = _fault_injection()
     # sys.path as in the managed runtime: the code, then the layers (/opt/python...), then the runtime's own.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [entry for entry in sys.path if entry and os.path.abspath(entry) != here]
@@ -150,6 +169,8 @@ def main() -> None:
                 response: dict[str, Any] = {"ok": False, "error": dict(init_error, requestId=request_id)}
             else:
                 try:
+                    if faults is not None:
+                        faults.before_invocation()
                     event = json.loads(request["payload"]) if request["payload"] else None
                     result = function(event, LambdaContext(request))
                     try:

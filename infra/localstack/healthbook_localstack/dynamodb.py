@@ -4,6 +4,9 @@ LocalStack's own DynamoDB provider forwards to DynamoDB Local, a Java program it
 Java 21 nor the download is available here. These providers implement no operation themselves, so every request
 falls through ``MotoFallbackDispatcher`` to moto's in-memory backend, which CloudFormation, the Lambda workers
 and the tests all reach through LocalStack's gateway.
+
+The DynamoDB dispatch table also asks the fault switchboard (``faults.py``, docs/faults.md) before each request:
+while a test turns throttling on, some requests of Lambda functions are answered with a throttling error.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ class MotoDynamoDBStreamsProvider(DynamodbstreamsApi):
 def dynamodb_moto() -> Service:
     from localstack.services.moto import MotoFallbackDispatcher
 
-    return Service.for_provider(MotoDynamoDBProvider(), dispatch_table_factory=MotoFallbackDispatcher)
+    from healthbook_localstack.faults import with_dynamodb_faults
+
+    return Service.for_provider(MotoDynamoDBProvider(),
+                                dispatch_table_factory=with_dynamodb_faults(MotoFallbackDispatcher))
 
 
 @aws_provider(api="dynamodbstreams", name="moto")

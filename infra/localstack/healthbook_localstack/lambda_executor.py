@@ -42,6 +42,8 @@ from localstack.services.lambda_.invocation.lambda_models import FunctionVersion
 from localstack.services.lambda_.invocation.plugins import RuntimeExecutorPlugin
 from localstack.services.lambda_.invocation.runtime_executor import LambdaRuntimeException, RuntimeExecutor
 
+from healthbook_localstack import faults
+
 LOG = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("_worker.py")
@@ -111,6 +113,8 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
             "HB_WORKER_CODE": str(code),
             # A layer unpacks into /opt; later layers override earlier ones, so they come first on sys.path.
             "HB_WORKER_LAYERS": os.pathsep.join(str(path) for path in reversed(layers)),
+            # The fault switchboard (faults.py): the worker reads its crash rules; the function never sees it.
+            faults.ENV: faults.switchboard_path(),
         })
         request_read, request_write = os.pipe()
         response_read, response_write = os.pipe()
@@ -197,6 +201,10 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
             elapsed_ms = (time.monotonic() - started) * 1000
             if answer is None:
                 exited = self._process.poll() if self._process else None
+                if exited is None and self._process is not None and elapsed_ms < timeout * 1000:
+                    # the pipe closed before the time was up: the worker died, and may not be reaped yet
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        exited = self._process.wait(STOP_GRACE_S)
                 self._kill()
                 if exited is None:
                     error = {"errorType": "Sandbox.Timedout",
