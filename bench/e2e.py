@@ -193,7 +193,8 @@ def main() -> None:
     print(f"state transitions per visit: {transitions / visits:.2f} ({executions} executions); task time per "
           f"visit {per_visit_path * 1000:.0f} ms billed (LocalStack on 2 shared cores: expect far less on AWS)")
     print("$ per million visits (list prices):")
-    print(f"  orchestration, Express as run here ({per_execution:.0f} visits per execution): ${express:.2f}   target <= $5.00")
+    print(f"  orchestration, Express as run here ({per_execution:.0f} visits per execution): ${express:.2f}   "
+          "target <= $5.00")
     print(f"  orchestration, Express at 50 visits per execution:           ${batched:.2f}")
     print(f"  the same transitions on Standard workflows, for scale:        ${standard:.2f}")
     print(f"  Lambda compute for the delivery tasks (arm64, billed ms):      ${lambda_cost:.2f}")
