@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from healthbook.delivery.model import (
@@ -951,3 +951,26 @@ def test_sweep_notification_lists_at_most_a_batch_of_ids(sweep_world: SweepWorld
     assert message["breached_count"] == MAX_BATCH + 3 and len(message["breached"]) == MAX_BATCH
     assert len(report.breached) == MAX_BATCH + 3 and len(report.to_dict()["breached"]) == MAX_BATCH
 
+
+
+def test_a_failure_to_record_a_delivery_is_retried_not_settled(world: World) -> None:
+    """VNeID stored the entry, then our write failed (throttling): the step raises RetryableDeliveryError, so the
+    workflow retries it (the PUT replays) instead of the Catch path settling a delivered visit."""
+    ref = world.stored()
+    key = _projected(world, ref)
+
+    class Throttled(Exception):
+        response: ClassVar[dict[str, Any]] = {"Error": {"Code": "ProvisionedThroughputExceededException"}}
+
+    original = world.store.mark_delivered
+
+    def throttled(*args: Any, **kwargs: Any) -> bool:
+        raise Throttled("slow down")
+
+    world.store.mark_delivered = throttled  # type: ignore[method-assign]
+    with pytest.raises(RetryableDeliveryError, match="not yet recorded: ProvisionedThroughputExceededException"):
+        world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    assert world.store.status(ref) == PENDING
+    world.store.mark_delivered = original  # type: ignore[method-assign]
+    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
+    assert len(world.vneid.calls) == 2 and world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]

@@ -54,6 +54,7 @@ from healthbook.reports.aggregates import (
     for_reconciliation,
 )
 from healthbook.signing.receipt import iso_utc as iso  # one spelling of time: text order is time order
+from healthbook.vneid.client import RetryableDeliveryError
 
 __all__ = [
     "Deliverer",
@@ -256,15 +257,23 @@ class DeliveryService:
                 return self._skipped(ref)
             return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
-        # Before the status change: a crash in between leaves the visit PENDING, and the retry finds the
-        # markers set and counts nothing twice.
-        self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
-                                                 province=visit.province or ref.facility[:2],
-                                                 district=visit.district))
         count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
                              referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
-        if not self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms, receipt_id=delivery.receipt_id,
-                                         count=count):
+        try:
+            # Markers before the status change: a crash in between leaves the visit PENDING, and the retry
+            # finds the markers set and counts nothing twice.
+            self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
+                                                     province=visit.province or ref.facility[:2],
+                                                     district=visit.district))
+            recorded = self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms,
+                                                 receipt_id=delivery.receipt_id, count=count)
+        except Exception as exc:
+            # VNeID holds the entry; only our record of it failed (throttling, say). Retrying the step replays
+            # the idempotent PUT and records it, instead of the Catch path settling a delivered visit as late.
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+            raise RetryableDeliveryError(f"stored at VNeID, not yet recorded: {code or type(exc).__name__}",
+                                         code=code) from exc
+        if not recorded:
             return self._skipped(ref)  # a concurrent execution recorded it first; VNeID stored it once
         self.metrics.count("VisitsDelivered")
         self.metrics.latency("DeliveryLatency", latency_ms)
