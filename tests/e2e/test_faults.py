@@ -104,17 +104,6 @@ def _build_files(pipeline: dict[str, Any], fakes: test_localstack.Fakes, seed: i
     return files
 
 
-def _ingest_queue_url(aws: Callable[..., Any], pipeline: dict[str, Any]) -> str:
-    mappings = aws("lambda").list_event_source_mappings(FunctionName=pipeline["function"])["EventSourceMappings"]
-    arn = next(m["EventSourceArn"] for m in mappings if m["EventSourceArn"].startswith("arn:aws:sqs:"))
-    return str(aws("sqs").get_queue_url(QueueName=arn.rsplit(":", 1)[1])["QueueUrl"])
-
-
-def _queue_counts(aws: Callable[..., Any], url: str) -> tuple[int, int]:
-    attributes = aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
-
 
 def _notify_again(aws: Callable[..., Any], pipeline: dict[str, Any], queue_url: str, upload: Upload) -> None:
     """The S3 notification of that very object version, again (S3 delivers at least once)."""
@@ -197,11 +186,11 @@ def test_under_faults_every_file_has_one_outcome_and_no_visit_is_lost_or_duplica
     started = time.monotonic()
     env, outputs = pipeline["env"], pipeline["outputs"]
     sqs, lam = aws("sqs"), aws("lambda")
-    queue_url, dlq_url = _ingest_queue_url(aws, pipeline), outputs["IngestDeadLetterQueueUrl"]
+    queue_url, dlq_url = test_localstack.ingest_queue_url(aws, pipeline), outputs["IngestDeadLetterQueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"])
     visibility = attributes["Attributes"]["VisibilityTimeout"]
     max_receive = int(json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"])
-    assert _queue_counts(aws, queue_url) == (0, 0), "the ingest queue is busy before the scenario"
+    assert test_localstack.queue_counts(aws, queue_url) == (0, 0), "the ingest queue is busy before the scenario"
     files = _build_files(pipeline, fakes, seed=random.SystemRandom().randrange(1 << 30))
     table_prefix = env["VISITS_TABLE"].rsplit("-", 1)[0] + "-"  # healthbook-<stage>-
     marker = f"poison-{uuid.uuid4().hex}"
@@ -254,7 +243,7 @@ def test_under_faults_every_file_has_one_outcome_and_no_visit_is_lost_or_duplica
                             pending.append(visit["ma_lk"])
             if poisoned is None:
                 poisoned = _find_in_dlq(aws, dlq_url, marker)
-            in_queue = _queue_counts(aws, queue_url)
+            in_queue = test_localstack.queue_counts(aws, queue_url)
             for name, reached in (("every file done", len(done) == len(uploads)),
                                   ("every accepted visit settled", len(done) == len(uploads) and not pending),
                                   ("poison message in the DLQ", poisoned is not None),

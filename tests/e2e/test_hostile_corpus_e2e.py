@@ -120,17 +120,6 @@ def _await_receipts(aws: Callable[..., Any], pipeline: dict[str, Any], keys: lis
             time.sleep(2)
 
 
-def _ingest_queue_url(aws: Callable[..., Any], pipeline: dict[str, Any]) -> str:
-    mappings = aws("lambda").list_event_source_mappings(FunctionName=pipeline["function"])["EventSourceMappings"]
-    arn = next(m["EventSourceArn"] for m in mappings if m["EventSourceArn"].startswith("arn:aws:sqs:"))
-    return str(aws("sqs").get_queue_url(QueueName=arn.rsplit(":", 1)[1])["QueueUrl"])
-
-
-def _queue_counts(aws: Callable[..., Any], url: str) -> tuple[int, int]:
-    attributes = aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
-
 
 def _codes(receipt: dict[str, Any]) -> set[str]:
     issues = [*receipt["errors"], *(issue for visit in receipt["visits"] for issue in visit["errors"])]
@@ -148,7 +137,8 @@ def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., An
     corpus = [case.renamed(f"{run}-") for case in hostile_corpus(hostile_pki, facility=FACILITY,
                                                                  max_object_bytes=limit)]
     dead_letters = pipeline["outputs"]["IngestDeadLetterQueueUrl"]
-    dead_before = _queue_counts(aws, dead_letters)  # an earlier run's leftovers are not this corpus's doing
+    # an earlier run's leftovers are not this corpus's doing
+    dead_before = test_localstack.queue_counts(aws, dead_letters)
     # Outside inbox/ the bucket notifies nobody (template.yaml): such an object gets no receipt at all.
     outside = f"uploads/{run}-outside-inbox.xml"
     _put(aws, pipeline, outside, corpus[0].body)
@@ -167,8 +157,8 @@ def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., An
     _await_receipts(aws, pipeline, [case.expect_receipt_at for case in corpus], RECEIPTS_WITHIN)
 
     # Settled before counting receipts: a message still in flight could yet write a second one.
-    queue, settle_by = _ingest_queue_url(aws, pipeline), time.monotonic() + 300
-    while (in_queue := _queue_counts(aws, queue)) != (0, 0) and time.monotonic() < settle_by:
+    queue, settle_by = test_localstack.ingest_queue_url(aws, pipeline), time.monotonic() + 300
+    while (in_queue := test_localstack.queue_counts(aws, queue)) != (0, 0) and time.monotonic() < settle_by:
         time.sleep(2)
 
     problems: dict[str, list[str]] = {}
@@ -203,7 +193,8 @@ def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., An
     report = "\n".join(f"{name}: {'; '.join(found)}" for name, found in problems.items())
     assert not report, "\n" + report
     assert in_queue == (0, 0), f"ingest messages still queued or in flight (visible, in flight): {in_queue}"
-    assert _queue_counts(aws, dead_letters) == dead_before, "ingest messages reached the dead-letter queue"
+    dead_after = test_localstack.queue_counts(aws, dead_letters)
+    assert dead_after == dead_before, "ingest messages reached the dead-letter queue"
 
     assert _receipt_versions(aws, pipeline, locate(outside).receipt_key) == []
     assert test_localstack._submissions_for(aws, pipeline, outside) == []

@@ -240,6 +240,20 @@ def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]], fak
             "key": key, "workdir": tmp_path_factory.mktemp("submissions")}
 
 
+def ingest_queue_url(aws: Callable[..., Any], pipeline: dict[str, Any]) -> str:
+    """The queue the ingest function reads (its event source mapping), for tests that feed or watch it."""
+    mappings = aws("lambda").list_event_source_mappings(FunctionName=pipeline["function"])["EventSourceMappings"]
+    arn = next(m["EventSourceArn"] for m in mappings if m["EventSourceArn"].startswith("arn:aws:sqs:"))
+    return str(aws("sqs").get_queue_url(QueueName=arn.rsplit(":", 1)[1])["QueueUrl"])
+
+
+def queue_counts(aws: Callable[..., Any], url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attributes = aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
 def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> Path:
     from healthbook.generate import generate_batch
     from healthbook.signing.xmldsig import sign_submission
