@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The one-command demo: LocalStack (host mode, started and stopped here), template.yaml deployed, two facilities
-## uploading 250 signed visits, receipts, the health book in a fake VNeID, the monthly report, a summary.
+## uploading 200 signed visits, receipts, the health book in a fake VNeID, the monthly report, a summary.
 demo: $(STAMP)
-	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 250 --out demo-out
+	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 200 --out demo-out
 
 ## The same pipeline in process on moto: no LocalStack, no deploy (about a minute).
 demo-moto: $(STAMP)
