@@ -270,7 +270,8 @@ class DeliveryService:
         except Exception as exc:
             # VNeID holds the entry; only our record of it failed (throttling, say). Retrying the step replays
             # the idempotent PUT and records it, instead of the Catch path settling a delivered visit as late.
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+            response = getattr(exc, "response", None)  # an AWS error's code, without importing botocore here
+            code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
             raise RetryableDeliveryError(f"stored at VNeID, not yet recorded: {code or type(exc).__name__}",
                                          code=code) from exc
         if not recorded:

@@ -369,7 +369,7 @@ def _plain(value: str | int | float | None, column: Column) -> str:
 
 def summary_lines(report: Report, level: Level) -> list[str]:
     """A plain table of one level's key figures for the terminal ("-" where a figure does not exist)."""
-    columns = [c for key in _SUMMARY for c in COLUMNS if c.key == key]
+    columns = [_BY_KEY[key] for key in _SUMMARY]
     table = [[c.header_en for c in columns]]
     for row in report.level(level):
         table.append([_plain(cell(row, c), c) for c in columns])
