@@ -15,7 +15,7 @@ from healthbook.cli import main
 from healthbook.generate import build_visit, submission
 from healthbook.pipeline import process_submission
 from healthbook.signing.pki import dev_pki
-from healthbook.signing.receipt import verify_receipt
+from healthbook.signing.receipt import render_receipt, verify_receipt
 from healthbook.signing.signer import LocalKeySigner
 from healthbook.signing.xmldsig import Trust, sign_submission
 
@@ -54,8 +54,11 @@ def test_signed_valid_file_is_accepted_with_a_verifiable_receipt(pki: dict[str, 
     receipt = done.receipt
     assert receipt["accepted"] and receipt["facility_signature"]["valid"]
     assert "subject" not in receipt["facility_signature"]
+    assert receipt["facility_signature"]["form"]["namespace"] == "prefix ds"  # what healthbook sign writes
     assert all(v["digest"] and v["proof"] is not None for v in receipt["visits"])
     assert verify_receipt(receipt, public) == []
+    assert ("dạng chữ ký / signature form: prefix ds, c14n, rsa-sha256, "
+            'URI="" enveloped-signature + c14n sha256, RSA 2048, KeyInfo X509Certificate') in render_receipt(receipt)
 
 
 @pytest.mark.parametrize(("case", "code"), [("tampered", "K404"), ("unsigned", "K401"), ("other-facility", "K411")])

@@ -146,7 +146,12 @@ def test_signed_submission_verifies(kit: Kit) -> None:
     assert check.registered_facilities == ["01001"]
     assert check.subject and "MCSKCB:01001" in check.subject
     assert check.to_dict() == {"valid": True, "issues": [], "certificate_sha256": check.certificate_sha256,
-                               "subject": check.subject, "registered_facilities": ["01001"]}
+                               "subject": check.subject, "registered_facilities": ["01001"],
+                               "form": {"namespace": "prefix ds", "canonicalization": "c14n",
+                                        "signature_method": "rsa-sha256", "key": "RSA 2048",
+                                        "references": [{"uri": "", "transforms": ["enveloped-signature", "c14n"],
+                                                        "digest": "sha256"}],
+                                        "key_info": ["X509Certificate"]}}
     # where the portal expects it, and with the algorithms the brief fixes
     root = etree.fromstring(data)
     assert [e.tag for e in root.find("CHUKYDONVI")] == [f"{{{DS}}}Signature"]  # type: ignore[union-attr]
@@ -543,8 +548,10 @@ def test_verify_json_shape_and_exit_codes(kit: Kit, tmp_path: Path, capsys: pyte
     document = json.loads(capsys.readouterr().out)
     assert set(document) == {"files"}
     entries = {Path(f["path"]).name: f for f in document["files"]}
-    assert set(entries["good.xml"]) == {"path", "valid", "facility", "certificate_sha256", "issues"}
+    assert set(entries["good.xml"]) == {"path", "valid", "facility", "certificate_sha256", "issues", "form"}
     assert entries["good.xml"]["valid"] and entries["good.xml"]["facility"] == "01001"
+    assert entries["ec.xml"]["form"]["signature_method"] == "ecdsa-sha256"
+    assert entries["ec.xml"]["form"]["key"] == "ECDSA secp256r1"
     assert entries["ec.xml"]["certificate_sha256"] == certificate_sha256(kit.cert("facility-48001-ec"))
 
     (folder / "revoked.xml").write_bytes(kit.signed("revoked", "79001"))

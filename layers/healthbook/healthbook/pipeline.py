@@ -28,10 +28,12 @@ class Processed:
 
 
 def receipt_view(check: SignatureCheck) -> dict[str, Any]:
-    """What a receipt says about the facility's signature. The certificate subject is left out: on a
-    personal certificate it is a person's name, and the fingerprint identifies the certificate anyway."""
+    """What a receipt says about the facility's signature, including the form the signer wrote (namespace,
+    canonicalisation, algorithms, KeyInfo). The certificate subject is left out: on a personal certificate it
+    is a person's name, and the fingerprint identifies the certificate anyway."""
     return {"valid": check.valid, "certificate_sha256": check.certificate_sha256,
-            "registered_facilities": check.registered_facilities, "issues": [i.to_dict() for i in check.issues]}
+            "registered_facilities": check.registered_facilities, "issues": [i.to_dict() for i in check.issues],
+            "form": check.form.to_dict() if check.form is not None else None}
 
 
 def process_submission(data: bytes, *, object_key: str, received_at: datetime, signer: Signer,

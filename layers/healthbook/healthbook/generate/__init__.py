@@ -9,7 +9,7 @@ from typing import Any
 
 from healthbook.generate.defects import INJECTORS, Defect, inject
 from healthbook.generate.visit import SCENARIOS, Visit, build_visit
-from healthbook.generate.writer import envelope, table_document
+from healthbook.generate.writer import checkin_document, envelope, table_document
 
 __all__ = [
     "INJECTORS",
@@ -17,6 +17,7 @@ __all__ = [
     "Defect",
     "Visit",
     "build_visit",
+    "checkin_document",
     "envelope",
     "facility_named",
     "generate_batch",

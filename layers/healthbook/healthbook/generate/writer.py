@@ -59,3 +59,19 @@ def envelope(visits: list[Visit], *, facility: str | None = None, created: datet
             etree.SubElement(item, "NOIDUNGFILE").text = encoded.decode("ascii")
     etree.SubElement(root, "CHUKYDONVI")
     return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True))
+
+
+def checkin_document(visit: Visit) -> bytes:
+    """The visit's check-in record (XML0, ``CHI_TIEU_TRANG_THAI_KCB``) as the portal's check-in service takes it:
+    one TRANG_THAI_KCB row from XML1's values and the first service ordered (XML3), and an empty CHUKYDONVI
+    for the facility's signature."""
+    spec = standards.load(visit.standard).tables["XML0"]
+    summary, service = visit.tables["XML1"][0], visit.tables["XML3"][0]
+    row = {name: summary.get(name, "") for name in spec.by_name} | {"STT": "1"} | {
+        name: service.get(name, "") for name in ("MA_DICH_VU", "TEN_DICH_VU", "NGAY_YL")}
+    root = etree.Element(spec.root)
+    listing = etree.SubElement(etree.SubElement(root, spec.list or ""), spec.row or "")
+    for field in spec.fields:
+        etree.SubElement(listing, field.name).text = row[field.name] or None
+    etree.SubElement(root, "CHUKYDONVI")
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True))

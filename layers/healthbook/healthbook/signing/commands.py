@@ -18,6 +18,7 @@ from healthbook.cli_support import UsageError, xml_files
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import XmlRejected
 from healthbook.signing.pki import dev_pki
+from healthbook.signing.receipt import signature_form_line
 from healthbook.signing.registry import certificate_sha256
 from healthbook.signing.xmldsig import (
     SignatureCheck,
@@ -83,12 +84,14 @@ def _receipt_time(text: str | None) -> datetime:
 
 
 def envelope_facility(data: bytes) -> str | None:
-    """MACSKCB from the envelope, or None when the file cannot be read (verify reports why)."""
+    """MACSKCB from the envelope (MA_CSKCB of a standalone check-in document), or None when the file cannot be
+    read (verify reports why)."""
     try:
         root = safe_xml.parse(data, limit=safe_xml.DEFAULT_MAX_FILE_BYTES)
     except XmlRejected:
         return None
-    return (root.findtext("THONGTINDONVI/MACSKCB") or "").strip() or None
+    found = root.findtext("THONGTINDONVI/MACSKCB") if root.tag == "GIAMDINHHS" else root.findtext(".//MA_CSKCB")
+    return (found or "").strip() or None
 
 
 def _print_check(path: Path, facility: str | None, check: SignatureCheck) -> None:
@@ -96,8 +99,10 @@ def _print_check(path: Path, facility: str | None, check: SignatureCheck) -> Non
     if check.valid:
         registered = f"; registered for {', '.join(check.registered_facilities)}" if check.registered_facilities else ""
         write(f"VALID    {path}  (facility {facility or '?'}; certificate {check.certificate_sha256}{registered})\n")
-        return
-    write(f"INVALID  {path}  (facility {facility or '?'}; certificate {check.certificate_sha256 or '-'})\n")
+    else:
+        write(f"INVALID  {path}  (facility {facility or '?'}; certificate {check.certificate_sha256 or '-'})\n")
+    if check.form is not None:
+        write(f"    form: {signature_form_line(check.form.to_dict())}\n")
     for issue in check.issues:
         write(f"    {issue.severity:<7} {issue.code} {issue.message_vi}\n            {issue.message_en}\n")
 
@@ -113,7 +118,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         results.append((path, facility, verify_submission(data, trust=trust, facility=facility, at=at)))
     if args.json:
         files = [{"path": str(path), "valid": check.valid, "facility": facility,
-                  "certificate_sha256": check.certificate_sha256, "issues": [i.to_dict() for i in check.issues]}
+                  "certificate_sha256": check.certificate_sha256, "issues": [i.to_dict() for i in check.issues],
+                  "form": check.form.to_dict() if check.form is not None else None}
                  for path, facility, check in results]
         json.dump({"files": files}, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")

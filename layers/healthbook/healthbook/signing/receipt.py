@@ -334,7 +334,23 @@ def _facility_signature_lines(check: Any) -> list[str]:
     for key, label in (("subject", "chủ thể / subject"), ("certificate_sha256", "chứng thư / certificate SHA-256")):
         if check.get(key):
             lines.append(f"  {label}: {check[key]}")
+    form = check.get("form")
+    if isinstance(form, dict):
+        lines.append(f"  dạng chữ ký / signature form: {signature_form_line(form)}")
     issues = check.get("issues")
     if isinstance(issues, list):
         lines += _issue_lines(issues, "  ")
     return lines
+
+
+def signature_form_line(form: dict[str, Any]) -> str:
+    """A signature form (``SignatureForm.to_dict``, as in a receipt) on one line: 'default namespace, c14n,
+    rsa-sha256, URI="" enveloped-signature sha256, RSA 2048, KeyInfo X509Certificate'."""
+    namespace = str(form.get("namespace"))
+    references = "; ".join(
+        f'URI="{r.get("uri")}" {" + ".join(str(t) for t in r.get("transforms") or []) or "no transform"} '
+        f'{r.get("digest")}' for r in form.get("references") or [] if isinstance(r, dict))
+    parts = [namespace + (" namespace" if namespace == "default" else ""), form.get("canonicalization"),
+             form.get("signature_method"), references, form.get("key"),
+             "KeyInfo " + ", ".join(str(k) for k in form.get("key_info") or []) if form.get("key_info") else None]
+    return ", ".join(str(p) for p in parts if p)

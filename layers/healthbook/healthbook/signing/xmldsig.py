@@ -1,9 +1,10 @@
 """The facility's signature on a GIAMDINHHS submission: W3C XML-DSig, enveloped, inside CHUKYDONVI.
 
-signxml does the canonicalisation and the cryptography. This module decides what is acceptable (where the
-signature sits, which algorithms, what it covers) and whom to trust (a chain to the configured anchors,
-validity at the receipt time, revocation, the facility registry), in a fixed order, so that every
-failure is reported with exactly one K code. See docs/signatures.md.
+signxml signs (``healthbook sign``); ``dsig_core`` checks the mathematics of a received signature in any
+form real signers write (``ds:`` prefix or default namespace). This module decides what is acceptable (where
+the signature sits, which algorithms, what it covers) and whom to trust (a chain to the configured anchors,
+validity at the receipt time, revocation, the facility registry), in a fixed order, so that every failure is
+reported with exactly one K code. See docs/signatures.md.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,47 +24,35 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
-from signxml.exceptions import InvalidDigest, SignXMLException
 from signxml.processor import XMLSignatureProcessor, get_schema
 from signxml.signer import XMLSigner
-from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, XmlRejected
+from healthbook.signing import dsig_core
 from healthbook.signing.registry import FacilityRegistry, certificate_sha256, utc
 from healthbook.validation.issues import Issue, make_issue
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
-DS = "http://www.w3.org/2000/09/xmldsig#"
+DS = dsig_core.DS
 SIGNATURE_PARENT = "CHUKYDONVI"
-ENVELOPED = SignatureConstructionMethod.enveloped.value
-_XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
+ENVELOPED = dsig_core.ENVELOPED
+_XML_ID = f"{{{dsig_core.XML_NS}}}id"
 
-ACCEPTED_SIGNATURE_METHODS = frozenset(m.value for m in (
-    SignatureMethod.RSA_SHA256, SignatureMethod.RSA_SHA384, SignatureMethod.RSA_SHA512,
-    SignatureMethod.ECDSA_SHA256, SignatureMethod.ECDSA_SHA384, SignatureMethod.ECDSA_SHA512,
-))
-ACCEPTED_DIGESTS = frozenset(d.value for d in (DigestAlgorithm.SHA256, DigestAlgorithm.SHA384, DigestAlgorithm.SHA512))
+# Everything the core can check is accepted: SHA-2 only (SHA-1 and MD5 never), RSA PKCS#1 v1.5 and ECDSA.
+ACCEPTED_SIGNATURE_METHODS = frozenset(dsig_core.SIGNATURE_METHODS)
+ACCEPTED_DIGESTS = frozenset(dsig_core.DIGESTS)
 # C14N 1.1 is accepted too: as strong as 1.0, and the default of signxml and other current signers.
-ACCEPTED_CANONICALIZATIONS = frozenset(c.value for c in (
-    CanonicalizationMethod.CANONICAL_XML_1_0, CanonicalizationMethod.CANONICAL_XML_1_0_WITH_COMMENTS,
-    CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
-    CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0_WITH_COMMENTS,
-    CanonicalizationMethod.CANONICAL_XML_1_1, CanonicalizationMethod.CANONICAL_XML_1_1_WITH_COMMENTS,
-))
+ACCEPTED_CANONICALIZATIONS = dsig_core.CANONICALIZATIONS
 ACCEPTED_TRANSFORMS = ACCEPTED_CANONICALIZATIONS | {ENVELOPED}
 MIN_RSA_BITS = 2048  # NIST SP 800-57's floor, and what licensed CAs issue
 ACCEPTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 _MAX_CHAIN = 8  # intermediates between a leaf and its anchor; real Vietnamese chains have one or two
 
-# For signxml, after safe_xml.parse has vetted the same bytes (no DOCTYPE, UTF-8, size). Unlike safe_xml's
-# parser this one keeps processing instructions: they are part of what URI="" signs. Comments are not
-# (a same-document URI="" drops them, even under a #WithComments canonicalisation), so the verifier
-# removes them and agrees with xmlsec1; the signer keeps them so the facility's file comes back intact.
-_VERIFY_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
-                                 remove_comments=True, remove_pis=False, collect_ids=False)
+# For signxml, after safe_xml.parse has vetted the same bytes (no DOCTYPE, UTF-8, size). It keeps comments
+# and processing instructions so the facility's file comes back intact.
 _SIGN_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
                                remove_comments=False, remove_pis=False, collect_ids=False)
 
@@ -117,7 +106,8 @@ class _Signer(XMLSigner):
 
 def sign_submission(data: bytes, key: PrivateKey, cert: x509.Certificate, *,
                     chain: Sequence[x509.Certificate] = ()) -> bytes:
-    """Sign a GIAMDINHHS envelope: enveloped XML-DSig placed in CHUKYDONVI (created if absent).
+    """Sign a GIAMDINHHS envelope (CHUKYDONVI created if absent) or a standalone document that carries its own
+    CHUKYDONVI, as the check-in table does (CV 1245 §2.4): enveloped XML-DSig placed in CHUKYDONVI.
 
     RSA keys sign with rsa-sha256, EC keys with ecdsa-sha256; SHA-256 digest; C14N 1.0; the certificate
     and ``chain`` go into KeyInfo/X509Data. Raises ValueError for a file that is not an unsigned envelope.
@@ -128,8 +118,8 @@ def sign_submission(data: bytes, key: PrivateKey, cert: x509.Certificate, *,
         issue = make_issue(exc.code, table=exc.table, **exc.params)
         raise ValueError(f"not signable: {issue.code} {issue.message_en}") from None
     root = etree.fromstring(data, parser=_SIGN_PARSER)
-    if root.tag != "GIAMDINHHS":
-        raise ValueError(f"expected a GIAMDINHHS envelope, found <{root.tag}>")
+    if root.tag != "GIAMDINHHS" and root.find(SIGNATURE_PARENT) is None:
+        raise ValueError(f"expected a GIAMDINHHS envelope or a document with {SIGNATURE_PARENT}, found <{root.tag}>")
     if next(root.iter(_ds("Signature")), None) is not None:
         raise ValueError("the file is already signed")
     parents = root.findall(SIGNATURE_PARENT)
@@ -176,6 +166,68 @@ class Trust:
                    crls=tuple(_load_crl(Path(p).read_bytes()) for p in crls))
 
 
+# Short names for support staff; an algorithm not listed is shown by its URI.
+_ALGORITHM_NAMES = {
+    dsig_core.C14N_10: "c14n", dsig_core.C14N_10 + dsig_core.WITH_COMMENTS: "c14n#WithComments",
+    dsig_core.C14N_11: "c14n11", dsig_core.C14N_11 + dsig_core.WITH_COMMENTS: "c14n11#WithComments",
+    dsig_core.EXC_C14N: "exc-c14n", dsig_core.EXC_C14N + "WithComments": "exc-c14n#WithComments",
+    ENVELOPED: "enveloped-signature",
+    **{uri: uri.rsplit("#", 1)[1] for uri in (*dsig_core.SIGNATURE_METHODS, *dsig_core.DIGESTS)},
+    f"{DS}rsa-sha1": "rsa-sha1", f"{DS}sha1": "sha1", "http://www.w3.org/2001/04/xmldsig-more#md5": "md5",
+}
+
+
+def _algorithm_name(uri: str | None) -> str | None:
+    return _ALGORITHM_NAMES.get(uri, uri) if uri is not None else None
+
+
+@dataclass(frozen=True)
+class SignatureForm:
+    """How the signature was written, so support staff can answer a vendor without the file: the namespace
+    form (``xmlns="…xmldsig#"`` as .NET, the JDK and xmlsec1 write it by default, or a prefix), the
+    canonicalisation, the signature method, each reference's URI, transforms and digest, the key, and what
+    KeyInfo/X509Data holds."""
+
+    namespace: str
+    canonicalization: str | None
+    signature_method: str | None
+    references: tuple[tuple[str | None, tuple[str | None, ...], str | None], ...]
+    key_info: tuple[str, ...]
+    key: str | None = None
+
+    @classmethod
+    def of(cls, signature: etree._Element) -> SignatureForm:
+        def algorithm(element: etree._Element | None) -> str | None:
+            return _algorithm_name(element.get("Algorithm")) if element is not None else None
+
+        signed_info = signature.find(_ds("SignedInfo"))
+        references = signed_info.findall(_ds("Reference")) if signed_info is not None else []
+        return cls(
+            namespace=f"prefix {signature.prefix}" if signature.prefix else "default",
+            canonicalization=algorithm(signature.find(f"{_ds('SignedInfo')}/{_ds('CanonicalizationMethod')}")),
+            signature_method=algorithm(signature.find(f"{_ds('SignedInfo')}/{_ds('SignatureMethod')}")),
+            references=tuple((r.get("URI"), tuple(algorithm(t) for t in r.iterfind(f"{_ds('Transforms')}/*")),
+                              algorithm(r.find(_ds("DigestMethod")))) for r in references),
+            key_info=tuple(etree.QName(e).localname for e in signature.iterfind(f"{_ds('KeyInfo')}/*/*")
+                           if isinstance(e.tag, str)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "canonicalization": self.canonicalization,
+                "signature_method": self.signature_method,
+                "references": [{"uri": uri, "transforms": list(transforms), "digest": digest}
+                               for uri, transforms, digest in self.references],
+                "key": self.key, "key_info": list(self.key_info)}
+
+
+def _key_description(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    return type(key).__name__.removesuffix("PublicKey")
+
+
 @dataclass
 class SignatureCheck:
     valid: bool
@@ -183,11 +235,13 @@ class SignatureCheck:
     certificate_sha256: str | None = None
     subject: str | None = None
     registered_facilities: list[str] = field(default_factory=list)
+    form: SignatureForm | None = None  # set once the signature is found, refused or not
 
     def to_dict(self) -> dict[str, Any]:
         return {"valid": self.valid, "issues": [i.to_dict() for i in self.issues],
                 "certificate_sha256": self.certificate_sha256, "subject": self.subject,
-                "registered_facilities": self.registered_facilities}
+                "registered_facilities": self.registered_facilities,
+                "form": self.form.to_dict() if self.form is not None else None}
 
 
 class _Refused(Exception):
@@ -254,6 +308,8 @@ def _check_algorithms(signature: etree._Element, leaf: x509.Certificate) -> None
         raise _Refused("K406", algorithm=f"RSA-{key.key_size}")
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in ACCEPTED_CURVES:
         raise _Refused("K406", algorithm=f"ECDSA {key.curve.name}")
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise _Refused("K406", algorithm=f"a {type(key).__name__.removesuffix('PublicKey')} key")
 
 
 def _ids_inside_objects(signature: etree._Element) -> set[str]:
@@ -261,9 +317,9 @@ def _ids_inside_objects(signature: etree._Element) -> set[str]:
             for value in (e.get("Id"), e.get("ID"), e.get("id"), e.get(_XML_ID)) if value}
 
 
-def _check_scope(signature: etree._Element) -> int:
+def _check_scope(signature: etree._Element) -> None:
     """One reference must cover the whole document; others may only sign the signature's own ds:Object
-    (signing-time properties some signing tools add). Returns the number of references."""
+    (signing-time properties some signing tools add)."""
     references = signature.findall("ds:SignedInfo/ds:Reference", {"ds": DS})
     whole = [r for r in references if r.get("URI") == ""]
     if not whole:
@@ -278,7 +334,6 @@ def _check_scope(signature: etree._Element) -> int:
         uri = reference.get("URI")
         if uri != "" and (uri is None or not uri.startswith("#") or uri[1:] not in own):
             raise _Refused("K402", detail=f"reference {uri!r} points outside the signature's own ds:Object")
-    return len(references)
 
 
 def _signing_certificate(certs: list[x509.Certificate]) -> x509.Certificate:
@@ -289,31 +344,16 @@ def _signing_certificate(certs: list[x509.Certificate]) -> x509.Certificate:
     return leaves[0]
 
 
-def _check_cryptography(data: bytes, signature: etree._Element, leaf: x509.Certificate, references: int) -> None:
-    method = signature.find("ds:SignedInfo/ds:SignatureMethod", {"ds": DS})
-    family = (method.get("Algorithm", "") if method is not None else "").rsplit("#", 1)[-1].split("-")[0]
-    wanted = rsa.RSAPublicKey if family == "rsa" else ec.EllipticCurvePublicKey
-    if not isinstance(leaf.public_key(), wanted):
-        raise _Refused("K403")  # e.g. an RSA signature presented with an EC certificate
-    config = SignatureConfiguration(
-        require_x509=True, location=f"./{SIGNATURE_PARENT}/", expect_references=references,
-        signature_methods=frozenset(SignatureMethod(m) for m in ACCEPTED_SIGNATURE_METHODS),
-        digest_algorithms=frozenset(DigestAlgorithm(d) for d in ACCEPTED_DIGESTS),
-        # XML-DSig: without an explicit c14n transform a node-set is serialised with C14N 1.0.
-        default_reference_c14n_method=CanonicalizationMethod.CANONICAL_XML_1_0,
-        # Trust and time are judged afterwards, at the receipt time; signxml only checks the mathematics,
-        # so its own validity check is given a moment at which the leaf is valid.
-        verification_time=leaf.not_valid_before_utc)
+def _check_cryptography(data: bytes, leaf: x509.Certificate) -> None:
+    key = leaf.public_key()
+    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)  # _check_algorithms refused the rest
     try:
-        XMLVerifier().verify(data, x509_cert=leaf, parser=_VERIFY_PARSER, validate_schema=False,
-                             expect_config=config)
-    except InvalidDigest:
-        raise _Refused("K404") from None
-    except CryptographyInvalidSignature:  # signxml's InvalidSignature derives from it
-        raise _Refused("K403") from None
+        dsig_core.verify_core(data, key)
+    except dsig_core.CoreFailure as failure:
+        raise _Refused(failure.code, **({"detail": failure.detail} if failure.code == "K402" else {})) from None
     except etree.C14NError:  # libxml2 cannot canonicalise relative namespace URIs (xmlns:a="http;//...")
         raise _Refused("K402", detail="the document cannot be canonicalised (relative namespace URI?)") from None
-    except (SignXMLException, ValueError, TypeError, KeyError, etree.LxmlError) as exc:
+    except (ValueError, TypeError, etree.LxmlError) as exc:
         raise _Refused("K402", detail=str(exc)[:200]) from None
 
 
@@ -398,14 +438,19 @@ def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: da
         except XmlRejected as exc:
             check.issues.append(make_issue(exc.code, table=exc.table, **exc.params))
             return check
+        first = next(root.iter(_ds("Signature")), None)
+        form = SignatureForm.of(first) if first is not None else None
+        check.form = form  # named even when the signature is misplaced
         signature = _locate(root)
+        assert form is not None and signature is first  # _locate found exactly one
         presented = _check_structure(signature)
         leaf = _signing_certificate(presented)
         check.certificate_sha256 = certificate_sha256(leaf)
         check.subject = leaf.subject.rfc4514_string()
+        check.form = replace(form, key=_key_description(leaf))
         _check_algorithms(signature, leaf)
-        references = _check_scope(signature)
-        _check_cryptography(data, signature, leaf, references)
+        _check_scope(signature)
+        _check_cryptography(data, leaf)
         issuer = _check_chain(leaf, presented, trust.anchors, at)
         if not _valid_at(leaf, at):
             raise _Refused("K408", detail=_window(leaf))
