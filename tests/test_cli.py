@@ -1,4 +1,4 @@
-"""The `healthbook validate` contract other parts and outside checks depend on."""
+"""The `healthbook validate` contract other parts and outside checks depend on (docs/conformance.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from healthbook.cli import main
 from healthbook.generate import build_visit, inject, submission
 
-ERROR_KEYS = {"code", "severity", "table", "ma_lk", "field", "value", "message_vi", "message_en"}
+ERROR_KEYS = {"code", "severity", "blocks", "table", "ma_lk", "field", "value", "message_vi", "message_en", "basis"}
 
 
 def _write(folder: Path, name: str, data: bytes) -> Path:
@@ -24,23 +24,41 @@ def test_json_shape_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     good_visit = build_visit(rng, scenario="outpatient")
     good = _write(tmp_path, "good.xml", submission(good_visit))
     visit = build_visit(rng, scenario="outpatient")
-    _write(tmp_path, "bad.xml", submission(visit, inject(visit, rng, "person_id")))
+    finding = _write(tmp_path, "finding.xml", submission(visit, inject(visit, rng, "person_id")))
+    visit = build_visit(rng, scenario="outpatient")
+    visit.tables["XML1"][0]["MA_BENH_CHINH"] = ""
+    _write(tmp_path, "out.xml", submission(visit))
 
     assert main(["validate", "--json", str(good)]) == 0
     document = json.loads(capsys.readouterr().out)
     assert set(document) == {"files"}
     (entry,) = document["files"]
-    assert set(entry) == {"path", "accepted", "facility", "errors", "visits"}
-    assert entry["accepted"] is True and entry["facility"] == good_visit.facility
-    assert set(entry["visits"][0]) == {"ma_lk", "accepted", "errors", "warnings"}
+    assert set(entry) == {"path", "accepted", "rejected", "facility", "errors", "visits"}
+    assert entry["accepted"] is True and entry["rejected"] is False and entry["facility"] == good_visit.facility
+    assert set(entry["visits"][0]) == {"ma_lk", "accepted", "health_book", "errors", "findings"}
 
+    # A finding: the visit is in the health book, the exit status says so; --strict says otherwise.
+    assert main(["validate", "--json", str(finding)]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["files"]
+    (visit_entry,) = entry["visits"]
+    assert visit_entry["health_book"] is True and visit_entry["errors"] == []
+    (issue,) = visit_entry["findings"]
+    assert set(issue) == ERROR_KEYS
+    assert (issue["code"], issue["table"], issue["field"], issue["blocks"]) == ("V212", "XML1", "SO_CCCD", "none")
+    assert issue["ma_lk"] and issue["message_vi"] and issue["message_en"]
+    assert issue["basis"].startswith("Portal sheet XML1 SO_CCCD (XML1.SO_CCCD, annex STT")
+    assert main(["validate", "--json", "--strict", str(finding)]) == 1
+    capsys.readouterr()
+
+    # A visit kept out of the health book: exit 1, the reason with its class and basis.
     assert main(["validate", "--json", str(tmp_path)]) == 1
     files = {Path(f["path"]).name: f for f in json.loads(capsys.readouterr().out)["files"]}
-    assert files["good.xml"]["accepted"] and not files["bad.xml"]["accepted"]
-    (error,) = files["bad.xml"]["visits"][0]["errors"]
-    assert set(error) == ERROR_KEYS
-    assert (error["code"], error["table"], error["field"]) == ("V212", "XML1", "SO_CCCD")
-    assert error["ma_lk"] == visit.ma_lk and error["message_vi"] and error["message_en"]
+    assert files["good.xml"]["accepted"] and files["finding.xml"]["accepted"] and not files["out.xml"]["accepted"]
+    (out,) = files["out.xml"]["visits"]
+    assert out["health_book"] is False and not files["out.xml"]["rejected"]
+    assert [(e["code"], e["blocks"]) for e in out["errors"]] == [("H603", "visit")]
+    assert out["errors"][0]["basis"].startswith("Health-book need")
+    assert [f["code"] for f in out["findings"]] == ["V201"]
 
 
 def test_personal_data_is_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,10 +68,10 @@ def test_personal_data_is_masked(tmp_path: Path, capsys: pytest.CaptureFixture[s
     summary["HO_TEN"] = "Nguyễn Văn " + "A" * 300
     summary["MA_THE_BHYT"] = "DN4011234567"
     path = _write(tmp_path, "pii.xml", submission(visit))
-    assert main(["validate", "--json", str(path)]) == 1
+    assert main(["validate", "--json", str(path)]) == 0  # findings only: still in the health book
     out = capsys.readouterr().out
     assert "Nguyễn Văn" not in out and "DN4011234567" not in out
-    errors = {e["field"]: e for e in json.loads(out)["files"][0]["visits"][0]["errors"]}
+    errors = {e["field"]: e for e in json.loads(out)["files"][0]["visits"][0]["findings"]}
     assert errors["MA_THE_BHYT"]["value"] == "DN********67"
     assert errors["HO_TEN"]["value"] == f"*** ({len(summary['HO_TEN'])})"
 
@@ -63,9 +81,9 @@ def test_forced_standard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     path = _write(tmp_path, "referral.xml", submission(visit))
     assert main(["validate", "--json", str(path)]) == 0
     capsys.readouterr()
-    assert main(["validate", "--json", "--standard", "130", str(path)]) == 1
-    codes = {e["code"] for e in json.loads(capsys.readouterr().out)["files"][0]["visits"][0]["errors"]}
-    assert "E013" in codes  # XML13 does not exist under QĐ 130
+    assert main(["validate", "--json", "--strict", "--standard", "130", str(path)]) == 1
+    codes = {e["code"] for e in json.loads(capsys.readouterr().out)["files"][0]["visits"][0]["findings"]}
+    assert "E013" in codes  # XML13 does not exist under QĐ 130: the table is left out, a finding
 
 
 def test_usage_and_io_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,12 +98,19 @@ def test_readable_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rng = random.Random(5)
     visit = build_visit(rng, scenario="outpatient")
     path = _write(tmp_path, "x.xml", submission(visit, inject(visit, rng, "too_long")))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "finding V202 XML1.MA_KHOA" in out and "1 finding(s)" in out
+    assert "1/1 file(s) accepted, 0 rejected; 1/1 visit(s) in the health book; 1 finding(s)" in out
+    visit.tables["XML1"][0]["HO_TEN"] = ""
+    path.write_bytes(submission(visit))
     assert main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "REJECTED" in out and "V202" in out and "XML1.MA_KHOA" in out and "0/1 file(s) accepted" in out
+    assert "NOT ADMITTED" in out and "NOT admitted" in out and "VISIT   H601" in out
+    assert "0/1 visit(s) in the health book" in out
 
 
 def test_validate_only_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--validate-only", "--visits", "25", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "labelled defects missed: 0; clean files rejected: 0" in out and "total" in out
+    assert "labelled defects missed: 0; clean files with an issue: 0" in out and "total" in out

@@ -332,7 +332,7 @@ def test_only_accepted_content_is_claimed_and_a_stale_claim_of_its_own_is_releas
         pki: dict[str, Path], platform: LocalKeySigner) -> None:
     service, store, records = fake_service(pki, platform)
     defective = a_visit(35)
-    defective.tables["XML1"][0]["HO_TEN"] = ""  # V201
+    defective.tables["XML1"][0]["HO_TEN"] = ""  # no usable identity: H601 keeps the visit out (and a V201 finding)
     data = store.objects["inbox/01001/bad.xml"] = signed(pki, defective)
     # An earlier attempt of this very object found it acceptable and claimed it, then failed; this one rejects it
     # (as after a certificate was revoked in between): the claim goes with the REJECTED submission item.
@@ -343,7 +343,8 @@ def test_only_accepted_content_is_claimed_and_a_stale_claim_of_its_own_is_releas
     assert records.claims == {}
     store.objects["inbox/01001/bad-again.xml"] = data
     again = service.ingest(ref("inbox/01001/bad-again.xml"))
-    assert again.error_codes == ["V201"] and store.reads == 2  # validated again: a rejected copy blocks nothing
+    assert again.error_codes == ["H601"] and store.reads == 2  # validated again: a rejected copy blocks nothing
+    assert again.finding_codes == ["V201"]
     assert records.claims == {}
 
 
@@ -562,17 +563,17 @@ def test_same_event_twice_is_processed_once(aws: SimpleNamespace, app: ModuleTyp
 def test_report_counters_count_each_file_once(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
     good = ingest_one(aws, app, "inbox/01001/good.xml", signed(pki, a_visit(5)), message_id="m-good")
     defective = a_visit(6)
-    defective.tables["XML1"][0]["HO_TEN"] = ""  # V201
+    defective.tables["XML1"][0]["HO_TEN"] = ""  # H601 keeps the visit out; V201 is a finding
     bad = ingest_one(aws, app, "inbox/01001/bad.xml", signed(pki, defective), message_id="m-bad")
     for item in scan(aws, "IDEMPOTENCY_TABLE"):  # forget the idempotency records: the submission item must stop it
         aws.ddb.delete_item(TableName=TABLES["IDEMPOTENCY_TABLE"], Key={"id": {"S": item["id"]}})
     assert invoke(app, good, bad) == []  # delivered again, all of it
     (counters,) = scan(aws, "AGGREGATES_TABLE")
     assert (counters.pop("scope"), counters.pop("period")) == ("F#01001", "D#2026-11-22")  # 10:00 in Vietnam
-    codes = {k: v for k, v in counters.items() if k.startswith("error#")}
-    assert {k: v for k, v in counters.items() if not k.startswith("error#")} == {
+    codes = {k: v for k, v in counters.items() if k.startswith(("error#", "finding#"))}
+    assert {k: v for k, v in counters.items() if k not in codes} == {
         "files_received": 2, "files_rejected": 1, "visits_accepted": 1, "visits_rejected": 1}
-    assert codes["error#V201"] == 1 and set(codes.values()) == {1}
+    assert codes["error#H601"] == 1 and codes["finding#V201"] == 1 and set(codes.values()) == {1}
 
 
 def test_a_racing_second_put_of_a_submission_counts_nothing(aws: SimpleNamespace) -> None:
@@ -747,7 +748,7 @@ def test_content_claims_are_taken_once_and_confirmed_with_the_submission(aws: Si
 def test_defective_file_gets_a_rejection_receipt_and_is_quarantined(aws: SimpleNamespace, app: ModuleType,
                                                                     pki: dict[str, Path]) -> None:
     visit = a_visit(4)
-    visit.tables["XML1"][0]["HO_TEN"] = ""  # V201: the patient's name is required
+    visit.tables["XML1"][0]["HO_TEN"] = ""  # no name: H601 keeps the only visit out (V201 is a finding)
     key = "inbox/01001/2026/11/defective.xml"
     data = signed(pki, visit)
     version = upload(aws, key, data)
@@ -755,7 +756,8 @@ def test_defective_file_gets_a_rejection_receipt_and_is_quarantined(aws: SimpleN
     receipt = receipt_at(aws, "receipts/01001/defective.xml.receipt.json")
     assert verify_receipt(receipt, aws.public) == [] and not receipt["accepted"] and receipt["merkle"] is None
     (item,) = scan(aws, "SUBMISSIONS_TABLE")
-    assert item["status"] == "REJECTED" and "V201" in item["error_codes"] and item["quarantine_key"] == key
+    assert item["status"] == "REJECTED" and item["error_codes"] == {"H601"} and item["quarantine_key"] == key
+    assert "V201" in item["finding_codes"]
     assert aws.s3.get_object(Bucket=QUARANTINE, Key=key)["Body"].read() == data
     assert scan(aws, "VISITS_TABLE") == []
 
@@ -881,7 +883,7 @@ def test_logs_and_metrics_carry_no_personal_data(aws: SimpleNamespace, app: Modu
     names = {m["Name"] for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
     assert {"FilesReceived", "VisitsAccepted", "VisitsRejected", "ProcessingTime"} <= names
     families = {blob.get("ErrorFamily") for blob in blobs if "ErrorFamily" in blob}
-    assert {"V", "E"} <= families
+    assert families == {"E"}  # the invalid ID is a finding (the card identifies the patient): only not-XML rejects
 
 
 def test_facility_repository_round_trip(aws: SimpleNamespace, pki: dict[str, Path]) -> None:

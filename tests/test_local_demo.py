@@ -16,7 +16,8 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, capsys: pytest.Captur
     printed = capsys.readouterr().out
     assert "receipts written and verified offline: 24/24" in printed
     assert "redelivered 10 messages: records unchanged" in printed
-    assert "labelled defects missed: 0; clean files rejected: 0" in printed
+    assert "labelled defects missed: 0; clean files with an issue: 0" in printed
+    assert "findings (visits admitted) by code:" in printed
     delivered = re.search(r"health book: (\d+) visits delivered to VNeID, (\d+) awaiting identity reconciliation",
                           printed)
     assert delivered, printed

@@ -37,6 +37,7 @@ from healthbook.signing.receipt import (
     compare_with_submission,
     render_receipt,
     signed_bytes,
+    signed_digest,
     verify_receipt,
 )
 from healthbook.signing.signer import LocalKeySigner, verify_digest_signature
@@ -79,7 +80,8 @@ def digests(n: int, seed: int = 0) -> list[bytes]:
 
 
 def three_visits() -> list[Visit]:
-    """One facility, three HOSO; the second loses the patient's name (V201), so it alone is rejected."""
+    """One facility, three HOSO; the second loses the patient's name (a V201 finding, and H601: no usable
+    identity), so it alone is kept out of the health book."""
     visits = [build_visit(random.Random(seed), scenario=scenario, facility=FACILITY)
               for seed, scenario in ((11, "outpatient"), (12, "inpatient"), (13, "referral"))]
     visits[1].tables["XML1"][0]["HO_TEN"] = ""
@@ -430,19 +432,25 @@ def test_core_does_not_import_boto3() -> None:
 def test_receipt_for_a_partly_accepted_file(receipt: dict[str, Any], signer: LocalKeySigner,
                                             mixed: tuple[list[Visit], bytes, FileResult]) -> None:
     visits, _, result = mixed
-    assert receipt["receipt_version"] == "1"
+    assert receipt["receipt_version"] == "2"
     assert (receipt["submission_id"], receipt["facility"], receipt["object_key"]) == (
         "sub-1", FACILITY[0], "inbox/79001/mixed.xml")
     assert receipt["received_at"] == "2025-03-01T01:30:05Z"
     assert receipt["received_at_portal"] == "20250301083005"
     assert receipt["standards"] == ["4750"]
     assert receipt["accepted"] is False and receipt["visits_accepted"] == 2 and receipt["errors"] == []
+    assert receipt["rejected"] is False and receipt["visits_not_admitted"] == 1
+    assert receipt["findings_total"] == sum(len(e["findings"]) for e in receipt["visits"]) == 2
     entries = receipt["visits"]
     assert [e["ma_lk"] for e in entries] == [v.ma_lk for v in visits]
     assert [e["accepted"] for e in entries] == [True, False, True]
     assert [e["leaf_index"] for e in entries] == [0, None, 1]
     assert entries[1]["digest"] is None and entries[1]["proof"] is None
-    assert ("V201", "HO_TEN") in {(i["code"], i["field"]) for i in entries[1]["errors"]}
+    assert [(i["code"], i["blocks"]) for i in entries[1]["errors"]] == [("H601", "visit")]
+    # the empty name, and its copy in the inpatient's papers that no longer matches: findings, reported
+    assert [(i["code"], i["field"], i["blocks"]) for i in entries[1]["findings"]] == [
+        ("V201", "HO_TEN", "none"), ("R312", "HO_TEN", "none")]
+    assert all(i["basis"] for e in entries for i in e["errors"] + e["findings"])
     merkle = receipt["merkle"]
     assert merkle == {"root": merkle["root"], "leaves": 2, "hash": "sha256", "scheme": "rfc6962"}
     root = bytes.fromhex(merkle["root"])
@@ -529,9 +537,31 @@ def test_wrong_key_and_unknown_version(receipt: dict[str, Any]) -> None:
     other = LocalKeySigner(ec_key())
     problems = verify_receipt(fresh(receipt), other.public_key_pem())
     assert any("names key" in p for p in problems) and any("does not verify" in p for p in problems)
-    assert verify_receipt({**fresh(receipt), "receipt_version": "2"}, other.public_key_pem()) == [
-        "unknown receipt version '2' (this tool reads version 1)"]
+    assert verify_receipt({**fresh(receipt), "receipt_version": "3"}, other.public_key_pem()) == [
+        "unknown receipt version '3' (this tool reads versions 1, 2)"]
     assert verify_receipt([], other.public_key_pem()) == ["a receipt must be a JSON object"]  # type: ignore[arg-type]
+
+
+def test_version_1_receipts_still_verify(receipt: dict[str, Any], signer: LocalKeySigner) -> None:
+    """Receipts issued before findings were split off (version 1: errors and warnings) stay verifiable."""
+    old = fresh(receipt)
+    old["receipt_version"] = "1"
+    for key in ("rejected", "visits_not_admitted", "findings_total"):
+        del old[key]
+    for entry in old["visits"]:
+        entry["warnings"] = entry.pop("findings")
+    old["platform_signature"]["value"] = base64.b64encode(signer.sign_digest(signed_digest(old))).decode()
+    assert verify_receipt(old, signer.public_key_pem()) == []
+    assert "V201" in render_receipt(old)
+
+
+def test_version_2_counts_are_checked(receipt: dict[str, Any], signer: LocalKeySigner) -> None:
+    for key, value in (("rejected", True), ("visits_not_admitted", 0), ("findings_total", 7)):
+        forged = {**fresh(receipt), key: value}
+        forged["platform_signature"]["value"] = base64.b64encode(
+            signer.sign_digest(signed_digest(forged))).decode()
+        problems = verify_receipt(forged, signer.public_key_pem())
+        assert problems and all(key in p for p in problems), (key, problems)
 
 
 def test_rsa_signed_receipt(mixed: tuple[list[Visit], bytes, FileResult]) -> None:
@@ -578,7 +608,7 @@ def test_personal_data_never_in_receipt(signer: LocalKeySigner) -> None:
     data = envelope(visits, **defect.envelope)
     result = validate_bytes(data)
     receipt = build_receipt(result, submission_id="s", object_key="k", received_at=RECEIVED, signer=signer)
-    reported = {(i["field"], i["value"]) for v in receipt["visits"] for i in v["errors"]}
+    reported = {(i["field"], i["value"]) for v in receipt["visits"] for i in v["errors"] + v["findings"]}
     assert any(field == "SO_CCCD" for field, _ in reported) and any(field == "HO_TEN" for field, _ in reported)
     for text in (json.dumps(receipt, ensure_ascii=False), json.dumps(receipt), render_receipt(receipt)):
         for visit in visits:
@@ -611,7 +641,8 @@ def test_received_at_must_be_aware(mixed: tuple[list[Visit], bytes, FileResult],
 def test_render(receipt: dict[str, Any], mixed: tuple[list[Visit], bytes, FileResult]) -> None:
     text = render_receipt(receipt)
     for expected in ("BIÊN NHẬN HỒ SƠ / SUBMISSION RECEIPT", "Cơ sở KBCB / Facility", "79001",
-                     "TIẾP NHẬN MỘT PHẦN / PARTLY ACCEPTED: 2/3", "20250301083005", "V201", "bị từ chối / rejected",
+                     "TIẾP NHẬN MỘT PHẦN / PARTLY ACCEPTED: 2/3", "20250301083005", "V201", "H601", "finding V201",
+                     "không đưa vào Sổ sức khỏe / not admitted", "vào Sổ sức khỏe / in the health book",
                      "XML1.HO_TEN is required", receipt["merkle"]["root"], "ECDSA_SHA_256"):
         assert expected in text, expected
     for visit in mixed[0]:

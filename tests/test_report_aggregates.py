@@ -50,6 +50,12 @@ def test_a_rejected_submission() -> None:
                              "error#V212": 1}
 
 
+def test_findings_of_an_accepted_submission_are_counted_apart() -> None:
+    update = for_submission("01001", AT, status="ACCEPTED", visits_accepted=1, visits_total=1, error_codes=[],
+                            finding_codes=["V201", "R309", "V201"])
+    assert update.deltas == {"files_received": 1, "visits_accepted": 1, "finding#R309": 1, "finding#V201": 1}
+
+
 def test_deliveries_in_and_out_of_time() -> None:
     deadline = AT + timedelta(hours=24)
     on_time = for_delivery("01001", AT, deadline_at=deadline, latency_ms=4_000, referral=True)

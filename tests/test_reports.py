@@ -113,6 +113,7 @@ def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_err
     source = DictCounters({
         ("F#01001", "D#2025-03-02"): {"files_received": 2, "files_rejected": 1, "visits_accepted": 1,
                                       "visits_rejected": 1, "error#E_B": 1, "error#E_A": 1, "delivered": 1,
+                                      "finding#R309": 1, "finding#V201": 2,
                                       "delivered_in_time": 1, "latency#10": 1},
         ("F#01002", "D#2025-03-31"): {"files_received": 1, "visits_accepted": 3, "error#E_B": 1, "delivered": 3,
                                       "delivered_in_time": 2, "latency#60": 2, "latency#inf": 1, "breached": 1},
@@ -126,6 +127,7 @@ def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_err
                           population={})
     a, b, c = report.level("facility")
     assert (a.current.top_errors, b.current.top_errors) == ((("E_A", 1), ("E_B", 1)), (("E_B", 1),))
+    assert (a.current.top_findings, b.current.top_findings) == ((("V201", 2), ("R309", 1)), ())
     assert (a.current.latency_p50_s, b.current.latency_p50_s, b.current.latency_p95_s) == (10, 60, math.inf)
     assert b.previous.files_received == 5 and b.previous.in_time_pct == 100.0 and b.previous.citizens == 0
     assert c.facilities_without_submission == ("01003",) and c.current.citizens == 0

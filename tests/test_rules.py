@@ -480,11 +480,11 @@ def _birth(value: str) -> Mutation:
 
 # Birth year kept, so the citizen ID (R315) still agrees; only year-known-rest-00 is a valid partial date.
 CASES.append(Case("NGAY_SINH-month-13", "V207", "XML1", "NGAY_SINH", "outpatient", _birth("13010000"),
-                  near_miss=_birth("00000000")))
+                  also=frozenset({"H601"}), near_miss=_birth("00000000")))
 CASES.append(Case("NGAY_SINH-day-without-month", "V207", "XML1", "NGAY_SINH", "outpatient", _birth("00150000"),
-                  near_miss=_birth("06000000")))
+                  also=frozenset({"H601"}), near_miss=_birth("06000000")))
 CASES.append(Case("NGAY_SINH-minute-60", "V207", "XML1", "NGAY_SINH", "outpatient", _birth("01150860"),
-                  near_miss=_birth("01152359")))
+                  also=frozenset({"H601"}), near_miss=_birth("01152359")))
 
 injector_case("XML1-KET_QUA_DTRI-9", "V208", "XML1", "KET_QUA_DTRI", "code_unknown")
 injector_case("XML3-MA_BENH-not-icd10", "V209", "XML3", "MA_BENH", "icd_unknown")
@@ -516,10 +516,47 @@ def _secondary(n: int) -> Mutation:
 
 injector_case("MA_BENH_KT-13-codes", "V214", "XML1", "MA_BENH_KT", "too_many_secondary", near_miss=_secondary(12))
 CASES.append(Case("MA_BENH_CHINH-two-codes", "V215", "XML1", "MA_BENH_CHINH", "outpatient",
-                  _main_diagnosis("I10;J00"), near_miss=_main_diagnosis("I10")))
+                  _main_diagnosis("I10;J00"), also=frozenset({"H603"}), near_miss=_main_diagnosis("I10")))
 # V215 comes before the length check: a long pair is still "one code too many", not "too long".
 CASES.append(Case("MA_BENH_CHINH-two-long-codes", "V215", "XML1", "MA_BENH_CHINH", "outpatient",
-                  _main_diagnosis("J18.9;I10"), near_miss=_main_diagnosis("J18.9")))
+                  _main_diagnosis("J18.9;I10"), also=frozenset({"H603"}), near_miss=_main_diagnosis("J18.9")))
+
+
+# --- H: what keeps a visit out of the health book ----------------------------------------------------------
+
+def _identity(**values: str) -> Mutation:
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        for name, value in values.items():
+            set_everywhere(visit, name, value)
+        return submit(visit)
+    return mutate
+
+
+# Neither number: nobody to deliver to. The empty required fields are findings of their own (V201).
+CASES.append(Case("no-citizen-id-and-no-card", "H601", "XML1", None, "outpatient",
+                  _identity(SO_CCCD="", MA_THE_BHYT=""), also=frozenset({"V201"}), message="SO_CCCD / MA_THE_BHYT"))
+CASES.append(Case("no-name", "H601", "XML1", None, "outpatient", _identity(HO_TEN=""),
+                  also=frozenset({"V201"}), message="HO_TEN"))
+CASES.append(Case("sex-not-a-code", "H601", "XML1", None, "outpatient", _identity(GIOI_TINH="9"),
+                  also=frozenset({"V208"}), message="GIOI_TINH"))
+CASES.append(Case("no-admission-time", "H602", "XML1", None, "outpatient", _identity(NGAY_VAO=""),
+                  also=frozenset({"V201"}), message="NGAY_VAO"))
+CASES.append(Case("facility-code-not-5-digits", "H602", "XML1", None, "outpatient", _identity(MA_CSKCB="1001"),
+                  also=frozenset({"V211", "R301"}), message="MA_CSKCB"))
+CASES.append(Case("no-main-diagnosis", "H603", "XML1", "MA_BENH_CHINH", "outpatient", _main_diagnosis(""),
+                  also=frozenset({"V201"}), message="is empty"))
+CASES.append(Case("main-diagnosis-not-icd10", "H603", "XML1", "MA_BENH_CHINH", "outpatient",
+                  _main_diagnosis("X99.99"), also=frozenset({"V209"}), message="not one valid ICD-10 code"))
+
+
+def test_either_number_identifies_the_patient() -> None:
+    """About one visit in five has no SO_CCCD: the insurance card's social-insurance number is enough, and so
+    is the citizen ID without a card (an uninsured patient). Their absence is a finding, never a rejection."""
+    for values in ({"SO_CCCD": ""}, {"MA_THE_BHYT": ""}, {"SO_CCCD": "12345", "MA_THE_BHYT": "GD4790123456789"}):
+        c = Case("either", "", None, None, "outpatient", _identity(**values))
+        result, _ = c.run(c.mutate)
+        assert result.accepted, (values, describe(result))
+        assert "H601" not in codes(result)
 
 
 # --- R: across fields and tables ------------------------------------------------------------------------
@@ -697,7 +734,7 @@ CASES.append(Case("two-cards-one-GT_THE_TU", "R319", "XML1", ANY, "outpatient", 
 
 # NGAY_VAO and NGAY_RA are required timestamps: when neither can be read, their own V205 errors come too.
 # So R320 can never be a visit's only problem (see the severity test).
-@case("visit-dates-unreadable", "R320", "XML1", None, also=frozenset({"V205"}), message="4750")
+@case("visit-dates-unreadable", "R320", "XML1", None, also=frozenset({"V205", "H602"}), message="4750")
 def _(visit: Visit, rng: random.Random) -> Submission:
     summary(visit)["NGAY_VAO"] = "202413010800"
     summary(visit)["NGAY_RA"] = "202413011000"
@@ -735,14 +772,18 @@ def test_rule_fails(c: Case) -> None:
     assert found, f"expected {c.code} at {c.table}.{c.field} ({c.level} level); got\n{describe(result)}"
     rule = RULES[c.code]
     assert all(i.severity == rule.severity for i in found)
+    assert all(i.blocks == rule.blocks_for(i.table) and i.basis for i in found)
     if c.message is not None:
         assert any(c.message in i.message_en for i in found), [i.message_en for i in found]
     unexpected = codes(result) - {c.code} - c.also
     assert not unexpected, f"one mistake, but also {sorted(unexpected)}:\n{describe(result)}"
-    if rule.severity == "error":
-        assert not result.accepted
-    elif not c.also:  # a warning alone never rejects
-        assert result.accepted, describe(result)
+    blocks = {i.blocks for i in found}
+    if "file" in blocks:
+        assert result.rejected and not any(result.admitted(v) for v in result.visits)
+    elif "visit" in blocks:
+        assert not result.accepted and not all(v.accepted for v in result.visits)
+    elif not {RULES[code].blocks for code in c.also} - {"none"}:  # a finding alone never keeps a visit out
+        assert result.accepted and not result.rejected, describe(result)
         assert all(v.accepted for v in result.visits) and result.visits
 
 
@@ -772,34 +813,56 @@ def test_warning_rules_are_exactly_these() -> None:
     assert {rule.severity for rule in RULES.values()} == {"error", "warning"}
 
 
-@pytest.mark.parametrize("code", sorted(WARNING_CODES))
-def test_warning_alone_keeps_the_visit_accepted(code: str) -> None:
-    cases = [c for c in CASES if c.code == code]
+# What keeps a file or a visit out, by rule (docs/conformance.md); everything else is a finding. A change
+# here changes which visits reach the health book: make it a deliberate edit.
+# Bytes that are not a safe UTF-8 XML document reject the file wherever they are (bombs, DTDs, encodings).
+FILE_BLOCKING = frozenset({"E001", "E002", "E003", "E004", "E007", "E008", "E009", "E010", "E011", "E015", "E018"})
+INNER_DOCUMENT = frozenset({"E005", "E006", "E012", "E016"})  # file; XML1: the visit; another table: left out
+VISIT_BLOCKING = frozenset({"E017", "S104", "R301", "H601", "H602", "H603"})
+
+
+def test_classes_are_exactly_these() -> None:
+    for code, rule in RULES.items():
+        assert rule.basis, f"{code} has no basis"
+        if code in FILE_BLOCKING:
+            assert (rule.blocks, rule.inner, rule.xml1) == ("file", None, None), code
+        elif code in INNER_DOCUMENT:
+            assert (rule.blocks, rule.inner, rule.xml1) == ("file", "none", "visit"), code
+        elif code in VISIT_BLOCKING:
+            assert (rule.blocks, rule.inner, rule.xml1) == ("visit", None, None), code
+        elif code == "E014":  # two XML1 leave the visit ambiguous; another table twice is only a finding
+            assert (rule.blocks, rule.xml1) == ("none", "visit")
+        else:
+            assert (rule.blocks, rule.inner, rule.xml1) == ("none", None, None), code
+    assert all(rule.blocks == "file" for code, rule in ALL_RULES.items() if code[0] in "KI")
+
+
+@pytest.mark.parametrize("code", sorted(code for code, rule in RULES.items() if rule.blocks_for("XML2") == "none"))
+def test_a_finding_alone_keeps_the_visit_in_the_health_book(code: str) -> None:
+    cases = [c for c in CASES if c.code == code and c.table not in (None, "XML1")]
     for c in cases:
         result, _ = c.run(c.mutate)
-        warnings = [i for v in result.visits for i in v.issues if i.code == code]
-        assert warnings and all(i.severity == "warning" for i in warnings)
-        # Whatever rejects the visit, it is never the warning itself.
+        found = [i for v in result.visits for i in v.issues if i.code == code]
+        assert found and all(i.blocks == "none" for i in found)
+        # Whatever keeps the visit out, it is never the finding itself.
         assert {i.code for v in result.visits for i in v.errors} <= c.also
-        if not c.also:
+        if not {RULES[a].blocks for a in c.also} - {"none"}:
             assert result.accepted and all(v.accepted for v in result.visits)
-    if code == "R320":
-        # Unreadable visit dates are always also field errors, so R320 alone cannot be produced.
-        assert all(c.also for c in cases)
-    else:
-        assert any(not c.also for c in cases), f"{code}: no case shows the warning on its own"
-
-
-_ERROR_CODES = sorted(set(RULES) - WARNING_CODES)
+            assert {i.code for i in result.findings} == {code} | c.also
 
 
 @pytest.mark.parametrize("code", [
     pytest.param(code, marks=[pytest.mark.xfail(strict=True, reason=c.xfail) for c in CASES
                               if c.code == code and c.xfail][:1])
-    for code in _ERROR_CODES])
-def test_error_rule_rejects_the_file(code: str) -> None:
+    for code in sorted(FILE_BLOCKING | INNER_DOCUMENT | VISIT_BLOCKING)])
+def test_blocking_rule_keeps_the_visit_out(code: str) -> None:
     for c in (c for c in CASES if c.code == code):
         result, _ = c.run(c.mutate)
+        found = [i for i in all_issues(result) if i.code == code]
+        if all(i.blocks == "none" for i in found):  # an inner document other than XML1: the table is left out
+            assert c.table not in (None, "XML1") and result.accepted, describe(result)
+            assert all(c.table not in v.tables for v in result.visits)
+            continue
         assert not result.accepted
-        rejecting = result.errors if c.level == "file" else [i for v in result.visits for i in v.errors]
-        assert any(i.code == code for i in rejecting), describe(result)
+        assert not any(result.admitted(v) for v in result.visits if any(i.code == code for i in v.issues)), (
+            describe(result))

@@ -558,8 +558,9 @@ def test_verify_json_shape_and_exit_codes(kit: Kit, tmp_path: Path, capsys: pyte
     assert run(["verify", "--json", *trust, str(folder)]) == 1
     entries = {Path(f["path"]).name: f for f in json.loads(capsys.readouterr().out)["files"]}
     (issue,) = entries["revoked.xml"]["issues"]
-    assert set(issue) == {"code", "severity", "table", "ma_lk", "field", "value", "message_vi", "message_en"}
-    assert issue["code"] == "K409" and entries["good.xml"]["valid"]
+    assert set(issue) == {"code", "severity", "blocks", "table", "ma_lk", "field", "value", "message_vi",
+                          "message_en", "basis"}
+    assert issue["code"] == "K409" and issue["blocks"] == "file" and entries["good.xml"]["valid"]
     # the CRL alone says the same; before the revocation the file is fine
     crl_only = ["--trust", str(kit.pki["ca"]), "--crl", str(kit.pki["crl"])]
     assert run(["verify", *crl_only, "--at", NOW.isoformat(), str(folder / "revoked.xml")]) == 1

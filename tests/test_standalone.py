@@ -40,8 +40,9 @@ def test_checkin_rows_are_validated_one_by_one() -> None:
     assert result.kind == "checkin" and result.facility == good["MA_CSKCB"]
     assert [v.ma_lk for v in result.visits] == [good["MA_LK"], bad["MA_LK"]]
     assert result.visits[0].accepted and not result.visits[0].issues
-    assert [(i.code, i.table, i.field) for i in result.visits[1].errors] == [("V205", "XML0", "NGAY_VAO")]
-    assert not result.accepted
+    # A check-in record is a status, not a health-book entry: what is wrong in it is a finding.
+    assert [(i.code, i.table, i.field) for i in result.visits[1].findings] == [("V205", "XML0", "NGAY_VAO")]
+    assert result.accepted and result.visits[1].errors == []
 
 
 def test_checkin_conditional_requirements() -> None:
@@ -49,7 +50,7 @@ def test_checkin_conditional_requirements() -> None:
     for name in ("MA_DICH_VU", "TEN_DICH_VU"):
         del row[name]  # no service, drug or supply at all: MA_DICH_VU becomes required
     result = validate_bytes(checkin_file([row]))
-    assert {(i.code, i.field) for i in result.visits[0].errors} >= {("V201", "MA_DICH_VU")}
+    assert {(i.code, i.field) for i in result.visits[0].findings} >= {("V201", "MA_DICH_VU")}
 
 
 ASSESSMENT = {
@@ -77,5 +78,5 @@ def test_assessment_is_read_and_checked() -> None:
     assert result.kind == "assessment" and result.accepted, [i.to_dict() for v in result.visits for i in v.issues]
     broken = {**ASSESSMENT, "NGAY_SINH": "197004121200"}  # XML12 NGAY_SINH is a date, not a timestamp
     result = validate_bytes(assessment_file(broken))
-    assert [(i.code, i.field) for i in result.visits[0].errors] == [("V202", "NGAY_SINH")]
-    assert result.visits[0].errors[0].value == "1970********"  # a birth date is personal data
+    assert [(i.code, i.field) for i in result.visits[0].findings] == [("V202", "NGAY_SINH")]
+    assert result.visits[0].findings[0].value == "1970********"  # a birth date is personal data

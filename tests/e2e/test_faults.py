@@ -48,7 +48,7 @@ pipeline = test_localstack.pipeline
 fakes = test_localstack.fakes
 
 FILES, VISITS_PER_FILE = 12, 3
-PARTIAL_FILE, REJECTED_FILE = 4, 9  # one visit with a field defect; a file-level defect (E010)
+PARTIAL_FILE, REJECTED_FILE = 4, 9  # one visit without a usable identity (H601); a file-level defect (E010)
 DUPLICATED_FILES = (1, 5, 8, 11)  # their S3 notification is sent again at once; the first two once more later
 SCENARIO_VISIBILITY_S = 40  # a message killed mid-run is received at ~0, 43, 86 (INPROGRESS until ~120), 129, 172
 THROTTLE = {"rate": 0.2, "seconds": 75, "max": 400}
@@ -74,7 +74,7 @@ class Upload:
 
 def _build_files(pipeline: dict[str, Any], fakes: test_localstack.Fakes, seed: int) -> list[tuple[Path, str]]:
     """FILES signed submissions of VISITS_PER_FILE visits each, their citizens known to the fake population."""
-    from healthbook.generate import build_visit, envelope, inject
+    from healthbook.generate import build_visit, envelope
     from healthbook.reconcile import FakePopulation
     from healthbook.signing.pki import FACILITIES
     from healthbook.signing.xmldsig import sign_submission
@@ -93,7 +93,7 @@ def _build_files(pipeline: dict[str, Any], fakes: test_localstack.Fakes, seed: i
             fakes.people.add(citizen)
         expect, count = "ACCEPTED", None
         if index == PARTIAL_FILE:
-            inject(visits[1], rng, "required_missing")
+            visits[1].tables["XML1"][0]["HO_TEN"] = ""  # kept out of the health book; a field defect alone is not
             expect = "PARTIAL"
         elif index == REJECTED_FILE:
             count = len(visits) + 1  # SOLUONGHOSO disagrees with the HOSO count: E010, file-level

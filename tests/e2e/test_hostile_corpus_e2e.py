@@ -123,7 +123,7 @@ def _await_receipts(aws: Callable[..., Any], pipeline: dict[str, Any], keys: lis
 
 def _codes(receipt: dict[str, Any]) -> set[str]:
     issues = [*receipt["errors"], *(issue for visit in receipt["visits"] for issue in visit["errors"])]
-    return {issue["code"] for issue in issues if issue["severity"] == "error"}
+    return {issue["code"] for issue in issues}
 
 
 def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., Any], pipeline: dict[str, Any],
@@ -182,6 +182,9 @@ def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., An
         codes = _codes(receipt)
         if case.expected_codes and not codes & case.expected_codes:
             found.append(f"receipt codes {sorted(codes)}, expected one of {sorted(case.expected_codes)}")
+        findings = {issue["code"] for visit in receipt["visits"] for issue in visit.get("findings", [])}
+        if not case.expected_findings <= findings:
+            found.append(f"receipt findings {sorted(findings)}, expected {sorted(case.expected_findings)}")
         submissions = test_localstack._submissions_for(aws, pipeline, case.key)
         statuses = [item["status"]["S"] for item in submissions]
         if statuses != [case.expect_status]:

@@ -255,15 +255,18 @@ def queue_counts(aws: Callable[..., Any], url: str) -> tuple[int, int]:
 
 
 def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> Path:
-    from healthbook.generate import generate_batch
+    """One signed visit; with ``defect`` it has no patient name, which keeps it out of the health book (H601)."""
+    import random
+
+    from healthbook.generate import build_visit, facility_named, submission
     from healthbook.signing.xmldsig import sign_submission
 
-    out = pipeline["workdir"] / f"batch-{seed}"
-    generate_batch(out, visits=1, seed=seed, defect_rate=1.0 if defect else 0.0, facility=FACILITY)
-    source = next(out.glob("*.xml"))
+    visit = build_visit(random.Random(seed), facility=facility_named(FACILITY))
+    if defect:
+        visit.tables["XML1"][0]["HO_TEN"] = ""
     # a name no earlier run used, so that an old receipt is never mistaken for this one
     target = pipeline["workdir"] / f"{FACILITY}_{uuid.uuid4().hex[:12]}.xml"
-    target.write_bytes(sign_submission(source.read_bytes(), pipeline["key"], pipeline["certificate"]))
+    target.write_bytes(sign_submission(submission(visit), pipeline["key"], pipeline["certificate"]))
     return target
 
 

@@ -1,8 +1,12 @@
 """The ``healthbook`` command.
 
-``validate`` is a contract other parts depend on: ``--json`` prints exactly
-``{"files": [{"path", "accepted", "facility", "errors", "visits": [{"ma_lk", "accepted", "errors", "warnings"}]}]}``;
-exit status 0 when every file is accepted, 1 when any is rejected, 2 on a usage or I/O error.
+``validate`` is a contract other parts depend on (docs/conformance.md): ``--json`` prints exactly
+``{"files": [{"path", "accepted", "rejected", "facility", "errors",
+"visits": [{"ma_lk", "accepted", "health_book", "errors", "findings"}]}]}``, every issue with its ``blocks``
+("file", "visit" or "none") and ``basis``; a file's ``errors`` and a visit's ``errors`` are what keep them out,
+``findings`` do not. Exit status 0 when every visit of every file is admitted to the health book (findings
+allowed), 1 when a file is rejected or a visit is not admitted (with ``--strict``, also when there is any
+finding), 2 on a usage or I/O error.
 """
 
 from __future__ import annotations
@@ -28,20 +32,26 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(standard=args.standard, limits=Limits(max_file_bytes=limit, max_inner_bytes=limit))
 
 
+_CLASS = {"file": "FILE   ", "visit": "VISIT  ", "none": "finding"}
+
+
 def _print_report(result: FileResult) -> None:
     write = sys.stdout.write
-    mark = "OK " if result.accepted else "REJECTED"
-    write(f"{mark}  {result.path}  (facility {result.facility or '?'}, {len(result.visits)} visit(s))\n")
+    findings = len(result.findings)
+    admitted = sum(result.admitted(v) for v in result.visits)
+    mark = "REJECTED" if result.rejected else "OK " if result.accepted else "PARTIAL" if admitted else "NOT ADMITTED"
+    write(f"{mark}  {result.path}  (facility {result.facility or '?'}, {len(result.visits)} visit(s), "
+          f"{findings} finding(s))\n")
     for issue in result.errors:
-        write(f"    {issue.severity:<7} {issue.code} {issue.message_vi}\n            {issue.message_en}\n")
+        write(f"    {_CLASS[issue.blocks]} {issue.code} {issue.message_vi}\n            {issue.message_en}\n")
     for visit in result.visits:
         if visit.issues:
-            state = "accepted" if visit.accepted else "rejected"
+            state = "in the health book" if result.admitted(visit) else "NOT admitted"
             write(f"  visit MA_LK={visit.ma_lk or '?'} [QĐ {visit.standard}] {state}\n")
-        for issue in visit.issues:
+        for issue in visit.errors + visit.findings:
             where = ".".join(x for x in (issue.table, issue.field) if x)
             value = f" = {issue.value!r}" if issue.value is not None else ""
-            write(f"    {issue.severity:<7} {issue.code} {where}{value}: {issue.message_vi}\n"
+            write(f"    {_CLASS[issue.blocks]} {issue.code} {where}{value}: {issue.message_vi}\n"
                   f"            {issue.message_en}\n")
 
 
@@ -54,9 +64,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         for result in results:
             _print_report(result)
-        accepted = sum(r.accepted for r in results)
-        sys.stdout.write(f"\n{accepted}/{len(results)} file(s) accepted\n")
-    return EXIT_OK if all(r.accepted for r in results) else EXIT_REJECTED
+        visits = [(r, v) for r in results for v in r.visits]
+        admitted = sum(r.admitted(v) for r, v in visits)
+        findings = sum(len(r.findings) for r in results)
+        sys.stdout.write(f"\n{sum(r.accepted for r in results)}/{len(results)} file(s) accepted, "
+                         f"{sum(r.rejected for r in results)} rejected; {admitted}/{len(visits)} visit(s) in the "
+                         f"health book; {findings} finding(s)\n")
+    ok = all(r.accepted for r in results) and not (args.strict and any(r.findings for r in results))
+    return EXIT_OK if ok else EXIT_REJECTED
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -81,7 +96,7 @@ def summary_table(results: list[FileResult], manifest: dict[str, object] | None,
         scenario = str(by_file.get(Path(result.path).name, {}).get("scenario", "-"))
         rows[(scenario, "accepted" if result.accepted else "rejected")] += 1
         for issue in result.errors + [i for v in result.visits for i in v.issues]:
-            codes[f"{issue.code} {issue.severity}"] += 1
+            codes[f"{issue.code} {'finding' if issue.blocks == 'none' else 'blocks ' + issue.blocks}"] += 1
     scenarios = sorted({s for s, _ in rows})
     lines = [f"{'scenario':<22}{'files':>7}{'accepted':>10}{'rejected':>10}", "-" * 49]
     for scenario in scenarios:
@@ -112,11 +127,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(f"generated {args.visits} submissions in {out}/ (labels in {out / MANIFEST})\n")
     print(summary_table(results, manifest, elapsed))
-    missed = [f["file"] for f, r in zip(manifest["files"], results, strict=True) if f["defect"] and r.accepted]
-    false_alarms = [f["file"] for f, r in zip(manifest["files"], results, strict=True)
-                    if not f["defect"] and not r.accepted]
-    print(f"labelled defects missed: {len(missed)}; clean files rejected: {len(false_alarms)}")
+    pairs = list(zip(manifest["files"], results, strict=True))
+    # A labelled defect is caught when its code is reported, as a finding or as what keeps the visit out.
+    missed = [f["file"] for f, r in pairs if f["defect"] and f["defect"]["code"] not in _codes(r)]
+    false_alarms = [f["file"] for f, r in pairs if not f["defect"] and _codes(r)]
+    print(f"labelled defects missed: {len(missed)}; clean files with an issue: {len(false_alarms)}")
     return EXIT_OK if not missed and not false_alarms else EXIT_REJECTED
+
+
+def _codes(result: FileResult) -> set[str]:
+    return {i.code for i in result.errors} | {i.code for v in result.visits for i in v.issues}
 
 
 def cmd_standard(args: argparse.Namespace) -> int:
@@ -148,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate claim files against QĐ 130/4750")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="a file, or a folder (all *.xml inside)")
     validate.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    validate.add_argument("--strict", action="store_true",
+                          help="exit 1 on any finding too, as a facility's own pre-submission check may want")
     validate.add_argument("--standard", choices=("auto", *standards.version_ids()), default="auto",
                           help="force a version of the standard (default: by each visit's date)")
     validate.add_argument("--max-mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 1024 / 1024,

@@ -34,7 +34,7 @@ from healthbook.generate import build_visit, facility_named, inject
 from healthbook.generate.writer import envelope
 from healthbook.reconcile import FakePopulation
 from healthbook.signing.pki import dev_pki
-from healthbook.signing.receipt import PORTAL_TZ
+from healthbook.signing.receipt import PORTAL_TZ, receipt_codes
 from healthbook.signing.xmldsig import sign_submission
 
 STACK, STAGE, REGION = "hb-demo", "demo", "us-east-1"
@@ -312,23 +312,24 @@ def _download(aws: Clients, outputs: dict[str, str], out: Path, uploads: list[Up
 def summary(uploads: list[Upload], progress: Progress, out: Path, report_files: list[Path],
             citizen_page: Path | None, elapsed: float) -> str:
     codes: Counter[str] = Counter()
+    findings: Counter[str] = Counter()
     accepted_files = rejected_files = visits_accepted = visits_rejected = 0
     for receipt in progress.receipts.values():
         accepted_files += bool(receipt.get("accepted"))
         rejected_files += not receipt.get("accepted")
-        for error in receipt.get("errors", []):
-            codes[error["code"]] += 1
+        blocking, found = receipt_codes(receipt)
+        codes.update(blocking)
+        findings.update(found)
         for visit in receipt.get("visits", []):
             visits_accepted += bool(visit.get("accepted"))
             visits_rejected += not visit.get("accepted")
-            for error in visit.get("errors", []):
-                codes[error["code"]] += 1
     statuses, latencies = progress.statuses, progress.latencies_ms
     rows = [
         ("files uploaded", str(len(uploads))),
         ("receipts", f"{len(progress.receipts)}  ({accepted_files} files wholly accepted, {rejected_files} not)"),
         ("visits accepted / rejected", f"{visits_accepted} / {visits_rejected}"),
         ("rejected by reason", ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"),
+        ("findings (admitted)", ", ".join(f"{c} {n}" for c, n in sorted(findings.items())) or "-"),
         ("delivered to VNeID", str(statuses["DELIVERED"])),
         ("awaiting identity reconciliation", str(statuses["NEEDS_RECONCILIATION"])),
         ("still pending", str(statuses["PENDING"])),

@@ -126,13 +126,15 @@ class DynamoRecords:
         # String sets cannot be empty: an accepted file simply has no error_codes attribute.
         if record.error_codes:
             item["error_codes"] = {"SS": sorted(set(record.error_codes))}
+        if record.finding_codes:
+            item["finding_codes"] = {"SS": sorted(set(record.finding_codes))}
         if record.standards:
             item["standards"] = {"SS": sorted(set(record.standards))}
         put = {"TableName": self.submissions_table, "Item": item,
                "ConditionExpression": "attribute_not_exists(submission_id)"}
         count = for_submission(record.facility, record.received_at, status=record.status,
                                visits_accepted=record.visits_accepted, visits_total=record.visits_total,
-                               error_codes=record.error_codes)
+                               error_codes=record.error_codes, finding_codes=record.finding_codes)
         also: list[dict[str, Any]] = []
         if confirm is not None:
             also.append({"Put": {"TableName": self.submissions_table, "Item": self._claim_item(confirm, True),

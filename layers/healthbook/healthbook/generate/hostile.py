@@ -29,7 +29,7 @@ from signxml.signer import XMLSigner
 
 from healthbook.generate.visit import Visit, build_visit
 from healthbook.generate.writer import envelope, table_document
-from healthbook.ingest.model import PARTIAL, REJECTED, locate
+from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
 from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
 from healthbook.signing.pki import FACILITIES
 from healthbook.signing.xmldsig import DS, PrivateKey, sign_submission
@@ -53,13 +53,15 @@ class HostileCase:
     description: str
     key: str  # the S3 key it is uploaded under
     body: bytes = field(repr=False)
-    expected_codes: frozenset[str]  # the error codes of the receipt, as the code gives them today (empty: accepted)
+    expected_codes: frozenset[str]  # what rejects the file or keeps its visit out (empty: accepted)
     expect_receipt_at: str  # the receipts-bucket key the ingest writes
     expect_status: str = REJECTED  # the submission's status: REJECTED; PARTIAL or ACCEPTED where noted
     # Objects to ingest (and see accepted) before this one: the original of a replay.
     before: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     # The personal data inside ``body`` (name, ID number, card): never in a log, never unmasked in a receipt.
     personal: tuple[str, ...] = field(default=(), repr=False)
+    # Findings the receipt reports without blocking anything: a harmless shape, admitted (docs/conformance.md).
+    expected_findings: frozenset[str] = frozenset()
 
     def renamed(self, prefix: str) -> HostileCase:
         """The same case under file names starting with ``prefix`` (a fresh name per run on a shared stack)."""
@@ -233,12 +235,12 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
 
     def add(name: str, kind: str, category: str, description: str, body: bytes, codes: str, *,
             key: str | None = None, status: str = REJECTED, before: tuple[tuple[str, bytes], ...] = (),
-            carries: tuple[str, ...] = personal) -> None:
+            carries: tuple[str, ...] = personal, findings: str = "") -> None:
         key = key or f"inbox/{facility}/hostile-{name}.xml"
         cases.append(HostileCase(name=name, kind=kind, category=category, description=description, key=key,
                                  body=body, expected_codes=frozenset(codes.split()),
                                  expect_receipt_at=locate(key).receipt_key, expect_status=status, before=before,
-                                 personal=carries))
+                                 personal=carries, expected_findings=frozenset(findings.split())))
 
     # --- malformed XML ------------------------------------------------------------------------------------
     malformed = CATEGORIES[0]
@@ -330,8 +332,10 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
 
     # --- base64 bombs and oversized files -----------------------------------------------------------------
     sizes = CATEGORIES[3]
-    add("base64-invalid", "base64-invalid", sizes, "XML3's NOIDUNGFILE is not base64 ('!' and '*').",
-        signed_as(claim(documents={(visit.ma_lk, "XML3"): b"PFRP*05HX0hPUD4=!!"})), "E012")
+    add("base64-invalid", "base64-invalid", sizes,
+        "XML3's NOIDUNGFILE is not base64 ('!' and '*'): XML3 is left out, the visit admitted with the finding.",
+        signed_as(claim(documents={(visit.ma_lk, "XML3"): b"PFRP*05HX0hPUD4=!!"})), "", status=ACCEPTED,
+        findings="E012")
     zeros = 64 * 1024 * 1024
     bomb = _b64(gzip.compress(bytes(zeros), mtime=0))
     add("base64-gzip-bomb", "compression-bomb", sizes,
@@ -346,8 +350,10 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
         f"A valid signed file padded with whitespace to MAX_OBJECT_BYTES + 1 ({max_object_bytes + 1:,} bytes); "
         "refused from its size alone, never downloaded.",
         signed + b" " * (max_object_bytes + 1 - len(signed)), "E002")
-    add("long-field-value", "long-text", sizes, "XML1.DIA_CHI of 100,000 characters (at most 1,024).",
-        signed_as(claim(documents=payload("XML1", xml1_with(DIA_CHI="Số 1 phố Huế, " * 7_143)))), "V202")
+    add("long-field-value", "long-text", sizes,
+        "XML1.DIA_CHI of 100,000 characters (at most 1,024): a finding; the receipt shows a masked stub of it.",
+        signed_as(claim(documents=payload("XML1", xml1_with(DIA_CHI="Số 1 phố Huế, " * 7_143)))), "",
+        status=ACCEPTED, findings="V202")
 
     # --- wrong encodings ----------------------------------------------------------------------------------
     encodings = CATEGORIES[4]
@@ -496,7 +502,8 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
     total = visit.tables["XML1"][0]["T_TONGCHI_BV"]
     add("total-mismatch", "total-mismatch", counts,
         "XML1.T_TONGCHI_BV is 1,000 VND more than the sum of its lines in XML2 and XML3.",
-        signed_as(claim(documents=payload("XML1", xml1_with(T_TONGCHI_BV=f"{float(total) + 1000:.2f}")))), "R309")
+        signed_as(claim(documents=payload("XML1", xml1_with(T_TONGCHI_BV=f"{float(total) + 1000:.2f}")))), "",
+        status=ACCEPTED, findings="R309")
 
     def drop_table(table: str) -> Callable[[etree._Element], None]:
         def change(root: etree._Element) -> None:
@@ -512,14 +519,14 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
         hoso = _find(root, "THONGTINHOSO/DANHSACHHOSO/HOSO")
         hoso.append(etree.fromstring(etree.tostring(hoso[-1])))
 
-    add("loaihoso-duplicate", "duplicate-table", counts, "The last table of the HOSO sent twice.",
-        signed_as(_edit(unsigned, duplicate_table)), "E014")
+    add("loaihoso-duplicate", "duplicate-table", counts, "The last table of the HOSO sent twice (the first is read).",
+        signed_as(_edit(unsigned, duplicate_table)), "", status=ACCEPTED, findings="E014")
 
     def unknown_table(root: etree._Element) -> None:
         _find(root, "THONGTINHOSO/DANHSACHHOSO/HOSO/FILEHOSO[last()]/LOAIHOSO").text = "XML99"
 
-    add("loaihoso-unknown", "unknown-table", counts, "A table called XML99.",
-        signed_as(_edit(unsigned, unknown_table)), "E013")
+    add("loaihoso-unknown", "unknown-table", counts, "A table called XML99 (left out).",
+        signed_as(_edit(unsigned, unknown_table)), "", status=ACCEPTED, findings="E013")
     add("facility-mismatch-inside", "facility-mismatch", counts,
         f"XML1.MA_CSKCB says {other} inside an envelope of {facility}.",
         signed_as(claim(documents=payload("XML1", xml1_with(MA_CSKCB=other)))), "R301")

@@ -167,6 +167,7 @@ class SubmissionRecord:
     quarantine_key: str | None
     merkle_root: str | None
     signing_key_id: str
+    finding_codes: tuple[str, ...] = ()  # what the admitted visits carry back to the facility (never values)
 
     @property
     def received(self) -> str:
@@ -223,7 +224,8 @@ class Outcome:
     visits_accepted: int = 0
     visits_stored: int = 0  # versions written now (0 on a replay)
     visits_superseding: int = 0  # of those, how many replaced an earlier version
-    error_codes: list[str] = field(default_factory=list)
+    error_codes: list[str] = field(default_factory=list)  # what rejected the file or kept visits out
+    finding_codes: list[str] = field(default_factory=list)  # reported, never blocking
     rejected_by_family: dict[str, int] = field(default_factory=dict)  # rejected visits by error family
     file_error_family: str | None = None  # the family of the first file-level error, if any
     receipt_key: str | None = None
@@ -256,6 +258,7 @@ class Outcome:
                 "status": self.status, "visits_total": self.visits_total, "visits_accepted": self.visits_accepted,
                 "visits_rejected": self.visits_rejected, "visits_stored": self.visits_stored,
                 "visits_superseding": self.visits_superseding, "error_codes": list(self.error_codes),
+                "finding_codes": list(self.finding_codes),
                 "rejected_by_family": dict(self.rejected_by_family), "file_error_family": self.file_error_family,
                 "receipt_key": self.receipt_key, "quarantine_key": self.quarantine_key, "size": self.size,
                 "delivery_executions": self.delivery_executions,

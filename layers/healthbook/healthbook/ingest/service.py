@@ -284,6 +284,7 @@ class IngestService:
         accepted = sum(1 for e in entries if e["accepted"])
         status = _status(receipt)
         codes = sorted({i.code for i in result.errors} | {i.code for v in result.visits for i in v.errors})
+        findings = sorted({i.code for i in result.findings})
         file_family = error_family(result.errors[0].code) if result.errors else None
         rejected: Counter[str] = Counter()
         for visit, entry in zip(result.visits, entries, strict=True):
@@ -293,6 +294,7 @@ class IngestService:
         outcome.status, outcome.size = status, stored.size
         outcome.visits_total, outcome.visits_accepted = len(entries), accepted
         outcome.error_codes, outcome.rejected_by_family = codes, dict(sorted(rejected.items()))
+        outcome.finding_codes = findings
         outcome.file_error_family, outcome.replay_of = file_family, examined.replay_of
 
         # 1. visits: each write is conditional, so a retry finds them present and moves on.
@@ -331,7 +333,8 @@ class IngestService:
             standards=tuple(receipt["standards"]), receipt_key=location.receipt_key,
             quarantine_key=outcome.quarantine_key,
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
-            signing_key_id=receipt["platform_signature"]["key_id"]), confirm=examined.confirm, release=examined.release)
+            signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings)),
+            confirm=examined.confirm, release=examined.release)
         self._start_delivery(outcome, to_deliver)
         return outcome
 

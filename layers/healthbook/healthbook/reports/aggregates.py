@@ -82,15 +82,18 @@ class CounterUpdate:
 
 
 def for_submission(facility: str, received_at: datetime, *, status: str, visits_accepted: int, visits_total: int,
-                   error_codes: Iterable[str]) -> CounterUpdate:
-    """A recorded submission; ``error#<code>`` counts files carrying the code (the submission keeps codes per
-    file, never values)."""
+                   error_codes: Iterable[str], finding_codes: Iterable[str] = ()) -> CounterUpdate:
+    """A recorded submission; ``error#<code>`` counts files carrying a code that rejected the file or kept a visit
+    out of the health book, ``finding#<code>`` files carrying a finding (the submission keeps codes per file,
+    never values). ``visits_accepted`` are the visits admitted to the health book."""
     deltas = {"files_received": 1, "visits_accepted": visits_accepted,
               "visits_rejected": visits_total - visits_accepted}
     if status == "REJECTED":
         deltas["files_rejected"] = 1
     for code in sorted(set(error_codes)):
         deltas[f"error#{code}"] = 1
+    for code in sorted(set(finding_codes)):
+        deltas[f"finding#{code}"] = 1
     return CounterUpdate(facility_scope(facility), day(received_at), {k: v for k, v in deltas.items() if v})
 
 

@@ -69,14 +69,19 @@ def _citizen_period(period: Period) -> str | None:
     return None
 
 
+def _top(counters: Mapping[str, int], prefix: str) -> tuple[tuple[str, int], ...]:
+    found = sorted(((name.removeprefix(prefix), int(value)) for name, value in counters.items()
+                    if name.startswith(prefix) and value), key=lambda item: (-item[1], item[0]))
+    return tuple(found[:TOP_ERRORS])
+
+
 def figures(counters: Mapping[str, int], citizens: int | None) -> Figures:
-    errors = sorted(((name.removeprefix("error#"), int(value)) for name, value in counters.items()
-                     if name.startswith("error#") and value), key=lambda item: (-item[1], item[0]))
     get = counters.get
     return Figures(
         files_received=get("files_received", 0), files_rejected=get("files_rejected", 0),
         visits_accepted=get("visits_accepted", 0), visits_rejected=get("visits_rejected", 0),
-        top_errors=tuple(errors[:TOP_ERRORS]), citizens=citizens, delivered=get("delivered", 0),
+        top_errors=_top(counters, "error#"), top_findings=_top(counters, "finding#"),
+        citizens=citizens, delivered=get("delivered", 0),
         delivered_in_time=get("delivered_in_time", 0), latency_p50_s=percentile(counters, 0.5),
         latency_p95_s=percentile(counters, 0.95), breached=get("breached", 0),
         needs_reconciliation=get("needs_reconciliation", 0), referral_delivered=get("referral_delivered", 0),

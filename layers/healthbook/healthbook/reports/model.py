@@ -100,9 +100,10 @@ class Figures:
 
     files_received: int = 0
     files_rejected: int = 0
-    visits_accepted: int = 0
-    visits_rejected: int = 0
-    top_errors: tuple[tuple[str, int], ...] = ()  # (error code, files carrying it), most frequent first
+    visits_accepted: int = 0  # admitted to the health book (findings allowed)
+    visits_rejected: int = 0  # not admitted: their file rejected, or a reason of their own
+    top_errors: tuple[tuple[str, int], ...] = ()  # (blocking code, files carrying it), most frequent first
+    top_findings: tuple[tuple[str, int], ...] = ()  # (finding code, files carrying it), most frequent first
     citizens: int | None = None  # distinct citizens delivered in the period
     delivered: int = 0
     delivered_in_time: int = 0
@@ -175,11 +176,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("files_received_prev", "Số file nhận kỳ trước", "Files received, previous period",
            "previous.files_received"),
     Column("files_rejected", "Số file bị từ chối", "Files rejected", "current.files_rejected"),
-    Column("visits_accepted", "Số lượt KCB được chấp nhận", "Visits accepted", "current.visits_accepted"),
-    Column("visits_accepted_prev", "Số lượt được chấp nhận kỳ trước", "Visits accepted, previous period",
+    Column("visits_accepted", "Số lượt KCB đưa vào sổ sức khỏe", "Visits admitted to the health book",
+           "current.visits_accepted"),
+    Column("visits_accepted_prev", "Số lượt đưa vào sổ kỳ trước", "Visits admitted, previous period",
            "previous.visits_accepted"),
-    Column("visits_rejected", "Số lượt KCB bị từ chối", "Visits rejected", "current.visits_rejected"),
-    Column("top_errors", "Mã lỗi thường gặp (số file)", "Top error codes (files)", "current.top_errors", "text"),
+    Column("visits_rejected", "Số lượt KCB không đưa vào sổ", "Visits not admitted", "current.visits_rejected"),
+    Column("top_errors", "Lý do không tiếp nhận thường gặp (số file)", "Top reasons for refusal (files)",
+           "current.top_errors", "text"),
+    Column("top_findings", "Phát hiện cần sửa thường gặp (số file)", "Top findings (files)", "current.top_findings",
+           "text"),
     Column("citizens", "Số công dân (không trùng)", "Distinct citizens", "current.citizens"),
     Column("delivered", "Số lượt đã gửi lên VNeID", "Visits delivered to VNeID", "current.delivered"),
     Column("delivered_prev", "Số lượt đã gửi kỳ trước", "Visits delivered, previous period", "previous.delivered"),

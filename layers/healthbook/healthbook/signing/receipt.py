@@ -19,7 +19,8 @@ from healthbook.signing.merkle import MerkleTree, canonical_json, verify_inclusi
 from healthbook.signing.signer import ALGORITHMS, Signer, fingerprint, load_public_key, verify_digest_signature
 from healthbook.validation.results import FileResult
 
-RECEIPT_VERSION = "1"
+RECEIPT_VERSION = "2"  # 2: findings apart from what keeps a visit out (docs/conformance.md)
+READABLE_VERSIONS = ("1", "2")  # receipts already issued stay verifiable
 HASH = "sha256"
 SCHEME = "rfc6962"
 # What platform_signature.value signs, stated in the receipt itself so a reader needs no other document.
@@ -59,12 +60,13 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
                   signer: Signer, facility_signature: dict[str, Any] | None = None) -> dict[str, Any]:
     """The signed receipt for one validated file; every file gets one, however badly it failed.
 
-    A visit counts as accepted only when it has no error and the file has no file-level error (such an
-    error rejects the whole file, see docs/errors.md). Accepted visits, in document order, are the Merkle
-    leaves; with none, ``merkle`` is null and the rest is signed all the same.
+    A visit counts as accepted (admitted to the health book) only when none of its issues blocks it and the
+    file is not rejected; its ``errors`` say why not, its ``findings`` are reported without blocking it
+    (docs/conformance.md). Accepted visits, in document order, are the Merkle leaves; with none, ``merkle``
+    is null and the rest is signed all the same.
     """
     received = iso_utc(received_at)
-    file_ok = not result.errors
+    file_ok = not result.rejected
     accepted = [file_ok and visit.accepted for visit in result.visits]
     digests = [visit_digest(v) for v, ok in zip(result.visits, accepted, strict=True) if ok]
     tree = MerkleTree(digests) if digests else None
@@ -73,7 +75,7 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
     for visit, ok in zip(result.visits, accepted, strict=True):
         entry: dict[str, Any] = {
             "ma_lk": visit.ma_lk, "accepted": ok, "standard": visit.standard,
-            "errors": [i.to_dict() for i in visit.errors], "warnings": [i.to_dict() for i in visit.warnings],
+            "errors": [i.to_dict() for i in visit.errors], "findings": [i.to_dict() for i in visit.findings],
             "digest": None, "leaf_index": None, "proof": None,
         }
         if ok and tree is not None:
@@ -91,7 +93,10 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
         "received_at_portal": portal_time(received_at),
         "standards": sorted({v.standard for v in result.visits if v.standard}),
         "accepted": file_ok and bool(result.visits) and all(accepted),
+        "rejected": not file_ok,
         "visits_accepted": len(digests),
+        "visits_not_admitted": len(accepted) - len(digests),
+        "findings_total": sum(len(visit["findings"]) for visit in visits),
         "errors": [i.to_dict() for i in result.errors],
         "visits": visits,
         "facility_signature": facility_signature,
@@ -115,8 +120,8 @@ def verify_receipt(receipt: dict[str, Any], public_key_pem: bytes) -> list[str]:
     if not isinstance(receipt, dict):
         return ["a receipt must be a JSON object"]
     version = receipt.get("receipt_version")
-    if version != RECEIPT_VERSION:
-        return [f"unknown receipt version {version!r} (this tool reads version {RECEIPT_VERSION})"]
+    if version not in READABLE_VERSIONS:
+        return [f"unknown receipt version {version!r} (this tool reads versions {', '.join(READABLE_VERSIONS)})"]
     problems = _check_signature(receipt, public_key_pem)
     problems += _check_time(receipt)
     problems += _check_visits(receipt)
@@ -205,6 +210,8 @@ def _check_visits(receipt: dict[str, Any]) -> list[str]:
     whole = not file_errors and bool(visits) and len(digests) == len(visits)
     if receipt.get("accepted") is not whole:
         problems.append(f"accepted is {receipt.get('accepted')!r} but the visits and errors say {whole}")
+    if receipt.get("receipt_version") != "1":
+        problems += _check_counts(receipt, visits, len(digests))
     if not digests:
         if merkle is not None:
             problems.append("merkle must be null when no visit is accepted")
@@ -218,6 +225,25 @@ def _check_visits(receipt: dict[str, Any]) -> list[str]:
         problems.append(f"merkle leaves count is {merkle.get('leaves')!r} but {len(digests)} visit(s) are accepted")
     if MerkleTree(digests).root != root:
         problems.append("merkle root is not the root of the accepted visits' digests in order")
+    return problems
+
+
+def _check_counts(receipt: dict[str, Any], visits: list[dict[str, Any]], accepted: int) -> list[str]:
+    """Version 2: the file verdict and the counts of visits kept out and of findings."""
+    problems = []
+    issues = [i for i in receipt.get("errors") or [] if isinstance(i, dict)]
+    issues += [i for v in visits for i in v.get("errors") or [] if isinstance(i, dict)]
+    rejected = any(i.get("blocks") == "file" for i in issues)
+    if receipt.get("rejected") is not rejected:
+        problems.append(f"rejected is {receipt.get('rejected')!r} but the errors say {rejected}")
+    if rejected and accepted:
+        problems.append("the file is rejected, yet visits are marked accepted")
+    if receipt.get("visits_not_admitted") != len(visits) - accepted:
+        problems.append(f"visits_not_admitted is {receipt.get('visits_not_admitted')!r}, expected "
+                        f"{len(visits) - accepted}")
+    findings = sum(len(v.get("findings") or []) for v in visits)
+    if receipt.get("findings_total") != findings:
+        problems.append(f"findings_total is {receipt.get('findings_total')!r} but the visits list {findings}")
     return problems
 
 
@@ -237,6 +263,16 @@ def _proof(value: object) -> list[tuple[str, bytes]] | None:
             return None
         steps.append((step[0], sibling))
     return steps
+
+
+def receipt_codes(receipt: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The codes a receipt reports, one entry per issue: (what rejected the file or kept a visit out, findings).
+    Version 1 receipts had warnings where version 2 has findings."""
+    visits = [v for v in receipt.get("visits") or [] if isinstance(v, dict)]
+    blocking = [*(receipt.get("errors") or []), *(i for v in visits for i in v.get("errors") or [])]
+    findings = [i for v in visits for i in (v.get("findings") or v.get("warnings") or [])]
+    return ([str(i.get("code")) for i in blocking if isinstance(i, dict)],
+            [str(i.get("code")) for i in findings if isinstance(i, dict)])
 
 
 def compare_with_submission(receipt: dict[str, Any], result: FileResult) -> list[str]:
@@ -288,13 +324,17 @@ def render_receipt(receipt: dict[str, Any]) -> str:
         lines += _issue_lines(receipt["errors"], "  ")
     lines.append(f"\nHồ sơ (lượt khám) / Visits: {len(visits)}")
     for number, visit in enumerate(visits, start=1):
-        state = "được tiếp nhận / accepted" if visit.get("accepted") is True else "bị từ chối / rejected"
+        state = ("vào Sổ sức khỏe / in the health book" if visit.get("accepted") is True
+                 else "không đưa vào Sổ sức khỏe / not admitted")
+        if visit.get("findings"):
+            state += f"; {len(visit['findings'])} phát hiện cần sửa / finding(s) to fix"
         lines.append(f"  {number}. MA_LK {visit.get('ma_lk') or '?'} [QĐ {visit.get('standard') or '?'}]: {state}")
         if visit.get("digest"):
             lines.append(f"     mã băm / digest: {visit['digest']}")
         if visit.get("accepted") is not True and not visit.get("errors") and receipt.get("errors"):
             lines.append("     bị từ chối cùng cả tệp / rejected with the whole file")
-        lines += _issue_lines(list(visit.get("errors") or []) + list(visit.get("warnings") or []), "     ")
+        lines += _issue_lines(list(visit.get("errors") or []) + list(visit.get("findings") or [])
+                              + list(visit.get("warnings") or []), "     ")  # "warnings": version 1
     lines += _facility_signature_lines(receipt.get("facility_signature"))
     merkle = receipt.get("merkle")
     if isinstance(merkle, dict):
@@ -316,7 +356,9 @@ def _issue_lines(issues: list[Any], indent: str) -> list[str]:
         where = ".".join(str(x) for x in (issue.get("table"), issue.get("field")) if x)
         value = f" = {issue['value']!r}" if issue.get("value") is not None else ""
         place = f" {where}{value}" if where or value else ""
-        out.append(f"{indent}{issue.get('severity', '?'):<7} {issue.get('code')}{place}: {issue.get('message_vi')}")
+        blocks = str(issue.get("blocks"))
+        kind = {"none": "finding", "visit": "visit", "file": "file"}.get(blocks, issue.get("severity"))
+        out.append(f"{indent}{kind or '?':<7} {issue.get('code')}{place}: {issue.get('message_vi')}")
         out.append(f"{indent}{'':<7} {'':<4} {issue.get('message_en')}")
     return out
 

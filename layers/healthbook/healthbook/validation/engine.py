@@ -17,7 +17,7 @@ from lxml import etree
 from healthbook import standard as standards
 from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, parse
 from healthbook.standard import Standard, TableSpec
-from healthbook.validation import cross
+from healthbook.validation import admission, cross
 from healthbook.validation.cross import TableRows, VisitContext
 from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
 from healthbook.validation.issues import Issue, make_issue
@@ -184,6 +184,7 @@ def _validate_hoso(element: etree._Element, index: int, facility: str | None, op
 
     cross.run(VisitContext(standard=standard, ma_lk=visit.ma_lk, facility=facility, tables=visit.tables,
                            issues=visit.issues, broken=broken))
+    admission.admit(standard, visit.tables, visit.ma_lk, visit.issues)
     return visit
 
 

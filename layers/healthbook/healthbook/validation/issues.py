@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from healthbook import standard as standards
 from healthbook.standard import pii_classes
-from healthbook.validation.catalogue import RULES, Severity
+from healthbook.validation.catalogue import RULES, Blocks, Severity
 
 
 @dataclass(slots=True)
@@ -19,11 +21,13 @@ class Issue:
     value: str | None
     message_vi: str
     message_en: str
+    blocks: Blocks = "none"  # "file", "visit" or "none" (a finding): the rule's class (catalogue.py)
+    basis: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "table": self.table, "ma_lk": self.ma_lk,
-                "field": self.field, "value": self.value, "message_vi": self.message_vi,
-                "message_en": self.message_en}
+        return {"code": self.code, "severity": self.severity, "blocks": self.blocks, "table": self.table,
+                "ma_lk": self.ma_lk, "field": self.field, "value": self.value, "message_vi": self.message_vi,
+                "message_en": self.message_en, "basis": self.basis}
 
 
 class _Params(dict[str, Any]):
@@ -51,6 +55,19 @@ def masked(field: str | None, value: str | None) -> str | None:
 _MAX_VALUE = 200  # a 20 MB free-text value must not be copied into every receipt
 
 
+@cache
+def _where(table: str | None, field: str | None) -> str:
+    """'XML1.HO_TEN, annex STT 6' (the row in the newest version's annex), for a rule's basis."""
+    if not table:
+        return "the envelope"
+    if not field:
+        return table
+    spec = standards.load(standards.version_ids()[-1]).tables.get(table)
+    found = spec.by_name.get(field) if spec is not None else None
+    row = f", annex STT {found.annex_stt}" if found is not None and found.annex_stt else ""
+    return f"{table}.{field}{row}"
+
+
 def make_issue(code: str, *, table: str | None = None, ma_lk: str | None = None, field: str | None = None,
                value: str | None = None, **params: Any) -> Issue:
     rule = RULES[code]
@@ -59,5 +76,7 @@ def make_issue(code: str, *, table: str | None = None, ma_lk: str | None = None,
         shown = shown[:_MAX_VALUE] + f"… ({len(shown)})"
     # Messages see the masked value only; ma_lk is the facility's own visit key, not personal data.
     fill = _Params(table=table or "", field=field or "", value=shown or "", ma_lk=ma_lk or "", **params)
+    basis = rule.basis.replace("{where}", _where(table, field)) if "{where}" in rule.basis else rule.basis
     return Issue(code=code, severity=rule.severity, table=table, ma_lk=ma_lk, field=field, value=shown,
-                 message_vi=rule.message_vi.format_map(fill), message_en=rule.message_en.format_map(fill))
+                 message_vi=rule.message_vi.format_map(fill), message_en=rule.message_en.format_map(fill),
+                 blocks=rule.blocks_for(table), basis=basis)

@@ -1,4 +1,9 @@
-"""What validation returns: per file, per visit, issues split into errors and warnings."""
+"""What validation returns: per file, per visit, issues split by what they block (docs/conformance.md).
+
+A visit is *accepted* (admitted to the health book) when none of its issues blocks it or the file; its
+*errors* are the issues that keep it out, its *findings* everything else: admitted and delivered, reported
+back to the facility.
+"""
 
 from __future__ import annotations
 
@@ -20,20 +25,22 @@ class VisitResult:
 
     @property
     def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "error"]
+        """What keeps the visit (or its whole file) out of the health book."""
+        return [i for i in self.issues if i.blocks != "none"]
 
     @property
-    def warnings(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == "warning"]
+    def findings(self) -> list[Issue]:
+        return [i for i in self.issues if i.blocks == "none"]
 
     @property
     def accepted(self) -> bool:
-        return not any(i.severity == "error" for i in self.issues)
+        """Admitted to the health book, as far as the visit itself goes (FileResult.rejected aside)."""
+        return all(i.blocks == "none" for i in self.issues)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ma_lk": self.ma_lk, "accepted": self.accepted,
+        return {"ma_lk": self.ma_lk, "accepted": self.accepted, "health_book": self.accepted,
                 "errors": [i.to_dict() for i in self.errors],
-                "warnings": [i.to_dict() for i in self.warnings]}
+                "findings": [i.to_dict() for i in self.findings]}
 
 
 @dataclass(slots=True)
@@ -46,9 +53,25 @@ class FileResult:
     size: int = 0
 
     @property
+    def rejected(self) -> bool:
+        """The whole file is refused: an issue that blocks the file, at file level or in a visit (E015)."""
+        return any(i.blocks == "file" for i in self.errors) or any(
+            i.blocks == "file" for v in self.visits for i in v.issues)
+
+    @property
     def accepted(self) -> bool:
-        return not self.errors and bool(self.visits) and all(v.accepted for v in self.visits)
+        """Every visit admitted (findings allowed)."""
+        return not self.rejected and bool(self.visits) and all(v.accepted for v in self.visits)
+
+    def admitted(self, visit: VisitResult) -> bool:
+        return not self.rejected and visit.accepted
+
+    @property
+    def findings(self) -> list[Issue]:
+        return [i for v in self.visits for i in v.findings]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "accepted": self.accepted, "facility": self.facility,
-                "errors": [i.to_dict() for i in self.errors], "visits": [v.to_dict() for v in self.visits]}
+        rejected = self.rejected
+        visits = [v.to_dict() | ({"accepted": False, "health_book": False} if rejected else {}) for v in self.visits]
+        return {"path": self.path, "accepted": self.accepted, "rejected": rejected, "facility": self.facility,
+                "errors": [i.to_dict() for i in self.errors], "visits": visits}
