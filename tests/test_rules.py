@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ RULES = {code: rule for code, rule in ALL_RULES.items() if code[0] not in "KI"}
 # --- helpers --------------------------------------------------------------------------------------------
 
 TS = "%Y%m%d%H%M"
-WARNING_CODES = frozenset({"S101", "S105", "V210", "R314", "R315", "R317", "R319", "R320"})
+WARNING_CODES = frozenset({"S101", "S105", "S107", "V210", "V217", "R314", "R315", "R317", "R319", "R320"})
 ANY = object()  # "don't check this attribute of the issue"
 DEFAULT_OPTIONS = Options()
 
@@ -416,6 +417,29 @@ def _(visit: Visit, rng: random.Random) -> Submission:
     return submit(visit)
 
 
+def inline(*tables: str, quirk: bytes = b"") -> Mutation:
+    """The tables written inline in NOIDUNGFILE (as the second facility's HIS does), their root declaring ``quirk``."""
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        root = etree.fromstring(envelope([visit]))
+        for item in root.iter("FILEHOSO"):
+            if item.findtext("LOAIHOSO") in tables:
+                node = item.find("NOIDUNGFILE")
+                assert node is not None and node.text
+                inner = base64.b64decode(node.text)
+                node.text = None
+                node.append(etree.fromstring(inner))
+        data = etree.tostring(root, xml_declaration=True, encoding="utf-8")
+        if quirk:
+            for table in tables:
+                spec_root = etree.fromstring(table_document(visit, table)).tag.encode()
+                data = data.replace(b"<" + spec_root + b">", b"<" + spec_root + b" " + quirk + b">", 1)
+        return Submission(data)
+    return mutate
+
+
+CASES.append(Case("XML3-written-inline", "S107", "XML3", None, "outpatient", inline("XML3")))
+
+
 @case("XML3-element-repeated", "S102", "XML3", "MA_DICH_VU")
 def _(visit: Visit, rng: random.Random) -> Submission:
     def edit(root: etree._Element) -> None:
@@ -651,6 +675,30 @@ def _appointment(minutes: int) -> Mutation:
     return mutate
 
 
+def _appointment_day(days: int) -> Mutation:
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        visit.tables["XML14"][0]["NGAY_HEN_KL"] = shifted(summary(visit)["NGAY_RA"], days=days)[:8]
+        return submit(visit)
+    return mutate
+
+
+# Every real re-exam paper writes the day only: read as that day, compared with discharge by day.
+CASES.append(Case("appointment-day-only", "V217", "XML14", "NGAY_HEN_KL", "outpatient_reexam", _appointment_day(7)))
+CASES.append(Case("appointment-day-before-discharge", "R313", "XML14", "NGAY_HEN_KL", "outpatient_reexam",
+                  _appointment_day(-1), also=frozenset({"V217"})))
+
+
+def _ceiling(value: str) -> Mutation:
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        visit.tables["XML3"][0]["T_TRANTT"] = value
+        return submit(visit)
+    return mutate
+
+
+# Negative zero is zero (real files carry '-0.00' rounding artefacts); any other negative amount is reported.
+CASES.append(Case("XML3-negative-ceiling", "V216", "XML3", "T_TRANTT", "outpatient", _ceiling("-0.01"),
+                  near_miss=_ceiling("-0.00")))
+
 injector_case("appointment-before-discharge", "R313", "XML14", "NGAY_HEN_KL", "reexam_before_discharge",
               scenario="outpatient_reexam", near_miss=_appointment(1))
 CASES.append(Case("appointment-at-discharge", "R314", "XML14", "NGAY_HEN_KL", "outpatient_reexam",
@@ -866,3 +914,52 @@ def test_blocking_rule_keeps_the_visit_out(code: str) -> None:
         assert not result.accepted
         assert not any(result.admitted(v) for v in result.visits if any(i.code == code for i in v.issues)), (
             describe(result))
+
+
+# --- harmless shapes of real exports (docs/conformance.md): read, and nothing reported ----------------------
+
+XSI_WITH_SPACE = b'xmlns:xsi="http://www.w3.org/2001/XMLSchema instance"'
+
+
+def _inner(change: Callable[[bytes], bytes], *tables: str) -> Mutation:
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        documents = {(visit.ma_lk, t): base64.b64encode(change(table_document(visit, t))) for t in tables}
+        return submit(visit, documents=documents)
+    return mutate
+
+
+def _wrapped(visit: Visit, rng: random.Random) -> Submission:
+    """base64 wrapped at 76 columns, as other HIS write it."""
+    documents = {}
+    for table in visit.tables:
+        text = base64.b64encode(table_document(visit, table)).decode()
+        documents[(visit.ma_lk, table)] = "\r\n".join(text[i:i + 76] for i in range(0, len(text), 76)).encode()
+    return submit(visit, documents=documents)
+
+
+HARMLESS: dict[str, Mutation] = {
+    "xsi-uri-with-space-in-inner-roots": _inner(
+        lambda d: re.sub(rb"(<[A-Z_]+)(>)", rb"\1 " + XSI_WITH_SPACE + rb"\2", d, count=1), "XML1", "XML2", "XML3"),
+    "no-xml-declaration": _inner(lambda d: d.split(b"?>", 1)[1].lstrip(), "XML1", "XML3"),
+    "byte-order-mark": _inner(lambda d: b"\xef\xbb\xbf" + d, "XML1", "XML2"),
+    "crlf-line-ends": _inner(lambda d: d.replace(b"><", b">\r\n<"), "XML1", "XML3"),
+    # lxml writes empty elements self-closing (<NHOM_MAU/>), as real exports do; other HIS write them open-close.
+    "open-close-empties": _inner(lambda d: re.sub(rb"<([A-Z_0-9]+)/>", rb"<\1></\1>", d), "XML1", "XML2", "XML3"),
+    "base64-wrapped-at-76": _wrapped,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HARMLESS))
+def test_harmless_shapes_are_read_without_a_finding(shape: str) -> None:
+    c = Case(shape, "", None, None, "outpatient", HARMLESS[shape])
+    result, _ = c.run(c.mutate)
+    assert result.accepted and not all_issues(result), describe(result)
+    baseline, _ = c.run(lambda v, r: submit(v))
+    assert [v.tables["XML1"].raw for v in result.visits] == [v.tables["XML1"].raw for v in baseline.visits]
+
+
+def test_inline_tables_with_the_namespace_quirk_are_read() -> None:
+    c = Case("inline-quirk", "", None, None, "outpatient", inline("XML1", "XML2", "XML3", quirk=XSI_WITH_SPACE))
+    result, sub = c.run(c.mutate)
+    assert XSI_WITH_SPACE in sub.data
+    assert result.accepted and {i.code for i in all_issues(result)} == {"S107"}, describe(result)

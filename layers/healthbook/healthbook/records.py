@@ -31,7 +31,7 @@ def _python_type(spec: FieldSpec) -> Any:
         return date
     if spec.format == "multi_date":
         return tuple[date, ...]
-    if spec.format == "date_or_timestamp":
+    if spec.format in ("date_or_timestamp", "timestamp_or_day"):
         return datetime | date
     if spec.type == "number":
         return Decimal if spec.decimals else int

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import binascii
 import re
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +106,42 @@ def _not_utf8(data: bytes) -> XmlRejected | None:
     return None
 
 
+# libxml2 refuses a namespace declaration whose value is not a URI. Real exports declare
+# xmlns:xsi="http://www.w3.org/2001/XMLSchema instance" (a space for the hyphen) in about half their inner
+# documents, unused, and every HIS and the portal live with it: such a value is percent-encoded and parsed again
+# (docs/conformance.md). Nothing else about the document is relaxed.
+_NOT_A_URI = re.compile(r"xmlns(?::[^:\s]+)?: '(.*)' is not a valid URI")
+_MAX_REPAIRS = 8
+_URI_SAFE = ":/?#[]@!$&'()*+,;=%-._~"
+
+
+def _quoted(value: bytes) -> Callable[[re.Match[bytes]], bytes]:
+    """A replacement for ``(xmlns…=)(quote)old(quote)`` that keeps the declaration and its quotes."""
+    return lambda match: match.group(1) + match.group(2) + value + match.group(2)
+
+
+def repair_namespace_uris(data: bytes, parser: etree.XMLParser) -> tuple[etree._Element, dict[str, str]]:
+    """Parse ``data`` with ``parser``; where libxml2 refuses a namespace URI, percent-encode that value in the
+    namespace declarations and parse again. Returns the root and {encoded: original} for what was changed (a
+    verifier needs the original spelling back: it is what the signer canonicalised). Raises XMLSyntaxError."""
+    repaired: dict[str, str] = {}
+    while True:
+        try:
+            return etree.fromstring(data, parser=parser), repaired
+        except etree.XMLSyntaxError as exc:
+            match = _NOT_A_URI.match(str(exc.msg or ""))
+            if match is None or len(repaired) >= _MAX_REPAIRS:
+                raise
+            original = match.group(1)
+            encoded = urllib.parse.quote(original, safe=_URI_SAFE)
+            declaration = re.compile(rb"""(\sxmlns(?::[^\s=:]+)?\s*=\s*)(["'])""" + re.escape(original.encode())
+                                     + rb"\2")
+            data, count = declaration.subn(_quoted(encoded.encode()), data)
+            if count == 0 or encoded == original:
+                raise
+            repaired[encoded] = original
+
+
 def parse(data: bytes, *, limit: int) -> etree._Element:
     """Parse one XML document (an envelope or an inner table) and return its root element."""
     if len(data) > limit:
@@ -115,7 +153,7 @@ def parse(data: bytes, *, limit: int) -> etree._Element:
         raise XmlRejected("E001")  # a byte-order mark and nothing else
     _check_prolog(data)
     try:
-        root = etree.fromstring(data, parser=_PARSER)
+        root, _ = repair_namespace_uris(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         encoding_problem = _not_utf8(data)
         if encoding_problem is not None:
@@ -124,7 +162,7 @@ def parse(data: bytes, *, limit: int) -> etree._Element:
         raise XmlRejected("E005", detail=f"{message} (line {exc.lineno})") from None
     if root is None:
         raise XmlRejected("E005", detail="no root element")
-    if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]  # lxml-stubs lag behind lxml
+    if root.getroottree().docinfo.doctype:  # type: ignore[attr-defined]  # lxml-stubs lag behind lxml
         raise XmlRejected("E004")
     return root
 

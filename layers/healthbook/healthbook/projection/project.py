@@ -133,6 +133,8 @@ def _transform(spec: dict[str, Any], row: Row, standard: str) -> Any:
         return _split(raw)
     if kind == "timestamp":
         return _timestamp(raw)
+    if kind == "timestamp_or_date":
+        return _date(raw) if len(raw) == 8 else _timestamp(raw)
     if kind == "date":
         return _date(raw)
     if kind == "date_list":

@@ -18,13 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from lxml import etree
+
+from healthbook.parsing.safe_xml import repair_namespace_uris
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
 EC_NS = "http://www.w3.org/2001/10/xml-exc-c14n#"  # also the exclusive canonicalisation's own URI
@@ -95,11 +98,30 @@ def _inherited_xml_attributes(element: etree._Element, algorithm: str) -> dict[s
     return found
 
 
+def _escape_attribute(value: str) -> bytes:
+    """An attribute value as canonical XML writes it (C14N 1.0, section 2.2)."""
+    for plain, escaped in (("&", "&amp;"), ("<", "&lt;"), ('"', "&quot;"), ("\t", "&#x9;"), ("\n", "&#xA;"),
+                           ("\r", "&#xD;")):
+        value = value.replace(plain, escaped)
+    return value.encode("utf-8")
+
+
+def _restore(canonical: bytes, repaired: Mapping[str, str]) -> bytes:
+    """Put back the namespace URIs safe_xml had to percent-encode to parse (``xmlns:xsi="…XMLSchema instance"``):
+    the signer canonicalised the document as written. Only inside namespace declarations."""
+    for encoded, original in repaired.items():
+        declaration = re.compile(rb'( xmlns(?::[^\s="]+)?=")' + re.escape(encoded.encode("utf-8")) + rb'"')
+        value = _escape_attribute(original)
+        canonical = declaration.sub(lambda match: match.group(1) + value + b'"', canonical)  # noqa: B023 - used at once
+    return canonical
+
+
 def canonicalize(node: etree._Element | etree._ElementTree, algorithm: str, *, prefixes: Sequence[str] = (),
-                 comments: bool | None = None) -> bytes:
+                 comments: bool | None = None, repaired: Mapping[str, str] | None = None) -> bytes:
     """The canonical form of a whole document (an ElementTree) or of an element's subtree as it stands in its
     document. ``comments`` None follows the algorithm's #WithComments. C14N 1.1 is computed as 1.0: they
-    differ only in the inherited xml: attributes, handled here."""
+    differ only in the inherited xml: attributes, handled here. ``repaired``: namespace URIs the parser had to
+    percent-encode, {encoded: original}."""
     if algorithm not in CANONICALIZATIONS:
         raise CoreFailure("K402", f"unknown canonicalisation {algorithm}")
     exclusive = algorithm.startswith(EXC_C14N)
@@ -110,8 +132,9 @@ def canonicalize(node: etree._Element | etree._ElementTree, algorithm: str, *, p
         if not exclusive:
             for name, value in _inherited_xml_attributes(node, algorithm).items():
                 document.set(name, value)
-    return bytes(etree.tostring(document, method="c14n", exclusive=exclusive, with_comments=with_comments,
-                                inclusive_ns_prefixes=list(prefixes) if exclusive and prefixes else None))
+    canonical = bytes(etree.tostring(document, method="c14n", exclusive=exclusive, with_comments=with_comments,
+                                     inclusive_ns_prefixes=list(prefixes) if exclusive and prefixes else None))
+    return _restore(canonical, repaired) if repaired else canonical
 
 
 def _b64(text: str | None, what: str) -> bytes:
@@ -166,7 +189,7 @@ def _referenced(root: etree._Element, signature: etree._Element, uri: str) -> et
 def verify_core(data: bytes, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> None:
     """Check the one ds:Signature of ``data`` with ``key``: the SignatureValue first (K403), then every
     reference's digest (K404), as XML Signature Best Practices 1 advises. Raises CoreFailure."""
-    root = etree.fromstring(data, parser=_PARSER)
+    root, repaired = repair_namespace_uris(data, _PARSER)
     signature = next(root.iter(_ds("Signature")), None)
     signed_info = signature.find(_ds("SignedInfo")) if signature is not None else None
     method = signed_info.find(_ds("CanonicalizationMethod")) if signed_info is not None else None
@@ -174,7 +197,7 @@ def verify_core(data: bytes, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) 
     if signature is None or signed_info is None or method is None or signature_method is None:
         raise CoreFailure("K402", "no complete ds:Signature")
     algorithm = method.get("Algorithm", "")
-    canonical = canonicalize(signed_info, algorithm, prefixes=_inclusive_prefixes(method))
+    canonical = canonicalize(signed_info, algorithm, prefixes=_inclusive_prefixes(method), repaired=repaired)
     value = _b64(signature.findtext(_ds("SignatureValue")), "SignatureValue")
     _check_signature_value(canonical, value, signature_method.get("Algorithm", ""), key)
 
@@ -201,6 +224,6 @@ def verify_core(data: bytes, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) 
         algorithm = c14n.get("Algorithm", "") if c14n is not None else C14N_10
         prefixes = _inclusive_prefixes(c14n) if c14n is not None else []
         hasher = hashes.Hash(digest())
-        hasher.update(canonicalize(target, algorithm, prefixes=prefixes, comments=False))
+        hasher.update(canonicalize(target, algorithm, prefixes=prefixes, comments=False, repaired=repaired))
         if not hmac.compare_digest(hasher.finalize(), expected):
             raise CoreFailure("K404")

@@ -106,7 +106,7 @@ def _format_of(table_id: str, name: str) -> Format | None:
     if name in by_table:
         fmt: Format = by_table[name]
         return fmt
-    for kind in ("timestamp", "date", "birth", "date_or_timestamp", "multi_date"):
+    for kind in ("timestamp", "date", "birth", "date_or_timestamp", "multi_date", "timestamp_or_day"):
         if name in formats[kind]:
             found: Format = kind
             return found

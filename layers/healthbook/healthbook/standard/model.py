@@ -9,7 +9,7 @@ from datetime import date
 from typing import Literal
 
 FieldType = Literal["string", "number"]
-Format = Literal["timestamp", "date", "birth", "date_or_timestamp", "multi_date"]
+Format = Literal["timestamp", "date", "birth", "date_or_timestamp", "multi_date", "timestamp_or_day"]
 CheckKind = Literal["codes", "icd10", "pattern", "person_id", "insurance_card"]
 PiiClass = Literal["name", "id", "card", "phone", "address", "birthdate"]
 

@@ -341,6 +341,8 @@ def reexam_after_discharge(ctx: VisitContext) -> None:
     appointment, discharge = reexam[1].get("NGAY_HEN_KL"), summary[1].get("NGAY_RA")
     if appointment is None or discharge is None:
         return
+    if not isinstance(appointment, datetime):  # a day only (V217): compared by day
+        discharge = discharge.date()
     if appointment < discharge:
         ctx.add("R313", table="XML14", field="NGAY_HEN_KL", value=appointment, reference_value=_show(discharge))
     elif appointment == discharge:

@@ -110,7 +110,26 @@ def _validate_envelope(root: etree._Element, result: FileResult, options: Option
         result.visits.append(visit)
 
 
-def _decode(table: str, content: str | None, spec_root: str, limits: Limits) -> etree._Element:
+Payload = str | etree._Element | None  # NOIDUNGFILE's base64 text, or the table written inline as elements
+
+
+def _payload(element: etree._Element | None) -> Payload:
+    """What NOIDUNGFILE holds: its text (base64, as CV 1245 asks), or the inner document's root when the HIS
+    wrote the table inline as one child element (S107, read as it is)."""
+    if element is None:
+        return None
+    children = [child for child in element if isinstance(child.tag, str)]
+    if len(children) == 1 and not (element.text or "").strip() and not (children[0].tail or "").strip():
+        return children[0]
+    return element.text or ""
+
+
+def _decode(table: str, content: Payload, spec_root: str, limits: Limits) -> etree._Element:
+    if isinstance(content, etree._Element):
+        root = content
+        if root.tag != spec_root:
+            raise XmlRejected("E006", root=root.tag if isinstance(root.tag, str) else "", expected=spec_root)
+        return root
     raw = decode_base64(content, limit=limits.max_inner_bytes, table=table)
     root = parse(raw, limit=limits.max_inner_bytes)
     if root.tag != spec_root:
@@ -131,7 +150,7 @@ def _choose(forced: str, summary: dict[str, str]) -> tuple[Standard, bool]:
 
 def _validate_hoso(element: etree._Element, index: int, facility: str | None, options: Options) -> VisitResult:
     visit = VisitResult(ma_lk="", standard=None)
-    documents: dict[str, str | None] = {}
+    documents: dict[str, Payload] = {}
     early: list[Issue] = []
     for item in element:
         if item.tag != "FILEHOSO":
@@ -143,8 +162,9 @@ def _validate_hoso(element: etree._Element, index: int, facility: str | None, op
         if kind in documents:
             early.append(make_issue("E014", table=kind))
             continue
-        payload = item.find("NOIDUNGFILE")
-        documents[kind] = None if payload is None else (payload.text or "")
+        documents[kind] = _payload(item.find("NOIDUNGFILE"))
+        if isinstance(documents[kind], etree._Element):
+            early.append(make_issue("S107", table=kind))
     if "XML1" not in documents:
         visit.issues.extend(early)
         visit.issues.append(make_issue("E015", table="XML1", index=index))

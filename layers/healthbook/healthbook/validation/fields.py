@@ -97,20 +97,26 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
         if max_length is not None and len(text) > max_length:
             return None, ("V202", {"length": len(text), "max_length": max_length})
         typed: Any = text
+        negative = False
         if is_number:
-            # str methods instead of a regex: digits, at most one '.', digits after it.
-            point = text.find(".")
+            # str methods instead of a regex: an optional '-', digits, at most one '.', digits after it.
+            negative = text.startswith("-")
+            digits = text[1:] if negative else text
+            point = digits.find(".")
             if point < 0:
-                if not text.isdigit() or not text.isascii():
+                if not digits.isdigit() or not digits.isascii():
                     return None, ("V203", {})
-                typed = Decimal(text) if decimals else int(text)
+                typed = Decimal(digits) if decimals else int(digits)
             else:
-                whole, places = text[:point], text[point + 1 :]
-                if not (whole.isdigit() and places.isdigit() and text.isascii()):
+                whole, places = digits[:point], digits[point + 1 :]
+                if not (whole.isdigit() and places.isdigit() and digits.isascii()):
                     return None, ("V203", {})
                 if len(places) > decimals:
                     return None, ("V204", {"decimals": decimals})
-                typed = Decimal(text)
+                typed = Decimal(digits)
+            if negative:
+                typed = -typed
+                negative = typed != 0  # '-0.00' is zero: a rounding artefact, not a finding
         if fmt is not None:
             if fmt == "timestamp":
                 typed = parse_timestamp(text)
@@ -129,8 +135,15 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
                 typed = parse_timestamp(text) if len(text) == 12 else parse_date(text)
                 if typed is None:
                     return None, ("V206", {})
+            elif fmt == "timestamp_or_day":
+                typed = parse_timestamp(text)
+                if typed is None:
+                    day = parse_date(text)
+                    return (day, ("V217", {})) if day is not None else (None, ("V205", {}))
             elif fmt == "birth" and not _birth_ok(text):
                 return None, ("V207", {})
+        if negative:
+            return typed, ("V216", {})  # kept: sums and the health book use the value as written
         if check is None and spec.max_items is None:
             return typed, None
         values = _values(spec, text)
