@@ -51,9 +51,25 @@ def test_version_selected_by_visit_date() -> None:
 
     assert standard.select(date(2023, 12, 31)).id == "130"
     assert standard.select(date(2024, 1, 1)).id == "4750"
+    assert standard.select(date(2024, 12, 31)).id == "4750"
+    assert standard.select(date(2025, 1, 1)).id == "3176"
+    assert standard.select(date(2025, 6, 30)).id == "3176"
+    assert standard.select(date(2025, 7, 1)).id == "3176-2025-07"  # districts abolished
     assert standard.select(None).id == standard.version_ids()[-1]
+    assert standard.in_force("3176") == (date(2025, 1, 1), date(2025, 7, 1))
     planned = json.loads((DATA / "versions.json").read_text(encoding="utf-8"))["planned"]
-    assert any(p["id"] == "3176" for p in planned)
+    assert any(p["id"].startswith("3176") for p in planned)
+
+
+def test_districts_are_no_longer_required_from_july_2025() -> None:
+    """The same tags as QĐ 4750 (QĐ 3176 changed meanings, not tags); MAHUYEN_CU_TRU required before the
+    two-level local government, optional (empty by law) after it."""
+    before, after = standard.load("3176"), standard.load("3176-2025-07")
+    assert {t: f.field_names() for t, f in before.tables.items()} == {
+        t: f.field_names() for t, f in standard.load("4750").tables.items()}
+    for table in ("XML1", "XML9", "XML12"):
+        assert before.tables[table].by_name["MAHUYEN_CU_TRU"].required
+        assert not after.tables[table].by_name["MAHUYEN_CU_TRU"].required
 
 
 def test_required_flags_come_from_the_portal_sheet() -> None:

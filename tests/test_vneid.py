@@ -326,7 +326,8 @@ def test_html_view_labels_every_field_the_mapping_names() -> None:
 
 
 def test_html_view_orders_real_entries_by_admission_newest_first(fake: FakeVneid, client: VneidClient) -> None:
-    newer, older = real_entry(11, "inpatient"), real_entry(3, "referral")
+    newer, older = sorted((real_entry(11, "inpatient"), real_entry(3, "referral")),
+                          key=lambda entry: entry["visit"]["admitted_at"], reverse=True)
     assert newer["visit"]["admitted_at"] > older["visit"]["admitted_at"]
     client.deliver(KEY, newer)
     client.deliver(KEY, older)  # delivered last, admitted first

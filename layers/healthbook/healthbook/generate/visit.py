@@ -9,9 +9,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from healthbook.generate import vocab
+from healthbook.standard import in_force
 
-SCENARIOS = ("outpatient", "outpatient_reexam", "outpatient_treatment", "inpatient", "referral", "tuberculosis")
-SCENARIO_WEIGHTS = (30, 20, 8, 27, 8, 7)
+SCENARIOS = ("outpatient", "outpatient_reexam", "outpatient_treatment", "inpatient", "referral", "tuberculosis",
+             "birth")
+# "birth" (a delivery with its birth certificate, XML9) only on request: weight 0 keeps every seed's visits as they were.
+SCENARIO_WEIGHTS = (30, 20, 8, 27, 8, 7, 0)
 CENT, MILL = Decimal("0.01"), Decimal("0.001")
 
 Row = dict[str, str]
@@ -43,13 +46,53 @@ def _qty(value: Decimal) -> str:
     return text or "0"
 
 
+def _full_name(rng: random.Random, male: bool) -> str:
+    return " ".join([rng.choice(vocab.SURNAMES), rng.choice(vocab.MIDDLE_MALE if male else vocab.MIDDLE_FEMALE),
+                     rng.choice(vocab.GIVEN_MALE if male else vocab.GIVEN_FEMALE)])
+
+
+def set_everywhere(visit: Visit, name: str, value: str) -> None:
+    """Set an XML1 value and its copies (XML9, XML13, XML14, XML15), so one change stays one change."""
+    for table in ("XML1", "XML9", "XML13", "XML14", "XML15"):
+        for row in visit.tables.get(table, []):
+            if table == "XML1" or name in row:
+                row[name] = value
+
+
+def cost_totals(drugs: list[Row], services: list[Row]) -> Row:
+    """XML1's money fields: the sums of the XML2 (drugs) and XML3 (services, supplies) lines."""
+    lines = drugs + services
+
+    def total(name: str, rows: list[Row]) -> str:
+        return _money(sum((Decimal(r[name]) for r in rows), Decimal(0)))
+
+    return {"T_THUOC": total("THANH_TIEN_BV", drugs),
+            "T_VTYT": total("THANH_TIEN_BV", [s for s in services if s["MA_NHOM"] in ("10", "11")]),
+            "T_TONGCHI_BV": total("THANH_TIEN_BV", lines), "T_TONGCHI_BH": total("THANH_TIEN_BH", lines),
+            "T_BNTT": total("T_BNTT", lines), "T_BNCCT": total("T_BNCCT", lines), "T_BHTT": total("T_BHTT", lines),
+            "T_NGUONKHAC": "0", "T_BHTT_GDV": total("T_BHTT", lines)}
+
+
+def record_summary(summary: Row) -> Row:
+    """XML8, the medical-record summary, from the visit's XML1 values."""
+    span_days = (datetime.strptime(summary["NGAY_RA"][:8], "%Y%m%d")
+                 - datetime.strptime(summary["NGAY_VAO"][:8], "%Y%m%d")).days + 1
+    return {"MA_LK": summary["MA_LK"], "MA_LOAI_KCB": summary["MA_LOAI_KCB"], "NGAY_VAO": summary["NGAY_VAO"],
+            "NGAY_RA": summary["NGAY_RA"], "CHAN_DOAN_VAO": summary["CHAN_DOAN_VAO"],
+            "CHAN_DOAN_RV": summary["CHAN_DOAN_RV"],
+            "QT_BENHLY": f"Vào viện vì {summary['LY_DO_VV'].lower()}, diễn biến {span_days} ngày.",
+            "TOMTAT_KQ": "Các xét nghiệm trong giới hạn, X-quang phù hợp chẩn đoán.",
+            "PP_DIEUTRI": summary["PP_DIEU_TRI"], "KET_QUA_DTRI": summary["KET_QUA_DTRI"],
+            "MA_TTDV": summary["MA_TTDV"], "NGAY_CT": summary["NGAY_RA"][:8]}
+
+
 class _Builder:
     def __init__(self, rng: random.Random, facility: tuple[str, str, str], standard: str, scenario: str,
                  start: datetime, detail_rows: int | None) -> None:
         self.rng, self.standard, self.scenario = rng, standard, scenario
         self.facility_code, self.facility_name, self.province = facility
         self.detail_rows = detail_rows
-        self.inpatient = scenario == "inpatient" or (scenario == "tuberculosis" and rng.random() < 0.5)
+        self.inpatient = scenario in ("inpatient", "birth") or (scenario == "tuberculosis" and rng.random() < 0.5)
         self.start = start
         self.admitted: datetime | None
         if self.inpatient:
@@ -64,16 +107,20 @@ class _Builder:
         self.ma_lk = f"{self.facility_code}{start:%y%m%d}{rng.randint(0, 10**8 - 1):08d}"
         self.doctor = f"00{rng.randint(1000, 9999)}/{self.province}-CCHN"
         self.head = f"{rng.randint(1, 99):02d}{rng.randint(10**7, 10**8 - 1)}"
-        self.department = rng.choice(vocab.DEPARTMENTS[2:] if self.inpatient else vocab.DEPARTMENTS[:1])[0]
+        if scenario == "birth":
+            self.department = vocab.MATERNITY
+        else:
+            self.department = rng.choice(vocab.DEPARTMENTS[2:] if self.inpatient else vocab.DEPARTMENTS[:1])[0]
         self.lines_bv = Decimal(0)
 
     # --- the person -------------------------------------------------------------------------------------
     def person(self) -> Row:
         rng = self.rng
-        male = rng.random() < 0.5
-        name = " ".join([rng.choice(vocab.SURNAMES), rng.choice(vocab.MIDDLE_MALE if male else vocab.MIDDLE_FEMALE),
-                         rng.choice(vocab.GIVEN_MALE if male else vocab.GIVEN_FEMALE)])
-        birth = date(rng.randint(1940, 2018), rng.randint(1, 12), rng.randint(1, 28))
+        mother = self.scenario == "birth"
+        male = False if mother else rng.random() < 0.5
+        name = _full_name(rng, male)
+        years = (self.start.year - 40, self.start.year - 18) if mother else (1940, 2018)
+        birth = date(rng.randint(*years), rng.randint(1, 12), rng.randint(1, 28))
         province, province_name, districts = rng.choice(vocab.PLACES)
         district, district_name, communes = rng.choice(districts)
         commune, commune_name = rng.choice(communes)
@@ -162,18 +209,45 @@ class _Builder:
         self._split(row, total, total)
         return row
 
+    def birth_certificate(self, mother: Row, born: datetime) -> Row:
+        """XML9 for one newborn; the mother (người nuôi dưỡng) is the visit's patient."""
+        rng = self.rng
+        boy = rng.random() < 0.5
+        father = _full_name(rng, True)
+        child = " ".join([father.split()[0], rng.choice(vocab.MIDDLE_MALE if boy else vocab.MIDDLE_FEMALE),
+                          rng.choice(vocab.GIVEN_MALE if boy else vocab.GIVEN_FEMALE)])
+        card = mother["MA_THE_BHYT"]
+        issued = date(max(int(mother["NGAY_SINH"][:4]) + 14, 2021), rng.randint(1, 12), rng.randint(1, 28))
+        order = rng.randint(1, 3)
+        return {"MA_LK": self.ma_lk, "MA_BHXH_NND": card[-10:], "MA_THE_NND": card, "HO_TEN_NND": mother["HO_TEN"],
+                "NGAYSINH_NND": mother["NGAY_SINH"][:8], "MA_DANTOC_NND": mother["MA_DANTOC"],
+                "SO_CCCD_NND": mother["SO_CCCD"], "NGAYCAP_CCCD_NND": _d(issued),
+                "NOICAP_CCCD_NND": "Cục Cảnh sát quản lý hành chính về trật tự xã hội",
+                "NOI_CU_TRU_NND": mother["DIA_CHI"], "MA_QUOCTICH": mother["MA_QUOCTICH"],
+                **{k: mother[k] for k in ("MATINH_CU_TRU", "MAHUYEN_CU_TRU", "MAXA_CU_TRU")},
+                "HO_TEN_CHA": father, "MA_THE_TAM": f"TE1{self.province}{rng.randint(10**9, 10**10 - 1)}",
+                "HO_TEN_CON": child, "GIOI_TINH_CON": "1" if boy else "2", "SO_CON": "1", "LAN_SINH": str(order),
+                "SO_CON_SONG": str(order), "CAN_NANG_CON": str(rng.randint(2600, 3900)),  # grams
+                "NGAY_SINH_CON": _ts(born), "NOI_SINH_CON": self.facility_name, "TINH_TRANG_CON": "Khỏe mạnh",
+                "SINHCON_PHAUTHUAT": "0", "SINHCON_DUOI32TUAN": "0", "GHI_CHU": "Không",
+                "NGUOI_DO_DE": f"NHS. {_full_name(rng, False)}", "NGUOI_GHI_PHIEU": f"NHS. {_full_name(rng, False)}",
+                "NGAY_CT": _d(self.end.date()), "SO": str(rng.randint(1, 999)),
+                "QUYEN_SO": f"{rng.randint(1, 20):02d}/{born.year}", "MA_TTDV": self.head}
+
 
 def build_visit(rng: random.Random, *, scenario: str | None = None, standard: str = "4750",
                 facility: tuple[str, str, str] | None = None, detail_rows: int | None = None,
-                start: datetime | None = None) -> Visit:
-    """A visit valid under ``standard``; ``detail_rows`` sizes XML2+XML3+XML4 (the benchmark uses ~70)."""
+                start: datetime | None = None, reexam: bool | None = None) -> Visit:
+    """A visit valid under ``standard``; ``detail_rows`` sizes XML2+XML3+XML4 (the benchmark uses ~70).
+    ``reexam`` forces the re-examination paper (XML14) in or out; by default the scenario decides."""
     scenario = scenario or rng.choices(SCENARIOS, SCENARIO_WEIGHTS)[0]
     if standard == "130" and scenario in ("referral", "outpatient_reexam", "tuberculosis"):
         scenario = "outpatient"  # XML13/14/15 do not exist before QĐ 4750
     facility = facility or rng.choice(vocab.FACILITIES)
-    if start is None:
-        first = date(2023, 3, 1) if standard == "130" else date(2024, 1, 2)
-        last = date(2023, 12, 15) if standard == "130" else date(2026, 10, 31)
+    if start is None:  # a day on which ``standard`` is the version in force, leaving room for a stay
+        since, until = in_force(standard)
+        first = since + timedelta(days=1)
+        last = until - timedelta(days=16) if until is not None else date(2026, 10, 31)
         day = first + timedelta(days=rng.randint(0, (last - first).days))
         start = datetime(day.year, day.month, day.day, rng.randint(7, 15), rng.randint(0, 59))
     b = _Builder(rng, facility, standard, scenario, start, detail_rows)
@@ -181,9 +255,14 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
     tb = scenario == "tuberculosis"
     if tb:
         main_code, main_name = rng.choice(vocab.TB_DIAGNOSES)
+    elif scenario == "birth":
+        main_code, main_name = vocab.DELIVERY_DIAGNOSIS
     else:
         main_code, main_name, *_ = rng.choice([d for d in vocab.DIAGNOSES if (d[3] if b.inpatient else d[2])])
-    secondary = rng.sample([c for c in vocab.SECONDARY if c != main_code], rng.randint(0, 3))
+    if scenario == "birth":
+        secondary = [vocab.LIVE_BIRTH]
+    else:
+        secondary = rng.sample([c for c in vocab.SECONDARY if c != main_code], rng.randint(0, 3))
 
     # Cost lines: drugs (XML2), then exam/labs/imaging/procedures/bed days/supplies (XML3), results (XML4).
     drugs: list[Row] = []
@@ -219,6 +298,11 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
             services.append(b.service(rng.choice(vocab.PROCEDURES), len(services) + 1, main_code))
         else:
             drugs.append(b.drug(rng.choice(catalogue), len(drugs) + 1))
+    born: datetime | None = None
+    if scenario == "birth":
+        assert b.admitted is not None
+        born = b.admitted + timedelta(hours=rng.randint(2, 20))
+        services.append(b.service(vocab.DELIVERY, len(services) + 1, main_code, ordered=born - timedelta(minutes=40)))
     if b.inpatient:
         assert b.admitted is not None
         days = (b.end.date() - b.admitted.date()).days or 1
@@ -228,12 +312,9 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
     visit_type = "03" if b.inpatient else ("02" if scenario == "outpatient_treatment" else "01")
     referral = scenario == "referral"
     target = rng.choice([f for f in vocab.FACILITIES if f[0] != b.facility_code]) if referral else None
-    reexam = standard != "130" and (scenario in ("outpatient_reexam", "tuberculosis") or (b.inpatient and rng.random() < 0.4))
-    lines = drugs + services
-
-    def total(name: str, rows: list[Row]) -> Decimal:
-        return sum((Decimal(r[name]) for r in rows), Decimal(0))
-
+    if reexam is None:
+        reexam = scenario in ("outpatient_reexam", "tuberculosis") or (b.inpatient and rng.random() < 0.4)
+    reexam = reexam and standard != "130"
     span_days = (b.end.date() - start.date()).days + 1
     summary: Row = {
         "MA_LK": b.ma_lk, "STT": "1", "MA_BN": f"BN{rng.randint(10**7, 10**8 - 1)}", **person,
@@ -244,18 +325,15 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
         "SO_NGAY_DTRI": "0" if visit_type == "01" else str(span_days),
         "PP_DIEU_TRI": "Điều trị nội khoa" if not b.inpatient else "Điều trị nội khoa kết hợp theo dõi tại khoa",
         "KET_QUA_DTRI": rng.choice(["1", "2"]), "MA_LOAI_RV": "2" if referral else "1",
-        "NGAY_TTOAN": _ts(b.end + timedelta(minutes=15)),
-        "T_THUOC": _money(total("THANH_TIEN_BV", drugs)),
-        "T_VTYT": _money(total("THANH_TIEN_BV", [s for s in services if s["MA_NHOM"] in ("10", "11")])),
-        "T_TONGCHI_BV": _money(total("THANH_TIEN_BV", lines)), "T_TONGCHI_BH": _money(total("THANH_TIEN_BH", lines)),
-        "T_BNTT": _money(total("T_BNTT", lines)), "T_BNCCT": _money(total("T_BNCCT", lines)),
-        "T_BHTT": _money(total("T_BHTT", lines)), "T_NGUONKHAC": "0", "T_BHTT_GDV": _money(total("T_BHTT", lines)),
+        "NGAY_TTOAN": _ts(b.end + timedelta(minutes=15)), **cost_totals(drugs, services),
         "NAM_QT": str(b.end.year), "THANG_QT": str(b.end.month), "MA_LOAI_KCB": visit_type,
         "MA_KHOA": b.department, "MA_CSKCB": b.facility_code, "MA_KHUVUC": "",
         "MA_HSBA": f"{b.end.year}{rng.randint(10**5, 10**6 - 1)}", "MA_TTDV": b.head,
     }
     if b.admitted is not None:
         summary.update({"NGAY_VAO_NOI_TRU": _ts(b.admitted), "LY_DO_VNT": main_name})
+    if scenario == "birth":
+        summary["LY_DO_VV"] = "Chuyển dạ"
     if referral and target:
         summary.update({"MA_NOI_DEN": target[0], "GIAY_CHUYEN_TUYEN": f"{rng.randint(1, 9999)}/CT"})
     if reexam:
@@ -288,12 +366,10 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
                                  "PP_DIEUTRI": summary["PP_DIEU_TRI"], "MA_TTDV": b.head, "MA_BS": b.doctor,
                                  "TEN_BS": f"BS. {rng.choice(vocab.SURNAMES)} {rng.choice(vocab.GIVEN_MALE)}",
                                  "NGAY_CT": _d(b.end.date())}]
-        visit.tables["XML8"] = [{"MA_LK": b.ma_lk, "MA_LOAI_KCB": visit_type, "NGAY_VAO": summary["NGAY_VAO"],
-                                 "NGAY_RA": summary["NGAY_RA"], "CHAN_DOAN_VAO": main_name, "CHAN_DOAN_RV": main_name,
-                                 "QT_BENHLY": f"Vào viện vì {summary['LY_DO_VV'].lower()}, diễn biến {span_days} ngày.",
-                                 "TOMTAT_KQ": "Các xét nghiệm trong giới hạn, X-quang phù hợp chẩn đoán.",
-                                 "PP_DIEUTRI": summary["PP_DIEU_TRI"], "KET_QUA_DTRI": summary["KET_QUA_DTRI"],
-                                 "MA_TTDV": b.head, "NGAY_CT": _d(b.end.date())}]
+        visit.tables["XML8"] = [record_summary(summary)]
+    if born is not None:
+        visit.tables["XML9"] = [b.birth_certificate(summary, born)]
+        summary["CAN_NANG_CON"] = visit.tables["XML9"][0]["CAN_NANG_CON"]
     copy = ("HO_TEN", "NGAY_SINH", "GIOI_TINH", "DIA_CHI", "MA_THE_BHYT", "GT_THE_DEN", "NGAY_VAO", "NGAY_RA",
             "CHAN_DOAN_RV", "MA_BENH_CHINH", "MA_BENH_KT")
     if referral and target:

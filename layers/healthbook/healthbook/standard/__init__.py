@@ -30,6 +30,7 @@ __all__ = [
     "Standard",
     "TableSpec",
     "ValueCheck",
+    "in_force",
     "load",
     "pii_classes",
     "select",
@@ -183,6 +184,14 @@ def load(version_id: str) -> Standard:
         )
     return Standard(id=version_id, title=entry["title"], effective_from=date.fromisoformat(entry["effective_from"]),
                     tables=tables, codelists=_codelists(version_id))
+
+
+def in_force(version_id: str) -> tuple[date, date | None]:
+    """From when ``version_id`` applies, and until when (the next version's first day), None for the newest."""
+    versions = _versions()
+    index = version_ids().index(version_id)
+    until = date.fromisoformat(versions[index + 1]["effective_from"]) if index + 1 < len(versions) else None
+    return date.fromisoformat(versions[index]["effective_from"]), until
 
 
 def select(visit_date: date | None) -> Standard:
