@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from healthbook.standard import Standard
+from healthbook.standard.cards import social_insurance_numbers
 from healthbook.validation.cross import TableRows
 from healthbook.validation.fields import plan
 from healthbook.validation.issues import Issue, make_issue
@@ -29,19 +30,6 @@ IDENTITY = ("HO_TEN", "NGAY_SINH", "GIOI_TINH")
 ID_NUMBER, CARD = "SO_CCCD", "MA_THE_BHYT"
 VISIT = ("MA_CSKCB", "NGAY_VAO")
 MAIN_DIAGNOSIS = "MA_BENH_CHINH"
-SOCIAL_INSURANCE_DIGITS = 10
-
-
-def social_insurance_numbers(cards: str) -> list[str]:
-    """The social-insurance numbers in MA_THE_BHYT: the last 10 characters of each card, when they are digits."""
-    found = []
-    for card in cards.split(";"):
-        tail = card.strip()[-SOCIAL_INSURANCE_DIGITS:]
-        if len(tail) == SOCIAL_INSURANCE_DIGITS and tail.isascii() and tail.isdigit():
-            found.append(tail)
-    return found
-
-
 def admit(standard: Standard, tables: dict[str, TableRows], ma_lk: str, issues: list[Issue]) -> None:
     """Add the H issues that keep this visit out of the health book. Nothing when XML1 could not be read:
     that E issue blocks the visit already."""
