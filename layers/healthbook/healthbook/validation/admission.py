@@ -17,8 +17,6 @@ when present), so a bad value is explained once, by its V finding, and here only
 
 from __future__ import annotations
 
-from typing import Any
-
 from healthbook.standard import Standard
 from healthbook.standard.cards import social_insurance_numbers
 from healthbook.validation.cross import TableRows
@@ -39,15 +37,16 @@ def admit(standard: Standard, tables: dict[str, TableRows], ma_lk: str, issues: 
     raw, typed = summary.raw[0], summary.typed[0]
     plans = plan(standard, SUMMARY)
 
-    def _usable(name: str, raw: dict[str, str], typed: dict[str, Any]) -> bool:
+    def usable(name: str) -> bool:
         """Accepted by its field rule: a typed value, or present for a plain string (only its length checked)."""
         return name in typed or (name in raw and isinstance(plans.get(name), int))
-    missing = [name for name in IDENTITY if not _usable(name, raw, typed)]
-    if not _usable(ID_NUMBER, raw, typed) and not social_insurance_numbers(raw.get(CARD, "")):
+
+    missing = [name for name in IDENTITY if not usable(name)]
+    if not usable(ID_NUMBER) and not social_insurance_numbers(raw.get(CARD, "")):
         missing.append(f"{ID_NUMBER} / {CARD}")
     if missing:
         issues.append(make_issue("H601", table=SUMMARY, ma_lk=ma_lk, missing=", ".join(missing)))
-    missing = [name for name in VISIT if not _usable(name, raw, typed)]
+    missing = [name for name in VISIT if not usable(name)]
     if missing:
         issues.append(make_issue("H602", table=SUMMARY, ma_lk=ma_lk, missing=", ".join(missing)))
     if MAIN_DIAGNOSIS not in raw:
