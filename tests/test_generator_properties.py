@@ -75,7 +75,7 @@ def test_generation_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 def test_scenarios_produce_their_tables() -> None:
     rng = random.Random(3)
     expect = {"inpatient": {"XML5", "XML7", "XML8"}, "referral": {"XML13"}, "outpatient_reexam": {"XML14"},
-              "tuberculosis": {"XML15"}}
+              "tuberculosis": {"XML15"}, "birth": {"XML7", "XML8", "XML9"}}
     for scenario, tables in expect.items():
         visit = build_visit(rng, scenario=scenario)
         assert tables <= set(visit.tables), scenario

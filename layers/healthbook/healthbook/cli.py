@@ -75,15 +75,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from healthbook.generate import generate_batch
+    from healthbook.generate import generate_batch, generate_his_export
 
+    if args.his_export and (args.defect_rate or args.rows is not None or args.standard_version is not None):
+        raise UsageError("--his-export plants its own defects and follows each visit's date: "
+                         "no --defect-rate, --rows or --standard with it")
     try:
-        manifest = generate_batch(Path(args.out), visits=args.visits, seed=args.seed,
-                                  defect_rate=args.defect_rate, standard=args.standard_version,
-                                  detail_rows=args.rows, facility=args.facility)
+        if args.his_export:
+            manifest = generate_his_export(Path(args.out), visits=args.visits, seed=args.seed, facility=args.facility)
+        else:
+            manifest = generate_batch(Path(args.out), visits=args.visits, seed=args.seed,
+                                      defect_rate=args.defect_rate, standard=args.standard_version or "4750",
+                                      detail_rows=args.rows, facility=args.facility)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    defects = sum(1 for f in manifest["files"] if f["defect"])
+    defects = sum(1 for f in manifest["files"] if f.get("defect") or f.get("defects"))
     print(f"wrote {args.visits} file(s) to {args.out} ({defects} with a labelled defect; see manifest.json)")
     return EXIT_OK
 
@@ -181,9 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--defect-rate", type=float, default=0.0, help="share of files with one labelled defect")
-    generate.add_argument("--standard", dest="standard_version", choices=standards.version_ids(), default="4750")
+    generate.add_argument("--standard", dest="standard_version", choices=standards.version_ids(),
+                          help="standard version (default: 4750)")
     generate.add_argument("--rows", type=int, default=None, help="detail rows per visit (default: realistic mix)")
     generate.add_argument("--facility", metavar="MACSKCB", help="every file from this facility (default: a mix)")
+    generate.add_argument("--his-export", action="store_true",
+                          help="files shaped like real HIS exports of 2026 (healthbook.generate.his_export), "
+                               "their shapes and planted defects labelled in manifest.json")
     generate.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="the pipeline locally on moto: sign, upload, ingest, receipts, records")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from healthbook.generate.defects import INJECTORS, Defect, inject
+from healthbook.generate.his_export import HisExport, his_export_batch
 from healthbook.generate.visit import SCENARIOS, Visit, build_visit
 from healthbook.generate.writer import checkin_document, envelope, table_document
 
@@ -15,12 +16,15 @@ __all__ = [
     "INJECTORS",
     "SCENARIOS",
     "Defect",
+    "HisExport",
     "Visit",
     "build_visit",
     "checkin_document",
     "envelope",
     "facility_named",
     "generate_batch",
+    "generate_his_export",
+    "his_export_batch",
     "inject",
     "submission",
     "table_document",
@@ -60,6 +64,20 @@ def generate_batch(out_dir: Path, *, visits: int, seed: int = 0, defect_rate: fl
         (out_dir / name).write_bytes(submission(visit, defect))
         entries.append({"file": name, "ma_lk": visit.ma_lk, "facility": visit.facility, "scenario": visit.scenario,
                         "standard": visit.standard, "defect": defect.label() if defect else None})
-    manifest = {"seed": seed, "visits": visits, "defect_rate": defect_rate, "files": entries}
+    return _write_manifest(out_dir, {"seed": seed, "visits": visits, "defect_rate": defect_rate, "files": entries})
+
+
+def generate_his_export(out_dir: Path, *, visits: int, seed: int = 0, facility: str | None = None) -> dict[str, Any]:
+    """Write ``visits`` files shaped like real HIS exports (see his_export) plus ``manifest.json`` with their labels."""
+    chosen = {"facility": facility_named(facility)} if facility else {}
+    exports = his_export_batch(seed, visits, **chosen)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for export in exports:
+        (out_dir / export.file).write_bytes(export.body)
+    return _write_manifest(out_dir, {"seed": seed, "visits": visits, "mode": "his-export",
+                                     "files": [export.label() for export in exports]})
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     (out_dir / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
     return manifest

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from healthbook.generate.visit import Visit
+from healthbook.generate.visit import Visit, set_everywhere
 
 
 @dataclass
@@ -25,9 +25,11 @@ class Defect:
     field: str | None
     description: str
     envelope: dict[str, Any] = dataclasses.field(default_factory=dict)  # changes applied when writing the envelope
+    value: str | None = None  # the planted value, when the report is expected to name it
 
     def label(self) -> dict[str, Any]:
-        return {"code": self.code, "table": self.table, "field": self.field, "description": self.description}
+        label = {"code": self.code, "table": self.table, "field": self.field, "description": self.description}
+        return label if self.value is None else label | {"value": self.value}
 
 
 Injector = Callable[[Visit, random.Random], Defect | None]
@@ -39,13 +41,6 @@ def injector(name: str) -> Callable[[Injector], Injector]:
         INJECTORS[name] = fn
         return fn
     return register
-
-
-def _set_everywhere(visit: Visit, name: str, value: str) -> None:
-    for table in ("XML1", "XML13", "XML14", "XML15"):
-        for row in visit.tables.get(table, []):
-            if table == "XML1" or name in row:
-                row[name] = value
 
 
 def _summary(visit: Visit) -> dict[str, str]:
@@ -120,19 +115,19 @@ def _route_pattern(visit: Visit, rng: random.Random) -> Defect | None:
 
 @injector("person_id")
 def _person_id(visit: Visit, rng: random.Random) -> Defect:
-    _set_everywhere(visit, "SO_CCCD", "1234567")
+    set_everywhere(visit, "SO_CCCD", "1234567")
     return Defect("V212", "XML1", "SO_CCCD", "7-digit ID")
 
 
 @injector("insurance_card")
 def _insurance_card(visit: Visit, rng: random.Random) -> Defect:
-    _set_everywhere(visit, "MA_THE_BHYT", _summary(visit)["MA_THE_BHYT"][:12])
+    set_everywhere(visit, "MA_THE_BHYT", _summary(visit)["MA_THE_BHYT"][:12])
     return Defect("V213", "XML1", "MA_THE_BHYT", "12-character card")
 
 
 @injector("too_many_secondary")
 def _too_many_secondary(visit: Visit, rng: random.Random) -> Defect:
-    _set_everywhere(visit, "MA_BENH_KT", ";".join(["I10", "E11.9", "E78.5", "K21.9", "J44.9", "N18.9", "D64.9",
+    set_everywhere(visit, "MA_BENH_KT", ";".join(["I10", "E11.9", "E78.5", "K21.9", "J44.9", "N18.9", "D64.9",
                                                    "R50.9", "K29.7", "M54.5", "J20.9", "H10.9", "J06.9"]))
     return Defect("V214", "XML1", "MA_BENH_KT", "13 secondary diagnoses")
 
@@ -143,7 +138,7 @@ def _admission_before_arrival(visit: Visit, rng: random.Random) -> Defect | None
     if not summary.get("NGAY_VAO_NOI_TRU"):
         return None
     early = datetime.strptime(summary["NGAY_VAO"], "%Y%m%d%H%M") - timedelta(hours=2)
-    _set_everywhere(visit, "NGAY_VAO_NOI_TRU", early.strftime("%Y%m%d%H%M"))
+    set_everywhere(visit, "NGAY_VAO_NOI_TRU", early.strftime("%Y%m%d%H%M"))
     return Defect("R302", "XML1", "NGAY_VAO_NOI_TRU", "inpatient admission before arrival")
 
 
@@ -235,7 +230,7 @@ def _ma_lk_mismatch(visit: Visit, rng: random.Random) -> Defect:
 @injector("facility_mismatch")
 def _facility_mismatch(visit: Visit, rng: random.Random) -> Defect:
     other = "01001" if visit.facility != "01001" else "79001"
-    _set_everywhere(visit, "MA_CSKCB", other)
+    set_everywhere(visit, "MA_CSKCB", other)
     return Defect("R301", "XML1", "MA_CSKCB", "XML1 facility differs from the envelope")
 
 

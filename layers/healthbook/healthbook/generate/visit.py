@@ -312,9 +312,10 @@ def build_visit(rng: random.Random, *, scenario: str | None = None, standard: st
     visit_type = "03" if b.inpatient else ("02" if scenario == "outpatient_treatment" else "01")
     referral = scenario == "referral"
     target = rng.choice([f for f in vocab.FACILITIES if f[0] != b.facility_code]) if referral else None
-    if reexam is None:
+    if standard == "130":
+        reexam = False  # XML14 does not exist before QĐ 4750
+    elif reexam is None:
         reexam = scenario in ("outpatient_reexam", "tuberculosis") or (b.inpatient and rng.random() < 0.4)
-    reexam = reexam and standard != "130"
     span_days = (b.end.date() - start.date()).days + 1
     summary: Row = {
         "MA_LK": b.ma_lk, "STT": "1", "MA_BN": f"BN{rng.randint(10**7, 10**8 - 1)}", **person,

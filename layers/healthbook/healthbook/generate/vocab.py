@@ -101,3 +101,25 @@ BED_DAY = ("K03.1903", "Ngày giường bệnh Nội khoa loại 3 - Hạng II",
 # (MA_VAT_TU, TEN_VAT_TU, unit price, DON_VI_TINH)
 SUPPLIES = [("N03.05.020", "Bơm tiêm nhựa 5ml", "900", "Cái"), ("N04.01.010", "Kim luồn tĩnh mạch 22G", "7500", "Cái"),
             ("N02.03.040", "Bông y tế thấm nước", "3200", "Gói")]
+
+# A delivery (scenario "birth"): the mother's stay in the maternity ward and the birth certificate (XML9).
+MATERNITY = "K26"
+DELIVERY_DIAGNOSIS = ("O80.0", "Đẻ thường ngôi chỏm")
+LIVE_BIRTH = "Z37.0"
+DELIVERY = ("13.0100.0634", "Đỡ đẻ thường ngôi chỏm", "8", "706000", "Lần")
+
+# Since 1 July 2025 (two-level local government) an address is a province and a commune, no district.
+# (province code, province, its abbreviation in practising-certificate numbers, [(commune code, commune)]).
+# Province codes are the surviving ones seen in 2026 exports; commune codes are shaped like the 2025 list (5 digits),
+# not taken from it.
+PROVINCES_2025 = [
+    ("92", "Thành phố Cần Thơ", "CT", [("31117", "Phường Ninh Kiều"), ("31120", "Phường Cái Khế"), ("31153", "Phường Tân An"),
+                                       ("31186", "Phường Bình Thủy"), ("31213", "Phường Cái Răng"), ("31299", "Xã Phong Điền"),
+                                       ("31471", "Phường Sóc Trăng"), ("31342", "Phường Vị Thanh")]),
+    ("96", "Tỉnh Cà Mau", "CM", [("32002", "Phường An Xuyên"), ("32014", "Phường Bạc Liêu"), ("32131", "Xã Thới Bình")]),
+    ("79", "Thành phố Hồ Chí Minh", "HCM", [("26734", "Phường Tân Định"), ("26740", "Phường Sài Gòn"), ("27043", "Phường Bình Thạnh")]),
+    ("86", "Tỉnh Vĩnh Long", "VL", [("29590", "Phường Long Châu"), ("28756", "Phường Bến Tre"), ("29239", "Phường Trà Vinh")]),
+    ("91", "Tỉnh An Giang", "AG", [("30280", "Phường Long Xuyên"), ("30742", "Phường Rạch Giá"), ("30337", "Phường Châu Đốc")]),
+    ("80", "Tỉnh Tây Ninh", "TN", [("27694", "Phường Long An"), ("25459", "Phường Tân Ninh")]),
+    ("52", "Tỉnh Gia Lai", "GL", [("21550", "Phường Quy Nhơn"), ("23575", "Phường Pleiku")]),
+]

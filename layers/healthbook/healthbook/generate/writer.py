@@ -10,12 +10,13 @@ from lxml import etree
 from healthbook import standard as standards
 from healthbook.generate.visit import Visit
 
-# Free text that HIS exports usually wrap in CDATA.
-_CDATA = {"CHAN_DOAN_VAO", "CHAN_DOAN_RV", "LY_DO_VV", "DIEN_BIEN_LS", "QT_BENHLY", "TOMTAT_KQ", "MO_TA",
-          "KET_LUAN", "DIA_CHI", "PP_DIEU_TRI", "PP_DIEUTRI", "LIEU_DUNG", "CACH_DUNG"}
+# Free text, which CDATA wraps when a HIS uses it.
+FREE_TEXT = {"CHAN_DOAN_VAO", "CHAN_DOAN_RV", "LY_DO_VV", "DIEN_BIEN_LS", "QT_BENHLY", "TOMTAT_KQ", "MO_TA",
+             "KET_LUAN", "DIA_CHI", "PP_DIEU_TRI", "PP_DIEUTRI", "LIEU_DUNG", "CACH_DUNG"}
 
 
-def table_document(visit: Visit, table_id: str) -> bytes:
+def table_element(visit: Visit, table_id: str, *, cdata: bool = True) -> etree._Element:
+    """One table as an element tree; empty values are empty (self-closing) elements."""
     spec = standards.load(visit.standard).tables[table_id]
 
     def fill(parent: etree._Element, row: dict[str, str]) -> None:
@@ -23,7 +24,7 @@ def table_document(visit: Visit, table_id: str) -> bytes:
             child = etree.SubElement(parent, field.name)
             value = row.get(field.name, "")
             if value:
-                child.text = etree.CDATA(value) if field.name in _CDATA else value
+                child.text = etree.CDATA(value) if cdata and field.name in FREE_TEXT else value
         for extra in row:  # defects may add elements the standard does not know
             if extra not in spec.by_name:
                 etree.SubElement(parent, extra).text = row[extra]
@@ -36,12 +37,21 @@ def table_document(visit: Visit, table_id: str) -> bytes:
         listing = etree.SubElement(root, spec.list or "")
         for row in rows:
             fill(etree.SubElement(listing, spec.row or ""), row)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+    return root
+
+
+def table_document(visit: Visit, table_id: str, *, cdata: bool = True, declaration: bool = True,
+                   pretty: bool = False) -> bytes:
+    """One inner document, as NOIDUNGFILE carries it once decoded."""
+    return bytes(etree.tostring(table_element(visit, table_id, cdata=cdata), xml_declaration=declaration,
+                                encoding="utf-8", pretty_print=pretty))
 
 
 def envelope(visits: list[Visit], *, facility: str | None = None, created: datetime | None = None,
-             count: int | None = None, documents: dict[tuple[str, str], bytes] | None = None) -> bytes:
-    """One GIAMDINHHS envelope; ``documents`` can replace the encoded payload of (ma_lk, table)."""
+             count: int | None = None, documents: dict[tuple[str, str], bytes] | None = None,
+             inline: bool = False) -> bytes:
+    """One GIAMDINHHS envelope; ``documents`` can replace the encoded payload of (ma_lk, table). ``inline`` writes
+    each table as a child element of NOIDUNGFILE (CDATA inside) instead of base64, as some HIS do."""
     root = etree.Element("GIAMDINHHS", nsmap={"xsi": "http://www.w3.org/2001/XMLSchema-instance",
                                                "xsd": "http://www.w3.org/2001/XMLSchema"})
     etree.SubElement(etree.SubElement(root, "THONGTINDONVI"), "MACSKCB").text = facility or visits[0].facility
@@ -54,9 +64,13 @@ def envelope(visits: list[Visit], *, facility: str | None = None, created: datet
         for table_id in sorted(visit.tables, key=lambda t: int(t[3:])):
             item = etree.SubElement(hoso, "FILEHOSO")
             etree.SubElement(item, "LOAIHOSO").text = table_id
+            content = etree.SubElement(item, "NOIDUNGFILE")
             payload = (documents or {}).get((visit.ma_lk, table_id))
+            if payload is None and inline:
+                content.append(table_element(visit, table_id))
+                continue
             encoded = payload if payload is not None else base64.b64encode(table_document(visit, table_id))
-            etree.SubElement(item, "NOIDUNGFILE").text = encoded.decode("ascii")
+            content.text = encoded.decode("ascii")
     etree.SubElement(root, "CHUKYDONVI")
     return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True))
 

@@ -179,6 +179,8 @@ class _Total:
 def _totals(standard: Standard) -> tuple[_Total, ...]:
     out = []
     for spec in semantics()["arithmetic"]["totals"]:
+        if not _in_force(spec, standard.id):
+            continue
         where = None
         source = " + ".join(f"{t}.{spec['sum']}" for t in spec["tables"])
         if spec.get("where"):
@@ -206,8 +208,11 @@ def cost_lines(ctx: VisitContext) -> None:
     tolerance = _tolerance()
     summary = ctx.one("XML1")
     head = summary[1] if summary is not None else {}
+    # A total is checked against the lines it sums only when they were sent: an uninsured visit sends XML1 and
+    # XML8 alone (QĐ 31/2026), and its XML1 totals are the facility's costs, not sums of absent lines.
     checks = [t for t in _totals(ctx.standard)
-              if head.get(t.field) is not None and not ctx.broken.intersection(t.tables)]
+              if head.get(t.field) is not None and not ctx.broken.intersection(t.tables)
+              and any(table in ctx.tables for table in t.tables)]
     sums = {t.field: Decimal(0) for t in checks}
     incomplete: set[str] = set()
     drug_groups = _drug_groups(ctx.standard)

@@ -94,6 +94,9 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
     def checker(text: str) -> tuple[Any, Problem | None]:
         if single_code and ";" in text:
             return None, ("V215", {})  # before the length check: "J18.9;I10" is one code too many, not too long
+        if codes is not None and any((code_key(v) if is_number else v) not in codes for v in _values(spec, text)):
+            # before the length and number checks: "undefined" or "1. Đủ điều kiện…" is not a code, whatever its length
+            return None, ("V208", {"codelist": check.codelist if check else "", "standard": standard.id})
         if max_length is not None and len(text) > max_length:
             return None, ("V202", {"length": len(text), "max_length": max_length})
         typed: Any = text
@@ -152,11 +155,7 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
         if check is None:
             return typed, None
         kind = check.kind
-        if kind == "codes" and codes is not None:
-            for value in values:
-                if (code_key(value) if is_number else value) not in codes:
-                    return None, ("V208", {"codelist": check.codelist, "standard": standard.id})
-        elif kind == "icd10":
+        if kind == "icd10":
             for value in values:
                 found = icd10.lookup(value)
                 if found == "unknown":
