@@ -46,6 +46,7 @@ from healthbook.delivery.service import (
     version_ms,
 )
 from healthbook.generate import Visit, build_visit, submission
+from healthbook.generate.visit import set_everywhere
 from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
 from healthbook.ingest.service import citizen_key, pack_records
 from healthbook.projection import dumps, project, projection_id
@@ -293,13 +294,19 @@ class UnavailablePopulation:
         self.calls += 1
         raise PopulationUnavailable("population service answered 503")
 
+    def lookup_by_social_insurance(self, number: str) -> None:
+        self.lookup(number)
+
 
 # --- builders ------------------------------------------------------------------------------------------
 
 @cache
-def _accepted(seed: int) -> tuple[Visit, str, bytes]:
-    """A generated outpatient visit, its MA_LK and its stored records (what ingest keeps)."""
+def _accepted(seed: int, *, without_id: bool = False) -> tuple[Visit, str, bytes]:
+    """A generated outpatient visit, its MA_LK and its stored records (what ingest keeps); ``without_id``: its
+    SO_CCCD left empty, as for one visit in five (admitted on the insurance card)."""
     visit = build_visit(random.Random(seed), scenario="outpatient")
+    if without_id:
+        set_everywhere(visit, "SO_CCCD", "")
     result = validate_bytes(submission(visit))
     assert result.accepted, [issue.code for issue in result.errors]
     return visit, result.visits[0].ma_lk, pack_records(result.visits[0])
@@ -490,11 +497,28 @@ def test_reconcile_of_an_unknown_citizen_needs_reconciliation(world: World) -> N
     world.population = FakePopulation()
     ref = world.stored()
     result = world.service().reconcile(ref)
-    assert result == {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": ["UNKNOWN_ID"]}
+    # Neither the ID nor the card's social-insurance number is known.
+    reasons = ["UNKNOWN_ID", "UNKNOWN_SOCIAL_INSURANCE"]
+    assert result == {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": reasons}
     item = world.store.items[ref]
-    assert item.status == NEEDS_RECONCILIATION and item.reasons == ("UNKNOWN_ID",)
+    assert item.status == NEEDS_RECONCILIATION and item.reasons == tuple(reasons)
     assert item.citizen_key is None and item.next_attempt_at is None and item.reconciled_at == T
-    assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": "UNKNOWN_ID"})]
+    assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": reason}) for reason in reasons]
+
+
+def test_reconcile_matches_a_visit_without_an_id_by_its_card(world: World) -> None:
+    visit, _, records = _accepted(2, without_id=True)
+    world.population = FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
+    ref = world.store.add(_ref(2), records=records, received_at=RECEIVED)
+    result = world.service().reconcile(ref)
+    (registered,) = world.population
+    assert registered.social_insurance_number == visit.tables["XML1"][0]["MA_THE_BHYT"][-10:]
+    expected = citizen_key(PEPPER, registered.id_number)  # keyed on the registry's ID number, found by the card
+    assert result == {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": expected}
+    assert world.store.items[ref].citizen_key == expected and world.population.calls == 1
+    world.population = FakePopulation()
+    ref = world.store.add(_ref(3), records=_accepted(3, without_id=True)[2], received_at=RECEIVED)
+    assert world.service().reconcile(ref)["reasons"] == ["UNKNOWN_SOCIAL_INSURANCE"]
 
 
 def test_reconcile_mismatch_stores_every_reason_and_counts_each(world: World) -> None:

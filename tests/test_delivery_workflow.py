@@ -32,6 +32,7 @@ from healthbook.aws.sandbox import (
 from healthbook.delivery import VisitRef
 from healthbook.delivery.service import version_ms
 from healthbook.generate import Visit, build_visit, submission
+from healthbook.generate.visit import set_everywhere
 from healthbook.ingest import VisitVersion
 from healthbook.ingest.model import version_key
 from healthbook.ingest.service import citizen_key, pack_records
@@ -150,8 +151,12 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         module.reset()
 
 
-def _visit(seed: int, scenario: str = "outpatient") -> Visit:
-    return build_visit(random.Random(seed), scenario=scenario)
+def _visit(seed: int, scenario: str = "outpatient", *, without_id: bool = False) -> Visit:
+    """``without_id``: SO_CCCD left empty (admitted on the insurance card, found by its social-insurance number)."""
+    visit = build_visit(random.Random(seed), scenario=scenario)
+    if without_id:
+        set_everywhere(visit, "SO_CCCD", "")
+    return visit
 
 
 def store(world: World, visit: Visit, *, received: datetime | None = None, known: bool = True,
@@ -162,8 +167,8 @@ def store(world: World, visit: Visit, *, received: datetime | None = None, known
     assert result.accepted, [i.code for i in result.issues]
     accepted = result.visits[0]
     if known:
-        world.people.add(FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
-                         .lookup(visit.tables["XML1"][0]["SO_CCCD"]))  # type: ignore[arg-type]
+        for citizen in FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=1):
+            world.people.add(citizen)
     sid = hashlib.sha256(f"{accepted.ma_lk}@{received.isoformat()}".encode()).hexdigest()
     version = version_key(received, sid)
     deadline = received + timedelta(seconds=float(TIMING["DEADLINE_SECONDS"]))
@@ -183,7 +188,7 @@ def key_of(world: World, ref: VisitRef) -> str:
 # --- the fast path -----------------------------------------------------------------------------------------
 
 def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconciliation(world: World) -> None:
-    delivered = [store(world, _visit(seed)) for seed in (1, 2)]
+    delivered = [store(world, _visit(1)), store(world, _visit(2, without_id=True))]
     unknown = store(world, _visit(3), known=False)
     run = world.run([*delivered, unknown], "fast-path")
     assert run["status"] == "SUCCEEDED", run
@@ -195,13 +200,15 @@ def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconcili
         entries = world.vneid.entries(key_of(world, ref))
         assert [e["entry"]["visit_id"] for e in entries] == [ref.visit_id]
     parked = world.item(unknown)
-    assert parked["status"] == "NEEDS_RECONCILIATION" and parked["reconciliation_reasons"] == ["UNKNOWN_ID"]
+    reasons = ["UNKNOWN_ID", "UNKNOWN_SOCIAL_INSURANCE"]  # neither the ID nor the card's number is known
+    assert parked["status"] == "NEEDS_RECONCILIATION" and parked["reconciliation_reasons"] == reasons
     assert parked["status_shard"].startswith("NEEDS_RECONCILIATION#")
     assert world.vneid.delivery_count == 2
     assert world.notifications() == []
     counters = world.counters()
     assert {k: v for k, v in counters.items() if not k.startswith("latency#")} == {
-        "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1}
+        "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1,
+        "reconciliation#UNKNOWN_SOCIAL_INSURANCE": 1}
     assert sum(v for k, v in counters.items() if k.startswith("latency#")) == 2
     assert world.counters("P#") == {"new_citizens": 2}  # two citizens with a health book now
     assert world.counters("F#", "M#") == {"citizens": 2}

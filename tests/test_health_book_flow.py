@@ -58,5 +58,5 @@ def test_unknown_citizen_needs_reconciliation_and_is_not_delivered() -> None:
     stored, _ = _stored(12, "outpatient")
     population = FakePopulation()  # nobody registered
     match = reconcile(identity_from_summary(stored["tables"]["XML1"][0]), population)
-    assert match.status == "NEEDS_RECONCILIATION" and match.reasons == ("UNKNOWN_ID",)
+    assert match.status == "NEEDS_RECONCILIATION" and match.reasons == ("UNKNOWN_ID", "UNKNOWN_SOCIAL_INSURANCE")
     assert match.citizen_key_material is None

@@ -3,6 +3,7 @@ for the wire details, and the standalone server (python -m healthbook.reconcile.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -33,11 +34,15 @@ from healthbook.reconcile import (
 
 ID = "001203004567"
 NAME = "Nguyễn Thị Hằng"
-PERSON = Citizen(ID, NAME, "20030412", "2")
+SOCIAL_INSURANCE = "7912345678"
+PERSON = Citizen(ID, NAME, "20030412", "2", SOCIAL_INSURANCE)
 NFD_PERSON = Citizen("079085001234", unicodedata.normalize("NFD", "Trần Văn Đạt"), "19850000", "1")
 UNKNOWN = "001203009999"
+UNKNOWN_CARD_NUMBER = "7999999999"
 PASSPORT = "B1234567"
 VISITS = [build_visit(random.Random(n)) for n in range(40)]
+ANSWER = {"id_number": ID, "full_name": NAME, "birth": "20030412", "sex": "2",
+          "social_insurance_number": SOCIAL_INSURANCE}
 
 
 @pytest.fixture
@@ -58,9 +63,9 @@ def client(server: FakePopulationServer) -> Iterator[PopulationClient]:
 
 
 def no_personal_data(error: BaseException, *values: str) -> None:
-    """Neither the message nor anything chained to it mentions an ID, a name or a body."""
+    """Neither the message nor anything chained to it mentions a number, a name or a body."""
     assert error.__cause__ is None and error.__context__ is None
-    for value in (ID, UNKNOWN, NAME, *values):
+    for value in (ID, UNKNOWN, NAME, SOCIAL_INSURANCE, UNKNOWN_CARD_NUMBER, *values):
         assert value not in str(error) and value not in repr(error)
 
 
@@ -74,8 +79,18 @@ def test_match_unknown_and_counts(server: FakePopulationServer, client: Populati
     assert client.lookup(UNKNOWN) is None
     assert client.lookup(PASSPORT) is None  # another ID shape, URL-safe either way
     assert server.lookups == 3 == population.calls
-    assert server.counts() == {"requests": 3, "lookups": 3, "found": 1, "not_found": 2, "unauthorised": 0,
-                               "injected_failures": 0}
+    assert server.counts() == {"requests": 3, "lookups": 3, "social_insurance_lookups": 0, "found": 1,
+                               "not_found": 2, "unauthorised": 0, "injected_failures": 0}
+
+
+def test_lookup_by_social_insurance_and_counts(server: FakePopulationServer, client: PopulationClient,
+                                              population: FakePopulation) -> None:
+    assert client.lookup_by_social_insurance(SOCIAL_INSURANCE) == PERSON
+    assert client.lookup_by_social_insurance(UNKNOWN_CARD_NUMBER) is None
+    assert client.lookup(NFD_PERSON.id_number) == NFD_PERSON  # a citizen without a number answers ""
+    assert server.lookups == 3 == population.calls
+    assert server.counts() == {"requests": 3, "lookups": 3, "social_insurance_lookups": 2, "found": 2,
+                               "not_found": 1, "unauthorised": 0, "injected_failures": 0}
 
 
 def test_names_keep_their_normalisation_form(client: PopulationClient) -> None:
@@ -85,16 +100,19 @@ def test_names_keep_their_normalisation_form(client: PopulationClient) -> None:
 
 
 def test_reconcile_over_http_equals_reconcile_in_memory(tmp_path: Path) -> None:
-    seeded = FakePopulation.from_visits(VISITS, mismatch_rate=0.3, unknown_rate=0.15, seed=3)
-    identities = [identity_from_summary(v.tables["XML1"][0]) for v in VISITS]
+    visits = copy.deepcopy(VISITS)
+    for visit in visits[::3]:  # a third without SO_CCCD: found by the card's social-insurance number
+        visit.tables["XML1"][0]["SO_CCCD"] = ""
+    seeded = FakePopulation.from_visits(visits, mismatch_rate=0.3, unknown_rate=0.15, seed=3)
+    identities = [identity_from_summary(v.tables["XML1"][0]) for v in visits]
     direct = [reconcile(identity, seeded) for identity in identities]
     assert {r.status for r in direct} == {"MATCHED", "NEEDS_RECONCILIATION"}
-    assert "UNKNOWN_ID" in {reason for r in direct for reason in r.reasons}
+    assert {"UNKNOWN_ID", "UNKNOWN_SOCIAL_INSURANCE"} <= {reason for r in direct for reason in r.reasons}
     seeded.dump(tmp_path / "population.json")  # what the standalone server serves
     with FakePopulationServer.start(FakePopulation.load(tmp_path / "population.json")) as server, \
             PopulationClient(server.url) as client:
         over_http = [reconcile(identity, client) for identity in identities]
-        assert server.lookups == len(identities)
+        assert server.lookups == seeded.calls and server.counts()["social_insurance_lookups"] >= len(visits) // 3
     assert over_http == direct
     assert [r.citizen_key_material for r in over_http] == [r.citizen_key_material for r in direct]
 
@@ -120,6 +138,20 @@ def test_5xx_outage_is_unavailable_until_it_ends(server: FakePopulationServer, c
             assert time.monotonic() < deadline, "the outage should have ended"
             time.sleep(0.1)
     assert server.counts()["injected_failures"] >= 2 and server.lookups == 1
+
+
+def test_failures_of_the_social_insurance_lookup_are_unavailable(server: FakePopulationServer) -> None:
+    identity = identity_from_summary({"SO_CCCD": "", "HO_TEN": NAME, "NGAY_SINH": "20030412", "GIOI_TINH": "2",
+                                      "MA_THE_BHYT": "GD479" + SOCIAL_INSURANCE})
+    with PopulationClient(server.url, timeout=(1.0, 0.2)) as client:
+        for mode in ("5xx", "timeout"):
+            server.fail(mode, seconds=2)  # type: ignore[arg-type]
+            with pytest.raises(PopulationUnavailable) as caught:
+                reconcile(identity, client)  # propagates: a retry, not UNKNOWN_SOCIAL_INSURANCE
+            no_personal_data(caught.value)
+            server.fail(mode, seconds=0)  # type: ignore[arg-type]
+        assert reconcile(identity, client).citizen_key_material == ID
+    assert server.lookups == 1
 
 
 def test_timeout_is_unavailable(server: FakePopulationServer) -> None:
@@ -152,7 +184,10 @@ def test_api_key_is_enforced(population: FakePopulation) -> None:
             assert caught.value.status == 401
             no_personal_data(caught.value, "k3y-value", "wrong-key")
             assert "k3y-value" not in repr(client) and "wrong-key" not in repr(client)
-        assert server.counts()["unauthorised"] == 2 and server.lookups == 1
+        with PopulationClient(server.url, api_key="wrong-key") as client, pytest.raises(PopulationError) as caught:
+            client.lookup_by_social_insurance(SOCIAL_INSURANCE)
+        assert caught.value.status == 401
+        assert server.counts()["unauthorised"] == 3 and server.lookups == 1
 
 
 def test_admin_endpoint_drives_failures(server: FakePopulationServer, client: PopulationClient) -> None:
@@ -172,12 +207,23 @@ def test_the_server_refuses_malformed_ids_and_unknown_paths(server: FakePopulati
                                                             client: PopulationClient) -> None:
     answer = requests.get(f"{server.url}/v1/citizens/12345", timeout=5)
     assert (answer.status_code, answer.json()) == (400, {"error": "invalid_id_number"})
+    for number in ("12345", ID, "GD479" + SOCIAL_INSURANCE):
+        answer = requests.get(f"{server.url}/v1/citizens/by-social-insurance/{number}", timeout=5)
+        assert (answer.status_code, answer.json()) == (400, {"error": "invalid_social_insurance_number"})
     assert requests.get(f"{server.url}/v1/other/{ID}", timeout=5).json() == {"error": "not_found"}
+    for path in ("by-social-insurance/", f"by-social-insurance/{SOCIAL_INSURANCE}/x"):
+        answer = requests.get(f"{server.url}/v1/citizens/{path}", timeout=5)
+        assert (answer.status_code, answer.json()) == (404, {"error": "not_found"})
     assert requests.delete(f"{server.url}/v1/citizens/{ID}", timeout=5).status_code == 405
+    assert requests.delete(f"{server.url}/v1/citizens/by-social-insurance/{SOCIAL_INSURANCE}",
+                           timeout=5).status_code == 405
     # A wrong base URL answers 404 for everything: that must never read as "no such citizen".
-    with PopulationClient(f"{server.url}/wrong-prefix") as misconfigured, pytest.raises(PopulationError) as caught:
-        misconfigured.lookup(ID)
-    assert caught.value.status == 404
+    with PopulationClient(f"{server.url}/wrong-prefix") as misconfigured:
+        for lookup, number in ((misconfigured.lookup, ID),
+                               (misconfigured.lookup_by_social_insurance, SOCIAL_INSURANCE)):
+            with pytest.raises(PopulationError) as caught:
+                lookup(number)
+            assert caught.value.status == 404
     assert server.lookups == 0
 
 
@@ -207,18 +253,33 @@ def stub_client(session: StubSession, **kwargs: Any) -> PopulationClient:
     return PopulationClient("https://dancu.example/api/", session=session, **kwargs)  # type: ignore[arg-type]
 
 
+def lookups(client: PopulationClient) -> dict[str, tuple[Any, str]]:
+    """Both lookups, each with a well-formed number to ask."""
+    return {"id": (client.lookup, ID), "social_insurance": (client.lookup_by_social_insurance, SOCIAL_INSURANCE)}
+
+
 def test_request_shape() -> None:
-    body = {"id_number": ID, "full_name": NAME, "birth": "20030412", "sex": "2"}
-    session = StubSession(body=body)
+    session = StubSession(body=ANSWER)
     assert stub_client(session, api_key="k3y").lookup(ID) == PERSON
     assert stub_client(session).lookup(PASSPORT) == PERSON  # the registry's number, whatever was asked
-    (method, url, kwargs), (_, passport_url, plain) = session.calls
+    assert stub_client(session, api_key="k3y").lookup_by_social_insurance(SOCIAL_INSURANCE) == PERSON
+    (method, url, kwargs), (_, passport_url, plain), (card_method, card_url, card_kwargs) = session.calls
+    assert card_method == "GET"
+    assert card_url == f"https://dancu.example/api/v1/citizens/by-social-insurance/{SOCIAL_INSURANCE}"
+    assert card_kwargs == kwargs
     assert method == "GET" and url == f"https://dancu.example/api/v1/citizens/{ID}"
     assert passport_url.endswith(f"/v1/citizens/{PASSPORT}")
     assert kwargs["headers"]["X-Api-Key"] == "k3y" and "X-Api-Key" not in plain["headers"]
     assert kwargs["headers"]["Accept"] == "application/json"
     assert kwargs["timeout"] == (3.05, 5) and kwargs["allow_redirects"] is False
     assert PopulationClient("http://x", session=session).citizen_url("a/b c") == "http://x/v1/citizens/a%2Fb%20c"  # type: ignore[arg-type]
+
+
+def test_a_citizen_without_a_social_insurance_number() -> None:
+    for answer in ({**ANSWER, "social_insurance_number": ""},
+                   {k: v for k, v in ANSWER.items() if k != "social_insurance_number"}):
+        citizen = stub_client(StubSession(body=answer)).lookup(ID)
+        assert citizen is not None and citizen.social_insurance_number == ""
 
 
 def test_an_old_id_may_answer_with_the_new_number() -> None:
@@ -243,13 +304,14 @@ def test_an_old_id_may_answer_with_the_new_number() -> None:
     (302, None, PopulationError),
     (204, None, PopulationError),
 ])
-def test_classification(status: int, body: Any, expected: Any) -> None:
-    client = stub_client(StubSession(status, body))
+@pytest.mark.parametrize("path", ["id", "social_insurance"])
+def test_classification(status: int, body: Any, expected: Any, path: str) -> None:
+    lookup, number = lookups(stub_client(StubSession(status, body)))[path]
     if expected is None:
-        assert client.lookup(ID) is None
+        assert lookup(number) is None
     else:
         with pytest.raises(expected) as caught:
-            client.lookup(ID)
+            lookup(number)
         no_personal_data(caught.value)
 
 
@@ -261,19 +323,29 @@ def test_classification(status: int, body: Any, expected: Any) -> None:
     json.dumps({"id_number": ID, "full_name": NAME, "birth": "2003-04-12", "sex": "2"}).encode(),
     json.dumps({"id_number": ID, "full_name": NAME, "birth": "20030412", "sex": "F"}).encode(),
     json.dumps({"id_number": "", "full_name": NAME, "birth": "20030412", "sex": "2"}).encode(),
+    json.dumps({**ANSWER, "social_insurance_number": "791234567"}).encode(),
+    json.dumps({**ANSWER, "social_insurance_number": "GD4797912345678"}).encode(),
+    json.dumps({**ANSWER, "social_insurance_number": 7912345678}).encode(),
+    json.dumps({**ANSWER, "social_insurance_number": None}).encode(),
 ])
-def test_malformed_answers_are_permanent_and_quote_nothing(raw: bytes) -> None:
+@pytest.mark.parametrize("path", ["id", "social_insurance"])
+def test_malformed_answers_are_permanent_and_quote_nothing(raw: bytes, path: str) -> None:
+    lookup, number = lookups(stub_client(StubSession(200, raw=raw)))[path]
     with pytest.raises(PopulationError) as caught:
-        stub_client(StubSession(200, raw=raw)).lookup(ID)
+        lookup(number)
     assert caught.value.status == 200
-    no_personal_data(caught.value, "2003-04-12", "20030412")
+    no_personal_data(caught.value, "2003-04-12", "20030412", "791234567", "GD4797912345678")
 
 
-def test_a_malformed_id_is_a_bug_upstream() -> None:
+@pytest.mark.parametrize(("path", "malformed"), [("id", " 001203004567"), ("social_insurance", " 7912345678"),
+                                                 ("social_insurance", "GD4797912345678"),
+                                                 ("social_insurance", "791234567")])
+def test_a_malformed_number_is_a_bug_upstream(path: str, malformed: str) -> None:
     session = StubSession()
+    lookup, _ = lookups(stub_client(session))[path]
     with pytest.raises(ValueError) as caught:
-        stub_client(session).lookup(" 001203004567")
-    assert ID not in str(caught.value) and not session.calls
+        lookup(malformed)
+    assert malformed.strip() not in str(caught.value) and not session.calls
 
 
 def test_only_status_and_elapsed_time_are_logged(caplog: pytest.LogCaptureFixture, client: PopulationClient,
@@ -281,15 +353,21 @@ def test_only_status_and_elapsed_time_are_logged(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.DEBUG, logger="healthbook.reconcile.http")
     client.lookup(ID)
     client.lookup(UNKNOWN)
+    client.lookup_by_social_insurance(SOCIAL_INSURANCE)
+    client.lookup_by_social_insurance(UNKNOWN_CARD_NUMBER)
     server.fail("5xx", 5)
     with pytest.raises(PopulationUnavailable):
         client.lookup(ID)
+    with pytest.raises(PopulationUnavailable):
+        client.lookup_by_social_insurance(SOCIAL_INSURANCE)
     records = [r for r in caplog.records if r.name == "healthbook.reconcile.http"]
-    assert [getattr(r, "status", None) for r in records] == [200, 404, 503]
+    assert [getattr(r, "status", None) for r in records] == [200, 404, 200, 404, 503, 503]
+    assert [r.getMessage() for r in records][2] == "population: social-insurance lookup answered"
     assert all(isinstance(getattr(r, "elapsed_ms", None), int) for r in records)
     for record in records:
         text = repr(record.__dict__) + record.getMessage()
-        assert ID not in text and UNKNOWN not in text and NAME not in text
+        for value in (ID, UNKNOWN, NAME, SOCIAL_INSURANCE, UNKNOWN_CARD_NUMBER):
+            assert value not in text
 
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -324,10 +402,12 @@ def test_the_module_serves_a_dumped_population_until_killed(tmp_path: Path) -> N
         assert url.startswith("http://127.0.0.1:")
         with PopulationClient(url, api_key="k3y") as client:
             assert client.lookup(ID) == PERSON and client.lookup(UNKNOWN) is None
+            assert client.lookup_by_social_insurance(SOCIAL_INSURANCE) == PERSON
             requests.post(f"{url}/_admin/fail", json={"mode": "5xx", "seconds": 30}, timeout=5)
             with pytest.raises(PopulationUnavailable):
                 client.lookup(ID)
-        assert requests.get(f"{url}/_admin/stats", timeout=5).json()["lookups"] == 2
+        stats = requests.get(f"{url}/_admin/stats", timeout=5).json()
+        assert stats["lookups"] == 3 and stats["social_insurance_lookups"] == 1
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=10)
         assert process.returncode == 0 and stderr == ""  # nothing logged (request lines hold IDs), no warnings

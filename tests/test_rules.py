@@ -964,3 +964,18 @@ def test_inline_tables_with_the_namespace_quirk_are_read() -> None:
     result, sub = c.run(c.mutate)
     assert XSI_WITH_SPACE in sub.data
     assert result.accepted and {i.code for i in all_issues(result)} == {"S107"}, describe(result)
+
+
+def test_totals_are_checked_only_when_cost_lines_were_sent() -> None:
+    """An uninsured visit sends XML1 (and XML8) alone (QĐ 31/2026): its totals sum no line. Once lines are sent, a
+    total whose table is absent is checked against zero (drugs claimed, no drug line)."""
+    visit = build_visit(random.Random(3), scenario="inpatient")
+    require(visit, "XML2", "XML3", "XML8")
+    summary(visit)["MA_THE_BHYT"] = ""
+    only = {table: rows for table, rows in visit.tables.items() if table in ("XML1", "XML8")}
+    uninsured = Visit(visit.ma_lk, visit.facility, visit.scenario, visit.standard, only)
+    result = validate_bytes(envelope([uninsured]))
+    assert result.accepted and "R309" not in codes(result), describe(result)
+    no_drugs = Visit(visit.ma_lk, visit.facility, visit.scenario, visit.standard,
+                     {t: rows for t, rows in visit.tables.items() if t != "XML2"})
+    assert "R309" in codes(validate_bytes(envelope([no_drugs])))

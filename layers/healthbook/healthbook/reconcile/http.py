@@ -1,19 +1,20 @@
 """HTTP adapter to the national population database: :class:`PopulationClient` implements
-:class:`~healthbook.reconcile.matching.PopulationRegistry` over ``GET {base_url}/v1/citizens/{id_number}``.
+:class:`~healthbook.reconcile.matching.PopulationRegistry` over ``GET {base_url}/v1/citizens/{id_number}`` and
+``GET {base_url}/v1/citizens/by-social-insurance/{number}``.
 
-One call, one attempt: :meth:`PopulationClient.lookup` sends a single ``GET`` and classifies the answer. It never
-loops; the caller (the SQS consumer) retries :class:`PopulationUnavailable` later. The contract is in
-docs/reconciliation.md ("HTTP contract"):
+One call, one attempt: each lookup sends a single ``GET`` and classifies the answer. It never loops; the caller
+(the SQS consumer) retries :class:`PopulationUnavailable` later. The contract is in docs/reconciliation.md
+("HTTP contract"), the same for both paths:
 
-* ``200`` ``{"id_number", "full_name", "birth", "sex"}`` → a :class:`Citizen`;
-* ``404`` with ``{"error": "citizen_not_found"}`` → ``None`` (the database positively has no such ID); any other
-  ``404`` (a wrong base URL, a proxy's page) is a :class:`PopulationError`: it must never read as "unknown";
+* ``200`` ``{"id_number", "full_name", "birth", "sex", "social_insurance_number"}`` → a :class:`Citizen`;
+* ``404`` with ``{"error": "citizen_not_found"}`` → ``None`` (the database positively has no such number); any
+  other ``404`` (a wrong base URL, a proxy's page) is a :class:`PopulationError`: it must never read as "unknown";
 * ``408``, ``429``, ``5xx``, timeouts, connection failures → :class:`PopulationUnavailable` (retry);
 * anything else (``400``, ``401``, ``403``, redirects, a malformed answer) → :class:`PopulationError` (permanent:
   a configuration or contract problem that retrying will not fix).
 
-Personal data (the looked-up ID, the answer's body) never appears in a log record or an exception message, and
-no exception is chained to a ``requests`` exception (whose message holds the URL, hence the ID). Logged: the
+Personal data (the looked-up number, the answer's body) never appears in a log record or an exception message, and
+no exception is chained to a ``requests`` exception (whose message holds the URL, hence the number). Logged: the
 status and the elapsed milliseconds. Never logged either: the API key.
 """
 
@@ -28,7 +29,13 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from healthbook.reconcile.matching import Citizen, PopulationRegistry, PopulationUnavailable, id_format_ok
+from healthbook.reconcile.matching import (
+    Citizen,
+    PopulationRegistry,
+    PopulationUnavailable,
+    id_format_ok,
+    social_insurance_number_ok,
+)
 
 __all__ = ["NOT_FOUND_CODE", "PopulationClient", "PopulationError", "population_from_env"]
 
@@ -58,7 +65,8 @@ class PopulationError(Exception):
 
 
 class PopulationClient(PopulationRegistry):
-    """Looks citizens up at ``{base_url}/v1/citizens/{id_number}``, sending ``X-Api-Key`` when ``api_key`` is set.
+    """Looks citizens up at ``{base_url}/v1/citizens/{id_number}`` and
+    ``{base_url}/v1/citizens/by-social-insurance/{number}``, sending ``X-Api-Key`` when ``api_key`` is set.
 
     Thread-safe as far as ``requests.Session`` is: share one client (and its connection pool) per process.
     """
@@ -95,6 +103,9 @@ class PopulationClient(PopulationRegistry):
     def citizen_url(self, id_number: str) -> str:
         return f"{self.base_url}/v1/citizens/{quote(id_number, safe='')}"
 
+    def social_insurance_url(self, number: str) -> str:
+        return f"{self.base_url}/v1/citizens/by-social-insurance/{quote(number, safe='')}"
+
     def lookup(self, id_number: str) -> Citizen | None:
         """One ``GET``: the :class:`Citizen`, or ``None`` when the database positively has no such ID.
 
@@ -103,6 +114,18 @@ class PopulationClient(PopulationRegistry):
         """
         if not isinstance(id_number, str) or not id_format_ok(id_number):
             raise ValueError("id_number must pass id_format_ok (12 digits, 9 digits or a passport number)")
+        return self._get(self.citizen_url(id_number), "lookup")
+
+    def lookup_by_social_insurance(self, number: str) -> Citizen | None:
+        """One ``GET``: the :class:`Citizen` with this social-insurance number, or ``None`` when the database
+        positively has no such number. Raises like :meth:`lookup`; ``ValueError`` when ``number`` is not 10 digits.
+        """
+        if not isinstance(number, str) or not social_insurance_number_ok(number):
+            raise ValueError("number must pass social_insurance_number_ok (10 digits)")
+        return self._get(self.social_insurance_url(number), "social-insurance lookup")
+
+    def _get(self, url: str, what: str) -> Citizen | None:
+        """The one attempt; ``what`` names the lookup in the log (never the number: ``url`` is not logged)."""
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._api_key is not None:
             headers[API_KEY_HEADER] = self._api_key
@@ -110,10 +133,10 @@ class PopulationClient(PopulationRegistry):
         response: requests.Response | None = None
         failure: Exception | None = None
         # The error is built after the except block: raised there, it would carry the requests exception as its
-        # __context__, and that exception's message holds the URL, which holds the ID.
+        # __context__, and that exception's message holds the URL, which holds the number.
         try:
-            response = self._session.request("GET", self.citizen_url(id_number), headers=headers,
-                                             timeout=self.timeout, allow_redirects=False)
+            response = self._session.request("GET", url, headers=headers, timeout=self.timeout,
+                                             allow_redirects=False)
         except requests.Timeout:
             failure = PopulationUnavailable("population service did not answer in time")
         except _PERMANENT_REQUEST_ERRORS as exc:
@@ -122,9 +145,9 @@ class PopulationClient(PopulationRegistry):
             failure = PopulationUnavailable(f"population service unreachable ({type(exc).__name__})")
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         if response is None:
-            log.warning("population: lookup failed", extra={"status": None, "elapsed_ms": elapsed_ms})
+            log.warning("population: %s failed", what, extra={"status": None, "elapsed_ms": elapsed_ms})
             raise failure if failure is not None else PopulationUnavailable("population service gave no answer")
-        log.info("population: lookup answered", extra={"status": response.status_code, "elapsed_ms": elapsed_ms})
+        log.info("population: %s answered", what, extra={"status": response.status_code, "elapsed_ms": elapsed_ms})
         return _classify(response)
 
 
@@ -167,7 +190,12 @@ def _citizen(body: Any) -> Citizen:
         raise PopulationError("population answer has a malformed 'birth' (yyyyMMdd expected)", status=200)
     if values["sex"] not in _SEXES:
         raise PopulationError("population answer has a malformed 'sex' (1, 2 or 3 expected)", status=200)
-    return Citizen(**values)
+    # Optional, unlike the others: "" or absent when the registry has no social-insurance number for the citizen.
+    number = body.get("social_insurance_number", "")
+    if not isinstance(number, str) or (number and not social_insurance_number_ok(number)):
+        raise PopulationError("population answer has a malformed 'social_insurance_number' (10 digits or empty "
+                              "expected)", status=200)
+    return Citizen(**values, social_insurance_number=number)
 
 
 def population_from_env(env: Mapping[str, str]) -> PopulationRegistry:

@@ -5,16 +5,17 @@
 
 Endpoints:
 
-* ``GET /v1/citizens/{id_number}`` - ``200`` ``{"id_number", "full_name", "birth", "sex"}``, ``404``
-  ``{"error": "citizen_not_found"}``, ``400`` ``invalid_id_number``; ``401`` ``invalid_api_key`` when the server
-  has an API key and ``X-Api-Key`` does not match it;
+* ``GET /v1/citizens/{id_number}`` - ``200`` ``{"id_number", "full_name", "birth", "sex",
+  "social_insurance_number"}``, ``404`` ``{"error": "citizen_not_found"}``, ``400`` ``invalid_id_number``;
+* ``GET /v1/citizens/by-social-insurance/{number}`` - the same answers, ``400`` ``invalid_social_insurance_number``;
+* either: ``401`` ``invalid_api_key`` when the server has an API key and ``X-Api-Key`` does not match it;
 * ``/_admin/*`` - failure injection and counters for tests driven from another process
   (``POST /_admin/fail {"mode", "seconds"}``, ``POST /_admin/reset``, ``GET /_admin/stats``).
 
 Failure injection: :meth:`FakePopulationServer.fail` (an outage of N seconds: ``5xx`` or ``timeout``).
 Run standalone with ``python -m healthbook.reconcile.server --population FILE.json --port N``: the URL is printed
 on stdout (one line) and the server runs until killed. Not a security boundary: bind it to 127.0.0.1 only.
-Nothing is logged: request lines carry ID numbers.
+Nothing is logged: request lines carry ID and social-insurance numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from healthbook.fakeserver import Answer, FakeService, json_answer
-from healthbook.reconcile.matching import PopulationRegistry, PopulationUnavailable, id_format_ok
+from healthbook.reconcile.matching import (
+    Citizen,
+    PopulationRegistry,
+    PopulationUnavailable,
+    id_format_ok,
+    social_insurance_number_ok,
+)
 from healthbook.reconcile.population import FakePopulation
 
 __all__ = ["FakePopulationServer", "main"]
@@ -40,6 +47,7 @@ __all__ = ["FakePopulationServer", "main"]
 FailMode = Literal["5xx", "timeout"]
 NOT_FOUND_CODE = "citizen_not_found"  # the same value as healthbook.reconcile.http.NOT_FOUND_CODE (stdlib only here)
 _CITIZEN_PATH = "/v1/citizens/"
+_SOCIAL_INSURANCE_PATH = "/v1/citizens/by-social-insurance/"
 
 
 class FakePopulationServer(FakeService):
@@ -52,7 +60,7 @@ class FakePopulationServer(FakeService):
     _max_body = 64 * 1024
     _api_prefix = "/v1/"
     _fail_modes = ("5xx", "timeout")
-    _counters = ("lookups", "found", "not_found", "unauthorised")
+    _counters = ("lookups", "social_insurance_lookups", "found", "not_found", "unauthorised")
 
     def __init__(self, population: PopulationRegistry, *, api_key: str | None = None) -> None:
         self.population = population
@@ -78,8 +86,9 @@ class FakePopulationServer(FakeService):
         self._begin_outage(mode, seconds)
 
     def counts(self) -> dict[str, int]:
-        """``requests`` (to ``/v1/``), ``lookups`` (reached the population), ``found``, ``not_found``,
-        ``unauthorised``, ``injected_failures``."""
+        """``requests`` (to ``/v1/``), ``lookups`` (reached the population, by either path),
+        ``social_insurance_lookups`` (those by social-insurance number), ``found``, ``not_found``, ``unauthorised``,
+        ``injected_failures``."""
         return super().counts()
 
     @property
@@ -90,29 +99,37 @@ class FakePopulationServer(FakeService):
     # -- request handling (called from handler threads)
 
     def _route(self, method: str, path: str, headers: Message, body: bytes) -> Answer:
-        raw_id = path[len(_CITIZEN_PATH):] if path.startswith(_CITIZEN_PATH) else ""
-        if not raw_id or "/" in raw_id:
+        by_card = path.startswith(_SOCIAL_INSURANCE_PATH)
+        prefix = _SOCIAL_INSURANCE_PATH if by_card else _CITIZEN_PATH
+        raw_number = path[len(prefix):] if path.startswith(prefix) else ""
+        if not raw_number or "/" in raw_number:
             return json_answer(404, {"error": "not_found"})
         if method != "GET":
             return json_answer(405, {"error": "method_not_allowed"})
-        return self._lookup(raw_id, headers.get("X-Api-Key"))
+        return self._lookup(unquote(raw_number), by_card, headers.get("X-Api-Key"))
 
     def _authorised(self, presented: str | None) -> bool:
         if self._api_key is None:
             return True
         return presented is not None and secrets.compare_digest(presented.encode(), self._api_key.encode())
 
-    def _lookup(self, raw_id: str, presented_key: str | None) -> Answer:
+    def _lookup(self, number: str, by_card: bool, presented_key: str | None) -> Answer:
         if not self._authorised(presented_key):
             self._count("unauthorised")
             return json_answer(401, {"error": "invalid_api_key"})
-        id_number = unquote(raw_id)
-        if not id_format_ok(id_number):
+        if by_card and not social_insurance_number_ok(number):
+            return json_answer(400, {"error": "invalid_social_insurance_number"})
+        if not by_card and not id_format_ok(number):
             return json_answer(400, {"error": "invalid_id_number"})
         try:
             with self._lock:  # FakePopulation is not thread-safe (its call counter)
                 self._counts["lookups"] += 1
-                citizen = self.population.lookup(id_number)
+                citizen: Citizen | None
+                if by_card:
+                    self._counts["social_insurance_lookups"] += 1
+                    citizen = self.population.lookup_by_social_insurance(number)
+                else:
+                    citizen = self.population.lookup(number)
         except PopulationUnavailable:  # a registry that is itself a proxy
             return json_answer(503, {"error": "service_unavailable"})
         if citizen is None:

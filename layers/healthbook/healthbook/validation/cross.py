@@ -208,11 +208,13 @@ def cost_lines(ctx: VisitContext) -> None:
     tolerance = _tolerance()
     summary = ctx.one("XML1")
     head = summary[1] if summary is not None else {}
-    # A total is checked against the lines it sums only when they were sent: an uninsured visit sends XML1 and
-    # XML8 alone (QĐ 31/2026), and its XML1 totals are the facility's costs, not sums of absent lines.
-    checks = [t for t in _totals(ctx.standard)
-              if head.get(t.field) is not None and not ctx.broken.intersection(t.tables)
-              and any(table in ctx.tables for table in t.tables)]
+    totals = _totals(ctx.standard)
+    # Totals are checked only when cost lines were sent at all: an uninsured visit sends XML1 and XML8 alone
+    # (QĐ 31/2026), and its totals are the facility's costs, not sums of absent lines. A visit with services but
+    # no drugs still has T_THUOC checked against zero.
+    lines_sent = any(table in ctx.tables for total in totals for table in total.tables)
+    checks = [t for t in totals
+              if lines_sent and head.get(t.field) is not None and not ctx.broken.intersection(t.tables)]
     sums = {t.field: Decimal(0) for t in checks}
     incomplete: set[str] = set()
     drug_groups = _drug_groups(ctx.standard)
