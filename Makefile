@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The one-command demo: LocalStack (host mode, started and stopped here), template.yaml deployed, two facilities
-## uploading 200 signed visits, receipts, the health book in a fake VNeID, the monthly report, a summary.
-demo: $(STAMP)
-	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 200 --out demo-out
+## uploading 120 signed visits, receipts, the health book in a fake VNeID, the monthly report, a summary.
+## LocalStack's venvs install while the project's does (a fresh machine installs both).
+demo:
+	infra/localstack/install.sh localstack lambda sam & installing=$$!; \
+	$(MAKE) --no-print-directory $(STAMP) && wait $$installing && \
+	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 120 --out demo-out
 
 ## The same pipeline in process on moto: no LocalStack, no deploy (about a minute).
 demo-moto: $(STAMP)

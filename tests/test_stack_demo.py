@@ -15,12 +15,13 @@ from healthbook.stack_demo import FACILITIES, VISITS_PER_FILE, Progress, Upload,
 def test_uploads_are_signed_files_of_both_facilities_with_the_labelled_defects(tmp_path: Path) -> None:
     pki = dev_pki(tmp_path / "pki")
     people = FakePopulation()
-    uploads = make_uploads(tmp_path, pki, people, visits=140, seed=3)
-    assert len(uploads) == 14 and {u.facility for u in uploads} == set(FACILITIES)
+    uploads = make_uploads(tmp_path, pki, people, visits=120, seed=3)
+    assert len(uploads) == 12 and {u.facility for u in uploads} == set(FACILITIES)
     assert all(len(u.visits) == VISITS_PER_FILE for u in uploads)
     labels = {u.path.name.split("_")[1]: u.label for u in uploads if u.label}
-    assert labels["0010"] == "edited after signing" and labels["0013"] == "another facility's folder"
-    assert labels["0003"].startswith("a defective visit") and labels["0011"].startswith("a defective visit")
+    assert labels["0005"] == "edited after signing" and labels["0009"] == "another facility's folder"
+    assert labels["0003"].startswith("a visit with a finding") and labels["0011"].startswith("a visit with a finding")
+    assert labels["0006"] == "a visit without the patient's name (H601)"
     moved = next(u for u in uploads if u.label == "another facility's folder")
     assert moved.folder != moved.facility
     assert moved.receipt_key == f"receipts/{moved.folder}/{moved.path.name}.receipt.json"

@@ -119,8 +119,9 @@ def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: 
 
 def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, visits: int,
                  seed: int) -> list[Upload]:
-    """Signed multi-visit files per facility; about one file in eight carries a defect (a rejected visit), one
-    is edited after signing (K404), one goes into the other facility's folder (I501)."""
+    """Signed multi-visit files per facility: about one file in eight has a visit with a labelled defect (a
+    finding: the visit is still admitted), one a visit without the patient's name (H601: kept out of the health
+    book), one is edited after signing (K404), one goes into the other facility's folder (I501)."""
     rng = random.Random(seed)
     codes = list(FACILITIES)
     uploads = []
@@ -136,16 +137,19 @@ def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, vi
         label = None
         defect = inject(batch[0], rng) if number % 8 == 3 else None
         if defect is not None:
-            label = f"a defective visit ({defect.label()['code']})"
+            label = f"a visit with a finding ({defect.label()['code']})"
+        if number == 6:
+            batch[1].tables["XML1"][0]["HO_TEN"] = ""
+            label = "a visit without the patient's name (H601)"
         cert, *chain = x509.load_pem_x509_certificates(pki[code].read_bytes())
         key = serialization.load_pem_private_key(pki[f"{code}-key"].read_bytes(), password=None)
         data = sign_submission(envelope(batch, **(defect.envelope if defect else {})), key, cert,  # type: ignore[arg-type]
                                chain=chain)
         folder = code
-        if number == 10:
+        if number == 5:
             data = data.replace(b"<SOLUONGHOSO>", b"<SOLUONGHOSO> ", 1)
             label = "edited after signing"
-        elif number == 13:
+        elif number == 9:
             folder = codes[(number + 1) % len(codes)]
             label = "another facility's folder"
         path = work / f"{code}_{number:04d}_{uuid.uuid4().hex[:6]}.xml"
