@@ -101,7 +101,7 @@ def summary_table(results: list[FileResult], manifest: dict[str, object] | None,
     for result in results:
         scenario = str(by_file.get(Path(result.path).name, {}).get("scenario", "-"))
         rows[(scenario, "accepted" if result.accepted else "rejected")] += 1
-        for issue in result.errors + [i for v in result.visits for i in v.issues]:
+        for issue in result.issues:
             codes[f"{issue.code} {'finding' if issue.blocks == 'none' else 'blocks ' + issue.blocks}"] += 1
     scenarios = sorted({s for s, _ in rows})
     lines = [f"{'scenario':<22}{'files':>7}{'accepted':>10}{'rejected':>10}", "-" * 49]
@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _codes(result: FileResult) -> set[str]:
-    return {i.code for i in result.errors} | {i.code for v in result.visits for i in v.issues}
+    return {i.code for i in result.issues}
 
 
 def cmd_standard(args: argparse.Namespace) -> int:

@@ -177,10 +177,17 @@ def _without_signature(signature: etree._Element) -> etree._ElementTree:
     return parent.getroottree()
 
 
+ID_ATTRIBUTES = ("Id", "ID", "id", f"{{{XML_NS}}}id")  # what a same-document "#id" reference may name
+
+
+def element_ids(element: etree._Element) -> set[str]:
+    return {value for name in ID_ATTRIBUTES if (value := element.get(name))}
+
+
 def _referenced(root: etree._Element, signature: etree._Element, uri: str) -> etree._Element:
     """An ``#id`` reference: exactly one element of the document carries the id, inside this signature."""
     wanted = uri[1:]
-    matches = [e for e in root.iter() if wanted in (e.get("Id"), e.get("ID"), e.get("id"), e.get(f"{{{XML_NS}}}id"))]
+    matches = [e for e in root.iter() if wanted in element_ids(e)]
     if len(matches) != 1 or signature not in matches[0].iterancestors():
         raise CoreFailure("K402", f"reference {uri!r} does not name one element inside the signature")
     return matches[0]

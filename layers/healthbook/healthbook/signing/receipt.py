@@ -265,12 +265,17 @@ def _proof(value: object) -> list[tuple[str, bytes]] | None:
     return steps
 
 
+def _findings_of(visit: dict[str, Any]) -> list[Any]:
+    """A visit's findings; version 1 receipts called them warnings."""
+    return list(visit.get("findings") or visit.get("warnings") or [])
+
+
 def receipt_codes(receipt: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The codes a receipt reports, one entry per issue: (what rejected the file or kept a visit out, findings).
     Version 1 receipts had warnings where version 2 has findings."""
     visits = [v for v in receipt.get("visits") or [] if isinstance(v, dict)]
     blocking = [*(receipt.get("errors") or []), *(i for v in visits for i in v.get("errors") or [])]
-    findings = [i for v in visits for i in (v.get("findings") or v.get("warnings") or [])]
+    findings = [i for v in visits for i in _findings_of(v)]
     return ([str(i.get("code")) for i in blocking if isinstance(i, dict)],
             [str(i.get("code")) for i in findings if isinstance(i, dict)])
 
@@ -326,15 +331,14 @@ def render_receipt(receipt: dict[str, Any]) -> str:
     for number, visit in enumerate(visits, start=1):
         state = ("vào Sổ sức khỏe / in the health book" if visit.get("accepted") is True
                  else "không đưa vào Sổ sức khỏe / not admitted")
-        if visit.get("findings"):
-            state += f"; {len(visit['findings'])} phát hiện cần sửa / finding(s) to fix"
+        if findings := _findings_of(visit):
+            state += f"; {len(findings)} phát hiện cần sửa / finding(s) to fix"
         lines.append(f"  {number}. MA_LK {visit.get('ma_lk') or '?'} [QĐ {visit.get('standard') or '?'}]: {state}")
         if visit.get("digest"):
             lines.append(f"     mã băm / digest: {visit['digest']}")
         if visit.get("accepted") is not True and not visit.get("errors") and receipt.get("errors"):
             lines.append("     bị từ chối cùng cả tệp / rejected with the whole file")
-        lines += _issue_lines(list(visit.get("errors") or []) + list(visit.get("findings") or [])
-                              + list(visit.get("warnings") or []), "     ")  # "warnings": version 1
+        lines += _issue_lines([*(visit.get("errors") or []), *_findings_of(visit)], "     ")
     lines += _facility_signature_lines(receipt.get("facility_signature"))
     merkle = receipt.get("merkle")
     if isinstance(merkle, dict):

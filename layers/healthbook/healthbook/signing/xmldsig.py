@@ -38,7 +38,6 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 DS = dsig_core.DS
 SIGNATURE_PARENT = "CHUKYDONVI"
 ENVELOPED = dsig_core.ENVELOPED
-_XML_ID = f"{{{dsig_core.XML_NS}}}id"
 
 # Everything the core can check is accepted: SHA-2 only (SHA-1 and MD5 never), RSA PKCS#1 v1.5 and ECDSA.
 ACCEPTED_SIGNATURE_METHODS = frozenset(dsig_core.SIGNATURE_METHODS)
@@ -316,7 +315,7 @@ def _check_algorithms(signature: etree._Element, leaf: x509.Certificate) -> None
 
 def _ids_inside_objects(signature: etree._Element) -> set[str]:
     return {value for obj in signature.findall(_ds("Object")) for e in obj.iter()
-            for value in (e.get("Id"), e.get("ID"), e.get("id"), e.get(_XML_ID)) if value}
+            for value in dsig_core.element_ids(e)}
 
 
 def _check_scope(signature: etree._Element) -> None:

@@ -70,6 +70,11 @@ class FileResult:
     def findings(self) -> list[Issue]:
         return [i for v in self.visits for i in v.findings]
 
+    @property
+    def issues(self) -> list[Issue]:
+        """Every issue: the file's, then each visit's."""
+        return [*self.errors, *(i for v in self.visits for i in v.issues)]
+
     def to_dict(self) -> dict[str, Any]:
         rejected = self.rejected
         visits = [v.to_dict() | ({"accepted": False, "health_book": False} if rejected else {}) for v in self.visits]
