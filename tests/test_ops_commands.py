@@ -136,12 +136,14 @@ def test_facility_add_and_list(aws: None, tmp_path: Path, capsys: pytest.Capture
     assert main(["facility", "list", "--json", "--table", "facilities", "--region", REGION]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["code"] == "01001" and listed["province"] == "01" and len(listed["certificates"]) == 1
-    assert listed["district"] is None
-    # a second certificate keeps the facility; --district sets the district, and a later add without it keeps it
-    for extra in (["--district", "001"], []):
+    assert listed["district"] is None and listed["commune"] is None
+    # a second certificate keeps the facility; --district and --commune set the units, and a later add without
+    # them keeps them
+    for extra in (["--district", "001"], ["--commune", "00004"], []):
         assert main([*args[:-2], "--no-principal", *extra]) == 0
-    assert "district 001" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "province 01, district 001)" in out and "province 01, commune 00004)" in out
     assert main(["facility", "list", "--json", "--table", "facilities", "--region", REGION]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
-    assert listed["district"] == "001"
+    assert (listed["district"], listed["commune"]) == ("001", "00004")
     assert main(["facility", "list", "--region", REGION]) == 2  # no table given

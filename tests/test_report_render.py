@@ -25,7 +25,7 @@ POS = {column.key: index for index, column in enumerate(COLUMNS)}
 
 
 def _report() -> Report:
-    """Hà Nội (one district, two facilities) and Đà Nẵng (one district, one facility that delivered nothing)."""
+    """Hà Nội (one commune, two facilities) and Đà Nẵng (one commune, one facility that delivered nothing)."""
     hn_current = Figures(files_received=1234, files_rejected=4, visits_accepted=5000, visits_rejected=7,
                          top_errors=(("V212", 3), ("R301", 1)), citizens=4100, delivered=4000, delivered_in_time=3900,
                          latency_p50_s=30.0, latency_p95_s=3600.0, breached=2, needs_reconciliation=5,
@@ -40,8 +40,8 @@ def _report() -> Report:
         Row("facility", "01001", "Bệnh viện Bạch Mai", "01", facility_a, Figures()),
         Row("facility", "01002", EVIL, "01", facility_b, Figures()),
         Row("facility", "48001", "=Trạm y tế Hòa Khánh", "48", nothing, Figures()),
-        Row("district", "01/001", "Quận Ba Đình", "01", hn_current, hn_previous, facilities=2),
-        Row("district", "48/490", "Quận Liên Chiểu", "48", nothing, Figures(), facilities=3,
+        Row("commune", "01/00004", "Phường Ba Đình", "01", hn_current, hn_previous, facilities=2),
+        Row("commune", "48/20194", "Phường Hòa Khánh", "48", nothing, Figures(), facilities=3,
             facilities_without_submission=("48002", "48003")),
         Row("province", "01", "Thành phố Hà Nội", "01", hn_current, hn_previous, facilities=2,
             population=8_500_000, population_source="TCTK 2024", citizens_with_book=5_100_000),
@@ -64,7 +64,7 @@ def _csv_rows(data: bytes) -> list[list[str]]:
 
 
 def test_csv_has_a_bom_the_vietnamese_headers_and_one_line_per_row() -> None:
-    for level, codes in (("facility", ["01001", "01002", "48001"]), ("district", ["01/001", "48/490"]),
+    for level, codes in (("facility", ["01001", "01002", "48001"]), ("commune", ["01/00004", "48/20194"]),
                          ("province", ["01", "48"])):
         data = to_csv(REPORT, level)  # type: ignore[arg-type]
         assert data.startswith(BOM) and not data.startswith(BOM + BOM)
@@ -88,10 +88,10 @@ def test_csv_values_none_pct_and_seconds() -> None:
     assert tram[POS["delivered"]] == "0"
     assert tram[POS["name"]] == "'=Trạm y tế Hòa Khánh"  # a spreadsheet shows it, never evaluates it
 
-    district = _csv_rows(to_csv(REPORT, "district"))
-    assert district[1][POS["top_errors"]] == "V212: 3; R301: 1"
-    assert district[1][POS["in_time_pct_prev"]] == "80.00"  # 2400 / 3000
-    assert district[2][POS["facilities_without_submission"]] == "48002; 48003"
+    commune = _csv_rows(to_csv(REPORT, "commune"))
+    assert commune[1][POS["top_errors"]] == "V212: 3; R301: 1"
+    assert commune[1][POS["in_time_pct_prev"]] == "80.00"  # 2400 / 3000
+    assert commune[2][POS["facilities_without_submission"]] == "48002; 48003"
 
     province = _csv_rows(to_csv(REPORT, "province"))
     hanoi, danang = province[1:]
@@ -116,9 +116,9 @@ def _workbook():  # type: ignore[no-untyped-def]
 
 def test_xlsx_sheets_headers_frozen_panes_and_filters() -> None:
     workbook = _workbook()
-    assert workbook.sheetnames == ["Tổng hợp", "Tỉnh-thành phố", "Quận-huyện", "Cơ sở KCB"]
+    assert workbook.sheetnames == ["Tổng hợp", "Tỉnh-thành phố", "Xã-phường", "Cơ sở KCB"]  # since July 2025
     assert sheet_title("district") == "Quận-huyện"
-    for level, rows in (("province", 2), ("district", 2), ("facility", 3)):
+    for level, rows in (("province", 2), ("commune", 2), ("facility", 3)):
         ws = workbook[sheet_title(level)]  # type: ignore[arg-type]
         assert [c.value for c in ws[1]] == HEADERS
         assert ws.cell(1, 1).font.b
@@ -254,7 +254,11 @@ def test_an_empty_report_still_renders() -> None:
 
 def test_outputs_are_the_five_files() -> None:
     files = outputs(REPORT)
-    assert set(files) == {"report.xlsx", "report.html", "facility.csv", "district.csv", "province.csv"}
+    assert set(files) == {"report.xlsx", "report.html", "facility.csv", "commune.csv", "province.csv"}
+    before = Report(Period.parse("2025-06"), datetime(2025, 7, 1, tzinfo=UTC))  # the last month with districts
+    assert set(outputs(before)) == {"report.xlsx", "report.html", "facility.csv", "district.csv", "province.csv"}
+    assert load_workbook(io.BytesIO(to_xlsx(before))).sheetnames == ["Tổng hợp", "Tỉnh-thành phố", "Quận-huyện",
+                                                                       "Cơ sở KCB"]
     assert files["report.xlsx"][0][:2] == b"PK"
     assert files["report.html"][1] == "text/html; charset=utf-8"
     assert files["province.csv"] == (to_csv(REPORT, "province"), "text/csv; charset=utf-8")

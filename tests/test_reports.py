@@ -109,6 +109,87 @@ def test_coverage_is_citizens_with_a_book_over_the_population_to_two_decimals() 
     assert province.population_source == "test figure (2025)"
 
 
+class MarkerStore:
+    """What DynamoVisitStatus.count_citizen does, in memory: a marker put only if absent, its count with it."""
+
+    def __init__(self) -> None:
+        self.markers: set[tuple[str, str]] = set()
+        self.counters: dict[tuple[str, str], dict[str, int]] = {}
+
+    def deliver(self, citizen: str, at: datetime, facility: str, province: str, *, district: str | None = None,
+                commune: str | None = None) -> None:
+        for marker in citizen_markers(citizen, at, facility=facility, province=province, district=district,
+                                      commune=commune):
+            if (marker.scope, marker.period) in self.markers:
+                continue
+            self.markers.add((marker.scope, marker.period))
+            counted = self.counters.setdefault((marker.count.scope, marker.count.period), {})
+            for name, value in marker.count.deltas.items():
+                counted[name] = counted.get(name, 0) + value
+
+
+# Cần Thơ, Hậu Giang and Sóc Trăng became Thành phố Cần Thơ (code 92) on 1 July 2025.
+MEKONG = [Place("92001", "BV Cần Thơ", "92", "916", "31117"), Place("93001", "BV Hậu Giang", "93", "930", "31342"),
+          Place("94001", "BV Sóc Trăng", "94", "941", "31471"), Place("94002", "TYT", "94")]
+
+
+def test_from_july_2025_reports_roll_up_by_commune_into_the_34_provinces() -> None:
+    store = MarkerStore()
+    june, july = datetime(2025, 6, 20, 3, tzinfo=UTC), datetime(2025, 7, 20, 3, tzinfo=UTC)
+    store.deliver("a", june, "94001", "94", district="941")  # first seen in Sóc Trăng, before the reform
+    store.deliver("b", june, "92001", "92", district="916")
+    store.deliver("a", july, "92001", "92", commune="31117")  # and again in Cần Thơ, after it
+    store.deliver("c", july, "93001", "93", commune="31342")
+    store.deliver("c", july, "94001", "94", commune="31471")  # one citizen at two facilities of one province
+    counters = {**store.counters,
+                ("F#92001", "D#2025-07-20"): {"files_received": 2, "delivered": 1},
+                ("F#93001", "D#2025-07-20"): {"files_received": 1, "delivered": 1},
+                ("F#94001", "D#2025-06-20"): {"files_received": 1, "delivered": 1},
+                ("F#94001", "D#2025-07-20"): {"files_received": 1, "delivered": 1}}
+
+    july_report = build_report(Period.parse("2025-07"), MEKONG, DictCounters(counters),
+                               generated_at=datetime(2025, 8, 1, tzinfo=UTC))
+    assert july_report.levels == ("province", "commune", "facility") and not july_report.level("district")
+    (province,) = july_report.level("province")
+    assert (province.code, province.name, province.facilities) == ("92", "Thành phố Cần Thơ", 4)
+    assert (province.current.files_received, province.current.delivered) == (4, 3)
+    assert province.previous.files_received == 1  # the facilities' June, summed into today's province
+    assert province.previous.citizens is None  # June's citizens were counted in the 63 provinces
+    assert province.current.citizens == 2  # a and c, once each
+    assert province.citizens_with_book == 3  # a, b, c: a counted once although seen in Sóc Trăng and Cần Thơ
+    assert province.population == 4_199_824 and province.coverage_pct == 0.0
+    communes = {row.code: row for row in july_report.level("commune")}
+    assert list(communes) == ["92/31117", "92/31342", "92/31471", "92/?"]
+    assert communes["92/31342"].current.citizens == 1 and communes["92/?"].current.citizens is None
+    assert communes["92/31117"].name == "Xã/phường 31117"  # the commune list is not held (docs/reports.md)
+    assert {row.code: row.province for row in july_report.level("facility")} == dict.fromkeys(
+        ("92001", "93001", "94001", "94002"), "92")
+
+    june_report = build_report(Period.parse("2025-06"), MEKONG, DictCounters(counters),
+                               generated_at=datetime(2025, 7, 1, tzinfo=UTC))
+    assert june_report.levels == ("province", "district", "facility")
+    provinces = {row.code: row for row in june_report.level("province")}
+    assert {code: row.name for code, row in provinces.items()} == {
+        "92": "Thành phố Cần Thơ", "93": "Tỉnh Hậu Giang", "94": "Tỉnh Sóc Trăng"}
+    assert {code: row.citizens_with_book for code, row in provinces.items()} == {"92": 1, "93": 0, "94": 1}
+    assert provinces["92"].population == 1_235_171  # Cần Thơ alone, 2019 census
+    assert sorted(row.code for row in june_report.level("district")) == ["92/916", "93/930", "94/941", "94/?"]
+
+
+def test_the_old_to_new_province_mapping_covers_the_63_and_names_the_34() -> None:
+    from healthbook.standard import places
+
+    before, after = places.provinces_on(date(2025, 6, 30)), places.provinces_on(date(2025, 7, 1))
+    assert (len(before), len(after)) == (63, 34)
+    assert {places.province_after(code) for code in before} == set(after)
+    assert all(places.province_after(code) == code for code in after)  # idempotent: a new code is its own
+    # the codes real 2026 exports carry (shared/spec/real-world-shapes.md) are among the 34
+    assert {"92", "96", "79", "86", "91", "80", "52"} <= set(after)
+    assert [places.province_after(c) for c in ("10", "72", "89", "64", "27")] == ["15", "80", "91", "52", "24"]
+    assert places.merged_into("79") == ("74", "77", "79")
+    assert set(load_population(after_reform=True)) == set(after)
+
+
 def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_errors_ordered() -> None:
     source = DictCounters({
         ("F#01001", "D#2025-03-02"): {"files_received": 2, "files_rejected": 1, "visits_accepted": 1,
@@ -303,9 +384,12 @@ def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
     status.count_citizen(citizen_markers("k", at, facility="01001", province="01", district="001"))
     items = {(i["scope"]["S"], i["period"]["S"]): i for i in
              ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"] if i["period"]["S"].startswith("citizen#")}
-    assert len(items) == 7
-    assert "expires_at" not in items[("P#01#ALL", "citizen#k")]
-    expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key[0] != "P#01#ALL"]
+    # Before July 2025: facility, district and the 63-province unit by month and half-year, and "ever" in both the
+    # old province and the merged one of the 34 (today's coverage).
+    assert len(items) == 8
+    ever = {("P#01#ALL", "citizen#k"), ("P34#01#ALL", "citizen#k")}
+    assert all("expires_at" not in items[key] for key in ever)
+    expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key not in ever]
     assert expiring == [int(at.timestamp()) + 400 * 86400] * 6
 
 

@@ -36,7 +36,7 @@ RULES = {code: rule for code, rule in ALL_RULES.items() if code[0] not in "KI"}
 # --- helpers --------------------------------------------------------------------------------------------
 
 TS = "%Y%m%d%H%M"
-WARNING_CODES = frozenset({"S101", "S105", "S107", "V210", "V217", "R314", "R315", "R317", "R319", "R320"})
+WARNING_CODES = frozenset({"S101", "S105", "S107", "V210", "V217", "V218", "R314", "R315", "R317", "R319", "R320"})
 ANY = object()  # "don't check this attribute of the issue"
 DEFAULT_OPTIONS = Options()
 
@@ -687,6 +687,36 @@ def _appointment_day(days: int) -> Mutation:
 CASES.append(Case("appointment-day-only", "V217", "XML14", "NGAY_HEN_KL", "outpatient_reexam", _appointment_day(7)))
 CASES.append(Case("appointment-day-before-discharge", "R313", "XML14", "NGAY_HEN_KL", "outpatient_reexam",
                   _appointment_day(-1), also=frozenset({"V217"})))
+
+
+def _visit_type(code: str) -> Mutation:
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        set_everywhere(visit, "MA_LOAI_KCB", code)
+        return submit(visit)
+    return mutate
+
+
+# From 1 August 2026 MA_LOAI_KCB has 16 codes (QĐ 1804) whose list we do not hold: an unknown code is kept, a
+# finding that says so (V218), not "not in the list" (V208, as on a visit before that day).
+CASES.append(Case("visit-type-after-qd1804", "V218", "XML1", "MA_LOAI_KCB", "outpatient", _visit_type("13"),
+                  standard="3176-2026-08", near_miss=_visit_type("01"), message="QĐ 1804"))
+CASES.append(Case("visit-type-before-qd1804", "V208", "XML1", "MA_LOAI_KCB", "outpatient", _visit_type("13"),
+                  standard="3176-2026-07"))
+
+
+def test_benefit_level_takes_four_characters_from_july_2026() -> None:
+    from datetime import date
+
+    from healthbook import standard
+    from healthbook.validation.fields import compile_checker
+
+    def check(day: date, value: str) -> object:
+        version = standard.select(day)
+        return compile_checker(version.tables["XML3"].by_name["MUC_HUONG"], version)(value)[1]
+
+    assert check(date(2026, 6, 30), "97.5") == ("V202", {"length": 4, "max_length": 3})
+    assert check(date(2026, 7, 1), "97.5") is None and check(date(2026, 7, 1), "100") is None
+    assert check(date(2026, 7, 1), "97.55") == ("V202", {"length": 5, "max_length": 4})
 
 
 def _ceiling(value: str) -> Mutation:

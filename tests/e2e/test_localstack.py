@@ -549,7 +549,7 @@ def test_the_report_function_reports_what_the_counters_hold(aws: Callable[..., A
     assert error is None, logs
     prefix = f"reports/month/{month.label}/"
     assert sorted(result["objects"]) == [prefix + name for name in
-                                         ("district.csv", "facility.csv", "province.csv", "report.html", "report.xlsx")]
+                                         ("commune.csv", "facility.csv", "province.csv", "report.html", "report.xlsx")]
     s3 = aws("s3")
     body = s3.get_object(Bucket=outputs["ReportsBucketName"], Key=prefix + "facility.csv")["Body"].read()
     assert body.startswith(b"\xef\xbb\xbf")

@@ -30,7 +30,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from healthbook.generate import build_visit, facility_named, inject, submission
+from healthbook.generate import build_visit, current_standard, facility_named, inject, submission
 from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import PORTAL_TZ, receipt_codes, verify_receipt
 from healthbook.signing.xmldsig import sign_submission
@@ -39,7 +39,7 @@ from healthbook.signing.xmldsig import sign_submission
 DELIVERY_ENV = ("PROJECTIONS_BUCKET", "POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN",
                 "DEADLINE_TOPIC_ARN")
 FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
-DISTRICTS = {"01001": "001", "79001": "760", "48001": "492"}  # for the report's district roll-up
+COMMUNES = {"01001": "00004", "79001": "26734", "48001": "20194"}  # for the report's commune roll-up
 BATCH = 10
 
 
@@ -74,7 +74,7 @@ def _files(out: Path, pki: dict[str, Path], visits: int, seed: int,
     entries = []
     for number in range(1, visits + 1):
         code = FACILITIES[number % len(FACILITIES)]
-        visit = build_visit(rng, facility=facility_named(code))
+        visit = build_visit(rng, facility=facility_named(code), standard=current_standard())
         label = None
         defect = inject(visit, rng) if rng.random() < defect_rate else None
         if defect is not None:
@@ -149,7 +149,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         for code in FACILITIES:
             _, name, province = facility_named(code)
             registry.put_facility(code, name, province, x509.load_pem_x509_certificate(pki[code].read_bytes()),
-                                  district=DISTRICTS[code])
+                                  commune=COMMUNES[code])
         app, delivery = load_ingest_handler(), load_function("delivery")
         # Powertools keeps one logging handler per service for the whole process: point them at the log.
         previous_streams = [(m, m.logger.registered_handler.setStream(log)) for m in (app, delivery)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from healthbook.cli_support import UsageError, xml_files
+from healthbook.reports.model import LEVELS
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -26,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("code", metavar="MACSKCB")
     add.add_argument("--name", required=True)
     add.add_argument("--province", required=True, help="2-digit province code")
-    add.add_argument("--district", help="district code, for the reports' district roll-up (default: keep)")
+    add.add_argument("--district", help="district code, for the district roll-up of reports before July 2025 "
+                                        "(default: keep)")
+    add.add_argument("--commune", help="commune (xã/phường) code, for the commune roll-up of reports from July 2025 "
+                                       "(default: keep)")
     add.add_argument("--cert", required=True, metavar="CERT.pem", help="the facility's signing certificate")
     add.add_argument("--no-principal", action="store_true", help="only register the certificate")
     add.add_argument("--credentials-out", metavar="FILE",
@@ -42,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report = subparsers.add_parser("report", help="build a period's report from the aggregates (as the report "
                                                  "function does) and write its files to a folder")
     report.add_argument("--period", required=True, help="YYYY-MM (month), YYYY-MM-DD (day) or YYYY-H1/H2")
-    report.add_argument("--level", choices=("facility", "district", "province"),
+    report.add_argument("--level", choices=LEVELS,
                         help="print this level and write only its CSV (default: every file, provinces printed)")
     report.add_argument("--out", required=True, type=Path, metavar="DIR")
     report.add_argument("--aggregates-table", default=os.environ.get("HEALTHBOOK_AGGREGATES_TABLE"),
@@ -135,6 +139,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from healthbook.reports.render import summary_lines
 
     period = Period.parse(args.period)  # ValueError -> usage error, before any AWS call
+    middle = "commune" if period.after_reform else "district"
+    if args.level in ("district", "commune") and args.level != middle:
+        raise UsageError(f"period {period.label} reports by {middle}: districts until June 2025, communes from "
+                         "July 2025 (docs/reports.md)")
     clients = _Clients(args)
     outputs_of_stack = _stack_outputs(clients, args.stack)
     aggregates = args.aggregates_table or outputs_of_stack.get("AggregatesTableName")
@@ -180,9 +188,9 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
         principal = create_facility_principal(args.code, stage=args.stage, iam=clients.client("iam"),
                                               policy_arn=args.policy_arn or outputs.get("FacilityPolicyArn"))
     put_facility(table, args.code, args.name, args.province, certificate,
-                 principal_arn=principal.arn if principal else None, district=args.district)
-    print(f"registered {args.code} ({args.name}, province {args.province}"
-          f"{f', district {args.district}' if args.district else ''}); certificate "
+                 principal_arn=principal.arn if principal else None, district=args.district,
+                 commune=args.commune)
+    print(f"registered {args.code} ({args.name}, province {args.province}{_place_text(args)}); certificate "
           f"{certificate_sha256(certificate)} valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
           f"{certificate.not_valid_after_utc:%Y-%m-%d}")
     if principal is not None:
@@ -213,17 +221,21 @@ def cmd_facility_list(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     for facility in facilities:
-        district = f", district {facility.district}" if facility.district else ""
-        print(f"{facility.code}  {facility.name}  (province {facility.province}{district})")
+        print(f"{facility.code}  {facility.name}  (province {facility.province}{_place_text(facility)})")
         for cert in facility.certificates:
             print(f"    {cert.sha256}  {cert.not_before:%Y-%m-%d} → {cert.not_after:%Y-%m-%d}")
     print(f"{len(facilities)} facilit{'y' if len(facilities) == 1 else 'ies'}")
     return EXIT_OK
 
 
+def _place_text(facility: Any) -> str:
+    return "".join(f", {unit} {getattr(facility, unit)}" for unit in ("district", "commune")
+                   if getattr(facility, unit, None))
+
+
 def _facility_json(facility: Any) -> dict[str, Any]:
     return {"code": facility.code, "name": facility.name, "province": facility.province,
-            "district": facility.district or None,
+            "district": facility.district or None, "commune": facility.commune or None,
             "certificates": [{"sha256": c.sha256, "not_before": c.not_before.isoformat(),
                               "not_after": c.not_after.isoformat()} for c in facility.certificates]}
 

@@ -30,7 +30,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from healthbook.generate import build_visit, facility_named, inject
+from healthbook.generate import build_visit, current_standard, facility_named, inject
 from healthbook.generate.writer import envelope
 from healthbook.reconcile import FakePopulation
 from healthbook.signing.pki import dev_pki
@@ -38,7 +38,7 @@ from healthbook.signing.receipt import PORTAL_TZ, receipt_codes
 from healthbook.signing.xmldsig import sign_submission
 
 STACK, STAGE, REGION = "hb-demo", "demo", "us-east-1"
-FACILITIES = {"01001": "001", "79001": "760"}  # code -> district
+FACILITIES = {"01001": "00004", "79001": "26734"}  # code -> commune (the reports' roll-up since July 2025)
 VISITS_PER_FILE = 10
 TERMINAL = ("DELIVERED", "NEEDS_RECONCILIATION", "DEADLINE_BREACHED", "SUPERSEDED")
 
@@ -95,17 +95,17 @@ def deploy(endpoint: str, *, stack: str = STACK, stage: str = STAGE, **parameter
 
 def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: Any,
             facilities: dict[str, str] | None = None) -> None:
-    """Trust the dev CA, register the facilities (code -> district), give delivery VNeID's credentials, start
+    """Trust the dev CA, register the facilities (code -> commune), give delivery VNeID's credentials, start
     the functions that cache trust and registry afresh."""
     from healthbook.aws.facilities import put_facility
 
     aws("ssm").put_parameter(Name=outputs["TrustBundleParameterName"], Value=pki["ca"].read_text(),
                              Type="String", Overwrite=True)
     table = aws.table(outputs["FacilitiesTableName"])
-    for code, district in (FACILITIES if facilities is None else facilities).items():
+    for code, commune in (FACILITIES if facilities is None else facilities).items():
         _, name, province = facility_named(code)
         certificate = x509.load_pem_x509_certificates(pki[code].read_bytes())[0]
-        put_facility(table, code, name, province, certificate, district=district)
+        put_facility(table, code, name, province, certificate, commune=commune)
     aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
         {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
          "client_secret": vneid.client_secret}))
@@ -128,7 +128,7 @@ def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, vi
     for number in range(-(-visits // VISITS_PER_FILE)):
         code = codes[number % len(codes)]
         facility = facility_named(code)
-        batch = [build_visit(rng, facility=facility) for _ in range(VISITS_PER_FILE)]
+        batch = [build_visit(rng, facility=facility, standard=current_standard()) for _ in range(VISITS_PER_FILE)]
         known = FakePopulation.from_visits(batch, mismatch_rate=0.02, unknown_rate=0.02, seed=seed + number)
         for visit in batch:
             citizen = known.lookup(visit.tables["XML1"][0]["SO_CCCD"])

@@ -22,7 +22,7 @@ STATUS_INDEX = "by-status-deadline"
 # What that index projects besides the keys (template.yaml must agree; a test checks it).
 STATUS_INDEX_ATTRIBUTES = ("received_at", "next_attempt_at", "attempts")
 _LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key, province, "
-          "district")
+          "district, commune")
 
 
 _MARKER_ATTEMPTS = 3
@@ -49,7 +49,7 @@ def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
         attempts=int(item.get("attempts", {}).get("N", "0")),
         next_attempt_at=parse_time(next_attempt) if next_attempt else None, citizen_key=text("citizen_key"),
         records=bytes(records) if records is not None else None, province=text("province"),
-        district=text("district"))
+        district=text("district"), commune=text("commune"))
 
 
 class DynamoVisitStatus:

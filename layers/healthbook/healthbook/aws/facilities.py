@@ -65,6 +65,7 @@ class FacilitiesRepository:
             facilities[_text(item.get("facility"))] = {"name": _text(item.get("name")),
                                                       "province": _text(item.get("province")),
                                                       "district": _text(item.get("district")),
+                                                      "commune": _text(item.get("commune")),
                                                       "certificates": certificates}
             revoked.update({str(k): _text(v) for k, v in (item.get("revoked") or {}).items()})
         return FacilityRegistry.loads(json.dumps({"format": FORMAT, "facilities": facilities, "revoked": revoked}))
@@ -82,6 +83,7 @@ class FacilitiesRepository:
             own = set(item.get("revoked") or {})
             entries.append(FacilityEntry(code=facility.code, name=facility.name, province=facility.province,
                                          certificates=facility.certificates, district=facility.district,
+                                         commune=facility.commune,
                                          revoked={s: at for s, at in registry.revoked.items() if s in own},
                                          principal_arn=_text(item.get("principal_arn")) or None))
         return sorted(entries, key=lambda e: e.code)
@@ -93,12 +95,14 @@ class FacilitiesRepository:
         return dict(item) if item else None
 
     def put_facility(self, code: str, name: str, province: str, certificate: x509.Certificate,
-                     principal_arn: str | None = None, district: str | None = None) -> RegisteredCertificate:
+                     principal_arn: str | None = None, district: str | None = None,
+                     commune: str | None = None) -> RegisteredCertificate:
         """Create or update a facility and register ``certificate`` for it (its validity window). Other
         certificates of the facility stay; the same certificate again only refreshes its window."""
         current = self._get(code)
         registry = self._registry([current] if current else [])
-        registered = registry.register(code, name, province, certificate, district=district)  # checks the code
+        # register() checks the code
+        registered = registry.register(code, name, province, certificate, district=district, commune=commune)
         item: dict[str, Any] = {
             **(current or {}), "facility": code, "name": name, "province": province,
             "certificates": [{"sha256": c.sha256, "not_before": iso_utc(c.not_before),
@@ -106,8 +110,9 @@ class FacilitiesRepository:
         }
         if principal_arn:
             item["principal_arn"] = principal_arn
-        if registry.facilities[code].district:
-            item["district"] = registry.facilities[code].district
+        for place in ("district", "commune"):
+            if getattr(registry.facilities[code], place):
+                item[place] = getattr(registry.facilities[code], place)
         self._conditional_put(item, current)
         return registered
 
@@ -143,10 +148,11 @@ class FacilitiesRepository:
 # --- for the ops commands (healthbook facility add|list) ---------------------------------------------------
 
 def put_facility(table: Any, code: str, name: str, province: str, certificate: x509.Certificate,
-                 principal_arn: str | None = None, district: str | None = None) -> RegisteredCertificate:
-    """``table``: a boto3 DynamoDB Table resource. ``district`` None keeps the recorded one."""
+                 principal_arn: str | None = None, district: str | None = None,
+                 commune: str | None = None) -> RegisteredCertificate:
+    """``table``: a boto3 DynamoDB Table resource. ``district``/``commune`` None keep the recorded ones."""
     return FacilitiesRepository(table).put_facility(code, name, province, certificate, principal_arn=principal_arn,
-                                                    district=district)
+                                                    district=district, commune=commune)
 
 
 def list_facilities(table: Any) -> list[FacilityEntry]:

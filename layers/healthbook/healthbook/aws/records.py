@@ -236,8 +236,9 @@ class DynamoRecords:
             item["standard"] = _s(visit.standard)
         if visit.province:
             item["province"] = _s(visit.province)
-        if visit.district:
-            item["district"] = _s(visit.district)
+        for place in ("district", "commune"):
+            if getattr(visit, place):
+                item[place] = _s(getattr(visit, place))
         if visit.citizen_key:  # no attribute, no entry in the sparse by-citizen index
             item["citizen_key"] = _s(visit.citizen_key)
         if superseded_by:

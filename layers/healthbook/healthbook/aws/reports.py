@@ -51,7 +51,7 @@ class DynamoCounters:
 
 def places(facilities_table: Any) -> list[Place]:
     """The registered facilities (``facilities_table``: a boto3 Table resource)."""
-    return [Place(e.code, e.name, e.province, e.district)
+    return [Place(e.code, e.name, e.province, e.district, e.commune)
             for e in FacilitiesRepository(facilities_table).list_facilities()]
 
 

@@ -52,6 +52,7 @@ class StoredVisit:
     records: bytes | None = None
     province: str | None = None  # the facility's, stamped at ingest (older items: None)
     district: str | None = None
+    commune: str | None = None
 
 
 @dataclass(frozen=True)

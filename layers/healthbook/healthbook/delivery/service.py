@@ -264,7 +264,7 @@ class DeliveryService:
             # finds the markers set and counts nothing twice.
             self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
                                                      province=visit.province or ref.facility[:2],
-                                                     district=visit.district))
+                                                     district=visit.district, commune=visit.commune))
             recorded = self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms,
                                                  receipt_id=delivery.receipt_id, count=count)
         except Exception as exc:

@@ -9,7 +9,7 @@ from typing import Any
 
 from healthbook.generate.defects import INJECTORS, Defect, inject
 from healthbook.generate.his_export import HisExport, his_export_batch
-from healthbook.generate.visit import SCENARIOS, Visit, build_visit
+from healthbook.generate.visit import SCENARIOS, Visit, build_visit, current_standard
 from healthbook.generate.writer import checkin_document, envelope, table_document
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Visit",
     "build_visit",
     "checkin_document",
+    "current_standard",
     "envelope",
     "facility_named",
     "generate_batch",

@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from healthbook.generate import vocab
-from healthbook.standard import in_force
+from healthbook.standard import in_force, places, version_ids
 
 SCENARIOS = ("outpatient", "outpatient_reexam", "outpatient_treatment", "inpatient", "referral", "tuberculosis",
              "birth")
@@ -86,6 +86,17 @@ def record_summary(summary: Row) -> Row:
             "MA_TTDV": summary["MA_TTDV"], "NGAY_CT": summary["NGAY_RA"][:8]}
 
 
+def current_standard() -> str:
+    """The newest version of the standard: the demos' visits are dated in its window, so they carry today's
+    units (34 provinces, communes, no districts) and rules."""
+    return version_ids()[-1]
+
+
+def _address(rng: random.Random, *units: str) -> str:
+    street = f"Số {rng.randint(1, 300)} đường {rng.choice(vocab.STREETS)}"
+    return ", ".join(part for part in (street, *units) if part)
+
+
 class _Builder:
     def __init__(self, rng: random.Random, facility: tuple[str, str, str], standard: str, scenario: str,
                  start: datetime, detail_rows: int | None) -> None:
@@ -121,8 +132,12 @@ class _Builder:
         name = _full_name(rng, male)
         years = (self.start.year - 40, self.start.year - 18) if mother else (1940, 2018)
         birth = date(rng.randint(*years), rng.randint(1, 12), rng.randint(1, 28))
-        province, province_name, districts = rng.choice(vocab.PLACES)
-        district, district_name, communes = rng.choice(districts)
+        if places.after_reform(self.start.date()):  # two-level local government: province and commune only
+            province, province_name, _, communes = rng.choice(vocab.PROVINCES_2025)
+            district, district_name = "", ""
+        else:
+            province, province_name, districts = rng.choice(vocab.PLACES)
+            district, district_name, communes = rng.choice(districts)
         commune, commune_name = rng.choice(communes)
         century_digit = {19: 0, 20: 2}[birth.year // 100] + (0 if male else 1)
         cccd = f"0{province}{century_digit}{birth.year % 100:02d}{rng.randint(0, 999999):06d}"
@@ -134,7 +149,7 @@ class _Builder:
             "HO_TEN": name, "SO_CCCD": cccd, "NGAY_SINH": birth.strftime("%Y%m%d") + "0000",
             "GIOI_TINH": "1" if male else "2", "MA_QUOCTICH": "704", "MA_DANTOC": "01",
             "MA_NGHE_NGHIEP": "00000" if birth.year > 2006 else rng.choice(["21110", "25110", "51310", "61130"]),
-            "DIA_CHI": f"Số {rng.randint(1, 300)} đường {rng.choice(vocab.STREETS)}, {commune_name}, {district_name}, {province_name}",
+            "DIA_CHI": _address(rng, commune_name, district_name, province_name),
             "MATINH_CU_TRU": province, "MAHUYEN_CU_TRU": district, "MAXA_CU_TRU": commune,
             "DIEN_THOAI": f"09{rng.randint(10**7, 10**8 - 1)}", "MA_THE_BHYT": card,
             "MA_DKBD": self.facility_code, "GT_THE_TU": _d(card_from), "GT_THE_DEN": _d(date(self.start.year, 12, 31)),

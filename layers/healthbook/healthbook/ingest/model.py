@@ -136,10 +136,11 @@ class VisitVersion:
     # When the delivery sweep may take the visit: ingest starts its execution at once and leases it until
     # then, so the sweep only catches visits whose start failed (docs/delivery.md).
     next_attempt_at: str | None = None
-    # Where the facility sits, from the registry at ingest: delivery counts distinct citizens per district and
-    # province (docs/reports.md) without reading the registry.
+    # Where the facility sits, from the registry at ingest: delivery counts distinct citizens per district or
+    # commune and province (docs/reports.md) without reading the registry.
     province: str | None = None
     district: str | None = None
+    commune: str | None = None
 
     def status_shard(self, status: str) -> str:
         return status_shard(status, self.visit_id)

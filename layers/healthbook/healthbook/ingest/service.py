@@ -199,13 +199,13 @@ class IngestService:
             self._trust_loaded = now
         return self._trust
 
-    def _place(self, facility: str) -> tuple[str, str | None]:
-        """(province, district) of a facility: the registry's, else the province its code starts with."""
+    def _place(self, facility: str) -> tuple[str, str | None, str | None]:
+        """(province, district, commune) of a facility: the registry's, else the province its code starts with."""
         trust = self.trust()
         registered = trust.registry.facilities.get(facility) if trust and trust.registry else None
         if registered is None:
-            return facility[:2], None
-        return registered.province or facility[:2], registered.district or None
+            return facility[:2], None, None
+        return registered.province or facility[:2], registered.district or None, registered.commune or None
 
     def ingest(self, ref: ObjectRef) -> Outcome:
         location = locate(ref.key)
@@ -302,7 +302,7 @@ class IngestService:
         version = version_key(ref.received_at, outcome.submission_id)
         leased_until = iso_utc(self._now() + self._lease)
         to_deliver: list[VisitRef] = []
-        province, district = self._place(location.facility) if location.facility else (None, None)
+        province, district, commune = self._place(location.facility) if location.facility else (None, None, None)
         for visit, entry in zip(result.visits, entries, strict=True):
             if not entry["accepted"]:
                 continue
@@ -311,7 +311,7 @@ class IngestService:
                 submission_id=outcome.submission_id, received_at=received, standard=visit.standard,
                 digest=entry["digest"], deadline_at=deadline(ref.received_at, self._deadline),
                 citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit),
-                next_attempt_at=leased_until, province=province, district=district)
+                next_attempt_at=leased_until, province=province, district=district, commune=commune)
             written = self._records.save_visit(stored_visit)
             if written is not VisitWrite.PRESENT:
                 outcome.visits_stored += 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from healthbook.signing.receipt import PORTAL_TZ
+from healthbook.standard import places
 
 # Upper bounds, in seconds, of the receipt -> VNeID latency buckets; beyond the last, "inf".
 LATENCY_BUCKETS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
@@ -23,11 +24,20 @@ def facility_scope(facility: str) -> str:
 
 
 def district_scope(province: str, district: str) -> str:
+    """A district of the 63 provinces, before 1 July 2025."""
     return f"DIST#{province}#{district}"
 
 
-def province_scope(province: str) -> str:
-    return f"P#{province}"
+def commune_scope(province: str, commune: str) -> str:
+    """A commune (xã/phường) of the 34 provinces, from 1 July 2025."""
+    return f"XA#{province}#{commune}"
+
+
+def province_scope(province: str, *, after_reform: bool = False) -> str:
+    """A province of the units in force: the 63 ("P#01") before 1 July 2025, the 34 ("P34#01") after. Distinct
+    prefixes, because a merged province keeps one old code: "92" was Cần Thơ alone and is now Cần Thơ, Hậu Giang
+    and Sóc Trăng, and one's citizens must not count as the other's."""
+    return f"{'P34' if after_reform else 'P'}#{province}"
 
 
 def day(moment: datetime) -> str:
@@ -136,19 +146,30 @@ class CitizenMarker:
 
 
 def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: str,
-                    district: str | None) -> list[CitizenMarker]:
-    """The markers a delivery to ``citizen_key`` sets: distinct citizens per month and half-year for the facility,
-    its district and province, and the province's "ever" marker whose count, ``new_citizens`` on the day, sums
-    to the citizens with a health book (coverage)."""
+                    district: str | None, commune: str | None = None) -> list[CitizenMarker]:
+    """The markers a delivery to ``citizen_key`` sets, in the units in force on its day: distinct citizens per
+    month and half-year for the facility, its district (before 1 July 2025) or commune (from then) and province,
+    and the province's "ever" marker whose count, ``new_citizens`` on the day, sums to the citizens with a health
+    book (coverage). ``province`` is the facility's code as registered (a pre-reform code maps to its merged
+    province). A delivery before the reform also sets the merged province's "ever" marker, so today's coverage
+    counts every citizen once, whenever the first visit was."""
+    local_day = at.astimezone(PORTAL_TZ).date()
+    after = places.after_reform(local_day)
+    current = places.province_after(province)
     expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
-    scopes = [facility_scope(facility), province_scope(province)]
-    if district:
-        scopes.insert(1, district_scope(province, district))
+    if after:
+        unit = commune_scope(current, commune) if commune else None
+        own = province_scope(current, after_reform=True)
+    else:
+        unit = district_scope(province, district) if district else None
+        own = province_scope(province)
+    scopes = [scope for scope in (facility_scope(facility), unit, own) if scope]
     marker = f"citizen#{citizen_key}"
     markers = [CitizenMarker(f"{scope}#{period}", marker, expires, CounterUpdate(scope, period, {"citizens": 1}))
                for scope in scopes for period in (month(at), half(at))]
-    ever = province_scope(province)
-    markers.append(CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1})))
+    evers = [own] if after else [own, province_scope(current, after_reform=True)]
+    markers += [CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1}))
+                for ever in evers]
     return markers
 
 

@@ -1,5 +1,5 @@
-"""Build a Report from the counters (docs/reports.md): facility rows from their day items, district and province
-rows as sums of their facilities, distinct citizens from their own marker counts (a citizen seen at two
+"""Build a Report from the counters (docs/reports.md): facility rows from their day items, district or commune and
+province rows as sums of their facilities, distinct citizens from their own marker counts (a citizen seen at two
 facilities is one citizen of the province), coverage from the province's "ever" counts. Pure: the counters
 come through a CounterSource."""
 
@@ -12,8 +12,16 @@ from datetime import date, datetime
 from importlib import resources
 from typing import Protocol
 
-from healthbook.reports.aggregates import district_scope, facility_scope, percentile, province_scope, total
+from healthbook.reports.aggregates import (
+    commune_scope,
+    district_scope,
+    facility_scope,
+    percentile,
+    province_scope,
+    total,
+)
 from healthbook.reports.model import Figures, Level, Period, Report, Row
+from healthbook.standard import places
 
 TOP_ERRORS = 5
 _FIRST_DAY = "D#0000-00-00"
@@ -35,8 +43,9 @@ class Place:
 
     code: str
     name: str
-    province: str
+    province: str  # as registered: a pre-reform code counts in its merged province from July 2025
     district: str = ""
+    commune: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,11 @@ class PopulationFigure:
     source: str
 
 
-def load_population() -> dict[str, PopulationFigure]:
-    """The reference table shipped with the package (reports/data/population.json)."""
+def load_population(*, after_reform: bool = False) -> dict[str, PopulationFigure]:
+    """The reference table shipped with the package (reports/data/population.json): the 63 provinces' figures,
+    or with ``after_reform`` the 34's."""
     text = resources.files("healthbook.reports").joinpath("data/population.json").read_text(encoding="utf-8")
-    provinces = json.loads(text)["provinces"]
+    provinces = json.loads(text)["provinces_after_reform" if after_reform else "provinces"]
     return {code: PopulationFigure(code, str(entry["name"]), int(entry["population"]), int(entry["year"]),
                                    str(entry["source"])) for code, entry in provinces.items()}
 
@@ -117,33 +127,53 @@ class _Counts:
         return None if wanted is None else self(*wanted).get("citizens", 0)
 
 
-def build_report(period: Period, places: Sequence[Place], source: CounterSource, *, generated_at: datetime,
+def build_report(period: Period, places_: Sequence[Place], source: CounterSource, *, generated_at: datetime,
                  population: Mapping[str, PopulationFigure] | None = None) -> Report:
-    population = load_population() if population is None else population
+    """The report in the units in force in ``period``: districts of the 63 provinces until June 2025, communes of
+    the 34 from July 2025 (a facility registered under a pre-reform province code counts in its merged province).
+    Facility figures carry over the reform; distinct citizens of a district or province do not, so a period whose
+    previous one is in the other units shows no previous citizens for them."""
+    after = period.after_reform
+    population = load_population(after_reform=after) if population is None else population
     previous = period.previous()
-    by_district: dict[tuple[str, str], list[Place]] = {}
+    comparable = previous.after_reform == after
+    names = places.provinces_on(period.start)
+
+    def province_of(place: Place) -> str:
+        return places.province_after(place.province) if after else place.province
+
+    def unit_scope(province: str, unit: str) -> str | None:
+        if not unit:
+            return None  # facilities with no unit on record share one row; no marker counts them
+        return commune_scope(province, unit) if after else district_scope(province, unit)
+
+    by_unit: dict[tuple[str, str], list[Place]] = {}
     by_province: dict[str, list[Place]] = {}
-    for place in places:
-        by_district.setdefault((place.province, place.district), []).append(place)
-        by_province.setdefault(place.province, []).append(place)
+    for place in places_:
+        province = province_of(place)
+        by_unit.setdefault((province, place.commune if after else place.district), []).append(place)
+        by_province.setdefault(province, []).append(place)
+    own = {province: province_scope(province, after_reform=after) for province in by_province}
+    unit_scopes = {key: unit_scope(*key) for key in by_unit}
 
     plan: list[Range | None] = []
     for of in (period, previous):
-        plan += [_days(facility_scope(p.code), of) for p in places]
-        plan += [_citizens(facility_scope(p.code), of) for p in places]
-        plan += [_citizens(district_scope(*key), of) for key in by_district if key[1]]
-        plan += [_citizens(province_scope(province), of) for province in by_province]
-    plan += [_to_date(province_scope(province), period) for province in by_province]
+        plan += [_days(facility_scope(p.code), of) for p in places_]
+        plan += [_citizens(facility_scope(p.code), of) for p in places_]
+        if of is period or comparable:
+            plan += [_citizens(scope, of) for scope in unit_scopes.values() if scope]
+            plan += [_citizens(scope, of) for scope in own.values()]
+    plan += [_to_date(scope, period) for scope in own.values()]
     reader = _Counts(source, [wanted for wanted in plan if wanted is not None])
     rows: list[Row] = []
 
     facility_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
-    for place in sorted(places, key=lambda p: p.code):
+    for place in sorted(places_, key=lambda p: p.code):
         scope = facility_scope(place.code)
         now, before = reader(*_days(scope, period)), reader(*_days(scope, previous))
         facility_counts[place.code] = (now, before)
         current = figures(now, reader.citizens(scope, period))
-        rows.append(Row("facility", place.code, place.name, place.province, current,
+        rows.append(Row("facility", place.code, place.name, province_of(place), current,
                         figures(before, reader.citizens(scope, previous)),
                         facilities_without_submission=() if current.files_received else (place.code,)))
 
@@ -152,25 +182,28 @@ def build_report(period: Period, places: Sequence[Place], source: CounterSource,
         now = total(facility_counts[m.code][0] for m in members)
         before = total(facility_counts[m.code][1] for m in members)
         silent = tuple(sorted(m.code for m in members if not facility_counts[m.code][0].get("files_received")))
-
-        def citizens(of: Period) -> int | None:
-            return reader.citizens(citizens_scope, of) if citizens_scope else None
-
-        return Row(level, code, name, province, figures(now, citizens(period)), figures(before, citizens(previous)),
+        citizens_now = reader.citizens(citizens_scope, period) if citizens_scope else None
+        citizens_before = reader.citizens(citizens_scope, previous) if citizens_scope and comparable else None
+        return Row(level, code, name, province, figures(now, citizens_now), figures(before, citizens_before),
                    facilities=len(members), facilities_without_submission=silent)
 
-    # Within a province, the facilities with no district on record come last.
-    for (province, district), members in sorted(by_district.items(), key=lambda kv: (kv[0][0], not kv[0][1], kv[0])):
-        # Facilities with no district on record share one row per province; no marker counts them.
-        rows.append(grouped(members, "district", f"{province}/{district or '?'}",
-                            district or "Chưa xác định quận/huyện", province,
-                            district_scope(province, district) if district else None))
+    level: Level = "commune" if after else "district"
+    # Within a province, the facilities with no unit on record come last.
+    for (province, unit), members in sorted(by_unit.items(), key=lambda kv: (kv[0][0], not kv[0][1], kv[0])):
+        rows.append(grouped(members, level, f"{province}/{unit or '?'}", _unit_name(level, unit), province,
+                            unit_scopes[(province, unit)]))
 
     for province, members in sorted(by_province.items()):
         figure = population.get(province)
-        scope = province_scope(province)
-        with_book = reader(*_to_date(scope, period)).get("new_citizens", 0)
-        row = grouped(members, "province", province, figure.name if figure else f"Tỉnh {province}", province, scope)
+        with_book = reader(*_to_date(own[province], period)).get("new_citizens", 0)
+        name = names.get(province) or (figure.name if figure else f"Tỉnh {province}")
+        row = grouped(members, "province", province, name, province, own[province])
         rows.append(replace(row, citizens_with_book=with_book, population=figure.population if figure else None,
                             population_source=f"{figure.source} ({figure.year})" if figure else None))
     return Report(period=period, generated_at=generated_at, rows=tuple(rows))
+
+
+def _unit_name(level: Level, unit: str) -> str:
+    if level == "commune":
+        return (places.commune_name(unit) or f"Xã/phường {unit}") if unit else "Chưa xác định xã/phường"
+    return unit or "Chưa xác định quận/huyện"

@@ -1,5 +1,6 @@
-"""What a report holds: its period, one row per facility, district and province, and the columns every output
-(CSV, XLSX, HTML) shows, with Vietnamese headers (English in docs/reports.md). Pure data, no AWS."""
+"""What a report holds: its period, one row per facility, district (before 1 July 2025) or commune (from then) and
+province, and the columns every output (CSV, XLSX, HTML) shows, with Vietnamese headers (English in docs/reports.md).
+Pure data, no AWS."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
 
+from healthbook.standard import places
+
 PeriodKind = Literal["day", "month", "half"]
-Level = Literal["facility", "district", "province"]
-LEVELS: tuple[Level, ...] = ("facility", "district", "province")
-LEVEL_NAMES_VI = {"facility": "Cơ sở KCB", "district": "Quận/huyện", "province": "Tỉnh/thành phố"}
+Level = Literal["facility", "district", "commune", "province"]
+LEVELS: tuple[Level, ...] = ("facility", "district", "commune", "province")
+LEVEL_NAMES_VI = {"facility": "Cơ sở KCB", "district": "Quận/huyện", "commune": "Xã/phường",
+                  "province": "Tỉnh/thành phố"}
 
 _DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -86,6 +90,12 @@ class Period:
             return Period("day", before, before)
         return Period.month_of(before) if self.kind == "month" else Period.half_of(before)
 
+    @property
+    def after_reform(self) -> bool:
+        """Whether the period counts in the 34 provinces and their communes (from 1 July 2025; periods do not
+        straddle that day: it starts a month and a half-year)."""
+        return places.after_reform(self.start)
+
     def days(self) -> list[date]:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
@@ -121,10 +131,10 @@ class Figures:
 
 @dataclass(frozen=True)
 class Row:
-    """A facility, a district or a province, for the period and the one before."""
+    """A facility, a district or commune, or a province, for the period and the one before."""
 
     level: Level
-    code: str  # MACSKCB, "<province>/<district>" or the province code
+    code: str  # MACSKCB, "<province>/<district or commune>" or the province code
     name: str
     province: str  # province code
     current: Figures
@@ -151,6 +161,11 @@ class Report:
     @property
     def previous(self) -> Period:
         return self.period.previous()
+
+    @property
+    def levels(self) -> tuple[Level, ...]:
+        """The levels of the units in force in the period, top-down (what a reader looks at first)."""
+        return ("province", "commune" if self.period.after_reform else "district", "facility")
 
     def level(self, level: Level) -> list[Row]:
         return [row for row in self.rows if row.level == level]

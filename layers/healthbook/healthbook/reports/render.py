@@ -1,7 +1,7 @@
 """The periodic report as files: CSV per level, one XLSX workbook, one self-contained HTML page. Pure: no AWS.
 
 Every output shows the columns of ``model.COLUMNS`` with their Vietnamese headers, values read with ``model.cell``.
-Levels run top-down (province, district, facility) in the workbook and the page. Formatting:
+Levels run top-down (province, district or commune by the period, facility) in the workbook and the page. Formatting:
 
 * ``None`` (a figure that does not exist: no deliveries, no population figure) is an empty CSV field, an empty
   XLSX cell and "–" in HTML: never 0, which would claim a measured zero.
@@ -35,10 +35,9 @@ from openpyxl.workbook.child import INVALID_TITLE_REGEX
 from openpyxl.worksheet.worksheet import Worksheet
 
 from healthbook.reports.aggregates import LATENCY_BUCKETS_S
-from healthbook.reports.model import COLUMNS, LEVEL_NAMES_VI, LEVELS, Column, Level, Report, Row, cell
+from healthbook.reports.model import COLUMNS, LEVEL_NAMES_VI, Column, Level, Report, Row, cell
 from healthbook.signing.receipt import PORTAL_TZ
 
-LEVEL_ORDER: tuple[Level, ...] = ("province", "district", "facility")  # top-down: what a reader looks at first
 SUMMARY_TITLE = "Tổng hợp"
 REPORT_TITLE = "Báo cáo sổ sức khỏe điện tử"
 BEYOND_LAST_BUCKET = f">{LATENCY_BUCKETS_S[-1]}"
@@ -195,7 +194,7 @@ def to_xlsx(report: Report) -> bytes:
     assert isinstance(summary, Worksheet)  # a new workbook starts with one worksheet
     summary.title = SUMMARY_TITLE
     _summary_sheet(summary, report)
-    for level in LEVEL_ORDER:
+    for level in report.levels:
         _level_sheet(workbook.create_sheet(sheet_title(level)), report, level)
     buffer = io.BytesIO()
     workbook.save(buffer)
@@ -317,7 +316,7 @@ svg .axis-title { font-size: 12px; }
 def to_html(report: Report) -> str:
     """One page: title, period, generation time, the SLA/coverage chart (inline SVG), one table per level."""
     title = f"{REPORT_TITLE} — {report.period.label_vi}"
-    sections = "\n".join(_html_table(report, level) for level in LEVEL_ORDER)
+    sections = "\n".join(_html_table(report, level) for level in report.levels)
     return f"""<!DOCTYPE html>
 <html lang="vi">
 <head>
@@ -351,7 +350,7 @@ def outputs(report: Report) -> dict[str, tuple[bytes, str]]:
         "report.xlsx": (to_xlsx(report), XLSX_TYPE),
         "report.html": (to_html(report).encode("utf-8"), HTML_TYPE),
     }
-    files.update({f"{level}.csv": (to_csv(report, level), CSV_TYPE) for level in LEVELS})
+    files.update({f"{level}.csv": (to_csv(report, level), CSV_TYPE) for level in report.levels})
     return files
 
 

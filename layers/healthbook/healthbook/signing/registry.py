@@ -71,7 +71,8 @@ class Facility:
     name: str
     province: str
     certificates: tuple[RegisteredCertificate, ...] = ()
-    district: str = ""  # for the district roll-up of the reports; "" when not recorded
+    district: str = ""  # for the district roll-up of reports before 1 July 2025; "" when not recorded
+    commune: str = ""  # for the commune roll-up of reports from 1 July 2025; "" when not recorded
 
 
 @dataclass
@@ -118,7 +119,8 @@ class FacilityRegistry:
             registry.facilities[code] = Facility(code=code, name=str(entry.get("name", "")),
                                                  province=str(entry.get("province", "")),
                                                  certificates=tuple(certificates),
-                                                 district=str(entry.get("district", "")))
+                                                 district=str(entry.get("district", "")),
+                                                 commune=str(entry.get("commune", "")))
         for sha256, revoked_at in revoked_in.items():
             registry.revoked[_check_sha256(sha256, f"revoked.{sha256}")] = _parse_time(revoked_at,
                                                                                       f"revoked.{sha256}")
@@ -129,6 +131,7 @@ class FacilityRegistry:
             "format": FORMAT,
             "facilities": {
                 code: {"name": f.name, "province": f.province, **({"district": f.district} if f.district else {}),
+                       **({"commune": f.commune} if f.commune else {}),
                        "certificates": [{"sha256": c.sha256, "not_before": _iso(c.not_before),
                                          "not_after": _iso(c.not_after)} for c in f.certificates]}
                 for code, f in sorted(self.facilities.items())
@@ -141,8 +144,9 @@ class FacilityRegistry:
 
     def register(self, code: str, name: str, province: str, certificate: x509.Certificate,
                  not_before: datetime | None = None, not_after: datetime | None = None, *,
-                 district: str | None = None) -> RegisteredCertificate:
-        """Register (or re-register with a new window) a certificate for a facility."""
+                 district: str | None = None, commune: str | None = None) -> RegisteredCertificate:
+        """Register (or re-register with a new window) a certificate for a facility; ``district`` and ``commune``
+        None keep the recorded ones."""
         if not _FACILITY_CODE.fullmatch(code):
             raise ValueError(f"facility code must be 5 digits, got {code!r}")
         registered = RegisteredCertificate(
@@ -152,8 +156,9 @@ class FacilityRegistry:
         existing = self.facilities.get(code)
         others = tuple(c for c in (existing.certificates if existing else ()) if c.sha256 != registered.sha256)
         kept_district = district if district is not None else (existing.district if existing else "")
+        kept_commune = commune if commune is not None else (existing.commune if existing else "")
         self.facilities[code] = Facility(code=code, name=name, province=province, certificates=(*others, registered),
-                                         district=kept_district)
+                                         district=kept_district, commune=kept_commune)
         return registered
 
     def revoke(self, sha256: str, at: datetime) -> None:

@@ -146,7 +146,7 @@ def _field_spec(table_id: str, raw: dict[str, Any]) -> FieldSpec:
     ftype: FieldType = raw["type"]
     return FieldSpec(
         name=name, type=ftype, max_length=raw["max_length"], required=required, required_when=when,
-        format=_format_of(table_id, name), decimals=_decimals_of(name), multi=multi,
+        format=_format_of(table_id, name), decimals=raw.get("decimals", _decimals_of(name)), multi=multi,
         max_items=(multi_spec or {}).get("max_items") if multi else None,
         check=_check_of(table_id, name), pii=pii_classes().get(name),
         description_vi=raw.get("description_vi", ""), note_vi=raw.get("note_vi", ""),
@@ -183,7 +183,16 @@ def load(version_id: str) -> Standard:
             no_visit_key=doc.get("no_visit_key", False), by_name={f.name: f for f in fields},
         )
     return Standard(id=version_id, title=entry["title"], effective_from=date.fromisoformat(entry["effective_from"]),
-                    tables=tables, codelists=_codelists(version_id))
+                    tables=tables, codelists=_codelists(version_id), partial_codelists=_partial_codelists(version_id))
+
+
+def _partial_codelists(version_id: str) -> dict[str, str]:
+    """Code lists whose list in force under ``version_id`` we do not hold, with the decision that replaced it: a
+    layer's "codelists": {name: {"partial": decision}}, inherited by the versions after it."""
+    entry = next(v for v in _versions() if v["id"] == version_id)
+    inherited = _partial_codelists(entry["base"]) if "base" in entry else {}
+    declared = _read(entry["file"]).get("codelists", {})
+    return {**inherited, **{name: str(spec["partial"]) for name, spec in declared.items() if "partial" in spec}}
 
 
 def in_force(version_id: str) -> tuple[date, date | None]:

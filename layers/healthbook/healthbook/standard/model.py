@@ -116,6 +116,8 @@ class Standard:
     effective_from: date
     tables: dict[str, TableSpec]
     codelists: dict[str, dict[str, str]]
+    # Lists replaced by a decision whose list we do not hold: name -> that decision (an unknown code is V218).
+    partial_codelists: dict[str, str] = field(default_factory=dict)
 
     def table(self, table_id: str) -> TableSpec | None:
         return self.tables.get(table_id)

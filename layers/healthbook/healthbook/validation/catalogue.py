@@ -183,6 +183,14 @@ _RULES = [
          "{table}.{field} = {value} is a day (yyyyMMdd) where the annex asks yyyyMMddHHmm; read as that day.",
          "Every real re-exam paper writes NGAY_HEN_KL with 8 digits; the day is unambiguous and is shown.",
          blocks="none", basis="QĐ 130 / 4750 annex: yyyyMMddHHmm ({where}); docs/conformance.md."),
+    Rule("V218", "CODE_LIST_NOT_HELD", "warning",
+         "{table}.{field} = '{value}' không có trong danh mục {codelist} hệ thống đang có; danh mục theo {decision} "
+         "chưa được nạp, mã được giữ nguyên.",
+         "{table}.{field} = '{value}' is not among the {codelist} codes we hold; the list of {decision} is not loaded "
+         "yet, so the code is kept as written.",
+         "A list amended by a decision whose text is not in shared/spec (MA_LOAI_KCB from 1 August 2026): an unknown "
+         "code may be a new valid one. Re-checked when the list is loaded.",
+         blocks="none", basis="Dated code lists, docs/standard.md ({where}): the amending decision's list is not held."),
     # --- R: across fields and tables ---------------------------------------------------------------------
     Rule("R301", "FACILITY_MISMATCH", "error", "MA_CSKCB của XML1 ('{value}') khác MACSKCB của hồ sơ gửi ('{expected}').",
          "XML1 MA_CSKCB ('{value}') differs from the envelope's MACSKCB ('{expected}').", "",

@@ -88,6 +88,7 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
         listed = standard.codes(check.codelist)
         codes = frozenset(code_key(c) for c in listed) if is_number else frozenset(listed)
     provinces = standard.codes("PROVINCE")
+    replaced_by = standard.partial_codelists.get(check.codelist or "") if check else None
 
     single_code = check is not None and check.kind == "icd10" and not spec.multi
 
@@ -96,6 +97,8 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
             return None, ("V215", {})  # before the length check: "J18.9;I10" is one code too many, not too long
         if codes is not None and any((code_key(v) if is_number else v) not in codes for v in _values(spec, text)):
             # before the length and number checks: "undefined" or "1. Đủ điều kiện…" is not a code, whatever its length
+            if replaced_by:
+                return None, ("V218", {"codelist": check.codelist if check else "", "decision": replaced_by})
             return None, ("V208", {"codelist": check.codelist if check else "", "standard": standard.id})
         if max_length is not None and len(text) > max_length:
             return None, ("V202", {"length": len(text), "max_length": max_length})
