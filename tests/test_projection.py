@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from healthbook.generate import build_visit, submission
-from healthbook.projection import SensitiveDataError, dumps, is_hiv_code, mapping, project, projection_id
+from healthbook.projection import SCHEMA, SensitiveDataError, dumps, is_hiv_code, mapping, project, projection_id
+from healthbook.projection.project import _named
 from healthbook.signing.merkle import canonical_visit
-from healthbook.standard import icd10, load
+from healthbook.standard import icd10, load, places
 from healthbook.validation import validate_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,19 +42,26 @@ def day(stamp: str) -> str:
     return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"
 
 
+def split_label(codelist: str, code: str) -> dict[str, str]:
+    """The entry's form of a listed code whose label is "Vietnamese / English"."""
+    vietnamese, english = load("4750").codelists[codelist][code].split(" / ")
+    return {"code": code, "label": vietnamese, "label_en": english}
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_citizen_and_visit_groups(scenario: str) -> None:
     data, entry = entry_of(3, scenario)
     x1 = data["tables"]["XML1"][0]
-    codelists = load(data["standard"]).codelists
     citizen, visit = entry["citizen"], entry["visit"]
     assert citizen["name"] == x1["HO_TEN"]
     assert citizen["id_number"] == x1["SO_CCCD"]
     assert citizen["birth_date"] == day(x1["NGAY_SINH"])
-    assert citizen["sex"] == {"code": x1["GIOI_TINH"], "label": codelists["GIOI_TINH"][x1["GIOI_TINH"]]}
-    assert citizen["ethnicity"] == x1["MA_DANTOC"]
-    assert citizen["nationality"] == x1["MA_QUOCTICH"]
-    assert citizen["occupation"] == x1["MA_NGHE_NGHIEP"]
+    assert citizen["sex"] == {"1": {"code": "1", "label": "Nam", "label_en": "male"},
+                              "2": {"code": "2", "label": "Nữ", "label_en": "female"}}[x1["GIOI_TINH"]]
+    # the generator writes Kinh, Việt Nam and an occupation of groups 2, 5 or 6 (or none)
+    assert citizen["ethnicity"] == {"code": "01", "label": "Kinh", "label_en": "Kinh"} == split_label("MA_DANTOC", "01")
+    assert citizen["nationality"] == {"code": "704", "label": "Việt Nam", "label_en": "Viet Nam"}
+    assert citizen["occupation"]["code"] == x1["MA_NGHE_NGHIEP"] and citizen["occupation"]["label"]
     assert citizen["phone"] == x1.get("DIEN_THOAI")
     assert citizen["insurance_cards"] == x1["MA_THE_BHYT"].split(";")
     assert citizen["registered_facilities"] == x1["MA_DKBD"].split(";")
@@ -64,9 +72,9 @@ def test_citizen_and_visit_groups(scenario: str) -> None:
     assert visit["admitted_at"] == iso(x1["NGAY_VAO"])
     assert visit["discharged_at"] == iso(x1["NGAY_RA"])
     assert visit["admitted_at"].endswith("+07:00")
-    assert visit["visit_type"] == {"code": x1["MA_LOAI_KCB"], "label": codelists["MA_LOAI_KCB"][x1["MA_LOAI_KCB"]]}
-    assert visit["result"]["label"] == codelists["KET_QUA_DTRI"][x1["KET_QUA_DTRI"]]
-    assert visit["discharge_type"]["label"] == codelists["MA_LOAI_RV"][x1["MA_LOAI_RV"]]
+    assert visit["visit_type"] == split_label("MA_LOAI_KCB", x1["MA_LOAI_KCB"])
+    assert visit["result"] == split_label("KET_QUA_DTRI", x1["KET_QUA_DTRI"])
+    assert visit["discharge_type"] == split_label("MA_LOAI_RV", x1["MA_LOAI_RV"])
     assert visit["reason"] == x1.get("LY_DO_VV")
     assert visit["discharge_diagnosis_text"] == x1["CHAN_DOAN_RV"]
     assert visit["blood_group"] == x1.get("NHOM_MAU")
@@ -96,7 +104,7 @@ def test_line_groups(scenario: str) -> None:
         assert drug["code"] == row["MA_THUOC"]
         assert drug["quantity"] == float(row["SO_LUONG"])
         assert drug["ordered_at"] == iso(row["NGAY_YL"])
-        assert drug["group"]["code"] == row["MA_NHOM"] and drug["group"]["label"]
+        assert drug["group"] == split_label("MA_NHOM", row["MA_NHOM"])
     assert [s["code"] for s in entry["services"]] == [r.get("MA_DICH_VU") for r in tables.get("XML3", [])]
     for service, row in zip(entry["services"], tables.get("XML3", []), strict=True):
         assert service["name"] == row.get("TEN_DICH_VU")
@@ -122,7 +130,7 @@ def test_discharge_summary_from_xml8() -> None:
     assert summary["key_results"] == x8["TOMTAT_KQ"]
     assert summary["discharged_at"] == iso(x8["NGAY_RA"])
     assert summary["issued_on"] == day(x8["NGAY_CT"])
-    assert summary["result"]["code"] == x8["KET_QUA_DTRI"]
+    assert summary["result"] == split_label("KET_QUA_DTRI", x8["KET_QUA_DTRI"])
 
 
 def test_referral_from_xml13() -> None:
@@ -132,7 +140,7 @@ def test_referral_from_xml13() -> None:
     assert referral["number"] == x13["SO_CHUYENTUYEN"]
     assert referral["to_facility"] == x13["MA_NOI_DEN"]
     assert referral["main_diagnoses"] == [{"code": x13["MA_BENH_CHINH"], "name": icd10.name(x13["MA_BENH_CHINH"])}]
-    assert referral["reason"]["label"] == load("4750").codelists["MA_LYDO_CT"][x13["MA_LYDO_CT"]]
+    assert referral["reason"] == split_label("MA_LYDO_CT", x13["MA_LYDO_CT"])
     assert referral["clinical_signs"] == x13["DAU_HIEU_LS"]
     assert entry["reexam"] is None or "XML14" in data["tables"]
 
@@ -231,7 +239,7 @@ def test_mapping_routes_no_sensitive_table() -> None:
     for group in data["groups"].values():
         for spec in group.get("fields", {}).values():
             assert spec["transform"] in transforms
-            if spec["transform"] == "code":
+            if spec["transform"] in ("code", "occupation"):
                 assert spec["codelist"] in load("4750").codelists
 
 
@@ -275,7 +283,7 @@ def test_property_never_raises_and_serialises(seed: int, scenario: str, hiv: boo
     entry = project(data, facility=facility, received_at=RECEIVED, version=1)
     text = dumps(entry)
     assert json.loads(text) == entry
-    assert entry["schema"] == "healthbook-entry/1"
+    assert entry["schema"] == "healthbook-entry/2"
     assert "SECRET" not in text
     for group in ("drugs", "services", "results"):
         for line in entry[group]:
@@ -290,3 +298,123 @@ def test_hiv_code_shape_is_exact() -> None:
 
     assert is_hiv_code("B20") and is_hiv_code("b20.1") and is_hiv_code("B249") and is_hiv_code("Z21")
     assert not is_hiv_code("b20f3a9c41") and not is_hiv_code("Z21abc") and not is_hiv_code("B25")
+
+
+# ------------------------------------------------------------------------------------- names, not codes
+
+
+def citizen_of(**xml1: str) -> dict[str, Any]:
+    """The citizen group of a visit whose XML1 holds just ``xml1``."""
+    stored = {"ma_lk": "LK1", "standard": "4750", "tables": {"XML1": [{"MA_LK": "LK1", **xml1}]}}
+    citizen: dict[str, Any] = project(stored, facility="01001", received_at=RECEIVED, version=1)["citizen"]
+    return citizen
+
+
+def test_schema_is_the_mappings() -> None:
+    assert SCHEMA == mapping()["schema"] == "healthbook-entry/2"
+
+
+def test_a_label_is_split_into_vietnamese_and_english() -> None:
+    assert _named("3", "Không thay đổi / unchanged") == {"code": "3", "label": "Không thay đổi",
+                                                         "label_en": "unchanged"}
+    assert _named("3", "DRG") == {"code": "3", "label": "DRG", "label_en": None}  # a label with no " / "
+    assert _named("K1", "") == _named("K1", None) == {"code": "K1", "label": None, "label_en": None}
+
+
+def test_ethnicity_list_is_the_54_groups_of_qd_121_in_its_order() -> None:
+    groups = load("4750").codelists["MA_DANTOC"]
+    assert list(groups) == [f"{n:02}" for n in range(1, 55)]
+    # QĐ 121-TCTK/PPCĐ order, not the census order (04 Mường, 05 Khmer, 06 Hoa)
+    assert [groups[c] for c in ("01", "04", "05", "06", "54")] == [
+        "Kinh / Kinh", "Hoa / Hoa", "Khơ-me / Khơ-me", "Mường / Mường", "Rơ-măm / Rơ-măm"]
+    assert load("130").codelists["MA_DANTOC"] == groups  # the same under both standards
+
+
+@pytest.mark.parametrize(("field", "code", "label", "label_en"), [
+    ("MA_DANTOC", "01", "Kinh", "Kinh"),
+    ("MA_DANTOC", "08", "HMông", "HMông"),
+    ("MA_DANTOC", "23", "Bru-Vân Kiều", "Bru-Vân Kiều"),
+    ("MA_DANTOC", "54", "Rơ-măm", "Rơ-măm"),
+    ("MA_QUOCTICH", "704", "Việt Nam", "Viet Nam"),
+    ("MA_QUOCTICH", "410", "Hàn Quốc", "Republic of Korea"),
+    ("MA_QUOCTICH", "036", "Ô-xtơ-rây-li-a", "Australia"),
+    ("MA_QUOCTICH", "418", "Lào", "Lao People's Democratic Republic"),
+])
+def test_ethnicity_and_nationality_are_named(field: str, code: str, label: str, label_en: str) -> None:
+    output = {"MA_DANTOC": "ethnicity", "MA_QUOCTICH": "nationality"}[field]
+    assert citizen_of(**{field: code})[output] == {"code": code, "label": label, "label_en": label_en}
+
+
+@pytest.mark.parametrize(("code", "label", "label_en"), [
+    ("00000", "Không có hoặc chưa có nghề nghiệp", "no occupation"),
+    ("01100", "Lực lượng vũ trang", "armed forces"),
+    ("11120", "Nhà lãnh đạo trong các ngành, các cấp và các đơn vị", "managers"),
+    ("25110", "Nhà chuyên môn bậc cao", "professionals"),
+    ("31120", "Nhà chuyên môn bậc trung", "technicians and associate professionals"),
+    ("41100", "Nhân viên trợ lý văn phòng", "clerical support workers"),
+    ("51310", "Nhân viên dịch vụ và bán hàng", "service and sales workers"),
+    ("61130", "Lao động có kỹ năng trong nông nghiệp, lâm nghiệp và thủy sản",
+     "skilled agricultural, forestry and fishery workers"),
+    ("71110", "Lao động thủ công và các nghề nghiệp có liên quan khác", "craft and related trades workers"),
+    ("81110", "Thợ lắp ráp và vận hành máy móc, thiết bị", "plant and machine operators and assemblers"),
+    ("92110", "Lao động giản đơn", "elementary occupations"),
+])
+def test_occupation_is_named_by_its_level_1_group(code: str, label: str, label_en: str) -> None:
+    assert citizen_of(MA_NGHE_NGHIEP=code)["occupation"] == {"code": code, "label": label, "label_en": label_en}
+
+
+@pytest.mark.parametrize(("field", "output", "code"), [
+    ("MA_DANTOC", "ethnicity", "55"),
+    ("MA_DANTOC", "ethnicity", "KINH"),
+    ("MA_QUOCTICH", "nationality", "999"),
+    ("MA_QUOCTICH", "nationality", "VN"),
+    ("MA_NGHE_NGHIEP", "occupation", "2511"),  # only a 5-digit code has a group
+    ("MA_NGHE_NGHIEP", "occupation", "251100"),
+    ("MA_NGHE_NGHIEP", "occupation", "2511A"),
+    ("MA_NGHE_NGHIEP", "occupation", "2"),
+    ("MATINH_CU_TRU", "province", "00"),
+    ("MAXA_CU_TRU", "commune", "14755"),  # no commune list is held: the code alone
+])
+def test_an_unknown_code_is_kept_with_null_names(field: str, output: str, code: str) -> None:
+    assert citizen_of(**{field: code, "NGAY_VAO": "202403051000"})[output] == {
+        "code": code, "label": None, "label_en": None}
+
+
+@pytest.mark.parametrize(("code", "admitted", "label"), [
+    ("94", "202403051000", "Tỉnh Sóc Trăng"),  # a 2024 visit: the 63 provinces
+    ("93", "202506302359", "Tỉnh Hậu Giang"),  # the last day before the merger
+    ("93", "202507010000", "Thành phố Cần Thơ"),  # merged into 92 on 1 July 2025: named by the province now
+    ("92", "202507010000", "Thành phố Cần Thơ"),  # the first day of the 34 provinces
+    ("92", "202601150800", "Thành phố Cần Thơ"),
+    ("52", "202506300800", "Tỉnh Bình Định"),  # a code that names another province after the merger
+    ("52", "202507010800", "Tỉnh Gia Lai"),
+    ("37", "202506300800", "Tỉnh Ninh Bình"),
+    ("35", "202506300800", "Tỉnh Hà Nam"),
+    ("35", "202507010800", "Tỉnh Ninh Bình"),
+    ("92", "", "Thành phố Cần Thơ"),  # no admission day: today's provinces
+    ("93", "2025AB301200", "Thành phố Cần Thơ"),  # an unreadable admission day: today's provinces
+])
+def test_province_is_named_by_the_units_in_force_on_the_visit_day(code: str, admitted: str,
+                                                                  label: str | None) -> None:
+    citizen = citizen_of(MATINH_CU_TRU=code, NGAY_VAO=admitted)
+    assert citizen["province"] == {"code": code, "label": label, "label_en": None}
+
+
+def test_commune_is_named_once_the_list_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert places.commune_name("31234") is None  # the list is empty today
+    monkeypatch.setattr(places, "commune_name", {"31234": "Phường Sóc Trăng"}.get)
+    assert citizen_of(MAXA_CU_TRU="31234")["commune"] == {"code": "31234", "label": "Phường Sóc Trăng",
+                                                          "label_en": None}
+
+
+def test_district_stays_text() -> None:
+    assert citizen_of(MAHUYEN_CU_TRU="941", NGAY_VAO="202403051000")["district"] == "941"
+
+
+def test_names_keep_the_entry_bytes_deterministic() -> None:
+    xml1 = {"MA_DANTOC": "08", "MA_QUOCTICH": "410", "MA_NGHE_NGHIEP": "25110", "MATINH_CU_TRU": "94",
+            "MAXA_CU_TRU": "31234", "NGAY_VAO": "202403051000"}
+    first, again = citizen_of(**xml1), citizen_of(**dict(reversed(xml1.items())))
+    assert dumps(first) == dumps(again)
+    assert '"ethnicity":{"code":"08","label":"HMông","label_en":"HMông"}' in dumps(first)
+    assert '"province":{"code":"94","label":"Tỉnh Sóc Trăng","label_en":null}' in dumps(first)

@@ -325,6 +325,32 @@ def test_html_view_labels_every_field_the_mapping_names() -> None:
         assert set(FIELD_LABELS[name]) == set(group.get("fields", {})), name
 
 
+def test_html_view_shows_names_not_codes() -> None:
+    def in_soc_trang_2024(stored: dict[str, Any]) -> None:
+        stored["tables"]["XML1"][0].update(MA_DANTOC="08", MA_QUOCTICH="410", MA_NGHE_NGHIEP="51310",
+                                           MATINH_CU_TRU="94", MAHUYEN_CU_TRU="941", MAXA_CU_TRU="31234",
+                                           NGAY_VAO="202403051000")
+
+    entry = real_entry(11, "inpatient", edit=in_soc_trang_2024)
+    assert entry["schema"] == "healthbook-entry/2"
+    text = render_health_book_html(KEY, [{"version": 1, "entry": entry}])
+    for label, shown in (("Dân tộc", "HMông"), ("Quốc tịch", "Hàn Quốc"),
+                         ("Nghề nghiệp", "Nhân viên dịch vụ và bán hàng"),
+                         ("Tỉnh/thành phố", "Tỉnh Sóc Trăng"), ("Quận/huyện (mã)", "941"),
+                         ("Xã/phường", "mã 31234"),  # no commune list held: the code, said to be one
+                         ("Giới tính", entry["citizen"]["sex"]["label"])):
+        assert f"<dt>{label}</dt><dd>{html.escape(shown)}</dd>" in text, label
+    assert "Republic of Korea" not in text  # the citizen's view is Vietnamese
+
+
+def test_html_view_still_renders_a_version_1_entry() -> None:
+    old = {"schema": "healthbook-entry/1", "citizen": {"ethnicity": "01", "province": "79"},
+           "visit": {"result": {"code": "1", "label": "Khỏi / cured"}}}
+    text = render_health_book_html(KEY, [{"version": 1, "entry": old}])
+    assert "<dt>Dân tộc</dt><dd>01</dd>" in text and "<dt>Tỉnh/thành phố</dt><dd>79</dd>" in text
+    assert "<dt>Kết quả điều trị</dt><dd>Khỏi / cured</dd>" in text
+
+
 def test_html_view_orders_real_entries_by_admission_newest_first(fake: FakeVneid, client: VneidClient) -> None:
     newer, older = sorted((real_entry(11, "inpatient"), real_entry(3, "referral")),
                           key=lambda entry: entry["visit"]["admitted_at"], reverse=True)

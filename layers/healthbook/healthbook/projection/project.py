@@ -1,10 +1,11 @@
 """Project a stored visit onto the health-book entry of QĐ 1332/QĐ-BYT, driven by ``mapping.json``.
 
-Pure: no AWS, no I/O beyond reading ``mapping.json`` next to this module. The input is the stored form of an
-accepted visit (``json.loads(canonical_visit(visit))``); the output is a JSON-ready dict whose byte form,
-``dumps(entry)``, is identical for identical inputs. Sensitive tables (XML6 HIV, XML15) never enter an entry,
-nor do lines or diagnoses with an HIV-range ICD-10 code; ``_check_clean`` re-verifies that on every entry and
-raises ``SensitiveDataError`` (not ``assert``, so ``python -O`` cannot switch it off). See docs/health-book.md.
+Pure: no AWS, no I/O beyond reading ``mapping.json`` and the standard's data files (code lists, ICD-10 names,
+administrative units). The input is the stored form of an accepted visit (``json.loads(canonical_visit(visit))``);
+the output is a JSON-ready dict whose byte form, ``dumps(entry)``, is identical for identical inputs. Sensitive
+tables (XML6 HIV, XML15) never enter an entry, nor do lines or diagnoses with an HIV-range ICD-10 code;
+``_check_clean`` re-verifies that on every entry and raises ``SensitiveDataError`` (not ``assert``, so
+``python -O`` cannot switch it off). See docs/health-book.md.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from healthbook.standard import icd10 as _icd10
-from healthbook.standard import load, version_ids
+from healthbook.standard import load, places, version_ids
 
-SCHEMA = "healthbook-entry/1"
+SCHEMA = "healthbook-entry/2"
 VN_TZ = timezone(timedelta(hours=7))
 _MAPPING = Path(__file__).parent / "mapping.json"
 # An ICD-10 code and nothing else: letter, two digits, then at most a dotted or undotted 1-2 digit
@@ -34,6 +36,15 @@ Tables = dict[str, list[Row]]
 
 class SensitiveDataError(RuntimeError):
     """An entry would have carried data the sensitivity rules exclude; nothing is published."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a transform may read beyond its own row: the visit's standard (its code lists) and the visit's day
+    (which provinces were in force)."""
+
+    standard: str
+    visit_day: date | None
 
 
 @cache
@@ -82,14 +93,19 @@ def _codelists(standard: str) -> dict[str, dict[str, str]]:
     return load(version).codelists
 
 
-def _date(value: str) -> str | None:
+def _day(value: str) -> date | None:
     digits = value.strip()
     if len(digits) < 8 or not digits[:8].isdigit():
         return None
     try:
-        return datetime.strptime(digits[:8], "%Y%m%d").date().isoformat()
+        return datetime.strptime(digits[:8], "%Y%m%d").date()
     except ValueError:
         return None
+
+
+def _date(value: str) -> str | None:
+    day = _day(value)
+    return day.isoformat() if day else None
 
 
 def _timestamp(value: str) -> str | None:
@@ -120,7 +136,26 @@ def _icd10_list(value: str) -> list[dict[str, str | None]]:
     return [{"code": _icd10.normalise(c), "name": _icd10.name(c)} for c in _split(value) if not is_hiv_code(c)]
 
 
-def _transform(spec: dict[str, Any], row: Row, standard: str) -> Any:
+def _named(code: str, label: str | None) -> dict[str, str | None]:
+    """A coded value as the citizen reads it. Code-list labels are "Vietnamese / English"; a label without
+    " / " has no English. An unknown code keeps the code, with null names."""
+    vietnamese, _, english = (label or "").partition(" / ")
+    return {"code": code, "label": vietnamese.strip() or None, "label_en": english.strip() or None}
+
+
+def _code_label(code: str, labels: dict[str, str]) -> str | None:
+    # real exports drop or add leading zeros ("1" for "01"): try the code as written first
+    return labels.get(code) or labels.get(code.lstrip("0") or code) or labels.get(code.zfill(2)) or None
+
+
+def _occupation_label(code: str, labels: dict[str, str]) -> str | None:
+    """A 5-digit occupation code (QĐ 34/2020/QĐ-TTg) by its own entry ("00000") or its level-1 group."""
+    if len(code) != 5 or not (code.isascii() and code.isdigit()):
+        return None
+    return labels.get(code) or labels.get(code[0]) or None
+
+
+def _transform(spec: dict[str, Any], row: Row, context: _Context) -> Any:
     raw = row.get(spec["field"], "").strip()
     kind = spec["transform"]
     if kind.endswith("_list") and not raw:
@@ -142,9 +177,14 @@ def _transform(spec: dict[str, Any], row: Row, standard: str) -> Any:
     if kind == "decimal":
         return _decimal(raw)
     if kind == "code":
-        labels = _codelists(standard).get(spec["codelist"], {})
-        label = labels.get(raw) or labels.get(raw.lstrip("0") or raw) or labels.get(raw.zfill(2)) or None
-        return {"code": raw, "label": label}
+        return _named(raw, _code_label(raw, _codelists(context.standard).get(spec["codelist"], {})))
+    if kind == "occupation":
+        return _named(raw, _occupation_label(raw, _codelists(context.standard).get(spec["codelist"], {})))
+    if kind == "province":
+        # a retired code on a later visit (93, Hậu Giang, in 2026) is named by the province that holds it now
+        return _named(raw, places.provinces_on(context.visit_day).get(places.province_on(raw, context.visit_day)))
+    if kind == "commune":
+        return _named(raw, places.commune_name(raw))
     if kind == "icd10_list":
         return _icd10_list(raw)
     raise ValueError(f"mapping.json names an unknown transform {kind!r}")
@@ -153,6 +193,11 @@ def _transform(spec: dict[str, Any], row: Row, standard: str) -> Any:
 def _rows(tables: Tables, table: str) -> list[Row]:
     rows = tables.get(table) or []
     return [row for row in rows if isinstance(row, dict)]
+
+
+def _first(tables: Tables, table: str) -> Row:
+    rows = tables.get(table) or []
+    return rows[0] if rows else {}
 
 
 def _has_hiv(tables: Tables) -> bool:
@@ -184,8 +229,8 @@ def _line_filter(tables: Tables) -> Tables:
     return out
 
 
-def _object(group: dict[str, Any], row: Row, standard: str, redact: bool) -> dict[str, Any]:
-    return {name: None if redact and spec.get("free_text") else _transform(spec, row, standard)
+def _object(group: dict[str, Any], row: Row, context: _Context, redact: bool) -> dict[str, Any]:
+    return {name: None if redact and spec.get("free_text") else _transform(spec, row, context)
             for name, spec in group["fields"].items()}
 
 
@@ -231,6 +276,8 @@ def project(stored: dict[str, Any], *, facility: str, received_at: datetime, ver
     tables: Tables = {str(t): list(rows) for t, rows in raw_tables.items() if isinstance(rows, list)}
     redact = _has_hiv(tables)
     clean = _line_filter(tables)
+    day = mapping()["visit_day"]
+    context = _Context(standard, _day(_first(clean, day["source"]).get(day["field"], "")))
     visit_id = f"{facility}#{ma_lk}"
     entry: dict[str, Any] = {
         "schema": SCHEMA,
@@ -245,14 +292,14 @@ def project(stored: dict[str, Any], *, facility: str, received_at: datetime, ver
     }
     for name, group in mapping()["groups"].items():
         rows = clean.get(group["source"], [])
-        first: Row = rows[0] if rows else {}
+        first = _first(clean, group["source"])
         kind = group["kind"]
         if kind == "object":
-            entry[name] = _object(group, first, standard, redact)
+            entry[name] = _object(group, first, context, redact)
         elif kind == "object_or_null":
-            entry[name] = _object(group, first, standard, redact) if rows else None
+            entry[name] = _object(group, first, context, redact) if rows else None
         elif kind == "list":
-            entry[name] = [_object(group, row, standard, redact) for row in rows]
+            entry[name] = [_object(group, row, context, redact) for row in rows]
         elif kind == "diagnoses":
             entry[name] = _diagnoses(group, first)
         else:

@@ -300,12 +300,14 @@ class FakeVneid(FakeService):
 
 
 # ------------------------------------------------------------------------------------------------- HTML view
-# Renders the projection's entry (schema healthbook-entry/1, docs/health-book.md) by the names of
+# Renders the projection's entry (schema healthbook-entry/2, docs/health-book.md) by the names of
 # healthbook/projection/mapping.json: its groups in order, each group's fields in order, each value formatted by
 # the field's transform. The mapping is read as a file, not through healthbook.projection, so the fake stays
 # stdlib only. Keys the mapping does not name are still shown, under their own name: nothing is silently hidden.
 
 _MAPPING_FILE = Path(__file__).resolve().parents[1] / "projection" / "mapping.json"
+#: transforms whose value is {code, label, label_en} (mapping.json "transforms")
+_NAMED_TRANSFORMS = frozenset({"code", "occupation", "province", "commune"})
 
 #: group -> (Vietnamese heading, English subtitle)
 GROUP_HEADINGS: dict[str, tuple[str, str]] = {
@@ -323,11 +325,11 @@ GROUP_HEADINGS: dict[str, tuple[str, str]] = {
 #: group -> field (the mapping's output name) -> Vietnamese label
 FIELD_LABELS: dict[str, dict[str, str]] = {
     "citizen": {
-        "name": "Họ và tên", "birth_date": "Ngày sinh", "sex": "Giới tính", "ethnicity": "Dân tộc (mã)",
-        "nationality": "Quốc tịch (mã)", "occupation": "Nghề nghiệp (mã)", "id_number": "Số định danh cá nhân",
+        "name": "Họ và tên", "birth_date": "Ngày sinh", "sex": "Giới tính", "ethnicity": "Dân tộc",
+        "nationality": "Quốc tịch", "occupation": "Nghề nghiệp", "id_number": "Số định danh cá nhân",
         "phone": "Điện thoại", "insurance_cards": "Thẻ BHYT", "registered_facilities": "Nơi đăng ký KCB ban đầu",
         "card_valid_from": "Thẻ có giá trị từ", "card_valid_to": "Thẻ có giá trị đến", "address": "Địa chỉ",
-        "province": "Tỉnh/thành phố (mã)", "district": "Quận/huyện (mã)", "commune": "Xã/phường (mã)",
+        "province": "Tỉnh/thành phố", "district": "Quận/huyện (mã)", "commune": "Xã/phường",
     },
     "visit": {
         "facility": "Cơ sở khám chữa bệnh (mã)", "department": "Khoa (mã)", "record_number": "Số hồ sơ bệnh án",
@@ -423,6 +425,12 @@ def _icd(item: Any) -> str:
     return f"{code} – {name}" if code and name else code or name
 
 
+def _named(value: Mapping[str, Any]) -> str:
+    """A coded value by its Vietnamese name; a code the lists do not name is shown as "mã <code>"."""
+    label, code = _text(value.get("label")), _text(value.get("code"))
+    return label or (f"mã {code}" if code else "")
+
+
 def _text(value: Any) -> str:
     """Any JSON value as one line (for values the mapping does not describe)."""
     if value is None:
@@ -445,8 +453,8 @@ def _format(spec: Mapping[str, Any] | None, value: Any) -> str:
         return _when(value, with_time=transform == "timestamp")
     if transform == "date_list" and isinstance(value, list):
         return ", ".join(_when(v, with_time=False) if isinstance(v, str) else _text(v) for v in value)
-    if transform == "code" and isinstance(value, Mapping):
-        return _text(value.get("label") or value.get("code"))  # the label is already "Vietnamese / English"
+    if transform in _NAMED_TRANSFORMS and isinstance(value, Mapping):
+        return _named(value)
     if transform == "icd10_list" and isinstance(value, list):
         return "; ".join(_icd(v) for v in value)
     return _text(value)
