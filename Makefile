@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo:
 	infra/localstack/install.sh localstack lambda sam & installing=$$!; \
 	$(MAKE) --no-print-directory $(STAMP) && wait $$installing && \
-	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook.stack_demo --visits 120 --out demo-out
+	infra/localstack/with-localstack.sh $(BIN)/python -m healthbook_dev.demos.stack --visits 120 --out demo-out
 
 ## The same pipeline in process on moto: no LocalStack, no deploy (about a minute).
 demo-moto: $(STAMP)

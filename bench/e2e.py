@@ -33,15 +33,15 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.aws.upload import Destination, upload_file
-from healthbook.generate import build_visit
-from healthbook.generate.writer import envelope
-from healthbook.reconcile import FakePopulation
-from healthbook.reconcile.server import FakePopulationServer
-from healthbook.signing.pki import FACILITIES, dev_pki
 from healthbook.signing.xmldsig import sign_submission
-from healthbook.stack_demo import Clients, deploy, prepare
-from healthbook.vneid.fake import FakeVneid
+from healthbook_dev.aws.upload import Destination, upload_file
+from healthbook_dev.demos.stack import Clients, deploy, prepare
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.population_server import FakePopulationServer
+from healthbook_dev.fakes.vneid import FakeVneid
+from healthbook_dev.generate import build_visit
+from healthbook_dev.generate.writer import envelope
+from healthbook_dev.pki import FACILITIES, dev_pki
 
 STACK, STAGE, FACILITY = "hb-bench", "test-bench", "01001"
 

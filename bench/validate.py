@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from healthbook.generate import build_visit, submission
 from healthbook.records import visit_record
 from healthbook.validation import validate_bytes
+from healthbook_dev.generate import build_visit, submission
 from lxml import etree
 
 

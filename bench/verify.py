@@ -22,10 +22,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.generate import build_visit, submission
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.xmldsig import Trust, sign_submission, verify_submission
 from healthbook.validation import validate_bytes
+from healthbook_dev.generate import build_visit, submission
+from healthbook_dev.pki import dev_pki
 
 
 def _floor_from_validate_bench():  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-from healthbook.cli import main
-from healthbook.generate import build_visit, inject, submission
+from healthbook_dev.cli import main
+from healthbook_dev.generate import build_visit, inject, submission
 
 ERROR_KEYS = {"code", "severity", "blocks", "table", "ma_lk", "field", "value", "message_vi", "message_en", "basis"}
 

@@ -45,16 +45,17 @@ from healthbook.delivery.service import (
     summarise,
     version_ms,
 )
-from healthbook.generate import Visit, build_visit, submission
-from healthbook.generate.visit import set_everywhere
 from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
 from healthbook.ingest.service import citizen_key, pack_records
 from healthbook.projection import dumps, project, projection_id
-from healthbook.reconcile import FakePopulation, PopulationUnavailable
+from healthbook.reconcile import PopulationUnavailable
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 from healthbook.signing.receipt import iso_utc
 from healthbook.validation import validate_bytes
 from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.generate import Visit, build_visit, submission
+from healthbook_dev.generate.visit import set_everywhere
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

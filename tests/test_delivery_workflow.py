@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
-from healthbook.aws.sandbox import (
+from healthbook.delivery import VisitRef
+from healthbook.delivery.service import version_ms
+from healthbook.ingest import VisitVersion
+from healthbook.ingest.model import version_key
+from healthbook.ingest.service import citizen_key, pack_records
+from healthbook.projection import projection_id
+from healthbook.reports.aggregates import total
+from healthbook.signing.receipt import iso_utc
+from healthbook.validation import validate_bytes
+from healthbook_dev.aws.sandbox import (
     MOTO_CONFIG,
     LambdaContext,
     create_delivery,
@@ -29,20 +38,11 @@ from healthbook.aws.sandbox import (
     lambdas_in_process,
     load_function,
 )
-from healthbook.delivery import VisitRef
-from healthbook.delivery.service import version_ms
-from healthbook.generate import Visit, build_visit, submission
-from healthbook.generate.visit import set_everywhere
-from healthbook.ingest import VisitVersion
-from healthbook.ingest.model import version_key
-from healthbook.ingest.service import citizen_key, pack_records
-from healthbook.projection import projection_id
-from healthbook.reconcile import FakePopulation
-from healthbook.reconcile.server import FakePopulationServer
-from healthbook.reports.aggregates import total
-from healthbook.signing.receipt import iso_utc
-from healthbook.validation import validate_bytes
-from healthbook.vneid.fake import FakeVneid
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.population_server import FakePopulationServer
+from healthbook_dev.fakes.vneid import FakeVneid
+from healthbook_dev.generate import Visit, build_visit, submission
+from healthbook_dev.generate.visit import set_everywhere
 
 moto = pytest.importorskip("moto")
 # The Map runs its items in threads of this one process, so handlers share Powertools' module-level Metrics and

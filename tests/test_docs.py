@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from healthbook.docs import errors_markdown
 from healthbook.validation.catalogue import RULES
+from healthbook_dev.docs import errors_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from healthbook.generate import INJECTORS, SCENARIOS, build_visit, generate_batch, inject, submission
 from healthbook.validation import validate_bytes
+from healthbook_dev.generate import INJECTORS, SCENARIOS, build_visit, generate_batch, inject, submission
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

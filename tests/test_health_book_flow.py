@@ -8,13 +8,14 @@ import json
 import random
 from datetime import UTC, datetime
 
-from healthbook.generate import build_visit, submission
 from healthbook.projection import dumps, project
-from healthbook.reconcile import FakePopulation, identity_from_summary, reconcile
+from healthbook.reconcile import identity_from_summary, reconcile
 from healthbook.signing.merkle import canonical_visit
 from healthbook.validation import validate_bytes
 from healthbook.vneid import VneidClient
-from healthbook.vneid.fake import FakeVneid
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.vneid import FakeVneid
+from healthbook_dev.generate import build_visit, submission
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 PEPPER = b"test-pepper-0123456789"

@@ -1,4 +1,4 @@
-"""Files shaped like real HIS exports (healthbook.generate.his_export) through the validator.
+"""Files shaped like real HIS exports (healthbook_dev.generate.his_export) through the validator.
 
 A corpus as large as the measured sample (1,152 visits, so every counted shape occurs as often as it did there),
 with every shape of shared/spec/real-world-shapes.md: at least 97 % of its visits reach the health book, nothing
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from healthbook.cli import main
-from healthbook.generate import Defect, HisExport, his_export_batch
-from healthbook.generate.his_export import BOM, INLINE, REFERRAL_REASON, WRAPPED, XSI_WITH_SPACE
-from healthbook.generate.vocab import PROVINCES_2025
 from healthbook.validation import FileResult, VisitResult, validate_bytes
 from healthbook.validation.issues import Issue
+from healthbook_dev.cli import main
+from healthbook_dev.generate import Defect, HisExport, his_export_batch
+from healthbook_dev.generate.his_export import BOM, INLINE, REFERRAL_REASON, WRAPPED, XSI_WITH_SPACE
+from healthbook_dev.generate.vocab import PROVINCES_2025
 from lxml import etree
 
 CORPUS_VISITS = 1152  # the sample's size: about 5 s to build and validate on 2 cores

@@ -1,4 +1,4 @@
-"""Issue 7: the hostile corpus (healthbook.generate.hostile) through the real ingest handler, in-process on moto.
+"""Issue 7: the hostile corpus (healthbook_dev.generate.hostile) through the real ingest handler, in-process on moto.
 
 Every case is uploaded and its S3 notification handed to the handler, one message per invocation, with the
 handler's logs and printed metrics captured per case. Then, per case: the message did not fail, exactly one
@@ -22,7 +22,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from healthbook.aws.sandbox import (
+from healthbook.signing.receipt import verify_receipt
+from healthbook.signing.registry import certificate_sha256
+from healthbook.validation.catalogue import RULES
+from healthbook_dev.aws.sandbox import (
     NAMES,
     REGION,
     LambdaContext,
@@ -32,11 +35,8 @@ from healthbook.aws.sandbox import (
     load_ingest_handler,
     s3_event_message,
 )
-from healthbook.generate.hostile import CATEGORIES, HostileCase, hostile_corpus, registrations
-from healthbook.signing.pki import dev_pki
-from healthbook.signing.receipt import verify_receipt
-from healthbook.signing.registry import certificate_sha256
-from healthbook.validation.catalogue import RULES
+from healthbook_dev.generate.hostile import CATEGORIES, HostileCase, hostile_corpus, registrations
+from healthbook_dev.pki import dev_pki
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 REPLAY_AFTER = timedelta(minutes=5)  # the replay arrives after its original, as a real one would

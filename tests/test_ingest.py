@@ -23,8 +23,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from healthbook.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
-from healthbook.generate import Visit, build_visit, submission
 from healthbook.ingest import IngestService, ObjectGone, ObjectRef, StoredObject, SubmissionRecord, VisitVersion
 from healthbook.ingest.model import (
     ContentClaim,
@@ -35,11 +33,13 @@ from healthbook.ingest.model import (
     status_shard,
     version_key,
 )
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import LocalKeySigner
 from healthbook.signing.xmldsig import sign_submission
+from healthbook_dev.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
+from healthbook_dev.generate import Visit, build_visit, submission
+from healthbook_dev.pki import dev_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"

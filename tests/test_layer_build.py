@@ -7,6 +7,7 @@ build.py's own check: wheel tags, ELF headers of the shared objects, the healthb
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import platform
 import re
@@ -117,6 +118,38 @@ def test_healthbook_and_its_data_are_in_the_layer(layer: tuple[str, Path]) -> No
     assert sorted(p.name for p in (package / "standard" / "data").glob("*.json")) == source_data
     assert not list(package.rglob("__pycache__")), "byte code of the build machine's Python was shipped"
     assert list((out / "python").glob("healthbook-*.dist-info/METADATA"))
+
+
+# What a production module must never import: test and development tooling, and the stdlib HTTP server the
+# fakes run on. The layer ships the production package alone (issue 14).
+FORBIDDEN_IMPORTS = ("healthbook_dev", "moto", "hypothesis", "pytest", "http.server", "socketserver", "localstack_client")
+
+
+def _imports(source: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_the_layer_ships_production_code_only(layer: tuple[str, Path]) -> None:
+    _, out = layer
+    package = out / "python" / "healthbook"
+    shipped = sorted(package.rglob("*.py"))
+    assert len(shipped) > 50
+    offending = {str(path.relative_to(package)): sorted(name for name in _imports(path)
+                                                         if name.split(".")[0] in FORBIDDEN_IMPORTS
+                                                         or name in FORBIDDEN_IMPORTS)
+                 for path in shipped}
+    assert not {path: names for path, names in offending.items() if names}
+    assert not list((out / "python").glob("healthbook_dev*")), "the development package was shipped"
+    # The production package in the checkout, too: what the layer copies is all there is.
+    for path in sorted((ROOT / "layers/healthbook/healthbook").rglob("*.py")):
+        assert not {n for n in _imports(path) if n.split(".")[0] in FORBIDDEN_IMPORTS or n in FORBIDDEN_IMPORTS}, path
 
 
 def test_runtime_dependencies_are_in_and_boto3_is_not(layer: tuple[str, Path]) -> None:

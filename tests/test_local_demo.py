@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from healthbook.cli import main
+from healthbook_dev.cli import main
 
 
 def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

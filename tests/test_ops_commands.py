@@ -12,10 +12,10 @@ from typing import Any
 
 import boto3
 import pytest
-from healthbook.aws.principals import create_facility_principal, user_name_for
-from healthbook.aws.upload import Destination, receipt_key, upload_file, wait_for_receipt
-from healthbook.cli import main
-from healthbook.generate import build_visit, submission
+from healthbook_dev.aws.principals import create_facility_principal, user_name_for
+from healthbook_dev.aws.upload import Destination, receipt_key, upload_file, wait_for_receipt
+from healthbook_dev.cli import main
+from healthbook_dev.generate import build_visit, submission
 from moto import mock_aws
 
 REGION = "ap-southeast-1"
@@ -118,7 +118,7 @@ def test_facility_principal_is_tagged_and_idempotent(aws: None) -> None:
 
 
 def test_facility_add_and_list(aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from healthbook.signing.pki import dev_pki
+    from healthbook_dev.pki import dev_pki
 
     pki = dev_pki(tmp_path / "pki")
     boto3.client("dynamodb", region_name=REGION).create_table(

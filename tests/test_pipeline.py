@@ -11,13 +11,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from healthbook.cli import main
-from healthbook.generate import build_visit, submission
 from healthbook.pipeline import process_submission
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import render_receipt, verify_receipt
 from healthbook.signing.signer import LocalKeySigner
 from healthbook.signing.xmldsig import Trust, sign_submission
+from healthbook_dev.cli import main
+from healthbook_dev.generate import build_visit, submission
+from healthbook_dev.pki import dev_pki
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 HANOI = ("01001", "Bệnh viện Đa khoa Thành phố Hà Nội", "01")

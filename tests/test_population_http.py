@@ -1,5 +1,5 @@
 """The population database over HTTP: PopulationClient against FakePopulationServer on 127.0.0.1, a stub session
-for the wire details, and the standalone server (python -m healthbook.reconcile.server)."""
+for the wire details, and the standalone server (python -m healthbook_dev.fakes.population_server)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from healthbook.generate import build_visit
 from healthbook.reconcile import (
     Citizen,
-    FakePopulation,
-    FakePopulationServer,
     PopulationClient,
     PopulationError,
     PopulationRegistry,
@@ -31,6 +28,9 @@ from healthbook.reconcile import (
     population_from_env,
     reconcile,
 )
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.population_server import FakePopulationServer
+from healthbook_dev.generate import build_visit
 
 ID = "001203004567"
 NAME = "Nguyễn Thị Hằng"
@@ -393,8 +393,8 @@ def test_the_module_serves_a_dumped_population_until_killed(tmp_path: Path) -> N
     path = tmp_path / "population.json"
     FakePopulation([PERSON]).dump(path)
     process = subprocess.Popen(
-        [sys.executable, "-W", "error", "-m", "healthbook.reconcile.server", "--population", str(path), "--port", "0",
-         "--api-key", "k3y"],
+        [sys.executable, "-W", "error", "-m", "healthbook_dev.fakes.population_server", "--population", str(path),
+         "--port", "0", "--api-key", "k3y"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -418,6 +418,6 @@ def test_the_module_serves_a_dumped_population_until_killed(tmp_path: Path) -> N
 
 
 def test_the_module_refuses_a_missing_file(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "healthbook.reconcile.server", "--population",
+    done = subprocess.run([sys.executable, "-m", "healthbook_dev.fakes.population_server", "--population",
                            str(tmp_path / "absent.json")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "cannot load" in done.stderr and not done.stdout

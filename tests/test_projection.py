@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from healthbook.generate import build_visit, submission
 from healthbook.projection import SCHEMA, SensitiveDataError, dumps, is_hiv_code, mapping, project, projection_id
 from healthbook.projection.project import _named
 from healthbook.signing.merkle import canonical_visit
 from healthbook.standard import icd10, load, places
 from healthbook.validation import validate_bytes
+from healthbook_dev.generate import build_visit, submission
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -20,9 +20,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from healthbook.cli import main
-from healthbook.generate import Visit, build_visit, envelope, inject, submission
-from healthbook.generate.vocab import FACILITIES
 from healthbook.signing.merkle import (
     MerkleTree,
     canonical_visit,
@@ -42,6 +39,9 @@ from healthbook.signing.receipt import (
 )
 from healthbook.signing.signer import LocalKeySigner, verify_digest_signature
 from healthbook.validation import FileResult, VisitResult, validate_bytes
+from healthbook_dev.cli import main
+from healthbook_dev.generate import Visit, build_visit, envelope, inject, submission
+from healthbook_dev.generate.vocab import FACILITIES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -420,7 +420,7 @@ def test_receipt_signed_with_kms(kms_honouring_digest: Any, spec: str,
 
 
 def test_core_does_not_import_boto3() -> None:
-    script = ("import sys; import healthbook.signing.receipt, healthbook.signing.receipt_commands, "
+    script = ("import sys; import healthbook.signing.receipt, healthbook_dev.commands.receipt, "
               "healthbook.signing.merkle, healthbook.signing.signer, healthbook.aws.kms_signer, healthbook.validation;"
               "print('boto3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, text=True).stdout

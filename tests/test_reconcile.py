@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from healthbook.generate import Visit, build_visit
 from healthbook.reconcile import (
     BIRTH_MISMATCH,
     ID_FORMAT,
@@ -24,7 +23,6 @@ from healthbook.reconcile import (
     UNKNOWN_SOCIAL_INSURANCE,
     Citizen,
     ClaimIdentity,
-    FakePopulation,
     PopulationRegistry,
     Reconciliation,
     count_by_reason,
@@ -32,7 +30,8 @@ from healthbook.reconcile import (
     reconcile,
 )
 from healthbook.reconcile.matching import birth_matches, normalise_name, social_insurance_number_ok
-from healthbook.reconcile.population import INVENTED_ID_PREFIX
+from healthbook_dev.fakes.population import INVENTED_ID_PREFIX, FakePopulation
+from healthbook_dev.generate import Visit, build_visit
 from hypothesis import given
 from hypothesis import strategies as st
 

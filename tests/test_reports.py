@@ -13,12 +13,12 @@ import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.reports import DynamoCounters
-from healthbook.aws.sandbox import NAMES, create_tables
 from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
 from healthbook.reports.aggregates import citizen_markers, for_breach, for_delivery, for_reconciliation
 from healthbook.reports.build import Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
+from healthbook_dev.aws.sandbox import NAMES, create_tables
 from moto import mock_aws
 
 REGION = "ap-southeast-1"
@@ -398,7 +398,7 @@ def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
 def _registry_and_counters(ddb: Any, tmp_path: Any) -> None:
     from cryptography import x509
     from healthbook.aws.facilities import put_facility
-    from healthbook.signing.pki import dev_pki
+    from healthbook_dev.pki import dev_pki
 
     pki = dev_pki(tmp_path / "pki")
     table = boto3.resource("dynamodb", region_name=REGION).Table(NAMES["FACILITIES_TABLE"])
@@ -412,7 +412,7 @@ def _registry_and_counters(ddb: Any, tmp_path: Any) -> None:
 
 def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_replaces_them(
         ddb: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from healthbook.aws.sandbox import LambdaContext, load_function
+    from healthbook_dev.aws.sandbox import LambdaContext, load_function
 
     _registry_and_counters(ddb, tmp_path)
     s3 = boto3.client("s3", region_name=REGION)
@@ -437,7 +437,7 @@ def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_repl
 
 def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_path: Any,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from healthbook.cli import main
+    from healthbook_dev.cli import main
 
     _registry_and_counters(ddb, tmp_path)
     common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--table", NAMES["FACILITIES_TABLE"],
@@ -457,7 +457,7 @@ def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_pa
 
 
 def test_the_demos_moto_shim_still_rolls_a_cancelled_transaction_back(ddb: Any) -> None:
-    from healthbook.aws.sandbox import moto_transactions_copy_tables_once
+    from healthbook_dev.aws.sandbox import moto_transactions_copy_tables_once
 
     table = NAMES["AGGREGATES_TABLE"]
     add = {"Update": {"TableName": table, "Key": {"scope": {"S": "F#01001"}, "period": {"S": "D#2025-03-01"}},

@@ -22,12 +22,12 @@ from decimal import Decimal
 from functools import cache
 
 import pytest
-from healthbook.generate import Defect, Visit, build_visit, envelope, inject, table_document
 from healthbook.parsing.safe_xml import Limits
 from healthbook.standard import version_ids
 from healthbook.validation import FileResult, Options, validate_bytes
 from healthbook.validation.catalogue import RULES as ALL_RULES
 from healthbook.validation.issues import Issue
+from healthbook_dev.generate import Defect, Visit, build_visit, envelope, inject, table_document
 from lxml import etree
 
 # The validator's rules; K4xx (signatures) and I5xx (ingestion) are tested with their own stages.
@@ -179,7 +179,7 @@ class Case:
 
 
 def injected(name: str) -> Mutation:
-    """A mistake made by the generator's own labelled injector (healthbook.generate.defects)."""
+    """A mistake made by the generator's own labelled injector (healthbook_dev.generate.defects)."""
     def mutate(visit: Visit, rng: random.Random) -> Submission:
         defect = inject(visit, rng, name)
         return Submission(envelope([visit], **defect.envelope), defect=defect)

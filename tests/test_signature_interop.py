@@ -28,9 +28,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import PrivateFormat, pkcs12
-from healthbook.generate import SCENARIOS, build_visit, checkin_document, submission
-from healthbook.generate.vocab import FACILITIES
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.xmldsig import (
     DS,
     SignatureCheck,
@@ -39,6 +36,9 @@ from healthbook.signing.xmldsig import (
     sign_submission,
     verify_submission,
 )
+from healthbook_dev.generate import SCENARIOS, build_visit, checkin_document, submission
+from healthbook_dev.generate.vocab import FACILITIES
+from healthbook_dev.pki import dev_pki
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree

@@ -20,11 +20,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from healthbook.cli import main
-from healthbook.generate import build_visit, submission
-from healthbook.generate.vocab import FACILITIES
-from healthbook.signing.commands import envelope_facility
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.registry import FacilityRegistry, certificate_sha256
 from healthbook.signing.xmldsig import (
     DS,
@@ -36,6 +31,11 @@ from healthbook.signing.xmldsig import (
     verify_submission,
 )
 from healthbook.validation.catalogue import RULES
+from healthbook_dev.cli import main
+from healthbook_dev.commands.signing import envelope_facility
+from healthbook_dev.generate import build_visit, submission
+from healthbook_dev.generate.vocab import FACILITIES
+from healthbook_dev.pki import dev_pki
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
 from signxml.signer import XMLSigner

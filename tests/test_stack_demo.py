@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from healthbook.reconcile import FakePopulation
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.xmldsig import Trust, verify_submission
-from healthbook.stack_demo import FACILITIES, VISITS_PER_FILE, Progress, Upload, make_uploads, summary
+from healthbook_dev.demos.stack import FACILITIES, VISITS_PER_FILE, Progress, Upload, make_uploads, summary
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.pki import dev_pki
 
 
 def test_uploads_are_signed_files_of_both_facilities_with_the_labelled_defects(tmp_path: Path) -> None:

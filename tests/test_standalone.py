@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from healthbook.generate import build_visit
 from healthbook.validation import validate_bytes
+from healthbook_dev.generate import build_visit
 from lxml import etree
 
 CHECKIN_FIELDS = ("MA_LK", "STT", "MA_BN", "HO_TEN", "SO_CCCD", "NGAY_SINH", "GIOI_TINH", "MA_DKBD", "GT_THE_TU",

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import requests
-from healthbook.generate import build_visit, submission
 from healthbook.projection import mapping as projection_mapping
 from healthbook.projection import project
 from healthbook.signing.merkle import canonical_visit
@@ -27,7 +26,7 @@ from healthbook.vneid import (
     credentials_from_secret,
 )
 from healthbook.vneid.client import parse_retry_after
-from healthbook.vneid.fake import (
+from healthbook_dev.fakes.vneid import (
     FIELD_LABELS,
     GROUP_HEADINGS,
     ITEM_TITLES,
@@ -35,6 +34,7 @@ from healthbook.vneid.fake import (
     entry_mapping,
     render_health_book_html,
 )
+from healthbook_dev.generate import build_visit, submission
 
 KEY = "ck_" + "a1b2c3d4" * 4
 VISIT = "7900124012791786709"

@@ -1,4 +1,4 @@
-"""Issue 7 end to end: the hostile corpus (healthbook.generate.hostile) through the stack deployed on LocalStack.
+"""Issue 7 end to end: the hostile corpus (healthbook_dev.generate.hostile) through the stack deployed on LocalStack.
 
 Builds on test_localstack's ``pipeline`` (template.yaml deployed, facility 01001 registered) and adds what the
 signature cases need: this corpus's CA in the trust bundle and its certificates in the facility registry, both
@@ -46,11 +46,11 @@ def _cold_start(aws: Callable[..., Any], function: str) -> None:
 def hostile_pki(aws: Callable[..., Any], pipeline: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """A dev PKI whose CA the function trusts (beside the pipeline's) and whose certificates the registry knows
-    as healthbook.generate.hostile.registrations says, revocation included."""
+    as healthbook_dev.generate.hostile.registrations says, revocation included."""
     from healthbook.aws.facilities import FacilitiesRepository
-    from healthbook.generate.hostile import registrations
-    from healthbook.signing.pki import dev_pki
     from healthbook.signing.registry import certificate_sha256
+    from healthbook_dev.generate.hostile import registrations
+    from healthbook_dev.pki import dev_pki
 
     pki = dev_pki(tmp_path_factory.mktemp("hostile-pki"))
     env = pipeline["env"]
@@ -82,7 +82,7 @@ def hostile_pki(aws: Callable[..., Any], pipeline: dict[str, Any],
 
 
 def _put(aws: Callable[..., Any], pipeline: dict[str, Any], key: str, body: bytes) -> None:
-    """As healthbook.aws.upload.upload_file puts a file, for any key (it always names inbox/{facility}/)."""
+    """As healthbook_dev.aws.upload.upload_file puts a file, for any key (it always names inbox/{facility}/)."""
     extra = {"ServerSideEncryption": "aws:kms"}
     if pipeline["outputs"].get("DataKeyArn"):
         extra["SSEKMSKeyId"] = pipeline["outputs"]["DataKeyArn"]
@@ -92,7 +92,7 @@ def _put(aws: Callable[..., Any], pipeline: dict[str, Any], key: str, body: byte
 
 def _upload(aws: Callable[..., Any], pipeline: dict[str, Any], key: str, body: bytes) -> None:
     """The facility's own folder through the facility's upload path; anything else as _put."""
-    from healthbook.aws.upload import Destination, upload_file
+    from healthbook_dev.aws.upload import Destination, upload_file
 
     folder, _, name = key.rpartition("/")
     if folder != f"inbox/{FACILITY}":
@@ -128,9 +128,9 @@ def _codes(receipt: dict[str, Any]) -> set[str]:
 
 def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., Any], pipeline: dict[str, Any],
                                                            hostile_pki: dict[str, Path]) -> None:
-    from healthbook.generate.hostile import hostile_corpus
     from healthbook.ingest.model import locate
     from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+    from healthbook_dev.generate.hostile import hostile_corpus
 
     run = uuid.uuid4().hex[:10]
     limit = int(pipeline["env"].get("MAX_OBJECT_BYTES") or DEFAULT_MAX_FILE_BYTES)

@@ -181,9 +181,9 @@ class Fakes:
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[Fakes]:
     """The fake VNeID and population services on this machine (host-mode Lambdas reach 127.0.0.1)."""
-    from healthbook.reconcile import FakePopulation
-    from healthbook.reconcile.server import FakePopulationServer
-    from healthbook.vneid.fake import FakeVneid
+    from healthbook_dev.fakes.population import FakePopulation
+    from healthbook_dev.fakes.population_server import FakePopulationServer
+    from healthbook_dev.fakes.vneid import FakeVneid
 
     people = FakePopulation()
     with FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
@@ -214,7 +214,7 @@ def pipeline(aws: Callable[..., Any], deploy: Callable[..., dict[str, str]], fak
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from healthbook.aws.facilities import put_facility
-    from healthbook.signing.pki import FACILITIES, dev_pki
+    from healthbook_dev.pki import FACILITIES, dev_pki
 
     pki = dev_pki(tmp_path_factory.mktemp("pki"))
     ssm = aws("ssm")
@@ -258,8 +258,8 @@ def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> 
     """One signed visit; with ``defect`` it has no patient name, which keeps it out of the health book (H601)."""
     import random
 
-    from healthbook.generate import build_visit, facility_named, submission
     from healthbook.signing.xmldsig import sign_submission
+    from healthbook_dev.generate import build_visit, facility_named, submission
 
     visit = build_visit(random.Random(seed), facility=facility_named(FACILITY))
     if defect:
@@ -271,7 +271,7 @@ def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> 
 
 
 def _upload(aws: Callable[..., Any], pipeline: dict[str, Any], path: Path) -> dict[str, Any]:
-    from healthbook.aws.upload import Destination, upload_file
+    from healthbook_dev.aws.upload import Destination, upload_file
 
     destination = Destination(inbox_bucket=pipeline["env"]["INBOX_BUCKET"],
                               receipts_bucket=pipeline["env"]["RECEIPTS_BUCKET"],
@@ -406,10 +406,10 @@ def _book_submission(pipeline: dict[str, Any], fakes: Fakes, seed: int, *, visit
     """A signed one-visit submission whose citizen the fake population knows; ``visit`` again = a resubmission."""
     import random
 
-    from healthbook.generate import build_visit, submission
-    from healthbook.reconcile import FakePopulation
-    from healthbook.signing.pki import FACILITIES
     from healthbook.signing.xmldsig import sign_submission
+    from healthbook_dev.fakes.population import FakePopulation
+    from healthbook_dev.generate import build_visit, submission
+    from healthbook_dev.pki import FACILITIES
 
     if visit is None:
         name, province = FACILITIES[FACILITY]

@@ -1,8 +1,8 @@
 """Reconciliation of claim identities with the national population database (docs/reconciliation.md).
 
 The HTTP adapter (``PopulationClient``, ``PopulationError``, ``population_from_env``; needs ``requests``, the
-``aws`` extra) and the fake service (``FakePopulationServer``) are imported on first use, so importing this
-package stays pure and ``python -m healthbook.reconcile.server`` runs the module only once.
+``aws`` extra) is imported on first use, so importing this package stays pure. The fakes standing in for the
+population database are in the development package (``healthbook_dev.fakes.population``).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -27,17 +27,14 @@ from healthbook.reconcile.matching import (
     identity_from_summary,
     reconcile,
 )
-from healthbook.reconcile.population import FakePopulation, Perturbation
 
 if TYPE_CHECKING:
     from healthbook.reconcile.http import PopulationClient, PopulationError, population_from_env
-    from healthbook.reconcile.server import FakePopulationServer
 
 _LAZY = {
     "PopulationClient": "healthbook.reconcile.http",
     "PopulationError": "healthbook.reconcile.http",
     "population_from_env": "healthbook.reconcile.http",
-    "FakePopulationServer": "healthbook.reconcile.server",
 }
 
 __all__ = [
@@ -53,9 +50,6 @@ __all__ = [
     "UNKNOWN_SOCIAL_INSURANCE",
     "Citizen",
     "ClaimIdentity",
-    "FakePopulation",
-    "FakePopulationServer",
-    "Perturbation",
     "PopulationClient",
     "PopulationError",
     "PopulationRegistry",

@@ -1,7 +1,7 @@
 """Match the citizen named in a claim against the national population database (CSDLQG về dân cư).
 
 Pure domain code: no I/O, no AWS, no network. The database is reached through the
-:class:`PopulationRegistry` protocol; ``healthbook.reconcile.population.FakePopulation`` is the
+:class:`PopulationRegistry` protocol; ``healthbook_dev.fakes.population.FakePopulation`` is the
 in-memory implementation used by tests and the demo. The rules are documented in
 ``docs/reconciliation.md``.
 

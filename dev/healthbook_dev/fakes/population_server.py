@@ -1,7 +1,7 @@
 """A fake population service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread
-(the plumbing is :mod:`healthbook.fakeserver`'s), serving a :class:`~healthbook.reconcile.population.FakePopulation`
-(or any registry) under the HTTP contract that :class:`~healthbook.reconcile.http.PopulationClient` speaks
-(docs/reconciliation.md, "HTTP contract").
+(the plumbing is :mod:`healthbook_dev.fakes.service`'s), serving a
+:class:`~healthbook_dev.fakes.population.FakePopulation` (or any registry) under the HTTP contract that
+:class:`~healthbook.reconcile.http.PopulationClient` speaks (docs/reconciliation.md, "HTTP contract").
 
 Endpoints:
 
@@ -13,8 +13,9 @@ Endpoints:
   (``POST /_admin/fail {"mode", "seconds"}``, ``POST /_admin/reset``, ``GET /_admin/stats``).
 
 Failure injection: :meth:`FakePopulationServer.fail` (an outage of N seconds: ``5xx`` or ``timeout``).
-Run standalone with ``python -m healthbook.reconcile.server --population FILE.json --port N``: the URL is printed
-on stdout (one line) and the server runs until killed. Not a security boundary: bind it to 127.0.0.1 only.
+Run standalone with ``python -m healthbook_dev.fakes.population_server --population FILE.json --port N``: the
+URL is printed on stdout (one line) and the server runs until killed. Not a security boundary: bind it to
+127.0.0.1 only.
 Nothing is logged: request lines carry ID and social-insurance numbers.
 """
 
@@ -32,7 +33,6 @@ from types import FrameType
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from healthbook.fakeserver import Answer, FakeService, json_answer
 from healthbook.reconcile.matching import (
     Citizen,
     PopulationRegistry,
@@ -40,7 +40,9 @@ from healthbook.reconcile.matching import (
     id_format_ok,
     social_insurance_number_ok,
 )
-from healthbook.reconcile.population import FakePopulation
+
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.service import Answer, FakeService, json_answer
 
 __all__ = ["FakePopulationServer", "main"]
 
@@ -150,7 +152,7 @@ class FakePopulationServer(FakeService):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a dumped FakePopulation until SIGTERM/SIGINT; the URL goes to stdout first, on one line."""
-    parser = argparse.ArgumentParser(prog="python -m healthbook.reconcile.server",
+    parser = argparse.ArgumentParser(prog="python -m healthbook_dev.fakes.population_server",
                                      description="Serve a dumped FakePopulation over the population HTTP contract.")
     parser.add_argument("--population", required=True, metavar="FILE.json", help="written by FakePopulation.dump")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; keep it local)")

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from healthbook.generate.visit import Visit, set_everywhere
+from healthbook_dev.generate.visit import Visit, set_everywhere
 
 
 @dataclass

@@ -29,11 +29,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from healthbook.generate import build_visit, current_standard, facility_named, inject, submission
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import PORTAL_TZ, receipt_codes, verify_receipt
 from healthbook.signing.xmldsig import sign_submission
+
+from healthbook_dev.generate import build_visit, current_standard, facility_named, inject, submission
+from healthbook_dev.pki import dev_pki
 
 # Variables create_delivery sets, put back when the demo ends.
 DELIVERY_ENV = ("PROJECTIONS_BUCKET", "POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN",
@@ -98,10 +98,10 @@ def _files(out: Path, pki: dict[str, Path], visits: int, seed: int,
 
 
 def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 0.2) -> int:
+    from healthbook.aws.facilities import FacilitiesRepository
     from moto import mock_aws
 
-    from healthbook.aws.facilities import FacilitiesRepository
-    from healthbook.aws.sandbox import (
+    from healthbook_dev.aws.sandbox import (
         MOTO_CONFIG,
         MOTO_LOCK,
         NAMES,
@@ -117,9 +117,9 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         s3_event_message,
         wait_for_executions,
     )
-    from healthbook.reconcile import FakePopulation
-    from healthbook.reconcile.server import FakePopulationServer
-    from healthbook.vneid.fake import FakeVneid
+    from healthbook_dev.fakes.population import FakePopulation
+    from healthbook_dev.fakes.population_server import FakePopulationServer
+    from healthbook_dev.fakes.vneid import FakeVneid
 
     started = time.perf_counter()
     pki = dev_pki(out / "pki")

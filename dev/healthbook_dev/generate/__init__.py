@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from healthbook.generate.defects import INJECTORS, Defect, inject
-from healthbook.generate.his_export import HisExport, his_export_batch
-from healthbook.generate.visit import SCENARIOS, Visit, build_visit, current_standard
-from healthbook.generate.writer import checkin_document, envelope, table_document
+from healthbook_dev.generate.defects import INJECTORS, Defect, inject
+from healthbook_dev.generate.his_export import HisExport, his_export_batch
+from healthbook_dev.generate.visit import SCENARIOS, Visit, build_visit, current_standard
+from healthbook_dev.generate.writer import checkin_document, envelope, table_document
 
 __all__ = [
     "INJECTORS",
@@ -40,7 +40,7 @@ def submission(visit: Visit, defect: Defect | None = None) -> bytes:
 
 def facility_named(code: str) -> tuple[str, str, str]:
     """A facility of the vocabulary, or a made-up one for any other 5-digit code (province = first 2 digits)."""
-    from healthbook.generate.vocab import FACILITIES
+    from healthbook_dev.generate.vocab import FACILITIES
 
     for facility in FACILITIES:
         if facility[0] == code:

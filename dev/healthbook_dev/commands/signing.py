@@ -14,10 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from healthbook.cli_support import UsageError, xml_files
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import XmlRejected
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import signature_form_line
 from healthbook.signing.registry import certificate_sha256
 from healthbook.signing.xmldsig import (
@@ -27,6 +25,9 @@ from healthbook.signing.xmldsig import (
     sign_submission,
     verify_submission,
 )
+
+from healthbook_dev.cli_support import UsageError, xml_files
+from healthbook_dev.pki import dev_pki
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 

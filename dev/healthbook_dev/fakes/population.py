@@ -35,7 +35,7 @@ from healthbook.reconcile.matching import (
 )
 
 if TYPE_CHECKING:
-    from healthbook.generate.visit import Visit
+    from healthbook_dev.generate.visit import Visit
 
 __all__ = ["MISMATCH_KINDS", "VARIANT_KINDS", "FakePopulation", "Perturbation"]
 

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).parent / "data"
+from healthbook.standard import DATA_DIR  # the derived files are the production package's data
+
 FIELD_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # QĐ 4750's correction column says these in prose; each becomes a structured change.
 TO_STRING = re.compile(r"Đổi kiểu dữ liệu thành chuỗi")

@@ -1,5 +1,5 @@
 """A fake VNeID service for tests and the demo: stdlib only, one ThreadingHTTPServer in a background thread (the
-plumbing is :mod:`healthbook.fakeserver`'s).
+plumbing is :mod:`healthbook_dev.fakes.service`'s).
 
 Endpoints (see docs/vneid-contract.md):
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import importlib.util
 import json
 import re
 import secrets
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
-from healthbook.fakeserver import Answer, FakeService, json_answer
+from healthbook_dev.fakes.service import Answer, FakeService, json_answer
 
 __all__ = ["FIELD_LABELS", "GROUP_HEADINGS", "ITEM_TITLES", "FakeVneid", "StoredEntry", "entry_mapping",
            "render_health_book_html"]
@@ -305,7 +306,15 @@ class FakeVneid(FakeService):
 # the field's transform. The mapping is read as a file, not through healthbook.projection, so the fake stays
 # stdlib only. Keys the mapping does not name are still shown, under their own name: nothing is silently hidden.
 
-_MAPPING_FILE = Path(__file__).resolve().parents[1] / "projection" / "mapping.json"
+def _mapping_file() -> Path:
+    # find_spec locates healthbook.projection without importing it (nor the standard it loads)
+    spec = importlib.util.find_spec("healthbook.projection")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the healthbook package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "mapping.json"
+
+
+_MAPPING_FILE = _mapping_file()
 #: transforms whose value is {code, label, label_en} (mapping.json "transforms")
 _NAMED_TRANSFORMS = frozenset({"code", "occupation", "province", "commune"})
 

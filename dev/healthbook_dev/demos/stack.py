@@ -29,13 +29,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from healthbook.generate import build_visit, current_standard, facility_named, inject
-from healthbook.generate.writer import envelope
-from healthbook.reconcile import FakePopulation
-from healthbook.signing.pki import dev_pki
 from healthbook.signing.receipt import PORTAL_TZ, receipt_codes
 from healthbook.signing.xmldsig import sign_submission
+
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.generate import build_visit, current_standard, facility_named, inject
+from healthbook_dev.generate.writer import envelope
+from healthbook_dev.pki import dev_pki
 
 STACK, STAGE, REGION = "hb-demo", "demo", "us-east-1"
 FACILITIES = {"01001": "00004", "79001": "26734"}  # code -> commune (the reports' roll-up since July 2025)
@@ -72,7 +72,7 @@ class Clients:
 
 
 def repository_root() -> Path:
-    from healthbook.aws.sandbox import functions_dir
+    from healthbook_dev.aws.sandbox import functions_dir
 
     folder = functions_dir()
     if folder is None:
@@ -160,7 +160,7 @@ def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, vi
 
 def upload_all(aws: Clients, outputs: dict[str, str], uploads: list[Upload]) -> dict[str, float]:
     """As each facility's uploader would (``healthbook upload``: SSE-KMS, checksum), four at a time."""
-    from healthbook.aws.upload import Destination, upload_file
+    from healthbook_dev.aws.upload import Destination, upload_file
 
     destination = Destination(inbox_bucket=outputs["InboxBucketName"], receipts_bucket=outputs["ReceiptsBucketName"],
                               kms_key_id=outputs.get("DataKeyArn"))
@@ -253,8 +253,8 @@ def _pct(values: list[int], q: float) -> float:
 
 
 def run(out: Path, *, endpoint: str, visits: int = 250, seed: int = 2026, timeout: float = 240) -> int:
-    from healthbook.reconcile.server import FakePopulationServer
-    from healthbook.vneid.fake import FakeVneid
+    from healthbook_dev.fakes.population_server import FakePopulationServer
+    from healthbook_dev.fakes.vneid import FakeVneid
 
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)

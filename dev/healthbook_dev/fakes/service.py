@@ -1,6 +1,6 @@
-"""The HTTP plumbing shared by the fake services (:class:`~healthbook.vneid.fake.FakeVneid`,
-:class:`~healthbook.reconcile.server.FakePopulationServer`): stdlib only, one ThreadingHTTPServer in a background
-thread, JSON answers, outage injection and the ``/_admin/`` endpoints.
+"""The HTTP plumbing shared by the fake services (:class:`~healthbook_dev.fakes.vneid.FakeVneid`,
+:class:`~healthbook_dev.fakes.population_server.FakePopulationServer`): stdlib only, one ThreadingHTTPServer in a
+background thread, JSON answers, outage injection and the ``/_admin/`` endpoints.
 
 A fake subclasses :class:`FakeService`, calls ``super().__init__()`` once its own settings are set, serves with
 ``self._serve(host, port)`` from its ``start`` and answers its own routes in :meth:`FakeService._route`.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 
+from healthbook import standard as standards
 from lxml import etree
 
-from healthbook import standard as standards
-from healthbook.generate.visit import Visit
+from healthbook_dev.generate.visit import Visit
 
 # Free text, which CDATA wraps when a HIS uses it.
 FREE_TEXT = {"CHAN_DOAN_VAO", "CHAN_DOAN_RV", "LY_DO_VV", "DIEN_BIEN_LS", "QT_BENHLY", "TOMTAT_KQ", "MO_TA",

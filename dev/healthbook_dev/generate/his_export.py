@@ -26,10 +26,11 @@ from functools import cache
 from typing import Any, TypeVar
 
 from healthbook import standard as standards
-from healthbook.generate import vocab
-from healthbook.generate.defects import Defect
-from healthbook.generate.visit import Row, Visit, build_visit, cost_totals, record_summary, set_everywhere
-from healthbook.generate.writer import FREE_TEXT, envelope, table_document
+
+from healthbook_dev.generate import vocab
+from healthbook_dev.generate.defects import Defect
+from healthbook_dev.generate.visit import Row, Visit, build_visit, cost_totals, record_summary, set_everywhere
+from healthbook_dev.generate.writer import FREE_TEXT, envelope, table_document
 
 __all__ = ["HIS_A", "INLINE", "STYLES", "WRAPPED", "HisExport", "his_export_batch"]
 

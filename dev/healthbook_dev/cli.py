@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from healthbook import standard as standards
-from healthbook.cli_support import UsageError, xml_files
 from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, Limits
 from healthbook.validation import FileResult, Options, validate_path
+
+from healthbook_dev.cli_support import UsageError, xml_files
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -75,7 +76,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from healthbook.generate import generate_batch, generate_his_export
+    from healthbook_dev.generate import generate_batch, generate_his_export
 
     if args.his_export and (args.defect_rate or args.rows is not None or args.standard_version is not None):
         raise UsageError("--his-export plants its own defects and follows each visit's date: "
@@ -120,10 +121,10 @@ def summary_table(results: list[FileResult], manifest: dict[str, object] | None,
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if not args.validate_only:
-        from healthbook.local_demo import run
+        from healthbook_dev.demos.local import run
 
         return run(Path(args.out), visits=args.visits, seed=args.seed, defect_rate=args.defect_rate)
-    from healthbook.generate import MANIFEST, generate_batch
+    from healthbook_dev.generate import MANIFEST, generate_batch
 
     out = Path(args.out)
     manifest = generate_batch(out, visits=args.visits, seed=args.seed, defect_rate=args.defect_rate)
@@ -147,7 +148,7 @@ def _codes(result: FileResult) -> set[str]:
 
 def cmd_standard(args: argparse.Namespace) -> int:
     if args.action == "derive":
-        from healthbook.standard import derive
+        from healthbook_dev import derive
 
         for path in derive.write(Path(args.spec)):
             print(f"wrote {path}")
@@ -160,7 +161,7 @@ def cmd_standard(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from healthbook.docs import errors_markdown
+    from healthbook_dev.docs import errors_markdown
 
     Path(args.out).write_text(errors_markdown(), encoding="utf-8")
     print(f"wrote {args.out}")
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--rows", type=int, default=None, help="detail rows per visit (default: realistic mix)")
     generate.add_argument("--facility", metavar="MACSKCB", help="every file from this facility (default: a mix)")
     generate.add_argument("--his-export", action="store_true",
-                          help="files shaped like real HIS exports of 2026 (healthbook.generate.his_export), "
+                          help="files shaped like real HIS exports of 2026 (healthbook_dev.generate.his_export), "
                                "their shapes and planted defects labelled in manifest.json")
     generate.set_defaults(func=cmd_generate)
 
@@ -213,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs/errors.md")
     docs.set_defaults(func=cmd_docs)
 
-    from healthbook.ops_commands import register as register_operations
-    from healthbook.signing.commands import register as register_signatures
-    from healthbook.signing.receipt_commands import register as register_receipt
+    from healthbook_dev.commands.ops import register as register_operations
+    from healthbook_dev.commands.receipt import register as register_receipt
+    from healthbook_dev.commands.signing import register as register_signatures
 
     register_signatures(sub)
     register_receipt(sub)

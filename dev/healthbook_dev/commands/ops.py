@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from healthbook.cli_support import UsageError, xml_files
 from healthbook.reports.model import LEVELS
+
+from healthbook_dev.cli_support import UsageError, xml_files
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -174,10 +175,10 @@ def write_report(report: Any, out: Path, *, level: str | None = None) -> list[Pa
 
 def cmd_facility_add(args: argparse.Namespace) -> int:
     from cryptography import x509
-
     from healthbook.aws.facilities import put_facility
-    from healthbook.aws.principals import create_facility_principal
     from healthbook.signing.registry import certificate_sha256
+
+    from healthbook_dev.aws.principals import create_facility_principal
 
     certificate = x509.load_pem_x509_certificate(Path(args.cert).read_bytes())
     clients = _Clients(args)
@@ -251,7 +252,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from healthbook.aws.upload import Destination, upload_file, wait_for_receipt
+    from healthbook_dev.aws.upload import Destination, upload_file, wait_for_receipt
 
     if not (len(args.facility) == 5 and args.facility.isdigit()):
         raise UsageError(f"a facility code is 5 digits, not {args.facility!r}")

@@ -6,7 +6,7 @@ answer to that one thing. Pure: bytes, object keys and expectations; no AWS. ``t
 runs the corpus through the ingest handler on moto, ``tests/e2e/test_hostile_corpus_e2e.py`` through the deployed
 stack, and ``docs/hostile-inputs.md`` explains every case.
 
-DEVELOPMENT ONLY: the certificates come from ``healthbook.signing.pki.dev_pki``.
+DEVELOPMENT ONLY: the certificates come from ``healthbook_dev.pki.dev_pki``.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
+from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+from healthbook.signing.xmldsig import DS, PrivateKey, sign_submission
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
 from signxml.signer import XMLSigner
 
-from healthbook.generate.visit import Visit, build_visit
-from healthbook.generate.writer import envelope, table_document
-from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
-from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
-from healthbook.signing.pki import FACILITIES
-from healthbook.signing.xmldsig import DS, PrivateKey, sign_submission
+from healthbook_dev.generate.visit import Visit, build_visit
+from healthbook_dev.generate.writer import envelope, table_document
+from healthbook_dev.pki import FACILITIES
 
 __all__ = ["CATEGORIES", "HostileCase", "Registration", "hostile_corpus", "registrations"]
 

@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
 from healthbook.signing.registry import FacilityRegistry, certificate_sha256
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey

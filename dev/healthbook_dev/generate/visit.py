@@ -8,8 +8,9 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from healthbook.generate import vocab
 from healthbook.standard import in_force, places, version_ids
+
+from healthbook_dev.generate import vocab
 
 SCENARIOS = ("outpatient", "outpatient_reexam", "outpatient_treatment", "inpatient", "referral", "tuberculosis",
              "birth")

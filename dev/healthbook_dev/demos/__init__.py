@@ -1,0 +1,1 @@
+"""The demos: in process on moto (local) and on a deployed stack (stack, make demo)."""
