@@ -24,8 +24,9 @@ demo:
 demo-moto: $(STAMP)
 	$(BIN)/healthbook demo --visits 200 --out demo-out
 
-## Lint, type-check and run the whole test suite.
-test: lint typecheck unit
+## Lint, type-check and run every test CI needs, slow and networked ones included (make unit is the inner loop).
+test: lint typecheck sam
+	$(BIN)/pytest -m "not localstack"
 
 lint: $(STAMP)
 	$(BIN)/ruff check layers functions tests bench infra
@@ -33,8 +34,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) sam
-	$(BIN)/pytest -m "not localstack"
+## The inner loop: no network, no tool venvs, under a minute (tests marked slow or network run in make test).
+unit: $(STAMP)
+	$(BIN)/pytest -m "not localstack and not slow and not network"
 
 ## The SAM CLI in its own Python 3.13 venv (it pins libraries our venv must not share): sam validate, sam build.
 sam:

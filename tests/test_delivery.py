@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any, ClassVar
 
 import pytest
+from healthbook.aws.settings import TimingSettings
 from healthbook.delivery.model import (
     DEADLINE_BREACHED,
     DEFERRED,
@@ -34,11 +35,12 @@ from healthbook.delivery.model import (
     StoredVisit,
     Timing,
     VisitRef,
-    epoch_ms,
-    parse_time,
 )
 from healthbook.delivery.service import (
-    DeliveryService,
+    Deliver,
+    Project,
+    Reconcile,
+    Settle,
     Sweeper,
     SweepReport,
     projection_key,
@@ -46,11 +48,11 @@ from healthbook.delivery.service import (
     version_ms,
 )
 from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
-from healthbook.ingest.service import citizen_key, pack_records
+from healthbook.ingest.service import pack_records
+from healthbook.kernel import citizen_key, epoch_ms, iso_utc, parse_time
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import PopulationUnavailable
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
-from healthbook.signing.receipt import iso_utc
 from healthbook.validation import validate_bytes
 from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
 from healthbook_dev.fakes.population import FakePopulation
@@ -327,6 +329,32 @@ def _known(seed: int) -> FakePopulation:
     return FakePopulation.from_visits([_accepted(seed)[0]], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The four use cases on a world's fakes at one moment, their results as the workflow passes them on."""
+
+    world: World
+    now: datetime
+    timing: Timing
+    population: Any
+
+    def _common(self) -> dict[str, Any]:
+        return {"store": self.world.store, "metrics": self.world.metrics, "now": lambda: self.now}
+
+    def reconcile(self, ref: VisitRef) -> dict[str, Any]:
+        return Reconcile(**self._common(), population=self.population, pepper=PEPPER)(ref).to_event()
+
+    def project(self, ref: VisitRef) -> dict[str, Any]:
+        return Project(**self._common(), projections=self.world.projections)(ref).to_event()
+
+    def deliver(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> dict[str, Any]:
+        use_case = Deliver(**self._common(), projections=self.world.projections, vneid=self.world.vneid)
+        return use_case(ref, citizen_key=citizen_key, projection_key=projection_key).to_event()
+
+    def settle(self, ref: VisitRef, error: object) -> dict[str, Any]:
+        return Settle(**self._common(), timing=self.timing, rng=random.Random(0))(ref, error).to_event()
+
+
 @dataclass
 class World:
     store: FakeStatusStore
@@ -335,10 +363,8 @@ class World:
     metrics: RecordingMetrics
     population: FakePopulation
 
-    def service(self, now: datetime = T, *, timing: Timing = TIMING) -> DeliveryService:
-        return DeliveryService(store=self.store, projections=self.projections, population=self.population,
-                               vneid=self.vneid, pepper=PEPPER, timing=timing, metrics=self.metrics,
-                               now=lambda: now, rng=random.Random(0))
+    def service(self, now: datetime = T, *, timing: Timing = TIMING) -> Steps:
+        return Steps(self, now, timing, self.population)
 
     def stored(self, seed: int = 1, *, received: datetime = RECEIVED, **item: Any) -> VisitRef:
         return self.store.add(_ref(seed, received), records=_accepted(seed)[2], received_at=received, **item)
@@ -378,50 +404,48 @@ def test_projection_key_is_by_facility_and_projection_id() -> None:
 
 # --- model: Timing -------------------------------------------------------------------------------------
 
-def test_timing_from_env_defaults_when_unset_or_empty() -> None:
-    assert Timing.from_env({}) == Timing()
-    assert Timing.from_env({"DEADLINE_SECONDS": "", "LEASE_SECONDS": ""}) == Timing()
+def _timing(env: dict[str, str]) -> Timing:
+    return TimingSettings.from_env(env).timing()
+
+
+def test_timing_settings_default_when_unset_or_empty() -> None:
+    assert _timing({}) == Timing()
+    assert _timing({"DEADLINE_SECONDS": "", "LEASE_SECONDS": ""}) == Timing()
     assert Timing() == Timing(deadline=timedelta(hours=24), safety_margin=timedelta(hours=1),
                               lease=timedelta(minutes=10), retry_base=timedelta(minutes=1),
                               retry_max=timedelta(minutes=30))
 
 
-def test_timing_from_env_reads_seconds_including_fractions() -> None:
-    timing = Timing.from_env({"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2",
-                              "RETRY_BASE_SECONDS": "0.5", "RETRY_MAX_SECONDS": "1", "UNRELATED": "x"})
+def test_timing_settings_read_seconds_including_fractions() -> None:
+    timing = _timing({"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2",
+                      "RETRY_BASE_SECONDS": "0.5", "RETRY_MAX_SECONDS": "1", "UNRELATED": "x"})
     assert timing == Timing(deadline=timedelta(seconds=12), safety_margin=timedelta(seconds=3),
                             lease=timedelta(seconds=2), retry_base=timedelta(milliseconds=500),
                             retry_max=timedelta(seconds=1))
-    assert Timing.from_env({"SAFETY_MARGIN_SECONDS": "0"}).safety_margin == timedelta(0)
+    assert _timing({"SAFETY_MARGIN_SECONDS": "0"}).safety_margin == timedelta(0)
 
 
 @pytest.mark.parametrize("name", ["DEADLINE_SECONDS", "SAFETY_MARGIN_SECONDS", "LEASE_SECONDS",
                                   "RETRY_BASE_SECONDS", "RETRY_MAX_SECONDS"])
-@pytest.mark.parametrize("text", ["ten", "1h", " ", "nan"])
-def test_timing_from_env_names_the_variable_that_is_not_a_number(name: str, text: str) -> None:
+@pytest.mark.parametrize("text", ["ten", "1h", "nan", "inf", "1e20"])
+def test_timing_settings_name_the_variable_that_is_not_a_number_of_seconds(name: str, text: str) -> None:
     with pytest.raises(ValueError, match=f"^{name} must be a number of seconds$"):
-        Timing.from_env({name: text})
+        _timing({name: text})
 
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"SAFETY_MARGIN_SECONDS": "86400"}, "safety margin"),  # margin == deadline
     ({"DEADLINE_SECONDS": "60", "SAFETY_MARGIN_SECONDS": "120"}, "safety margin"),
-    ({"SAFETY_MARGIN_SECONDS": "-1"}, "safety margin"),
-    ({"DEADLINE_SECONDS": "-5"}, "safety margin"),
+    ({"SAFETY_MARGIN_SECONDS": "-1"}, "^SAFETY_MARGIN_SECONDS must not be negative$"),
+    ({"DEADLINE_SECONDS": "-5"}, "^DEADLINE_SECONDS must not be negative$"),
     ({"LEASE_SECONDS": "0"}, "lease"),
-    ({"LEASE_SECONDS": "-1"}, "lease"),
+    ({"LEASE_SECONDS": "-1"}, "^LEASE_SECONDS must not be negative$"),
     ({"RETRY_BASE_SECONDS": "0"}, "retry_base"),
     ({"RETRY_BASE_SECONDS": "120", "RETRY_MAX_SECONDS": "60"}, "retry_max"),
 ])
-def test_timing_refuses_inconsistent_rules(env: dict[str, str], message: str) -> None:
+def test_timing_settings_refuse_inconsistent_rules(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Timing.from_env(env)
-
-
-@pytest.mark.parametrize("text", ["inf", "1e20"])
-def test_timing_from_env_names_a_variable_out_of_range(text: str) -> None:
-    with pytest.raises(ValueError, match="DEADLINE_SECONDS"):
-        Timing.from_env({"DEADLINE_SECONDS": text})
+        _timing(env)
 
 
 def test_deadline_and_cutoff() -> None:
@@ -562,16 +586,6 @@ def test_reconcile_lets_population_unavailable_propagate(world: World) -> None:
     assert world.store.writes() == [] and world.store.status(ref) == PENDING and world.metrics.counts == []
 
 
-@pytest.mark.parametrize("missing", ["population", "pepper"])
-def test_reconcile_needs_a_population_and_the_pepper(world: World, missing: str) -> None:
-    ref = world.stored()
-    service = replace(world.service(), population=None) if missing == "population" else \
-        replace(world.service(), pepper=None)
-    with pytest.raises(RuntimeError, match="population registry and the citizen-key pepper"):
-        service.reconcile(ref)
-    assert world.store.calls == []
-
-
 def test_reconcile_refuses_a_visit_stored_without_records(world: World) -> None:
     ref = world.store.add(_ref(1))
     with pytest.raises(ValueError, match="no records stored"):
@@ -627,12 +641,6 @@ def test_project_of_a_visit_no_longer_pending_is_skipped(world: World) -> None:
     ref = world.stored(status=DELIVERED)
     assert world.service().project(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert world.projections.objects == {} and world.store.calls == ["load"]
-
-
-def test_project_needs_a_projection_store(world: World) -> None:
-    ref = world.stored()
-    with pytest.raises(RuntimeError, match="projection store"):
-        replace(world.service(), projections=None).project(ref)
 
 
 # --- deliver -------------------------------------------------------------------------------------------
@@ -740,14 +748,6 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     assert len(world.store.citizen_counts) == sum(counted.values())
 
 
-def test_deliver_needs_vneid_and_the_projection_store(world: World) -> None:
-    ref = world.stored()
-    for service in (replace(world.service(), vneid=None), replace(world.service(), projections=None)):
-        with pytest.raises(RuntimeError, match="VNeID client and the projection store"):
-            service.deliver(ref, citizen_key="ck", projection_key="k")
-    assert world.store.calls == []
-
-
 def test_the_fast_path_delivers_the_entry_under_the_citizen_key(world: World) -> None:
     ref = world.stored()
     service = world.service()
@@ -758,7 +758,7 @@ def test_the_fast_path_delivers_the_entry_under_the_citizen_key(world: World) ->
     (key, entry), = world.vneid.calls
     assert key == citizen_key(PEPPER, _id_number(1))
     assert entry["projection_id"] == projected["projection_id"]
-    assert summarise([delivered]) == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
+    assert summarise([delivered]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
 
 
 # --- settle --------------------------------------------------------------------------------------------
@@ -806,7 +806,7 @@ def test_settle_from_the_cutoff_breaches(world: World, now: datetime) -> None:
     assert item.status == DEADLINE_BREACHED and item.breached_at == now and item.next_attempt_at is None
     assert item.last_error == "RetryableDeliveryError" and item.attempts == 4
     assert world.metrics.names() == ["DeadlineBreached"]
-    assert summarise([result])["breached"] == [ref.visit_id]
+    assert summarise([result]).breached == [ref.visit_id]
 
 
 @pytest.mark.parametrize("now", [T, CUTOFF])
@@ -835,17 +835,17 @@ def test_summarise_counts_outcomes_and_lists_breached_visits() -> None:
         {"visit_id": "1#c", "outcome": SKIPPED}, {"visit_id": "1#d", "outcome": DELIVERED},
         {"visit_id": "1#e", "outcome": DEADLINE_BREACHED}, {"visit_id": "1#f"}, None, "UNSETTLED",
     ]
-    assert summarise(results) == {"counts": {DEADLINE_BREACHED: 2, DELIVERED: 2, SKIPPED: 1, "UNKNOWN": 3},
+    assert summarise(results).to_event() == {"counts": {DEADLINE_BREACHED: 2, DELIVERED: 2, SKIPPED: 1, "UNKNOWN": 3},
                                   "breached_count": 2, "breached": ["1#b", "1#e"]}
-    assert summarise([]) == {"counts": {}, "breached_count": 0, "breached": []}
+    assert summarise([]).to_event() == {"counts": {}, "breached_count": 0, "breached": []}
 
 
 def test_summarise_lists_at_most_a_batch_of_breached_ids_but_counts_them_all() -> None:
     results = [{"visit_id": f"1#{n}", "outcome": DEADLINE_BREACHED} for n in range(MAX_BATCH + 7)]
     summary = summarise(results)
-    assert summary["breached_count"] == MAX_BATCH + 7
-    assert summary["breached"] == [f"1#{n}" for n in range(MAX_BATCH)]
-    assert list(summary["counts"]) == [DEADLINE_BREACHED]
+    assert summary.breached_count == MAX_BATCH + 7
+    assert summary.breached == [f"1#{n}" for n in range(MAX_BATCH)]
+    assert list(summary.counts) == [DEADLINE_BREACHED]
 
 
 # --- the sweep -----------------------------------------------------------------------------------------

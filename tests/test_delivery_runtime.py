@@ -26,20 +26,27 @@ def test_rotated_vneid_credentials_are_used_after_the_ttl_and_the_old_client_is_
         arn = secrets.create_secret(Name="vneid", SecretString=_oauth2("first"))["ARN"]
         now = [0.0]
         runtime = DeliveryRuntime(env={"VNEID_URL": "http://127.0.0.1:9", "VNEID_SECRET": arn,
+                                       "VISITS_TABLE": "visits", "PROJECTIONS_BUCKET": "projections",
                                        "SECRETS_TTL_SECONDS": "60"}, clock=lambda: now[0])
-        first = runtime.vneid()
+        first = runtime.deliver().vneid
         closed: list[bool] = []
         monkeypatch.setattr(first, "close", lambda: closed.append(True))
         secrets.put_secret_value(SecretId=arn, SecretString=_oauth2("rotated"))
         now[0] = 59
-        assert runtime.vneid() is first and not closed  # within the TTL: the cached client
+        assert runtime.deliver().vneid is first and not closed  # within the TTL: the cached client
         now[0] = 61
-        second = runtime.vneid()
+        second = runtime.deliver().vneid
         assert second is not first and second.auth.client_id == "rotated" and closed == [True]
 
 
-def test_a_missing_variable_is_named() -> None:
-    with pytest.raises(ValueError, match="VISITS_TABLE"):
-        DeliveryRuntime(env={}).store()
-    with pytest.raises(ValueError, match="safety margin"):
-        _ = DeliveryRuntime(env={"DEADLINE_SECONDS": "60"}).timing  # the default 1 h margin exceeds 60 s
+def test_each_step_names_the_variables_it_is_missing() -> None:
+    with pytest.raises(ValueError, match=r"^missing environment variable\(s\): VISITS_TABLE$"):
+        DeliveryRuntime(env={}).settle()
+    with pytest.raises(ValueError, match="CITIZEN_PEPPER_SECRET, POPULATION_URL, VISITS_TABLE"):
+        DeliveryRuntime(env={}).reconcile()
+    with pytest.raises(ValueError, match="PROJECTIONS_BUCKET, VISITS_TABLE, VNEID_SECRET, VNEID_URL"):
+        DeliveryRuntime(env={}).deliver()
+    with pytest.raises(ValueError, match="DELIVERY_STATE_MACHINE_ARN"):
+        DeliveryRuntime(env={"VISITS_TABLE": "v"}).sweeper()
+    with pytest.raises(ValueError, match="safety margin"):  # the default 1 h margin exceeds 60 s
+        DeliveryRuntime(env={"VISITS_TABLE": "v", "DEADLINE_SECONDS": "60"}).settle()

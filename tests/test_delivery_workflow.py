@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
-from healthbook.delivery import VisitRef
+from healthbook.delivery.model import VisitRef
 from healthbook.delivery.service import version_ms
-from healthbook.ingest import VisitVersion
-from healthbook.ingest.model import version_key
-from healthbook.ingest.service import citizen_key, pack_records
+from healthbook.ingest.model import VisitVersion, version_key
+from healthbook.ingest.service import pack_records
+from healthbook.kernel import citizen_key, iso_utc
 from healthbook.projection import projection_id
 from healthbook.reports.aggregates import total
-from healthbook.signing.receipt import iso_utc
 from healthbook.validation import validate_bytes
 from healthbook_dev.aws.sandbox import (
     MOTO_CONFIG,
@@ -47,7 +46,8 @@ from healthbook_dev.generate.visit import set_everywhere
 moto = pytest.importorskip("moto")
 # The Map runs its items in threads of this one process, so handlers share Powertools' module-level Metrics and
 # one flush can take another's metrics; in Lambda each invocation has its own process.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+pytestmark = [pytest.mark.slow,  # moto's Step Functions interpreter with real waits
+              pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")]
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "ap-southeast-1"

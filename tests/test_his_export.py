@@ -25,6 +25,8 @@ from healthbook_dev.generate.his_export import BOM, INLINE, REFERRAL_REASON, WRA
 from healthbook_dev.generate.vocab import PROVINCES_2025
 from lxml import etree
 
+pytestmark = pytest.mark.slow  # the 1,152-visit HIS-export corpus
+
 CORPUS_VISITS = 1152  # the sample's size: about 5 s to build and validate on 2 cores
 SEED = 2026
 MIN_ADMISSION_RATE = 0.97

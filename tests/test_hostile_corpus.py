@@ -38,6 +38,8 @@ from healthbook_dev.aws.sandbox import (
 from healthbook_dev.generate.hostile import CATEGORIES, HostileCase, hostile_corpus, registrations
 from healthbook_dev.pki import dev_pki
 
+pytestmark = pytest.mark.slow  # builds and runs the 30-kind hostile corpus
+
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 REPLAY_AFTER = timedelta(minutes=5)  # the replay arrives after its original, as a real one would
 PEPPER = "hostile-corpus-pepper-0123456789"

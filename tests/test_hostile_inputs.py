@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
+from healthbook.kernel import MAX_FILE_BYTES
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import engine
@@ -32,7 +33,7 @@ from lxml import etree
 SECRET = "S3CR3T-hostile-input-canary-7f3a"
 VALID_INNER = b"<TONG_HOP><MA_LK>123</MA_LK></TONG_HOP>"
 XI = "http://www.w3.org/2001/XInclude"
-DEFAULT_MAX = safe_xml.DEFAULT_MAX_FILE_BYTES
+DEFAULT_MAX = MAX_FILE_BYTES
 
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -657,7 +658,7 @@ def test_big_noidungfile_within_the_limits_is_decoded() -> None:
     under max_file_bytes is decoded, not reported as malformed."""
     inner = b"<TONG_HOP><MA_LK>123</MA_LK><PAD>" + b"x" * 8_000_000 + b"</PAD></TONG_HOP>"
     data = envelope(b64(inner))
-    assert 10_000_000 < len(data) < safe_xml.DEFAULT_MAX_FILE_BYTES
+    assert 10_000_000 < len(data) < MAX_FILE_BYTES
     result = validate_bytes(data)
     assert only_visit(result).ma_lk == "123"
     assert not {"E002", "E005", "E012", "E018"} & set(visit_codes(result))

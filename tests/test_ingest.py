@@ -23,16 +23,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from healthbook.ingest import IngestService, ObjectGone, ObjectRef, StoredObject, SubmissionRecord, VisitVersion
 from healthbook.ingest.model import (
     ContentClaim,
     ContentClaimPending,
+    ObjectGone,
+    ObjectRef,
+    StoredObject,
+    SubmissionRecord,
+    VisitVersion,
     VisitWrite,
     facility_day,
     locate,
     status_shard,
     version_key,
 )
+from healthbook.ingest.service import IngestService
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import LocalKeySigner
@@ -625,6 +630,8 @@ def test_resubmission_supersedes_and_a_late_old_version_stays_history(aws: Simpl
 @pytest.fixture
 def deliveries(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
     """The delivery executions the handler starts, recorded instead of started."""
+    from healthbook.aws import ingest_runtime
+
     started: list[list[Any]] = []
 
     class Starter:
@@ -635,7 +642,7 @@ def deliveries(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[An
             started.append(list(visits))
 
     monkeypatch.setenv("DELIVERY_STATE_MACHINE_ARN", "arn:aws:states:ap-southeast-1:123456789012:stateMachine:d")
-    monkeypatch.setattr(app, "StepFunctionsStarter", Starter)
+    monkeypatch.setattr(ingest_runtime, "StepFunctionsStarter", Starter)
     return started
 
 
@@ -822,11 +829,194 @@ def test_poison_message_fails_alone(aws: SimpleNamespace, app: ModuleType, pki: 
     assert receipt_at(aws, "receipts/01001/good.xml.receipt.json")["accepted"]
 
 
+def _poison(message_id: str, body: Any) -> dict[str, Any]:
+    """An SQS record whose body is ``body`` (a string as it is, anything else as JSON)."""
+    record: dict[str, Any] = copy.deepcopy(json.loads((EVENTS / "sqs_poison.json").read_text())["Records"][0])
+    record.update(messageId=message_id, body=body if isinstance(body, str) else json.dumps(body))
+    return record
+
+
+def _notification(**changes: Any) -> dict[str, Any]:
+    """The S3 record of events/sqs_s3_put.json, with ``changes`` (None removes a field) in its s3.object or, for
+    the record's own fields, at the top."""
+    record: dict[str, Any] = json.loads(json.loads((EVENTS / "sqs_s3_put.json").read_text())["Records"][0]["body"])[
+        "Records"][0]
+    for name, value in changes.items():
+        where = record["s3"]["object"] if name in ("key", "versionId", "sequencer", "size") else record
+        if value is None:
+            where.pop(name, None)
+        else:
+            where[name] = value
+    return record
+
+
+POISON = {  # message id -> body: every kind of message the handler refuses
+    "not-json": "hello, this is not an S3 event",
+    "json-list": [1, 2],
+    "no-records": {"Service": "Amazon S3", "Event": "s3:ObjectCreated:Put"},
+    "empty-records": {"Records": []},
+    "records-not-a-list": {"Records": {"eventSource": "aws:s3"}},
+    "sns-record": {"Records": [{"eventSource": "aws:sns"}]},
+    "record-not-an-object": {"Records": ["aws:s3"]},
+    "other-bucket": {"Records": [_notification(s3={"bucket": {"name": "someone-else"}, "object": {"key": "k"}})]},
+    "no-key": {"Records": [_notification(key=None)]},
+    "no-bucket": {"Records": [_notification(s3={"object": {"key": "inbox/01001/x.xml"}})]},
+    "s3-not-an-object": {"Records": [_notification(s3="inbox/01001/x.xml")]},
+    "no-event-time": {"Records": [_notification(eventTime=None)]},
+    "bad-event-time": {"Records": [_notification(eventTime="yesterday")]},
+    # one good record does not save a message with a bad one
+    "good-then-bad": {"Records": [_notification(), _notification(eventTime="22/11/2026")]},
+}
+
+
+def test_every_kind_of_poison_message_fails_alone(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
+    poison = [_poison(message_id, body) for message_id, body in POISON.items()]
+    key = "inbox/01001/between-poison.xml"
+    data = signed(pki, a_visit(11))
+    good = message(key, upload(aws, key, data), message_id="m-good", size=len(data))
+    logs = io.StringIO()
+    handler = app.logger.registered_handler
+    previous = handler.setStream(logs)
+    try:
+        assert invoke(app, *poison[:7], good, *poison[7:]) == list(POISON)
+    finally:
+        handler.setStream(previous)
+    assert receipt_at(aws, "receipts/01001/between-poison.xml.receipt.json")["accepted"]
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    refused = {line["sqs_message_id"]: line["message"] for line in lines if line["level"] == "ERROR"}
+    assert set(refused) == set(POISON) and all(text.startswith("poison message: ") for text in refused.values())
+    assert refused["not-json"] == "poison message: the message body is not JSON"
+    assert refused["other-bucket"] == "poison message: S3 event from a bucket other than the inbox"
+    assert refused["no-key"] == "poison message: S3 event record without a usable 'key'"
+    assert refused["sns-record"] == "poison message: a record of the message is not an S3 event"
+    assert refused["empty-records"] == "poison message: the message is not an S3 event notification"
+    assert not any(line["message"].startswith("processing failed") for line in lines)  # none mistaken as transient
+    assert len(submissions(aws)) == 1  # the good message's (the sample object of "good-then-bad" does not exist)
+
+
+def test_non_creation_events_are_skipped(aws: SimpleNamespace, app: ModuleType) -> None:
+    removed = _poison("m-removed", {"Records": [_notification(eventName="ObjectRemoved:Delete"),
+                                                _notification(eventName="ObjectRestore:Completed", s3=None)]})
+    assert invoke(app, removed) == []
+    assert submissions(aws) == [] and scan(aws, "IDEMPOTENCY_TABLE") == []
+
+
+def test_the_s3_test_event_needs_no_settings(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the test event nor a poison message reads the environment: no variable is set here, no AWS."""
+    for name in ("INBOX_BUCKET", "RECEIPTS_BUCKET", "IDEMPOTENCY_TABLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    event = json.loads((EVENTS / "sqs_s3_test_event.json").read_text())
+    logs = io.StringIO()
+    handler = app.logger.registered_handler
+    previous = handler.setStream(logs)
+    app.reset()
+    try:
+        assert invoke(app, *event["Records"], _poison("m-poison", "{")) == ["m-poison"]
+    finally:
+        handler.setStream(previous)
+        app.reset()
+    messages = [json.loads(line)["message"] for line in logs.getvalue().splitlines()]
+    assert messages == ["S3 test event skipped", "poison message: the message body is not JSON"]
+
+
+def test_a_missing_setting_fails_the_message_and_names_the_variable(aws: SimpleNamespace, app: ModuleType,
+                                                                    pki: dict[str, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "inbox/01001/misconfigured.xml"
+    data = signed(pki, a_visit(12))
+    event = message(key, upload(aws, key, data), size=len(data))
+    monkeypatch.delenv("RECEIPTS_BUCKET")
+    monkeypatch.setenv("REGISTRY_TTL_SECONDS", "soon")
+    logs = io.StringIO()
+    handler = app.logger.registered_handler
+    previous = handler.setStream(logs)
+    try:
+        assert invoke(app, event) == ["m-1"]  # retried, then the DLQ: never a rejection receipt
+    finally:
+        handler.setStream(previous)
+    (line,) = [json.loads(text) for text in logs.getvalue().splitlines() if '"ERROR"' in text]
+    assert line["message"] == "processing failed; the message will be retried"
+    assert "missing environment variable(s): RECEIPTS_BUCKET" in line["exception"]
+    assert "Contents" not in aws.s3.list_objects_v2(Bucket=RECEIPTS) and submissions(aws) == []
+
+
+def test_a_key_is_url_decoded_exactly_once(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
+    """S3 sends keys URL-encoded (a space as +): decoded once, a "+" or "%41" in the name stays what it is."""
+    key = "inbox/01001/2026/11/Hồ sơ khám bệnh Đồng Tháp 1+1 %41 ữ.xml"
+    data = signed(pki, a_visit(13))
+    sent = message(key, upload(aws, key, data), size=len(data))
+    assert "%2B" in sent["body"] and "%2541" in sent["body"] and " " not in json.loads(sent["body"])["Records"][0][
+        "s3"]["object"]["key"]
+    assert invoke(app, sent) == []
+    (item,) = submissions(aws)
+    assert item["object_key"] == key
+    assert receipt_at(aws, "receipts/01001/Hồ sơ khám bệnh Đồng Tháp 1+1 %41 ữ.xml.receipt.json")["accepted"]
+
+
+def test_notification_parsing_without_aws() -> None:
+    from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from healthbook.aws.ingest_runtime import PoisonMessage, created_object, s3_event
+
+    encoded = quote_plus("inbox/01001/bệnh án 50%+.xml", safe="/")
+    found = created_object(S3EventRecord(_notification(key=encoded, versionId="", sequencer=None, size=None)),
+                      "healthbook-dev-inbox")
+    assert found == {"bucket": "healthbook-dev-inbox", "key": "inbox/01001/bệnh án 50%+.xml", "version_id": None,
+                     "sequencer": None, "size": None, "event_time": "2026-11-22T03:00:00.123Z"}
+    removed = S3EventRecord(_notification(eventName="ObjectRemoved:Delete"))
+    assert created_object(removed, "healthbook-dev-inbox") is None
+    with pytest.raises(PoisonMessage, match="bucket other than the inbox"):
+        created_object(S3EventRecord(_notification()), "another-inbox")
+    test_event = json.loads((EVENTS / "sqs_s3_test_event.json").read_text())["Records"][0]
+    assert s3_event(SQSRecord(test_event)) is None
+    put = s3_event(SQSRecord(json.loads((EVENTS / "sqs_s3_put.json").read_text())["Records"][0]))
+    assert put is not None and [r.event_name for r in put.records] == ["ObjectCreated:Put"]
+    for message_id in ("not-json", "json-list", "no-records", "empty-records", "records-not-a-list"):
+        with pytest.raises(PoisonMessage):
+            s3_event(SQSRecord(_poison(message_id, POISON[message_id])))
+
+
+def _families(printed: str) -> list[tuple[Any, ...]]:
+    """(metric, family, values...) of every EMF document printed with an ErrorFamily dimension, in print order."""
+    blobs = [json.loads(line) for line in printed.splitlines() if line.startswith("{") and "ErrorFamily" in line]
+    return [(metric["Name"], blob["ErrorFamily"], *blob[metric["Name"]])
+            for blob in blobs for directive in blob["_aws"]["CloudWatchMetrics"] for metric in directive["Metrics"]]
+
+
+def test_per_family_counts_are_one_document_per_metric_and_family_per_batch(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    batch = []
+    for n in range(3):  # three files with a visit kept out by H601 (no name)
+        visit = a_visit(50 + n)
+        visit.tables["XML1"][0]["HO_TEN"] = ""
+        key, data = f"inbox/01001/defective-{n}.xml", signed(pki, visit)
+        batch.append(message(key, upload(aws, key, data), message_id=f"m-h{n}", size=len(data)))
+    for n in range(2):  # two that are not XML: a file-level E error
+        key = f"inbox/01001/garbage-{n}.xml"
+        batch.append(message(key, upload(aws, key, b"not xml"), message_id=f"m-e{n}", size=7))
+    key, data = "inbox/01001/fine.xml", signed(pki, a_visit(55))
+    batch.append(message(key, upload(aws, key, data), message_id="m-ok", size=len(data)))
+    capsys.readouterr()
+    assert invoke(app, *batch) == []
+    first = _families(capsys.readouterr().out)
+    assert first == [("FilesRejected", "E", 2), ("FilesRejected", "H", 3), ("VisitsRejected", "H", 3)]
+    # The next invocation starts from zero: one more defective file counts once, not on top of the last batch.
+    visit = a_visit(56)
+    visit.tables["XML1"][0]["HO_TEN"] = ""
+    key, data = "inbox/01001/defective-again.xml", signed(pki, visit)
+    assert invoke(app, message(key, upload(aws, key, data), message_id="m-again", size=len(data))) == []
+    assert _families(capsys.readouterr().out) == [("FilesRejected", "H", 1), ("VisitsRejected", "H", 1)]
+    assert invoke(app, batch[0], batch[-1]) == []  # both again (SQS redelivers): duplicates
+    assert _families(capsys.readouterr().out) == []  # nothing rejected this time, no family document
+
+
 def test_transient_failure_fails_only_its_message(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from botocore.exceptions import ClientError
+    from healthbook.aws import ingest_runtime
 
-    real_client: Callable[[str], Any] = app.client
+    real_client: Callable[[str], Any] = ingest_runtime.client
     throttled: list[int] = []
 
     class FlakyKms:
@@ -844,7 +1034,7 @@ def test_transient_failure_fails_only_its_message(aws: SimpleNamespace, app: Mod
                 raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "Sign")
             return self._inner.sign(**kwargs)
 
-    monkeypatch.setattr(app, "client", lambda service: FlakyKms(real_client(service)) if service == "kms"
+    monkeypatch.setattr(ingest_runtime, "client", lambda service: FlakyKms(real_client(service)) if service == "kms"
                         else real_client(service))
     records = []
     for n in (1, 2):
@@ -911,11 +1101,20 @@ def test_facility_repository_round_trip(aws: SimpleNamespace, pki: dict[str, Pat
 
 
 def test_settings_name_what_is_missing() -> None:
-    from healthbook.aws.settings import Settings
+    from healthbook.aws.settings import IngestSettings
 
-    with pytest.raises(ValueError, match=r"RECEIPTS_BUCKET.*CITIZEN_PEPPER_SECRET"):
-        Settings.from_env({"INBOX_BUCKET": "x"})
+    with pytest.raises(ValueError) as missing:
+        IngestSettings.from_env({"INBOX_BUCKET": "x"})
+    assert str(missing.value) == (
+        "missing environment variable(s): CITIZEN_PEPPER_SECRET, FACILITIES_TABLE, IDEMPOTENCY_TABLE, "
+        "QUARANTINE_BUCKET, RECEIPTS_BUCKET, RECEIPT_KEY_ID, SUBMISSIONS_TABLE, TRUST_BUNDLE_PARAMETER, VISITS_TABLE")
     full = {name: "x" for name in ("INBOX_BUCKET", "RECEIPTS_BUCKET", "QUARANTINE_BUCKET", "RECEIPT_KEY_ID",
                                    "TRUST_BUNDLE_PARAMETER", "CITIZEN_PEPPER_SECRET", *TABLES)}
-    assert Settings.from_env(full).max_object_bytes == 20 * 1024 * 1024
-    assert Settings.from_env({**full, "MAX_OBJECT_BYTES": "5"}).max_object_bytes == 5
+    with pytest.raises(ValueError, match=r"^missing environment variable\(s\): IDEMPOTENCY_TABLE$"):
+        IngestSettings.from_env({**full, "IDEMPOTENCY_TABLE": " "})  # empty counts as unset
+    settings = IngestSettings.from_env(full)
+    assert settings.max_object_bytes == 20 * 1024 * 1024 and settings.delivery_state_machine_arn is None
+    assert settings.timing().deadline == timedelta(hours=24)
+    assert IngestSettings.from_env({**full, "MAX_OBJECT_BYTES": "5"}).max_object_bytes == 5
+    with pytest.raises(ValueError, match="MAX_OBJECT_BYTES must be positive"):
+        IngestSettings.from_env({**full, "MAX_OBJECT_BYTES": "0"})

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from healthbook_dev.cli import main
 
+pytestmark = pytest.mark.slow  # the whole pipeline on moto, about 15 s
+
 
 def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert [line.split("#")[0].strip() for line in first[:2]] == ["make demo", "make test"]
 
 
+@pytest.mark.slow  # runs the README's walk-through as a script
 def test_facility_walk_through_runs(tmp_path: Path) -> None:
     script = _block_after("A facility can try")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

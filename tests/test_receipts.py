@@ -780,3 +780,21 @@ def test_cli_usage_errors(files: dict[str, Path], tmp_path: Path, capsys: pytest
     with pytest.raises(SystemExit) as usage:
         run("receipt", "verify", str(receipt))  # --public-key is required
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize(("path", "value", "where"), [
+    ("visits.0.accepted", "yes", "visits.0.accepted"),
+    ("visits.0.digest", "not hex", "visits.0.digest"),
+    ("visits.2.proof", [["X", "cd" * 32]], "visits.2.proof.0.0"),
+    ("merkle.root", 7, "merkle.root"),
+    ("visits", {"0": {}}, "visits"),
+])
+def test_a_receipt_of_the_wrong_shape_is_refused_naming_where(receipt: dict[str, Any], signer: LocalKeySigner,
+                                                              path: str, value: Any, where: str) -> None:
+    """The model checks the shape (a re-signed receipt, so the signature alone does not catch it)."""
+    forged = fresh(receipt)
+    _set(path, value)(forged)
+    forged["platform_signature"]["value"] = base64.b64encode(signer.sign_digest(signed_digest(forged))).decode()
+    problems = verify_receipt(forged, signer.public_key_pem())
+    assert problems and all(p.startswith(where) for p in problems), problems
+    assert render_receipt(forged).startswith("KHÔNG PHẢI BIÊN NHẬN / NOT A RECEIPT:\n  " + where)

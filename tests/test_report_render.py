@@ -14,7 +14,8 @@ from pathlib import Path
 import lxml.html
 import pytest
 from healthbook.reports.model import COLUMNS, Figures, Period, Report, Row
-from healthbook.reports.render import outputs, sheet_title, to_csv, to_html, to_xlsx
+from healthbook.reports.render import outputs, to_csv, to_html, to_xlsx
+from healthbook.reports.xlsx import sheet_title
 from openpyxl import load_workbook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,6 +277,7 @@ def _chromium() -> str:
     pytest.skip("no chromium to render the HTML report")
 
 
+@pytest.mark.slow  # starts Chromium
 def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     chromium = _chromium()
     page, png = tmp_path / "report.html", tmp_path / "report.png"

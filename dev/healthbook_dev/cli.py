@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from healthbook import standard as standards
-from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, Limits
+from healthbook.kernel import MAX_FILE_BYTES
+from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import FileResult, Options, validate_path
 
 from healthbook_dev.cli_support import UsageError, xml_files
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="exit 1 on any finding too, as a facility's own pre-submission check may want")
     validate.add_argument("--standard", choices=("auto", *standards.version_ids()), default="auto",
                           help="force a version of the standard (default: by each visit's date)")
-    validate.add_argument("--max-mb", type=float, default=DEFAULT_MAX_FILE_BYTES / 1024 / 1024,
+    validate.add_argument("--max-mb", type=float, default=MAX_FILE_BYTES / 1024 / 1024,
                           help="size limit per file and per decoded table (default 20)")
     validate.set_defaults(func=cmd_validate)
 

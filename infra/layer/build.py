@@ -15,6 +15,10 @@ Lambda; then the `healthbook` package itself, copied from layers/healthbook/heal
    need (urllib3, python-dateutil, six: aws-xray-sdk pulls botocore in), is installed with the same
    platform options and `--no-deps` into the layer.
 
+3. every module is compiled to CPython 3.13 byte code (unchecked-hash .pyc, by a CPython 3.13 found on the
+   machine: `$TARGET_PYTHON`, `python3.13` or pyenv's), so a cold start does not compile the layer; byte code
+   does not depend on the architecture. `--no-bytecode` ships sources only.
+
 `sam build` runs this through infra/layer/Makefile (`BuildMethod: makefile`). Only the standard
 library and pip are needed; `python` may be any CPython >= 3.11 with pip >= 22.2 (for --report).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -152,13 +157,45 @@ def copy_package(site: Path) -> None:
 
 
 def _tidy(site: Path) -> None:
-    """Drop what Lambda never uses: console scripts and byte code compiled for the build machine's Python."""
+    """Drop what Lambda never uses: console scripts and byte code compiled for the build machine's Python (the
+    target's is compiled afterwards)."""
     shutil.rmtree(site / "bin", ignore_errors=True)
     for cache in list(site.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def build(arch: str, out: Path, python_version: str = PYTHON_VERSION, reqs: list[str] | None = None) -> Path:
+def target_python(python_version: str = PYTHON_VERSION) -> str | None:
+    """A CPython of the target version on this machine (`$TARGET_PYTHON`, `python3.13` on PATH, or pyenv's), to
+    compile the layer's byte code with; None when there is none."""
+    named = f"python{python_version}"
+    candidates = [os.environ.get("TARGET_PYTHON"), shutil.which(named),
+                  *map(str, sorted(Path.home().glob(f".pyenv/versions/{python_version}*/bin/{named}"), reverse=True))]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and probe.stdout.strip() == python_version:
+            return candidate
+    return None
+
+
+def compile_bytecode(site: Path, python_version: str = PYTHON_VERSION) -> int:
+    """Compile every module of the layer with the target CPython, so a cold start reads byte code instead of
+    compiling the sources (the layer is read-only on Lambda: nothing compiled there is kept). Unchecked-hash
+    .pyc files: valid whatever the files' times become in the zip. Byte code does not depend on the architecture.
+    Returns the number of .pyc files; raises when no CPython of the target version is found."""
+    python = target_python(python_version)
+    if python is None:
+        raise SystemExit(f"no CPython {python_version} found to compile the layer's byte code: install it (pyenv "
+                         f"install {python_version}) or point TARGET_PYTHON at one")
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                    str(site)], check=True)
+    return sum(1 for _ in site.rglob(f"*.cpython-{python_version.replace('.', '')}.pyc"))
+
+
+def build(arch: str, out: Path, python_version: str = PYTHON_VERSION, reqs: list[str] | None = None,
+          *, bytecode: bool = True) -> Path:
     """Build the layer into `out` (its `python/` folder is replaced); return `out/python`."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, not {arch!r}")
@@ -173,6 +210,8 @@ def build(arch: str, out: Path, python_version: str = PYTHON_VERSION, reqs: list
         subprocess.run(pip_command(arch, staging, pins, python_version), check=True)
         _tidy(staging)
         copy_package(staging)
+        if bytecode:
+            compile_bytecode(staging, python_version)
         shutil.move(str(staging), site)
     problems = check(out, arch, python_version)
     if problems:
@@ -268,6 +307,9 @@ def check(out: Path, arch: str, python_version: str = PYTHON_VERSION) -> list[st
     for name in EXCLUDED:
         if (site / name).exists():
             problems.append(f"{name}/ present: provided by the Lambda runtime")
+    target_tag = f".cpython-{python_version.replace('.', '')}.pyc"
+    foreign = [p for p in site.rglob("*.pyc") if not p.name.endswith(target_tag)]
+    problems += [f"{p.relative_to(site)}: byte code of another Python than {python_version}" for p in foreign[:5]]
     want = ELF_MACHINE[ARCHITECTURES[arch]]
     for shared in site.rglob("*.so*"):
         if shared.is_file():
@@ -286,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--function-source", type=Path, metavar="DIR",
                         help="copy a function's sources (no dependencies) into --out instead of building the layer")
     parser.add_argument("--print-requirements", action="store_true", help="print the layer's requirements and exit")
+    parser.add_argument("--no-bytecode", action="store_true",
+                        help="ship sources only (default: compile CPython byte code with the target version)")
     args = parser.parse_args(argv)
     if args.print_requirements:
         print("\n".join(requirements()))
@@ -305,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     if not args.out:
         parser.error("--out or --check is required")
-    site = build(args.arch, args.out, args.python_version)
+    site = build(args.arch, args.out, args.python_version, bytecode=not args.no_bytecode)
     print(f"built {args.arch} layer for CPython {args.python_version} in {site}")
     return 0
 

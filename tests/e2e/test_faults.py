@@ -142,7 +142,7 @@ def _read_receipt(aws: Callable[..., Any], pipeline: dict[str, Any], upload: Upl
 
 def _submission_done(aws: Callable[..., Any], pipeline: dict[str, Any], upload: Upload) -> bool:
     """The submission item exists (written last: the object is done)."""
-    from healthbook.ingest import ObjectRef
+    from healthbook.ingest.model import ObjectRef
 
     ref = ObjectRef(bucket=pipeline["env"]["INBOX_BUCKET"], key=upload.key, version_id=upload.version_id,
                     received_at=datetime.now(UTC))

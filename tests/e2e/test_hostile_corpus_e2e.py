@@ -129,11 +129,11 @@ def _codes(receipt: dict[str, Any]) -> set[str]:
 def test_every_hostile_case_gets_exactly_one_clear_receipt(aws: Callable[..., Any], pipeline: dict[str, Any],
                                                            hostile_pki: dict[str, Path]) -> None:
     from healthbook.ingest.model import locate
-    from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+    from healthbook.kernel import MAX_FILE_BYTES
     from healthbook_dev.generate.hostile import hostile_corpus
 
     run = uuid.uuid4().hex[:10]
-    limit = int(pipeline["env"].get("MAX_OBJECT_BYTES") or DEFAULT_MAX_FILE_BYTES)
+    limit = int(pipeline["env"].get("MAX_OBJECT_BYTES") or MAX_FILE_BYTES)
     corpus = [case.renamed(f"{run}-") for case in hostile_corpus(hostile_pki, facility=FACILITY,
                                                                  max_object_bytes=limit)]
     dead_letters = pipeline["outputs"]["IngestDeadLetterQueueUrl"]

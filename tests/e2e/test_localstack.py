@@ -538,8 +538,8 @@ def test_a_resubmission_leaves_only_the_new_version_in_vneid(
 def test_the_report_function_reports_what_the_counters_hold(aws: Callable[..., Any], pipeline: dict[str, Any]) -> None:
     """Runs last: the month's report on the deployed stack, after the uploads and deliveries above (Scheduler
     never fires on LocalStack, so the function is invoked as an operator re-running a period would)."""
+    from healthbook.kernel import PORTAL_TZ
     from healthbook.reports.model import Period
-    from healthbook.signing.receipt import PORTAL_TZ
 
     outputs = pipeline["outputs"]
     if "ReportFunctionName" not in outputs:

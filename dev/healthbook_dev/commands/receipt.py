@@ -116,7 +116,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_make(args: argparse.Namespace) -> int:
-    from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+    from healthbook.kernel import MAX_FILE_BYTES
     from healthbook.pipeline import process_submission
     from healthbook.signing.signer import LocalKeySigner
     from healthbook.signing.xmldsig import Trust
@@ -145,7 +145,7 @@ def cmd_make(args: argparse.Namespace) -> int:
     elif args.registry or args.crl:
         raise _Usage("--registry and --crl need --trust")
     with open(args.submission, "rb") as fh:  # the size limit is enforced by the validator on these bytes
-        data = fh.read(DEFAULT_MAX_FILE_BYTES + 1)
+        data = fh.read(MAX_FILE_BYTES + 1)
     receipt = process_submission(data, object_key=args.object_key or Path(args.submission).name,
                                  received_at=received, signer=signer, trust=trust,
                                  submission_id=args.submission_id or str(uuid.uuid4())).receipt

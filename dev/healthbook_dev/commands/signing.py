@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from healthbook.kernel import MAX_FILE_BYTES
 from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import XmlRejected
 from healthbook.signing.receipt import signature_form_line
@@ -88,7 +89,7 @@ def envelope_facility(data: bytes) -> str | None:
     """MACSKCB from the envelope (MA_CSKCB of a standalone check-in document), or None when the file cannot be
     read (verify reports why)."""
     try:
-        root = safe_xml.parse(data, limit=safe_xml.DEFAULT_MAX_FILE_BYTES)
+        root = safe_xml.parse(data, limit=MAX_FILE_BYTES)
     except XmlRejected:
         return None
     found = root.findtext("THONGTINDONVI/MACSKCB") if root.tag == "GIAMDINHHS" else root.findtext(".//MA_CSKCB")

@@ -29,7 +29,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.signing.receipt import PORTAL_TZ, receipt_codes
+from healthbook.kernel import PORTAL_TZ
+from healthbook.signing.receipt import receipt_codes
 from healthbook.signing.xmldsig import sign_submission
 
 from healthbook_dev.fakes.population import FakePopulation

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
-from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+from healthbook.kernel import MAX_FILE_BYTES
 from healthbook.signing.xmldsig import DS, PrivateKey, sign_submission
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
@@ -181,7 +181,7 @@ def _billion_laughs(root: str) -> str:
 # --- the corpus -------------------------------------------------------------------------------------------
 
 def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: int = 0,
-                   max_object_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[HostileCase]:
+                   max_object_bytes: int = MAX_FILE_BYTES) -> list[HostileCase]:
     """Every case, for uploads by ``facility`` (a facility of ``dev_pki`` with a good certificate: 01001, 79001
     or 48001). ``max_object_bytes`` is the ingest function's MAX_OBJECT_BYTES: the oversized case is one byte
     more. Deterministic for a given PKI and seed (only the PKI's keys and certificates vary between PKIs)."""

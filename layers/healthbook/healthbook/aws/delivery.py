@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from healthbook.aws.records import cancellation_reasons, conditional_write, counter_update
-from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, parse_time
+from healthbook.delivery.contracts import ExecutionInput, StepInput
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
+from healthbook.kernel import iso_utc, parse_time
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
-from healthbook.signing.receipt import iso_utc
 
 STATUS_INDEX = "by-status-deadline"
 # What that index projects besides the keys (template.yaml must agree; a test checks it).
@@ -223,7 +224,13 @@ class StepFunctionsStarter:
     def start(self, name: str, visits: Sequence[VisitRef]) -> None:
         # Express executions are not deduplicated by name; the states' conditions make a second run harmless.
         self._sfn.start_execution(stateMachineArn=self.state_machine_arn, name=_execution_name(name),
-                                  input=json.dumps({"visits": [v.to_dict() for v in visits]}))
+                                  input=execution_input(visits))
+
+
+def execution_input(visits: Sequence[VisitRef]) -> str:
+    """The execution's input, as the contract says (delivery.contracts.ExecutionInput)."""
+    steps = [StepInput(visit_id=v.visit_id, version=v.version) for v in visits]
+    return ExecutionInput(visits=steps).model_dump_json()
 
 
 def _execution_name(name: str) -> str:

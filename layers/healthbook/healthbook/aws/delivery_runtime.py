@@ -1,8 +1,10 @@
-"""Wiring of the delivery functions from their environment (template.yaml sets it; the tests set it too).
+"""The delivery functions' runtime: each of the five builds its use case from its own settings, on first use.
 
-Each function builds only what its step needs, on first use: reconcile needs the population service and the
-pepper, deliver the VNeID credentials, project neither. Secrets are re-read after ``SECRETS_TTL_SECONDS`` so a
-rotated VNeID credential takes effect without a deployment.
+Reconcile needs the population service and the pepper, Deliver the VNeID credentials and the projections,
+Project the projections, Settle the deadline rules, the sweep the state machine: each reads only its settings
+model (healthbook.aws.settings), so a function missing a variable says which at its first invocation. Clients
+and secrets are kept between invocations; secrets are re-read after ``SECRETS_TTL_SECONDS``, so a rotated VNeID
+credential takes effect without a deployment.
 """
 
 from __future__ import annotations
@@ -14,18 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from healthbook.aws.delivery import DynamoVisitStatus, S3Projections, SnsNotifier, StepFunctionsStarter
-from healthbook.aws.settings import client, load_pepper
-from healthbook.delivery import DeliveryService, Metrics, Sweeper, Timing
-from healthbook.delivery.service import NoMetrics
+from healthbook.aws.settings import (
+    DeliverSettings,
+    FunctionSettings,
+    ProjectSettings,
+    ReconcileSettings,
+    SettleSettings,
+    StepSettings,
+    SweepSettings,
+    client,
+    load_pepper,
+)
+from healthbook.delivery.contracts import StepInput, StepResult
+from healthbook.delivery.service import Deliver, Project, Reconcile, Settle, Sweeper
+from healthbook.kernel import Metrics, NoMetrics, Outcome
 
 T = TypeVar("T")
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise ValueError(f"missing environment variable {name}")
-    return value
+S = TypeVar("S", bound=FunctionSettings)
 
 
 @dataclass
@@ -34,14 +41,6 @@ class DeliveryRuntime:
     metrics: Metrics = field(default_factory=NoMetrics)
     clock: Callable[[], float] = time.monotonic
     _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
-
-    @property
-    def timing(self) -> Timing:
-        return self._cached("timing", lambda: Timing.from_env(self.env))
-
-    @property
-    def secrets_ttl(self) -> float:
-        return float(self.env.get("SECRETS_TTL_SECONDS") or 300)
 
     def _cached(self, name: str, build: Callable[[], T], ttl: float | None = None) -> T:
         now = self.clock()
@@ -56,54 +55,100 @@ class DeliveryRuntime:
             close()
         return value
 
-    def store(self) -> DynamoVisitStatus:
-        table = _required(self.env, "VISITS_TABLE")  # before any client: a missing variable says so first
-        counters = self.env.get("AGGREGATES_TABLE") or None  # report counters (docs/reports.md)
-        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=table,
-                                                               aggregates_table=counters))
+    def settings(self, kind: type[S]) -> S:
+        return self._cached(kind.__name__, lambda: kind.from_env(self.env))
 
-    def projections(self) -> S3Projections:
-        bucket = _required(self.env, "PROJECTIONS_BUCKET")
+    # --- the use cases, one per function ---------------------------------------------------------------
+
+    def reconcile(self) -> Reconcile:
+        settings = self.settings(ReconcileSettings)
+        return Reconcile(store=self._store(settings), population=self._population(settings),
+                         pepper=self._pepper(settings), metrics=self.metrics)
+
+    def project(self) -> Project:
+        settings = self.settings(ProjectSettings)
+        return Project(store=self._store(settings), projections=self._projections(settings.projections_bucket),
+                       metrics=self.metrics)
+
+    def deliver(self) -> Deliver:
+        settings = self.settings(DeliverSettings)
+        return Deliver(store=self._store(settings), projections=self._projections(settings.projections_bucket),
+                       vneid=self._vneid(settings), metrics=self.metrics)
+
+    def settle(self) -> Settle:
+        settings = self.settings(SettleSettings)
+        return Settle(store=self._store(settings), timing=settings.timing(), metrics=self.metrics)
+
+    def sweeper(self) -> Sweeper:
+        settings = self.settings(SweepSettings)
+        topic = settings.deadline_topic_arn
+        return self._cached("sweeper", lambda: Sweeper(
+            store=self._store(settings), timing=settings.timing(),
+            starter=StepFunctionsStarter(client("stepfunctions"),
+                                         state_machine_arn=settings.delivery_state_machine_arn),
+            notifier=SnsNotifier(client("sns"), topic_arn=topic) if topic else None, metrics=self.metrics))
+
+    # --- what they are built from ----------------------------------------------------------------------
+
+    def _store(self, settings: StepSettings) -> DynamoVisitStatus:
+        return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=settings.visits_table,
+                                                               aggregates_table=settings.aggregates_table))
+
+    def _projections(self, bucket: str) -> S3Projections:
         return self._cached("projections", lambda: S3Projections(client("s3"), bucket=bucket))
 
-    def pepper(self) -> bytes:
-        secret = _required(self.env, "CITIZEN_PEPPER_SECRET")
-        return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), secret))
+    def _pepper(self, settings: ReconcileSettings) -> bytes:
+        return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), settings.citizen_pepper_secret))
 
-    def population(self) -> Any:
+    def _population(self, settings: ReconcileSettings) -> Any:
         def build() -> Any:
             from healthbook.reconcile.http import population_from_env
 
-            settings = {"POPULATION_URL": _required(self.env, "POPULATION_URL")}
-            secret = self.env.get("POPULATION_API_KEY_SECRET")
-            if secret:
-                settings["POPULATION_API_KEY"] = str(
-                    client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"]).strip()
-            return population_from_env(settings)
+            values = {"POPULATION_URL": settings.population_url}
+            if settings.population_api_key_secret:
+                values["POPULATION_API_KEY"] = str(client("secretsmanager").get_secret_value(
+                    SecretId=settings.population_api_key_secret)["SecretString"]).strip()
+            return population_from_env(values)
 
-        return self._cached("population", build, self.secrets_ttl)
+        return self._cached("population", build, settings.secrets_ttl_seconds)
 
-    def vneid(self) -> Any:
+    def _vneid(self, settings: DeliverSettings) -> Any:
         def build() -> Any:
             from healthbook.vneid import VneidClient, credentials_from_secret
 
-            secret = client("secretsmanager").get_secret_value(SecretId=_required(self.env, "VNEID_SECRET"))
-            timeout = float(self.env.get("VNEID_TIMEOUT_SECONDS") or 10)
-            return VneidClient(_required(self.env, "VNEID_URL"), auth=credentials_from_secret(secret["SecretString"]),
-                               timeout=(3.05, timeout))
+            secret = client("secretsmanager").get_secret_value(SecretId=settings.vneid_secret)
+            return VneidClient(settings.vneid_url, auth=credentials_from_secret(secret["SecretString"]),
+                               timeout=(3.05, settings.vneid_timeout_seconds))
 
-        return self._cached("vneid", build, self.secrets_ttl)
+        return self._cached("vneid", build, settings.secrets_ttl_seconds)
 
-    def service(self, *, reconcile: bool = False, project: bool = False, deliver: bool = False) -> DeliveryService:
-        return DeliveryService(
-            store=self.store(), projections=self.projections() if project or deliver else None,
-            population=self.population() if reconcile else None, pepper=self.pepper() if reconcile else None,
-            vneid=self.vneid() if deliver else None, timing=self.timing, metrics=self.metrics)
 
-    def sweeper(self) -> Sweeper:
-        topic = self.env.get("DEADLINE_TOPIC_ARN")
-        return self._cached("sweeper", lambda: Sweeper(
-            store=self.store(), timing=self.timing,
-            starter=StepFunctionsStarter(client("stepfunctions"),
-                                         state_machine_arn=_required(self.env, "DELIVERY_STATE_MACHINE_ARN")),
-            notifier=SnsNotifier(client("sns"), topic_arn=topic) if topic else None, metrics=self.metrics))
+# --- running a step: parse its contract, count and log its outcome --------------------------------------------
+
+# Outcomes the domain does not count itself (it counts deliveries, deferrals, breaches, reconciliations).
+STEP_METRICS = {Outcome.MATCHED: "VisitsMatched", Outcome.PROJECTED: "VisitsProjected",
+                Outcome.SKIPPED: "DeliveryStepsSkipped", Outcome.SUPERSEDED: "VisitsSupersededAtVneid",
+                Outcome.NEEDS_RECONCILIATION: "VisitsNeedingReconciliation"}
+In = TypeVar("In", bound=StepInput)
+
+
+def run_step(contract: type[In], event: Mapping[str, Any], step: Callable[[In], StepResult], *, logger: Any,
+             metrics: Metrics) -> dict[str, Any]:
+    """Validate the step's input against its contract, run it, and log and count what it did. An exception is
+    counted (DeliveryStepFailures) and raised again with its class as the Lambda errorType, which the state
+    machine's Retry and Catch match. Logs name the visit and codes; the citizen key stays out of them."""
+    try:
+        given = contract.model_validate(dict(event))
+        logger.append_keys(visit_id=given.visit_id, version=given.version)
+        result = step(given)
+    except Exception as exc:
+        metrics.count("DeliveryStepFailures")
+        logger.warning("step failed", extra={"error": type(exc).__name__})
+        raise
+    name = STEP_METRICS.get(result.outcome)
+    if name:
+        metrics.count(name)
+    output = result.to_event()
+    logger.info(f"visit {result.outcome.lower()}",
+                extra={k: v for k, v in output.items() if k not in ("visit_id", "citizen_key")})
+    return output

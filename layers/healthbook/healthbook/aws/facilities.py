@@ -16,9 +16,9 @@ from typing import Any
 from cryptography import x509
 
 from healthbook.aws.settings import error_code
-from healthbook.signing.receipt import iso_utc
+from healthbook.kernel import iso_utc
+from healthbook.kernel import utc as _utc
 from healthbook.signing.registry import FORMAT, Facility, FacilityRegistry, RegisteredCertificate
-from healthbook.signing.registry import utc as _utc
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,25 @@
-"""The delivery stage's Metrics port on Powertools EMF: plain counts in the function's batch of metrics, a
+"""The metrics port on Powertools EMF, for every function: plain counts in the function's batch of metrics, a
 count with a dimension (a reconciliation reason) as its own small EMF document, since one document cannot
 give different metrics different dimension values."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 
+def service(default: str) -> tuple[str, str]:
+    """(service, namespace) of a function's logs, traces and metrics: template.yaml's POWERTOOLS_SERVICE_NAME and
+    POWERTOOLS_METRICS_NAMESPACE, else the function's default and "Healthbook"."""
+    return (os.environ.get("POWERTOOLS_SERVICE_NAME", default),
+            os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Healthbook"))
+
+
 class PowertoolsMetrics:
+    """The metrics port (healthbook.kernel.Metrics) on a Powertools ``Metrics``."""
+
     def __init__(self, metrics: Any, *, namespace: str, service: str) -> None:
         self._metrics = metrics
         self._namespace = namespace

@@ -1,7 +1,9 @@
-"""The ingest function's configuration (environment variables) and the AWS clients and secrets it needs.
+"""Every function's configuration, read one way: a pydantic model per function whose fields are the upper-cased
+environment variables template.yaml sets (``FunctionSettings.from_env``), and the AWS clients and secrets the
+functions need.
 
 Plain boto3: since boto3 1.28 every client honours AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), which
-is all LocalStack or a local stack needs. Nothing here runs at import: the handler builds it on first use,
+is all LocalStack or a local stack needs. Nothing here runs at import: a function builds it on first use,
 so tests can set the environment and start moto first.
 """
 
@@ -10,20 +12,75 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Annotated, Any, Self
 
 from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES
+from healthbook.delivery.model import Timing
+from healthbook.kernel import DEADLINE, LEASE, MAX_FILE_BYTES
 
-REQUIRED = ("INBOX_BUCKET", "RECEIPTS_BUCKET", "QUARANTINE_BUCKET", "SUBMISSIONS_TABLE", "VISITS_TABLE",
-            "FACILITIES_TABLE", "IDEMPOTENCY_TABLE", "RECEIPT_KEY_ID", "TRUST_BUNDLE_PARAMETER",
-            "CITIZEN_PEPPER_SECRET")
+# A number of seconds: finite, and small enough for a timedelta (1e20 would overflow it).
+Seconds = Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=10**9, allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class Settings:
+class FunctionSettings(BaseModel):
+    """A function's settings: field ``visits_table`` is the variable ``VISITS_TABLE``. Unknown variables are
+    ignored (Lambda sets many); empty ones count as unset."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Raises ValueError naming every missing or malformed variable: a misconfigured function fails loudly
+        at its first invocation, and never rejects a file for it."""
+        env = os.environ if environ is None else environ
+        values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper(), "").strip()}
+        missing = sorted(name.upper() for name, spec in cls.model_fields.items()
+                         if spec.is_required() and name not in values)
+        if missing:
+            raise ValueError(f"missing environment variable(s): {', '.join(missing)}")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_problem(error) for error in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"]).upper()
+    message = str(error["msg"])
+    if error["type"] in ("float_parsing", "finite_number", "less_than_equal", "int_parsing"):
+        message = "must be a number of seconds" if where.endswith("_SECONDS") else "must be a number"
+    elif error["type"] in ("greater_than", "greater_than_equal"):
+        message = "must be positive" if error["type"] == "greater_than" else "must not be negative"
+    return f"{where} {message}" if where else message
+
+
+class TimingSettings(FunctionSettings):
+    """The deadline rules (delivery.model.Timing), in seconds; tests shrink them."""
+
+    deadline_seconds: Seconds = DEADLINE.total_seconds()
+    safety_margin_seconds: Seconds = 3600
+    lease_seconds: Seconds = LEASE.total_seconds()
+    retry_base_seconds: Seconds = 60
+    retry_max_seconds: Seconds = 1800
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        self.timing()  # Timing refuses inconsistent rules (a margin longer than the deadline...)
+        return self
+
+    def timing(self) -> Timing:
+        return Timing(deadline=timedelta(seconds=self.deadline_seconds),
+                      safety_margin=timedelta(seconds=self.safety_margin_seconds),
+                      lease=timedelta(seconds=self.lease_seconds),
+                      retry_base=timedelta(seconds=self.retry_base_seconds),
+                      retry_max=timedelta(seconds=self.retry_max_seconds))
+
+
+class IngestSettings(TimingSettings):
     inbox_bucket: str
     receipts_bucket: str
     quarantine_bucket: str
@@ -34,27 +91,50 @@ class Settings:
     receipt_key_id: str  # KMS key (id, ARN or alias) that signs receipts
     trust_bundle_parameter: str  # SSM parameter holding the PEM bundle of trusted CA certificates
     citizen_pepper_secret: str  # Secrets Manager secret (id or ARN) holding the citizen-key pepper
-    max_object_bytes: int = DEFAULT_MAX_FILE_BYTES
-    registry_ttl_seconds: float = 300.0
+    max_object_bytes: Annotated[int, Field(gt=0)] = MAX_FILE_BYTES
+    registry_ttl_seconds: Seconds = 300.0
     aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
+    delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Raises ValueError naming every missing variable: a misconfigured function should fail loudly at
-        its first invocation, not reject files."""
-        env = os.environ if environ is None else environ
-        missing = [name for name in REQUIRED if not env.get(name)]
-        if missing:
-            raise ValueError(f"missing environment variable(s): {', '.join(missing)}")
-        try:
-            max_bytes = int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_FILE_BYTES)
-            ttl = float(env.get("REGISTRY_TTL_SECONDS") or 300)
-        except ValueError as exc:
-            raise ValueError(f"MAX_OBJECT_BYTES / REGISTRY_TTL_SECONDS: {exc}") from None
-        if max_bytes <= 0 or ttl < 0:
-            raise ValueError("MAX_OBJECT_BYTES must be positive and REGISTRY_TTL_SECONDS not negative")
-        return cls(**{name.lower(): env[name] for name in REQUIRED}, max_object_bytes=max_bytes,
-                   registry_ttl_seconds=ttl, aggregates_table=env.get("AGGREGATES_TABLE") or None)
+
+class StepSettings(TimingSettings):
+    """What every delivery step reads: the visits and the counters."""
+
+    visits_table: str
+    aggregates_table: str | None = None
+    secrets_ttl_seconds: Seconds = 300.0  # re-read secrets after this, so a rotation needs no deployment
+
+
+class ReconcileSettings(StepSettings):
+    citizen_pepper_secret: str
+    population_url: str
+    population_api_key_secret: str | None = None
+
+
+class ProjectSettings(StepSettings):
+    projections_bucket: str
+
+
+class DeliverSettings(StepSettings):
+    projections_bucket: str
+    vneid_url: str
+    vneid_secret: str
+    vneid_timeout_seconds: PositiveSeconds = 10.0
+
+
+class SettleSettings(StepSettings):
+    pass
+
+
+class SweepSettings(StepSettings):
+    delivery_state_machine_arn: str
+    deadline_topic_arn: str | None = None
+
+
+class ReportSettings(FunctionSettings):
+    aggregates_table: str
+    facilities_table: str
+    reports_bucket: str
 
 
 def _config() -> Any:

@@ -6,36 +6,26 @@ Pure: no AWS. docs/delivery.md tells the whole flow; docs/cost.md why it has thi
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from healthbook.ingest.model import DELIVERY_BATCH, PENDING, SUPERSEDED
+from healthbook.ingest.model import DELIVERY_BATCH
 from healthbook.ingest.model import VisitRef as VisitRef  # re-exported: the workflow passes these around
-from healthbook.signing.registry import utc
+from healthbook.kernel import DEADLINE, LEASE, Outcome, VisitStatus
 
-DELIVERED = "DELIVERED"
-NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
-DEADLINE_BREACHED = "DEADLINE_BREACHED"
-STATUSES = (PENDING, DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED, SUPERSEDED)
+# The statuses and outcomes by their short names (kernel.VisitStatus, kernel.Outcome: one enum each).
+DELIVERED = VisitStatus.DELIVERED
+NEEDS_RECONCILIATION = VisitStatus.NEEDS_RECONCILIATION
+DEADLINE_BREACHED = VisitStatus.DEADLINE_BREACHED
+STATUSES = tuple(VisitStatus)
 
-# What a step of the workflow reports for one visit (the Map's item result).
-MATCHED = "MATCHED"
-PROJECTED = "PROJECTED"
-DEFERRED = "DEFERRED"
-SKIPPED = "SKIPPED"  # the visit is no longer PENDING (delivered by a concurrent run, superseded...)
-UNSETTLED = "UNSETTLED"  # even the Catch path failed: the lease expires and the sweep takes the visit again
+MATCHED = Outcome.MATCHED
+PROJECTED = Outcome.PROJECTED
+DEFERRED = Outcome.DEFERRED
+SKIPPED = Outcome.SKIPPED
+UNSETTLED = Outcome.UNSETTLED
 
 MAX_BATCH = DELIVERY_BATCH  # visits per Express execution (docs/cost.md)
-
-
-def parse_time(value: str) -> datetime:
-    """An ISO 8601 UTC string of docs/data-model.md (``2026-11-22T03:00:00Z``) as an aware datetime."""
-    return utc(datetime.fromisoformat(value))
-
-
-def epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -65,9 +55,9 @@ class Timing:
     happens at the cutoff and a failure there escalates while there is still time to act.
     """
 
-    deadline: timedelta = timedelta(hours=24)
+    deadline: timedelta = DEADLINE
     safety_margin: timedelta = timedelta(hours=1)
-    lease: timedelta = timedelta(minutes=10)
+    lease: timedelta = LEASE
     retry_base: timedelta = timedelta(minutes=1)
     retry_max: timedelta = timedelta(minutes=30)
 
@@ -76,22 +66,6 @@ class Timing:
             raise ValueError("the safety margin must be at least 0 and shorter than the deadline")
         if self.lease <= timedelta(0) or self.retry_base <= timedelta(0) or self.retry_max < self.retry_base:
             raise ValueError("lease and retry_base must be positive, retry_max at least retry_base")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Timing:
-        """DEADLINE_SECONDS, SAFETY_MARGIN_SECONDS, LEASE_SECONDS, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS;
-        each optional (the defaults above). Tests shrink them to seconds."""
-        default = cls()
-        values = {}
-        for field, name in (("deadline", "DEADLINE_SECONDS"), ("safety_margin", "SAFETY_MARGIN_SECONDS"),
-                            ("lease", "LEASE_SECONDS"), ("retry_base", "RETRY_BASE_SECONDS"),
-                            ("retry_max", "RETRY_MAX_SECONDS")):
-            text = env.get(name)
-            try:
-                values[field] = timedelta(seconds=float(text)) if text else getattr(default, field)
-            except (ValueError, OverflowError):  # "abc"; "inf" or 1e20 overflow timedelta
-                raise ValueError(f"{name} must be a number of seconds") from None
-        return cls(**values)
 
     def deadline_for(self, received_at: datetime) -> datetime:
         return received_at.astimezone(UTC) + self.deadline

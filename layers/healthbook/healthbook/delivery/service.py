@@ -8,15 +8,14 @@ Pure: no AWS. The Express workflow (infra/statemachine/delivery.asl.json) calls 
 
 Every status change is conditional on the visit still being PENDING, so two executions holding the same visit
 (a duplicate start, a sweep racing a slow execution) change it once; VNeID's Idempotency-Key makes the second
-PUT a no-op there too. Steps return small JSON-ready dicts of keys and codes: the workflow's state never
-holds personal data.
+PUT a no-op there too. Each step is a use case with the dependencies it needs (``Reconcile``, ``Project``,
+``Deliver``, ``Settle``) and returns a contract of delivery/contracts.py: keys and codes only, so the workflow's
+state never holds personal data.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -26,23 +25,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from healthbook.delivery.model import (
-    DEADLINE_BREACHED,
-    DEFERRED,
-    DELIVERED,
-    MATCHED,
-    MAX_BATCH,
-    NEEDS_RECONCILIATION,
-    PROJECTED,
-    SKIPPED,
-    StoredVisit,
-    Timing,
-    VisitRef,
-    epoch_ms,
-    parse_time,
+from healthbook.delivery.contracts import (
+    DeliverResult,
+    ItemResult,
+    ProjectResult,
+    ReconcileResult,
+    SettleResult,
+    StepResult,
+    Summary,
 )
-from healthbook.ingest.model import PENDING, SUPERSEDED
-from healthbook.ingest.service import DeliveryStarter as WorkflowStarter  # one port, two names
+from healthbook.delivery.model import MAX_BATCH, StoredVisit, Timing, VisitRef
+from healthbook.ingest.model import PENDING
+from healthbook.ingest.model import DeliveryStarter as WorkflowStarter  # one port, two names
+from healthbook.kernel import Metrics, NoMetrics, Outcome, citizen_key, epoch_ms, parse_time
+from healthbook.kernel import iso_utc as iso  # one spelling of time: text order is time order
 from healthbook.projection import dumps, project, projection_id
 from healthbook.reconcile import PopulationRegistry, identity_from_summary, reconcile
 from healthbook.reports.aggregates import (
@@ -53,15 +49,16 @@ from healthbook.reports.aggregates import (
     for_delivery,
     for_reconciliation,
 )
-from healthbook.signing.receipt import iso_utc as iso  # one spelling of time: text order is time order
 from healthbook.vneid.client import RetryableDeliveryError
 
 __all__ = [
+    "Deliver",
     "Deliverer",
-    "DeliveryService",
-    "Metrics",
     "Notifier",
+    "Project",
     "ProjectionStore",
+    "Reconcile",
+    "Settle",
     "SweepReport",
     "Sweeper",
     "VisitStatusStore",
@@ -135,22 +132,6 @@ class Notifier(Protocol):
     def notify(self, subject: str, message: dict[str, Any]) -> None: ...
 
 
-class Metrics(Protocol):
-    """Counts and latencies for CloudWatch (EMF in the functions); names are docs/delivery.md's."""
-
-    def count(self, name: str, value: int = 1, **dimensions: str) -> None: ...
-
-    def latency(self, name: str, milliseconds: float) -> None: ...
-
-
-class NoMetrics:
-    def count(self, name: str, value: int = 1, **dimensions: str) -> None:
-        pass
-
-    def latency(self, name: str, milliseconds: float) -> None:
-        pass
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -172,17 +153,13 @@ def version_ms(version_key: str) -> int:
 
 # --- the steps ------------------------------------------------------------------------------------------
 
-@dataclass
-class DeliveryService:
+@dataclass(frozen=True, kw_only=True)
+class _Step:
+    """What every step shares: the visit's status, the metrics, the clock."""
+
     store: VisitStatusStore
-    projections: ProjectionStore | None = None
-    population: PopulationRegistry | None = None
-    vneid: Deliverer | None = None
-    pepper: bytes | None = field(default=None, repr=False)
-    timing: Timing = field(default_factory=Timing)
     metrics: Metrics = field(default_factory=NoMetrics)
     now: Callable[[], datetime] = utc_now
-    rng: random.Random = field(default_factory=random.Random)
 
     def _pending(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
         visit = self.store.load(ref, with_records=with_records)
@@ -190,72 +167,89 @@ class DeliveryService:
             return None
         return visit
 
-    @staticmethod
-    def _skipped(ref: VisitRef) -> dict[str, Any]:
-        return {"visit_id": ref.visit_id, "outcome": SKIPPED}
 
-    @staticmethod
-    def _stored(visit: StoredVisit) -> dict[str, Any]:
-        if visit.records is None:
-            raise ValueError(f"visit {visit.ref.visit_id}: no records stored")
-        stored: dict[str, Any] = json.loads(gzip.decompress(visit.records))
-        return stored
+def _skipped(ref: VisitRef) -> StepResult:
+    return StepResult(visit_id=ref.visit_id, outcome=Outcome.SKIPPED)
 
-    def reconcile(self, ref: VisitRef) -> dict[str, Any]:
-        """Match the claim's identity against the population database. PopulationUnavailable propagates: the
-        workflow retries it. A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes."""
-        if self.population is None or self.pepper is None:
-            raise RuntimeError("reconcile needs a population registry and the citizen-key pepper")
+
+def _stored(visit: StoredVisit) -> dict[str, Any]:
+    if visit.records is None:
+        raise ValueError(f"visit {visit.ref.visit_id}: no records stored")
+    stored: dict[str, Any] = json.loads(gzip.decompress(visit.records))
+    return stored
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconcile(_Step):
+    """Match the claim's identity against the population database. PopulationUnavailable propagates: the
+    workflow retries it. A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes."""
+
+    population: PopulationRegistry
+    pepper: bytes = field(repr=False)
+
+    def __call__(self, ref: VisitRef) -> StepResult:
         visit = self._pending(ref, with_records=True)
         if visit is None:
-            return self._skipped(ref)
-        summary = (self._stored(visit).get("tables", {}).get("XML1") or [{}])[0]
+            return _skipped(ref)
+        summary = (_stored(visit).get("tables", {}).get("XML1") or [{}])[0]
         match = reconcile(identity_from_summary(summary), self.population)
         now = self.now()
         if not match.matched or match.citizen_key_material is None:
             count = for_reconciliation(ref.facility, now, match.reasons)
             if not self.store.mark_needs_reconciliation(ref, match.reasons, now, count=count):
-                return self._skipped(ref)  # superseded or settled meanwhile: not ours to report
+                return _skipped(ref)  # superseded or settled meanwhile: not ours to report
             for reason in match.reasons:
                 self.metrics.count("ReconciliationNeeded", reason=reason)
-            return {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": list(match.reasons)}
-        key = hmac.new(self.pepper, match.citizen_key_material.encode("utf-8"), hashlib.sha256).hexdigest()
+            return ReconcileResult(visit_id=ref.visit_id, outcome=Outcome.NEEDS_RECONCILIATION,
+                                   reasons=list(match.reasons))
+        key = citizen_key(self.pepper, match.citizen_key_material)
+        if key is None:  # the registry matched a citizen without a number: a bug upstream, not a match
+            raise RuntimeError("a matched citizen has no ID number")
         if not self.store.mark_matched(ref, key, now):
-            return self._skipped(ref)
-        return {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": key}
+            return _skipped(ref)
+        return ReconcileResult(visit_id=ref.visit_id, outcome=Outcome.MATCHED, citizen_key=key)
 
-    def project(self, ref: VisitRef) -> dict[str, Any]:
-        """Build the health-book entry and keep it (what VNeID will receive, for audit and for the deliver
-        step). SensitiveDataError propagates: nothing is published, the Catch path parks the visit."""
-        if self.projections is None:
-            raise RuntimeError("project needs a projection store")
+
+@dataclass(frozen=True, kw_only=True)
+class Project(_Step):
+    """Build the health-book entry and keep it (what VNeID will receive, for audit and for the deliver step).
+    SensitiveDataError propagates: nothing is published, the Catch path parks the visit."""
+
+    projections: ProjectionStore
+
+    def __call__(self, ref: VisitRef) -> StepResult:
         visit = self._pending(ref, with_records=True)
         if visit is None:
-            return self._skipped(ref)
+            return _skipped(ref)
         previous = self.store.previous_version(ref)
         supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
-        entry = project(self._stored(visit), facility=ref.facility, received_at=visit.received_at,
+        entry = project(_stored(visit), facility=ref.facility, received_at=visit.received_at,
                         version=version_ms(ref.version), supersedes=supersedes)
         key = projection_key(ref, entry["projection_id"])
         self.projections.put(key, dumps(entry).encode("utf-8"))
-        return {"visit_id": ref.visit_id, "outcome": PROJECTED, "projection_key": key,
-                "projection_id": entry["projection_id"]}
+        return ProjectResult(visit_id=ref.visit_id, outcome=Outcome.PROJECTED, projection_key=key,
+                             projection_id=entry["projection_id"])
 
-    def deliver(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> dict[str, Any]:
-        """One PUT to VNeID. RetryableDeliveryError propagates (the workflow retries with backoff);
-        PermanentDeliveryError too (the Catch path)."""
-        if self.vneid is None or self.projections is None:
-            raise RuntimeError("deliver needs a VNeID client and the projection store")
+
+@dataclass(frozen=True, kw_only=True)
+class Deliver(_Step):
+    """One PUT to VNeID. RetryableDeliveryError propagates (the workflow retries with backoff);
+    PermanentDeliveryError too (the Catch path)."""
+
+    projections: ProjectionStore
+    vneid: Deliverer
+
+    def __call__(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> StepResult:
         visit = self._pending(ref)
         if visit is None:
-            return self._skipped(ref)
+            return _skipped(ref)
         entry = json.loads(self.projections.get(projection_key))
         delivery = self.vneid.deliver(citizen_key, entry)
         now = self.now()
         if delivery.outcome == "superseded":  # VNeID already holds a newer version of this visit
             if not self.store.mark_superseded(ref, now):
-                return self._skipped(ref)
-            return {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
+                return _skipped(ref)
+            return StepResult(visit_id=ref.visit_id, outcome=Outcome.SUPERSEDED)
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
         count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
                              referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
@@ -275,48 +269,55 @@ class DeliveryService:
             raise RetryableDeliveryError(f"stored at VNeID, not yet recorded: {code or type(exc).__name__}",
                                          code=code) from exc
         if not recorded:
-            return self._skipped(ref)  # a concurrent execution recorded it first; VNeID stored it once
+            return _skipped(ref)  # a concurrent execution recorded it first; VNeID stored it once
         self.metrics.count("VisitsDelivered")
         self.metrics.latency("DeliveryLatency", latency_ms)
         if now <= visit.deadline_at:
             self.metrics.count("VisitsDeliveredInTime")
-        return {"visit_id": ref.visit_id, "outcome": DELIVERED, "latency_ms": latency_ms}
+        return DeliverResult(visit_id=ref.visit_id, outcome=Outcome.DELIVERED, latency_ms=latency_ms)
 
-    def settle(self, ref: VisitRef, error: object) -> dict[str, Any]:
-        """The Catch path: a step failed beyond its retries. Before the cutoff, wait and try again (the sweep
-        restarts the visit at ``next_attempt_at``); from the cutoff on, escalate: DEADLINE_BREACHED."""
+
+@dataclass(frozen=True, kw_only=True)
+class Settle(_Step):
+    """The Catch path: a step failed beyond its retries. Before the cutoff, wait and try again (the sweep
+    restarts the visit at ``next_attempt_at``); from the cutoff on, escalate: DEADLINE_BREACHED."""
+
+    timing: Timing = field(default_factory=Timing)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __call__(self, ref: VisitRef, error: object) -> StepResult:
         visit = self._pending(ref)
         if visit is None:
-            return self._skipped(ref)
+            return _skipped(ref)
         name, now = error_name(error), self.now()
         if now >= self.timing.cutoff(visit.deadline_at):
             return self._breach(ref, name, now)
         when = self.timing.next_attempt(now, visit.attempts + 1, visit.deadline_at, self.rng)
         if not self.store.defer(ref, next_attempt_at=when, error=name, now=now):
-            return self._skipped(ref)
+            return _skipped(ref)
         self.metrics.count("DeliveryDeferred")
         log.info("delivery deferred", extra={"visit_id": ref.visit_id, "error": name,
                                              "next_attempt_at": iso(when), "attempts": visit.attempts + 1})
-        return {"visit_id": ref.visit_id, "outcome": DEFERRED, "next_attempt_at": iso(when), "error": name}
+        return SettleResult(visit_id=ref.visit_id, outcome=Outcome.DEFERRED, next_attempt_at=iso(when), error=name)
 
-    def _breach(self, ref: VisitRef, name: str, now: datetime) -> dict[str, Any]:
+    def _breach(self, ref: VisitRef, name: str, now: datetime) -> StepResult:
         if not self.store.mark_breached(ref, error=name, now=now, count=for_breach(ref.facility, now)):
-            return self._skipped(ref)
+            return _skipped(ref)
         self.metrics.count("DeadlineBreached")
         log.error("deadline breached", extra={"visit_id": ref.visit_id, "error": name})
-        return {"visit_id": ref.visit_id, "outcome": DEADLINE_BREACHED, "error": name}
+        return SettleResult(visit_id=ref.visit_id, outcome=Outcome.DEADLINE_BREACHED, error=name)
 
 
-def summarise(results: Iterable[Any]) -> dict[str, Any]:
+def summarise(results: Iterable[Any]) -> Summary:
     """One execution's outcome counts and the visits it escalated (for the SNS message)."""
     counts: Counter[str] = Counter()
     breached: list[str] = []
     for result in results:
-        outcome = str(result.get("outcome", "UNKNOWN")) if isinstance(result, dict) else "UNKNOWN"
-        counts[outcome] += 1
-        if outcome == DEADLINE_BREACHED:
-            breached.append(str(result.get("visit_id")))
-    return {"counts": dict(sorted(counts.items())), "breached_count": len(breached), "breached": breached[:MAX_BATCH]}
+        item = ItemResult.model_validate(result) if isinstance(result, dict) else ItemResult()
+        counts[item.outcome] += 1
+        if item.outcome == Outcome.DEADLINE_BREACHED:
+            breached.append(str(item.visit_id))
+    return Summary(counts=dict(sorted(counts.items())), breached_count=len(breached), breached=breached[:MAX_BATCH])
 
 
 # --- the sweep ------------------------------------------------------------------------------------------

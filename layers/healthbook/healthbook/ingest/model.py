@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-from healthbook.signing.receipt import PORTAL_TZ, iso_utc
+from healthbook.kernel import DEADLINE, FACILITY_CODE, PORTAL_TZ, VisitStatus, iso_utc
 
-# Visit statuses (docs/data-model.md); the delivery stage adds DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED.
-PENDING = "PENDING"
-SUPERSEDED = "SUPERSEDED"
+# Visit statuses (kernel.VisitStatus); the delivery stage adds DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED.
+PENDING = VisitStatus.PENDING
+SUPERSEDED = VisitStatus.SUPERSEDED
 # Submission statuses.
 ACCEPTED = "ACCEPTED"
 PARTIAL = "PARTIAL"
@@ -26,10 +26,9 @@ REJECTED = "REJECTED"
 STATUS_SHARDS = 8
 DELIVERY_BATCH = 50  # visits per delivery execution (docs/cost.md)
 LATEST = "LATEST"  # the sort key of a visit's pointer item
-DEADLINE = timedelta(hours=24)  # QĐ 2733 Appendix 01 Art. 5
 UNKNOWN_FACILITY = "unknown"  # receipts folder for a key that names no folder at all
 
-_INBOX_KEY = re.compile(r"^inbox/([0-9]{5})/(?:.+/)?[^/]+$")
+_INBOX_KEY = re.compile(rf"^inbox/({FACILITY_CODE.pattern})/(?:.+/)?[^/]+$")
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 
 
@@ -288,3 +287,11 @@ class VisitWrite(StrEnum):
     SUPERSEDING = "SUPERSEDING"  # the new latest; the previous latest is now SUPERSEDED
     LATE = "LATE"  # an older version arriving after a newer one: stored as SUPERSEDED, pointer untouched
     PRESENT = "PRESENT"  # already stored by an earlier run of the same object
+
+
+class DeliveryStarter(Protocol):
+    """The port ingest starts delivery through (a Step Functions execution in production)."""
+
+    def start(self, name: str, visits: Sequence[VisitRef]) -> None:
+        """Start one delivery execution for these visit versions (healthbook.delivery)."""
+        ...

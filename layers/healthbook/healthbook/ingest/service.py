@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -32,12 +31,12 @@ from cryptography import x509
 
 from healthbook.ingest.model import (
     ACCEPTED,
-    DEADLINE,
     DELIVERY_BATCH,
     PARTIAL,
     REJECTED,
     ContentClaim,
     ContentClaimPending,
+    DeliveryStarter,
     Location,
     ObjectGone,
     ObjectRef,
@@ -52,9 +51,10 @@ from healthbook.ingest.model import (
     locate,
     version_key,
 )
+from healthbook.kernel import DEADLINE, LEASE, citizen_key, iso_utc
 from healthbook.pipeline import process_submission, receipt_view
 from healthbook.signing.merkle import canonical_visit
-from healthbook.signing.receipt import build_receipt, iso_utc
+from healthbook.signing.receipt import build_receipt
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import Signer
 from healthbook.signing.xmldsig import SignatureCheck, Trust
@@ -114,21 +114,7 @@ class RegistrySource(Protocol):
     def load_registry(self) -> FacilityRegistry: ...
 
 
-class DeliveryStarter(Protocol):
-    def start(self, name: str, visits: Sequence[VisitRef]) -> None:
-        """Start one delivery execution for these visit versions (healthbook.delivery)."""
-        ...
-
-
 # --- pure helpers ---------------------------------------------------------------------------------------
-
-def citizen_key(pepper: bytes, id_number: str) -> str | None:
-    """HMAC-SHA256(pepper, SO_CCCD): joins a citizen's visits without storing the number. None when empty."""
-    number = id_number.strip()
-    if not number:
-        return None
-    return hmac.new(pepper, number.encode("utf-8"), hashlib.sha256).hexdigest()
-
 
 def pack_records(visit: VisitResult) -> bytes:
     """gzip of the canonical JSON whose SHA-256 is the receipt's digest, so the stored records can be checked
@@ -168,7 +154,7 @@ class IngestService:
                  anchors: Sequence[x509.Certificate] | None, signer: Signer, pepper: bytes,
                  options: Options = DEFAULT_OPTIONS, registry_ttl: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, delivery: DeliveryStarter | None = None,
-                 deadline: timedelta = DEADLINE, lease: timedelta = timedelta(minutes=10),
+                 deadline: timedelta = DEADLINE, lease: timedelta = LEASE,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         """``anchors`` None disables the facility-signature check: development only (the settings of the
         deployed function always load a CA bundle). The registry is re-read every ``registry_ttl`` seconds so

@@ -16,13 +16,13 @@ from typing import Any
 
 from lxml import etree
 
-DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
+from healthbook.kernel import MAX_FILE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    max_inner_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_inner_bytes: int = MAX_FILE_BYTES
 
 
 class XmlRejected(Exception):

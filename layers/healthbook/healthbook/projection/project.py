@@ -14,17 +14,18 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from healthbook.kernel import PORTAL_TZ
 from healthbook.standard import icd10 as _icd10
 from healthbook.standard import load, places, version_ids
 
 SCHEMA = "healthbook-entry/2"
-VN_TZ = timezone(timedelta(hours=7))
+VN_TZ = PORTAL_TZ
 _MAPPING = Path(__file__).parent / "mapping.json"
 # An ICD-10 code and nothing else: letter, two digits, then at most a dotted or undotted 1-2 digit
 # subdivision (and the dagger/asterisk marks). Anchored, so a hex digest such as "b20f..." is no code.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from healthbook.signing.receipt import PORTAL_TZ
+from healthbook.kernel import PORTAL_TZ
 from healthbook.standard import places
 
 # Upper bounds, in seconds, of the receipt -> VNeID latency buckets; beyond the last, "inf".

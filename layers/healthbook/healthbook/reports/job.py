@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, get_args
 
+from healthbook.kernel import PORTAL_TZ
 from healthbook.reports.model import Period, PeriodKind
-from healthbook.signing.receipt import PORTAL_TZ
 
 
 def period_for(event: Mapping[str, Any], now: datetime) -> Period:

@@ -18,21 +18,15 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from healthbook.kernel import is_facility_code, utc
+
 FORMAT = "healthbook-facility-registry/1"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_FACILITY_CODE = re.compile(r"\d{5}")
 
 
 def certificate_sha256(cert: x509.Certificate) -> str:
     """Hex SHA-256 over the DER encoding: the fingerprint every browser and `openssl x509 -fingerprint` shows."""
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def utc(moment: datetime) -> datetime:
-    """Refuse naive datetimes: a receipt time without a zone is a bug waiting for a 7-hour shift (UTC+7)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"timezone-aware datetime required, got {moment.isoformat()}")
-    return moment.astimezone(UTC)
 
 
 def _iso(moment: datetime) -> str:
@@ -102,7 +96,7 @@ class FacilityRegistry:
         registry = cls()
         for code, entry in facilities_in.items():
             where = f"facilities.{code}"
-            if not _FACILITY_CODE.fullmatch(code) or not isinstance(entry, dict):
+            if not is_facility_code(code) or not isinstance(entry, dict):
                 raise ValueError(f"{where}: facility codes are 5 digits and map to an object")
             certificates = []
             for index, cert in enumerate(entry.get("certificates", [])):
@@ -147,7 +141,7 @@ class FacilityRegistry:
                  district: str | None = None, commune: str | None = None) -> RegisteredCertificate:
         """Register (or re-register with a new window) a certificate for a facility; ``district`` and ``commune``
         None keep the recorded ones."""
-        if not _FACILITY_CODE.fullmatch(code):
+        if not is_facility_code(code):
             raise ValueError(f"facility code must be 5 digits, got {code!r}")
         registered = RegisteredCertificate(
             sha256=certificate_sha256(certificate),

@@ -27,10 +27,11 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.processor import XMLSignatureProcessor, get_schema
 from signxml.signer import XMLSigner
 
+from healthbook.kernel import MAX_FILE_BYTES, utc
 from healthbook.parsing import safe_xml
-from healthbook.parsing.safe_xml import DEFAULT_MAX_FILE_BYTES, XmlRejected
+from healthbook.parsing.safe_xml import XmlRejected
 from healthbook.signing import dsig_core
-from healthbook.signing.registry import FacilityRegistry, certificate_sha256, utc
+from healthbook.signing.registry import FacilityRegistry, certificate_sha256
 from healthbook.validation.issues import Issue, make_issue
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -425,7 +426,7 @@ def _window(cert: x509.Certificate) -> str:
 
 
 def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: datetime,
-                      limit: int = DEFAULT_MAX_FILE_BYTES) -> SignatureCheck:
+                      limit: int = MAX_FILE_BYTES) -> SignatureCheck:
     """Check the facility's signature as of ``at`` (the receipt time, timezone-aware).
 
     ``facility`` is the envelope's MACSKCB; with a registry in ``trust`` the certificate must be

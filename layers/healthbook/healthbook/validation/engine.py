@@ -6,7 +6,6 @@ checked against the standard version in force on its date (or the forced one).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +14,7 @@ from typing import Any
 from lxml import etree
 
 from healthbook import standard as standards
+from healthbook.kernel import is_facility_code
 from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, parse
 from healthbook.standard import Standard, TableSpec
 from healthbook.validation import admission, cross
@@ -25,7 +25,6 @@ from healthbook.validation.results import FileResult, VisitResult
 
 ENVELOPE_ROOT = "GIAMDINHHS"
 SIGNATURE = "CHUKYDONVI"
-_FACILITY = re.compile(r"^[0-9]{5}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +80,7 @@ def _validate_envelope(root: etree._Element, result: FileResult, options: Option
     facility = _text(root.find("THONGTINDONVI/MACSKCB"))
     if not facility:
         errors.append(make_issue("E007", element="THONGTINDONVI/MACSKCB"))
-    elif not _FACILITY.match(facility):
+    elif not is_facility_code(facility):
         errors.append(make_issue("E008", field="MACSKCB", value=facility))
     else:
         result.facility = facility

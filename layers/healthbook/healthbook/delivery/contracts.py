@@ -1,0 +1,101 @@
+"""The delivery workflow's contracts: what each step receives and returns, as pydantic models that match
+infra/statemachine/delivery.asl.json (tests/test_delivery_contracts.py reads the ASL and checks every path it
+uses against them). Workflow state carries keys and codes only: visit ids, versions, the citizen key (an HMAC),
+object keys, outcomes; never a name, an ID or card number.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from healthbook.ingest.model import VisitRef
+from healthbook.kernel import FACILITY_CODE, Outcome
+
+VisitId = Annotated[str, StringConstraints(pattern=rf"^{FACILITY_CODE.pattern}#.+$", max_length=200)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+CitizenKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_event(self) -> dict[str, Any]:
+        """The JSON object the state machine passes on (unset optional fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class StepInput(_Contract):
+    """Reconcile and Project: one visit version (the Map's item)."""
+
+    visit_id: VisitId
+    version: Version
+
+    @property
+    def ref(self) -> VisitRef:
+        return VisitRef(self.visit_id, self.version)
+
+
+class ExecutionInput(_Contract):
+    """One execution (ingest or the sweep starts it): the visits of its Map."""
+
+    visits: list[StepInput] = Field(min_length=1)
+
+
+class DeliverInput(StepInput):
+    citizen_key: CitizenKey
+    projection_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class SettleInput(StepInput):
+    """The Catch path: the step's error name (``$.error.Error``), absent when the state machine had none."""
+
+    error: str | None = None
+
+
+class StepResult(_Contract):
+    """What every step returns for its visit; the ASL reads ``outcome`` (``$.Payload.outcome``)."""
+
+    visit_id: VisitId
+    outcome: Outcome
+
+
+class ReconcileResult(StepResult):
+    citizen_key: CitizenKey | None = None  # MATCHED only; Deliver reads $.reconcile.detail.citizen_key
+    reasons: list[str] | None = None  # NEEDS_RECONCILIATION only
+
+
+class ProjectResult(StepResult):
+    projection_key: str | None = None  # PROJECTED only; Deliver reads $.project.detail.projection_key
+    projection_id: str | None = None
+
+
+class DeliverResult(StepResult):
+    latency_ms: int | None = None  # DELIVERED only
+
+
+class SettleResult(StepResult):
+    next_attempt_at: str | None = None  # DEFERRED only
+    error: str | None = None
+
+
+class ItemResult(_Contract):
+    """One item of the Map's results (the Pass states' output): what Summarise counts."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    visit_id: str | None = None
+    outcome: str = "UNKNOWN"
+
+
+class SummariseInput(_Contract):
+    results: list[Any]
+
+
+class Summary(_Contract):
+    """The execution's outcome counts and the visits it escalated (the SNS message when any)."""
+
+    counts: dict[str, int]
+    breached_count: int
+    breached: list[str]

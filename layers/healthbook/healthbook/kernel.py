@@ -1,0 +1,110 @@
+"""What every stage shares, said once: Vietnam time and the stored spelling of an instant, the facility code, the
+citizen key, the deadline and the policy defaults.
+
+Standard library only, so any handler may import it without loading the validator, lxml or signxml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Protocol
+
+# Vietnam has kept UTC+7 without daylight saving since 1975; a fixed offset needs no tzdata in the Lambda image.
+PORTAL_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
+PORTAL_FORMAT = "%Y%m%d%H%M%S"  # the portal's thoiGianTiepNhan
+
+# QĐ 2733 Appendix 01 Art. 5: a received visit reaches the citizen's VNeID app within 24 hours.
+DEADLINE = timedelta(hours=24)
+# How long a started delivery holds a visit before the sweep may take it again (docs/delivery.md).
+LEASE = timedelta(minutes=10)
+# Largest submission read (bytes); checked before parsing (docs/hostile-inputs.md).
+MAX_FILE_BYTES = 20 * 1024 * 1024
+
+class VisitStatus(StrEnum):
+    """The status of a stored visit version (docs/data-model.md)."""
+
+    PENDING = "PENDING"  # stored, on its way to VNeID
+    DELIVERED = "DELIVERED"
+    NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"  # the population database did not confirm the citizen
+    DEADLINE_BREACHED = "DEADLINE_BREACHED"  # escalated: not delivered by its deadline
+    SUPERSEDED = "SUPERSEDED"  # a newer version of the visit replaced it
+
+
+class Outcome(StrEnum):
+    """What a step of the delivery workflow reports for one visit (infra/statemachine/delivery.asl.json)."""
+
+    MATCHED = "MATCHED"
+    NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
+    PROJECTED = "PROJECTED"
+    DELIVERED = "DELIVERED"
+    SUPERSEDED = "SUPERSEDED"  # VNeID already holds a newer version
+    DEFERRED = "DEFERRED"
+    DEADLINE_BREACHED = "DEADLINE_BREACHED"
+    SKIPPED = "SKIPPED"  # the visit is no longer PENDING (delivered by a concurrent run, superseded...)
+    UNSETTLED = "UNSETTLED"  # even the Catch path failed: the lease expires and the sweep takes the visit again
+
+
+# MA_CSKCB / MACSKCB: the facility code, 5 digits.
+FACILITY_CODE = re.compile(r"[0-9]{5}")
+
+
+def is_facility_code(text: str) -> bool:
+    return FACILITY_CODE.fullmatch(text) is not None
+
+
+def utc(moment: datetime) -> datetime:
+    """Refuse naive datetimes: a time without a zone is a bug waiting for a 7-hour shift (UTC+7)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"timezone-aware datetime required, got {moment.isoformat()}")
+    return moment.astimezone(UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """Seconds precision, ``Z`` suffix: one spelling per instant, since the string itself is signed."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("received_at must be timezone-aware (a naive time is ambiguous by 7 hours)")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 UTC string of docs/data-model.md (``2026-11-22T03:00:00Z``) as an aware datetime."""
+    return utc(datetime.fromisoformat(value))
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def portal_time(moment: datetime) -> str:
+    return moment.astimezone(PORTAL_TZ).strftime(PORTAL_FORMAT)
+
+
+def citizen_key(pepper: bytes, id_number: str) -> str | None:
+    """HMAC-SHA256(pepper, citizen ID): joins a citizen's visits and deliveries without storing the number. The
+    one place it is computed: ingest keys a visit by its SO_CCCD, reconciliation by the population database's
+    number, and the two must agree. None when the number is empty."""
+    number = id_number.strip()
+    if not number:
+        return None
+    return hmac.new(pepper, number.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class Metrics(Protocol):
+    """The one metrics port of every stage: counts and latencies for CloudWatch (EMF in the functions,
+    healthbook.aws.observability); names are the docs' (ingest.md, delivery.md)."""
+
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None: ...
+
+    def latency(self, name: str, milliseconds: float) -> None: ...
+
+
+class NoMetrics:
+    def count(self, name: str, value: int = 1, **dimensions: str) -> None:
+        pass
+
+    def latency(self, name: str, milliseconds: float) -> None:
+        pass
