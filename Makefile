@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 
 ## The inner loop: no network, no tool venvs, under a minute (tests marked slow or network run in make test).
 unit: $(STAMP)
-	$(BIN)/pytest -m "not localstack and not slow and not network"
+	$(BIN)/pytest -n auto -m "not localstack and not slow and not network"
 
 ## The SAM CLI in its own Python 3.13 venv (it pins libraries our venv must not share): sam validate, sam build.
 sam:

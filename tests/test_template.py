@@ -45,6 +45,44 @@ def props(template: dict[str, Any], name: str) -> dict[str, Any]:
     return template["Resources"][name].get("Properties", {})
 
 
+# How SAM merges the Globals section into a resource (aws-sam-translator, samtranslator/plugins/globals/globals.py,
+# GlobalProperties; the "Globals section of the AWS SAM template" guide): where either side is a scalar or an
+# intrinsic function ({"Ref": ...}, {"Fn::...": ...}, {"Condition": ...}), or the two differ in type, the resource's
+# value wins; two maps merge key by key, recursively (Environment.Variables name by name); two lists are joined,
+# Globals' items first (Layers), except the paths below, whose list the resource's replaces (as 1.115 does; older
+# releases joined Architectures too: test_globals_hold_only_what_every_function_shares makes both readings agree by
+# forbidding a function to repeat a list that Globals sets).
+SAM_LISTS_REPLACED = {"Function.Architectures"}
+
+
+def _sam_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if not isinstance(value, dict):
+        return "scalar"
+    intrinsic = len(value) == 1 and any(key in ("Ref", "Condition") or key.startswith("Fn::") for key in value)
+    return "scalar" if intrinsic else "map"
+
+
+def sam_merge(global_value: Any, local_value: Any, path: str) -> Any:
+    kind = _sam_kind(global_value)
+    if kind != _sam_kind(local_value) or kind == "scalar":
+        return local_value
+    if kind == "list":
+        return local_value if path in SAM_LISTS_REPLACED else [*global_value, *local_value]
+    merged = dict(global_value)
+    for key, value in local_value.items():
+        merged[key] = sam_merge(merged[key], value, f"{path}.{key}") if key in merged else value
+    return merged
+
+
+def function_props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    """A function's properties as SAM deploys them: its own merged over the template's Globals.Function."""
+    merged: dict[str, Any] = sam_merge(template.get("Globals", {}).get("Function", {}), props(template, name),
+                                       "Function")
+    return merged
+
+
 def walk(node: Any) -> Iterator[Any]:
     yield node
     if isinstance(node, dict):
@@ -115,12 +153,14 @@ def sam_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.network  # the SAM CLI's own venv (make sam)
 def test_sam_validate_lint() -> None:
     result = subprocess.run([sam_cli(), "validate", "--lint", "--template", str(TEMPLATE), "--region", REGION],
                             capture_output=True, text=True, cwd=ROOT, env=sam_env(), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.network  # the SAM CLI's own venv (make sam) and the package index
 def test_sam_build_builds_a_layer_per_architecture(tmp_path: Path) -> None:
     """`sam build` (BuildMethod makefile) builds both layers, each fit for its architecture, and the function."""
     if shutil.which("make") is None:
@@ -338,7 +378,7 @@ def test_facility_isolation_by_principal_tag(template: dict[str, Any]) -> None:
 def test_queues(template: dict[str, Any]) -> None:
     assert set(resources(template, "AWS::SQS::Queue")) == {"IngestQueue", "IngestDeadLetterQueue"}
     main, dlq = props(template, "IngestQueue"), props(template, "IngestDeadLetterQueue")
-    timeout = props(template, "IngestFunction")["Timeout"]
+    timeout = function_props(template, "IngestFunction")["Timeout"]
     assert main["VisibilityTimeout"] >= 6 * timeout
     assert main["RedrivePolicy"]["maxReceiveCount"] >= 3
     assert is_arn_of(main["RedrivePolicy"]["deadLetterTargetArn"], "IngestDeadLetterQueue")
@@ -407,6 +447,51 @@ def test_idempotency_table_expires_on_expiration(template: dict[str, Any]) -> No
                                                                              "Enabled": True}
 
 
+def test_the_sandbox_creates_every_table_as_the_template_defines_it(template: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moto sandbox of the tests and `healthbook demo` (healthbook_dev.aws.sandbox) builds its tables from this
+    template: every one, under the variable the functions name it by, with the same keys, attribute definitions,
+    indexes (keys and projections), billing mode and TTL."""
+    import boto3
+    from healthbook_dev.aws.sandbox import NAMES, create_tables
+    from healthbook_dev.aws.sandbox import TABLES as SANDBOX_TABLES
+    from moto import mock_aws
+
+    def attributes(table: dict[str, Any]) -> dict[str, str]:
+        return {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+
+    def indexes(table: dict[str, Any], kind: str = "Global") -> dict[str, tuple[Any, Any]]:
+        return {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in table.get(f"{kind}SecondaryIndexes", [])}
+
+    assert set(SANDBOX_TABLES.values()) == set(resources(template, "AWS::DynamoDB::Table")) == set(TABLES)
+    assert set(SANDBOX_TABLES) <= set(NAMES)
+    for function in FUNCTIONS:
+        for variable, value in function_props(template, function)["Environment"]["Variables"].items():
+            if isinstance(value, dict) and value.get("Ref") in TABLES:
+                assert SANDBOX_TABLES.get(variable) == value["Ref"], f"{function}: {variable} names {value['Ref']}"
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_tables(ddb, NAMES)
+        assert sorted(ddb.list_tables()["TableNames"]) == sorted(NAMES[variable] for variable in SANDBOX_TABLES)
+        for variable, logical in SANDBOX_TABLES.items():
+            declared, name = props(template, logical), NAMES[variable]
+            created = ddb.describe_table(TableName=name)["Table"]
+            assert created["KeySchema"] == declared["KeySchema"], logical
+            assert attributes(created) == attributes(declared), logical
+            assert indexes(created) == indexes(declared), logical
+            assert indexes(created, "Local") == indexes(declared, "Local"), logical
+            assert created["BillingModeSummary"]["BillingMode"] == declared["BillingMode"], logical
+            ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            wanted = declared.get("TimeToLiveSpecification")
+            assert ttl == ({"TimeToLiveStatus": "ENABLED", "AttributeName": wanted["AttributeName"]} if wanted
+                           else {"TimeToLiveStatus": "DISABLED"}), logical
+
+
 # ---- the layer and the function ---------------------------------------------------------------------------
 
 def test_one_layer_per_architecture_built_by_the_makefile(template: dict[str, Any]) -> None:
@@ -426,7 +511,7 @@ def test_one_layer_per_architecture_built_by_the_makefile(template: dict[str, An
     assert conditions["IsArm64"] == {"Fn::Equals": [{"Ref": "Architecture"}, "arm64"]}
     assert conditions["IsX8664"] == {"Fn::Not": [{"Condition": "IsArm64"}]}
     selected = {"Fn::If": ["IsArm64", {"Ref": "HealthbookLayerArm64"}, {"Ref": "HealthbookLayerX8664"}]}
-    assert props(template, "IngestFunction")["Layers"] == [selected]
+    assert function_props(template, "IngestFunction")["Layers"] == [selected]
     assert template["Outputs"]["HealthbookLayerArn"]["Value"] == selected
 
 
@@ -444,7 +529,7 @@ FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "inge
 def test_every_function_is_built_alike_and_its_handler_exists(template: dict[str, Any], function: str) -> None:
     assert set(resources(template, "AWS::Serverless::Function")) == set(FUNCTIONS)
     code, handler, suffix = FUNCTIONS[function]
-    p = props(template, function)
+    p = function_props(template, function)
     assert (p["CodeUri"], p["Handler"]) == (code, handler)
     assert f"def {handler.removeprefix('app.')}(" in (ROOT / code / "app.py").read_text(encoding="utf-8")
     assert p["FunctionName"] == {"Fn::Sub": f"healthbook-${{Stage}}-{suffix}"}
@@ -459,9 +544,181 @@ def test_every_function_is_built_alike_and_its_handler_exists(template: dict[str
     assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
     assert variables["POWERTOOLS_TRACER_CAPTURE_ERROR"] == "false"
 
+# ---- Globals: what every function shares, merged into each the way SAM merges it (issue 14) --------------------
+
+# Each function's properties as deployed, frozen from template.yaml as it was before it had a Globals section:
+# whatever moves between a function and Globals, function_props must still give exactly this. Policies and Events
+# are left out: SAM takes neither from Globals. Change this only with a deliberate change to a function.
+_BEFORE_SHARED = {
+    "Runtime": "python3.13", "Architectures": [{"Ref": "Architecture"}], "Tracing": "Active",
+    "KmsKeyArn": {"Fn::GetAtt": ["DataKey", "Arn"]},
+    "Layers": [{"Fn::If": ["IsArm64", {"Ref": "HealthbookLayerArm64"}, {"Ref": "HealthbookLayerX8664"}]}],
+}
+_BEFORE_VARIABLES = {
+    "STAGE": {"Ref": "Stage"}, "POWERTOOLS_METRICS_NAMESPACE": "Healthbook",
+    "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"}, "LOG_LEVEL": {"Ref": "LogLevel"},
+    "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false", "POWERTOOLS_TRACER_CAPTURE_ERROR": "false",
+}
+_BEFORE_DELIVERY_VARIABLES = {
+    **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "delivery", "VISITS_TABLE": {"Ref": "VisitsTable"},
+    "AGGREGATES_TABLE": {"Ref": "AggregatesTable"}, "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"},
+    "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"}, "LEASE_SECONDS": {"Ref": "LeaseSeconds"},
+    "RETRY_BASE_SECONDS": {"Ref": "RetryBaseSeconds"}, "RETRY_MAX_SECONDS": {"Ref": "RetryMaxSeconds"},
+}
+FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
+    "IngestFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-ingest"},
+        "Description": "Validates, verifies and stores uploaded claim files; signs a receipt for each.",
+        "CodeUri": "functions/ingest/", "Handler": "app.lambda_handler", "MemorySize": 1024, "Timeout": 120,
+        "LoggingConfig": {"LogGroup": {"Ref": "IngestLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "ingest",
+            "INBOX_BUCKET": {"Ref": "InboxBucket"}, "RECEIPTS_BUCKET": {"Ref": "ReceiptsBucket"},
+            "QUARANTINE_BUCKET": {"Ref": "QuarantineBucket"}, "SUBMISSIONS_TABLE": {"Ref": "SubmissionsTable"},
+            "VISITS_TABLE": {"Ref": "VisitsTable"}, "FACILITIES_TABLE": {"Ref": "FacilitiesTable"},
+            "IDEMPOTENCY_TABLE": {"Ref": "IdempotencyTable"},
+            "RECEIPT_KEY_ID": {"Fn::GetAtt": ["ReceiptSigningKey", "Arn"]},
+            "TRUST_BUNDLE_PARAMETER": {"Ref": "TrustBundleParameter"},
+            "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"}, "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
+            "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
+            "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
+            "LEASE_SECONDS": {"Ref": "LeaseSeconds"}}},
+    },
+    "ReconcileFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-reconcile"},
+        "Description": "Delivery step 1 - matches the claim's citizen against the population database.",
+        "CodeUri": "functions/delivery/", "Handler": "app.reconcile_handler", "MemorySize": 512, "Timeout": 30,
+        "LoggingConfig": {"LogGroup": {"Ref": "ReconcileFunctionLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_DELIVERY_VARIABLES, "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},
+            "POPULATION_URL": {"Ref": "PopulationBaseUrl"},
+            "POPULATION_API_KEY_SECRET": {"Ref": "PopulationApiKeySecret"}}},
+    },
+    "ProjectFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-project"},
+        "Description": "Delivery step 2 - builds the health-book entry (QĐ 1332) and keeps it.",
+        "CodeUri": "functions/delivery/", "Handler": "app.project_handler", "MemorySize": 512, "Timeout": 30,
+        "LoggingConfig": {"LogGroup": {"Ref": "ProjectFunctionLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_DELIVERY_VARIABLES, "PROJECTIONS_BUCKET": {"Ref": "ProjectionsBucket"}}},
+    },
+    "DeliverFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-deliver"},
+        "Description": "Delivery step 3 - PUTs the entry to VNeID (one attempt; the workflow retries).",
+        "CodeUri": "functions/delivery/", "Handler": "app.deliver_handler", "MemorySize": 512, "Timeout": 30,
+        "LoggingConfig": {"LogGroup": {"Ref": "DeliverFunctionLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_DELIVERY_VARIABLES, "PROJECTIONS_BUCKET": {"Ref": "ProjectionsBucket"},
+            "VNEID_URL": {"Ref": "VneidBaseUrl"}, "VNEID_SECRET": {"Ref": "VneidCredentialsSecret"}}},
+    },
+    "SettleFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-settle"},
+        "Description": "Delivery Catch path - retry later, or DEADLINE_BREACHED at the cutoff; and the execution "
+                       "summary.",
+        "CodeUri": "functions/delivery/", "Handler": "app.settle_handler", "MemorySize": 512, "Timeout": 30,
+        "LoggingConfig": {"LogGroup": {"Ref": "SettleFunctionLogGroup"}},
+        "Environment": {"Variables": {**_BEFORE_DELIVERY_VARIABLES}},
+    },
+    "SweepFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-sweep"},
+        "Description": "Every few minutes - restarts due deliveries, backstops the deadline.",
+        "CodeUri": "functions/delivery/", "Handler": "app.sweep_handler", "MemorySize": 512, "Timeout": 120,
+        "LoggingConfig": {"LogGroup": {"Ref": "SweepFunctionLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_DELIVERY_VARIABLES, "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
+            "DEADLINE_TOPIC_ARN": {"Ref": "DeadlineTopic"}}},
+    },
+    "ReportFunction": {
+        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-report"},
+        "Description": "Builds the daily SLA, monthly and six-monthly reports from the aggregates into the reports "
+                       "bucket.",
+        "CodeUri": "functions/report/", "Handler": "app.lambda_handler", "MemorySize": 1024, "Timeout": 300,
+        "LoggingConfig": {"LogGroup": {"Ref": "ReportFunctionLogGroup"}},
+        "Environment": {"Variables": {
+            **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "report", "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
+            "FACILITIES_TABLE": {"Ref": "FacilitiesTable"}, "REPORTS_BUCKET": {"Ref": "ReportsBucket"}}},
+    },
+}
+NOT_FROM_GLOBALS = ("Policies", "Events")  # SAM rejects them in Globals (with FunctionName and Role)
+
+
+def _deployed(template: dict[str, Any], function: str) -> dict[str, Any]:
+    return {k: v for k, v in function_props(template, function).items() if k not in NOT_FROM_GLOBALS}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_globals_keep_every_function_as_it_was(template: dict[str, Any], function: str) -> None:
+    """The proof that Globals changed nothing deployed: each function, merged the way SAM merges, is what it was."""
+    assert set(resources(template, "AWS::Serverless::Function")) == set(FUNCTIONS_BEFORE_GLOBALS)
+    assert _deployed(template, function) == FUNCTIONS_BEFORE_GLOBALS[function]
+
+
+# Variables every function has, with one value, that stay with each function all the same: they name a resource,
+# and a function's resources are read beside the policy statements that grant them.
+SHARED_BUT_OWN = {"AGGREGATES_TABLE"}
+
+
+def test_globals_hold_only_what_every_function_shares(template: dict[str, Any]) -> None:
+    """Globals hold the common settings and the functions only what differs: a property or variable that all
+    seven set alike belongs in Globals, and a function restates nothing Globals already says."""
+    assert set(template["Globals"]) == {"Function"}
+    shared = template["Globals"]["Function"]
+    assert not set(shared) & {*NOT_FROM_GLOBALS, "FunctionName", "Role"}
+    functions = [props(template, name) for name in FUNCTIONS]
+    for name, own in zip(FUNCTIONS, functions, strict=True):
+        for key, value in own.items():
+            if key in shared and key != "Environment":
+                # Lists: older aws-sam-translator releases join Architectures, newer ones replace it; never both.
+                assert not isinstance(value, list), f"{name} sets {key}, which Globals sets: SAM would join them"
+                assert value != shared[key], f"{name} restates Globals' {key}"
+        for variable, value in own.get("Environment", {}).get("Variables", {}).items():
+            assert shared["Environment"]["Variables"].get(variable) != value, f"{name} restates Globals' {variable}"
+    for key in set.intersection(*(set(p) for p in functions)) - {"Environment"}:
+        assert len({json.dumps(p[key], sort_keys=True) for p in functions}) > 1, f"all functions set {key} alike"
+    variables = [p.get("Environment", {}).get("Variables", {}) for p in functions]
+    for variable in set.intersection(*(set(v) for v in variables)) - SHARED_BUT_OWN:
+        assert len({json.dumps(v[variable], sort_keys=True) for v in variables}) > 1, f"all functions set {variable}"
+
+
+def _sam_python() -> str:
+    """The interpreter beside the SAM CLI test_sam_validate_lint runs: its virtualenv has aws-sam-translator."""
+    python = Path(sam_cli()).resolve().parent / "python"
+    probe = [str(python), "-c", "import samtranslator"]
+    if not python.is_file() or subprocess.run(probe, capture_output=True, timeout=60).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs aws-sam-translator beside {sam_cli()}")
+        pytest.skip("aws-sam-translator is not beside the SAM CLI")
+    return str(python)
+
+
+SAM_MERGE = """
+import json, sys
+from samtranslator.plugins.globals.globals import Globals
+from samtranslator.yaml_helper import yaml_parse
+template = yaml_parse(open(sys.argv[1], encoding="utf-8").read())
+merged = Globals(template)
+print(json.dumps({name: merged.merge(r["Type"], r["Properties"], name) for name, r in template["Resources"].items()
+                  if r["Type"] == "AWS::Serverless::Function"}))
+"""
+
+
+@pytest.mark.network  # the SAM CLI's own venv (make sam)
+def test_sam_itself_merges_globals_into_what_the_functions_were(template: dict[str, Any]) -> None:
+    """The same proof with SAM's own merge (aws-sam-translator, as `sam build` and CloudFormation's transform run it),
+    which also checks that function_props reads SAM's rules right."""
+    result = subprocess.run([_sam_python(), "-c", SAM_MERGE, str(TEMPLATE)], capture_output=True, text=True,
+                            timeout=120, env=sam_env())
+    assert result.returncode == 0, result.stderr[-4000:]
+    merged = json.loads(result.stdout)
+    assert set(merged) == set(FUNCTIONS_BEFORE_GLOBALS)
+    for name, properties in merged.items():
+        deployed = {k: v for k, v in properties.items() if k not in NOT_FROM_GLOBALS}
+        assert deployed == FUNCTIONS_BEFORE_GLOBALS[name], name
+        assert properties == function_props(template, name), name
+
 
 def test_ingest_function(template: dict[str, Any]) -> None:
-    p = props(template, "IngestFunction")
+    p = function_props(template, "IngestFunction")
     assert p["CodeUri"] == "functions/ingest/"
     assert p["Handler"] == "app.lambda_handler"
     assert p["Runtime"] == "python3.13"
@@ -498,7 +755,7 @@ ENVIRONMENT = {
 
 
 def test_ingest_environment(template: dict[str, Any]) -> None:
-    variables = props(template, "IngestFunction")["Environment"]["Variables"]
+    variables = function_props(template, "IngestFunction")["Environment"]["Variables"]
     for name, value in ENVIRONMENT.items():
         if isinstance(value, dict) and "Fn::GetAtt" in value:
             assert is_arn_of(variables[name], value["Fn::GetAtt"][0]), name
@@ -622,7 +879,7 @@ def test_every_reference_resolves(template: dict[str, Any]) -> None:
 def test_deploy_doc_covers_parameters_environment_and_outputs(template: dict[str, Any]) -> None:
     doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     missing = [f"parameter {name}" for name in template["Parameters"] if f"`{name}`" not in doc]
-    variables = props(template, "IngestFunction")["Environment"]["Variables"]
+    variables = function_props(template, "IngestFunction")["Environment"]["Variables"]
     missing += [f"variable {name}" for name in variables if f"`{name}" not in doc]
     missing += [f"output {name}" for name in template["Outputs"]
                 if f"`{name}`" not in doc and f"`{name.removesuffix('Arn').removesuffix('Url')}" not in doc]
@@ -676,14 +933,15 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "delivery"}]
     assert {"Ref": "DeadlineTopic"} in alarm["AlarmActions"]  # and the ops topic (test_every_alarm_notifies_...)
     for function in ("SettleFunction", "SweepFunction"):  # both emit the metric, under the alarm's dimension
-        assert props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
+        assert function_props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
 
 
 @pytest.mark.parametrize("function", ["IngestFunction", "ReconcileFunction", "DeliverFunction", "SettleFunction",
                                       "SweepFunction"])
 def test_every_function_that_changes_what_reports_count_adds_to_the_counters(template: dict[str, Any],
                                                                               function: str) -> None:
-    assert props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
+    assert function_props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {
+        "Ref": "AggregatesTable"}
     (grant,) = [s for s in function_statements(template, function) if s.get("Sid") == "CountForReports"]
     assert grant["Action"] == "dynamodb:UpdateItem" and is_arn_of(grant["Resource"], "AggregatesTable")
 
@@ -708,7 +966,7 @@ def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: d
 # ---- reports: the function and its schedules (docs/operations.md) ------------------------------------------------
 
 def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
-    p = props(template, "ReportFunction")
+    p = function_props(template, "ReportFunction")
     assert (p["Timeout"], p["MemorySize"]) == (300, 1024)
     variables = p["Environment"]["Variables"]
     assert variables["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
@@ -719,9 +977,9 @@ def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
     # The common variables of every other function, with the same values.
     common = {"STAGE", "POWERTOOLS_LOG_LEVEL", "LOG_LEVEL", "POWERTOOLS_TRACER_CAPTURE_RESPONSE",
               "POWERTOOLS_TRACER_CAPTURE_ERROR", "POWERTOOLS_METRICS_NAMESPACE"}
-    ingest = props(template, "IngestFunction")["Environment"]["Variables"]
+    ingest = function_props(template, "IngestFunction")["Environment"]["Variables"]
     assert {name: variables[name] for name in common} == {name: ingest[name] for name in common}
-    assert props(template, "ReportFunction")["Layers"] == props(template, "IngestFunction")["Layers"]
+    assert p["Layers"] == function_props(template, "IngestFunction")["Layers"]
     group = props(template, "ReportFunctionLogGroup")
     assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
@@ -969,7 +1227,8 @@ def _first_leaf(target: ast.expr) -> ast.expr:
 def scan_metrics(path: Path, source: str) -> Scan:
     """Metric names and dimensions a module emits with Powertools: ``*.add_metric(name=...)`` (the function's
     ``service`` dimension), ``single_metric(name=..., default_dimensions={...})`` with the ``add_dimension`` calls
-    of its block, and the delivery metrics port, ``metrics.count("X", reason=...)`` / ``metrics.latency("X", ...)``
+    of its block, and the metrics port, ``metrics.count("X", reason=...)`` / ``metrics.latency("X", ...)`` (or
+    ``port.count``, the handlers' name for it)
     (service, plus each keyword capitalised: healthbook.aws.observability.PowertoolsMetrics). A name that is not a
     literal is followed through module constants, ``D.get(...)`` / ``D[...]`` of a module-level dict literal, and
     ``for (name, ...) in C.items()`` over a mapping filled as ``C["X", ...] += n``; a name that is a parameter of
@@ -1067,7 +1326,7 @@ def scan_metrics(path: Path, source: str) -> Scan:
             dimensions: set[str] | None = {"service"}
         elif kind == "single_metric":
             dimensions = dimension_names(node)
-        elif kind in ("count", "latency") and _receiver(node) == "metrics":
+        elif kind in ("count", "latency") and _receiver(node) in ("metrics", "port"):
             dimensions = {"service"} | {kw.arg[:1].upper() + kw.arg[1:] for kw in node.keywords
                                         if kw.arg not in (None, "name", "value", "milliseconds")}
         elif kind in ("add_dimension", "set_default_dimensions") and not _inside_single_metric(node, parents):
@@ -1104,13 +1363,16 @@ def emitted_metrics(template: dict[str, Any]) -> tuple[dict[str, set[tuple[str, 
 
     The service of a metric emitted in functions/<dir>/ is POWERTOOLS_SERVICE_NAME of the functions built from
     that folder; one emitted in the layer belongs to the functions whose handler module binds the layer's metrics
-    port (PowertoolsMetrics)."""
+    port (PowertoolsMetrics) and may load that module (its static import closure, lazy imports included)."""
     services_of: dict[str, set[str]] = {}
     for p in (f["Properties"] for f in resources(template, "AWS::Serverless::Function").values()):
         services_of.setdefault(p["CodeUri"].rstrip("/"), set()).add(p["Environment"]["Variables"]
                                                                      ["POWERTOOLS_SERVICE_NAME"])
-    port_users = set().union(*[services for code, services in services_of.items()
-                               if "PowertoolsMetrics(" in _read(ROOT / code / "app.py")])
+    loaders: dict[str, set[str]] = {}  # layer module path -> services that may load it
+    for code, services in services_of.items():
+        if "PowertoolsMetrics(" in _read(ROOT / code / "app.py"):
+            for module in _layer_closure(ROOT / code / "app.py"):
+                loaders.setdefault(module, set()).update(services)
     emitted: dict[str, set[tuple[str, frozenset[str]]]] = {}
     unresolved: list[str] = []
     for folder in METRIC_SOURCES:
@@ -1119,10 +1381,45 @@ def emitted_metrics(template: dict[str, Any]) -> tuple[dict[str, set[tuple[str, 
             scan = scan_metrics(path.relative_to(ROOT), path.read_text(encoding="utf-8"))
             unresolved += scan.unresolved
             code = "/".join(relative.split("/")[:2])
-            services = services_of.get(code, set()) if relative.startswith("functions/") else port_users
+            services = services_of.get(code, set()) if relative.startswith("functions/") else \
+                loaders.get(relative, set())
             for emission in scan.emitted:
                 emitted.setdefault(emission.name, set()).update((s, emission.dimensions) for s in services)
     return emitted, unresolved
+
+
+LAYER = ROOT / "layers" / "healthbook"
+
+
+def _module_file(name: str) -> Path | None:
+    base = LAYER.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _layer_closure(start: Path) -> set[str]:
+    """The layer modules (paths relative to the repository) that ``start`` imports, directly or not, anywhere
+    in its code (a function-level import may run): what its function may load."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        tree = ast.parse(todo.pop().read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            for name in names:
+                parts = name.split(".")
+                for depth in range(1, len(parts) + 1):  # a package's __init__ runs before its modules
+                    found = _module_file(".".join(parts[:depth])) if parts[0] == "healthbook" else None
+                    if found is not None and found.relative_to(ROOT).as_posix() not in seen:
+                        seen.add(found.relative_to(ROOT).as_posix())
+                        todo.append(found)
+    return seen
 
 
 def _read(path: Path) -> str:

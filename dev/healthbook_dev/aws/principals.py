@@ -7,11 +7,10 @@ and read only its own receipts.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-FACILITY_CODE = re.compile(r"^[0-9]{5}$")
+from healthbook.kernel import is_facility_code
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ def user_name_for(stage: str, facility: str) -> str:
 def create_facility_principal(facility: str, *, stage: str, policy_arn: str | None, iam: Any = None,
                               create_access_key: bool = True) -> FacilityPrincipal:
     """Create (or reuse) the facility's IAM user, tag it, attach the facility policy, issue an access key."""
-    if not FACILITY_CODE.match(facility):
+    if not is_facility_code(facility):
         raise ValueError(f"a facility code is 5 digits, not {facility!r}")
     if iam is None:
         import boto3  # type: ignore[import-untyped]

@@ -1,8 +1,8 @@
 """An in-process AWS (moto) shaped like template.yaml: for the local demo and the tests.
 
-Nothing here runs in Lambda. It creates the buckets, tables (with the GSIs of docs/data-model.md), the
-receipt-signing key, the trust-bundle parameter and the pepper secret, and sets the environment variables
-the ingest function reads.
+Nothing here runs in Lambda. It creates the buckets, the tables (as template.yaml defines them: keys, indexes,
+billing mode, TTL), the receipt-signing key, the trust-bundle parameter and the pepper secret, and sets the
+environment variables the ingest function reads.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ NAMES = {
     "IDEMPOTENCY_TABLE": "healthbook-sandbox-idempotency", "TRUST_BUNDLE_PARAMETER": "/healthbook/sandbox/trust-bundle",
     "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper", "AGGREGATES_TABLE": "healthbook-sandbox-aggregates",
 }
+# template.yaml's tables, each by the variable that names it to the functions (and in NAMES)
+TABLES = {"SUBMISSIONS_TABLE": "SubmissionsTable", "VISITS_TABLE": "VisitsTable", "FACILITIES_TABLE": "FacilitiesTable",
+          "IDEMPOTENCY_TABLE": "IdempotencyTable", "AGGREGATES_TABLE": "AggregatesTable"}
+# What create_table takes from a table's Properties as they are written there (TimeToLiveSpecification follows
+# with update_time_to_live), and what only the deployed stack has: its stage's name, encryption with its data key,
+# backups, deletion protection. Any other property fails create_tables, so that the sandbox never drifts silently.
+TABLE_SCHEMA = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "LocalSecondaryIndexes", "BillingMode",
+                "StreamSpecification")
+TABLE_DEPLOYMENT_ONLY = ("TableName", "SSESpecification", "PointInTimeRecoverySpecification",
+                         "DeletionProtectionEnabled", "Tags")
 # moto's backends are not thread-safe (a transaction deep-copies a table another thread may be changing), and
 # its Step Functions executions run in threads: one "Lambda" at a time holds this while it calls moto.
 MOTO_LOCK = threading.RLock()
@@ -49,38 +59,70 @@ EVENT_TEMPLATE = {
 }
 
 
-def _projection(index: str) -> dict[str, Any]:
-    from healthbook.aws.delivery import STATUS_INDEX, STATUS_INDEX_ATTRIBUTES
+@dataclass(frozen=True)
+class TemplateTable:
+    """One AWS::DynamoDB::Table of template.yaml, as the sandbox creates it."""
 
-    if index == STATUS_INDEX:  # the sweep reads a few attributes, never the records
-        return {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(STATUS_INDEX_ATTRIBUTES)}
-    return {"ProjectionType": "ALL"}
+    logical_id: str
+    create: dict[str, Any]  # create_table's arguments but the name
+    time_to_live: dict[str, Any] | None
+
+
+def template_path() -> Path | None:
+    """template.yaml of the checkout this package is installed from (editable installs), if there is one."""
+    folder = functions_dir()
+    path = folder.parent / "template.yaml" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+@cache
+def template_tables() -> dict[str, TemplateTable]:
+    """The tables of template.yaml, by their variable in NAMES (TABLES), read once per process with cfn-lint's
+    decoder, the one tests/test_template.py reads the template with (it takes !Ref, !Sub, !If ...)."""
+    from cfnlint.decode import decode  # type: ignore[import-untyped]
+
+    path = template_path()
+    if path is None:
+        raise FileNotFoundError("template.yaml not found: run this from a checkout of the project")
+    decoded, problems = decode(str(path))
+    if decoded is None or problems:
+        raise ValueError(f"{path} does not parse: {problems}")
+    # plain dicts, lists and str: cfn-lint's nodes subclass them, and carry their line numbers
+    resources: dict[str, Any] = json.loads(json.dumps(decoded["Resources"]))
+    declared = {name for name, resource in resources.items() if resource.get("Type") == "AWS::DynamoDB::Table"}
+    if declared != set(TABLES.values()):
+        raise ValueError(f"{path} declares the tables {sorted(declared)}; the sandbox knows {sorted(TABLES.values())} "
+                         "(sandbox.TABLES, and NAMES for a new one)")
+    tables = {}
+    for variable, logical_id in TABLES.items():
+        properties = resources[logical_id].get("Properties", {})
+        unknown = set(properties) - {*TABLE_SCHEMA, *TABLE_DEPLOYMENT_ONLY, "TimeToLiveSpecification"}
+        if unknown:
+            raise ValueError(f"{path}: {logical_id} sets {sorted(unknown)}, which the sandbox does not know: add each "
+                             "to sandbox.TABLE_SCHEMA (moto creates it) or TABLE_DEPLOYMENT_ONLY (moto does without)")
+        create = {key: value for key, value in properties.items() if key in TABLE_SCHEMA}
+        time_to_live = properties.get("TimeToLiveSpecification")
+        if _has_intrinsic([create, time_to_live]):
+            raise ValueError(f"{path}: {logical_id}'s schema uses an intrinsic function the sandbox cannot resolve")
+        tables[variable] = TemplateTable(logical_id, create, time_to_live)
+    return tables
+
+
+def _has_intrinsic(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(key == "Ref" or key.startswith("Fn::") or _has_intrinsic(value) for key, value in node.items())
+    return isinstance(node, list) and any(_has_intrinsic(value) for value in node)
 
 
 def create_tables(ddb: Any, names: dict[str, str]) -> None:
-    """The tables of docs/data-model.md, keys and GSIs included (``aggregates`` when ``names`` has it)."""
-    def table(name: str, keys: list[tuple[str, str]], indexes: dict[str, list[tuple[str, str]]]) -> None:
-        attributes = {a for a, _ in keys} | {a for index in indexes.values() for a, _ in index}
-        gsis = [{"IndexName": n, "KeySchema": [{"AttributeName": a, "KeyType": t} for a, t in k],
-                 "Projection": _projection(n)} for n, k in indexes.items()]
-        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                         KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in keys],
-                         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-                         **({"GlobalSecondaryIndexes": gsis} if gsis else {}))
-
-    table(names["SUBMISSIONS_TABLE"], [("submission_id", "HASH")],
-          {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")]})
-    table(names["VISITS_TABLE"], [("visit_id", "HASH"), ("version", "RANGE")],
-          {"by-citizen": [("citizen_key", "HASH"), ("received_at", "RANGE")],
-           "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")]})
-    table(names["FACILITIES_TABLE"], [("facility", "HASH")], {})
-    table(names["IDEMPOTENCY_TABLE"], [("id", "HASH")], {})
-    ddb.update_time_to_live(TableName=names["IDEMPOTENCY_TABLE"],
-                            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"})
-    if "AGGREGATES_TABLE" in names:
-        table(names["AGGREGATES_TABLE"], [("scope", "HASH"), ("period", "RANGE")], {})
-        ddb.update_time_to_live(TableName=names["AGGREGATES_TABLE"],
-                                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    """template.yaml's tables, each named by its variable in ``names`` (one whose variable ``names`` lacks is not
+    created): keys, attribute definitions, indexes with their projections, billing mode and TTL as written there."""
+    for variable, table in template_tables().items():
+        if variable not in names:
+            continue
+        ddb.create_table(TableName=names[variable], **copy.deepcopy(table.create))
+        if table.time_to_live is not None:
+            ddb.update_time_to_live(TableName=names[variable], TimeToLiveSpecification=dict(table.time_to_live))
 
 
 @contextmanager

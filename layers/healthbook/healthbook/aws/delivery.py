@@ -6,6 +6,8 @@ error. Times are written as ``iso_utc`` strings like the rest of docs/data-model
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -176,25 +178,27 @@ class DynamoVisitStatus:
                                       "OR next_attempt_at <= :now)")
 
     def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
-        """The 8 PENDING shards of the by-status-deadline index (keys and the few attributes it projects)."""
-        found = 0
-        for shard in range(STATUS_SHARDS):
-            kwargs: dict[str, Any] = {
-                "TableName": self.table, "IndexName": STATUS_INDEX,
-                "KeyConditionExpression": "status_shard = :shard",
-                "FilterExpression": "attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now",
-                "ExpressionAttributeValues": {":shard": _s(f"{PENDING}#{shard}"), ":now": _s(iso_utc(now))},
-            }
-            while True:
-                page = self._db.query(**kwargs)
-                for item in page.get("Items", []):
-                    yield _visit(item, PENDING)
-                    found += 1
-                    if found >= limit:
-                        return
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        """Due PENDING visits, the earliest deadline first across the 8 shards of the by-status-deadline index
+        (each shard is read in deadline order, page by page, and the shards merged): a sweep that stops at
+        ``limit`` leaves the latest deadlines for the next one."""
+        shards = [self._due_in(shard, now) for shard in range(STATUS_SHARDS)]
+        merged = heapq.merge(*shards, key=lambda visit: (visit.deadline_at, visit.ref.visit_id))
+        yield from itertools.islice(merged, max(0, limit))
+
+    def _due_in(self, shard: int, now: datetime) -> Iterator[StoredVisit]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "status_shard = :shard",
+            "FilterExpression": "attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now",
+            "ExpressionAttributeValues": {":shard": _s(f"{PENDING}#{shard}"), ":now": _s(iso_utc(now))},
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                yield _visit(item, PENDING)
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class S3Projections:

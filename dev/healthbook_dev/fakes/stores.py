@@ -1,0 +1,184 @@
+"""In-memory stand-ins for the delivery stage's storage ports: the visits' statuses (healthbook.delivery.service
+.VisitStatusStore, with DynamoVisitStatus's conditions) and the projections (ProjectionStore, as S3Projections).
+tests/test_contracts.py runs the same cases against each of them and its AWS adapter on moto, so a fake cannot
+drift from what it stands in for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, Timing
+from healthbook.ingest.model import PENDING, SUPERSEDED, VisitRef
+from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
+
+
+@dataclass
+class Item:
+    """One visit version as the fake table holds it (the attributes DynamoVisitStatus writes)."""
+
+    ref: VisitRef
+    status: str
+    received_at: datetime
+    deadline_at: datetime
+    records: bytes | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    citizen_key: str | None = None
+    reconciled_at: datetime | None = None
+    reasons: tuple[str, ...] = ()
+    delivered_at: datetime | None = None
+    latency_ms: int | None = None
+    receipt_id: str | None = None
+    superseded_at: datetime | None = None
+    breached_at: datetime | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+
+
+class FakeStatusStore:
+    """healthbook.delivery.VisitStatusStore in memory, with DynamoVisitStatus's conditions."""
+
+    def __init__(self) -> None:
+        self.items: dict[VisitRef, Item] = {}
+        self.calls: list[str] = []
+        self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
+        self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
+        self.counted: list[CounterUpdate | None] = []  # the report counters committed with each transition
+        self.markers: set[tuple[str, str]] = set()  # distinct-citizen markers set
+        self.citizen_counts: list[CounterUpdate] = []  # the counts committed with them
+
+    def add(self, ref: VisitRef, *, received_at: datetime, records: bytes | None = None, status: str = PENDING,
+            deadline_at: datetime | None = None, attempts: int = 0,
+            next_attempt_at: datetime | None = None) -> VisitRef:
+        """A stored visit version, as ingest would have saved it (deadline: 24 h after receipt by default)."""
+        self.items[ref] = Item(ref=ref, status=status, received_at=received_at,
+                               deadline_at=deadline_at or Timing().deadline_for(received_at), records=records,
+                               attempts=attempts, next_attempt_at=next_attempt_at)
+        return ref
+
+    def status(self, ref: VisitRef) -> str:
+        return self.items[ref].status
+
+    def writes(self) -> list[str]:
+        return [call for call in self.calls if call not in ("load", "previous_version", "due")]
+
+    # the protocol
+
+    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
+        self.calls.append("load")
+        item = self.items.get(ref)
+        if item is None:
+            return None
+        return StoredVisit(ref=item.ref, status=item.status, received_at=item.received_at,
+                           deadline_at=item.deadline_at, attempts=item.attempts,
+                           next_attempt_at=item.next_attempt_at, citizen_key=item.citizen_key,
+                           records=item.records if with_records else None)
+
+    def previous_version(self, ref: VisitRef) -> str | None:
+        self.calls.append("previous_version")
+        earlier = [r.version for r in self.items if r.visit_id == ref.visit_id and r.version < ref.version]
+        return max(earlier) if earlier else None
+
+    def _pending(self, name: str, ref: VisitRef) -> Item | None:
+        self.calls.append(name)
+        item = self.items.get(ref)
+        if item is None:
+            return None
+        if ref in self.race:
+            item.status = self.race.pop(ref)
+        if ref in self.lease_race:
+            item.next_attempt_at = self.lease_race.pop(ref)
+        return item if item.status == PENDING else None
+
+    def _move(self, item: Item, status: str) -> None:
+        item.status = status
+        item.next_attempt_at = None  # the lease goes with PENDING
+
+    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
+        item = self._pending("mark_matched", ref)
+        if item is None:
+            return False
+        item.citizen_key, item.reconciled_at = citizen_key, now
+        return True
+
+    def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime,
+                                  count: CounterUpdate | None = None) -> bool:
+        item = self._pending("mark_needs_reconciliation", ref)
+        if item is None:
+            return False
+        self.counted.append(count)
+        self._move(item, NEEDS_RECONCILIATION)
+        item.reasons, item.reconciled_at = tuple(sorted(set(reasons))), now
+        return True
+
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
+                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool:
+        item = self._pending("mark_delivered", ref)
+        if item is None:
+            return False
+        self.counted.append(count)
+        self._move(item, DELIVERED)
+        item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
+        return True
+
+    def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
+        item = self._pending("mark_superseded", ref)
+        if item is None:
+            return False
+        self._move(item, SUPERSEDED)
+        item.superseded_at = now
+        return True
+
+    def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
+        for marker in markers:
+            if (marker.scope, marker.period) not in self.markers:
+                self.markers.add((marker.scope, marker.period))
+                self.citizen_counts.append(marker.count)
+
+    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
+        item = self._pending("defer", ref)
+        if item is None:
+            return False
+        item.next_attempt_at, item.last_error, item.last_attempt_at = next_attempt_at, error, now
+        item.attempts += 1
+        return True
+
+    def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
+                      count: CounterUpdate | None = None) -> bool:
+        item = self._pending("mark_breached", ref)
+        if item is None:
+            return False
+        self.counted.append(count)
+        self._move(item, DEADLINE_BREACHED)
+        item.breached_at, item.last_error = now, error
+        return True
+
+    def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
+        self.calls.append("due")
+        ready = sorted((i for i in self.items.values()
+                        if i.status == PENDING and (i.next_attempt_at is None or i.next_attempt_at <= now)),
+                       key=lambda i: (i.deadline_at, i.ref.visit_id))
+        for item in ready[:limit]:
+            yield StoredVisit(ref=item.ref, status=PENDING, received_at=item.received_at,
+                              deadline_at=item.deadline_at, attempts=item.attempts,
+                              next_attempt_at=item.next_attempt_at)
+
+    def claim(self, ref: VisitRef, *, now: datetime, lease_until: datetime) -> bool:
+        item = self._pending("claim", ref)
+        if item is None or (item.next_attempt_at is not None and item.next_attempt_at > now):
+            return False
+        item.next_attempt_at = lease_until
+        return True
+
+
+class DictProjections:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, body: bytes) -> None:
+        self.objects[key] = body
+
+    def get(self, key: str) -> bytes:
+        return self.objects[key]

@@ -1,0 +1,178 @@
+"""Fakes against what they stand in for: the same cases run on each in-memory fake and on its adapter (moto for
+AWS, the fake population server over HTTP for the population client), so a fake used by the fast tests cannot
+drift from the production behaviour it pretends to have."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from healthbook.aws.delivery import DynamoVisitStatus, S3Projections
+from healthbook.aws.records import DynamoRecords
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, Timing
+from healthbook.delivery.service import ProjectionStore, VisitStatusStore
+from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
+from healthbook.reconcile import Citizen, PopulationRegistry
+from healthbook.reconcile.http import PopulationClient
+from healthbook.reports.aggregates import citizen_markers
+from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
+from healthbook_dev.fakes.population import FakePopulation
+from healthbook_dev.fakes.population_server import FakePopulationServer
+from healthbook_dev.fakes.stores import DictProjections, FakeStatusStore
+from moto import mock_aws
+
+RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+NOW = RECEIVED + timedelta(minutes=5)
+
+
+# --- the visits' statuses ---------------------------------------------------------------------------------------
+
+@dataclass
+class Statuses:
+    """One implementation of VisitStatusStore and how to put a PENDING visit version into it."""
+
+    store: VisitStatusStore
+    add: Callable[[VisitRef, datetime], None]
+
+
+def _ref(n: int, received: datetime = RECEIVED) -> VisitRef:
+    submission = hashlib.sha256(f"{n}@{received.isoformat()}".encode()).hexdigest()
+    return VisitRef(f"01001#MALK{n:04d}", version_key(received, submission))
+
+
+def _fake_statuses() -> Iterator[Statuses]:
+    fake = FakeStatusStore()
+    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"))
+
+
+def _dynamo_statuses() -> Iterator[Statuses]:
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_tables(ddb, NAMES)
+        records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"],
+                                aggregates_table=NAMES["AGGREGATES_TABLE"])
+
+        def add(ref: VisitRef, received: datetime) -> None:
+            records.save_visit(VisitVersion(
+                visit_id=ref.visit_id, version=ref.version, submission_id=ref.version[-16:],
+                received_at=ref.version.split("#")[0], standard="4750", digest="00" * 32,
+                deadline_at=deadline(received), citizen_key=None, records=b"r", province="01"))
+
+        yield Statuses(DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
+                                         aggregates_table=NAMES["AGGREGATES_TABLE"]), add)
+
+
+@pytest.fixture(params=["fake", "dynamodb"])
+def statuses(request: pytest.FixtureRequest) -> Iterator[Statuses]:
+    yield from (_fake_statuses() if request.param == "fake" else _dynamo_statuses())
+
+
+def test_a_stored_version_loads_pending_with_its_times(statuses: Statuses) -> None:
+    ref = _ref(1)
+    assert statuses.store.load(ref) is None
+    statuses.add(ref, RECEIVED)
+    visit = statuses.store.load(ref, with_records=True)
+    assert visit is not None and visit.status == PENDING and visit.attempts == 0
+    assert (visit.received_at, visit.deadline_at) == (RECEIVED, RECEIVED + Timing().deadline)
+    assert visit.records == b"r" and statuses.store.load(ref).records is None  # type: ignore[union-attr]
+
+
+def test_each_transition_happens_once_and_only_from_pending(statuses: Statuses) -> None:
+    store = statuses.store
+    delivered, parked, breached = _ref(1), _ref(2), _ref(3)
+    for ref in (delivered, parked, breached):
+        statuses.add(ref, RECEIVED)
+    assert store.mark_matched(delivered, "ab" * 32, NOW)
+    assert store.load(delivered).citizen_key == "ab" * 32  # type: ignore[union-attr]  # still PENDING
+    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=300_000, receipt_id="v-1")
+    assert not store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id="v-2")
+    assert not store.mark_matched(delivered, "cd" * 32, NOW)
+    assert store.mark_needs_reconciliation(parked, ["UNKNOWN_ID"], NOW)
+    assert not store.defer(parked, next_attempt_at=NOW, error="X", now=NOW)
+    assert store.mark_breached(breached, error="Timeout", now=NOW)
+    assert not store.mark_superseded(breached, NOW)
+    assert [store.load(r).status for r in (delivered, parked, breached)] == [  # type: ignore[union-attr]
+        DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED]
+
+
+def test_a_deferred_visit_is_due_when_its_time_comes_and_a_claim_leases_it(statuses: Statuses) -> None:
+    store = statuses.store
+    early, late = _ref(1), _ref(2, RECEIVED + timedelta(minutes=1))
+    statuses.add(early, RECEIVED)
+    statuses.add(late, RECEIVED + timedelta(minutes=1))
+    later = NOW + timedelta(minutes=3)
+    assert store.defer(early, next_attempt_at=later, error="RetryableDeliveryError", now=NOW)
+    assert store.load(early).attempts == 1  # type: ignore[union-attr]
+    assert [v.ref for v in store.due(NOW, 10)] == [late]
+    assert [v.ref for v in store.due(later, 10)] == [early, late]  # the earliest deadline first
+    assert [v.ref for v in store.due(later, 1)] == [early]
+    assert store.claim(early, now=later, lease_until=later + timedelta(minutes=10))
+    assert not store.claim(early, now=later, lease_until=later + timedelta(minutes=10))  # leased
+    assert [v.ref for v in store.due(later, 10)] == [late]
+
+
+def test_the_previous_version_of_a_visit_is_the_latest_earlier_one(statuses: Statuses) -> None:
+    first, second = _ref(1), _ref(1, RECEIVED + timedelta(minutes=1))
+    assert first.visit_id == second.visit_id
+    statuses.add(first, RECEIVED)
+    assert statuses.store.previous_version(first) is None
+    statuses.add(second, RECEIVED + timedelta(minutes=1))
+    assert statuses.store.previous_version(second) == first.version
+
+
+def test_citizen_markers_count_once(statuses: Statuses) -> None:
+    markers = citizen_markers("ab" * 32, NOW, facility="01001", province="01", district=None, commune="00004")
+    statuses.store.count_citizen(markers)
+    statuses.store.count_citizen(markers)  # a retried delivery: nothing counted twice, nothing raised
+
+
+# --- the projections ----------------------------------------------------------------------------------------
+
+def _s3_projections() -> Iterator[ProjectionStore]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket="projections", CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield S3Projections(s3, bucket="projections")
+
+
+@pytest.fixture(params=["fake", "s3"])
+def projections(request: pytest.FixtureRequest) -> Iterator[ProjectionStore]:
+    yield from (iter([DictProjections()]) if request.param == "fake" else _s3_projections())
+
+
+def test_a_projection_reads_back_as_written_and_a_missing_one_raises(projections: ProjectionStore) -> None:
+    body = '{"schema":"healthbook-entry/2","name":"Nguyễn"}'.encode()
+    projections.put("projections/01001/a.json", body)
+    projections.put("projections/01001/b.json", b"{}")
+    assert projections.get("projections/01001/a.json") == body
+    with pytest.raises(Exception) as raised:  # a KeyError or botocore's NoSuchKey: either fails the step
+        projections.get("projections/01001/none.json")
+    assert raised.type is not None
+
+
+# --- the population database ---------------------------------------------------------------------------------
+
+PERSON = Citizen(id_number="001203004567", full_name="Trần Thị Mai", birth="19900412", sex="2",
+                 social_insurance_number="0112345678")
+
+
+def _http_population() -> Iterator[PopulationRegistry]:
+    with FakePopulationServer.start(FakePopulation([PERSON])) as server, PopulationClient(server.url) as client:
+        yield client
+
+
+@pytest.fixture(params=["fake", "http"])
+def population(request: pytest.FixtureRequest) -> Iterator[PopulationRegistry]:
+    yield from (iter([FakePopulation([PERSON])]) if request.param == "fake" else _http_population())
+
+
+def test_a_citizen_is_found_by_id_and_by_social_insurance_number(population: PopulationRegistry) -> None:
+    assert population.lookup("001203004567") == PERSON
+    assert population.lookup_by_social_insurance("0112345678") == PERSON
+    assert population.lookup("001203004568") is None
+    assert population.lookup_by_social_insurance("0112345679") is None
+
