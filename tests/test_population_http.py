@@ -25,7 +25,6 @@ from healthbook.reconcile import (
     PopulationRegistry,
     PopulationUnavailable,
     identity_from_summary,
-    population_from_env,
     reconcile,
 )
 from healthbook_dev.fakes.population import FakePopulation
@@ -373,16 +372,17 @@ def test_only_status_and_elapsed_time_are_logged(caplog: pytest.LogCaptureFixtur
 # ------------------------------------------------------------------------------------------------ configuration
 
 
-def test_population_from_env() -> None:
-    registry = population_from_env({"POPULATION_URL": "https://dancu.example", "POPULATION_API_KEY": "k3y"})
-    assert isinstance(registry, PopulationClient) and isinstance(registry, PopulationRegistry)
-    assert registry.base_url == "https://dancu.example" and "k3y" not in repr(registry)
-    plain = population_from_env({"POPULATION_URL": "http://127.0.0.1:8080/", "POPULATION_API_KEY": ""})
-    assert isinstance(plain, PopulationClient) and "api_key=None" in repr(plain)
-    with pytest.raises(ValueError, match="POPULATION_URL is not set"):
-        population_from_env({"POPULATION_API_KEY": "k3y"})
-    with pytest.raises(ValueError, match="POPULATION_URL") as caught:
-        population_from_env({"POPULATION_URL": "dancu.example/s3cr3t"})
+def test_the_reconcile_settings_name_a_missing_or_bad_population_url_never_its_value() -> None:
+    from healthbook.aws.settings import ReconcileSettings
+
+    base = {"VISITS_TABLE": "v", "CITIZEN_PEPPER_SECRET": "p"}
+    settings = ReconcileSettings.from_env({**base, "POPULATION_URL": "https://dancu.example"})
+    client = PopulationClient(settings.population_url, api_key="k3y")
+    assert isinstance(client, PopulationRegistry) and "k3y" not in repr(client)
+    with pytest.raises(ValueError, match="POPULATION_URL"):
+        ReconcileSettings.from_env(base)
+    with pytest.raises(ValueError, match=r"^POPULATION_URL is not in the expected form$") as caught:
+        ReconcileSettings.from_env({**base, "POPULATION_URL": "dancu.example/s3cr3t"})
     assert "s3cr3t" not in str(caught.value)
 
 

@@ -102,13 +102,13 @@ class DeliveryRuntime:
 
     def _population(self, settings: ReconcileSettings) -> Any:
         def build() -> Any:
-            from healthbook.reconcile.http import population_from_env
+            from healthbook.reconcile.http import PopulationClient
 
-            values = {"POPULATION_URL": settings.population_url}
+            key = None
             if settings.population_api_key_secret:
-                values["POPULATION_API_KEY"] = str(client("secretsmanager").get_secret_value(
-                    SecretId=settings.population_api_key_secret)["SecretString"]).strip()
-            return population_from_env(values)
+                key = str(client("secretsmanager").get_secret_value(
+                    SecretId=settings.population_api_key_secret)["SecretString"]).strip() or None
+            return PopulationClient(settings.population_url, api_key=key)
 
         return self._cached("population", build, settings.secrets_ttl_seconds)
 

@@ -53,6 +53,8 @@ def _problem(error: Any) -> str:
     message = str(error["msg"])
     if error["type"] in ("float_parsing", "finite_number", "less_than_equal", "int_parsing"):
         message = "must be a number of seconds" if where.endswith("_SECONDS") else "must be a number"
+    elif error["type"] == "string_pattern_mismatch":
+        message = "is not in the expected form"  # the value itself is never quoted: a URL may hold a secret
     elif error["type"] in ("greater_than", "greater_than_equal"):
         message = "must be positive" if error["type"] == "greater_than" else "must not be negative"
     return f"{where} {message}" if where else message
@@ -107,7 +109,7 @@ class StepSettings(TimingSettings):
 
 class ReconcileSettings(StepSettings):
     citizen_pepper_secret: str
-    population_url: str
+    population_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]  # absolute http(s); never quoted back
     population_api_key_secret: str | None = None
 
 

@@ -1,6 +1,6 @@
 """Reconciliation of claim identities with the national population database (docs/reconciliation.md).
 
-The HTTP adapter (``PopulationClient``, ``PopulationError``, ``population_from_env``; needs ``requests``, the
+The HTTP adapter (``PopulationClient``, ``PopulationError``; needs ``requests``, the
 ``aws`` extra) is imported on first use, so importing this package stays pure. The fakes standing in for the
 population database are in the development package (``healthbook_dev.fakes.population``).
 """
@@ -29,12 +29,11 @@ from healthbook.reconcile.matching import (
 )
 
 if TYPE_CHECKING:
-    from healthbook.reconcile.http import PopulationClient, PopulationError, population_from_env
+    from healthbook.reconcile.http import PopulationClient, PopulationError
 
 _LAZY = {
     "PopulationClient": "healthbook.reconcile.http",
     "PopulationError": "healthbook.reconcile.http",
-    "population_from_env": "healthbook.reconcile.http",
 }
 
 __all__ = [
@@ -57,7 +56,6 @@ __all__ = [
     "Reconciliation",
     "count_by_reason",
     "identity_from_summary",
-    "population_from_env",
     "reconcile",
 ]
 

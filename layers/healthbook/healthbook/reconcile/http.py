@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -37,7 +36,7 @@ from healthbook.reconcile.matching import (
     social_insurance_number_ok,
 )
 
-__all__ = ["NOT_FOUND_CODE", "PopulationClient", "PopulationError", "population_from_env"]
+__all__ = ["NOT_FOUND_CODE", "PopulationClient", "PopulationError"]
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +197,3 @@ def _citizen(body: Any) -> Citizen:
     return Citizen(**values, social_insurance_number=number)
 
 
-def population_from_env(env: Mapping[str, str]) -> PopulationRegistry:
-    """The registry configured by ``POPULATION_URL`` (required) and ``POPULATION_API_KEY`` (optional).
-
-    ``ValueError`` names the missing or bad variable, never a value.
-    """
-    url = (env.get("POPULATION_URL") or "").strip()
-    if not url:
-        raise ValueError("POPULATION_URL is not set")
-    try:
-        return PopulationClient(url, api_key=env.get("POPULATION_API_KEY") or None)
-    except ValueError:
-        raise ValueError("POPULATION_URL must be an absolute http(s) URL") from None
