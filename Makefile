@@ -29,7 +29,7 @@ test: lint typecheck sam
 	$(BIN)/pytest -m "not localstack"
 
 lint: $(STAMP)
-	$(BIN)/ruff check layers functions tests bench infra
+	$(BIN)/ruff check layers dev functions tests bench infra
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
