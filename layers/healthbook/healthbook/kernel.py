@@ -34,6 +34,17 @@ class VisitStatus(StrEnum):
     SUPERSEDED = "SUPERSEDED"  # a newer version of the visit replaced it
 
 
+class SubmissionStatus(StrEnum):
+    """What became of one uploaded object (docs/ingest.md)."""
+
+    ACCEPTED = "ACCEPTED"  # every visit admitted to the health book
+    PARTIAL = "PARTIAL"  # some visits admitted
+    REJECTED = "REJECTED"  # the file, or every visit, refused
+    DUPLICATE = "DUPLICATE"  # the same object version again: its receipt and items stand
+    GONE = "GONE"  # deleted before it could be read
+    SKIPPED = "SKIPPED"  # not a submission (a console "folder" placeholder)
+
+
 class Outcome(StrEnum):
     """What a step of the delivery workflow reports for one visit (infra/statemachine/delivery.asl.json)."""
 

@@ -40,7 +40,7 @@ from healthbook.aws.s3_store import S3Store
 from healthbook.aws.settings import IngestSettings, client, dynamodb_table, load_pepper, load_trust_anchors
 from healthbook.ingest.model import ObjectRef, Outcome
 from healthbook.ingest.service import IngestService
-from healthbook.kernel import Metrics
+from healthbook.kernel import Metrics, SubmissionStatus
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import Options
 
@@ -222,16 +222,17 @@ class IngestRuntime:
             self.metrics.latency("ProcessingTime", elapsed_ms)
             if outcome.delivery_start_failures:
                 self.metrics.count("DeliveryStartFailures", outcome.delivery_start_failures)
-            if outcome.status == "REJECTED":
+            if outcome.status == SubmissionStatus.REJECTED:
                 self.metrics.count("FilesRejected")
                 families["FilesRejected", outcome.rejection_family or "?"] += 1
             for family, count in outcome.rejected_by_family.items():
                 families["VisitsRejected", family] += count
-        elif outcome.status == "DUPLICATE":
+        elif outcome.status == SubmissionStatus.DUPLICATE:
             self.metrics.count("FilesDuplicate")
         summary = outcome.to_dict()
         summary["processing_ms"] = round(elapsed_ms, 1)
-        level = self.logger.warning if outcome.status in ("REJECTED", "GONE") else self.logger.info
+        troubled = outcome.status in (SubmissionStatus.REJECTED, SubmissionStatus.GONE)
+        level = self.logger.warning if troubled else self.logger.info
         level(f"object {outcome.status.lower()}", extra=summary)
 
     def _replayed(self, response: Any, idempotent_data: DataRecord) -> Any:

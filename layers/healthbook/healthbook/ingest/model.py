@@ -13,15 +13,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from healthbook.kernel import DEADLINE, FACILITY_CODE, PORTAL_TZ, VisitStatus, iso_utc
+from healthbook.kernel import DEADLINE, FACILITY_CODE, PORTAL_TZ, SubmissionStatus, VisitStatus, iso_utc
 
 # Visit statuses (kernel.VisitStatus); the delivery stage adds DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED.
 PENDING = VisitStatus.PENDING
 SUPERSEDED = VisitStatus.SUPERSEDED
 # Submission statuses.
-ACCEPTED = "ACCEPTED"
-PARTIAL = "PARTIAL"
-REJECTED = "REJECTED"
+ACCEPTED = SubmissionStatus.ACCEPTED
+PARTIAL = SubmissionStatus.PARTIAL
+REJECTED = SubmissionStatus.REJECTED
 
 STATUS_SHARDS = 8
 DELIVERY_BATCH = 50  # visits per delivery execution (docs/cost.md)
@@ -219,7 +219,7 @@ class Outcome:
     submission_id: str
     facility: str  # the receipts folder (a facility code, or the segment / "unknown" for I502)
     object_key: str
-    status: str  # ACCEPTED | PARTIAL | REJECTED | DUPLICATE | GONE | SKIPPED
+    status: str  # a SubmissionStatus
     visits_total: int = 0
     visits_accepted: int = 0
     visits_stored: int = 0  # versions written now (0 on a replay)

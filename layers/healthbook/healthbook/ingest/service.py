@@ -51,7 +51,7 @@ from healthbook.ingest.model import (
     locate,
     version_key,
 )
-from healthbook.kernel import DEADLINE, LEASE, citizen_key, iso_utc
+from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc
 from healthbook.pipeline import process_submission, receipt_view
 from healthbook.signing.merkle import canonical_visit
 from healthbook.signing.receipt import build_receipt
@@ -196,18 +196,18 @@ class IngestService:
     def ingest(self, ref: ObjectRef) -> Outcome:
         location = locate(ref.key)
         sid = ref.submission_id
-        outcome = Outcome(submission_id=sid, facility=location.folder, object_key=ref.key, status="SKIPPED",
-                          receipt_key=location.receipt_key)
+        outcome = Outcome(submission_id=sid, facility=location.folder, object_key=ref.key,
+                          status=SubmissionStatus.SKIPPED, receipt_key=location.receipt_key)
         if ref.key.endswith("/"):
             outcome.receipt_key = None  # a console "folder" placeholder, not a submission
             return outcome
         if self._records.submission_exists(sid):
-            outcome.status = "DUPLICATE"  # the same object version again: its receipt and items stand
+            outcome.status = SubmissionStatus.DUPLICATE  # the same object version again: its receipt and items stand
             return outcome
         try:
             examined = self._examine(ref, location, sid)
         except ObjectGone:
-            outcome.status, outcome.receipt_key = "GONE", None
+            outcome.status, outcome.receipt_key = SubmissionStatus.GONE, None
             return outcome
         return self._record(ref, location, examined, outcome)
 

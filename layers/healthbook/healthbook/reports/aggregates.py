@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from healthbook.kernel import PORTAL_TZ
+from healthbook.kernel import PORTAL_TZ, SubmissionStatus
 from healthbook.standard import places
 
 # Upper bounds, in seconds, of the receipt -> VNeID latency buckets; beyond the last, "inf".
@@ -98,7 +98,7 @@ def for_submission(facility: str, received_at: datetime, *, status: str, visits_
     never values). ``visits_accepted`` are the visits admitted to the health book."""
     deltas = {"files_received": 1, "visits_accepted": visits_accepted,
               "visits_rejected": visits_total - visits_accepted}
-    if status == "REJECTED":
+    if status == SubmissionStatus.REJECTED:
         deltas["files_rejected"] = 1
     for code in sorted(set(error_codes)):
         deltas[f"error#{code}"] = 1
