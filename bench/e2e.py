@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.signing.xmldsig import sign_submission
+from healthbook.signing.xml_signer import sign_submission
 from healthbook_dev.aws.upload import Destination, upload_file
 from healthbook_dev.demos.stack import Clients, deploy, prepare
 from healthbook_dev.fakes.population import FakePopulation

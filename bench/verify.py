@@ -22,7 +22,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from healthbook.signing.xmldsig import Trust, sign_submission, verify_submission
+from healthbook.signing.xml_signer import sign_submission
+from healthbook.signing.xmldsig import Trust, verify_submission
 from healthbook.validation import validate_bytes
 from healthbook_dev.generate import build_visit, submission
 from healthbook_dev.pki import dev_pki

@@ -41,7 +41,7 @@ from healthbook.ingest.service import IngestService
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import LocalKeySigner
-from healthbook.signing.xmldsig import sign_submission
+from healthbook.signing.xml_signer import sign_submission
 from healthbook_dev.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
 from healthbook_dev.generate import Visit, build_visit, submission
 from healthbook_dev.pki import dev_pki

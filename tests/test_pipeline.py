@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from healthbook.pipeline import process_submission
 from healthbook.signing.receipt import render_receipt, verify_receipt
 from healthbook.signing.signer import LocalKeySigner
-from healthbook.signing.xmldsig import Trust, sign_submission
+from healthbook.signing.xml_signer import sign_submission
+from healthbook.signing.xmldsig import Trust
 from healthbook_dev.cli import main
 from healthbook_dev.generate import build_visit, submission
 from healthbook_dev.pki import dev_pki

@@ -28,14 +28,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import PrivateFormat, pkcs12
-from healthbook.signing.xmldsig import (
-    DS,
-    SignatureCheck,
-    Trust,
-    load_signing_material,
-    sign_submission,
-    verify_submission,
-)
+from healthbook.signing.xml_signer import load_signing_material, sign_submission
+from healthbook.signing.xmldsig import DS, SignatureCheck, Trust, verify_submission
 from healthbook_dev.generate import SCENARIOS, build_visit, checkin_document, submission
 from healthbook_dev.generate.vocab import FACILITIES
 from healthbook_dev.pki import dev_pki

@@ -21,15 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from healthbook.signing.registry import FacilityRegistry, certificate_sha256
-from healthbook.signing.xmldsig import (
-    DS,
-    PrivateKey,
-    SignatureCheck,
-    Trust,
-    load_signing_material,
-    sign_submission,
-    verify_submission,
-)
+from healthbook.signing.xml_signer import load_signing_material, sign_submission
+from healthbook.signing.xmldsig import DS, PrivateKey, SignatureCheck, Trust, verify_submission
 from healthbook.validation.catalogue import RULES
 from healthbook_dev.cli import main
 from healthbook_dev.commands.signing import envelope_facility

@@ -74,7 +74,7 @@ class Upload:
 
 def _build_files(pipeline: dict[str, Any], fakes: test_localstack.Fakes, seed: int) -> list[tuple[Path, str]]:
     """FILES signed submissions of VISITS_PER_FILE visits each, their citizens known to the fake population."""
-    from healthbook.signing.xmldsig import sign_submission
+    from healthbook.signing.xml_signer import sign_submission
     from healthbook_dev.fakes.population import FakePopulation
     from healthbook_dev.generate import build_visit, envelope
     from healthbook_dev.pki import FACILITIES

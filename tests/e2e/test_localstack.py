@@ -258,7 +258,7 @@ def _signed_submission(pipeline: dict[str, Any], *, defect: bool, seed: int) -> 
     """One signed visit; with ``defect`` it has no patient name, which keeps it out of the health book (H601)."""
     import random
 
-    from healthbook.signing.xmldsig import sign_submission
+    from healthbook.signing.xml_signer import sign_submission
     from healthbook_dev.generate import build_visit, facility_named, submission
 
     visit = build_visit(random.Random(seed), facility=facility_named(FACILITY))
@@ -406,7 +406,7 @@ def _book_submission(pipeline: dict[str, Any], fakes: Fakes, seed: int, *, visit
     """A signed one-visit submission whose citizen the fake population knows; ``visit`` again = a resubmission."""
     import random
 
-    from healthbook.signing.xmldsig import sign_submission
+    from healthbook.signing.xml_signer import sign_submission
     from healthbook_dev.fakes.population import FakePopulation
     from healthbook_dev.generate import build_visit, submission
     from healthbook_dev.pki import FACILITIES

@@ -19,13 +19,8 @@ from healthbook.parsing import safe_xml
 from healthbook.parsing.safe_xml import XmlRejected
 from healthbook.signing.receipt import signature_form_line
 from healthbook.signing.registry import certificate_sha256
-from healthbook.signing.xmldsig import (
-    SignatureCheck,
-    Trust,
-    load_signing_material,
-    sign_submission,
-    verify_submission,
-)
+from healthbook.signing.xml_signer import load_signing_material, sign_submission
+from healthbook.signing.xmldsig import SignatureCheck, Trust, verify_submission
 
 from healthbook_dev.cli_support import UsageError, xml_files
 from healthbook_dev.pki import dev_pki

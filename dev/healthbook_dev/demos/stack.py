@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from healthbook.kernel import PORTAL_TZ
 from healthbook.signing.receipt import receipt_codes
-from healthbook.signing.xmldsig import sign_submission
+from healthbook.signing.xml_signer import sign_submission
 
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.generate import build_visit, current_standard, facility_named, inject

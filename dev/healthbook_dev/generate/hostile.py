@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
 from healthbook.kernel import MAX_FILE_BYTES
-from healthbook.signing.xmldsig import DS, PrivateKey, sign_submission
+from healthbook.signing.xml_signer import sign_submission
+from healthbook.signing.xmldsig import DS, PrivateKey
 from lxml import etree
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
 from signxml.signer import XMLSigner
