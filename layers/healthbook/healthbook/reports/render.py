@@ -40,10 +40,10 @@ CSV_TYPE = "text/csv; charset=utf-8"
 SUMMARY_KEYS = ("code", "name", "files_received", "visits_accepted", "delivered", "in_time_pct", "latency_p95",
                 "breached", "citizens_with_book", "population", "coverage_pct")
 SLA_KEY, COVERAGE_KEY = "in_time_pct", "coverage_pct"
-_BY_KEY = {column.key: column for column in COLUMNS}
+COLUMN_BY_KEY = {column.key: column for column in COLUMNS}
 SERIES_COLORS = {SLA_KEY: "#1f6fb2", COVERAGE_KEY: "#e8871e"}
 
-_NUMBER_FORMATS = {"int": "#,##0", "pct": "0.00", "seconds": "#,##0"}
+NUMBER_FORMATS = {"int": "#,##0", "pct": "0.00", "seconds": "#,##0"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -61,7 +61,7 @@ def period_line(report: Report) -> str:
     return f"Kỳ báo cáo: {period.start:%d/%m/%Y} – {period.end:%d/%m/%Y}; kỳ trước: {report.previous.label_vi}"
 
 
-def _seconds(value: float) -> int | str:
+def seconds_cell(value: float) -> int | str:
     return BEYOND_LAST_BUCKET if math.isinf(value) else round(value)
 
 
@@ -75,7 +75,7 @@ def _csv_field(row: Row, column: Column) -> str:
     if column.kind == "pct":
         return f"{float(value):.2f}"
     if column.kind == "seconds":
-        return str(_seconds(float(value)))
+        return str(seconds_cell(float(value)))
     text = str(value)
     if column.kind == "text" and text.startswith(_FORMULA_START):
         return "'" + text
@@ -129,7 +129,7 @@ def _e(text: object) -> str:
 
 def _svg_chart(provinces: list[Row]) -> str:
     """Grouped bars, SLA and coverage per province, on a 0–100 axis. Hand-drawn: no script, no external file."""
-    series = [(_BY_KEY[SLA_KEY], "sla"), (_BY_KEY[COVERAGE_KEY], "coverage")]
+    series = [(COLUMN_BY_KEY[SLA_KEY], "sla"), (COLUMN_BY_KEY[COVERAGE_KEY], "coverage")]
     bar, gap, pad = 24, 4, 14
     group = 2 * bar + gap + 2 * pad
     plot_h, left, right, top = 260, 56, 24, 48
@@ -263,13 +263,13 @@ def _plain(value: str | int | float | None, column: Column) -> str:
     if value is None:
         return "-"
     if column.kind == "seconds" and isinstance(value, (int, float)):
-        return str(_seconds(value))
+        return str(seconds_cell(value))
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def summary_lines(report: Report, level: Level) -> list[str]:
     """A plain table of one level's key figures for the terminal ("-" where a figure does not exist)."""
-    columns = [_BY_KEY[key] for key in _SUMMARY]
+    columns = [COLUMN_BY_KEY[key] for key in _SUMMARY]
     table = [[c.header_en for c in columns]]
     for row in report.level(level):
         table.append([_plain(cell(row, c), c) for c in columns])

@@ -16,17 +16,17 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from healthbook.reports.model import COLUMNS, LEVEL_NAMES_VI, Column, Level, Report, Row, cell
 from healthbook.reports.render import (
-    _BY_KEY,
-    _NUMBER_FORMATS,
+    COLUMN_BY_KEY,
     COVERAGE_KEY,
+    NUMBER_FORMATS,
     REPORT_TITLE,
     SERIES_COLORS,
     SLA_KEY,
     SUMMARY_KEYS,
     SUMMARY_TITLE,
-    _seconds,
     generated_label,
     period_line,
+    seconds_cell,
 )
 
 
@@ -45,7 +45,7 @@ def _xlsx_value(row: Row, column: Column) -> str | int | float | None:
     if value is None:
         return None
     if column.kind == "seconds":
-        return _seconds(float(value))
+        return seconds_cell(float(value))
     if isinstance(value, str):
         return str(ILLEGAL_CHARACTERS_RE.sub("", value))  # control characters make openpyxl refuse the whole workbook
     return value
@@ -67,8 +67,8 @@ def _write_table(ws: Worksheet, top: int, columns: Iterable[Column], rows: list[
                 target.data_type = "s"  # a name starting with "=" is text, never a formula
                 if column.kind == "seconds":
                     target.alignment = Alignment(horizontal="right")
-            elif column.kind in _NUMBER_FORMATS:
-                target.number_format = _NUMBER_FORMATS[column.kind]
+            elif column.kind in NUMBER_FORMATS:
+                target.number_format = NUMBER_FORMATS[column.kind]
             shown = "" if value is None else f"{value:,.2f}" if isinstance(value, float) else str(value)
             widths[index - 1] = min(max(widths[index - 1], len(shown) + 2), 60)
     for index, width in enumerate(widths, start=1):
@@ -89,7 +89,7 @@ def _summary_sheet(ws: Worksheet, report: Report) -> None:
     ws["A2"] = period_line(report)
     ws["A3"] = f"Thời điểm lập: {generated_label(report)}"
     top = 5
-    columns = [_BY_KEY[key] for key in SUMMARY_KEYS]
+    columns = [COLUMN_BY_KEY[key] for key in SUMMARY_KEYS]
     provinces = report.level("province")
     _write_table(ws, top, columns, provinces)
     ws.freeze_panes = ws.cell(top + 1, 1).coordinate
