@@ -24,6 +24,7 @@ LEASE = timedelta(minutes=10)
 # Largest submission read (bytes); checked before parsing (docs/hostile-inputs.md).
 MAX_FILE_BYTES = 20 * 1024 * 1024
 
+
 class VisitStatus(StrEnum):
     """The status of a stored visit version (docs/data-model.md)."""
 
@@ -77,7 +78,7 @@ def utc(moment: datetime) -> datetime:
 def iso_utc(moment: datetime) -> str:
     """Seconds precision, ``Z`` suffix: one spelling per instant, since the string itself is signed."""
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("received_at must be timezone-aware (a naive time is ambiguous by 7 hours)")
+        raise ValueError("a timezone-aware time is required (a naive time is ambiguous by 7 hours)")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
