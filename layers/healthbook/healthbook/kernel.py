@@ -77,9 +77,7 @@ def utc(moment: datetime) -> datetime:
 
 def iso_utc(moment: datetime) -> str:
     """Seconds precision, ``Z`` suffix: one spelling per instant, since the string itself is signed."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("a timezone-aware time is required (a naive time is ambiguous by 7 hours)")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str) -> datetime:
