@@ -140,14 +140,15 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
     digests = [visit_digest(v) for v, ok in zip(result.visits, accepted, strict=True) if ok]
     tree = MerkleTree(digests) if digests else None
     visits: list[ReceiptVisit] = []
+    leaves = iter(range(len(digests)))  # accepted visits are the leaves, in document order
     for visit, ok in zip(result.visits, accepted, strict=True):
-        leaf = len([v for v in visits if v.accepted]) if ok and tree is not None else None
-        visits.append(ReceiptVisit(
-            ma_lk=visit.ma_lk, accepted=ok, standard=visit.standard, errors=_issues(visit.errors),
-            findings=_issues(visit.findings),
-            digest=digests[leaf].hex() if leaf is not None else None, leaf_index=leaf,
-            proof=[(side, sibling.hex()) for side, sibling in tree.proof(leaf)]
-            if tree is not None and leaf is not None else None))
+        entry = ReceiptVisit(ma_lk=visit.ma_lk, accepted=ok, standard=visit.standard, errors=_issues(visit.errors),
+                             findings=_issues(visit.findings))
+        if ok and tree is not None:
+            leaf = next(leaves)
+            entry.digest, entry.leaf_index = digests[leaf].hex(), leaf
+            entry.proof = [(side, sibling.hex()) for side, sibling in tree.proof(leaf)]
+        visits.append(entry)
     receipt = Receipt(
         receipt_version=RECEIPT_VERSION, submission_id=submission_id, facility=result.facility,
         object_key=object_key, received_at=iso_utc(received_at), received_at_portal=portal_time(received_at),

@@ -54,12 +54,6 @@ def province_on(code: str, day: date | None) -> str:
     return province_after(code) if after_reform(day) else code
 
 
-def merged_into(code: str) -> tuple[str, ...]:
-    """The pre-reform province codes a current province holds (itself alone when unknown)."""
-    entry = _units()["provinces_after_reform"]["codes"].get(code)
-    return tuple(entry["merged"]) if entry else (code,)
-
-
 def commune_name(code: str) -> str | None:
     """The commune's name when the deployment holds the list (data/administrative-units.json 'communes')."""
     entry = _units()["communes"]["codes"].get(code)
