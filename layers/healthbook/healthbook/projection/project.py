@@ -25,7 +25,6 @@ from healthbook.standard import icd10 as _icd10
 from healthbook.standard import load, places, version_ids
 
 SCHEMA = "healthbook-entry/2"
-VN_TZ = PORTAL_TZ
 _MAPPING = Path(__file__).parent / "mapping.json"
 # An ICD-10 code and nothing else: letter, two digits, then at most a dotted or undotted 1-2 digit
 # subdivision (and the dagger/asterisk marks). Anchored, so a hex digest such as "b20f..." is no code.
@@ -120,7 +119,7 @@ def _timestamp(value: str) -> str | None:
             return None
     except ValueError:
         return None
-    return moment.replace(tzinfo=VN_TZ).isoformat()
+    return moment.replace(tzinfo=PORTAL_TZ).isoformat()
 
 
 def _decimal(value: str) -> int | float | None:
@@ -289,7 +288,7 @@ def project(stored: dict[str, Any], *, facility: str, received_at: datetime, ver
         "standard": standard,
         "version": version,
         "supersedes": supersedes,
-        "received_at": received_at.astimezone(VN_TZ).isoformat(),
+        "received_at": received_at.astimezone(PORTAL_TZ).isoformat(),
     }
     for name, group in mapping()["groups"].items():
         rows = clean.get(group["source"], [])
