@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -957,13 +958,32 @@ def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: d
     (grant,) = [s for s in function_statements(template, "DeliverFunction") if s.get("Sid") == "MarkCitizensForReports"]
     assert grant["Action"] == ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
     assert is_arn_of(grant["Resource"], "AggregatesTable")
-    import inspect
-
-    from healthbook.aws.delivery import DynamoVisitStatus  # the attribute count_citizen writes
-
-    assert '"expires_at"' in inspect.getsource(DynamoVisitStatus.count_citizen)
     assert props(template, "AggregatesTable")["TimeToLiveSpecification"] == {"AttributeName": "expires_at",
                                                                             "Enabled": True}
+
+
+def test_the_markers_deliver_writes_carry_the_attribute_the_aggregates_ttl_reads(template: dict[str, Any]) -> None:
+    import boto3
+    from healthbook.aws.delivery import DynamoVisitStatus
+    from healthbook.reports.aggregates import citizen_markers
+    from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
+    from moto import mock_aws
+
+    ttl = props(template, "AggregatesTable")["TimeToLiveSpecification"]["AttributeName"]
+    markers = citizen_markers("ab" * 32, datetime(2026, 11, 22, 3, tzinfo=UTC), facility="01001", province="01",
+                              district=None, commune="00004")
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_tables(ddb, NAMES)
+        DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
+                          aggregates_table=NAMES["AGGREGATES_TABLE"]).count_citizen(markers)
+        items = ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
+    written = {(i["scope"]["S"], i["period"]["S"]): i for i in items}
+    expiring = [m for m in markers if m.expires_at is not None]
+    assert expiring, "a month's markers expire"
+    for marker in markers:
+        item = written[(marker.scope, marker.period)]
+        assert (int(item[ttl]["N"]) if ttl in item else None) == marker.expires_at
 
 
 # ---- reports: the function and its schedules (docs/operations.md) ------------------------------------------------

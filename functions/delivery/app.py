@@ -16,6 +16,10 @@ data.
 
 from __future__ import annotations
 
+import gc
+
+gc.disable()  # while the modules load: collecting between them is a tenth of the cold start
+
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +36,8 @@ logger, tracer = Logger(service=SERVICE), Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
 _runtime: DeliveryRuntime | None = None
+gc.freeze()  # what the cold start built lives as long as the process: collections need not walk it
+gc.enable()
 
 
 def runtime() -> DeliveryRuntime:

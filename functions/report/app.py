@@ -9,6 +9,10 @@ raises, so Lambda's Errors and the alarm see it and the Scheduler retries.
 
 from __future__ import annotations
 
+import gc
+
+gc.disable()  # while the modules load: collecting between them is a tenth of the cold start
+
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +26,8 @@ logger, tracer = Logger(service=SERVICE), Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
 runtime = ReportRuntime()
+gc.freeze()  # what the cold start built lives as long as the process: collections need not walk it
+gc.enable()
 
 
 def reset() -> None:

@@ -30,7 +30,7 @@ class FunctionSettings(BaseModel):
     """A function's settings: field ``visits_table`` is the variable ``VISITS_TABLE``. Unknown variables are
     ignored (Lambda sets many); empty ones count as unset."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

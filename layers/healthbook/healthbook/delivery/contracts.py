@@ -19,7 +19,7 @@ CitizenKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     def to_event(self) -> dict[str, Any]:
         """The JSON object the state machine passes on (unset optional fields left out)."""

@@ -39,7 +39,7 @@ Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 class _Part(BaseModel):
     # A field a later version adds is kept (and covered by the signature), not refused.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class ReceiptIssue(_Part):
