@@ -207,6 +207,24 @@ def test_keys_ids_and_shards() -> None:
     assert version_key(RECEIVED, sid) == f"2026-11-22T03:00:00Z#{sid[:16]}"
 
 
+def test_transaction_ids_name_their_facility_and_their_key_its_folder() -> None:
+    from healthbook.kernel import is_transaction_id, new_transaction_id, portal_inbox_key, transaction_of
+
+    first, second = new_transaction_id("01001", RECEIVED), new_transaction_id("01001", RECEIVED)
+    assert first != second and first.startswith("01001-20261122100000-") and is_transaction_id(first)
+    key = portal_inbox_key(first)
+    assert key == f"inbox/01001/portal/{first}.xml" and transaction_of(key) == first
+    assert transaction_of(key.replace("inbox/01001/", "inbox/79001/")) is None  # another facility's folder
+    assert transaction_of(f"inbox/01001/portal/x/{first}.xml") is None
+    assert transaction_of(f"inbox/01001/{first}.xml") is None
+    for bad in ("", "1001-20261122100000-0123456789ab", "01001-2026112210000-0123456789ab", f"{first}/../x"):
+        assert not is_transaction_id(bad)
+        with pytest.raises(ValueError):
+            portal_inbox_key(bad)
+    with pytest.raises(ValueError):
+        new_transaction_id("../01", RECEIVED)
+
+
 def test_service_accepts_and_is_idempotent(pki: dict[str, Path], platform: LocalKeySigner) -> None:
     service, store, records = fake_service(pki, platform)
     visit = a_visit(1)
@@ -767,6 +785,22 @@ def test_defective_file_gets_a_rejection_receipt_and_is_quarantined(aws: SimpleN
     assert "V201" in item["finding_codes"]
     assert aws.s3.get_object(Bucket=QUARANTINE, Key=key)["Body"].read() == data
     assert scan(aws, "VISITS_TABLE") == []
+
+
+def test_a_file_the_portal_api_received_carries_its_transaction_id(aws: SimpleNamespace, app: ModuleType,
+                                                                   pki: dict[str, Path]) -> None:
+    from healthbook.kernel import new_transaction_id, portal_inbox_key
+
+    transaction = new_transaction_id("01001", RECEIVED)
+    key = portal_inbox_key(transaction)
+    ingest_one(aws, app, key, signed(pki, a_visit(6)))
+    receipt = receipt_at(aws, f"receipts/01001/{transaction}.xml.receipt.json")
+    assert verify_receipt(receipt, aws.public) == [] and receipt["transaction_id"] == transaction
+    (record,) = [s for s in submissions(aws) if s["object_key"] == key]
+    assert record["transaction_id"] == transaction and record["status"] == "ACCEPTED"
+    # a file the facility put in S3 itself has none, even in a folder named like the portal's
+    ingest_one(aws, app, "inbox/01001/portal/notes.xml", signed(pki, a_visit(7)), message_id="m-2")
+    assert receipt_at(aws, "receipts/01001/notes.xml.receipt.json")["transaction_id"] is None
 
 
 def test_prefix_mismatch_is_I501(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:

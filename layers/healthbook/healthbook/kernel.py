@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Protocol
@@ -66,6 +67,40 @@ FACILITY_CODE = re.compile(r"[0-9]{5}")
 
 def is_facility_code(text: str) -> bool:
     return FACILITY_CODE.fullmatch(text) is not None
+
+
+# A portal transaction (maGiaoDich): the facility, the Vietnam time of receipt, 12 random hex digits. The file
+# it names sits at ``portal_inbox_key``; ingest reads the id back from that key, so it needs no other record.
+TRANSACTION_ID = re.compile(rf"({FACILITY_CODE.pattern})-([0-9]{{14}})-([0-9a-f]{{12}})")
+PORTAL_FOLDER = "portal"
+
+
+def new_transaction_id(facility: str, received_at: datetime) -> str:
+    if not is_facility_code(facility):
+        raise ValueError("a transaction id names a facility code")
+    return f"{facility}-{portal_time(received_at)}-{secrets.token_hex(6)}"
+
+
+def is_transaction_id(text: str) -> bool:
+    return TRANSACTION_ID.fullmatch(text) is not None
+
+
+def portal_inbox_key(transaction_id: str) -> str:
+    """Where a file received by the portal API lands: its facility's own inbox prefix, never anywhere else."""
+    match = TRANSACTION_ID.fullmatch(transaction_id)
+    if match is None:
+        raise ValueError("not a transaction id")
+    return f"inbox/{match.group(1)}/{PORTAL_FOLDER}/{transaction_id}.xml"
+
+
+def transaction_of(key: str) -> str | None:
+    """The transaction id of an inbox key the portal wrote, else None (a file uploaded to S3 directly)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "inbox" or parts[2] != PORTAL_FOLDER or not parts[3].endswith(".xml"):
+        return None
+    candidate = parts[3][:-4]
+    match = TRANSACTION_ID.fullmatch(candidate)
+    return candidate if match is not None and match.group(1) == parts[1] else None
 
 
 def utc(moment: datetime) -> datetime:

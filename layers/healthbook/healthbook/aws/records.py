@@ -121,7 +121,8 @@ class DynamoRecords:
             "receipt_key": _s(record.receipt_key), "signing_key_id": _s(record.signing_key_id),
         }
         optional = {"version_id": record.version_id, "content_sha256": record.content_sha256,
-                    "quarantine_key": record.quarantine_key, "merkle_root": record.merkle_root}
+                    "quarantine_key": record.quarantine_key, "merkle_root": record.merkle_root,
+                    "transaction_id": record.transaction_id}
         item.update({name: _s(value) for name, value in optional.items() if value})
         # String sets cannot be empty: an accepted file simply has no error_codes attribute.
         if record.error_codes:

@@ -168,6 +168,7 @@ class SubmissionRecord:
     merkle_root: str | None
     signing_key_id: str
     finding_codes: tuple[str, ...] = ()  # what the admitted visits carry back to the facility (never values)
+    transaction_id: str | None = None  # maGiaoDich, for a file received by the portal API
 
     @property
     def received(self) -> str:

@@ -51,7 +51,7 @@ from healthbook.ingest.model import (
     locate,
     version_key,
 )
-from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc
+from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc, transaction_of
 from healthbook.pipeline import process_submission, receipt_view
 from healthbook.signing.merkle import canonical_visit
 from healthbook.signing.receipt import build_receipt
@@ -319,7 +319,8 @@ class IngestService:
             standards=tuple(receipt["standards"]), receipt_key=location.receipt_key,
             quarantine_key=outcome.quarantine_key,
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
-            signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings)),
+            signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings),
+            transaction_id=transaction_of(ref.key)),
             confirm=examined.confirm, release=examined.release)
         self._start_delivery(outcome, to_deliver)
         return outcome

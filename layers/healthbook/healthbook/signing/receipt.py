@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 
-from healthbook.kernel import iso_utc, portal_time
+from healthbook.kernel import iso_utc, portal_time, transaction_of
 from healthbook.signing.merkle import MerkleTree, canonical_json, verify_inclusion, visit_digest
 from healthbook.signing.signer import ALGORITHMS, Signer, fingerprint, load_public_key, verify_digest_signature
 from healthbook.validation.issues import Issue
@@ -90,6 +90,7 @@ class Receipt(_Part):
     submission_id: str
     facility: str | None = None
     object_key: str
+    transaction_id: str | None = None  # maGiaoDich, for a file received by the portal API
     received_at: str
     received_at_portal: str
     standards: list[str] = Field(default_factory=list)
@@ -151,7 +152,8 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
         visits.append(entry)
     receipt = Receipt(
         receipt_version=RECEIPT_VERSION, submission_id=submission_id, facility=result.facility,
-        object_key=object_key, received_at=iso_utc(received_at), received_at_portal=portal_time(received_at),
+        object_key=object_key, transaction_id=transaction_of(object_key), received_at=iso_utc(received_at),
+        received_at_portal=portal_time(received_at),
         standards=sorted({v.standard for v in result.visits if v.standard}),
         accepted=file_ok and bool(result.visits) and all(accepted), rejected=not file_ok,
         visits_accepted=len(digests), visits_not_admitted=len(accepted) - len(digests),
