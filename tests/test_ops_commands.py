@@ -147,3 +147,51 @@ def test_facility_add_and_list(aws: None, tmp_path: Path, capsys: pytest.Capture
     (listed,) = json.loads(capsys.readouterr().out)
     assert (listed["district"], listed["commune"]) == ("001", "00004")
     assert main(["facility", "list", "--region", REGION]) == 2  # no table given
+
+
+def test_facility_add_gives_a_portal_account_and_portal_account_rotates_unlocks_disables(
+        aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from healthbook.aws.portal_store import PortalAccounts
+    from healthbook.portal.credentials import SecretHasher, password_md5
+    from healthbook_dev.aws.sandbox import NAMES, create_tables
+    from healthbook_dev.pki import dev_pki
+
+    pki = dev_pki(tmp_path / "pki")
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    create_tables(ddb, {"FACILITIES_TABLE": "facilities", "PORTAL_TABLE": NAMES["PORTAL_TABLE"]})
+    accounts = PortalAccounts(ddb, NAMES["PORTAL_TABLE"])
+    add = ["facility", "add", "01001", "--name", "Bệnh viện Đa khoa Hà Nội", "--province", "01",
+           "--cert", str(pki["01001"]), "--table", "facilities", "--region", REGION, "--no-principal",
+           "--portal-user", "bv01001", "--portal-password-env", "HB_TEST_PORTAL_PASSWORD",
+           "--portal-table", NAMES["PORTAL_TABLE"]]
+    monkeypatch.setenv("HB_TEST_PORTAL_PASSWORD", "short")
+    assert main(add) == 2 and "at least 12 characters" in capsys.readouterr().err
+    monkeypatch.setenv("HB_TEST_PORTAL_PASSWORD", "Mat-khau-benh-vien-01")
+    assert main(add) == 0
+    assert "portal API account bv01001 for 01001" in capsys.readouterr().out
+    state = accounts.login_state("bv01001")
+    assert state.account is not None and (state.account.facility, state.account.province) == ("01001", "01")
+    stored = ddb.get_item(TableName=NAMES["PORTAL_TABLE"], Key={"pk": {"S": "USER#bv01001"}})["Item"]
+    assert stored["secret_hash"]["S"].startswith("$argon2id$")
+    assert "Mat-khau" not in json.dumps(stored) and password_md5("Mat-khau-benh-vien-01") not in json.dumps(stored)
+    assert SecretHasher().verify(stored["secret_hash"]["S"], password_md5("Mat-khau-benh-vien-01"))
+    assert main(add) == 2  # the username is taken
+    assert "already has an account" in capsys.readouterr().err
+
+    account = ["facility", "portal-account", "--region", REGION, "--portal-table", NAMES["PORTAL_TABLE"]]
+    monkeypatch.setenv("HB_TEST_PORTAL_PASSWORD", "Mat-khau-moi-cua-01001")
+    assert main([*account, "rotate", "bv01001", "--password-env", "HB_TEST_PORTAL_PASSWORD"]) == 0
+    assert "generation 2" in capsys.readouterr().out
+    state = accounts.login_state("bv01001")
+    assert state.account is not None and state.account.generation == 2
+    assert SecretHasher().verify(state.account.secret_hash, password_md5("Mat-khau-moi-cua-01001"))
+    assert main([*account, "rotate", "nobody", "--password-env", "HB_TEST_PORTAL_PASSWORD"]) == 2
+    assert main([*account, "rotate", "bv01001"]) == 2  # no --password-env
+    ddb.update_item(TableName=NAMES["PORTAL_TABLE"], Key={"pk": {"S": "USER#bv01001"}},
+                    UpdateExpression="SET locked_until = :t, failures = :f",
+                    ExpressionAttributeValues={":t": {"N": "4102444800"}, ":f": {"N": "5"}})
+    assert main([*account, "unlock", "bv01001"]) == 0
+    assert accounts.login_state("bv01001").locked_until is None and accounts.login_state("bv01001").failures == 0
+    assert main([*account, "disable", "bv01001"]) == 0
+    state = accounts.login_state("bv01001")
+    assert state.account is not None and state.account.disabled

@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 from healthbook.signing.xmldsig import Trust, verify_submission
-from healthbook_dev.demos.stack import FACILITIES, VISITS_PER_FILE, Progress, Upload, make_uploads, summary
+from healthbook_dev.demos.stack import (
+    API_FACILITY,
+    FACILITIES,
+    VISITS_PER_FILE,
+    Progress,
+    Upload,
+    make_uploads,
+    summary,
+)
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.pki import dev_pki
 
@@ -46,8 +55,29 @@ def test_summary_counts_receipts_codes_and_statuses(tmp_path: Path) -> None:
     })
     progress.statuses.update({"DELIVERED": 9, "NEEDS_RECONCILIATION": 1})
     progress.latencies_ms.extend([1000, 2000, 30000])
-    text = summary(uploads, progress, tmp_path, [], None, 12.0)
-    assert "receipts                          2  (1 files wholly accepted, 1 not)" in text
-    assert "visits accepted / rejected        10 / 1" in text
-    assert "rejected by reason                K404 1, V212 1" in text
-    assert "delivered to VNeID                9" in text and "p50 2.0 s, p95 30.0 s" in text
+    uploads[1].transaction_id = "79001-20261206154502-3f9a0c1b2d4e"
+    progress.looked_up = 1
+    rows = _rows(summary(uploads, progress, tmp_path, [], None, 12.0))
+    assert rows["receipts"] == "2  (1 files wholly accepted, 1 not)"
+    assert rows["visits accepted / rejected"] == "10 / 1"
+    assert rows["rejected by reason"] == "K404 1, V212 1"
+    assert rows["delivered to VNeID"] == "9" and rows["receipt -> VNeID latency"] == "p50 2.0 s, p95 30.0 s"
+    api = sum(1 for u in uploads if u.channel == "api")
+    assert rows["files sent"] == f"2: {2 - api} uploaded to S3, {api} through the portal API ({API_FACILITY}'s HIS)"
+    assert rows["portal API"] == "1 maGiaoDich answered, 1 receipts returned by traCuuKetQua"
+
+
+def _rows(text: str) -> dict[str, str]:
+    """The summary's table: a name, two or more spaces, the value."""
+    rows = [line.strip() for line in text.splitlines() if re.search(r"\S\s{2,}\S", line)]
+    return dict(re.split(r"\s{2,}", row, maxsplit=1) for row in rows)
+
+
+def test_one_facility_sends_through_the_portal_api_and_its_receipts_follow_the_transaction(tmp_path: Path) -> None:
+    uploads = make_uploads(tmp_path, dev_pki(tmp_path / "pki"), FakePopulation(), visits=120, seed=3)
+    by_api = [u for u in uploads if u.channel == "api"]
+    assert by_api and {u.facility for u in by_api} == {API_FACILITY}
+    assert all(u.folder == u.facility for u in by_api)  # the misplaced file goes through S3: the API cannot misplace
+    assert {u.facility for u in uploads if u.channel == "s3"} == set(FACILITIES)
+    by_api[0].transaction_id = f"{API_FACILITY}-20261206154502-3f9a0c1b2d4e"
+    assert by_api[0].receipt_key == f"receipts/{API_FACILITY}/{by_api[0].transaction_id}.xml.receipt.json"

@@ -402,6 +402,7 @@ TABLES = {
     "FacilitiesTable": ("facilities", [("facility", "HASH")], {}),
     "IdempotencyTable": ("idempotency", [("id", "HASH")], {}),
     "AggregatesTable": ("aggregates", [("scope", "HASH"), ("period", "RANGE")], {}),
+    "PortalTable": ("portal", [("pk", "HASH")], {}),
 }
 
 
@@ -523,7 +524,8 @@ FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "inge
              "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
              "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep"),
-             "ReportFunction": ("functions/report/", "app.lambda_handler", "report")}
+             "ReportFunction": ("functions/report/", "app.lambda_handler", "report"),
+             "PortalFunction": ("functions/portal/", "app.lambda_handler", "portal")}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -650,10 +652,15 @@ def _deployed(template: dict[str, Any], function: str) -> dict[str, Any]:
     return {k: v for k, v in function_props(template, function).items() if k not in NOT_FROM_GLOBALS}
 
 
-@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+# Functions added since have no "before": test_every_function_is_built_alike_and_its_handler_exists covers them.
+FUNCTIONS_SINCE_GLOBALS = {"PortalFunction"}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS_BEFORE_GLOBALS))
 def test_globals_keep_every_function_as_it_was(template: dict[str, Any], function: str) -> None:
     """The proof that Globals changed nothing deployed: each function, merged the way SAM merges, is what it was."""
-    assert set(resources(template, "AWS::Serverless::Function")) == set(FUNCTIONS_BEFORE_GLOBALS)
+    functions = set(resources(template, "AWS::Serverless::Function"))
+    assert functions == set(FUNCTIONS_BEFORE_GLOBALS) | FUNCTIONS_SINCE_GLOBALS
     assert _deployed(template, function) == FUNCTIONS_BEFORE_GLOBALS[function]
 
 
@@ -714,8 +721,11 @@ def test_sam_itself_merges_globals_into_what_the_functions_were(template: dict[s
                             timeout=120, env=sam_env())
     assert result.returncode == 0, result.stderr[-4000:]
     merged = json.loads(result.stdout)
-    assert set(merged) == set(FUNCTIONS_BEFORE_GLOBALS)
+    assert set(merged) == set(FUNCTIONS_BEFORE_GLOBALS) | FUNCTIONS_SINCE_GLOBALS
     for name, properties in merged.items():
+        if name in FUNCTIONS_SINCE_GLOBALS:
+            assert properties["Runtime"] == "python3.13" and properties["Tracing"] == "Active", name
+            continue
         deployed = {k: v for k, v in properties.items() if k not in NOT_FROM_GLOBALS}
         assert deployed == FUNCTIONS_BEFORE_GLOBALS[name], name
         assert properties == function_props(template, name), name
@@ -807,7 +817,8 @@ def test_function_policies_name_exact_resources(template: dict[str, Any], functi
             assert "Statement" in policy, f"SAM policy templates are not used here: {policy}"
     data_resources = set(resources(template, "AWS::S3::Bucket")) | set(resources(template, "AWS::DynamoDB::Table"))
     data_resources |= {"DataKey", "ReceiptSigningKey", "TrustBundleParameter", "CitizenPepperSecret",
-                       "VneidCredentialsSecret", "PopulationApiKeySecret", "DeliveryStateMachine", "DeadlineTopic"}
+                       "VneidCredentialsSecret", "PopulationApiKeySecret", "DeliveryStateMachine", "DeadlineTopic",
+                       "PortalTokenKeySecret"}
     for statement in function_statements(template, function):
         if statement["Effect"] == "Deny":  # only to narrow what SAM's managed SQS policy grants on "*"
             assert statement["Sid"] == "PollOnlyTheIngestQueue"
@@ -834,6 +845,32 @@ def _grants(template: dict[str, Any]) -> dict[str, list[Any]]:
     return grants
 
 
+def test_the_portal_api_reaches_only_its_table_the_portal_folders_and_receipts(template: dict[str, Any]) -> None:
+    grants: dict[str, list[Any]] = {}
+    for statement in function_statements(template, "PortalFunction"):
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            grants.setdefault(action, []).extend(as_list(statement["Resource"]))
+    assert grants.pop("s3:PutObject") == [{"Fn::Sub": "${InboxBucket.Arn}/inbox/*/portal/*"}]
+    assert sorted(map(str, grants.pop("s3:GetObject"))) == sorted(map(str, [
+        {"Fn::Sub": "${InboxBucket.Arn}/inbox/*/portal/*"}, {"Fn::Sub": "${ReceiptsBucket.Arn}/receipts/*"}]))
+    assert all(is_arn_of(r, "PortalTable") for action in ("dynamodb:GetItem", "dynamodb:UpdateItem")
+               for r in grants.pop(action))
+    assert set(grants) == {"s3:ListBucket", "kms:Decrypt", "kms:GenerateDataKey", "secretsmanager:GetSecretValue"}
+    assert grants["secretsmanager:GetSecretValue"] == [{"Ref": "PortalTokenKeySecret"}]
+    api = props(template, "PortalApi")
+    assert api["EndpointConfiguration"] == {"Type": "REGIONAL"} and api["TracingEnabled"] is True
+    assert {"ThrottlingRateLimit", "ThrottlingBurstLimit"} <= set(api["MethodSettings"][0])
+    assert "$context.identity.sourceIp" in api["AccessLogSetting"]["Format"]
+    assert not re.search(r"\$(input|context\.authorizer|method\.request)", api["AccessLogSetting"]["Format"])
+    for kind in ("REQUEST_TOO_LARGE", "THROTTLED", "DEFAULT_4XX", "DEFAULT_5XX"):
+        envelope = json.loads(api["GatewayResponses"][kind]["ResponseTemplates"]["application/json"])
+        assert envelope["maKetQua"].isdigit() and envelope["thongDiep"], kind
+    assert "taoLienKetTaiLen" in api["GatewayResponses"]["REQUEST_TOO_LARGE"]["ResponseTemplates"]["application/json"]
+    event = function_props(template, "PortalFunction")["Events"]["Portal"]["Properties"]
+    assert event == {"RestApiId": {"Ref": "PortalApi"}, "Path": "/api/{proxy+}", "Method": "POST"}
+
+
 def test_function_gets_what_ingestion_needs(template: dict[str, Any]) -> None:
     grants = _grants(template)
     inbox = {"Fn::Sub": "${InboxBucket.Arn}/inbox/*"}
@@ -843,7 +880,7 @@ def test_function_gets_what_ingestion_needs(template: dict[str, Any]) -> None:
     assert {"Fn::Sub": "${ReceiptsBucket.Arn}/receipts/*"} in grants["s3:PutObject"]
     assert {"Fn::Sub": "${QuarantineBucket.Arn}/*"} in grants["s3:PutObject"]
     assert not [r for r in grants["s3:PutObject"] if "InboxBucket" in referenced(r)]
-    for table in set(TABLES) - {"AggregatesTable"}:
+    for table in set(TABLES) - {"AggregatesTable", "PortalTable"}:
         assert any(is_arn_of(r, table) for r in grants["dynamodb:GetItem"]), table
     # the report counters: added to, never read, by ingestion
     assert [r for r in grants["dynamodb:UpdateItem"] if is_arn_of(r, "AggregatesTable")]
@@ -1567,6 +1604,12 @@ def test_aws_metrics_of_the_console_name_the_stacks_own_resources(template: dict
     for ref in dashboard_refs(template) + alarm_refs(template):
         if ref.namespace == "Healthbook":
             assert {name for name, _ in ref.dimensions} <= {"service", "Reason", "ErrorFamily"}, ref
+            continue
+        if ref.namespace == "AWS/ApiGateway":  # a REST API's metrics are named by its name and stage, not its id
+            stage = template["Parameters"]["Stage"]["Default"]
+            names = {props(template, api)["Name"]["Fn::Sub"].replace("${Stage}", stage)
+                     for api in resources(template, "AWS::Serverless::Api")}
+            assert dict(ref.dimensions) in [{"ApiName": name, "Stage": stage} for name in names], ref
             continue
         assert ref.namespace in {"AWS/SQS", "AWS/Lambda", "AWS/States", "AWS/Scheduler"}, ref
         for dimension, value in ref.dimensions:

@@ -30,10 +30,11 @@ NAMES = {
     "VISITS_TABLE": "healthbook-sandbox-visits", "FACILITIES_TABLE": "healthbook-sandbox-facilities",
     "IDEMPOTENCY_TABLE": "healthbook-sandbox-idempotency", "TRUST_BUNDLE_PARAMETER": "/healthbook/sandbox/trust-bundle",
     "CITIZEN_PEPPER_SECRET": "healthbook/sandbox/citizen-pepper", "AGGREGATES_TABLE": "healthbook-sandbox-aggregates",
+    "PORTAL_TABLE": "healthbook-sandbox-portal",
 }
 # template.yaml's tables, each by the variable that names it to the functions (and in NAMES)
 TABLES = {"SUBMISSIONS_TABLE": "SubmissionsTable", "VISITS_TABLE": "VisitsTable", "FACILITIES_TABLE": "FacilitiesTable",
-          "IDEMPOTENCY_TABLE": "IdempotencyTable", "AGGREGATES_TABLE": "AggregatesTable"}
+          "IDEMPOTENCY_TABLE": "IdempotencyTable", "AGGREGATES_TABLE": "AggregatesTable", "PORTAL_TABLE": "PortalTable"}
 # What create_table takes from a table's Properties as they are written there (TimeToLiveSpecification follows
 # with update_time_to_live), and what only the deployed stack has: its stage's name, encryption with its data key,
 # backups, deletion protection. Any other property fails create_tables, so that the sandbox never drifts silently.

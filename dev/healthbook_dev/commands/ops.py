@@ -1,4 +1,5 @@
-"""``healthbook facility add|list`` and ``healthbook report`` (operations), ``healthbook upload`` (facilities).
+"""``healthbook facility add|list|portal-account`` and ``healthbook report`` (operations), ``healthbook upload``
+(facilities).
 
 AWS is reached through boto3, which honours ``AWS_ENDPOINT_URL`` (moto server, LocalStack); ``--localstack``
 resolves LocalStack's endpoints with localstack-client when no endpoint URL is set.
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                        "(default: keep)")
     add.add_argument("--cert", required=True, metavar="CERT.pem", help="the facility's signing certificate")
     add.add_argument("--no-principal", action="store_true", help="only register the certificate")
+    add.add_argument("--portal-user", metavar="USER",
+                     help="also give the facility an account on the portal API (docs/portal-api.md)")
+    add.add_argument("--portal-password-env", metavar="VAR",
+                     help="the environment variable holding that account's password (never a command-line argument)")
+    add.add_argument("--portal-table", default=os.environ.get("HEALTHBOOK_PORTAL_TABLE"),
+                     help="the portal table (default: from --stack)")
     add.add_argument("--credentials-out", metavar="FILE",
                      help="write the new access key here (mode 0600) instead of printing it")
     _aws_options(add, tables=True)
     add.set_defaults(func=_guard(cmd_facility_add))
+
+    account = actions.add_parser("portal-account", help="a facility's portal API account: new password, unlock, "
+                                                        "disable (docs/portal-api.md)")
+    account.add_argument("action", choices=("rotate", "unlock", "disable"))
+    account.add_argument("user", metavar="USER")
+    account.add_argument("--password-env", metavar="VAR", help="rotate: the variable holding the new password")
+    account.add_argument("--portal-table", default=os.environ.get("HEALTHBOOK_PORTAL_TABLE"),
+                         help="the portal table (default: from --stack)")
+    _aws_options(account, tables=False)
+    account.set_defaults(func=_guard(cmd_portal_account))
 
     listing = actions.add_parser("list", help="list registered facilities and certificates")
     listing.add_argument("--json", action="store_true")
@@ -181,9 +199,13 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
     from healthbook_dev.aws.principals import create_facility_principal
 
     certificate = x509.load_pem_x509_certificate(Path(args.cert).read_bytes())
+    if bool(args.portal_user) != bool(args.portal_password_env):
+        raise UsageError("--portal-user and --portal-password-env go together")
+    password = _password_from(args.portal_password_env) if args.portal_user else None
     clients = _Clients(args)
     outputs = _stack_outputs(clients, args.stack)
     table = _facilities_table(clients, args, outputs)
+    accounts = _portal_accounts(clients, args, outputs) if password is not None else None
     principal = None
     if not args.no_principal:
         principal = create_facility_principal(args.code, stage=args.stage, iam=clients.client("iam"),
@@ -194,6 +216,12 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
     print(f"registered {args.code} ({args.name}, province {args.province}{_place_text(args)}); certificate "
           f"{certificate_sha256(certificate)} valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
           f"{certificate.not_valid_after_utc:%Y-%m-%d}")
+    if accounts is not None and password is not None:
+        from healthbook.portal.credentials import password_md5
+
+        accounts.register(args.portal_user, facility=args.code, province=args.province,
+                          password_md5=password_md5(password), now=datetime.now(UTC))
+        print(f"portal API account {args.portal_user} for {args.code} (province {args.province})")
     if principal is not None:
         print(f"principal {principal.arn} tagged facility={args.code}")
         if principal.access_key_id:
@@ -208,6 +236,45 @@ def cmd_facility_add(args: argparse.Namespace) -> int:
             else:
                 print("access key (shown once; hand it over securely):")
                 print(json.dumps(credentials, indent=1))
+    return EXIT_OK
+
+
+def _password_from(variable: str) -> str:
+    password = os.environ.get(variable, "")
+    if len(password) < 12:
+        raise UsageError(f"${variable} must hold the password, at least 12 characters")
+    return password
+
+
+def _portal_accounts(clients: _Clients, args: argparse.Namespace, outputs: dict[str, str]) -> Any:
+    from healthbook.aws.portal_store import PortalAccounts
+
+    name = args.portal_table or outputs.get("PortalTableName")
+    if not name:
+        raise UsageError("give --portal-table or --stack (or set HEALTHBOOK_PORTAL_TABLE)")
+    return PortalAccounts(clients.client("dynamodb"), name)
+
+
+def cmd_portal_account(args: argparse.Namespace) -> int:
+    clients = _Clients(args)
+    accounts = _portal_accounts(clients, args, _stack_outputs(clients, args.stack))
+    if args.action == "rotate":
+        from healthbook.portal.credentials import password_md5
+
+        if not args.password_env:
+            raise UsageError("rotate needs --password-env VAR")
+        try:
+            generation = accounts.rotate(args.user, password_md5=password_md5(_password_from(args.password_env)),
+                                         now=datetime.now(UTC))
+        except KeyError:
+            raise UsageError(f"no portal account {args.user!r}") from None
+        print(f"{args.user}: new password (generation {generation}); tokens taken before are refused from now on")
+    elif args.action == "unlock":
+        accounts.unlock(args.user)
+        print(f"{args.user}: unlocked, failed logins forgotten")
+    else:
+        accounts.disable(args.user)
+        print(f"{args.user}: disabled; its tokens are refused from now on")
     return EXIT_OK
 
 

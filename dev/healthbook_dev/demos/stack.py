@@ -4,7 +4,8 @@ the health book arriving, the monthly report, a summary.
 Steps: deploy the stack (``infra/localstack/deploy.sh``) pointing at a fake VNeID and a fake population service
 run by this process; issue development certificates, trust their CA and register two facilities; generate and sign
 a few hundred visits in multi-visit files (a few deliberately defective, one edited after signing, one dropped in
-the other facility's folder); upload them as the facilities would; follow receipts and deliveries; invoke the
+the other facility's folder); send them as the facilities would, one through S3 and the other through the portal
+API (docs/portal-api.md) as its HIS would; follow receipts and deliveries; invoke the
 report function for this month; download receipts and report files and write one citizen's health book as VNeID
 shows it. LocalStack itself is started and stopped by ``infra/localstack/with-localstack.sh``.
 """
@@ -37,9 +38,12 @@ from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.generate import build_visit, current_standard, facility_named, inject
 from healthbook_dev.generate.writer import envelope
 from healthbook_dev.pki import dev_pki
+from healthbook_dev.portal_client import PortalClient, localstack_api_url
 
 STACK, STAGE, REGION = "hb-demo", "demo", "us-east-1"
 FACILITIES = {"01001": "00004", "79001": "26734"}  # code -> commune (the reports' roll-up since July 2025)
+API_FACILITY = "79001"  # sends through the portal API, as its HIS would; the other uploads to S3
+API_USER, API_PASSWORD = "bv79001-demo", "demo-password-" + uuid.uuid4().hex[:8]
 VISITS_PER_FILE = 10
 TERMINAL = ("DELIVERED", "NEEDS_RECONCILIATION", "DEADLINE_BREACHED", "SUPERSEDED")
 
@@ -51,10 +55,13 @@ class Upload:
     path: Path
     label: str | None  # what is wrong with it, when something is
     visits: list[str] = field(default_factory=list)  # MA_LK
+    channel: str = "s3"  # or "api": the portal API
+    transaction_id: str | None = None  # the API's maGiaoDich, once sent
 
     @property
     def receipt_key(self) -> str:
-        return f"receipts/{self.folder}/{self.path.name}.receipt.json"
+        name = f"{self.transaction_id}.xml" if self.transaction_id else self.path.name
+        return f"receipts/{self.folder}/{name}.receipt.json"
 
 
 class Clients:
@@ -107,6 +114,17 @@ def prepare(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], vneid: 
         _, name, province = facility_named(code)
         certificate = x509.load_pem_x509_certificates(pki[code].read_bytes())[0]
         put_facility(table, code, name, province, certificate, commune=commune)
+        if code == API_FACILITY:  # what `healthbook facility add --portal-user` does
+            from healthbook.aws.portal_store import PortalAccounts
+            from healthbook.portal.credentials import password_md5
+
+            try:
+                PortalAccounts(aws("dynamodb"), outputs["PortalTableName"]).register(
+                    API_USER, facility=code, province=province, password_md5=password_md5(API_PASSWORD),
+                    now=datetime.now(UTC))
+            except ValueError:  # an earlier run's account (a kept LocalStack): give it this run's password
+                PortalAccounts(aws("dynamodb"), outputs["PortalTableName"]).rotate(
+                    API_USER, password_md5=password_md5(API_PASSWORD), now=datetime.now(UTC))
     aws("secretsmanager").put_secret_value(SecretId=outputs["VneidCredentialsSecretArn"], SecretString=json.dumps(
         {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
          "client_secret": vneid.client_secret}))
@@ -155,21 +173,36 @@ def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, vi
             label = "another facility's folder"
         path = work / f"{code}_{number:04d}_{uuid.uuid4().hex[:6]}.xml"
         path.write_bytes(data)
-        uploads.append(Upload(code, folder, path, label, [v.ma_lk for v in batch]))
+        channel = "api" if code == API_FACILITY and folder == code else "s3"
+        uploads.append(Upload(code, folder, path, label, [v.ma_lk for v in batch], channel=channel))
     return uploads
 
 
+def portal_client(aws: Clients, outputs: dict[str, str]) -> PortalClient:
+    _, _, province = facility_named(API_FACILITY)
+    return PortalClient(localstack_api_url(aws.endpoint, outputs["PortalApiId"], STAGE), username=API_USER,
+                        password=API_PASSWORD, province=province, facility=API_FACILITY)
+
+
 def upload_all(aws: Clients, outputs: dict[str, str], uploads: list[Upload]) -> dict[str, float]:
-    """As each facility's uploader would (``healthbook upload``: SSE-KMS, checksum), four at a time."""
+    """As each facility would, four at a time: S3 as ``healthbook upload`` does (SSE-KMS, checksum), or the
+    portal API as an HIS does (token, then the base64 file as a form)."""
     from healthbook_dev.aws.upload import Destination, upload_file
 
     destination = Destination(inbox_bucket=outputs["InboxBucketName"], receipts_bucket=outputs["ReceiptsBucketName"],
                               kms_key_id=outputs.get("DataKeyArn"))
     s3 = aws("s3")
+    his = portal_client(aws, outputs)
     sent: dict[str, float] = {}
 
     def put(upload: Upload) -> None:
-        upload_file(s3, destination, upload.folder, upload.path)
+        if upload.channel == "api":
+            reply = his.submit(upload.path.read_bytes())
+            if reply.code != "200":
+                raise SystemExit(f"the portal API refused {upload.path.name}: {reply.body}")
+            upload.transaction_id = reply.body["maGiaoDich"]
+        else:
+            upload_file(s3, destination, upload.folder, upload.path)
         sent[upload.path.name] = time.monotonic()
 
     with ThreadPoolExecutor(4) as pool:
@@ -182,6 +215,7 @@ class Progress:
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> receipt
     counters: dict[str, int] = field(default_factory=dict)  # today's report counters, all facilities
     statuses: Counter[str] = field(default_factory=Counter)  # the accepted visits' final statuses
+    looked_up: int = 0  # receipts the portal API's lookup (traCuuKetQua) returned, signed, for their transaction
     latencies_ms: list[int] = field(default_factory=list)
     citizen: str | None = None
 
@@ -220,6 +254,17 @@ def follow(aws: Clients, outputs: dict[str, str], uploads: list[Upload], *, time
                 for v in progress.receipts.get(u.path.name, {}).get("visits", []) if v.get("accepted")]
     _final_statuses(ddb, outputs["VisitsTableName"], accepted, progress)
     return progress
+
+
+def look_up(his: PortalClient, uploads: list[Upload]) -> int:
+    """As the HIS would, ask the API for each transaction's result: the receipt, for that transaction."""
+    found = 0
+    for upload in uploads:
+        if upload.transaction_id:
+            reply = his.lookup(upload.transaction_id)
+            receipt = reply.body.get("bienNhan") or {}
+            found += reply.code == "200" and receipt.get("transaction_id") == upload.transaction_id
+    return found
 
 
 def _today(ddb: Any, table: str) -> dict[str, int]:
@@ -278,6 +323,7 @@ def run(out: Path, *, endpoint: str, visits: int = 250, seed: int = 2026, timeou
              "would…")
         upload_all(aws, outputs, uploads)
         progress = follow(aws, outputs, uploads, timeout=timeout, show=show)
+        progress.looked_up = look_up(portal_client(aws, outputs), uploads)
         show("building this month's report (the report function, as the monthly schedule would)…")
         month = f"{datetime.now(PORTAL_TZ):%Y-%m}"
         report = aws("lambda").invoke(FunctionName=outputs["ReportFunctionName"],
@@ -292,6 +338,7 @@ def run(out: Path, *, endpoint: str, visits: int = 250, seed: int = 2026, timeou
                 citizen_page.write_bytes(page.read())
     print(summary(uploads, progress, out, report_files, citizen_page, time.monotonic() - started))
     complete = len(progress.receipts) == len(uploads) and progress.statuses["PENDING"] == 0
+    complete = complete and progress.looked_up == sum(1 for u in uploads if u.channel == "api")
     return 0 if complete and "FunctionError" not in report else 1
 
 
@@ -329,8 +376,12 @@ def summary(uploads: list[Upload], progress: Progress, out: Path, report_files: 
             visits_accepted += bool(visit.get("accepted"))
             visits_rejected += not visit.get("accepted")
     statuses, latencies = progress.statuses, progress.latencies_ms
+    by_api = [u for u in uploads if u.channel == "api"]
     rows = [
-        ("files uploaded", str(len(uploads))),
+        ("files sent", f"{len(uploads)}: {len(uploads) - len(by_api)} uploaded to S3, {len(by_api)} through the "
+                       f"portal API ({API_FACILITY}'s HIS)"),
+        ("portal API", f"{sum(1 for u in by_api if u.transaction_id)} maGiaoDich answered, {progress.looked_up} "
+                       "receipts returned by traCuuKetQua"),
         ("receipts", f"{len(progress.receipts)}  ({accepted_files} files wholly accepted, {rejected_files} not)"),
         ("visits accepted / rejected", f"{visits_accepted} / {visits_rejected}"),
         ("rejected by reason", ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"),

@@ -10,9 +10,10 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 # Vietnam has kept UTC+7 without daylight saving since 1975; a fixed offset needs no tzdata in the Lambda image.
 PORTAL_TZ = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
@@ -47,6 +48,15 @@ class SubmissionStatus(StrEnum):
     SKIPPED = "SKIPPED"  # not a submission (a console "folder" placeholder)
 
 
+def receipt_status(receipt: Mapping[str, Any]) -> SubmissionStatus:
+    """ACCEPTED, PARTIAL or REJECTED: what a receipt (its JSON object) says became of its file."""
+    if receipt.get("accepted") is True:
+        return SubmissionStatus.ACCEPTED
+    visits = receipt.get("visits")
+    admitted = isinstance(visits, list) and any(isinstance(v, dict) and v.get("accepted") is True for v in visits)
+    return SubmissionStatus.PARTIAL if admitted else SubmissionStatus.REJECTED
+
+
 class Outcome(StrEnum):
     """What a step of the delivery workflow reports for one visit (infra/statemachine/delivery.asl.json)."""
 
@@ -67,6 +77,10 @@ FACILITY_CODE = re.compile(r"[0-9]{5}")
 
 def is_facility_code(text: str) -> bool:
     return FACILITY_CODE.fullmatch(text) is not None
+
+
+# MATINH / maTinh: the province code, 2 digits (63 before 1 July 2025, 34 since: healthbook.standard.places).
+PROVINCE_CODE = re.compile(r"[0-9]{2}")
 
 
 # A portal transaction (maGiaoDich): the facility, the Vietnam time of receipt, 12 random hex digits. The file

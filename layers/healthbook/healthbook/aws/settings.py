@@ -191,3 +191,21 @@ def load_pepper(secrets: Any, secret_id: str) -> bytes:
     if len(text) < 16:
         raise ValueError(f"secret {secret_id}: the pepper must be at least 16 characters")
     return text.encode("utf-8")
+
+
+class PortalSettings(FunctionSettings):
+    """The portal API (healthbook.aws.portal_runtime): its table, the inbox it writes to, the receipts it reads,
+    the token key, and the limits of healthbook.portal.service.Policy."""
+
+    portal_table: str  # accounts, failed-login counters of users and sources, per-facility rates
+    inbox_bucket: str
+    receipts_bucket: str
+    token_key_secret: str  # Secrets Manager secret (id or ARN): base64 of at least 32 random bytes
+    inbox_kms_key_id: str | None = None  # set: files are written (and presigned) with SSE-KMS under this key
+    token_ttl_seconds: Annotated[int, Field(gt=0, le=7 * 86400)] = 3600
+    rate_per_minute: Annotated[int, Field(gt=0)] = 120  # files (and upload links) per facility and minute
+    lock_after_failures: Annotated[int, Field(gt=0)] = 5  # failed logins of a user within LOCK_SECONDS
+    lock_seconds: Annotated[int, Field(gt=0, le=10**7)] = 900
+    source_lock_after_failures: Annotated[int, Field(gt=0)] = 20  # failed logins from one address
+    presign_seconds: Annotated[int, Field(gt=0, le=7 * 86400)] = 900  # SigV4 presigned URLs last 7 days at most
+    max_object_bytes: Annotated[int, Field(gt=0)] = MAX_FILE_BYTES

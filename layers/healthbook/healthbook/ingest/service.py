@@ -30,9 +30,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from healthbook.ingest.model import (
-    ACCEPTED,
     DELIVERY_BATCH,
-    PARTIAL,
     REJECTED,
     ContentClaim,
     ContentClaimPending,
@@ -51,7 +49,7 @@ from healthbook.ingest.model import (
     locate,
     version_key,
 )
-from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc, transaction_of
+from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc, receipt_status, transaction_of
 from healthbook.pipeline import process_submission, receipt_view
 from healthbook.signing.merkle import canonical_visit
 from healthbook.signing.receipt import build_receipt
@@ -125,12 +123,6 @@ def pack_records(visit: VisitResult) -> bytes:
 def _id_number(visit: VisitResult) -> str:
     rows = visit.tables.get("XML1")
     return rows.raw[0].get("SO_CCCD", "") if rows and rows.raw else ""
-
-
-def _status(receipt: dict[str, Any]) -> str:
-    if receipt["accepted"]:
-        return ACCEPTED
-    return PARTIAL if any(entry["accepted"] for entry in receipt["visits"]) else REJECTED
 
 
 @dataclass(frozen=True)
@@ -236,7 +228,7 @@ class IngestService:
         done = process_submission(stored.data, object_key=ref.key, received_at=ref.received_at, signer=self._signer,
                                   trust=self.trust(), submission_id=sid, options=self._options,
                                   uploaded_by=location.facility)
-        if _status(done.receipt) == REJECTED:
+        if receipt_status(done.receipt) == REJECTED:
             # ``held`` is this submission's own claim only when an earlier attempt accepted the file (a certificate
             # revoked since, say): it goes with this submission item, so that a resubmission is not refused.
             return _Examined(done.result, done.receipt, stored, content_sha256, release=held)
@@ -268,7 +260,7 @@ class IngestService:
         result, receipt, stored = examined.result, examined.receipt, examined.stored
         entries: list[dict[str, Any]] = receipt["visits"]
         accepted = sum(1 for e in entries if e["accepted"])
-        status = _status(receipt)
+        status = receipt_status(receipt)
         codes = sorted({i.code for i in result.errors} | {i.code for v in result.visits for i in v.errors})
         findings = sorted({i.code for i in result.findings})
         file_family = error_family(result.errors[0].code) if result.errors else None
