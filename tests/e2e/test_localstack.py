@@ -535,6 +535,82 @@ def test_a_resubmission_leaves_only_the_new_version_in_vneid(
     assert _visit_item(aws, pipeline, entry["ma_lk"], old)["status"] == "SUPERSEDED"
 
 
+# --- 4. the portal API: what an HIS does, with a plain HTTP client (docs/portal-api.md) ---------------------------
+
+def _his(aws: Callable[..., Any], pipeline: dict[str, Any], localstack: str, *, facility: str = FACILITY,
+         password: str | None = None) -> Any:
+    """A new portal account for ``facility`` (as `healthbook facility add --portal-user` makes one) and the client
+    its HIS would be."""
+    from healthbook.aws.portal_store import PortalAccounts
+    from healthbook.portal.credentials import password_md5
+    from healthbook_dev.pki import FACILITIES
+    from healthbook_dev.portal_client import PortalClient, localstack_api_url
+
+    outputs = pipeline["outputs"]
+    if "PortalApiId" not in outputs:
+        pytest.skip("the stack has no portal API")
+    province = FACILITIES[facility][1] if facility in FACILITIES else facility[:2]
+    username, password = f"his-{uuid.uuid4().hex[:10]}", password or f"pw-{uuid.uuid4().hex}"
+    PortalAccounts(aws("dynamodb"), outputs["PortalTableName"]).register(
+        username, facility=facility, province=province, password_md5=password_md5(password), now=datetime.now(UTC))
+    return PortalClient(localstack_api_url(localstack, outputs["PortalApiId"], PIPELINE_STAGE), username=username,
+                        password=password, province=province, facility=facility)
+
+
+def test_an_his_sends_through_the_portal_api_and_the_visit_reaches_vneid(
+        aws: Callable[..., Any], pipeline: dict[str, Any], fakes: Fakes, localstack: str) -> None:
+    his = _his(aws, pipeline, localstack)
+    token = his.take_token()
+    assert token.status == 200 and token.code == "200" and token.body["APIKey"]["token_type"] == "Bearer"
+    path, visit = _book_submission(pipeline, fakes, seed=41)
+    sent = his.submit(path.read_bytes())
+    assert sent.code == "200", sent.body
+    transaction = sent.body["maGiaoDich"]
+    assert transaction.startswith(f"{FACILITY}-") and sent.body["thoiGianTiepNhan"] == transaction.split("-")[1]
+    result = his.wait_for_receipt(transaction, timeout=180)
+    assert result.code == "200", result.body
+    receipt = result.body["bienNhan"]
+    _verify(aws, pipeline, receipt)
+    assert receipt["transaction_id"] == transaction and result.body["trangThai"] == "ACCEPTED"
+    assert receipt["object_key"] == f"inbox/{FACILITY}/portal/{transaction}.xml"
+    (submission,) = _submissions_for(aws, pipeline, receipt["object_key"])
+    assert submission["transaction_id"]["S"] == transaction
+    (entry,) = receipt["visits"]
+    version = _in_force(aws, pipeline, entry["ma_lk"])
+    item = _sweep_until(aws, pipeline, entry["ma_lk"], version, "DELIVERED", timeout=60)
+    (stored,) = fakes.vneid.entries(item["citizen_key"])
+    assert stored["entry"]["visit_id"] == f"{FACILITY}#{visit.tables['XML1'][0]['MA_LK']}"
+
+    # the same file again: received, then refused as a replay (I503), with its own receipt
+    again = his.submit(path.read_bytes())
+    assert again.code == "200" and again.body["maGiaoDich"] != transaction
+    replay = his.wait_for_receipt(again.body["maGiaoDich"], timeout=180)
+    assert replay.code == "200" and replay.body["trangThai"] == "REJECTED"
+    assert [e["code"] for e in replay.body["bienNhan"]["errors"]] == ["I503"]
+
+
+def test_the_portal_api_refuses_wrong_passwords_then_locks_and_keeps_facilities_apart(
+        aws: Callable[..., Any], pipeline: dict[str, Any], localstack: str) -> None:
+    from healthbook.portal.credentials import password_md5
+
+    his = _his(aws, pipeline, localstack)
+    wrong = password_md5("not-the-password")
+    codes = [his.take_token(wrong).code for _ in range(5)]
+    assert codes == ["401", "401", "401", "401", "423"]  # the fifth failure locks the account
+    locked = his.take_token()  # even the right password, while locked
+    assert locked.status == 423 and locked.body["thoiGianMoKhoa"]
+
+    other = _his(aws, pipeline, localstack)
+    assert other.take_token().code == "200"
+    refused = other.submit(b"<GIAMDINHHS/>", facility="79001", province="79")  # facility B's code, A's token
+    assert refused.status == 403 and refused.code == "403"
+    listed = aws("s3").list_objects_v2(Bucket=pipeline["env"]["INBOX_BUCKET"], Prefix="inbox/79001/portal/")
+    assert listed.get("KeyCount", 0) == 0
+    assert other.lookup(f"79001-{datetime.now(UTC):%Y%m%d%H%M%S}-0123456789ab").code == "404"
+    unknown = other.post("/api/qd130/khongCo", {"username": other.username})
+    assert unknown.status in (404, 405)  # API Gateway's, or ours: an unknown path is refused either way
+
+
 def test_the_report_function_reports_what_the_counters_hold(aws: Callable[..., Any], pipeline: dict[str, Any]) -> None:
     """Runs last: the month's report on the deployed stack, after the uploads and deliveries above (Scheduler
     never fires on LocalStack, so the function is invoked as an operator re-running a period would)."""
