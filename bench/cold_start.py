@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".bench-cache"
-FUNCTIONS = {"ingest": "app", "delivery": "app", "report": "app"}
+FUNCTIONS = {"ingest": "app", "delivery": "app", "report": "app", "portal": "app"}
 HEAVY = ("lxml", "signxml", "healthbook.validation")
 BASELINE = """
 from aws_lambda_powertools import Logger, Metrics, Tracer
