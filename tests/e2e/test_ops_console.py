@@ -236,6 +236,7 @@ def _dimensions(widget: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def test_the_dashboard_names_the_deployed_resources(aws: Callable[..., Any], stack: dict[str, Any]) -> None:
     body = _rendered_dashboard(aws, stack)
     checked: set[str] = set()
+    api_id = ""
     for widget in body["widgets"]:
         if widget["type"] == "alarm":
             names = [arn.rsplit(":", 1)[-1] for arn in widget["properties"]["alarms"]]
@@ -253,10 +254,17 @@ def test_the_dashboard_names_the_deployed_resources(aws: Callable[..., Any], sta
                 assert aws("stepfunctions").describe_state_machine(stateMachineArn=value)["type"] == "EXPRESS"
             elif dimension == "ScheduleGroup":
                 aws("scheduler").get_schedule_group(Name=value)
+            elif dimension == "ApiName":  # a REST API's metrics name it, then its stage (the next pair)
+                apis = {api["name"]: api["id"] for api in aws("apigateway").get_rest_apis()["items"]}
+                assert value in apis, f"no REST API named {value}"
+                api_id = apis[value]
+            elif dimension == "Stage":
+                stages = aws("apigateway").get_stages(restApiId=api_id)["item"]
+                assert value in {stage["stageName"] for stage in stages}, f"no stage {value}"
             else:
                 raise AssertionError(f"{namespace} dimension {dimension} is not checked yet")
             checked.add(dimension)
-    assert checked == {"alarms", "FunctionName", "QueueName", "StateMachineArn", "ScheduleGroup"}
+    assert checked == {"alarms", "FunctionName", "QueueName", "StateMachineArn", "ScheduleGroup", "ApiName", "Stage"}
     functions = {v for w in body["widgets"] for n, m, d, v in _dimensions(w) if (n, m) == ("AWS/Lambda", "Errors")}
     deployed = {r["PhysicalResourceId"] for r in stack["resources"].values()
                 if r["ResourceType"] == "AWS::Lambda::Function"}
