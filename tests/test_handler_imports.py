@@ -43,12 +43,12 @@ def _among(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(name for name in names if any(m == name or m.startswith(name + ".") for m in modules))
 
 
-@pytest.mark.parametrize("function", ["delivery", "report", "portal"])
+@pytest.mark.parametrize("function", ["delivery", "report", "portal", "enrolment"])
 def test_delivery_report_and_portal_load_neither_the_validator_nor_xml_signatures(function: str) -> None:
     assert _among(_loaded(function), HEAVY) == []
 
 
-@pytest.mark.parametrize("function", ["ingest", "delivery", "report", "portal"])
+@pytest.mark.parametrize("function", ["ingest", "delivery", "report", "portal", "enrolment"])
 def test_no_handler_loads_development_code(function: str) -> None:
     assert _among(_loaded(function), NEVER) == []
 
@@ -60,7 +60,7 @@ def test_ingest_loads_what_it_needs() -> None:
                                                 "healthbook.validation", "lxml"]
 
 
-@pytest.mark.parametrize("function", ["ingest", "delivery", "report", "portal"])
+@pytest.mark.parametrize("function", ["ingest", "delivery", "report", "portal", "enrolment"])
 def test_each_handler_collects_garbage_again_once_loaded(function: str) -> None:
     # the collector is paused while the modules load (docs/performance.md): it must be running again, with what
     # the cold start built frozen out of its way

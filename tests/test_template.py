@@ -263,7 +263,7 @@ def test_key_aliases_carry_the_stage(template: dict[str, Any]) -> None:
 # ---- buckets ---------------------------------------------------------------------------------------------
 
 BUCKETS = {"InboxBucket": "inbox", "ReceiptsBucket": "receipts", "QuarantineBucket": "quarantine",
-           "ReportsBucket": "reports", "ProjectionsBucket": "projections"}
+           "ReportsBucket": "reports", "ProjectionsBucket": "projections", "ImportsBucket": "imports"}
 
 
 def bucket_policy(template: dict[str, Any], bucket: str) -> dict[str, Any]:
@@ -525,7 +525,10 @@ FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "inge
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
              "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep"),
              "ReportFunction": ("functions/report/", "app.lambda_handler", "report"),
-             "PortalFunction": ("functions/portal/", "app.lambda_handler", "portal")}
+             "PortalFunction": ("functions/portal/", "app.lambda_handler", "portal"),
+             "EnrolmentPrepareFunction": ("functions/enrolment/", "app.prepare_handler", "enrolment-prepare"),
+             "EnrolmentBatchFunction": ("functions/enrolment/", "app.batch_handler", "enrolment-batch"),
+             "EnrolmentSummariseFunction": ("functions/enrolment/", "app.summarise_handler", "enrolment-summarise")}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -653,7 +656,8 @@ def _deployed(template: dict[str, Any], function: str) -> dict[str, Any]:
 
 
 # Functions added since have no "before": test_every_function_is_built_alike_and_its_handler_exists covers them.
-FUNCTIONS_SINCE_GLOBALS = {"PortalFunction"}
+FUNCTIONS_SINCE_GLOBALS = {"PortalFunction", "EnrolmentPrepareFunction", "EnrolmentBatchFunction",
+                           "EnrolmentSummariseFunction"}
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS_BEFORE_GLOBALS))
@@ -978,7 +982,7 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
 
 
 @pytest.mark.parametrize("function", ["IngestFunction", "ReconcileFunction", "DeliverFunction", "SettleFunction",
-                                      "SweepFunction"])
+                                      "SweepFunction", "EnrolmentBatchFunction"])
 def test_every_function_that_changes_what_reports_count_adds_to_the_counters(template: dict[str, Any],
                                                                               function: str) -> None:
     assert function_props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {
@@ -988,13 +992,13 @@ def test_every_function_that_changes_what_reports_count_adds_to_the_counters(tem
 
 
 def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: dict[str, Any]) -> None:
-    marking = {function for function in ("IngestFunction", "ReconcileFunction", "ProjectFunction", "DeliverFunction",
-                                         "SettleFunction", "SweepFunction", "ReportFunction")
+    marking = {function for function in FUNCTIONS
                if [s for s in function_statements(template, function) if s.get("Sid") == "MarkCitizensForReports"]}
-    assert marking == {"DeliverFunction"}
-    (grant,) = [s for s in function_statements(template, "DeliverFunction") if s.get("Sid") == "MarkCitizensForReports"]
-    assert grant["Action"] == ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
-    assert is_arn_of(grant["Resource"], "AggregatesTable")
+    assert marking == {"DeliverFunction", "EnrolmentBatchFunction"}  # a delivered visit, an enrolled resident
+    for function in sorted(marking):
+        (grant,) = [s for s in function_statements(template, function) if s.get("Sid") == "MarkCitizensForReports"]
+        assert grant["Action"] == ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+        assert is_arn_of(grant["Resource"], "AggregatesTable")
     assert props(template, "AggregatesTable")["TimeToLiveSpecification"] == {"AttributeName": "expires_at",
                                                                             "Enabled": True}
 

@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs/errors.md")
     docs.set_defaults(func=cmd_docs)
 
+    from healthbook_dev.commands.enrol import register as register_enrolment
     from healthbook_dev.commands.ops import register as register_operations
     from healthbook_dev.commands.receipt import register as register_receipt
     from healthbook_dev.commands.signing import register as register_signatures
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_signatures(sub)
     register_receipt(sub)
     register_operations(sub)
+    register_enrolment(sub)
     return parser
 
 

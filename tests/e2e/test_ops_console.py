@@ -251,7 +251,8 @@ def test_the_dashboard_names_the_deployed_resources(aws: Callable[..., Any], sta
             elif dimension == "QueueName":
                 aws("sqs").get_queue_url(QueueName=value)
             elif dimension == "StateMachineArn":
-                assert aws("stepfunctions").describe_state_machine(stateMachineArn=value)["type"] == "EXPRESS"
+                kind = "STANDARD" if value.endswith("-enrolment") else "EXPRESS"  # a list's workflow; a visit's
+                assert aws("stepfunctions").describe_state_machine(stateMachineArn=value)["type"] == kind
             elif dimension == "ScheduleGroup":
                 aws("scheduler").get_schedule_group(Name=value)
             elif dimension == "ApiName":  # a REST API's metrics name it, then its stage (the next pair)

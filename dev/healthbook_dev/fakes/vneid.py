@@ -6,6 +6,9 @@ Endpoints (see docs/vneid-contract.md):
 * ``POST /oauth/token`` - client-credentials grant (HTTP Basic or form fields), issues opaque bearer tokens;
 * ``PUT /v1/citizens/{key}/health-book/entries/{visit_id}`` - needs a valid bearer token; honours
   ``Idempotency-Key``; keeps only the newest version per visit, answers 409 to an older one;
+* ``PUT /v1/citizens/{key}/health-book/profile`` and ``.../health-book/vaccinations/{record_id}`` - the
+  administrative section and one vaccination entry from a province's lists: 201 created, 200 updated, 200
+  ``{"unchanged": true}`` for the body already held (the Idempotency-Key must be the body's SHA-256);
 * ``GET /v1/citizens/{key}/health-book`` (JSON) and ``.../health-book.html`` (the citizen's view, Vietnamese);
 * ``/_admin/*`` - failure injection and counters for tests driven from another process.
 
@@ -36,13 +39,16 @@ from urllib.parse import parse_qs, unquote
 
 from healthbook_dev.fakes.service import Answer, FakeService, json_answer
 
-__all__ = ["FIELD_LABELS", "GROUP_HEADINGS", "ITEM_TITLES", "FakeVneid", "StoredEntry", "entry_mapping",
-           "render_health_book_html"]
+__all__ = ["FIELD_LABELS", "GROUP_HEADINGS", "ITEM_TITLES", "PROFILE_LABELS", "FakeVneid", "StoredEntry",
+           "StoredRecord", "entry_mapping", "render_health_book_html", "vaccine_names"]
 
 FailMode = Literal["5xx", "timeout", "slow"]
 CITIZEN_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _ENTRY_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book/entries/([^/]+)$")
 _BOOK_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book(\.html)?$")
+_PROFILE_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book/profile$")
+_VACCINATION_PATH = re.compile(r"^/v1/citizens/([^/]+)/health-book/vaccinations/([^/]+)$")
+RECORD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,18 @@ class StoredEntry:
         }
 
 
+@dataclass(frozen=True)
+class StoredRecord:
+    """A profile (``record_id`` None) or a vaccination entry as stored: the body's part, and its key."""
+
+    citizen_key: str
+    record_id: str | None
+    idempotency_key: str
+    receipt_id: str
+    stored_at: str
+    body: dict[str, Any]
+
+
 class FakeVneid(FakeService):
     """In-memory VNeID: ``with FakeVneid.start() as fake: client = VneidClient(fake.url, auth=fake.oauth2())``."""
 
@@ -76,7 +94,9 @@ class FakeVneid(FakeService):
     _max_body = 2 * 1024 * 1024
     _methods = ("GET", "POST", "PUT")
     _fail_modes = ("5xx", "timeout", "slow")
-    _counters = ("token_requests", "puts", "deliveries", "replays", "conflicts")
+    _counters = ("token_requests", "puts", "deliveries", "replays", "conflicts",
+                 "profile_puts", "profiles_created", "profiles_updated", "profiles_unchanged",
+                 "vaccination_puts", "vaccinations_created", "vaccinations_updated", "vaccinations_unchanged")
 
     def __init__(
         self,
@@ -116,6 +136,8 @@ class FakeVneid(FakeService):
             super().reset()
             self._books: dict[str, dict[str, StoredEntry]] = {}
             self._idempotency: dict[str, tuple[str, Answer]] = {}
+            self._profiles: dict[str, StoredRecord] = {}
+            self._vaccinations: dict[str, dict[str, StoredRecord]] = {}
             self._tokens: dict[str, float] = {}
             self._fail_delay = 0.0
             self._slow_delay = 0.0
@@ -161,6 +183,20 @@ class FakeVneid(FakeService):
         # reversed: among equal keys (no admission date, stored in the same second) the later-stored comes first
         return [s.as_json() for s in sorted(reversed(stored), key=_visit_sort_key, reverse=True)]
 
+    def profile(self, citizen_key: str) -> dict[str, Any] | None:
+        """The citizen's administrative section as stored (the PUT's ``profile``), or None."""
+        with self._lock:
+            stored = self._profiles.get(citizen_key)
+        return dict(stored.body) if stored is not None else None
+
+    def vaccinations(self, citizen_key: str) -> list[dict[str, Any]]:
+        """The citizen's vaccination entries (each the PUT's ``vaccination`` with its ``record_id``), by date, then
+        vaccine code and dose."""
+        with self._lock:
+            stored = list(self._vaccinations.get(citizen_key, {}).values())
+        records = [{"record_id": s.record_id, **s.body} for s in stored]
+        return sorted(records, key=_vaccination_sort_key)
+
     # -- request handling (called from handler threads)
 
     def _injected(self, path: str) -> tuple[str, float, Answer | None]:
@@ -187,6 +223,12 @@ class FakeVneid(FakeService):
             if method != "PUT":
                 return json_answer(405, {"error": "method_not_allowed"})
             return self._put_entry(unquote(match[1]), unquote(match[2]), fields, body)
+        match = _PROFILE_PATH.match(path) or _VACCINATION_PATH.match(path)
+        if match:
+            if method != "PUT":
+                return json_answer(405, {"error": "method_not_allowed"})
+            record_id = unquote(match[2]) if match.re is _VACCINATION_PATH else None
+            return self._put_record(unquote(match[1]), record_id, fields, body)
         match = _BOOK_PATH.match(path)
         if match and method == "GET":
             return self._book(unquote(match[1]), as_html=bool(match[2]))
@@ -277,12 +319,61 @@ class FakeVneid(FakeService):
             self._idempotency[key] = (fingerprint, answer)
             return answer
 
+    def _put_record(self, citizen_key: str, record_id: str | None, headers: Mapping[str, str],
+                    body: bytes) -> Answer:
+        """The profile (``record_id`` None) or one vaccination entry: docs/vneid-contract.md "Profile and
+        vaccinations". The stored body is compared through its SHA-256, which the client sends as the key."""
+        what = "profile" if record_id is None else "vaccination"
+        self._count(f"{what}_puts")
+        if not self._authorised(headers):
+            return json_answer(401, {"error": "invalid_token"}, ("WWW-Authenticate", 'Bearer error="invalid_token"'))
+        if not CITIZEN_KEY.match(citizen_key):
+            return json_answer(400, {"error": "invalid_citizen_key"})
+        if record_id is not None and not RECORD_ID.match(record_id):
+            return json_answer(400, {"error": "invalid_record_id"})
+        key = headers.get("Idempotency-Key", "")
+        if not key:
+            return json_answer(400, {"error": "idempotency_key_required"})
+        if key != hashlib.sha256(body).hexdigest():
+            return json_answer(400, {"error": "idempotency_key_mismatch"})
+        if not headers.get("Content-Type", "").lower().startswith("application/json"):
+            return json_answer(415, {"error": "unsupported_media_type"})
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return json_answer(400, {"error": "invalid_json"})
+        part = request.get(what) if isinstance(request, dict) else None
+        if not isinstance(part, dict):
+            return json_answer(400, {"error": "invalid_body"})
+        if request.get("citizen_key") != citizen_key or (
+                record_id is not None and request.get("record_id") != record_id):
+            return json_answer(400, {"error": "entry_mismatch"})
+        plural = "profiles" if record_id is None else "vaccinations"
+        with self._lock:
+            book = self._vaccinations.setdefault(citizen_key, {}) if record_id is not None else None
+            current = self._profiles.get(citizen_key) if book is None else book.get(record_id or "")
+            if current is not None and current.idempotency_key == key:
+                self._counts[f"{plural}_unchanged"] += 1
+                return json_answer(200, {"unchanged": True, "result": "unchanged", "receipt_id": current.receipt_id})
+            stored = StoredRecord(citizen_key=citizen_key, record_id=record_id, idempotency_key=key,
+                                  receipt_id=str(uuid.uuid4()),
+                                  stored_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), body=part)
+            if book is None:
+                self._profiles[citizen_key] = stored
+            else:
+                book[record_id or ""] = stored
+            result = "created" if current is None else "updated"
+            self._counts[f"{plural}_{result}"] += 1
+        return json_answer(201 if current is None else 200, {"result": result, "receipt_id": stored.receipt_id})
+
     def _book(self, citizen_key: str, as_html: bool) -> Answer:
         entries = self.entries(citizen_key)
+        profile, vaccinations = self.profile(citizen_key), self.vaccinations(citizen_key)
         if as_html:
-            return Answer(200, render_health_book_html(citizen_key, entries).encode("utf-8"),
-                          "text/html; charset=utf-8")
-        return json_answer(200, {"citizen_key": citizen_key, "entries": entries})
+            page = render_health_book_html(citizen_key, entries, profile=profile, vaccinations=vaccinations)
+            return Answer(200, page.encode("utf-8"), "text/html; charset=utf-8")
+        return json_answer(200, {"citizen_key": citizen_key, "entries": entries, "profile": profile,
+                                 "vaccinations": vaccinations})
 
     def _admin_action(self, path: str, args: dict[str, Any]) -> bool:
         if path == "/_admin/fail":
@@ -400,6 +491,30 @@ ITEM_TITLES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the administrative section's fields (a participant list's profile): the entry's citizen labels, and its own
+PROFILE_LABELS: dict[str, str] = {**FIELD_LABELS["citizen"], "social_insurance_number": "Mã số BHXH"}
+_PROFILE_HIDDEN = frozenset({"schema"})
+_VACCINATION_COLUMNS = ("Ngày tiêm", "Vắc xin", "Mũi thứ", "Cơ sở tiêm chủng (mã)", "Số lô")
+
+
+@cache
+def vaccine_names() -> dict[str, str]:
+    """Vaccine code -> Vietnamese name, from healthbook/standard/data/vaccines.json (read as a file: the fake stays
+    stdlib only)."""
+    spec = importlib.util.find_spec("healthbook.standard")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the healthbook package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "vaccines.json"
+    return {v["code"]: v["name_vi"] for v in json.loads(path.read_text(encoding="utf-8"))["vaccines"]}
+
+
+def _vaccination_sort_key(record: Mapping[str, Any]) -> tuple[str, str, int]:
+    vaccine = record.get("vaccine")
+    code = vaccine.get("code") if isinstance(vaccine, Mapping) else None
+    dose = record.get("dose_number")
+    return (str(record.get("date") or ""), str(code or ""), dose if isinstance(dose, int) else 0)
+
+
 @cache
 def entry_mapping() -> dict[str, Any]:
     """``groups`` of healthbook/projection/mapping.json (group -> {kind, fields: {name: {transform, ...}}})."""
@@ -506,15 +621,69 @@ def _render_group(group: str, kind: str, value: Any) -> str:
     return f"<p>{e(_text(value))}</p>"
 
 
+def _partial_date(value: Any) -> str:
+    """An ISO date, possibly partial (1990, 1990-05), the Vietnamese way: 17/05/1990, 05/1990, 1990."""
+    text = _text(value)
+    if re.fullmatch(r"[0-9]{4}", text):
+        return text
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}", text):
+        return f"{text[5:7]}/{text[:4]}"
+    return _when(text, with_time=False)
+
+
+def _render_profile(profile: Mapping[str, Any]) -> str:
+    """The administrative section: its fields labelled in Vietnamese, in the entry's citizen order."""
+    e = html.escape
+    specs: Mapping[str, Any] = entry_mapping().get("citizen", {}).get("fields", {})
+    names = [n for n in PROFILE_LABELS if n in profile] + [n for n in profile if n not in PROFILE_LABELS]
+    rows = []
+    for name in names:
+        value = profile[name]
+        if name in _PROFILE_HIDDEN or _empty(value):
+            continue
+        text = _partial_date(value) if name == "birth_date" else _format(specs.get(name), value)
+        if text:
+            rows.append(f"<dt>{e(PROFILE_LABELS.get(name, name))}</dt><dd>{e(text)}</dd>")
+    return f"<dl>{''.join(rows)}</dl>"
+
+
+def _vaccine_name(vaccine: Any) -> str:
+    """The vaccine by the code list's name; an unlisted code by the name the province gave, and its code."""
+    if not isinstance(vaccine, Mapping):
+        return _text(vaccine)
+    code, label = _text(vaccine.get("code")), _text(vaccine.get("label"))
+    listed = vaccine_names().get(code)
+    if listed:
+        return listed
+    return f"{label} (mã {code}, ngoài danh mục)" if label else f"mã {code} (ngoài danh mục)"
+
+
+def _render_vaccinations(vaccinations: list[dict[str, Any]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in _VACCINATION_COLUMNS)
+    rows = []
+    for record in vaccinations:
+        facility = record.get("facility")
+        cells = (_partial_date(record.get("date")), _vaccine_name(record.get("vaccine")),
+                 _text(record.get("dose_number")),
+                 _text(facility.get("code") if isinstance(facility, Mapping) else facility),
+                 _text(record.get("lot_number")))
+        rows.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _visit_sort_key(stored: StoredEntry) -> tuple[str, str]:
     visit = stored.entry.get("visit")
     admitted = visit.get("admitted_at") if isinstance(visit, Mapping) else None
     return (admitted if isinstance(admitted, str) else "", stored.stored_at)
 
 
-def render_health_book_html(citizen_key: str, entries: list[dict[str, Any]]) -> str:
-    """The citizen's view of their health book: visits in the given order (newest first), each group of the entry
-    that has content under a Vietnamese heading with an English subtitle; every value escaped."""
+def render_health_book_html(citizen_key: str, entries: list[dict[str, Any]], *,
+                            profile: Mapping[str, Any] | None = None,
+                            vaccinations: list[dict[str, Any]] | None = None) -> str:
+    """The citizen's view of their health book: the administrative section and the vaccination history when
+    there are any (from a province's lists), then visits in the given order (newest first), each group of the
+    entry that has content under a Vietnamese heading with an English subtitle; every value escaped."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -526,10 +695,21 @@ def render_health_book_html(citizen_key: str, entries: list[dict[str, Any]]) -> 
         "h2{font-size:1.15em;margin:.3em 0}h3{font-size:1em;margin:.9em 0 .2em}"
         "h3 small{display:block;font-weight:normal;color:#666;font-size:.8em}"
         "dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:.2em 0}dt{color:#555}dd{margin:0}"
-        ".muted{color:#666;font-size:.9em}</style></head><body>",
+        ".muted{color:#666;font-size:.9em}table{border-collapse:collapse;width:100%}"
+        "th,td{border-bottom:1px solid #ddd;padding:.2em .4em;text-align:left}</style></head><body>",
         '<h1>Sổ sức khỏe điện tử <small lang="en" class="muted">Electronic health book</small></h1>',
         f'<p class="muted">Mã công dân (ẩn danh): {e(citizen_key)}</p>',
     ]
+    if profile:
+        parts.append('<section class="profile"><h2>Thông tin hành chính <small lang="en" class="muted">'
+                     "Administrative details</small></h2>")
+        parts.append(_render_profile(profile))
+        parts.append("</section>")
+    if vaccinations:
+        parts.append('<section class="vaccinations"><h2>Lịch sử tiêm chủng <small lang="en" class="muted">'
+                     "Vaccination history</small></h2>")
+        parts.append(_render_vaccinations(vaccinations))
+        parts.append("</section>")
     if not entries:
         parts.append("<p>Chưa có lượt khám chữa bệnh nào.</p>")
     groups = entry_mapping()

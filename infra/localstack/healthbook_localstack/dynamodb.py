@@ -7,9 +7,18 @@ and the tests all reach through LocalStack's gateway.
 
 The DynamoDB dispatch table also asks the fault switchboard (``faults.py``, docs/faults.md) before each request:
 while a test turns throttling on, some requests of Lambda functions are answered with a throttling error.
+
+moto's backend is not thread-safe and LocalStack serves requests on several threads: a transaction that copies or
+rolls back a table while another request changes it fails ("dictionary changed size during iteration") or, worse,
+rolls the other request's write back with it. Requests are served one at a time (``serialised``), as DynamoDB's
+own item-level isolation would make them look; moto answers each in well under a millisecond to a few.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from localstack.aws.api.dynamodb import DynamodbApi
 from localstack.aws.api.dynamodbstreams import DynamodbstreamsApi
@@ -24,6 +33,25 @@ class MotoDynamoDBStreamsProvider(DynamodbstreamsApi):
     """As above, for the streams API."""
 
 
+_MOTO = threading.RLock()
+
+
+def serialised(factory: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """Wraps a dispatch-table factory: one request at a time reaches moto."""
+
+    def make(provider: Any) -> dict[str, Any]:
+        def wrap(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+            def call(context: Any, request: Any) -> Any:
+                with _MOTO:
+                    return handler(context, request)
+
+            return call
+
+        return {operation: wrap(handler) for operation, handler in factory(provider).items()}
+
+    return make
+
+
 @aws_provider(api="dynamodb", name="moto")
 def dynamodb_moto() -> Service:
     from localstack.services.moto import MotoFallbackDispatcher
@@ -31,7 +59,7 @@ def dynamodb_moto() -> Service:
     from healthbook_localstack.faults import with_dynamodb_faults
 
     return Service.for_provider(MotoDynamoDBProvider(),
-                                dispatch_table_factory=with_dynamodb_faults(MotoFallbackDispatcher))
+                                dispatch_table_factory=with_dynamodb_faults(serialised(MotoFallbackDispatcher)))
 
 
 @aws_provider(api="dynamodbstreams", name="moto")

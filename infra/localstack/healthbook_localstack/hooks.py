@@ -65,3 +65,15 @@ def stepfunctions_parse_each_jsonpath_once() -> None:
             module.parse = cached  # type: ignore[attr-defined]
     LOG.debug("JSONPath parses cached")
 
+
+
+@hooks.on_infra_start(priority=100)
+def stepfunctions_distributed_map() -> None:
+    """A Distributed Map as the enrolment workflow uses it on AWS: ItemBatcher, EXPRESS children, tolerated
+    failures and the ResultWriter's result files (distributed_map.py). HB_DISTRIBUTED_MAP=0 keeps LocalStack's."""
+    if os.environ.get("HB_DISTRIBUTED_MAP", "1") in ("0", "false", "no"):
+        return
+    from healthbook_localstack.distributed_map import install
+
+    install()
+    LOG.debug("Distributed Map: ItemBatcher, EXPRESS children, tolerated failures, result files")

@@ -10,6 +10,7 @@ import heapq
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -119,8 +120,10 @@ class DynamoVisitStatus:
                           {":t": _s(iso_utc(now)), ":by": _s("VNEID_NEWER_VERSION")})
 
     def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
-        """Read which markers exist (repeat citizens cost one BatchGetItem), then put the missing ones, each with
-        its ADD, in one transaction. A racing delivery of the same citizen cancels it: read again, retry."""
+        """Read which markers exist (repeat citizens cost one BatchGetItem), then put the missing ones, with their
+        ADDs, in one transaction (the counts of markers that add to the same counter item, such as a participant's
+        ``books_created`` and ``new_citizens`` of one province and day, merged into one update: a transaction
+        may touch an item once). A racing delivery of the same citizen cancels it: read again, retry."""
         table = self.aggregates_table
         if not table or not markers:
             return
@@ -130,6 +133,7 @@ class DynamoVisitStatus:
             if not missing:
                 return
             writes: list[dict[str, Any]] = []
+            counts: dict[tuple[str, str], Counter[str]] = {}
             for marker in missing:
                 item = {"scope": _s(marker.scope), "period": _s(marker.period)}
                 if marker.expires_at is not None:
@@ -137,7 +141,9 @@ class DynamoVisitStatus:
                 writes.append({"Put": {"TableName": table, "Item": item,
                                        "ConditionExpression": "attribute_not_exists(#p)",
                                        "ExpressionAttributeNames": {"#p": "period"}}})
-                writes.append(counter_update(table, marker.count))
+                counts.setdefault((marker.count.scope, marker.count.period), Counter()).update(marker.count.deltas)
+            writes += [counter_update(table, CounterUpdate(scope, period, dict(deltas)))
+                       for (scope, period), deltas in counts.items()]
             try:
                 self._db.transact_write_items(TransactItems=writes)
                 return

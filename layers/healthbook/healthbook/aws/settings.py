@@ -209,3 +209,48 @@ class PortalSettings(FunctionSettings):
     source_lock_after_failures: Annotated[int, Field(gt=0)] = 20  # failed logins from one address
     presign_seconds: Annotated[int, Field(gt=0, le=7 * 86400)] = 900  # SigV4 presigned URLs last 7 days at most
     max_object_bytes: Annotated[int, Field(gt=0)] = MAX_FILE_BYTES
+
+
+# --- enrolment: a province's list of residents, or of vaccinations, into the health book (docs/enrolment.md) ---
+
+# Calls per second: positive, finite, and no more than any service would allow one container.
+RatePerSecond = Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)]
+
+
+class EnrolmentSettings(FunctionSettings):
+    """What the enrolment workflow's first and last steps read: the imports bucket they read from, write to and
+    empty (uploads under imports/, the canonical CSV under work/, the Distributed Map's results under results/,
+    the outcome files under outcomes/)."""
+
+    imports_bucket: str
+
+
+class EnrolmentPrepareSettings(EnrolmentSettings):
+    """Prepare also hands the Distributed Map its shape (template.yaml's EnrolmentBatchSize,
+    EnrolmentMaxConcurrency and EnrolmentToleratedFailurePercentage), so the definition reads them by path."""
+
+    batch_size: Annotated[int, Field(gt=0, le=10_000)] = 100  # rows per child execution (ItemBatcher)
+    max_concurrency: Annotated[int, Field(gt=0, le=10_000)] = 10  # child executions at once (MaxConcurrency)
+    tolerated_failure_percentage: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 5.0
+    max_object_bytes: Annotated[int, Field(gt=0)] = 200 * 1024 * 1024  # reader.Limits; beyond, refused unread
+
+
+class EnrolmentBatchSettings(FunctionSettings):
+    """A batch of rows: the population service, VNeID, the pepper and the report counters, each call rate
+    limited per container (a token bucket: a batch's calls never exceed the rate, whatever MaxConcurrency is;
+    MaxConcurrency times the rate is the most the whole Map asks of a service, docs/enrolment.md)."""
+
+    aggregates_table: str | None = None
+    citizen_pepper_secret: str
+    population_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]  # absolute http(s); never quoted back
+    population_api_key_secret: str | None = None
+    vneid_url: str
+    vneid_secret: str
+    vneid_timeout_seconds: PositiveSeconds = 10.0
+    secrets_ttl_seconds: Seconds = 300.0
+    vneid_rate_per_second: RatePerSecond = 20.0
+    population_rate_per_second: RatePerSecond = 50.0
+
+
+class EnrolmentSummariseSettings(EnrolmentSettings):
+    pass

@@ -145,6 +145,35 @@ class CitizenMarker:
     count: CounterUpdate
 
 
+@dataclass(frozen=True)
+class _Units:
+    """The report units of an event on its Vietnam day: its district (before 1 July 2025) or commune (from then),
+    its own province scope, and the province scopes whose "ever" marker it sets."""
+
+    unit: str | None
+    own: str
+    evers: tuple[str, ...]
+
+
+def _units(at: datetime, *, province: str, district: str | None, commune: str | None) -> _Units:
+    """The one place the units in force are chosen (deliveries and participant lists alike). ``province`` as
+    registered: a pre-reform code maps to its merged province after the reform; before it, the event also sets
+    the merged province's "ever" marker, so today's coverage counts every citizen once."""
+    after = places.after_reform(at.astimezone(PORTAL_TZ).date())
+    current = places.province_after(province)
+    if after:
+        own = province_scope(current, after_reform=True)
+        return _Units(commune_scope(current, commune) if commune else None, own, (own,))
+    own = province_scope(province)
+    return _Units(district_scope(province, district) if district else None, own,
+                  (own, province_scope(current, after_reform=True)))
+
+
+def _ever_markers(units: _Units, marker: str, at: datetime) -> list[CitizenMarker]:
+    return [CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1}))
+            for ever in units.evers]
+
+
 def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: str,
                     district: str | None, commune: str | None = None) -> list[CitizenMarker]:
     """The markers a delivery to ``citizen_key`` sets, in the units in force on its day: distinct citizens per
@@ -153,24 +182,36 @@ def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: 
     book (coverage). ``province`` is the facility's code as registered (a pre-reform code maps to its merged
     province). A delivery before the reform also sets the merged province's "ever" marker, so today's coverage
     counts every citizen once, whenever the first visit was."""
-    local_day = at.astimezone(PORTAL_TZ).date()
-    after = places.after_reform(local_day)
-    current = places.province_after(province)
+    units = _units(at, province=province, district=district, commune=commune)
     expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
-    if after:
-        unit = commune_scope(current, commune) if commune else None
-        own = province_scope(current, after_reform=True)
-    else:
-        unit = district_scope(province, district) if district else None
-        own = province_scope(province)
-    scopes = [scope for scope in (facility_scope(facility), unit, own) if scope]
+    scopes = [scope for scope in (facility_scope(facility), units.unit, units.own) if scope]
     marker = f"citizen#{citizen_key}"
     markers = [CitizenMarker(f"{scope}#{period}", marker, expires, CounterUpdate(scope, period, {"citizens": 1}))
                for scope in scopes for period in (month(at), half(at))]
-    evers = [own] if after else [own, province_scope(current, after_reform=True)]
-    markers += [CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1}))
-                for ever in evers]
-    return markers
+    return markers + _ever_markers(units, marker, at)
+
+
+BOOK = "BOOK"  # the kept marker of a citizen whose book a participant list created, per province and commune
+
+
+def book_markers(citizen_key: str, at: datetime, *, province: str, commune: str | None) -> list[CitizenMarker]:
+    """The markers a participant-list row that created or changed a citizen's administrative section sets
+    (docs/enrolment.md): ``books_created`` on the Vietnam day for the province and the commune of residence,
+    once per citizen and scope ever (a kept ``<scope>#BOOK`` marker: a re-import or a retry counts nothing), and
+    the same province "ever" marker as :func:`citizen_markers`, so a citizen with a book from the list and later a
+    visit counts once in coverage. Units as for a delivery on the same day (no district: lists carry none)."""
+    units = _units(at, province=province, district=None, commune=commune)
+    marker = f"citizen#{citizen_key}"
+    markers = [CitizenMarker(f"{scope}#{BOOK}", marker, None, CounterUpdate(scope, day(at), {"books_created": 1}))
+               for scope in (units.own, units.unit) if scope]
+    return markers + _ever_markers(units, marker, at)
+
+
+def vaccination_count(province: str, at: datetime, n: int) -> CounterUpdate:
+    """``n`` vaccination entries written to health books (created or updated), on the Vietnam day, for the
+    province in force that day (a pre-reform code counts for its merged province after the reform)."""
+    return CounterUpdate(_units(at, province=province, district=None, commune=None).own, day(at),
+                         {"vaccinations_recorded": n})
 
 
 def total(items: Iterable[Mapping[str, int]]) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """HTTP client that delivers health-book entries to the citizen's VNeID app.
 
-One call, one attempt: :meth:`VneidClient.deliver` sends a single ``PUT`` and classifies the answer. It never
+One call, one attempt: :meth:`VneidClient.deliver` sends a single ``PUT`` and classifies the answer (so do
+:meth:`VneidClient.put_profile` and :meth:`VneidClient.put_vaccination`, the health book's administrative
+section and vaccination history from a province's lists: docs/vneid-contract.md "Profile and vaccinations"). It never
 loops; the orchestration retries :class:`RetryableDeliveryError` with backoff (honouring ``retry_after``) and
 parks :class:`PermanentDeliveryError` for a human. The only second request it ever makes is one token refresh
 after a ``401`` when it authenticates with OAuth2 client credentials.
@@ -10,6 +12,7 @@ Never logged, never put in an exception message: the entry's content, the client
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -30,6 +33,8 @@ __all__ = [
     "PermanentDeliveryError",
     "RetryableDeliveryError",
     "VneidClient",
+    "Written",
+    "canonical_json",
     "credentials_from_secret",
 ]
 
@@ -40,6 +45,8 @@ USER_AGENT = "healthbook-vneid/1"
 # 409 error codes that mean "the server already holds this version or a newer one": nothing left to deliver.
 SUPERSEDED_CODES = frozenset({"newer_version_exists", "version_exists"})
 _RETRYABLE_STATUS = frozenset({408, 429})
+#: What a PUT of the profile or of a vaccination did: stored a new one, replaced another, or found it as sent.
+Written = Literal["created", "updated", "unchanged"]
 
 
 # ---------------------------------------------------------------------------------------------------- auth
@@ -396,6 +403,80 @@ class VneidClient:
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         raise PermanentDeliveryError(f"VNeID answered {status} ({code or 'no error code'})", status=status, code=code)
+
+
+    # -- the administrative section and the vaccination history (one PUT each, the body's hash as the key)
+
+    def profile_url(self, citizen_key: str) -> str:
+        return f"{self.base_url}/v1/citizens/{quote(citizen_key, safe='')}/health-book/profile"
+
+    def vaccination_url(self, citizen_key: str, record_id: str) -> str:
+        return (
+            f"{self.base_url}/v1/citizens/{quote(citizen_key, safe='')}"
+            f"/health-book/vaccinations/{quote(record_id, safe='')}"
+        )
+
+    def put_profile(self, citizen_key: str, profile: Mapping[str, Any]) -> Written:
+        """One PUT of the citizen's administrative section: ``"created"``, ``"updated"`` or ``"unchanged"`` (the
+        server already held exactly this), or a :class:`DeliveryError` classified as for :meth:`deliver`."""
+        _require(citizen_key, "citizen_key")
+        if not isinstance(profile, Mapping):
+            raise ValueError("profile must be a mapping")
+        return self._put_state(self.profile_url(citizen_key), {"citizen_key": citizen_key, "profile": dict(profile)})
+
+    def put_vaccination(self, citizen_key: str, record_id: str, record: Mapping[str, Any]) -> Written:
+        """One PUT of one entry of the citizen's vaccination history, under its stable ``record_id``."""
+        _require(citizen_key, "citizen_key")
+        _require(record_id, "record_id")
+        if not isinstance(record, Mapping):
+            raise ValueError("record must be a mapping")
+        return self._put_state(self.vaccination_url(citizen_key, record_id),
+                               {"citizen_key": citizen_key, "record_id": record_id, "vaccination": dict(record)})
+
+    def _put_state(self, url: str, document: dict[str, Any]) -> Written:
+        body = canonical_json(document)
+        key = hashlib.sha256(body).hexdigest()  # the same body, the same key: a retry is a replay
+        headers = {
+            "Idempotency-Key": key,
+            "Content-Type": "application/json; charset=utf-8",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        started = time.perf_counter()
+        response = self._put(url, body, headers)
+        if response.status_code == 401 and isinstance(self.auth, OAuth2ClientCredentials):
+            self._access_token(force=True)
+            response = self._put(url, body, headers)
+        status = response.status_code
+        code = _error_code(response)
+        log.info("vneid: write answered", extra={"idempotency_key": key[:16], "status": status, "code": code,
+                                                 "elapsed_ms": int((time.perf_counter() - started) * 1000)})
+        if status == 201:
+            return "created"
+        if status == 204:
+            return "unchanged"
+        if status == 200:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            unchanged = isinstance(payload, dict) and payload.get("unchanged") is True
+            return "unchanged" if unchanged else "updated"
+        if status in _RETRYABLE_STATUS or status >= 500:
+            raise RetryableDeliveryError(f"VNeID answered {status}", status=status, code=code,
+                                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        raise PermanentDeliveryError(f"VNeID answered {status} ({code or 'no error code'})", status=status, code=code)
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """The one byte form of a body: sorted keys, no whitespace, UTF-8 text as is (its SHA-256 is the key)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                      allow_nan=False).encode("utf-8")
+
+
+def _require(value: str, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
 
 
 def _current_version(response: requests.Response) -> int | None:

@@ -1,0 +1,7 @@
+"""Initial health books from a province's participant list, and vaccination history (docs/enrolment.md).
+
+``schema`` (kinds, canonical columns, the per-row pydantic schema), ``reader`` (``prepare``: any accepted file
+to the canonical CSV), ``vaccines`` (the vaccine code list), ``process`` (``process_batch``: rows to VNeID),
+``outcome`` (the outcome file and its summary), ``codes`` (every problem code, as data). This module imports
+nothing, so a handler loads only what it uses.
+"""

@@ -1,0 +1,112 @@
+"""The report counters of a participant list and of vaccination records (healthbook.reports.aggregates):
+``books_created`` per province and commune per day, once per citizen; the province "ever" marker the deliveries
+set, so coverage counts a citizen once; ``vaccinations_recorded``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from healthbook.aws.delivery import DynamoVisitStatus
+from healthbook.reports.aggregates import (
+    EVER,
+    MARKER_TTL_DAYS,
+    CounterUpdate,
+    book_markers,
+    citizen_markers,
+    vaccination_count,
+)
+from healthbook_dev.aws.sandbox import NAMES, create_tables
+from moto import mock_aws
+
+AFTER = datetime(2026, 1, 5, 2, 30, tzinfo=UTC)  # 09:30 on 5 January 2026 in Vietnam
+BEFORE = datetime(2025, 3, 1, 23, 30, tzinfo=UTC)  # 06:30 on 2 March 2025 in Vietnam
+
+
+def _plain(markers: list[Any]) -> set[tuple[str, str, int | None, str, str, tuple[tuple[str, int], ...]]]:
+    return {(m.scope, m.period, m.expires_at, m.count.scope, m.count.period, tuple(sorted(m.count.deltas.items())))
+            for m in markers}
+
+
+def test_a_book_counts_per_province_and_commune_on_vietnams_day_and_sets_the_ever_marker() -> None:
+    markers = book_markers("k1", AFTER, province="92", commune="31120")
+    assert _plain(markers) == {
+        ("P34#92#BOOK", "citizen#k1", None, "P34#92", "D#2026-01-05", (("books_created", 1),)),
+        ("XA#92#31120#BOOK", "citizen#k1", None, "XA#92#31120", "D#2026-01-05", (("books_created", 1),)),
+        (f"P34#92#{EVER}", "citizen#k1", None, "P34#92", "D#2026-01-05", (("new_citizens", 1),)),
+    }
+    without_commune = book_markers("k1", AFTER, province="92", commune=None)
+    assert {m.scope for m in without_commune} == {"P34#92#BOOK", "P34#92#ALL"}
+
+
+def test_the_ever_marker_is_the_one_a_delivery_sets() -> None:
+    """A citizen given a book by the list and later delivered a visit in the same province is one citizen."""
+    book = {m.scope: m for m in book_markers("k2", AFTER, province="92", commune="31120")}
+    later = AFTER + timedelta(days=40)
+    delivery = {m.scope: m for m in citizen_markers("k2", later, facility="92001", province="92", district=None,
+                                                    commune="31120")}
+    ever = f"P34#92#{EVER}"
+    assert (book[ever].scope, book[ever].period) == (delivery[ever].scope, delivery[ever].period)
+    assert delivery[ever].expires_at is None and book[ever].expires_at is None
+
+
+def test_a_pre_reform_code_counts_for_its_merged_province() -> None:
+    markers = book_markers("k3", AFTER, province="93", commune="31471")  # Hậu Giang: part of Cần Thơ now
+    assert {m.scope for m in markers} == {"P34#92#BOOK", "XA#92#31471#BOOK", "P34#92#ALL"}
+    assert vaccination_count("93", AFTER, 4) == CounterUpdate("P34#92", "D#2026-01-05", {"vaccinations_recorded": 4})
+
+
+def test_before_the_reform_the_units_are_the_63_provinces_as_for_a_delivery() -> None:
+    markers = book_markers("k4", BEFORE, province="93", commune="31471")
+    delivery_evers = {m.scope for m in citizen_markers("k4", BEFORE, facility="93001", province="93",
+                                                       district=None) if m.scope.endswith(EVER)}
+    assert {m.scope for m in markers if m.scope.endswith(EVER)} == delivery_evers == {"P#93#ALL", "P34#92#ALL"}
+    assert {m.scope for m in markers if m.scope.endswith("#BOOK")} == {"P#93#BOOK"}  # no district on a list
+    assert all(m.count.period == "D#2025-03-02" for m in markers)
+    assert vaccination_count("93", BEFORE, 1).scope == "P#93"
+
+
+def test_the_delivery_markers_are_unchanged() -> None:
+    markers = citizen_markers("k5", BEFORE, facility="01001", province="01", district="001")
+    expires = int(BEFORE.timestamp()) + MARKER_TTL_DAYS * 86400
+    assert {(m.scope, m.expires_at) for m in markers} == {
+        ("F#01001#M#2025-03", expires), ("F#01001#S#2025-H1", expires), ("DIST#01#001#M#2025-03", expires),
+        ("DIST#01#001#S#2025-H1", expires), ("P#01#M#2025-03", expires), ("P#01#S#2025-H1", expires),
+        ("P#01#ALL", None), ("P34#01#ALL", None)}
+
+
+@pytest.fixture
+def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="ap-southeast-1")
+        create_tables(client, NAMES)
+        yield client
+
+
+def _counter(ddb: Any, scope: str, period: str) -> dict[str, int]:
+    item = ddb.get_item(TableName=NAMES["AGGREGATES_TABLE"],
+                        Key={"scope": {"S": scope}, "period": {"S": period}}).get("Item", {})
+    return {k: int(v["N"]) for k, v in item.items() if "N" in v and k != "expires_at"}
+
+
+def test_committed_a_book_then_a_visit_count_the_citizen_once(ddb: Any) -> None:
+    store = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
+    store.count_citizen(book_markers("k6", AFTER, province="92", commune="31120"))
+    store.count_citizen(book_markers("k6", AFTER, province="92", commune="31120"))  # a retry, a re-import
+    store.count_citizen(book_markers("k6", AFTER + timedelta(days=1), province="92", commune="31120"))  # updated
+    later = AFTER + timedelta(days=3)
+    store.count_citizen(citizen_markers("k6", later, facility="92001", province="92", district=None,
+                                        commune="31120"))
+    store.count_citizen(book_markers("k7", AFTER, province="92", commune=None))
+    assert _counter(ddb, "P34#92", "D#2026-01-05") == {"books_created": 2, "new_citizens": 2}
+    assert _counter(ddb, "XA#92#31120", "D#2026-01-05") == {"books_created": 1}
+    assert _counter(ddb, "P34#92", "D#2026-01-06") == {}
+    assert _counter(ddb, "P34#92", "D#2026-01-08") == {}  # the visit adds no new citizen: k6 is counted
+    assert _counter(ddb, "P34#92", "M#2026-01") == {"citizens": 1}  # the visit's monthly distinct citizen
