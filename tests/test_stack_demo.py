@@ -81,3 +81,22 @@ def test_one_facility_sends_through_the_portal_api_and_its_receipts_follow_the_t
     assert {u.facility for u in uploads if u.channel == "s3"} == set(FACILITIES)
     by_api[0].transaction_id = f"{API_FACILITY}-20261206154502-3f9a0c1b2d4e"
     assert by_api[0].receipt_key == f"receipts/{API_FACILITY}/{by_api[0].transaction_id}.xml.receipt.json"
+
+
+def test_the_province_list_holds_patients_of_both_facilities_and_validates(tmp_path: Path) -> None:
+    from healthbook.enrolment.reader import prepare
+    from healthbook.enrolment.schema import Kind
+    from healthbook_dev.demos.stack import enrolment_people
+    from healthbook_dev.generate.enrolment import enrolment_csv
+
+    uploads = make_uploads(tmp_path, dev_pki(tmp_path / "pki"), FakePopulation(), visits=120, seed=3)
+    listed = enrolment_people(uploads)
+    patients = {row["SO_CCCD"] for upload in uploads for row in upload.patients}
+    assert listed and {p.so_cccd for p in listed} <= patients
+    prepared = prepare(enrolment_csv([p.row() for p in listed]), name="list.csv", kind=Kind.ENROLMENT)
+    assert prepared.rows == len(listed) and prepared.problems == []
+    progress = Progress(enrolment={"enrolment": {"created": len(listed)}, "vaccination": {"created": 40,
+                                                                                          "unchanged": 2}})
+    rows = _rows(summary(uploads, progress, tmp_path, [], None, 1.0))
+    assert rows["initial health books"] == f"created {len(listed)}"
+    assert rows["vaccination records"] == "created 40, unchanged 2"

@@ -5,7 +5,9 @@ Steps: deploy the stack (``infra/localstack/deploy.sh``) pointing at a fake VNeI
 run by this process; issue development certificates, trust their CA and register two facilities; generate and sign
 a few hundred visits in multi-visit files (a few deliberately defective, one edited after signing, one dropped in
 the other facility's folder); send them as the facilities would, one through S3 and the other through the portal
-API (docs/portal-api.md) as its HIS would; follow receipts and deliveries; invoke the
+API (docs/portal-api.md) as its HIS would — after the province has uploaded its participant list and a
+vaccination file for some of the same people (docs/enrolment.md), so their health books exist before their
+visits arrive; follow receipts and deliveries; invoke the
 report function for this month; download receipts and report files and write one citizen's health book as VNeID
 shows it. LocalStack itself is started and stopped by ``infra/localstack/with-localstack.sh``.
 """
@@ -57,6 +59,7 @@ class Upload:
     visits: list[str] = field(default_factory=list)  # MA_LK
     channel: str = "s3"  # or "api": the portal API
     transaction_id: str | None = None  # the API's maGiaoDich, once sent
+    patients: list[dict[str, str]] = field(default_factory=list, repr=False)  # each visit's XML1 (invented people)
 
     @property
     def receipt_key(self) -> str:
@@ -174,7 +177,8 @@ def make_uploads(work: Path, pki: dict[str, Path], people: FakePopulation, *, vi
         path = work / f"{code}_{number:04d}_{uuid.uuid4().hex[:6]}.xml"
         path.write_bytes(data)
         channel = "api" if code == API_FACILITY and folder == code else "s3"
-        uploads.append(Upload(code, folder, path, label, [v.ma_lk for v in batch], channel=channel))
+        uploads.append(Upload(code, folder, path, label, [v.ma_lk for v in batch], channel=channel,
+                              patients=[dict(v.tables["XML1"][0]) for v in batch]))
     return uploads
 
 
@@ -216,6 +220,8 @@ class Progress:
     counters: dict[str, int] = field(default_factory=dict)  # today's report counters, all facilities
     statuses: Counter[str] = field(default_factory=Counter)  # the accepted visits' final statuses
     looked_up: int = 0  # receipts the portal API's lookup (traCuuKetQua) returned, signed, for their transaction
+    delivered_citizens: list[str] = field(default_factory=list)  # citizen keys with a delivered visit
+    enrolment: dict[str, dict[str, int]] = field(default_factory=dict)  # list kind -> rows by outcome
     latencies_ms: list[int] = field(default_factory=list)
     citizen: str | None = None
 
@@ -256,6 +262,62 @@ def follow(aws: Clients, outputs: dict[str, str], uploads: list[Upload], *, time
     return progress
 
 
+ENROLLED_PER_FACILITY = 15  # patients of the demo's visits on the province's participant list
+
+
+def enrolment_people(uploads: list[Upload]) -> list[Any]:
+    """Participants: patients of the first files of each facility (so some visits arrive for people whose book
+    the list created), as the insurance database holds them."""
+    from healthbook_dev.generate.enrolment import Person
+
+    chosen: list[Any] = []
+    for code in FACILITIES:
+        summaries = [summary for upload in uploads if upload.facility == code and upload.label is None
+                     for summary in upload.patients]
+        for row in summaries[:ENROLLED_PER_FACILITY]:
+            card = row["MA_THE_BHYT"]
+            if not (card and row["SO_CCCD"]):
+                continue
+            chosen.append(Person(so_cccd=row["SO_CCCD"], ma_so_bhxh=card[-10:], ho_ten=row["HO_TEN"],
+                                 ngay_sinh=row["NGAY_SINH"][:8], gioi_tinh=row["GIOI_TINH"],
+                                 matinh=row["MATINH_CU_TRU"], maxa=row["MAXA_CU_TRU"], ma_the_bhyt=card,
+                                 gt_the_tu=row["GT_THE_TU"], gt_the_den=row["GT_THE_DEN"], ma_dkbd=row["MA_DKBD"]))
+    return chosen
+
+
+def enrol(aws: Clients, outputs: dict[str, str], uploads: list[Upload], people: FakePopulation, *, seed: int,
+          timeout: float = 240) -> dict[str, dict[str, int]]:
+    """The province's participant list, then a vaccination file for the same people, uploaded under
+    ``imports/<province>/`` as the province would; each waited for until its outcome summary is written."""
+    from healthbook.aws.enrolment_runtime import list_id, outcome_keys
+
+    from healthbook_dev.generate.enrolment import enrolment_csv, vaccination_csv, vaccination_rows
+
+    listed = enrolment_people(uploads)
+    for person in listed:
+        people.add(person.citizen())
+    province = facility_named(next(iter(FACILITIES)))[2]
+    s3, bucket = aws("s3"), outputs["ImportsBucketName"]
+    done: dict[str, dict[str, int]] = {}
+    for kind, body in (("enrolment", enrolment_csv([p.row() for p in listed])),
+                       ("vaccination", vaccination_csv(vaccination_rows(listed, seed=seed)))):
+        key = f"imports/{province}/{kind}/demo-{uuid.uuid4().hex[:8]}.csv"
+        version = s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="aws:kms",
+                                SSEKMSKeyId=outputs["DataKeyArn"]).get("VersionId")
+        _, summary_key = outcome_keys(province, list_id(kind, key, version))
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                summary = json.loads(s3.get_object(Bucket=bucket, Key=summary_key)["Body"].read())
+                break
+            except s3.exceptions.NoSuchKey:
+                if time.monotonic() > give_up:
+                    raise SystemExit(f"no outcome for the {kind} list after {timeout:.0f} s") from None
+                time.sleep(2)
+        done[kind] = {name: int(count) for name, count in summary.get("by_outcome", {}).items() if count}
+    return done
+
+
 def look_up(his: PortalClient, uploads: list[Upload]) -> int:
     """As the HIS would, ask the API for each transaction's result: the receipt, for that transaction."""
     found = 0
@@ -290,6 +352,7 @@ def _final_statuses(ddb: Any, table: str, accepted: list[tuple[str, str]], progr
         progress.statuses[status] += 1
         if status == "DELIVERED":
             progress.latencies_ms.append(int(latest["latency_ms"]["N"]))
+            progress.delivered_citizens.append(latest["citizen_key"]["S"])
             progress.citizen = progress.citizen or latest["citizen_key"]["S"]
 
 
@@ -319,11 +382,18 @@ def run(out: Path, *, endpoint: str, visits: int = 250, seed: int = 2026, timeou
         work = out / "submissions"
         work.mkdir(exist_ok=True)
         uploads = make_uploads(work, pki, people, visits=visits, seed=seed)
+        show("the province uploads its participant list, then a vaccination file (the enrolment workflow)…")
+        enrolment = enrol(aws, outputs, uploads, people, seed=seed)
+        show("enrolment done: " + "; ".join(f"{kind} {counts}" for kind, counts in enrolment.items()))
         show(f"uploading {len(uploads)} signed files ({len(uploads) * VISITS_PER_FILE} visits) as the facilities "
              "would…")
         upload_all(aws, outputs, uploads)
         progress = follow(aws, outputs, uploads, timeout=timeout, show=show)
         progress.looked_up = look_up(portal_client(aws, outputs), uploads)
+        progress.enrolment = enrolment
+        # the citizen view: someone whose book the list created, who has vaccinations and a delivered visit
+        progress.citizen = next((key for key in progress.delivered_citizens
+                                 if vneid.profile(key) and vneid.vaccinations(key)), progress.citizen)
         show("building this month's report (the report function, as the monthly schedule would)…")
         month = f"{datetime.now(PORTAL_TZ):%Y-%m}"
         report = aws("lambda").invoke(FunctionName=outputs["ReportFunctionName"],
@@ -382,6 +452,8 @@ def summary(uploads: list[Upload], progress: Progress, out: Path, report_files: 
                        f"portal API ({API_FACILITY}'s HIS)"),
         ("portal API", f"{sum(1 for u in by_api if u.transaction_id)} maGiaoDich answered, {progress.looked_up} "
                        "receipts returned by traCuuKetQua"),
+        ("initial health books", _outcomes(progress.enrolment.get("enrolment"))),
+        ("vaccination records", _outcomes(progress.enrolment.get("vaccination"))),
         ("receipts", f"{len(progress.receipts)}  ({accepted_files} files wholly accepted, {rejected_files} not)"),
         ("visits accepted / rejected", f"{visits_accepted} / {visits_rejected}"),
         ("rejected by reason", ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"),
@@ -404,6 +476,12 @@ def summary(uploads: list[Upload], progress: Progress, out: Path, report_files: 
     lines.append(f"deliberately bad files: {len(labelled)} (" + "; ".join(
         f"{u.path.name}: {u.label}" for u in labelled[:4]) + ("; …" if len(labelled) > 4 else "") + ")")
     return "\n".join(lines)
+
+
+def _outcomes(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "-"
+    return ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items())
 
 
 def main(argv: list[str] | None = None) -> int:
