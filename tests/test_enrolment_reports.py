@@ -110,3 +110,29 @@ def test_committed_a_book_then_a_visit_count_the_citizen_once(ddb: Any) -> None:
     assert _counter(ddb, "P34#92", "D#2026-01-06") == {}
     assert _counter(ddb, "P34#92", "D#2026-01-08") == {}  # the visit adds no new citizen: k6 is counted
     assert _counter(ddb, "P34#92", "M#2026-01") == {"citizens": 1}  # the visit's monthly distinct citizen
+
+
+def test_the_monthly_report_shows_the_books_and_vaccinations_of_the_provinces_lists(ddb: Any) -> None:
+    from healthbook.aws.records import counter_update
+    from healthbook.aws.reports import DynamoCounters
+    from healthbook.reports.build import Place, build_report
+    from healthbook.reports.model import Period, cell
+    from healthbook.reports.render import COLUMN_BY_KEY
+
+    store = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
+    for key in ("k1", "k2", "k3"):
+        store.count_citizen(book_markers(key, AFTER, province="92", commune="31120"))
+    store.count_citizen(book_markers("k1", AFTER + timedelta(days=40), province="92", commune="31120"))  # re-import
+    ddb.transact_write_items(TransactItems=[counter_update(NAMES["AGGREGATES_TABLE"],
+                                                           vaccination_count("92", AFTER, 7))])
+    source = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"])
+    places = [Place("92001", "BV Cần Thơ", "92", None, "31120")]
+    report = build_report(Period.month_of(AFTER.date()), places, source, generated_at=AFTER)
+    (province,) = report.level("province")
+    assert cell(province, COLUMN_BY_KEY["books_created"]) == 3
+    assert cell(province, COLUMN_BY_KEY["vaccinations_recorded"]) == 7
+    assert province.citizens_with_book == 3  # the books are citizens with a health book: coverage counts them
+    (facility,) = report.level("facility")
+    assert cell(facility, COLUMN_BY_KEY["books_created"]) is None  # a list belongs to a province, not a facility
+    later = build_report(Period.month_of((AFTER + timedelta(days=40)).date()), places, source, generated_at=AFTER)
+    assert cell(later.level("province")[0], COLUMN_BY_KEY["books_created"]) == 0  # the re-import created nothing

@@ -164,6 +164,7 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
             plan += [_citizens(scope, of) for scope in unit_scopes.values() if scope]
             plan += [_citizens(scope, of) for scope in own.values()]
     plan += [_to_date(scope, period) for scope in own.values()]
+    plan += [_days(scope, period) for scope in own.values()]  # books and vaccinations from the provinces' lists
     reader = _Counts(source, [wanted for wanted in plan if wanted is not None])
     rows: list[Row] = []
 
@@ -196,9 +197,12 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
     for province, members in sorted(by_province.items()):
         figure = population.get(province)
         with_book = reader(*_to_date(own[province], period)).get("new_citizens", 0)
+        lists = reader(*_days(own[province], period))
         name = names.get(province) or (figure.name if figure else f"Tỉnh {province}")
         row = grouped(members, "province", province, name, province, own[province])
-        rows.append(replace(row, citizens_with_book=with_book, population=figure.population if figure else None,
+        rows.append(replace(row, citizens_with_book=with_book, books_created=lists.get("books_created", 0),
+                            vaccinations_recorded=lists.get("vaccinations_recorded", 0),
+                            population=figure.population if figure else None,
                             population_source=f"{figure.source} ({figure.year})" if figure else None))
     return Report(period=period, generated_at=generated_at, rows=tuple(rows))
 

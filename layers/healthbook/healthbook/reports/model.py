@@ -144,6 +144,8 @@ class Row:
     population: int | None = None  # province rows with a reference figure only
     population_source: str | None = None
     citizens_with_book: int | None = None  # distinct citizens delivered since the start, up to the period's end
+    books_created: int | None = None  # province rows: books a participant list created in the period
+    vaccinations_recorded: int | None = None  # province rows: vaccination entries written in the period
 
     @property
     def coverage_pct(self) -> float | None:
@@ -220,6 +222,10 @@ COLUMNS: tuple[Column, ...] = (
            "facilities_without_submission", "text"),
     Column("citizens_with_book", "Công dân có sổ sức khỏe điện tử (lũy kế)", "Citizens with a health book (to date)",
            "citizens_with_book"),
+    Column("books_created", "Sổ sức khỏe tạo từ danh sách BHXH, BHYT (trong kỳ)",
+           "Health books created from participant lists (period)", "books_created"),
+    Column("vaccinations_recorded", "Mũi tiêm chủng ghi vào sổ (trong kỳ)", "Vaccinations recorded (period)",
+           "vaccinations_recorded"),
     Column("population", "Dân số", "Population", "population"),
     Column("coverage_pct", "Tỷ lệ bao phủ (%)", "Coverage (%)", "coverage_pct", "pct"),
     Column("population_source", "Nguồn số liệu dân số", "Population source", "population_source", "text"),
