@@ -542,6 +542,7 @@ def test_failed_batches_mark_their_rows_and_fail_the_list_past_the_tolerance(sta
     outcome = stack.outcome_rows(result["outcome_key"])
     failed = [r for r in outcome if r["outcome"] == "failed"]
     assert [int(r["row"]) for r in failed] == list(range(9, 16)) and all(r["masked_id"] for r in failed)
+    assert {r["code"] for r in failed} == {"N302"} and all("upload the list again" in r["reason"] for r in failed)
     assert stack.versions("results/") == [] and stack.versions("work/") == []  # the failed inputs leave too
     # the list sent again: the rows that failed are created now, the others are unchanged
     again = stack.run(key, csv_bytes(ENROLMENT_HEADER, [p.row() for p in listed]))

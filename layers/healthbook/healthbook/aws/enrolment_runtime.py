@@ -58,9 +58,7 @@ KINDS = ("enrolment", "vaccination")  # healthbook.enrolment.schema.Kind's value
 CHANGED = ("created", "updated")  # a vaccination entry VNeID stored: counted
 WRITTEN = ("created", "updated", "unchanged")  # a profile VNeID holds as sent: its (idempotent) markers committed
 FAILED = "failed"  # rows of a child execution that failed for good (its retries spent): upload the list again
-FAILED_REASON = "Not processed: a service was unavailable and the retries ran out; upload the list again."
-FAILED_REASON_VI = ("Chưa xử lý được: dịch vụ tạm thời không sẵn sàng và đã hết số lần thử lại; "
-                    "hãy tải danh sách lên lại.")
+FAILED_CODE = "N302"
 
 # One metric per row outcome (service=enrolment); the scan in tests/test_template.py follows this table.
 OUTCOME_METRICS = {"created": "EnrolmentRowsCreated", "updated": "EnrolmentRowsUpdated",
@@ -580,13 +578,14 @@ class EnrolmentRuntime:
     @staticmethod
     def _failed(item: Mapping[str, str]) -> Any:
         """A row of a batch that failed for good: ``failed``, masked, to be sent again."""
+        from healthbook.enrolment.codes import reason
         from healthbook.enrolment.outcome import mask_id
         from healthbook.enrolment.process import RowOutcome
 
         number = (item.get("SO_CCCD") or "").strip() or (item.get("MA_SO_BHXH") or "").strip()
-        return RowOutcome(row=int(item.get("ROW", "0") or 0), outcome=FAILED, code=None, reason=FAILED_REASON,
-                          masked_id=mask_id(number), citizen_key=None, province=None, commune=None,
-                          reason_vi=FAILED_REASON_VI)
+        return RowOutcome(row=int(item.get("ROW", "0") or 0), outcome=FAILED, code=FAILED_CODE,
+                          reason=reason(FAILED_CODE), masked_id=mask_id(number), citizen_key=None, province=None,
+                          commune=None, reason_vi=reason(FAILED_CODE, vietnamese=True))
 
     # --- what the batch is built from ---------------------------------------------------------------------------
 

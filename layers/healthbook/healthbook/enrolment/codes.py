@@ -184,6 +184,9 @@ _CODES: list[Code] = [
     # --- N3xx: VNeID's answer for one row ----------------------------------------------------------------------
     Code("N301", "VNEID_REFUSED", "value", "VNeID refused this record (HTTP {status}).",
          "VNeID từ chối bản ghi này (HTTP {status})."),
+    Code("N302", "NOT_PROCESSED", "row", "Not processed: a service was unavailable and the retries ran out; upload "
+         "the list again.", "Chưa xử lý được: dịch vụ tạm thời không sẵn sàng và đã hết số lần thử lại; hãy tải "
+         "danh sách lên lại."),
 ]
 
 CODES: dict[str, Code] = {c.code: c for c in _CODES}
