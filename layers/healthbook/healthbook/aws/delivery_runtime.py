@@ -9,16 +9,14 @@ credential takes effect without a deployment.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from healthbook.aws.delivery import DynamoVisitStatus, S3Projections, SnsNotifier, StepFunctionsStarter
+from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     DeliverSettings,
-    FunctionSettings,
     ProjectSettings,
     ReconcileSettings,
     SettleSettings,
@@ -29,34 +27,12 @@ from healthbook.aws.settings import (
 )
 from healthbook.delivery.contracts import StepInput, StepResult
 from healthbook.delivery.service import Deliver, Project, Reconcile, Settle, Sweeper
-from healthbook.kernel import Metrics, NoMetrics, Outcome
-
-T = TypeVar("T")
-S = TypeVar("S", bound=FunctionSettings)
+from healthbook.kernel import Metrics, Outcome
 
 
 @dataclass
-class DeliveryRuntime:
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    metrics: Metrics = field(default_factory=NoMetrics)
-    clock: Callable[[], float] = time.monotonic
-    _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
-
-    def _cached(self, name: str, build: Callable[[], T], ttl: float | None = None) -> T:
-        now = self.clock()
-        hit = self._cache.get(name)
-        if hit is not None and (ttl is None or now - hit[0] < ttl):
-            cached: T = hit[1]
-            return cached
-        value = build()
-        self._cache[name] = (now, value)
-        close = getattr(hit[1], "close", None) if hit is not None else None
-        if callable(close):  # an HTTP client rebuilt after the TTL: release its connection pool
-            close()
-        return value
-
-    def settings(self, kind: type[S]) -> S:
-        return self._cached(kind.__name__, lambda: kind.from_env(self.env))
+class DeliveryRuntime(CachedRuntime):
+    """The delivery functions' settings and clients, cached per container (CachedRuntime)."""
 
     # --- the use cases, one per function ---------------------------------------------------------------
 

@@ -26,32 +26,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import counter_update
+from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     EnrolmentBatchSettings,
     EnrolmentPrepareSettings,
     EnrolmentSummariseSettings,
-    FunctionSettings,
     client,
     error_code,
     load_pepper,
 )
-from healthbook.kernel import PROVINCE_CODE, Metrics, NoMetrics, iso_utc
-
-T = TypeVar("T")
-S = TypeVar("S", bound=FunctionSettings)
+from healthbook.kernel import PROVINCE_CODE, iso_utc
 
 IMPORTS, WORK, RESULTS, OUTCOMES = "imports/", "work/", "results/", "outcomes/"
 KINDS = ("enrolment", "vaccination")  # healthbook.enrolment.schema.Kind's values: the second folder of an upload
@@ -355,28 +351,8 @@ def row_results(outcomes: Iterable[Any]) -> list[RowResult]:
 # --- the runtime -------------------------------------------------------------------------------------------
 
 @dataclass
-class EnrolmentRuntime:
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    metrics: Metrics = field(default_factory=NoMetrics)
-    clock: Callable[[], float] = time.monotonic
+class EnrolmentRuntime(CachedRuntime):
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
-
-    def _cached(self, name: str, build: Callable[[], T], ttl: float | None = None) -> T:
-        now = self.clock()
-        hit = self._cache.get(name)
-        if hit is not None and (ttl is None or now - hit[0] < ttl):
-            cached: T = hit[1]
-            return cached
-        value = build()
-        self._cache[name] = (now, value)
-        close = getattr(hit[1], "close", None) if hit is not None else None
-        if callable(close):  # an HTTP client rebuilt after the TTL: release its connection pool
-            close()
-        return value
-
-    def settings(self, kind: type[S]) -> S:
-        return self._cached(kind.__name__, lambda: kind.from_env(self.env))
 
     def _bucket(self, name: str) -> ImportsBucket:
         return self._cached("imports", lambda: ImportsBucket(client("s3"), bucket=name))
