@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -24,3 +26,19 @@ def xml_files(paths: Sequence[str], *, verb: str) -> list[Path]:
     if not found:
         raise UsageError(f"no XML files to {verb}")
     return found
+
+
+EXIT_USAGE = 2
+Command = Callable[[argparse.Namespace], int]
+
+
+def guarded(command: Command, *, name: str) -> Command:
+    """``command`` with a usage error or an unreadable file reported on stderr as ``healthbook <name>: …``, exit 2."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (UsageError, OSError) as exc:
+            print(f"healthbook {name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    run.__doc__ = command.__doc__
+    return run

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from healthbook.enrolment.reader import FileRefused, Limits, prepare
 from healthbook.enrolment.schema import Kind, validate_row
 from healthbook.kernel import PORTAL_TZ
 
-from healthbook_dev.cli_support import UsageError
+from healthbook_dev.cli_support import UsageError, guarded
 
 EXIT_OK, EXIT_UNUSABLE, EXIT_USAGE = 0, 1, 2
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
@@ -42,21 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                           help="enrolment (participant list) or vaccination (default: vaccination for .ndjson/"
                                ".jsonl, enrolment otherwise)")
     validate.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    validate.set_defaults(func=_guarded(cmd_validate))
+    validate.set_defaults(func=guarded(cmd_validate, name="enrol"))
 
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _guarded(command: Command) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (UsageError, OSError) as exc:
-            print(f"healthbook enrol: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    run.__doc__ = command.__doc__
-    return run
 
 
 def check(data: bytes, *, name: str, kind: Kind, limits: Limits | None = None) -> dict[str, Any]:

@@ -11,12 +11,11 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from healthbook_dev.cli_support import UsageError
+from healthbook_dev.cli_support import UsageError, guarded
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -35,11 +34,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="the platform's public key (or certificate) in PEM")
     verify.add_argument("--submission", metavar="FILE",
                         help="also re-validate this submitted XML and check the receipt describes it")
-    verify.set_defaults(func=_guarded(cmd_verify))
+    verify.set_defaults(func=guarded(cmd_verify, name="receipt"))
 
     show = actions.add_parser("show", help="print a receipt for people (Vietnamese and English)")
     show.add_argument("receipt", metavar="RECEIPT")
-    show.set_defaults(func=_guarded(cmd_show))
+    show.set_defaults(func=guarded(cmd_show, name="receipt"))
 
     make = actions.add_parser("make", help="validate a submission and write its receipt signed with a local key "
                                            "(demos and facility tests)")
@@ -53,21 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="verify the facility's signature against these anchors (default: not checked)")
     make.add_argument("--registry", metavar="FILE", help="facility registry JSON (with --trust)")
     make.add_argument("--crl", action="append", default=[], metavar="FILE", help="a CRL (with --trust; repeatable)")
-    make.set_defaults(func=_guarded(cmd_make))
+    make.set_defaults(func=guarded(cmd_make, name="receipt"))
 
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _guarded(command: Command) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (_Usage, OSError) as exc:
-            print(f"healthbook receipt: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    run.__doc__ = command.__doc__
-    return run
 
 
 def _load_receipt(path: str) -> dict[str, Any]:
