@@ -141,12 +141,15 @@ def test_the_previous_version_of_a_visit_is_the_latest_earlier_one(statuses: Sta
 
 def test_citizen_markers_count_once(statuses: Statuses) -> None:
     markers = citizen_markers("ab" * 32, NOW, facility="01001", province="01", district=None, commune="00004")
-    expected = {(m.count.scope, m.count.period): dict(m.count.deltas) for m in markers}
+    expected: dict[tuple[str, str], dict[str, int]] = {}
+    for m in markers:  # the markers that add to one counter item merge into one update
+        expected.setdefault((m.count.scope, m.count.period), {}).update(m.count.deltas)
     statuses.store.count_citizen(markers)
     assert statuses.counters() == expected
     statuses.store.count_citizen(markers)  # a retried delivery: nothing counted twice
     assert statuses.counters() == expected
-    assert expected[("P34#01", "D#2026-11-22")] == {"new_citizens": 1}  # the 34 provinces, on a 2026 day
+    # the 34 provinces, on a 2026 day: a citizen with a book, and with a visit
+    assert expected[("P34#01", "D#2026-11-22")] == {"new_citizens": 1, "citizens_visited": 1}
 
 
 # --- the projections ----------------------------------------------------------------------------------------

@@ -569,7 +569,8 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     assert counted == Counter({("F#79002", month, "citizens"): 2, ("F#79002", half, "citizens"): 2,
                                ("F#79001", month, "citizens"): 1, ("F#79001", half, "citizens"): 1,
                                ("P34#79", month, "citizens"): 2, ("P34#79", half, "citizens"): 2,
-                               ("P34#79", day, "new_citizens"): 2})
+                               ("P34#79", day, "new_citizens"): 2,
+                               ("P34#79", day, "citizens_visited"): 2})
     province = "P34#79"  # a 2026 delivery counts in the 34 provinces
     assert (f"{province}#ALL", "citizen#ck") in world.store.markers
     # a crash between the markers and the status change: the retry finds the markers and counts nothing again

@@ -210,7 +210,7 @@ def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconcili
         "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1,
         "reconciliation#UNKNOWN_SOCIAL_INSURANCE": 1}
     assert sum(v for k, v in counters.items() if k.startswith("latency#")) == 2
-    assert world.counters("P34#") == {"new_citizens": 2}  # two citizens with a health book now
+    assert world.counters("P34#") == {"new_citizens": 2, "citizens_visited": 2}  # two books, each with a visit
     assert world.counters("F#", "M#") == {"citizens": 2}
 
 

@@ -14,6 +14,7 @@ from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.reports.aggregates import (
     EVER,
     MARKER_TTL_DAYS,
+    VISITED,
     CounterUpdate,
     book_markers,
     citizen_markers,
@@ -75,7 +76,16 @@ def test_the_delivery_markers_are_unchanged() -> None:
     assert {(m.scope, m.expires_at) for m in markers} == {
         ("F#01001#M#2025-03", expires), ("F#01001#S#2025-H1", expires), ("DIST#01#001#M#2025-03", expires),
         ("DIST#01#001#S#2025-H1", expires), ("P#01#M#2025-03", expires), ("P#01#S#2025-H1", expires),
-        ("P#01#ALL", None), ("P34#01#ALL", None)}
+        ("P#01#ALL", None), ("P34#01#ALL", None), ("P#01#VISIT", None), ("P34#01#VISIT", None)}
+
+
+def test_a_book_from_a_list_is_not_a_book_with_a_visit() -> None:
+    assert not {m.scope for m in book_markers("k8", AFTER, province="92", commune="31120")
+                if m.scope.endswith(f"#{VISITED}")}
+    visits = [m for m in citizen_markers("k8", AFTER, facility="92001", province="92", district=None,
+                                         commune="31120") if m.scope.endswith(f"#{VISITED}")]
+    assert _plain(visits) == {("P34#92#VISIT", "citizen#k8", None, "P34#92", "D#2026-01-05",
+                               (("citizens_visited", 1),))}
 
 
 @pytest.fixture
@@ -108,7 +118,8 @@ def test_committed_a_book_then_a_visit_count_the_citizen_once(ddb: Any) -> None:
     assert _counter(ddb, "P34#92", "D#2026-01-05") == {"books_created": 2, "new_citizens": 2}
     assert _counter(ddb, "XA#92#31120", "D#2026-01-05") == {"books_created": 1}
     assert _counter(ddb, "P34#92", "D#2026-01-06") == {}
-    assert _counter(ddb, "P34#92", "D#2026-01-08") == {}  # the visit adds no new citizen: k6 is counted
+    # the visit adds no new citizen (k6 is counted) but makes k6's book one with a visit
+    assert _counter(ddb, "P34#92", "D#2026-01-08") == {"citizens_visited": 1}
     assert _counter(ddb, "P34#92", "M#2026-01") == {"citizens": 1}  # the visit's monthly distinct citizen
 
 
@@ -132,7 +143,20 @@ def test_the_monthly_report_shows_the_books_and_vaccinations_of_the_provinces_li
     assert cell(province, COLUMN_BY_KEY["books_created"]) == 3
     assert cell(province, COLUMN_BY_KEY["vaccinations_recorded"]) == 7
     assert province.citizens_with_book == 3  # the books are citizens with a health book: coverage counts them
+    assert cell(province, COLUMN_BY_KEY["books_with_visit"]) == 0  # none of them has had a visit yet
     (facility,) = report.level("facility")
     assert cell(facility, COLUMN_BY_KEY["books_created"]) is None  # a list belongs to a province, not a facility
     later = build_report(Period.month_of((AFTER + timedelta(days=40)).date()), places, source, generated_at=AFTER)
     assert cell(later.level("province")[0], COLUMN_BY_KEY["books_created"]) == 0  # the re-import created nothing
+
+    visit_day = AFTER + timedelta(days=45)
+    for key in ("k2", "k4"):  # k2 has a book from the list; k4's book begins with this visit
+        store.count_citizen(citizen_markers(key, visit_day, facility="92001", province="92", district=None,
+                                            commune="31120"))
+    store.count_citizen(citizen_markers("k2", visit_day + timedelta(days=1), facility="92001", province="92",
+                                        district=None, commune="31120"))  # a second visit: counted once
+    after_visits = build_report(Period.month_of(visit_day.date()), places, source, generated_at=visit_day)
+    (province,) = after_visits.level("province")
+    assert (province.citizens_with_book, province.books_with_visit) == (4, 2)
+    assert build_report(Period.month_of(AFTER.date()), places, source,
+                        generated_at=visit_day).level("province")[0].books_with_visit == 0  # to date: not later

@@ -385,9 +385,9 @@ def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
     items = {(i["scope"]["S"], i["period"]["S"]): i for i in
              ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"] if i["period"]["S"].startswith("citizen#")}
     # Before July 2025: facility, district and the 63-province unit by month and half-year, and "ever" in both the
-    # old province and the merged one of the 34 (today's coverage).
-    assert len(items) == 8
-    ever = {("P#01#ALL", "citizen#k"), ("P34#01#ALL", "citizen#k")}
+    # old province and the merged one of the 34 (today's coverage), and "visited" in both (books with a visit).
+    assert len(items) == 10
+    ever = {(f"P{n}#01#{kind}", "citizen#k") for n in ("", "34") for kind in ("ALL", "VISIT")}
     assert all("expires_at" not in items[key] for key in ever)
     expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key not in ever]
     assert expiring == [int(at.timestamp()) + 400 * 86400] * 6

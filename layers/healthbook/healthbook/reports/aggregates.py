@@ -131,7 +131,8 @@ def for_breach(facility: str, at: datetime) -> CounterUpdate:
 
 # Distinct-citizen markers outlive the six-monthly report (and its re-runs) by a margin.
 MARKER_TTL_DAYS = 400
-EVER = "ALL"
+EVER = "ALL"  # the kept marker of a citizen with a health book, per province (coverage)
+VISITED = "VISIT"  # the kept marker of a citizen with at least one visit delivered, per province
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,9 @@ def _units(at: datetime, *, province: str, district: str | None, commune: str | 
                   (own, province_scope(current, after_reform=True)))
 
 
-def _ever_markers(units: _Units, marker: str, at: datetime) -> list[CitizenMarker]:
-    return [CitizenMarker(f"{ever}#{EVER}", marker, None, CounterUpdate(ever, day(at), {"new_citizens": 1}))
+def _ever_markers(units: _Units, marker: str, at: datetime, *, kind: str = EVER,
+                  counter: str = "new_citizens") -> list[CitizenMarker]:
+    return [CitizenMarker(f"{ever}#{kind}", marker, None, CounterUpdate(ever, day(at), {counter: 1}))
             for ever in units.evers]
 
 
@@ -179,16 +181,18 @@ def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: 
     """The markers a delivery to ``citizen_key`` sets, in the units in force on its day: distinct citizens per
     month and half-year for the facility, its district (before 1 July 2025) or commune (from then) and province,
     and the province's "ever" marker whose count, ``new_citizens`` on the day, sums to the citizens with a health
-    book (coverage). ``province`` is the facility's code as registered (a pre-reform code maps to its merged
-    province). A delivery before the reform also sets the merged province's "ever" marker, so today's coverage
-    counts every citizen once, whenever the first visit was."""
+    book (coverage), and its "visited" marker, whose ``citizens_visited`` sums to the books with at least one
+    visit (a book a participant list created sets only the first). ``province`` is the facility's code as
+    registered (a pre-reform code maps to its merged province). A delivery before the reform also sets the merged
+    province's markers, so today's coverage counts every citizen once, whenever the first visit was."""
     units = _units(at, province=province, district=district, commune=commune)
     expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
     scopes = [scope for scope in (facility_scope(facility), units.unit, units.own) if scope]
     marker = f"citizen#{citizen_key}"
     markers = [CitizenMarker(f"{scope}#{period}", marker, expires, CounterUpdate(scope, period, {"citizens": 1}))
                for scope in scopes for period in (month(at), half(at))]
-    return markers + _ever_markers(units, marker, at)
+    return (markers + _ever_markers(units, marker, at)
+            + _ever_markers(units, marker, at, kind=VISITED, counter="citizens_visited"))
 
 
 BOOK = "BOOK"  # the kept marker of a citizen whose book a participant list created, per province and commune

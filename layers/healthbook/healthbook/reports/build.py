@@ -196,11 +196,13 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
 
     for province, members in sorted(by_province.items()):
         figure = population.get(province)
-        with_book = reader(*_to_date(own[province], period)).get("new_citizens", 0)
+        to_date = reader(*_to_date(own[province], period))
         lists = reader(*_days(own[province], period))
         name = names.get(province) or (figure.name if figure else f"Tỉnh {province}")
         row = grouped(members, "province", province, name, province, own[province])
-        rows.append(replace(row, citizens_with_book=with_book, books_created=lists.get("books_created", 0),
+        rows.append(replace(row, citizens_with_book=to_date.get("new_citizens", 0),
+                            books_with_visit=to_date.get("citizens_visited", 0),
+                            books_created=lists.get("books_created", 0),
                             vaccinations_recorded=lists.get("vaccinations_recorded", 0),
                             population=figure.population if figure else None,
                             population_source=f"{figure.source} ({figure.year})" if figure else None))

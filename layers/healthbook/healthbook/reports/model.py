@@ -144,6 +144,7 @@ class Row:
     population: int | None = None  # province rows with a reference figure only
     population_source: str | None = None
     citizens_with_book: int | None = None  # distinct citizens delivered since the start, up to the period's end
+    books_with_visit: int | None = None  # province rows: citizens with at least one visit delivered, to date
     books_created: int | None = None  # province rows: books a participant list created in the period
     vaccinations_recorded: int | None = None  # province rows: vaccination entries written in the period
 
@@ -222,6 +223,8 @@ COLUMNS: tuple[Column, ...] = (
            "facilities_without_submission", "text"),
     Column("citizens_with_book", "Công dân có sổ sức khỏe điện tử (lũy kế)", "Citizens with a health book (to date)",
            "citizens_with_book"),
+    Column("books_with_visit", "Sổ sức khỏe có ít nhất một lượt KCB (lũy kế)",
+           "Health books with at least one visit (to date)", "books_with_visit"),
     Column("books_created", "Sổ sức khỏe tạo từ danh sách BHXH, BHYT (trong kỳ)",
            "Health books created from participant lists (period)", "books_created"),
     Column("vaccinations_recorded", "Mũi tiêm chủng ghi vào sổ (trong kỳ)", "Vaccinations recorded (period)",
