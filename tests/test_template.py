@@ -1110,7 +1110,8 @@ def test_ops_topic_is_encrypted_with_a_key_cloudwatch_may_use(template: dict[str
 
 
 ALARMS = {"IngestDlqNotEmptyAlarm", "IngestQueueAgeAlarm", "IngestFailuresAlarm", "DeliveryWorkflowFailuresAlarm",
-          "DeliveryLatencyAlarm", "DeadlineBreachedAlarm", "SweepErrorsAlarm", "ReportFailedAlarm"}
+          "DeliveryLatencyAlarm", "DeadlineBreachedAlarm", "SweepErrorsAlarm", "ReportFailedAlarm",
+          "EnrolmentFailedAlarm"}
 
 
 def test_every_alarm_notifies_the_ops_topic_and_says_how_to_treat_missing_data(template: dict[str, Any]) -> None:
@@ -1598,6 +1599,15 @@ def test_dashboard_covers_ingest_delivery_lambda_and_reports(template: dict[str,
     assert set(alarms[0]["properties"]["alarms"]) == {f"<{name}.Arn>" for name in ALARMS}
 
 
+def _rule_names(template: dict[str, Any]) -> list[str]:
+    """The names of the EventBridge rules the stack's SAM resources declare, as CloudFormation makes them."""
+    stage = template["Parameters"]["Stage"]["Default"]
+    return [event["Properties"]["RuleName"]["Fn::Sub"].replace("${Stage}", stage)
+            for resource in template["Resources"].values()
+            for event in resource.get("Properties", {}).get("Events", {}).values()
+            if event["Type"] == "EventBridgeRule" and "RuleName" in event["Properties"]]
+
+
 # dimension -> the resource types its value may name
 AWS_DIMENSIONS = {"FunctionName": {"AWS::Serverless::Function"}, "QueueName": {"AWS::SQS::Queue"},
                   "StateMachineArn": {"AWS::Serverless::StateMachine"},
@@ -1614,6 +1624,9 @@ def test_aws_metrics_of_the_console_name_the_stacks_own_resources(template: dict
             names = {props(template, api)["Name"]["Fn::Sub"].replace("${Stage}", stage)
                      for api in resources(template, "AWS::Serverless::Api")}
             assert dict(ref.dimensions) in [{"ApiName": name, "Stage": stage} for name in names], ref
+            continue
+        if ref.namespace == "AWS/Events":  # a rule's metrics are named by its name: a rule the stack declares
+            assert dict(ref.dimensions) in [{"RuleName": name} for name in _rule_names(template)], ref
             continue
         assert ref.namespace in {"AWS/SQS", "AWS/Lambda", "AWS/States", "AWS/Scheduler"}, ref
         for dimension, value in ref.dimensions:
