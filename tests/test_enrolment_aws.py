@@ -584,6 +584,43 @@ def test_the_token_bucket_keeps_to_its_rate() -> None:
     assert slept[-1] == pytest.approx(0.1)
 
 
+def test_summarise_builds_outcomes_child_by_child_sharing_the_reasons_of_a_code() -> None:
+    """A million rows must fit Summarise's memory (bench/enrol_limits.py): one text per code, not per row."""
+    from healthbook.aws.enrolment_runtime import outcomes_of
+
+    def child(rows: range) -> dict[str, Any]:
+        return {"Status": "SUCCEEDED", "Output": json.dumps({"list_id": "l", "counts": {}, "outcomes": [
+            {"row": r, "outcome": "not_matched", "code": "R001", "masked_id": "001******789"} for r in rows]})}
+
+    failed = {"Status": "FAILED", "Input": json.dumps({"Items": [{"ROW": "9", "SO_CCCD": "001234567890"}]})}
+    files = {"ok.json": json.dumps([child(range(2, 5)), child(range(5, 7))]).encode(),
+             "failed.json": json.dumps([failed]).encode(),
+             "pending.jsonl": b""}
+
+    class Results:
+        def read(self, key: str) -> bytes:
+            return files[key]
+
+    manifest = {"ResultFiles": {"SUCCEEDED": [{"Key": "ok.json"}], "FAILED": [{"Key": "failed.json"}],
+                                "PENDING": [{"Key": "pending.jsonl"}]}}
+    outcomes, failed_batches = outcomes_of(Results(), manifest)  # type: ignore[arg-type]
+    assert failed_batches == 1
+    assert [(o.row, o.outcome) for o in outcomes] == [(2, "not_matched"), (3, "not_matched"), (4, "not_matched"),
+                                                      (5, "not_matched"), (6, "not_matched"), (9, "failed")]
+    assert outcomes[-1].masked_id != "001234567890" and outcomes[-1].code == "N302"
+    assert len({id(o.reason) for o in outcomes[:5]}) == 1 and len({id(o.reason_vi) for o in outcomes[:5]}) == 1
+    assert outcomes_of(Results(), None) == ([], 0)  # the Map wrote no manifest
+
+
+def test_the_problems_of_many_rows_share_their_texts() -> None:
+    from healthbook.enrolment.codes import problem
+
+    first, second = problem("N022", 2, "HO_TEN"), problem("N022", 3, "HO_TEN")
+    assert (first.row, second.row) == (2, 3) and first.reason is second.reason and first.reason_vi is second.reason_vi
+    named = problem("N010", None, "HO_TEN")  # a text naming its column is kept per column
+    assert "HO_TEN" in named.reason and "NGAY_SINH" in problem("N010", None, "NGAY_SINH").reason
+
+
 def test_keys_and_list_ids() -> None:
     assert Upload.parse("imports/01/enrolment/a/b.csv") == Upload("01", "enrolment", "b.csv")
     for bad in ("imports/1/enrolment/a.csv", "imports/01/visits/a.csv", "imports/01/enrolment/", "inbox/01/x.csv",

@@ -473,10 +473,7 @@ class EnrolmentRuntime(CachedRuntime):
         given = SummariseInput.model_validate(dict(event))
         bucket = self._bucket(settings.imports_bucket)
         manifest = self._manifest(bucket, given)
-        rows, failed_items = self._results(bucket, manifest)
-        failed_batches = len(failed_items)
-        outcomes = [self._outcome(r) for r in rows]
-        outcomes += [self._failed(item) for items in failed_items for item in items]
+        outcomes, failed_batches = outcomes_of(bucket, manifest)
         outcomes.sort(key=lambda o: int(o.row))
         problems_at = problems_key(given.list_id)
         problems = load_problems(bucket.read(problems_at)) if bucket.head(problems_at) else []
@@ -522,47 +519,6 @@ class EnrolmentRuntime(CachedRuntime):
         document: dict[str, Any] = json.loads(bucket.read(str(key)))
         return document
 
-    def _results(self, bucket: ImportsBucket, manifest: dict[str, Any] | None
-                 ) -> tuple[list[RowResult], list[list[dict[str, str]]]]:
-        """The rows of the successful child executions, and the input rows of each failed one."""
-        rows: list[RowResult] = []
-        failed: list[list[dict[str, str]]] = []
-        if manifest is None:
-            return rows, failed
-        files = manifest.get("ResultFiles", {})
-        for entry in files.get("SUCCEEDED", []):
-            for execution in _result_entries(bucket.read(entry["Key"])):
-                rows += BatchResult.model_validate(_json(execution.get("Output"))).outcomes
-        for status in ("FAILED", "PENDING"):
-            for entry in files.get(status, []):
-                for execution in _result_entries(bucket.read(entry["Key"])):
-                    items = _json(execution.get("Input")).get("Items", [])
-                    failed.append([dict(item) for item in items])
-        return rows, failed
-
-    @staticmethod
-    def _outcome(row: RowResult) -> Any:
-        """A row's outcome again, its reasons from its codes (the workflow carried the codes only)."""
-        from healthbook.enrolment.codes import reasons
-        from healthbook.enrolment.process import RowOutcome
-
-        return RowOutcome(row=row.row, outcome=row.outcome, code=row.code,
-                          reason=reasons(row.code) if row.code else None, masked_id=row.masked_id or "",
-                          citizen_key=None, province=None, commune=None,
-                          reason_vi=reasons(row.code, vietnamese=True) if row.code else None)
-
-    @staticmethod
-    def _failed(item: Mapping[str, str]) -> Any:
-        """A row of a batch that failed for good: ``failed``, masked, to be sent again."""
-        from healthbook.enrolment.codes import reason
-        from healthbook.enrolment.outcome import mask_id
-        from healthbook.enrolment.process import RowOutcome
-
-        number = (item.get("SO_CCCD") or "").strip() or (item.get("MA_SO_BHXH") or "").strip()
-        return RowOutcome(row=int(item.get("ROW", "0") or 0), outcome=FAILED, code=FAILED_CODE,
-                          reason=reason(FAILED_CODE), masked_id=mask_id(number), citizen_key=None, province=None,
-                          commune=None, reason_vi=reason(FAILED_CODE, vietnamese=True))
-
     # --- what the batch is built from ---------------------------------------------------------------------------
 
     def _markers(self, settings: EnrolmentBatchSettings) -> DynamoVisitStatus:
@@ -604,6 +560,60 @@ def _json(value: Any) -> dict[str, Any]:
     """A result entry's Input or Output: a JSON string (as AWS writes it), or already a document."""
     document = json.loads(value) if isinstance(value, str | bytes) else value
     return document if isinstance(document, dict) else {}
+
+
+def outcomes_of(bucket: ImportsBucket, manifest: dict[str, Any] | None) -> tuple[list[Any], int]:
+    """Every row's outcome: those the successful child executions returned, and ``failed`` for each input row
+    of a failed one; and the number of failed children. Built child by child, the texts of a code shared, so
+    a list of ``Limits.max_rows`` rows fits the function's memory (docs/enrolment.md, "Limits")."""
+    outcomes: list[Any] = []
+    failed = 0
+    if manifest is None:
+        return outcomes, failed
+    files = manifest.get("ResultFiles", {})
+    texts: dict[str, tuple[str, str]] = {}
+    for entry in files.get("SUCCEEDED", []):
+        for execution in _result_entries(bucket.read(entry["Key"])):
+            outcomes += [_outcome(row, texts)
+                         for row in BatchResult.model_validate(_json(execution.get("Output"))).outcomes]
+    for status in ("FAILED", "PENDING"):
+        for entry in files.get(status, []):
+            for execution in _result_entries(bucket.read(entry["Key"])):
+                failed += 1
+                outcomes += [_failed(item, texts) for item in _json(execution.get("Input")).get("Items", [])]
+    return outcomes, failed
+
+
+def _texts(code: str, texts: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The English and Vietnamese reasons of a "+"-joined code cell, made once per cell and shared (``texts``
+    holds those met so far, so a million rows hold a few strings)."""
+    from healthbook.enrolment.codes import reasons
+
+    if code not in texts:
+        texts[code] = (reasons(code), reasons(code, vietnamese=True))
+    return texts[code]
+
+
+def _outcome(row: RowResult, texts: dict[str, tuple[str, str]]) -> Any:
+    """A row's outcome again, its reasons from its codes (the workflow carried the codes only)."""
+    from healthbook.enrolment.process import RowOutcome
+
+    english, vietnamese = _texts(row.code, texts) if row.code else (None, None)
+    return RowOutcome(row=row.row, outcome=row.outcome, code=row.code, reason=english,
+                      masked_id=row.masked_id or "", citizen_key=None, province=None, commune=None,
+                      reason_vi=vietnamese)
+
+
+def _failed(item: Mapping[str, str], texts: dict[str, tuple[str, str]]) -> Any:
+    """A row of a batch that failed for good: ``failed``, masked, to be sent again."""
+    from healthbook.enrolment.outcome import mask_id
+    from healthbook.enrolment.process import RowOutcome
+
+    english, vietnamese = _texts(FAILED_CODE, texts)
+    number = (item.get("SO_CCCD") or "").strip() or (item.get("MA_SO_BHXH") or "").strip()
+    return RowOutcome(row=int(item.get("ROW", "0") or 0), outcome=FAILED, code=FAILED_CODE, reason=english,
+                      masked_id=mask_id(number), citizen_key=None, province=None, commune=None,
+                      reason_vi=vietnamese)
 
 
 def _result_entries(data: bytes) -> list[dict[str, Any]]:

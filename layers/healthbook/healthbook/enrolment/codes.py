@@ -16,6 +16,7 @@ a value: the outcome file goes back to the province, and logs are no place for p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from healthbook.reconcile.matching import (
@@ -46,7 +47,7 @@ class Code:
         return self.scope in BLOCKING
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a file's problems are held until its outcome is written
 class RowProblem:
     """One problem of a file or a row: ``row`` the source row number (None for the file), ``column`` the column
     it is about (None for the whole row), ``code`` from :data:`CODES`, ``reason`` in English naming the problem,
@@ -68,8 +69,13 @@ class RowProblem:
 
 def problem(code: str, row: int | None, column: str | None = None, *, limit: int | None = None) -> RowProblem:
     """A :class:`RowProblem` with both reasons from the catalogue."""
-    return RowProblem(row, column, code, reason(code, column=column, limit=limit),
-                      reason(code, vietnamese=True, column=column, limit=limit))
+    return RowProblem(row, column, code, *_reasons(code, column, limit))
+
+
+@lru_cache(maxsize=4096)
+def _reasons(code: str, column: str | None, limit: int | None) -> tuple[str, str]:
+    """Both texts of a problem, shared by every row that has it (a file of a million bad rows holds a few)."""
+    return reason(code, column=column, limit=limit), reason(code, vietnamese=True, column=column, limit=limit)
 
 
 def _person(series: int) -> list[Code]:

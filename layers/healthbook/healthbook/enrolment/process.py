@@ -55,7 +55,7 @@ class HealthBookSink(Protocol):
     def put_vaccination(self, citizen_key: str, record_id: str, record: Mapping[str, Any]) -> str: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a summarised list holds one per row
 class RowOutcome:
     """What became of one row. ``code``: "+"-joined problem codes (invalid), reconciliation reasons (not_matched)
     or findings of a written row (N290); ``reason`` their English text, ``reason_vi`` the Vietnamese. No name,

@@ -51,7 +51,7 @@ __all__ = ["FileRefused", "Limits", "Prepared", "RowProblem", "prepare"]
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 200 * 1024**2
-    max_rows: int = 10_000_000
+    max_rows: int = 1_000_000  # what Prepare and Summarise hold within their memory (bench/enrol_limits.py)
     max_cell_chars: int = 1024
     max_xlsx_uncompressed: int = 1024**3  # the sum of a workbook's declared part sizes
     max_xlsx_parts: int = 10_000
