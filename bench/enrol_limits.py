@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    """This process's peak RSS since exec (VmHWM; ru_maxrss would keep the parent's from before the exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def _enrolment_rows(n: int) -> bytes:
@@ -118,17 +116,9 @@ def run(case: str, rows: int) -> dict[str, Any]:
     return result
 
 
-def function_limits() -> dict[str, tuple[int, int]]:
-    """(MemorySize MB, Timeout s) of the Prepare and Summarise functions, from template.yaml."""
-    from samtranslator.yaml_helper import yaml_parse  # reads the short forms (!Sub, !Ref) as tests/ do
-
-    resources = yaml_parse((ROOT / "template.yaml").read_text(encoding="utf-8"))["Resources"]
-    return {step: (resources[name]["Properties"]["MemorySize"], resources[name]["Properties"]["Timeout"])
-            for step, name in (("prepare", "EnrolmentPrepareFunction"), ("summarise", "EnrolmentSummariseFunction"))}
-
-
 def main() -> None:
     from healthbook.enrolment.reader import Limits
+    from healthbook_dev.template import function_limits  # the parent only: a child's baseline stays its own
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=Limits().max_rows)
@@ -138,7 +128,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.rows)))
         return
-    functions = function_limits()
+    functions = {"prepare": function_limits("EnrolmentPrepareFunction"),
+                 "summarise": function_limits("EnrolmentSummariseFunction")}
     baseline = run("baseline", 0)["peak_mb"]
     print(f"Limits: max_rows {Limits().max_rows:,}, max_bytes {Limits().max_bytes / 2**20:.0f} MiB; "
           f"baseline child (imports only): {baseline:.0f} MB = 1.0")

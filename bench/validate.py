@@ -5,7 +5,9 @@
 (b) full validation (all field, cross-field and cross-table rules);
 (c) full validation plus typed records (what ingestion will run).
 Target: b/a >= 0.4 on one core. Then peak RSS while validating one ~20 MB file (target < 400 MB),
-measured in a child process against a child that only imports the package.
+measured in a child process against a child that only imports the package; and the two floods of bounded work
+(issue 17: 20 MB of one-line HOSO, and one visit of 20 MB of rows missing every field), their peak RSS as a share
+of the ingest function's MemorySize (template.yaml) and their time.
 
 Usage: python bench/validate.py [--files 300] [--rows 70] [--rounds 7] [--big-mb 20]
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from healthbook.records import visit_record
 from healthbook.validation import validate_bytes
 from healthbook_dev.generate import build_visit, submission
+from healthbook_dev.template import function_limits
 from lxml import etree
 
 
@@ -95,26 +98,63 @@ def big_file(path: Path, megabytes: float) -> int:
 
 
 CHILD = """
-import sys
+import sys, time
 from healthbook.validation import validate_path
 from healthbook.validation.engine import Options
 from healthbook.parsing.safe_xml import Limits
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-before = hwm()
+before, seconds, codes = hwm(), 0.0, "-"
 if sys.argv[1] != "-":
-    limit = 64 * 1024 * 1024
+    limit = 64 * 1024 * 1024 if sys.argv[2] == "big" else 20 * 1024 * 1024  # the big one is grown past 20 MB
+    start = time.perf_counter()
     result = validate_path(sys.argv[1], Options(limits=Limits(limit, limit)))
-    assert result.visits and not result.errors, [e.code for e in result.errors]
-print(before, hwm())
+    seconds = time.perf_counter() - start
+    if sys.argv[2] == "big":
+        assert result.visits and not result.errors, [e.code for e in result.errors]
+    codes = ",".join(sorted({i.code for i in result.issues if i.blocks != "none"})) or "-"
+print(before, hwm(), seconds, codes, len(result.issues) if sys.argv[1] != "-" else 0)
 """
 
 
-def peak_rss_mb(path: str) -> float:
-    """Peak RSS of a fresh child (VmHWM, in KiB; ru_maxrss would include the parent)."""
-    out = subprocess.run([sys.executable, "-c", CHILD, path], check=True, capture_output=True, text=True).stdout
-    _, peak = (int(x) for x in out.split())
-    return peak / 1024
+def peak_rss_mb(path: str, kind: str = "big") -> tuple[float, float, str, int]:
+    """Peak RSS (MB) of a fresh child validating ``path`` (VmHWM; ru_maxrss would include the parent), its
+    time, the blocking codes and the number of issues."""
+    out = subprocess.run([sys.executable, "-c", CHILD, path, kind], check=True, capture_output=True,
+                         text=True).stdout
+    _, peak, seconds, codes, issues = out.split()
+    return int(peak) / 1024, float(seconds), codes, int(issues)
+
+
+def flood_files(folder: Path, limit: int) -> dict[str, Path]:
+    """The two floods of bounded work (docs/hostile-inputs.md), each about ``limit`` bytes: one-line HOSO as
+    many as fit (refused whole, E019), and one visit whose XML2 holds as many rows missing every field as fit
+    (each kind of issue listed 100 times, the rest counted in V299)."""
+    def envelope(hoso: str, count: int) -> bytes:
+        return ("<GIAMDINHHS><THONGTINDONVI><MACSKCB>01001</MACSKCB></THONGTINDONVI><THONGTINHOSO>"
+                f"<NGAYLAP>20260301</NGAYLAP><SOLUONGHOSO>{count}</SOLUONGHOSO><DANHSACHHOSO>{hoso}"
+                "</DANHSACHHOSO></THONGTINHOSO></GIAMDINHHS>").encode()
+
+    def b64(text: bytes) -> str:
+        return base64.b64encode(text).decode()
+
+    xml1 = b64(b"<TONG_HOP><MA_LK>F1</MA_LK><NGAY_VAO>202603010800</NGAY_VAO></TONG_HOP>")
+    one = f"<HOSO><FILEHOSO><LOAIHOSO>XML1</LOAIHOSO><NOIDUNGFILE>{xml1}</NOIDUNGFILE></FILEHOSO></HOSO>"
+    visits = (limit - 400) // len(one)
+    row = b"<CHI_TIET_THUOC><MA_LK>F1</MA_LK></CHI_TIET_THUOC>"
+    rows = (limit - 600) * 3 // 4 // len(row)
+    xml2 = b64(b"<CHITIEU_CHITIET_THUOC><DSACH_CHI_TIET_THUOC>" + row * rows
+               + b"</DSACH_CHI_TIET_THUOC></CHITIEU_CHITIET_THUOC>")
+    paths = {f"{visits:,} one-line HOSO": envelope(one * visits, visits),
+             f"one visit, {rows:,} XML2 rows missing every field": envelope(
+                 f"<HOSO><FILEHOSO><LOAIHOSO>XML1</LOAIHOSO><NOIDUNGFILE>{xml1}</NOIDUNGFILE></FILEHOSO>"
+                 f"<FILEHOSO><LOAIHOSO>XML2</LOAIHOSO><NOIDUNGFILE>{xml2}</NOIDUNGFILE></FILEHOSO></HOSO>", 1)}
+    out = {}
+    for n, (name, data) in enumerate(paths.items()):
+        assert len(data) <= limit, (name, len(data))
+        out[name] = folder / f"flood-{n}.xml"
+        out[name].write_bytes(data)
+    return out
 
 
 def main() -> None:
@@ -150,10 +190,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.xml"
         written = big_file(path, args.big_mb)
-        baseline = peak_rss_mb("-")
-        peak = peak_rss_mb(str(path))
+        baseline, _, _, _ = peak_rss_mb("-")
+        peak, _, _, _ = peak_rss_mb(str(path))
         print(f"peak RSS validating one {written / 1024 / 1024:.1f} MB file: {peak:.0f} MB "
               f"(import-only baseline {baseline:.0f} MB; +{peak - baseline:.0f} MB; target < 400 MB)")
+        memory, _ = function_limits("IngestFunction")
+        print(f"bounded work per file, each at the 20 MiB size limit, against the ingest function's {memory} MB:")
+        for name, flood in flood_files(Path(tmp), 20 * 1024 * 1024).items():
+            peak, seconds, codes, issues = peak_rss_mb(str(flood), "flood")
+            print(f"  {name:<48} peak {peak:4.0f} MB = {peak / memory:4.0%} of the function, {seconds:5.1f} s, "
+                  f"{issues:,} issues, blocking {codes}")
 
 
 if __name__ == "__main__":

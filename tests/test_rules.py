@@ -26,7 +26,7 @@ from healthbook.parsing.safe_xml import Limits
 from healthbook.standard import version_ids
 from healthbook.validation import FileResult, Options, validate_bytes
 from healthbook.validation.catalogue import RULES as ALL_RULES
-from healthbook.validation.issues import Issue
+from healthbook.validation.issues import ISSUES_PER_KIND, Issue
 from healthbook_dev.generate import Defect, Visit, build_visit, envelope, inject, table_document
 from lxml import etree
 
@@ -36,7 +36,8 @@ RULES = {code: rule for code, rule in ALL_RULES.items() if code[0] not in "KI"}
 # --- helpers --------------------------------------------------------------------------------------------
 
 TS = "%Y%m%d%H%M"
-WARNING_CODES = frozenset({"S101", "S105", "S107", "V210", "V217", "V218", "R314", "R315", "R317", "R319", "R320"})
+WARNING_CODES = frozenset({"S101", "S105", "S107", "V210", "V217", "V218", "V299", "R314", "R315", "R317", "R319",
+                           "R320"})
 ANY = object()  # "don't check this attribute of the issue"
 DEFAULT_OPTIONS = Options()
 
@@ -408,6 +409,57 @@ def _inner_limit(slack: int) -> Mutation:
 
 CASES.append(Case("XML3-decoded-one-byte-over", "E018", "XML3", None, "outpatient", _inner_limit(-1),
                   near_miss=_inner_limit(0)))
+
+
+def _visit_limit(slack: int) -> Mutation:
+    """Three visits under a limit of 3 + ``slack`` visits per file."""
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        visits = [visit]
+        for n in (1, 2):
+            other = copy.deepcopy(visit)
+            other.ma_lk = visit.ma_lk[:-1] + str((int(visit.ma_lk[-1]) + n) % 10)
+            for rows in other.tables.values():
+                for row in rows:
+                    if "MA_LK" in row:
+                        row["MA_LK"] = other.ma_lk
+            visits.append(other)
+        return submit(visits, options=Options(limits=Limits(max_visits=3 + slack)))
+    return mutate
+
+
+CASES.append(Case("three-visits-limit-two", "E019", None, None, "outpatient", _visit_limit(-1), level="file",
+                  near_miss=_visit_limit(0)))
+
+
+def _same_mistake(rows: int) -> Mutation:
+    """``rows`` more XML3 lines, each without DON_VI_TINH: one kind of issue, listed ISSUES_PER_KIND times."""
+    def mutate(visit: Visit, rng: random.Random) -> Submission:
+        line = visit.tables["XML3"][0]
+        visit.tables["XML3"] += [{**line, "STT": str(1000 + n), "DON_VI_TINH": ""} for n in range(rows)]
+        return submit(visit)
+    return mutate
+
+
+CASES.append(Case("XML3-101-lines-without-unit", "V299", "XML3", "DON_VI_TINH", "outpatient",
+                  _same_mistake(ISSUES_PER_KIND + 1), also=frozenset({"V201", "R309", "R317"}),
+                  message="1 more V201"))
+
+
+def test_issues_of_one_kind_are_listed_up_to_the_limit_and_counted_beyond_it() -> None:
+    """The near miss of V299 has its own issues (the lines still lack their unit), so it is checked here."""
+    for rows, listed, summarised in ((ISSUES_PER_KIND, ISSUES_PER_KIND, None), (5_000, ISSUES_PER_KIND, 4_900)):
+        visit = build_visit(random.Random(1), scenario="outpatient")
+        result = validate_bytes(_same_mistake(rows)(visit, random.Random(1)).data)
+        (checked,) = result.visits
+        assert checked.accepted  # the verdict is the listed issues' (V201 is a finding)
+        assert sum(1 for i in checked.issues if i.code == "V201" and i.field == "DON_VI_TINH") == listed
+        notes = [i for i in checked.issues if i.code == "V299"]
+        if summarised is None:
+            assert not notes
+        else:
+            (note,) = notes
+            assert (note.table, note.field, note.ma_lk) == ("XML3", "DON_VI_TINH", visit.ma_lk)
+            assert f"{summarised} more V201" in note.message_en and checked.issues[-1] is note
 
 
 # --- S: structure of inner documents --------------------------------------------------------------------
@@ -895,7 +947,8 @@ def test_warning_rules_are_exactly_these() -> None:
 # What keeps a file or a visit out, by rule (docs/conformance.md); everything else is a finding. A change
 # here changes which visits reach the health book: make it a deliberate edit.
 # Bytes that are not a safe UTF-8 XML document reject the file wherever they are (bombs, DTDs, encodings).
-FILE_BLOCKING = frozenset({"E001", "E002", "E003", "E004", "E007", "E008", "E009", "E010", "E011", "E015", "E018"})
+FILE_BLOCKING = frozenset({"E001", "E002", "E003", "E004", "E007", "E008", "E009", "E010", "E011", "E015", "E018",
+                           "E019"})
 INNER_DOCUMENT = frozenset({"E005", "E006", "E012", "E016"})  # file; XML1: the visit; another table: left out
 VISIT_BLOCKING = frozenset({"E017", "S104", "R301", "H601", "H602", "H603"})
 

@@ -590,6 +590,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "TRUST_BUNDLE_PARAMETER": {"Ref": "TrustBundleParameter"},
             "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"}, "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
+            "MAX_VISITS_PER_FILE": {"Ref": "MaxVisitsPerFile"},  # issue 17, after the globals
             "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
             "LEASE_SECONDS": {"Ref": "LeaseSeconds"}}},
     },

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from healthbook.ingest.model import ACCEPTED, PARTIAL, REJECTED, locate
-from healthbook.kernel import MAX_FILE_BYTES
+from healthbook.kernel import MAX_FILE_BYTES, MAX_VISITS_PER_FILE
 from healthbook.signing.xml_signer import sign_submission
 from healthbook.signing.xmldsig import DS, PrivateKey
 from lxml import etree
@@ -351,6 +351,19 @@ def hostile_corpus(pki: Mapping[str, Path], *, facility: str = "01001", seed: in
         f"A valid signed file padded with whitespace to MAX_OBJECT_BYTES + 1 ({max_object_bytes + 1:,} bytes); "
         "refused from its size alone, never downloaded.",
         signed + b" " * (max_object_bytes + 1 - len(signed)), "E002")
+    # As many one-line visits as fit under the size limit: the work per file is bounded by MAX_VISITS_PER_FILE,
+    # counted before any visit is read (a 20 MB file of 1,000 real visits is the heaviest a receipt then costs).
+    tiny = "<HOSO><FILEHOSO><LOAIHOSO>XML1</LOAIHOSO><NOIDUNGFILE>{}</NOIDUNGFILE></FILEHOSO></HOSO>\n"
+    one = len(tiny.format(_b64(b"<TONG_HOP><MA_LK>F000000</MA_LK></TONG_HOP>").decode()))
+    room = max_object_bytes - len(unsigned) - 16 * 1024  # the signature and its certificates: a few KB
+    flood_hoso = [tiny.format(_b64(f"<TONG_HOP><MA_LK>F{n:06d}</MA_LK></TONG_HOP>".encode()).decode())
+                  for n in range(room // one)]
+    flood = _once(unsigned, b"<SOLUONGHOSO>1</SOLUONGHOSO>", f"<SOLUONGHOSO>{len(flood_hoso)}</SOLUONGHOSO>".encode())
+    flood = _once(flood, b"<DANHSACHHOSO>", b"<DANHSACHHOSO>" + "".join(flood_hoso).encode())
+    add("visit-flood", "too-many-visits", sizes,
+        f"{len(flood_hoso):,} one-line HOSO in one signed envelope (MAX_VISITS_PER_FILE is {MAX_VISITS_PER_FILE:,}; "
+        "real exports hold one): refused once the envelope is parsed, before any visit is read.",
+        signed_as(flood), "E019")
     add("long-field-value", "long-text", sizes,
         "XML1.DIA_CHI of 100,000 characters (at most 1,024): a finding; the receipt shows a masked stub of it.",
         signed_as(claim(documents=payload("XML1", xml1_with(DIA_CHI="Số 1 phố Huế, " * 7_143)))), "",

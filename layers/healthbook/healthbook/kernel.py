@@ -25,6 +25,9 @@ DEADLINE = timedelta(hours=24)
 LEASE = timedelta(minutes=10)
 # Largest submission read (bytes); checked before parsing (docs/hostile-inputs.md).
 MAX_FILE_BYTES = 20 * 1024 * 1024
+# Most visits (HOSO, or rows of a check-in document) one file may hold; counted before any is read, so a file
+# within MAX_FILE_BYTES is bounded in memory and time whatever it holds (docs/hostile-inputs.md).
+MAX_VISITS_PER_FILE = 1000
 
 
 class VisitStatus(StrEnum):

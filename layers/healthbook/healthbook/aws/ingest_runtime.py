@@ -75,7 +75,8 @@ def build_service(settings: IngestSettings) -> IngestService:
         anchors=load_trust_anchors(client("ssm"), settings.trust_bundle_parameter),
         signer=KmsSigner(settings.receipt_key_id, client=client("kms")),
         pepper=load_pepper(client("secretsmanager"), settings.citizen_pepper_secret),
-        options=Options(limits=Limits(max_file_bytes=settings.max_object_bytes)),
+        options=Options(limits=Limits(max_file_bytes=settings.max_object_bytes,
+                                      max_visits=settings.max_visits_per_file)),
         registry_ttl=settings.registry_ttl_seconds, deadline=timing.deadline, lease=timing.lease,
         delivery=StepFunctionsStarter(client("stepfunctions"), state_machine_arn=machine) if machine else None)
 

@@ -19,7 +19,7 @@ from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from healthbook.delivery.model import Timing
-from healthbook.kernel import DEADLINE, LEASE, MAX_FILE_BYTES
+from healthbook.kernel import DEADLINE, LEASE, MAX_FILE_BYTES, MAX_VISITS_PER_FILE
 
 # A number of seconds: finite, and small enough for a timedelta (1e20 would overflow it).
 Seconds = Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False)]
@@ -94,6 +94,7 @@ class IngestSettings(TimingSettings):
     trust_bundle_parameter: str  # SSM parameter holding the PEM bundle of trusted CA certificates
     citizen_pepper_secret: str  # Secrets Manager secret (id or ARN) holding the citizen-key pepper
     max_object_bytes: Annotated[int, Field(gt=0)] = MAX_FILE_BYTES
+    max_visits_per_file: Annotated[int, Field(gt=0)] = MAX_VISITS_PER_FILE  # more: E019, before any is read
     registry_ttl_seconds: Seconds = 300.0
     aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead

@@ -16,13 +16,14 @@ from typing import Any
 
 from lxml import etree
 
-from healthbook.kernel import MAX_FILE_BYTES
+from healthbook.kernel import MAX_FILE_BYTES, MAX_VISITS_PER_FILE
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_file_bytes: int = MAX_FILE_BYTES
     max_inner_bytes: int = MAX_FILE_BYTES
+    max_visits: int = MAX_VISITS_PER_FILE
 
 
 class XmlRejected(Exception):

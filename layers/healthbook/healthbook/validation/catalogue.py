@@ -103,6 +103,13 @@ _RULES = [
     Rule("E018", "INNER_TOO_LARGE", "error", "Nội dung {table} quá lớn sau giải mã: {size} byte, giới hạn {limit} byte.",
          "Decoded {table} too large: {size} bytes, limit {limit} bytes.", "Checked before decoding.",
          blocks="file", basis="Hostile-input gate: the decoded size is checked before decoding."),
+    Rule("E019", "TOO_MANY_VISITS", "error",
+         "Tệp có {count} hồ sơ (HOSO hoặc bản ghi), vượt giới hạn {limit} hồ sơ mỗi tệp; hãy tách thành nhiều tệp.",
+         "The file holds {count} visits (HOSO, or records of a standalone document), more than the {limit} a file "
+         "may hold; split it into several files.",
+         "Counted once the envelope is parsed, before any visit is read; the limit is configurable.",
+         blocks="file", basis="Hostile-input gate: the work per file is bounded (one receipt per file, within the "
+         "function's memory and time); real HIS exports hold one HOSO per file."),
     # --- S: structure of inner documents -----------------------------------------------------------------
     Rule("S101", "ELEMENT_UNKNOWN", "warning", "Phần tử '{field}' không có trong {table} của chuẩn {standard}; bỏ qua.",
          "Element '{field}' is not part of {table} in standard {standard}; ignored.", "Reported, not rejected.",
@@ -191,6 +198,12 @@ _RULES = [
          "A list amended by a decision whose text is not in shared/spec (MA_LOAI_KCB from 1 August 2026): an unknown "
          "code may be a new valid one. Re-checked when the list is loaded.",
          blocks="none", basis="Dated code lists, docs/standard.md ({where}): the amending decision's list is not held."),
+    Rule("V299", "MORE_OF_THE_SAME", "warning",
+         "Còn {count} lỗi {same} khác ở {table}.{field} không được liệt kê (mỗi loại chỉ liệt kê {limit} lỗi đầu).",
+         "{count} more {same} issues in {table}.{field} are not listed (the first {limit} of each kind are).",
+         "Summarises the issues of one code, table and field beyond the first ones of a visit, so a receipt stays "
+         "readable and bounded; the visit's verdict is the same, since the listed ones share their class.",
+         basis="Receipts are bounded: a file within the size limit cannot make millions of issues."),
     # --- R: across fields and tables ---------------------------------------------------------------------
     Rule("R301", "FACILITY_MISMATCH", "error", "MA_CSKCB của XML1 ('{value}') khác MACSKCB của hồ sơ gửi ('{expected}').",
          "XML1 MA_CSKCB ('{value}') differs from the envelope's MACSKCB ('{expected}').", "",

@@ -20,7 +20,7 @@ from healthbook.standard import Standard, TableSpec
 from healthbook.validation import admission, cross
 from healthbook.validation.cross import TableRows, VisitContext
 from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
-from healthbook.validation.issues import Issue, make_issue
+from healthbook.validation.issues import Issue, VisitIssues, make_issue
 from healthbook.validation.results import FileResult, VisitResult
 
 ENVELOPE_ROOT = "GIAMDINHHS"
@@ -91,6 +91,9 @@ def _validate_envelope(root: etree._Element, result: FileResult, options: Option
         errors.append(make_issue("E009", field="NGAYLAP", value=created))
     listing = root.find("THONGTINHOSO/DANHSACHHOSO")
     hoso = [] if listing is None else [e for e in listing if e.tag == "HOSO"]
+    if len(hoso) > options.limits.max_visits:  # before any visit is read: the work per file is bounded
+        errors.append(make_issue("E019", count=len(hoso), limit=options.limits.max_visits))
+        return
     declared = _text(root.find("THONGTINHOSO/SOLUONGHOSO"))
     if declared is None:
         errors.append(make_issue("E007", element="THONGTINHOSO/SOLUONGHOSO"))
@@ -148,6 +151,12 @@ def _choose(forced: str, summary: dict[str, str]) -> tuple[Standard, bool]:
 
 
 def _validate_hoso(element: etree._Element, index: int, facility: str | None, options: Options) -> VisitResult:
+    visit = _read_hoso(element, index, facility, options)
+    visit.issues.summarise()
+    return visit
+
+
+def _read_hoso(element: etree._Element, index: int, facility: str | None, options: Options) -> VisitResult:
     visit = VisitResult(ma_lk="", standard=None)
     documents: dict[str, Payload] = {}
     early: list[Issue] = []
@@ -267,7 +276,7 @@ def _conditional(spec: TableSpec) -> tuple[tuple[str, Callable[[dict[str, str]],
 
 
 def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_lk: str,
-                 issues: list[Issue]) -> TableRows:
+                 issues: VisitIssues) -> TableRows:
     """Field rules for every row of one table. The hot loop: keep it lean (see bench/validate.py)."""
     table_id = spec.id
     plans_get = plan(standard, table_id).get
@@ -297,7 +306,7 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
             if memo is None:
                 continue  # unknown element, reported by the slow path
             if isinstance(memo, int):  # a plain string: only its length is checked
-                if len(text) > memo:
+                if len(text) > memo and issues.room("V202", table_id, tag, ma_lk):
                     issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
                                              length=len(text), max_length=memo))
                 continue
@@ -306,8 +315,9 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
                 value, problem = memo.check(text)
                 if problem is not None:
                     code, params = problem
-                    issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
-                                             value=params.get("_value", text), **params))
+                    if issues.room(code, table_id, tag, ma_lk):
+                        issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
+                                                 value=params.get("_value", text), **params))
                     if value is None:
                         continue
                 elif len(memo) < MEMO_LIMIT:
@@ -315,13 +325,14 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
             typed[tag] = value
         if not required.issubset(raw):
             for name in sorted(required - raw.keys(), key=spec.field_names().index):
-                issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
+                if issues.room("V201", table_id, name, ma_lk):
+                    issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
         for name, applies, condition in conditional:
-            if name not in raw and applies(raw):
+            if name not in raw and applies(raw) and issues.room("V201", table_id, name, ma_lk):
                 issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name,
                                          condition_vi=f" (bắt buộc khi {condition})",
                                          condition_en=f" (required when {condition})"))
-        if check_key and raw.get("MA_LK") and raw["MA_LK"] != ma_lk:
+        if check_key and raw.get("MA_LK") and raw["MA_LK"] != ma_lk and issues.room("S104", table_id, "MA_LK", ma_lk):
             issues.append(make_issue("S104", table=table_id, ma_lk=ma_lk, field="MA_LK", value=raw["MA_LK"]))
         out.raw.append(raw)
         out.typed.append(typed)
@@ -329,7 +340,7 @@ def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_l
 
 
 def _structure_issues(spec: TableSpec, standard: Standard, row: etree._Element, every: dict[str, str | None],
-                      ma_lk: str, issues: list[Issue], unknown_reported: set[str]) -> None:
+                      ma_lk: str, issues: VisitIssues, unknown_reported: set[str]) -> None:
     """The slow path, for a row that repeats an element, holds a nested one or one the standard lacks."""
     seen: set[str] = set()
     for child in row:
@@ -353,6 +364,9 @@ def _validate_standalone(root: etree._Element, table_id: str, result: FileResult
     newest = standards.load(standards.version_ids()[-1])
     spec = newest.tables[table_id]
     rows = _rows_of(spec, root, "", result.errors)
+    if len(rows) > options.limits.max_visits:  # one visit per record: bounded before any is read
+        result.errors.append(make_issue("E019", count=len(rows), limit=options.limits.max_visits))
+        return
     for row in rows:
         raw = _raw_values(row)
         ma_lk = raw.get("MA_LK", "")
@@ -368,6 +382,7 @@ def _validate_standalone(root: etree._Element, table_id: str, result: FileResult
             wrapper = etree.Element(spec.root)
             wrapper.append(holder)
             visit.tables[table_id] = _check_table(table, standard, wrapper, ma_lk, visit.issues)
+            visit.issues.summarise()
         if result.facility is None and raw.get("MA_CSKCB"):
             result.facility = raw["MA_CSKCB"]
         result.visits.append(visit)

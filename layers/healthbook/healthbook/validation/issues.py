@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, SupportsIndex
 
 from healthbook import standard as standards
 from healthbook.standard import pii_classes
@@ -80,3 +81,55 @@ def make_issue(code: str, *, table: str | None = None, ma_lk: str | None = None,
     return Issue(code=code, severity=rule.severity, table=table, ma_lk=ma_lk, field=field, value=shown,
                  message_vi=rule.message_vi.format_map(fill), message_en=rule.message_en.format_map(fill),
                  blocks=rule.blocks_for(table), basis=basis)
+
+
+ISSUES_PER_KIND = 100  # issues of one code, table and field listed per visit; the rest are counted (V299)
+
+
+class VisitIssues(list[Issue]):
+    """A visit's issues, at most :data:`ISSUES_PER_KIND` of each (code, table, field); the rest are counted and
+    summarised by one V299 each (:meth:`summarise`). A table of 300,000 rows missing a field then costs 100
+    issues, not 300,000, in memory and in the receipt; the verdict is the same, since issues of one code and
+    table share their class. Every way in goes through :meth:`append`."""
+
+    __slots__ = ("_listed", "_omitted")
+
+    def __init__(self, issues: Iterable[Issue] = ()) -> None:
+        super().__init__()
+        self._listed: dict[tuple[str, str | None, str | None], int] = {}
+        self._omitted: dict[tuple[str, str | None, str | None], tuple[int, str | None]] = {}
+        self.extend(issues)
+
+    def room(self, code: str, table: str | None, field: str | None, ma_lk: str | None = None) -> bool:
+        """Whether an issue of this kind would be listed; if not, it is counted now (the caller need not make
+        it: the hot loops ask first)."""
+        key = (code, table, field)
+        if self._listed.get(key, 0) < ISSUES_PER_KIND:
+            return True
+        count, _ = self._omitted.get(key, (0, ma_lk))
+        self._omitted[key] = (count + 1, ma_lk)
+        return False
+
+    def append(self, issue: Issue) -> None:
+        if self.room(issue.code, issue.table, issue.field, issue.ma_lk):
+            key = (issue.code, issue.table, issue.field)
+            self._listed[key] = self._listed.get(key, 0) + 1
+            super().append(issue)
+
+    def extend(self, issues: Iterable[Issue]) -> None:
+        for issue in issues:
+            self.append(issue)
+
+    def __iadd__(self, issues: Iterable[Issue]) -> VisitIssues:  # type: ignore[override,misc]
+        self.extend(issues)
+        return self
+
+    def insert(self, index: SupportsIndex, issue: Issue) -> None:
+        raise TypeError("a visit's issues are appended, in the order they are found")
+
+    def summarise(self) -> None:
+        """One V299 per kind with issues left out, after the listed ones (call once, when the visit is read)."""
+        for (code, table, field), (count, ma_lk) in self._omitted.items():
+            super().append(make_issue("V299", table=table, ma_lk=ma_lk, field=field, count=count, same=code,
+                                      limit=ISSUES_PER_KIND))
+        self._omitted.clear()

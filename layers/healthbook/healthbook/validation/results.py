@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from healthbook.validation.cross import TableRows
-from healthbook.validation.issues import Issue
+from healthbook.validation.issues import Issue, VisitIssues
 
 FileKind = Literal["claim", "checkin", "assessment", "unknown"]
 
@@ -20,7 +20,7 @@ FileKind = Literal["claim", "checkin", "assessment", "unknown"]
 class VisitResult:
     ma_lk: str
     standard: str | None
-    issues: list[Issue] = field(default_factory=list)
+    issues: VisitIssues = field(default_factory=VisitIssues)  # bounded per kind
     tables: dict[str, TableRows] = field(default_factory=dict, repr=False)
 
     @property
