@@ -13,6 +13,7 @@ import boto3
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus, S3Projections
 from healthbook.aws.records import DynamoRecords
+from healthbook.aws.reports import counters_by_period
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, Timing
 from healthbook.delivery.service import ProjectionStore, VisitStatusStore
 from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
@@ -73,9 +74,8 @@ def _dynamo_statuses() -> Iterator[Statuses]:
                 deadline_at=deadline(received), citizen_key=None, records=b"r", province="01"))
 
         def counters() -> dict[tuple[str, str], dict[str, int]]:
-            items = ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
-            return {(i["scope"]["S"], i["period"]["S"]): {k: int(v["N"]) for k, v in i.items() if "N" in v}
-                    for i in items if not i["period"]["S"].startswith("citizen#")}  # counters, not markers
+            # counters, not markers; each period's shards added up
+            return counters_by_period(ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"])
 
         yield Statuses(DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
                                          aggregates_table=NAMES["AGGREGATES_TABLE"]), add, counters)

@@ -96,12 +96,12 @@ class World:
         return found
 
     def counters(self, scope: str = "F#", period: str = "D#") -> dict[str, int]:
-        """The report counters of every item whose scope and period start so (default: facility days), summed;
-        never the distinct-citizen markers, whose scope carries the period too."""
-        items = [item for item in self.aws.ddb.scan(TableName=AGGREGATES)["Items"]
-                 if item["scope"]["S"].startswith(scope) and item["scope"]["S"].count("#") == 1
-                 and item["period"]["S"].startswith(period)]
-        return total({name: int(value["N"]) for name, value in item.items() if "N" in value} for item in items)
+        """The report counters of every item whose scope and period start so (default: facility days), every
+        shard, summed; never the distinct-citizen markers."""
+        from healthbook.aws.reports import counters_by_period
+
+        summed = counters_by_period(self.aws.ddb.scan(TableName=AGGREGATES)["Items"])
+        return total(counts for (of, at), counts in summed.items() if of.startswith(scope) and at.startswith(period))
 
     def sweep(self) -> dict[str, Any]:
         result: dict[str, Any] = load_function("delivery").sweep_handler({}, LambdaContext(function_name="sweep"))

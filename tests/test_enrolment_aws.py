@@ -640,3 +640,36 @@ def test_each_step_names_the_variables_it_is_missing() -> None:
     with pytest.raises(ValueError, match="VNEID_RATE_PER_SECOND must be positive"):
         EnrolmentRuntime(env={"CITIZEN_PEPPER_SECRET": "p", "POPULATION_URL": "http://x", "VNEID_SECRET": "s",
                               "VNEID_URL": "http://v", "VNEID_RATE_PER_SECOND": "0"}).settings(EnrolmentBatchSettings)
+
+
+def test_report_counters_that_keep_conflicting_fail_the_batch_with_the_error_the_map_retries(stack: Stack) -> None:
+    """Another transaction holds every shard of the province's day item: the batch's markers are cancelled on each
+    attempt, the batch fails with RetryableDeliveryError (the Map retries it) and counts nothing; run again, it
+    counts every book once."""
+    from datetime import UTC, datetime
+
+    from healthbook.aws.records import counter_update
+    from healthbook.reports.aggregates import COUNTER_SHARDS, book_markers
+    from healthbook.vneid.client import RetryableDeliveryError
+    from healthbook_dev.aws.sandbox import transaction_conflicts
+
+    listed = people(4, seed=9)
+    for person in listed:
+        stack.registry.add(person.citizen())
+    state = stack.app.prepare_handler(stack.upload(f"imports/{PROVINCE}/enrolment/h.csv", csv_bytes(
+        ENROLMENT_HEADER, [p.row() for p in listed])), LambdaContext())
+    items = list(csv.DictReader(io.StringIO(stack.s3.get_object(Bucket=BUCKET, Key=state["work_key"])["Body"]
+                                            .read().decode())))
+    child = {"Items": items, "BatchInput": {"list_id": state["list_id"], "kind": "enrolment", "province": PROVINCE}}
+    province_day = book_markers("any", datetime.now(UTC), province=PROVINCE, commune=None)[0].count
+    with transaction_conflicts(hold_ms=60_000) as model:
+        stack.ddb.transact_write_items(TransactItems=[
+            counter_update(AGGREGATES, province_day, shard=shard) for shard in range(COUNTER_SHARDS)])
+        with pytest.raises(RetryableDeliveryError, match="report counters"):
+            stack.app.batch_handler(child, LambdaContext(function_name="batch"))
+        assert model.counts["conflicts"] == 5  # the first row's markers, on each of their 5 attempts
+    assert stack.counters()["books_created"] == COUNTER_SHARDS  # only the holder's ADDs
+    stack.app.batch_handler(child, LambdaContext(function_name="batch"))  # the Map's retry
+    stack.app.batch_handler(child, LambdaContext(function_name="batch"))  # and once more: nothing twice
+    assert stack.counters()["books_created"] == COUNTER_SHARDS + 2 * 4
+    assert stack.counters()["new_citizens"] == 4

@@ -136,7 +136,8 @@ class FaultSwitchboard:
         os.replace(temporary, self.path)  # atomic: LocalStack and the workers never read half a file
 
     def fired(self) -> dict[str, Any]:
-        """Throttled DynamoDB requests (total and by operation) and Lambda crashes (by function) of the current id."""
+        """Throttled DynamoDB requests (total and by operation), transactions cancelled by the conflict model (total
+        and by table) and Lambda crashes (by function) of the current id."""
         stem = self.path.name.removesuffix(".json")
         try:
             counters = json.loads(self.path.with_name(f"{stem}.counters.json").read_text(encoding="utf-8"))
@@ -149,8 +150,16 @@ class FaultSwitchboard:
         for token in sorted(tokens.glob(f"{self.id}.crash.*")) if tokens.is_dir() else []:
             function = str(json.loads(token.read_text(encoding="utf-8")).get("function"))
             crashes[function] = crashes.get(function, 0) + 1
+        try:
+            conflicts = json.loads(self.path.with_name(f"{stem}.conflicts.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            conflicts = {}
+        if conflicts.get("id") != self.id:
+            conflicts = {}
         return {"dynamodb_throttled": int(counters.get("dynamodb_throttled", 0)),
                 "dynamodb_throttled_by_operation": counters.get("dynamodb_throttled_by_operation", {}),
+                "dynamodb_conflicts": int(conflicts.get("conflicts", 0)),
+                "dynamodb_conflicts_by_table": conflicts.get("conflicts_by_table", {}),
                 "lambda_crashes": crashes}
 
 

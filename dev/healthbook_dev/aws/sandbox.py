@@ -148,23 +148,70 @@ def kms_signs_digests_like_aws() -> Iterator[None]:
         utils.ECDSAPrivateKey.sign = original  # type: ignore[method-assign]
 
 
+@cache
+def _moto_transactions() -> ModuleType | None:
+    """The LocalStack plugins' moto patches (``infra/localstack/healthbook_localstack/moto_transactions.py``),
+    loaded once by path; None outside a checkout."""
+    folder = functions_dir()
+    path = folder.parent / "infra" / "localstack" / "healthbook_localstack" / "moto_transactions.py" if folder else None
+    if path is None or not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("healthbook_moto_transactions", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextmanager
 def moto_transactions_copy_tables_once() -> Iterator[None]:
     """moto copies a whole table once per item of a TransactWriteItems, so the pipeline's transactions slow down
     as the tables grow (``make demo`` took twice as long). Inside this block each table is copied once per
     transaction, with the same rollback. The patch lives with the LocalStack plugins, which serve DynamoDB from
     moto too (``infra/localstack/healthbook_localstack/moto_transactions.py``); outside a checkout, no patch."""
-    folder = functions_dir()
-    path = folder.parent / "infra" / "localstack" / "healthbook_localstack" / "moto_transactions.py" if folder else None
-    if path is None or not path.is_file():
+    module = _moto_transactions()
+    if module is None:
         yield
         return
-    spec = importlib.util.spec_from_file_location("healthbook_moto_transactions", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with module.copy_tables_once():
         yield
+
+
+@contextmanager
+def transaction_conflicts(hold_ms: float = 20.0, *, tables_prefix: str | None = None) -> Iterator[Any]:
+    """Inside an active ``mock_aws()``: DynamoDB's TransactionConflict, modelled for the block (docs/faults.md);
+    yields the model, whose ``counts`` say what it cancelled. Call moto through ``SerialisedClient(client,
+    model)`` from several threads, as the LocalStack plugin serves it."""
+    module = _moto_transactions()
+    if module is None:
+        raise FileNotFoundError("moto_transactions.py not found: run this from a checkout of the project")
+    with module.transaction_conflicts(hold_ms, tables_prefix=tables_prefix) as model:
+        yield model
+
+
+class SerialisedClient:
+    """A boto3 client whose calls reach moto one at a time (MOTO_LOCK: moto is not thread-safe), as the LocalStack
+    plugin serves them (infra/localstack/healthbook_localstack/dynamodb.py). With a conflict model, the caller of
+    a transaction then waits out its time in flight outside the lock, as a DynamoDB caller waits for its answer."""
+
+    def __init__(self, client: Any, conflicts: Any = None) -> None:
+        self._client = client
+        self._conflicts = conflicts
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with MOTO_LOCK:
+                    return attribute(*args, **kwargs)
+            finally:
+                if self._conflicts is not None:
+                    self._conflicts.settle()
+
+        return call
 
 
 @dataclass

@@ -331,11 +331,11 @@ def look_up(his: PortalClient, uploads: list[Upload]) -> int:
 
 def _today(ddb: Any, table: str) -> dict[str, int]:
     """The day's counters of the demo's facilities, added up (what the daily report will read)."""
+    from healthbook.aws.reports import DynamoCounters
     from healthbook.reports.aggregates import day, facility_scope, total
 
-    keys = [{"scope": {"S": facility_scope(code)}, "period": {"S": day(datetime.now(UTC))}} for code in FACILITIES]
-    items = ddb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})["Responses"][table]
-    return total({k: int(v["N"]) for k, v in item.items() if "N" in v} for item in items)
+    counters = DynamoCounters(ddb, table, workers=1)  # each period's shards, added up
+    return total(counters.period(facility_scope(code), day(datetime.now(UTC))) for code in FACILITIES)
 
 
 def _final_statuses(ddb: Any, table: str, accepted: list[tuple[str, str]], progress: Progress) -> None:

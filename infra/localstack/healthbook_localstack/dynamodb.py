@@ -11,7 +11,9 @@ while a test turns throttling on, some requests of Lambda functions are answered
 moto's backend is not thread-safe and LocalStack serves requests on several threads: a transaction that copies or
 rolls back a table while another request changes it fails ("dictionary changed size during iteration") or, worse,
 rolls the other request's write back with it. Requests are served one at a time (``serialised``), as DynamoDB's
-own item-level isolation would make them look; moto answers each in well under a millisecond to a few.
+own item-level isolation would make them look; moto answers each in well under a millisecond to a few. While the
+switchboard models transaction conflicts (``moto_transactions.ConflictModel``), a transaction's caller then waits
+out its time in flight, outside the lock.
 """
 
 from __future__ import annotations
@@ -39,11 +41,16 @@ _MOTO = threading.RLock()
 def serialised(factory: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     """Wraps a dispatch-table factory: one request at a time reaches moto."""
 
+    from healthbook_localstack.moto_transactions import settle
+
     def make(provider: Any) -> dict[str, Any]:
         def wrap(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             def call(context: Any, request: Any) -> Any:
-                with _MOTO:
-                    return handler(context, request)
+                try:
+                    with _MOTO:
+                        return handler(context, request)
+                finally:
+                    settle()
 
             return call
 

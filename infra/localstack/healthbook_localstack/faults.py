@@ -6,6 +6,10 @@ Nothing here touches the production code: the faults are injected where the emul
   :func:`with_dynamodb_faults`; while the switchboard says so, a fraction of the data-plane requests made by Lambda
   functions (their User-Agent carries ``exec-env/AWS_Lambda``) is answered ``ProvisionedThroughputExceededException``
   (HTTP 400), the error shape botocore's retry handler retries.
+* **DynamoDB transaction conflicts** (in the LocalStack process): ``hooks.py`` puts ``moto_transactions``'s
+  ``ConflictModel`` in front of moto's TransactWriteItems with :class:`DynamoConflicts` as its rule: while the
+  switchboard says so, a transaction naming an item that another one admitted less than ``hold_ms`` ago holds is
+  cancelled with the reason ``TransactionConflict``, as DynamoDB cancels overlapping transactions.
 * **A Lambda crash** (in the worker, ``_worker.py``): the worker of a named function kills itself with SIGKILL
   right after its k-th successful AWS call of a given operation within one invocation, as a runtime that died
   (out of memory, a segfault) would; the executor reports ``Runtime.ExitError`` and starts a fresh worker.
@@ -19,13 +23,16 @@ atomically (a temporary file, then ``rename``)::
      "dynamodb": {"throttle": {"rate": 0.25, "until": 1767225600.0, "max": 300, "seed": 7,
                                "operations": ["PutItem", ...], "tables_prefix": "healthbook-local-",
                                "user_agent": "exec-env/AWS_Lambda",
-                               "error": "ProvisionedThroughputExceededException"}},
+                               "error": "ProvisionedThroughputExceededException"},
+                  "conflicts": {"hold_ms": 20, "until": 1767225600.0, "tables_prefix": "healthbook-local-"}},
      "lambda": {"crash": [{"function": "healthbook-local-ingest", "after_operation": "TransactWriteItems",
                            "after_calls": 2, "times": 1, "until": 1767225600.0}]}}
 
 What fired is recorded next to the switchboard, per ``id``: ``healthbook-faults.counters.json`` (throttles, by
-operation; written by LocalStack) and one file per crash in ``healthbook-faults.d/`` (``<id>.crash.<rule>.<n>``,
-created exclusively: a rule never fires more than ``times`` times, however many workers run it). docs/faults.md
+operation; written by LocalStack), ``healthbook-faults.conflicts.json`` (transactions considered and cancelled by
+a conflict, by table; written by LocalStack) and one file per crash in ``healthbook-faults.d/``
+(``<id>.crash.<rule>.<n>``, created exclusively: a rule never fires more than ``times`` times, however many workers
+run it). docs/faults.md
 describes the faults and the test that uses them (tests/e2e/test_faults.py).
 
 Standard library only at import time: ``_worker.py`` loads this file by path into the Lambda interpreter, which
@@ -51,6 +58,7 @@ LOG = logging.getLogger(__name__)
 ENV = "HB_FAULTS_FILE"
 FILE_NAME = "healthbook-faults.json"
 COUNTERS_SUFFIX = ".counters.json"
+CONFLICTS_SUFFIX = ".conflicts.json"
 TOKENS_SUFFIX = ".d"
 LAMBDA_USER_AGENT = "exec-env/AWS_Lambda"  # botocore adds it when AWS_EXECUTION_ENV is set, as in every worker
 # Item reads and writes; never the control plane (CloudFormation creating and describing tables is left alone).
@@ -74,6 +82,10 @@ def switchboard_path() -> str:
 
 def counters_path(path: str) -> str:
     return path.removesuffix(".json") + COUNTERS_SUFFIX
+
+
+def conflicts_path(path: str) -> str:
+    return path.removesuffix(".json") + CONFLICTS_SUFFIX
 
 
 def tokens_dir(path: str) -> str:
@@ -201,6 +213,25 @@ def dynamodb_throttle() -> DynamoThrottle:
     return _THROTTLE
 
 
+class DynamoConflicts:
+    """The switchboard's side of the transaction conflict model (``moto_transactions.ConflictModel``): its rule,
+    ``dynamodb.conflicts`` with the configuration's id, and where its counts are written."""
+
+    def __init__(self, board: Switchboard) -> None:
+        self.board = board
+
+    def rule(self) -> dict[str, Any] | None:
+        config = self.board.current()
+        rule = (config.get("dynamodb") or {}).get("conflicts")
+        return {**rule, "id": config.get("id")} if isinstance(rule, dict) else None
+
+    def save(self, counts: Mapping[str, Any]) -> None:
+        try:
+            _write_atomically(conflicts_path(self.board.path), dict(counts))
+        except OSError as exc:
+            LOG.warning("conflict counters not written: %s", exc)
+
+
 def with_dynamodb_faults(factory: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     """Wraps a dispatch-table factory (MotoFallbackDispatcher): every operation asks the switchboard first."""
 
@@ -323,7 +354,8 @@ class WorkerFaults:
 # --- what fired (for the tests) -----------------------------------------------------------------------------
 
 def fired(path: str | None = None, config_id: str | None = None) -> dict[str, Any]:
-    """The counters of one switchboard id: throttles (by operation) and crashes (by function)."""
+    """The counters of one switchboard id: throttles (by operation), transaction conflicts (by table) and crashes
+    (by function)."""
     path = path or switchboard_path()
     try:
         with open(counters_path(path), encoding="utf-8") as source:
@@ -346,7 +378,17 @@ def fired(path: str | None = None, config_id: str | None = None) -> dict[str, An
         except (OSError, ValueError):
             function = "?"
         crashes[function] = crashes.get(function, 0) + 1
+    try:
+        with open(conflicts_path(path), encoding="utf-8") as source:
+            conflicts = json.load(source)
+    except (OSError, ValueError):
+        conflicts = {}
+    if config_id is not None and conflicts.get("id") != config_id:
+        conflicts = {}
     return {"dynamodb_throttled": int(counters.get("dynamodb_throttled", 0)),
+            "dynamodb_transactions_considered": int(conflicts.get("transactions", 0)),
+            "dynamodb_conflicts": int(conflicts.get("conflicts", 0)),
+            "dynamodb_conflicts_by_table": conflicts.get("conflicts_by_table", {}),
             "dynamodb_throttled_by_operation": counters.get("dynamodb_throttled_by_operation", {}),
             "dynamodb_requests_considered": int(counters.get("dynamodb_requests_considered", 0)),
             "lambda_crashes": crashes}

@@ -40,6 +40,20 @@ def moto_transactions_copy_tables_once() -> None:
     LOG.debug("moto transactions copy each table once")
 
 
+@hooks.on_infra_start(priority=99)
+def moto_transaction_conflicts() -> None:
+    """DynamoDB's TransactionConflict, which moto never answers, modelled while the fault switchboard turns it on
+    (``dynamodb.conflicts``; docs/faults.md). Off by default; HB_DYNAMODB_CONFLICTS=0 leaves moto unpatched."""
+    if os.environ.get("HB_DYNAMODB_CONFLICTS", "1") in ("0", "false", "no"):
+        return
+    from healthbook_localstack.faults import DynamoConflicts, Switchboard
+    from healthbook_localstack.moto_transactions import ConflictModel, install_conflicts
+
+    source = DynamoConflicts(Switchboard())
+    install_conflicts(ConflictModel(rule_source=source.rule, report=source.save))
+    LOG.debug("DynamoDB transaction conflicts modelled when the switchboard says so")
+
+
 @hooks.on_infra_start(priority=100)
 def stepfunctions_parse_each_jsonpath_once() -> None:
     """LocalStack's Step Functions interpreter parses every JSONPath again on every evaluation, and jsonpath_ng

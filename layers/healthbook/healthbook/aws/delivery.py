@@ -1,7 +1,9 @@
 """Delivery-stage adapters: visit statuses in DynamoDB, projections in S3, Step Functions starts, SNS.
 
 Every status change is one conditional UpdateItem on ``status = PENDING``: a lost race answers False, not an
-error. Times are written as ``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
+error; with its report counters it is one TransactWriteItems, tried again inside the call when a concurrent
+transaction holds one of its items (records.ConflictRetry), then raised for the workflow's retry. Times are
+written as ``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from healthbook.aws.records import cancellation_reasons, conditional_write, counter_update
+from healthbook.aws.records import ConflictRetry, cancellation_reasons, conditional_write, conflicted, counter_update
 from healthbook.delivery.contracts import ExecutionInput, StepInput
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
@@ -29,7 +31,7 @@ _LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attem
           "district, commune")
 
 
-_MARKER_ATTEMPTS = 3
+_MARKER_READS = 9  # BatchGetItem pages of unprocessed keys before the step gives up
 
 
 def _s(value: str) -> dict[str, str]:
@@ -59,10 +61,12 @@ def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
 class DynamoVisitStatus:
     """healthbook.delivery.VisitStatusStore on the ``visits`` table."""
 
-    def __init__(self, dynamodb: Any, *, visits_table: str, aggregates_table: str | None = None) -> None:
+    def __init__(self, dynamodb: Any, *, visits_table: str, aggregates_table: str | None = None,
+                 conflicts: ConflictRetry | None = None) -> None:
         self._db = dynamodb
         self.table = visits_table
         self.aggregates_table = aggregates_table
+        self.conflicts = conflicts or ConflictRetry()  # its counts: the retries made
 
     def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
         projection = _LIGHT + (", records" if with_records else "")
@@ -84,7 +88,8 @@ class DynamoVisitStatus:
         update = {"TableName": self.table, "Key": _key(ref), "UpdateExpression": expression,
                   "ConditionExpression": condition, "ExpressionAttributeNames": {"#s": "status"},
                   "ExpressionAttributeValues": {":pending": _s(PENDING), **values}}
-        return conditional_write(self._db, "Update", update, counters=self.aggregates_table, count=count)
+        return conditional_write(self._db, "Update", update, counters=self.aggregates_table, count=count,
+                                 retry=self.conflicts)
 
     def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any],
               count: CounterUpdate | None = None) -> bool:
@@ -123,17 +128,20 @@ class DynamoVisitStatus:
         """Read which markers exist (repeat citizens cost one BatchGetItem), then put the missing ones, with their
         ADDs, in one transaction (the counts of markers that add to the same counter item, such as a participant's
         ``books_created`` and ``new_citizens`` of one province and day, merged into one update: a transaction
-        may touch an item once). A racing delivery of the same citizen cancels it: read again, retry."""
+        may touch an item once). A racing delivery of the same citizen cancels it: read again, retry. A transaction
+        holding one of its items cancels it too: back off, read again, retry; after ``conflicts.attempts``,
+        TransactionConflicts (nothing written; the step is retried)."""
         table = self.aggregates_table
         if not table or not markers:
             return
-        for _ in range(_MARKER_ATTEMPTS):
+        for attempt in range(self.conflicts.attempts):
             present = self._existing(table, markers)
             missing = [m for m in markers if (m.scope, m.period) not in present]
             if not missing:
                 return
             writes: list[dict[str, Any]] = []
             counts: dict[tuple[str, str], Counter[str]] = {}
+            shard = self.conflicts.shard()  # one for all the counter items of this attempt
             for marker in missing:
                 item = {"scope": _s(marker.scope), "period": _s(marker.period)}
                 if marker.expires_at is not None:
@@ -142,13 +150,15 @@ class DynamoVisitStatus:
                                        "ConditionExpression": "attribute_not_exists(#p)",
                                        "ExpressionAttributeNames": {"#p": "period"}}})
                 counts.setdefault((marker.count.scope, marker.count.period), Counter()).update(marker.count.deltas)
-            writes += [counter_update(table, CounterUpdate(scope, period, dict(deltas)))
+            writes += [counter_update(table, CounterUpdate(scope, period, dict(deltas)), shard=shard)
                        for (scope, period), deltas in counts.items()]
             try:
                 self._db.transact_write_items(TransactItems=writes)
                 return
             except Exception as exc:
-                if not {"ConditionalCheckFailed", "TransactionConflict"} & set(cancellation_reasons(exc)):
+                if conflicted(exc):
+                    self.conflicts.after_conflict(attempt, "distinct-citizen markers", exc)
+                elif "ConditionalCheckFailed" not in cancellation_reasons(exc):
                     raise
         raise RuntimeError("distinct-citizen markers kept changing; the step will be retried")
 
@@ -158,7 +168,7 @@ class DynamoVisitStatus:
             "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
             "ConsistentRead": True}}
         found: set[tuple[str, str]] = set()
-        for attempt in range(_MARKER_ATTEMPTS * 3):
+        for attempt in range(_MARKER_READS):
             page = self._db.batch_get_item(RequestItems=request)
             found.update((i["scope"]["S"], i["period"]["S"]) for i in page.get("Responses", {}).get(table, []))
             request = page.get("UnprocessedKeys") or {}

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from healthbook.aws.delivery import DynamoVisitStatus
-from healthbook.aws.records import counter_update
+from healthbook.aws.records import TransactionConflicts, add_counters
 from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     EnrolmentBatchSettings,
@@ -360,8 +360,8 @@ class EnrolmentRuntime(CachedRuntime):
     # --- 1. prepare ------------------------------------------------------------------------------------------
 
     def prepare(self, event: Mapping[str, Any]) -> PrepareResult:
+        from healthbook.enrolment import Kind
         from healthbook.enrolment.reader import FileRefused, Limits, prepare
-        from healthbook.enrolment.schema import Kind
 
         settings = self.settings(EnrolmentPrepareSettings)
         given = PrepareInput.model_validate(dict(event))
@@ -421,8 +421,8 @@ class EnrolmentRuntime(CachedRuntime):
     # --- 2. a batch of rows -----------------------------------------------------------------------------------
 
     def batch(self, event: Mapping[str, Any]) -> BatchResult:
+        from healthbook.enrolment import Kind
         from healthbook.enrolment.process import process_batch
-        from healthbook.enrolment.schema import Kind
 
         settings = self.settings(EnrolmentBatchSettings)
         given = BatchEvent.model_validate(dict(event))
@@ -444,25 +444,34 @@ class EnrolmentRuntime(CachedRuntime):
         scope ever), one transaction per row as a delivery's, for every row written (created, updated, and
         unchanged too: a marker already there counts nothing, so a re-run adds nothing, while a batch retried after
         its VNeID write and before its commit still counts the book). Vaccinations: the entries created or updated,
-        one counter update per province (a retry after VNeID wrote and before the update undercounts them)."""
+        one counter update per province (a retry after VNeID wrote and before the update undercounts them).
+        Counter writes that concurrent batches kept cancelling (TransactionConflicts) fail the batch with
+        RetryableDeliveryError, which the Map's Retry matches."""
         from healthbook.reports.aggregates import book_markers, vaccination_count
+        from healthbook.vneid.client import RetryableDeliveryError
 
         if not settings.aggregates_table:
             return
-        if batch.kind == "enrolment":
-            store = self._markers(settings)
-            for outcome in outcomes:
-                if str(outcome.outcome) in WRITTEN and outcome.citizen_key:
-                    store.count_citizen(book_markers(outcome.citizen_key, now,
-                                                     province=outcome.province or batch.province,
-                                                     commune=outcome.commune))
-            return
-        per_province = Counter(str(o.province or batch.province) for o in outcomes
-                               if str(o.outcome) in CHANGED and o.citizen_key)
-        db = self._cached("dynamodb", lambda: client("dynamodb"))
-        for province, n in sorted(per_province.items()):
-            update = counter_update(settings.aggregates_table, vaccination_count(province, now, n))
-            db.update_item(**update["Update"])
+        store = self._markers(settings)
+        retried = store.conflicts.retried
+        try:
+            if batch.kind == "enrolment":
+                for outcome in outcomes:
+                    if str(outcome.outcome) in WRITTEN and outcome.citizen_key:
+                        store.count_citizen(book_markers(outcome.citizen_key, now,
+                                                         province=outcome.province or batch.province,
+                                                         commune=outcome.commune))
+                return
+            per_province = Counter(str(o.province or batch.province) for o in outcomes
+                                   if str(o.outcome) in CHANGED and o.citizen_key)
+            db = self._cached("dynamodb", lambda: client("dynamodb"))
+            for province, n in sorted(per_province.items()):
+                add_counters(db, settings.aggregates_table, vaccination_count(province, now, n), store.conflicts)
+        except TransactionConflicts as exc:
+            raise RetryableDeliveryError(f"report counters: {exc}", code="TransactionConflict") from exc
+        finally:
+            if store.conflicts.retried > retried:  # one container runs one batch at a time
+                self.metrics.count("CounterConflictRetries", store.conflicts.retried - retried)
 
     # --- 3. summarise ------------------------------------------------------------------------------------------
 

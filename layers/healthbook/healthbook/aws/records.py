@@ -5,11 +5,20 @@ of its LATEST pointer and the supersession of the version it replaces go in one 
 reader never sees a pointer to a missing version, nor two PENDING versions of one visit. The content claim of
 an accepted file (`content#{facility}#{sha256}` in `submissions`) is taken before its visits are stored and
 confirmed in the transaction of its submission item.
+
+Transactions that touch an item another transaction holds are cancelled with ``TransactionConflict``: each is
+tried again inside the call a bounded number of times, with jittered backoff (``ConflictRetry``), then raised as
+``TransactionConflicts`` for the caller's own retry (SQS, Step Functions). The counter items they ADD to are
+sharded so that such conflicts stay rare (docs/reports.md, docs/capacity.md).
 """
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from healthbook.aws.settings import error_code
@@ -23,7 +32,7 @@ from healthbook.ingest.model import (
     VisitWrite,
     content_claim_key,
 )
-from healthbook.reports.aggregates import CounterUpdate, for_submission
+from healthbook.reports.aggregates import COUNTER_SHARDS, MAX_COUNTER_SHARDS, CounterUpdate, for_submission, shard_key
 
 # DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
 MAX_RECORDS_BYTES = 380 * 1024
@@ -45,11 +54,13 @@ class RecordsTooLarge(ValueError):
     accepted it, so the message goes to the DLQ for an operator (docs/ingest.md)."""
 
 
-def counter_update(table: str, update: CounterUpdate) -> dict[str, Any]:
-    """The TransactWriteItems entry that ADDs a CounterUpdate's deltas to its item (created on first use)."""
+def counter_update(table: str, update: CounterUpdate, *, shard: int) -> dict[str, Any]:
+    """The TransactWriteItems entry that ADDs a CounterUpdate's deltas to shard ``shard`` of its item (created on
+    first use). Every counter write goes through here; ``ConflictRetry.shard()`` picks the shard."""
     names = {f"#c{i}": name for i, name in enumerate(sorted(update.deltas))}
     values = {f":c{i}": {"N": str(update.deltas[name])} for i, name in enumerate(sorted(update.deltas))}
-    return {"Update": {"TableName": table, "Key": {"scope": _s(update.scope), "period": _s(update.period)},
+    key = {"scope": _s(update.scope), "period": _s(shard_key(update.period, shard))}
+    return {"Update": {"TableName": table, "Key": key,
                        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(names))),
                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
 
@@ -62,17 +73,78 @@ def cancellation_reasons(error: BaseException) -> list[str]:
     return [str(r.get("Code", "")) for r in getattr(error, "response", {}).get("CancellationReasons", [])]
 
 
+def conflicted(error: BaseException) -> bool:
+    """Another transaction held an item: a cancelled transaction with a TransactionConflict among its reasons, or
+    a single-item write refused while a transaction holds its item (TransactionConflictException)."""
+    return "TransactionConflict" in cancellation_reasons(error) or error_code(error) == "TransactionConflictException"
+
+
+class TransactionConflicts(RuntimeError):
+    """A transaction still cancelled by concurrent ones after its attempts inside the call. Nothing of it was
+    written: raised for the caller's retry (SQS redelivers the object, Step Functions retries the step)."""
+
+
+@dataclass
+class ConflictRetry:
+    """How a transaction cancelled by a TransactionConflict is tried again inside the call: ``attempts`` in all,
+    full-jitter backoff from ``base_seconds`` doubling to ``max_seconds`` (at most about 0.4 s in all by default),
+    each attempt ADDing to a counter shard drawn afresh from ``shards``. Counts what it did, for the caller's
+    metrics (``retried``: attempts made again; ``exhausted``: calls that gave up). Shared by threads."""
+
+    attempts: int = 5
+    base_seconds: float = 0.025
+    max_seconds: float = 0.2
+    shards: int = COUNTER_SHARDS
+    retried: int = 0
+    exhausted: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_COUNTER_SHARDS or self.attempts < 1:
+            raise ValueError(f"counter shards 1..{MAX_COUNTER_SHARDS} and at least one attempt, not "
+                             f"{self.shards} and {self.attempts}")
+
+    def shard(self) -> int:
+        """Random per attempt, one for every counter item of the transaction: idempotence comes from the
+        transaction's conditional write, not from the counter, and a retry moves away from the contended shard."""
+        return random.randrange(self.shards)
+
+    def after_conflict(self, attempt: int, what: str, error: BaseException) -> None:
+        """Sleep before attempt ``attempt + 1`` (0-based); after the last, raise TransactionConflicts."""
+        if attempt + 1 >= self.attempts:
+            with self._lock:
+                self.exhausted += 1
+            raise TransactionConflicts(f"{what}: cancelled by concurrent transactions {self.attempts} times; "
+                                       "nothing written, to be retried") from error
+        with self._lock:
+            self.retried += 1
+        time.sleep(random.uniform(0, min(self.max_seconds, self.base_seconds * 2 ** attempt)))
+
+
+def add_counters(dynamodb: Any, table: str, update: CounterUpdate, retry: ConflictRetry) -> None:
+    """A count with no event item to commit with (one UpdateItem): refused while a transaction holds its shard
+    (TransactionConflictException, which botocore does not retry), so tried again on another shard."""
+    for attempt in range(retry.attempts):
+        try:
+            dynamodb.update_item(**counter_update(table, update, shard=retry.shard())["Update"])
+        except Exception as exc:
+            if not conflicted(exc):
+                raise
+            retry.after_conflict(attempt, f"counters of {update.scope}", exc)
+            continue
+        return
+
+
 def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], request: dict[str, Any], *,
                       counters: str | None, count: CounterUpdate | None,
-                      also: Sequence[dict[str, Any]] = ()) -> bool:
+                      also: Sequence[dict[str, Any]] = (), retry: ConflictRetry | None = None) -> bool:
     """One conditional PutItem/UpdateItem; False when its condition fails. With a counters table and a count,
     the report counters commit in the same transaction or not at all, so a retry or a lost race counts
     nothing twice (docs/reports.md). ``also``: more TransactWriteItems entries committed with it (a content
-    claim); when one of *their* conditions fails the transaction is cancelled and the error raised."""
-    extra = list(also)
-    if counters is not None and count is not None:
-        extra.append(counter_update(counters, count))
-    if not extra:
+    claim); when one of *their* conditions fails the transaction is cancelled and the error raised. A
+    transaction cancelled by a conflict is tried again (``retry``), then TransactionConflicts raised."""
+    retry = retry or ConflictRetry()
+    if not also and (counters is None or count is None):
         write = dynamodb.put_item if operation == "Put" else dynamodb.update_item
         try:
             write(**request)
@@ -81,23 +153,32 @@ def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], reques
                 return False
             raise
         return True
-    try:
-        dynamodb.transact_write_items(TransactItems=[{operation: request}, *extra])
-    except Exception as exc:
-        if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
-            return False
-        raise
-    return True
+    for attempt in range(retry.attempts):
+        extra = list(also)
+        if counters is not None and count is not None:
+            extra.append(counter_update(counters, count, shard=retry.shard()))
+        try:
+            dynamodb.transact_write_items(TransactItems=[{operation: request}, *extra])
+        except Exception as exc:
+            if cancellation_reasons(exc)[:1] == ["ConditionalCheckFailed"]:
+                return False
+            if not conflicted(exc):
+                raise
+            retry.after_conflict(attempt, f"{operation} on {request['TableName']}", exc)
+            continue
+        return True
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class DynamoRecords:
     def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5,
-                 aggregates_table: str | None = None) -> None:
+                 aggregates_table: str | None = None, conflicts: ConflictRetry | None = None) -> None:
         self._db = dynamodb
         self.submissions_table = submissions_table
         self.visits_table = visits_table
         self.aggregates_table = aggregates_table
         self._max_attempts = max_attempts
+        self.conflicts = conflicts or ConflictRetry(attempts=max_attempts)  # its counts: the retries made
 
     # --- submissions ------------------------------------------------------------------------------------
 
@@ -147,7 +228,8 @@ class DynamoRecords:
                                     "UpdateExpression": "REMOVE claimed_by, claim_state, received_at, receipt_key",
                                     "ConditionExpression": _HELD,
                                     "ExpressionAttributeValues": {":by": _s(release.submission_id)}}})
-        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count, also=also)
+        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count, also=also,
+                                 retry=self.conflicts)
 
     # --- content claims (docs/ingest.md, Replays) -------------------------------------------------------
 
@@ -206,7 +288,7 @@ class DynamoRecords:
         if len(visit.records) > MAX_RECORDS_BYTES:
             raise RecordsTooLarge(f"visit {visit.visit_id}: {len(visit.records)} bytes of compressed records "
                                   f"exceed the {MAX_RECORDS_BYTES} a DynamoDB item can hold")
-        for _ in range(self._max_attempts):
+        for attempt in range(self.conflicts.attempts):
             current = self.latest(visit.visit_id)
             if current == visit.version:
                 return VisitWrite.PRESENT
@@ -222,6 +304,8 @@ class DynamoRecords:
                     return VisitWrite.PRESENT  # the version item exists: an earlier run wrote all of it
                 if not _CONFLICTS.intersection(reasons):
                     raise
+                if "TransactionConflict" in reasons:  # another transaction holds an item: back off first
+                    self.conflicts.after_conflict(attempt, "a new visit version", exc)
                 continue  # the pointer moved under us: decide again
             return VisitWrite.CREATED if current is None else VisitWrite.SUPERSEDING
         raise RuntimeError(f"visit {visit.visit_id}: the LATEST pointer kept changing; giving up for this attempt")

@@ -3,12 +3,13 @@ reports bucket under the period (docs/reports.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from healthbook.aws.facilities import FacilitiesRepository
+from healthbook.reports.aggregates import period_high, unsharded
 from healthbook.reports.build import Place, Range, build_report
 from healthbook.reports.job import report_prefix
 from healthbook.reports.model import Period, Report
@@ -19,7 +20,8 @@ _KEYS = {"scope", "period", "expires_at"}
 
 class DynamoCounters:
     """healthbook.reports.build.CounterSource: one Query per scope and range, summed; ``workers`` at a time (a
-    national registry is thousands of facilities: sequential Queries would outlast the function's timeout)."""
+    national registry is thousands of facilities: sequential Queries would outlast the function's timeout). A
+    range's items are every shard of its periods (and any item written before sharding): they all add up."""
 
     def __init__(self, dynamodb: Any, table: str, *, workers: int = 16) -> None:
         self._db = dynamodb
@@ -31,6 +33,10 @@ class DynamoCounters:
             return [self.sum(*wanted) for wanted in ranges]
         with ThreadPoolExecutor(max_workers=self.workers) as pool:  # boto3 clients are thread-safe
             return list(pool.map(lambda wanted: self.sum(*wanted), ranges))
+
+    def period(self, scope: str, period: str) -> dict[str, int]:
+        """One period's counters of a scope (``F#01001``, ``D#2026-11-22``), its shards added up."""
+        return self.sum(scope, period, period_high(period))
 
     def sum(self, scope: str, low: str, high: str) -> dict[str, int]:
         kwargs: dict[str, Any] = {
@@ -47,6 +53,21 @@ class DynamoCounters:
             if "LastEvaluatedKey" not in page:
                 return summed
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+    """Counter items as DynamoDB returns them (a Scan's page, say), added up per scope and period across their
+    shards; the distinct-citizen markers left out (their sort key is ``citizen#...``)."""
+    summed: dict[tuple[str, str], dict[str, int]] = {}
+    for item in items:
+        period = str(item["period"]["S"])
+        if period.startswith("citizen#"):
+            continue
+        target = summed.setdefault((str(item["scope"]["S"]), unsharded(period)), {})
+        for name, value in item.items():
+            if name not in _KEYS and "N" in value:
+                target[name] = target.get(name, 0) + int(value["N"])
+    return summed
 
 
 def places(facilities_table: Any) -> list[Place]:

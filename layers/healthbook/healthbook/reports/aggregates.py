@@ -54,6 +54,34 @@ def half(moment: datetime) -> str:
     return f"S#{local.year}-H{1 if local.month <= 6 else 2}"
 
 
+# Counter items are sharded (docs/reports.md, "Hot items" in docs/capacity.md): a transaction ADDs to one of
+# ``shards`` items of its period, "<period>#s<nn>", and a reader sums every item from the period to
+# period_high(period). The one place that knows the format; readers need not know the shard count, so it may change.
+COUNTER_SHARDS = 16
+MAX_COUNTER_SHARDS = 100  # two digits
+_SHARD = "#s"
+_ALL_SHARDS = _SHARD + "~"  # "~" sorts after every digit: the top of a period's shards
+
+
+def shard_key(period: str, shard: int) -> str:
+    """The sort key of shard ``shard`` of a counter period: ``D#2026-11-22`` → ``D#2026-11-22#s07``."""
+    if not 0 <= shard < MAX_COUNTER_SHARDS:
+        raise ValueError(f"counter shard {shard} outside 0..{MAX_COUNTER_SHARDS - 1}")
+    return f"{period}{_SHARD}{shard:02d}"
+
+
+def unsharded(key: str) -> str:
+    """The period of a counter item's sort key, sharded or not (items written before sharding have none)."""
+    head, mark, tail = key.rpartition(_SHARD)
+    return head if mark and len(tail) == 2 and tail.isdigit() else key
+
+
+def period_high(period: str) -> str:
+    """The upper bound (inclusive) of a key range that ends with ``period``: above all its shards, below the next
+    period. ``D#2026-11-30#s03`` sorts after ``D#2026-11-30``, so the period itself would miss them."""
+    return period + _ALL_SHARDS
+
+
 def latency_bucket(milliseconds: int) -> str:
     seconds = max(0, milliseconds) / 1000
     for bound in LATENCY_BUCKETS_S:

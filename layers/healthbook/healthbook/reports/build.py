@@ -17,6 +17,7 @@ from healthbook.reports.aggregates import (
     district_scope,
     facility_scope,
     percentile,
+    period_high,
     province_scope,
     total,
 )
@@ -27,7 +28,7 @@ TOP_ERRORS = 5
 _FIRST_DAY = "D#0000-00-00"
 
 
-Range = tuple[str, str, str]  # (scope, lowest period key, highest period key)
+Range = tuple[str, str, str]  # (scope, lowest period key, highest period key: period_high, so every shard is in)
 
 
 class CounterSource(Protocol):
@@ -99,16 +100,16 @@ def figures(counters: Mapping[str, int], citizens: int | None) -> Figures:
 
 
 def _days(scope: str, period: Period) -> Range:
-    return scope, _day_key(period.start), _day_key(period.end)
+    return scope, _day_key(period.start), period_high(_day_key(period.end))
 
 
 def _citizens(scope: str, period: Period) -> Range | None:
     marker = _citizen_period(period)
-    return None if marker is None else (scope, marker, marker)
+    return None if marker is None else (scope, marker, period_high(marker))
 
 
 def _to_date(scope: str, period: Period) -> Range:
-    return scope, _FIRST_DAY, _day_key(period.end)
+    return scope, _FIRST_DAY, period_high(_day_key(period.end))
 
 
 class _Counts:
