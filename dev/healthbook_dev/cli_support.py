@@ -32,12 +32,15 @@ EXIT_USAGE = 2
 Command = Callable[[argparse.Namespace], int]
 
 
-def guarded(command: Command, *, name: str) -> Command:
-    """``command`` with a usage error or an unreadable file reported on stderr as ``healthbook <name>: …``, exit 2."""
+def guarded(command: Command, *, name: str, also: tuple[type[Exception], ...] = ()) -> Command:
+    """``command`` with a usage error or an unreadable file (or one of ``also``: unreadable key material, say)
+    reported on stderr as ``healthbook <name>: …``, exit 2, never a traceback."""
+    caught: tuple[type[Exception], ...] = (UsageError, OSError, *also)
+
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (UsageError, OSError) as exc:
+        except caught as exc:
             print(f"healthbook {name}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     run.__doc__ = command.__doc__

@@ -18,12 +18,14 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from healthbook.enrolment.codes import RowProblem
-from healthbook.enrolment.reader import FileRefused, Limits, prepare
-from healthbook.enrolment.schema import Kind, validate_row
+from healthbook.enrolment import Kind
 from healthbook.kernel import PORTAL_TZ
+
+if TYPE_CHECKING:  # the reader and the schema load when a file is checked, not when the CLI starts
+    from healthbook.enrolment.codes import RowProblem
+    from healthbook.enrolment.reader import Limits
 
 from healthbook_dev.cli_support import UsageError, guarded
 
@@ -47,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def check(data: bytes, *, name: str, kind: Kind, limits: Limits | None = None) -> dict[str, Any]:
     """The report of one file: what the command prints with --json (``file`` is ``name``)."""
+    from healthbook.enrolment.reader import FileRefused, Limits, prepare
+    from healthbook.enrolment.schema import validate_row
+
     limits = limits or Limits()
     try:
         prepared = prepare(data, name=name, kind=kind, limits=limits)
@@ -74,6 +79,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(f"no such file: {args.file}")
     kind = Kind(args.kind) if args.kind else (
         Kind.VACCINATION if path.suffix.lower() in NDJSON_SUFFIXES else Kind.ENROLMENT)
+    from healthbook.enrolment.reader import Limits
+
     limits = Limits()
     with path.open("rb") as fh:  # one byte past the limit: prepare refuses it (N002) without reading the rest
         data = fh.read(limits.max_bytes + 1)

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from healthbook.enrolment import Kind
 from healthbook.enrolment.schema import (
     BHXH_SYSTEM,
     CANONICAL_COLUMNS,
     CCCD_SYSTEM,
     FACILITY_SYSTEM,
     VACCINE_SYSTEM,
-    Kind,
 )
 from healthbook.enrolment.vaccines import vaccines
 from healthbook.reconcile.matching import Citizen

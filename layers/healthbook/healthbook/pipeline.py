@@ -1,4 +1,4 @@
-"""One submitted file, end to end and free of AWS: validate, verify the facility's signature, sign, receipt.
+"""One submitted file, end to end and free of AWS: verify the facility's signature, validate, sign, receipt.
 
 The ingest function (issue 4) calls ``process_submission`` with an S3 object's bytes and a KMS signer; the
 ``healthbook receipt make`` command calls it with a local key. A facility signature that fails verification
@@ -16,8 +16,8 @@ from healthbook.signing.receipt import build_receipt
 from healthbook.signing.signer import Signer
 from healthbook.signing.xmldsig import SignatureCheck, Trust, verify_submission
 from healthbook.validation import FileResult, Options, validate_bytes
-from healthbook.validation.engine import DEFAULT_OPTIONS
-from healthbook.validation.issues import make_issue
+from healthbook.validation.engine import DEFAULT_OPTIONS, identify
+from healthbook.validation.issues import Issue, make_issue
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,29 @@ def process_submission(data: bytes, *, object_key: str, received_at: datetime, s
                        trust: Trust | None, submission_id: str | None = None,
                        options: Options = DEFAULT_OPTIONS, uploaded_by: str | None = None) -> Processed:
     """``uploaded_by``: the facility whose folder the file arrived in. IAM lets a facility write only to its
-    own folder, so a file whose envelope names another facility is refused whole (I501)."""
-    result = validate_bytes(data, path=object_key, options=options)
+    own folder, so a file whose envelope names another facility is refused whole (I501).
+
+    The signature is checked first: a file whose signature does not hold (unsigned, forged, an unknown or
+    revoked certificate) is refused without reading its visits, so it costs a fraction of a good one; its
+    receipt names the file and the signature's problem only. Then the file is validated, and the certificate
+    must be registered for the facility it names (K411)."""
+    check = verify_submission(data, trust=trust, facility=None, at=received_at,
+                              limit=options.limits.max_file_bytes) if trust is not None else None
+    untrusted = check is not None and _signature_issues(check)
+    result = (identify if untrusted else validate_bytes)(data, path=object_key, options=options)
     if uploaded_by is not None and result.facility is not None and result.facility != uploaded_by:
         result.errors.append(make_issue("I501", prefix=uploaded_by, facility=result.facility))
-    check: SignatureCheck | None = None
-    parsed = result.kind != "unknown"  # when the bytes are not even XML the validator has said so already
-    if trust is not None and parsed:
-        check = verify_submission(data, trust=trust, facility=result.facility, at=received_at,
-                                  limit=options.limits.max_file_bytes)
+    if result.kind == "unknown":  # not even XML: the validator has said so, there is no signature to speak of
+        check = None
+    if check is not None:
+        check.require_facility(result.facility)
         # Only the signature's own findings: parse problems are already among the validator's.
-        result.errors.extend(issue for issue in check.issues if issue.code.startswith("K"))
+        result.errors.extend(_signature_issues(check))
     receipt = build_receipt(result, submission_id=submission_id or str(uuid.uuid4()), object_key=object_key,
                             received_at=received_at, signer=signer,
                             facility_signature=receipt_view(check) if check is not None else None)
     return Processed(result=result, signature=check, receipt=receipt)
+
+
+def _signature_issues(check: SignatureCheck) -> list[Issue]:
+    return [issue for issue in check.issues if issue.code.startswith("K")]

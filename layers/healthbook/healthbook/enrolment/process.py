@@ -18,11 +18,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Final, Protocol
 
+from healthbook.enrolment import Kind
 from healthbook.enrolment.codes import SEPARATOR, RowProblem, reason
 from healthbook.enrolment.outcome import mask_id
 from healthbook.enrolment.schema import (
     EnrolmentRow,
-    Kind,
     VaccinationRow,
     iso_date,
     row_number,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
+from healthbook.enrolment import Kind
 from healthbook.enrolment.codes import RowProblem, problem, reason
 from healthbook.enrolment.schema import (
     BHXH_SYSTEM,
@@ -41,7 +42,6 @@ from healthbook.enrolment.schema import (
     ID_COLUMNS,
     REQUIRED_COLUMNS,
     VACCINE_SYSTEM,
-    Kind,
 )
 from healthbook.kernel import PORTAL_TZ
 

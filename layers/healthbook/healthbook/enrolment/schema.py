@@ -19,22 +19,16 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
 from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from healthbook.enrolment import Kind
 from healthbook.enrolment.codes import CODES, RowProblem, problem, reason
 from healthbook.enrolment.vaccines import lookup
 from healthbook.kernel import is_facility_code
 from healthbook.standard import places
-
-
-class Kind(StrEnum):
-    ENROLMENT = "enrolment"
-    VACCINATION = "vaccination"
-
 
 ROW: Final = "ROW"
 

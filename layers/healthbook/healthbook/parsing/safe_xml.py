@@ -62,6 +62,11 @@ class _NoExternal(etree.Resolver):
 
 
 _PARSER.resolvers.add(_NoExternal())
+# The same safety, keeping comments and processing instructions: what an enveloped signature covers
+# (healthbook.signing), so the signature check reads the file once, as it was signed.
+_AS_SIGNED = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                             huge_tree=True, remove_comments=False, remove_pis=False, collect_ids=False)
+_AS_SIGNED.resolvers.add(_NoExternal())
 _DECLARED_ENCODING = re.compile(rb"""\sencoding\s*=\s*["']([^"']*)["']""")
 # A second byte-order mark counts as blank: we strip the first, libxml2 then skips the next one, and a
 # DOCTYPE behind it must not go unseen.
@@ -145,6 +150,17 @@ def repair_namespace_uris(data: bytes, parser: etree.XMLParser) -> tuple[etree._
 
 def parse(data: bytes, *, limit: int) -> etree._Element:
     """Parse one XML document (an envelope or an inner table) and return its root element."""
+    root, _ = _parse(data, limit, _PARSER)
+    return root
+
+
+def parse_as_signed(data: bytes, *, limit: int) -> tuple[etree._Element, dict[str, str]]:
+    """The document with the same checks as :func:`parse`, its comments and processing instructions kept (a
+    signature covers them), and the namespace URIs repaired to be read (``repair_namespace_uris``)."""
+    return _parse(data, limit, _AS_SIGNED)
+
+
+def _parse(data: bytes, limit: int, parser: etree.XMLParser) -> tuple[etree._Element, dict[str, str]]:
     if len(data) > limit:
         raise XmlRejected("E002", size=len(data), limit=limit)
     if not data.strip():
@@ -154,7 +170,7 @@ def parse(data: bytes, *, limit: int) -> etree._Element:
         raise XmlRejected("E001")  # a byte-order mark and nothing else
     _check_prolog(data)
     try:
-        root, _ = repair_namespace_uris(data, _PARSER)
+        root, repaired = repair_namespace_uris(data, parser)
     except etree.XMLSyntaxError as exc:
         encoding_problem = _not_utf8(data)
         if encoding_problem is not None:
@@ -165,7 +181,7 @@ def parse(data: bytes, *, limit: int) -> etree._Element:
         raise XmlRejected("E005", detail="no root element")
     if root.getroottree().docinfo.doctype:  # type: ignore[attr-defined]  # lxml-stubs lag behind lxml
         raise XmlRejected("E004")
-    return root
+    return root, repaired
 
 
 _WHITESPACE = bytes.maketrans(b"", b"")

@@ -27,8 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from lxml import etree
 
-from healthbook.parsing.safe_xml import repair_namespace_uris
-
 DS = "http://www.w3.org/2000/09/xmldsig#"
 EC_NS = "http://www.w3.org/2001/10/xml-exc-c14n#"  # also the exclusive canonicalisation's own URI
 XML_NS = "http://www.w3.org/XML/1998/namespace"
@@ -58,7 +56,8 @@ CANONICALIZATIONS = frozenset({C14N_10, C14N_10 + WITH_COMMENTS, C14N_11, C14N_1
 
 # Comments are kept so that a SignedInfo canonicalised #WithComments is seen as signed; references never
 # include them (a same-document URI drops comments whatever the canonicalisation says). Processing
-# instructions are part of what URI="" signs. The bytes were vetted by safe_xml.parse first (no DOCTYPE).
+# instructions are part of what URI="" signs: the tree comes from safe_xml.parse_as_signed, which keeps both.
+# This parser only re-reads lxml's own serialisation of a subtree (canonicalize), never the submitted bytes.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True,
                           remove_comments=False, remove_pis=False, collect_ids=False)
 
@@ -193,10 +192,12 @@ def _referenced(root: etree._Element, signature: etree._Element, uri: str) -> et
     return matches[0]
 
 
-def verify_core(data: bytes, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> None:
-    """Check the one ds:Signature of ``data`` with ``key``: the SignatureValue first (K403), then every
-    reference's digest (K404), as XML Signature Best Practices 1 advises. Raises CoreFailure."""
-    root, repaired = repair_namespace_uris(data, _PARSER)
+def verify_core(root: etree._Element, repaired: dict[str, str],
+                key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> None:
+    """Check the one ds:Signature of the document ``root`` (from safe_xml.parse_as_signed, with its namespace
+    repairs) with ``key``: the SignatureValue first (K403), then every reference's digest (K404), as XML
+    Signature Best Practices 1 advises. Takes the signature out of the tree (the enveloped transform).
+    Raises CoreFailure."""
     signature = next(root.iter(_ds("Signature")), None)
     signed_info = signature.find(_ds("SignedInfo")) if signature is not None else None
     method = signed_info.find(_ds("CanonicalizationMethod")) if signed_info is not None else None

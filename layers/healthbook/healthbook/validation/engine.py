@@ -53,6 +53,17 @@ DEFAULT_OPTIONS = Options()
 
 
 def validate_bytes(data: bytes, *, path: str = "<bytes>", options: Options = DEFAULT_OPTIONS) -> FileResult:
+    return _read(data, path, options, visits=True)
+
+
+def identify(data: bytes, *, path: str = "<bytes>", options: Options = DEFAULT_OPTIONS) -> FileResult:
+    """What the file is and whose, without reading a visit: its kind and facility (the envelope's MACSKCB, or a
+    standalone document's first MA_CSKCB), and only the problems that stop it being read at all. For a file
+    refused before its content matters (a signature that does not hold): the receipt names the file and why."""
+    return _read(data, path, options, visits=False)
+
+
+def _read(data: bytes, path: str, options: Options, *, visits: bool) -> FileResult:
     result = FileResult(path=path, size=len(data))
     try:
         root = parse(data, limit=options.limits.max_file_bytes)
@@ -62,11 +73,18 @@ def validate_bytes(data: bytes, *, path: str = "<bytes>", options: Options = DEF
     tag = root.tag if isinstance(root.tag, str) else ""
     if tag == ENVELOPE_ROOT:
         result.kind = "claim"
-        _validate_envelope(root, result, options)
+        if visits:
+            _validate_envelope(root, result, options)
+        else:
+            facility = _text(root.find("THONGTINDONVI/MACSKCB"))
+            result.facility = facility if facility and is_facility_code(facility) else None
     elif tag in _standalone_roots():
         table_id = _standalone_roots()[tag]
         result.kind = "checkin" if table_id == "XML0" else "assessment"
-        _validate_standalone(root, table_id, result, options)
+        if visits:
+            _validate_standalone(root, table_id, result, options)
+        else:
+            result.facility = _text(next(root.iter("MA_CSKCB"), None)) or None  # the first record's
     else:
         expected = " | ".join([ENVELOPE_ROOT, *_standalone_roots()])
         result.errors.append(make_issue("E006", root=tag, expected=expected))
@@ -397,6 +415,6 @@ def validate_path(path: str, options: Options = DEFAULT_OPTIONS) -> FileResult:
         result = FileResult(path=path, size=size)
         result.errors.append(make_issue("E002", size=size, limit=options.limits.max_file_bytes))
         return result
-    with open(path, "rb") as fh:
-        data = fh.read(options.limits.max_file_bytes + 1)
+    with open(path, "rb") as fh:  # at most the size seen and a byte: read(limit) would allocate the limit first
+        data = fh.read(size + 1)
     return validate_bytes(data, path=path, options=options)
