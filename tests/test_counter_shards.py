@@ -189,6 +189,32 @@ def test_a_conflict_is_retried_a_bounded_number_of_times_then_raised_with_nothin
     assert DynamoCounters(ddb, AGGREGATES).period("P34#79", DAY) == {"new_citizens": 2}
 
 
+def test_the_runtimes_count_each_retry_as_a_metric(ddb: Any) -> None:
+    """conflict_retry (every function's runtime builds its stores with it): CounterConflictRetries per retry."""
+    from dataclasses import replace
+
+    from healthbook.aws.runtime_cache import conflict_retry
+
+    class Counted:
+        def __init__(self) -> None:
+            self.counts: Counter[str] = Counter()
+
+        def count(self, name: str, value: float = 1, **dimensions: str) -> None:
+            self.counts[name] += int(value)
+
+        def latency(self, name: str, milliseconds: float, **dimensions: str) -> None:
+            raise AssertionError("no latency here")
+
+    metrics = Counted()
+    retry = replace(conflict_retry(metrics), attempts=3, base_seconds=0.001, max_seconds=0.002, shards=1)
+    count = CounterUpdate("P34#79", DAY, {"new_citizens": 1})
+    with transaction_conflicts(hold_ms=60_000):
+        ddb.transact_write_items(TransactItems=[counter_update(AGGREGATES, count, shard=0)])
+        with pytest.raises(TransactionConflicts):
+            conditional_write(ddb, "Put", _event("y")["Put"], counters=AGGREGATES, count=count, retry=retry)
+    assert metrics.counts == {"CounterConflictRetries": 2} and retry.retried == 2
+
+
 def test_markers_that_keep_conflicting_raise_and_count_nothing(ddb: Any) -> None:
     store = DynamoVisitStatus(ddb, visits_table=VISITS, aggregates_table=AGGREGATES,
                               conflicts=ConflictRetry(attempts=2, base_seconds=0.001, shards=1))

@@ -68,7 +68,8 @@ class DeliveryRuntime(CachedRuntime):
 
     def _store(self, settings: StepSettings) -> DynamoVisitStatus:
         return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=settings.visits_table,
-                                                               aggregates_table=settings.aggregates_table))
+                                                               aggregates_table=settings.aggregates_table,
+                                                               conflicts=self._conflicts()))
 
     def _projections(self, bucket: str) -> S3Projections:
         return self._cached("projections", lambda: S3Projections(client("s3"), bucket=bucket))

@@ -453,7 +453,6 @@ class EnrolmentRuntime(CachedRuntime):
         if not settings.aggregates_table:
             return
         store = self._markers(settings)
-        retried = store.conflicts.retried
         try:
             if batch.kind == "enrolment":
                 for outcome in outcomes:
@@ -469,9 +468,6 @@ class EnrolmentRuntime(CachedRuntime):
                 add_counters(db, settings.aggregates_table, vaccination_count(province, now, n), store.conflicts)
         except TransactionConflicts as exc:
             raise RetryableDeliveryError(f"report counters: {exc}", code="TransactionConflict") from exc
-        finally:
-            if store.conflicts.retried > retried:  # one container runs one batch at a time
-                self.metrics.count("CounterConflictRetries", store.conflicts.retried - retried)
 
     # --- 3. summarise ------------------------------------------------------------------------------------------
 
@@ -533,7 +529,8 @@ class EnrolmentRuntime(CachedRuntime):
     def _markers(self, settings: EnrolmentBatchSettings) -> DynamoVisitStatus:
         # Only count_citizen is used: the markers and their counters, in the aggregates table.
         return self._cached("markers", lambda: DynamoVisitStatus(client("dynamodb"), visits_table="",
-                                                                 aggregates_table=settings.aggregates_table))
+                                                                 aggregates_table=settings.aggregates_table,
+                                                                 conflicts=self._conflicts()))
 
     def _pepper(self, settings: EnrolmentBatchSettings) -> bytes:
         return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), settings.citizen_pepper_secret))

@@ -36,11 +36,12 @@ from healthbook.aws.delivery import StepFunctionsStarter
 from healthbook.aws.facilities import FacilitiesRepository
 from healthbook.aws.kms_signer import KmsSigner
 from healthbook.aws.records import DynamoRecords
+from healthbook.aws.runtime_cache import conflict_retry
 from healthbook.aws.s3_store import S3Store
 from healthbook.aws.settings import IngestSettings, client, dynamodb_table, load_pepper, load_trust_anchors
 from healthbook.ingest.model import ObjectRef, Outcome
 from healthbook.ingest.service import IngestService
-from healthbook.kernel import Metrics, SubmissionStatus
+from healthbook.kernel import Metrics, NoMetrics, SubmissionStatus
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import Options
 
@@ -63,14 +64,15 @@ class PoisonMessage(ValueError):
 
 # --- the composition root --------------------------------------------------------------------------------
 
-def build_service(settings: IngestSettings) -> IngestService:
+def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> IngestService:
     s3, dynamodb = client("s3"), client("dynamodb")
     timing = settings.timing()
     machine = settings.delivery_state_machine_arn
     return IngestService(
         store=S3Store(s3, receipts_bucket=settings.receipts_bucket, quarantine_bucket=settings.quarantine_bucket),
         records=DynamoRecords(dynamodb, submissions_table=settings.submissions_table,
-                              visits_table=settings.visits_table, aggregates_table=settings.aggregates_table),
+                              visits_table=settings.visits_table, aggregates_table=settings.aggregates_table,
+                              conflicts=conflict_retry(metrics or NoMetrics())),
         registry=FacilitiesRepository(dynamodb_table(settings.facilities_table)),
         anchors=load_trust_anchors(client("ssm"), settings.trust_bundle_parameter),
         signer=KmsSigner(settings.receipt_key_id, client=client("kms")),
@@ -155,7 +157,8 @@ class IngestRuntime:
             ingest_object = idempotent_function(data_keyword_argument="s3_object", persistence_store=persistence,
                                                 config=self.idempotency,
                                                 key_prefix=IDEMPOTENCY_PREFIX)(self._ingest_object)
-            self._wiring = Wiring(settings=settings, service=build_service(settings), ingest_object=ingest_object)
+            self._wiring = Wiring(settings=settings, service=build_service(settings, self.metrics),
+                                  ingest_object=ingest_object)
         return self._wiring
 
     @contextmanager

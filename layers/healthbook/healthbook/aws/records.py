@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,8 +88,9 @@ class TransactionConflicts(RuntimeError):
 class ConflictRetry:
     """How a transaction cancelled by a TransactionConflict is tried again inside the call: ``attempts`` in all,
     full-jitter backoff from ``base_seconds`` doubling to ``max_seconds`` (at most about 0.4 s in all by default),
-    each attempt ADDing to a counter shard drawn afresh from ``shards``. Counts what it did, for the caller's
-    metrics (``retried``: attempts made again; ``exhausted``: calls that gave up). Shared by threads."""
+    each attempt ADDing to a counter shard drawn afresh from ``shards``. Counts what it did (``retried``:
+    attempts made again; ``exhausted``: calls that gave up) and tells ``on_retry`` of each retry (the runtimes
+    count the metric CounterConflictRetries there). Shared by threads."""
 
     attempts: int = 5
     base_seconds: float = 0.025
@@ -97,6 +98,7 @@ class ConflictRetry:
     shards: int = COUNTER_SHARDS
     retried: int = 0
     exhausted: int = 0
+    on_retry: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +120,8 @@ class ConflictRetry:
                                        "nothing written, to be retried") from error
         with self._lock:
             self.retried += 1
+        if self.on_retry is not None:
+            self.on_retry()
         time.sleep(random.uniform(0, min(self.max_seconds, self.base_seconds * 2 ** attempt)))
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from healthbook.aws.records import ConflictRetry
 from healthbook.aws.settings import FunctionSettings
 from healthbook.kernel import Metrics, NoMetrics
 
@@ -38,3 +39,13 @@ class CachedRuntime:
 
     def settings(self, kind: type[S]) -> S:
         return self._cached(kind.__name__, lambda: kind.from_env(self.env))
+
+    def _conflicts(self) -> ConflictRetry:
+        """How this container's DynamoDB transactions retry a TransactionConflict, each retry counted."""
+        return self._cached("conflicts", lambda: conflict_retry(self.metrics))
+
+
+def conflict_retry(metrics: Metrics) -> ConflictRetry:
+    """Transactions retried on TransactionConflict (docs/capacity.md), each retry counted as the metric
+    CounterConflictRetries: what on call reads to see the counters' items getting hot."""
+    return ConflictRetry(on_retry=lambda: metrics.count("CounterConflictRetries"))
