@@ -7,11 +7,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from healthbook.aws.records import ConflictRetry
 from healthbook.aws.settings import FunctionSettings
 from healthbook.kernel import Metrics, NoMetrics
+
+if TYPE_CHECKING:  # the records adapter loads with the first store that needs it (the report function never does)
+    from healthbook.aws.records import ConflictRetry
 
 T = TypeVar("T")
 S = TypeVar("S", bound=FunctionSettings)
@@ -48,4 +50,6 @@ class CachedRuntime:
 def conflict_retry(metrics: Metrics) -> ConflictRetry:
     """Transactions retried on TransactionConflict (docs/capacity.md), each retry counted as the metric
     CounterConflictRetries: what on call reads to see the counters' items getting hot."""
+    from healthbook.aws.records import ConflictRetry
+
     return ConflictRetry(on_retry=lambda: metrics.count("CounterConflictRetries"))
