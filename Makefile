@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-moto test lint typecheck unit sam security bench bench-e2e bench-enrol docs standard clean localstack-up localstack-down localstack-deploy e2e
+.PHONY: demo demo-moto test lint typecheck unit sam security bench bench-e2e bench-load bench-enrol docs standard clean localstack-up localstack-down localstack-deploy e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench: $(STAMP)
 ## Upload -> receipt -> VNeID on LocalStack, and the orchestration's $ per million visits (docs/cost.md).
 bench-e2e: $(STAMP) localstack-up
 	$(BIN)/python bench/e2e.py
+
+## 50 facilities, a burst, a VNeID outage and the drain on LocalStack: lost and duplicated (both 0), latencies,
+## conflicts, per-visit resource counts (docs/performance.md, "Bursts and backlog"). Not run in CI.
+bench-load: export HB_SQS_ESM_CONCURRENCY := 1
+bench-load: $(STAMP) localstack-up
+	$(BIN)/python bench/load.py --endpoint http://127.0.0.1:$${HB_LOCALSTACK_PORT:-4566}
 
 ## A province's list of 20,000 people through the enrolment workflow on LocalStack, against a no-op Distributed Map
 ## over the same CSV; rows per second and $ per million rows (docs/enrolment.md, "On AWS"). Not run in CI.

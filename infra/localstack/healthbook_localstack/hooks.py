@@ -91,3 +91,45 @@ def stepfunctions_distributed_map() -> None:
 
     install()
     LOG.debug("Distributed Map: ItemBatcher, EXPRESS children, tolerated failures, result files")
+
+
+@hooks.on_infra_start(priority=100)
+def sqs_event_source_concurrency() -> None:
+    """LocalStack polls each SQS event source mapping with one thread that invokes the function synchronously,
+    batch after batch: the function never runs more than once at a time, whatever ``ScalingConfig`` says. AWS
+    scales its pollers up to ``MaximumConcurrency``. This starts that many pollers (at most
+    ``HB_SQS_ESM_MAX_POLLERS``, default 5; one without a ScalingConfig, as before) on the same queue; each runs
+    LocalStack's own ``poll_events`` (receive, invoke, delete or report failures). Opt-in for now
+    (``HB_SQS_ESM_CONCURRENCY=1``, which ``make bench-load`` sets): the e2e suite has not been run with it."""
+    if os.environ.get("HB_SQS_ESM_CONCURRENCY", "0") not in ("1", "true", "yes"):
+        return
+    from localstack import config
+    from localstack.services.lambda_.event_source_mapping.esm_worker import EsmWorker
+    from localstack.services.lambda_.event_source_mapping.pollers.poller import EmptyPollResultsException
+    from localstack.utils.threads import FuncThread
+
+    limit = int(os.environ.get("HB_SQS_ESM_MAX_POLLERS", "5"))
+    original_start = EsmWorker.start
+
+    def extra_poller(worker: EsmWorker) -> None:
+        while not worker._shutdown_event.is_set():
+            wait = config.LAMBDA_EVENT_SOURCE_MAPPING_POLL_INTERVAL_SEC
+            try:
+                worker.poller.poll_events()
+            except EmptyPollResultsException:
+                wait = 1.0
+            except Exception as exc:  # the main poller logs and counts errors; back off as it does
+                LOG.debug("extra SQS poller of %s: %s", worker.uuid, exc)
+                wait = 2.0
+            worker._shutdown_event.wait(wait)
+
+    def start(self: EsmWorker) -> None:
+        original_start(self)
+        if not str(self.esm_config.get("EventSourceArn", "")).startswith("arn:aws:sqs:"):
+            return
+        pollers = min(limit, int((self.esm_config.get("ScalingConfig") or {}).get("MaximumConcurrency") or 1))
+        for number in range(1, pollers):
+            FuncThread(extra_poller, self, name=f"event-source-mapping-poller-{self.uuid}-{number}").start()
+
+    EsmWorker.start = start  # type: ignore[method-assign]
+    LOG.debug("SQS event sources polled by up to %d pollers", limit)
