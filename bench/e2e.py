@@ -34,6 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from healthbook.signing.xml_signer import sign_submission
+from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 from healthbook_dev.aws.upload import Destination, upload_file
 from healthbook_dev.demos.stack import Clients, deploy, prepare
 from healthbook_dev.fakes.population import FakePopulation
@@ -206,29 +207,19 @@ def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str
     gb_s = 0.0
     path_seconds = 0.0
     for function in ("ingest", "reconcile", "project", "deliver", "settle", "sweep"):
-        group = f"/aws/lambda/healthbook-{stage}-{function}"
-        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": since_ms}
-        while True:
-            try:
-                page = logs.filter_log_events(**kwargs)
-            except logs.exceptions.ResourceNotFoundException:
-                break
-            for event in page["events"]:
-                message = event["message"]
-                if '"delivery execution summary"' in message:
-                    counts["settle-summary"] += 1
-                if not message.startswith("REPORT"):
-                    continue
-                counts[function] += 1
-                fields = dict(part.split(": ", 1) for part in message.strip().split("\t")[1:] if ": " in part)
-                billed = float(fields.get("Billed Duration", "0 ms").split()[0]) / 1000
-                memory = float(fields.get("Memory Size", "512 MB").split()[0]) / 1024
-                if function in ("reconcile", "project", "deliver", "settle"):
-                    gb_s += billed * memory
-                    path_seconds += billed
-            if "nextToken" not in page:
-                break
-            kwargs["nextToken"] = page["nextToken"]
+        for event in log_events(logs, f"/aws/lambda/healthbook-{stage}-{function}", since_ms):
+            message = event["message"]
+            if '"delivery execution summary"' in message:
+                counts["settle-summary"] += 1
+            fields = report_fields(message)
+            if fields is None:
+                continue
+            counts[function] += 1
+            billed = seconds(fields, "Billed Duration")
+            memory = float(fields.get("Memory Size", "512 MB").split()[0]) / 1024
+            if function in ("reconcile", "project", "deliver", "settle"):
+                gb_s += billed * memory
+                path_seconds += billed
     return counts, {"gb_s": gb_s, "path_seconds": path_seconds}
 
 

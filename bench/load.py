@@ -70,6 +70,7 @@ from cryptography.x509.oid import NameOID
 from healthbook.parsing.safe_xml import decode_base64, parse
 from healthbook.reports.aggregates import day, facility_scope
 from healthbook.signing.xml_signer import sign_submission
+from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 from healthbook_dev.aws.upload import Destination, upload_file
 from healthbook_dev.demos.stack import Clients, deploy
 from healthbook_dev.fakes.population import FakePopulation
@@ -418,41 +419,32 @@ def read_logs(logs: Any, since_ms: int) -> dict[str, Any]:
     cold: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for function in FUNCTIONS:
-        kwargs: dict[str, Any] = {"logGroupName": f"/aws/lambda/healthbook-{STAGE}-{function}", "startTime": since_ms}
-        while True:
-            try:
-                page = logs.filter_log_events(**kwargs)
-            except logs.exceptions.ResourceNotFoundException:
-                break
-            for event in page["events"]:
-                message = event["message"]
-                if message.startswith("REPORT"):
-                    invocations[function] += 1
-                    fields = dict(p.split(": ", 1) for p in message.strip().split("\t")[1:] if ": " in p)
-                    duration = float(fields.get("Duration", "0 ms").split()[0]) / 1000
-                    billed[function] += float(fields.get("Billed Duration", "0 ms").split()[0]) / 1000
-                    cold[function] += "Init Duration" in fields
-                    end = event["timestamp"] / 1000
-                    intervals[function].append((end - duration, end))
-                elif '"_aws"' in message:
-                    for line in message.splitlines():
-                        try:
-                            document = json.loads(line)
-                        except ValueError:
-                            continue
-                        if not isinstance(document, dict) or "_aws" not in document:
-                            continue
-                        for directive in document["_aws"].get("CloudWatchMetrics", []):
-                            for metric in directive.get("Metrics", []):
-                                value = document.get(metric["Name"])
-                                values = value if isinstance(value, list) else [value]
-                                metrics[function][metric["Name"]] += int(sum(v for v in values
-                                                                             if isinstance(v, (int, float))))
-                elif '"level":"ERROR"' in message.replace(" ", "") or message.startswith("[ERROR]"):
-                    errors[function] += 1
-            if "nextToken" not in page:
-                break
-            kwargs["nextToken"] = page["nextToken"]
+        for event in log_events(logs, f"/aws/lambda/healthbook-{STAGE}-{function}", since_ms):
+            message = event["message"]
+            fields = report_fields(message)
+            if fields is not None:
+                invocations[function] += 1
+                duration = seconds(fields, "Duration")
+                billed[function] += seconds(fields, "Billed Duration")
+                cold[function] += "Init Duration" in fields
+                end = event["timestamp"] / 1000
+                intervals[function].append((end - duration, end))
+            elif '"_aws"' in message:
+                for line in message.splitlines():
+                    try:
+                        document = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(document, dict) or "_aws" not in document:
+                        continue
+                    for directive in document["_aws"].get("CloudWatchMetrics", []):
+                        for metric in directive.get("Metrics", []):
+                            value = document.get(metric["Name"])
+                            values = value if isinstance(value, list) else [value]
+                            metrics[function][metric["Name"]] += int(sum(v for v in values
+                                                                         if isinstance(v, (int, float))))
+            elif '"level":"ERROR"' in message.replace(" ", "") or message.startswith("[ERROR]"):
+                errors[function] += 1
     peaks = {}
     for function, spans in intervals.items():
         edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])

@@ -80,16 +80,10 @@ def template_path() -> Path | None:
 def template_tables() -> dict[str, TemplateTable]:
     """The tables of template.yaml, by their variable in NAMES (TABLES), read once per process with cfn-lint's
     decoder, the one tests/test_template.py reads the template with (it takes !Ref, !Sub, !If ...)."""
-    from cfnlint.decode import decode  # type: ignore[import-untyped]
+    from healthbook_dev.template import template_resources  # it imports this module: loaded on use
 
     path = template_path()
-    if path is None:
-        raise FileNotFoundError("template.yaml not found: run this from a checkout of the project")
-    decoded, problems = decode(str(path))
-    if decoded is None or problems:
-        raise ValueError(f"{path} does not parse: {problems}")
-    # plain dicts, lists and str: cfn-lint's nodes subclass them, and carry their line numbers
-    resources: dict[str, Any] = json.loads(json.dumps(decoded["Resources"]))
+    resources = template_resources()
     declared = {name for name, resource in resources.items() if resource.get("Type") == "AWS::DynamoDB::Table"}
     if declared != set(TABLES.values()):
         raise ValueError(f"{path} declares the tables {sorted(declared)}; the sandbox knows {sorted(TABLES.values())} "
