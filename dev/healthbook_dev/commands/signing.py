@@ -19,7 +19,7 @@ from healthbook_dev.cli_support import UsageError, guarded, xml_files
 if TYPE_CHECKING:  # the signing modules load when a command runs, not when the CLI starts (0.17 s)
     from healthbook.signing.xmldsig import SignatureCheck
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID = 0, 1  # usage errors: cli_support.EXIT_USAGE, through guarded()
 
 
 _Usage = UsageError  # this module raises it as _Usage
