@@ -265,21 +265,25 @@ class FakeVneid(FakeService):
             expiry = self._tokens.get(value[7:])
         return expiry is not None and time.monotonic() < expiry
 
-    def _put_entry(self, citizen_key: str, visit_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        self._count("puts")
+    def _refused(self, headers: Mapping[str, str], citizen_key: str) -> Answer | None:
+        """What every write answers first: a missing or bad token (401), a malformed citizen key (400)."""
         if not self._authorised(headers):
             return json_answer(401, {"error": "invalid_token"}, ("WWW-Authenticate", 'Bearer error="invalid_token"'))
         if not CITIZEN_KEY.match(citizen_key):
             return json_answer(400, {"error": "invalid_citizen_key"})
+        return None
+
+    def _put_entry(self, citizen_key: str, visit_id: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        self._count("puts")
+        refused = self._refused(headers, citizen_key)
+        if refused is not None:
+            return refused
         key = headers.get("Idempotency-Key", "")
         if not key or len(key) > 255:
             return json_answer(400, {"error": "idempotency_key_required"})
-        if not headers.get("Content-Type", "").lower().startswith("application/json"):
-            return json_answer(415, {"error": "unsupported_media_type"})
-        try:
-            request = json.loads(body)
-        except ValueError:
-            return json_answer(400, {"error": "invalid_json"})
+        request = _json_body(headers, body)
+        if isinstance(request, Answer):
+            return request
         entry = request.get("entry") if isinstance(request, dict) else None
         version = request.get("version") if isinstance(request, dict) else None
         if not isinstance(entry, dict) or not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -325,10 +329,9 @@ class FakeVneid(FakeService):
         vaccinations". The stored body is compared through its SHA-256, which the client sends as the key."""
         what = "profile" if record_id is None else "vaccination"
         self._count(f"{what}_puts")
-        if not self._authorised(headers):
-            return json_answer(401, {"error": "invalid_token"}, ("WWW-Authenticate", 'Bearer error="invalid_token"'))
-        if not CITIZEN_KEY.match(citizen_key):
-            return json_answer(400, {"error": "invalid_citizen_key"})
+        refused = self._refused(headers, citizen_key)
+        if refused is not None:
+            return refused
         if record_id is not None and not RECORD_ID.match(record_id):
             return json_answer(400, {"error": "invalid_record_id"})
         key = headers.get("Idempotency-Key", "")
@@ -336,12 +339,9 @@ class FakeVneid(FakeService):
             return json_answer(400, {"error": "idempotency_key_required"})
         if key != hashlib.sha256(body).hexdigest():
             return json_answer(400, {"error": "idempotency_key_mismatch"})
-        if not headers.get("Content-Type", "").lower().startswith("application/json"):
-            return json_answer(415, {"error": "unsupported_media_type"})
-        try:
-            request = json.loads(body)
-        except ValueError:
-            return json_answer(400, {"error": "invalid_json"})
+        request = _json_body(headers, body)
+        if isinstance(request, Answer):
+            return request
         part = request.get(what) if isinstance(request, dict) else None
         if not isinstance(part, dict):
             return json_answer(400, {"error": "invalid_body"})
@@ -396,6 +396,16 @@ class FakeVneid(FakeService):
 # healthbook/projection/mapping.json: its groups in order, each group's fields in order, each value formatted by
 # the field's transform. The mapping is read as a file, not through healthbook.projection, so the fake stays
 # stdlib only. Keys the mapping does not name are still shown, under their own name: nothing is silently hidden.
+
+def _json_body(headers: Mapping[str, str], body: bytes) -> Any:
+    """A write's JSON body, or the answer refusing it: not JSON by its Content-Type (415) or by its bytes (400)."""
+    if not headers.get("Content-Type", "").lower().startswith("application/json"):
+        return json_answer(415, {"error": "unsupported_media_type"})
+    try:
+        return json.loads(body)
+    except ValueError:
+        return json_answer(400, {"error": "invalid_json"})
+
 
 def _mapping_file() -> Path:
     # find_spec locates healthbook.projection without importing it (nor the standard it loads)

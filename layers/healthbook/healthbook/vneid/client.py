@@ -332,19 +332,8 @@ class VneidClient:
             separators=(",", ":"),
             sort_keys=True,
         ).encode("utf-8")
-        headers = {
-            "Idempotency-Key": projection_id,
-            "Content-Type": "application/json; charset=utf-8",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
         started = time.perf_counter()
-        response = self._put(url, body, headers)
-        if response.status_code == 401 and isinstance(self.auth, OAuth2ClientCredentials):
-            # The cached token was revoked or expired early: one fresh token, one more attempt.
-            log.info("vneid: 401, refreshing the access token once", extra={"projection_id": projection_id})
-            self._access_token(force=True)
-            response = self._put(url, body, headers)
+        response = self._idempotent_put(url, body, projection_id)
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         return self._classify(response, visit_id=visit_id, version=version, elapsed_ms=elapsed_ms,
                               projection_id=projection_id)
@@ -433,20 +422,27 @@ class VneidClient:
         return self._put_state(self.vaccination_url(citizen_key, record_id),
                                {"citizen_key": citizen_key, "record_id": record_id, "vaccination": dict(record)})
 
-    def _put_state(self, url: str, document: dict[str, Any]) -> Written:
-        body = canonical_json(document)
-        key = hashlib.sha256(body).hexdigest()  # the same body, the same key: a retry is a replay
+    def _idempotent_put(self, url: str, body: bytes, key: str) -> Any:
+        """One PUT under ``Idempotency-Key: key``; on a 401 (the cached token revoked or expired early), one fresh
+        token and one more attempt."""
         headers = {
             "Idempotency-Key": key,
             "Content-Type": "application/json; charset=utf-8",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        started = time.perf_counter()
         response = self._put(url, body, headers)
         if response.status_code == 401 and isinstance(self.auth, OAuth2ClientCredentials):
+            log.info("vneid: 401, refreshing the access token once", extra={"idempotency_key": key[:16]})
             self._access_token(force=True)
             response = self._put(url, body, headers)
+        return response
+
+    def _put_state(self, url: str, document: dict[str, Any]) -> Written:
+        body = canonical_json(document)
+        key = hashlib.sha256(body).hexdigest()  # the same body, the same key: a retry is a replay
+        started = time.perf_counter()
+        response = self._idempotent_put(url, body, key)
         status = response.status_code
         code = _error_code(response)
         log.info("vneid: write answered", extra={"idempotency_key": key[:16], "status": status, "code": code,
