@@ -34,6 +34,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from healthbook.signing.xml_signer import sign_submission
+from healthbook_dev import bill
+from healthbook_dev.aws import metering
 from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 from healthbook_dev.aws.upload import Destination, upload_file
 from healthbook_dev.demos.stack import Clients, deploy, prepare
@@ -66,8 +68,9 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=20)
-    parser.add_argument("--visits-per-file", type=int, default=5, help="one file, one delivery execution")
+    parser.add_argument("--files", type=int, default=60)
+    parser.add_argument("--visits-per-file", type=int, default=1,
+                        help="one file, one delivery execution; real HIS exports hold one visit per file")
     parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
     args = parser.parse_args()
     aws = Clients(args.endpoint)
@@ -109,10 +112,11 @@ def main() -> None:
             path.write_bytes(sign_submission(envelope(batch), key, certificate))  # type: ignore[arg-type]
             files.append(path)
 
-        s3 = aws("s3")
+        s3, watch_s3 = aws("s3"), metering.observer(aws("s3"))
         destination = Destination(inbox_bucket=outputs["InboxBucketName"],
                                   receipts_bucket=outputs["ReceiptsBucketName"], kms_key_id=outputs.get("DataKeyArn"))
         run_start_ms = int(time.time() * 1000)
+        metering.reset(args.endpoint)  # the bill counts from here: the uploads, and all that follows them
         uploaded: dict[str, float] = {}
         t_start = time.monotonic()
 
@@ -130,9 +134,9 @@ def main() -> None:
                 if path.name in receipts:
                     continue
                 try:
-                    body = s3.get_object(Bucket=destination.receipts_bucket,
-                                         Key=f"receipts/{FACILITY}/{path.name}.receipt.json")["Body"].read()
-                except s3.exceptions.NoSuchKey:
+                    body = watch_s3.get_object(Bucket=destination.receipts_bucket,
+                                               Key=f"receipts/{FACILITY}/{path.name}.receipt.json")["Body"].read()
+                except watch_s3.exceptions.NoSuchKey:
                     continue
                 receipts[path.name] = time.monotonic()
                 for entry in json.loads(body)["visits"]:
@@ -140,7 +144,7 @@ def main() -> None:
                         ma_lk[entry["ma_lk"]] = path.name
             time.sleep(0.2)
 
-        ddb = aws("dynamodb")
+        ddb = metering.observer(aws("dynamodb"))
         delivered: dict[str, dict[str, Any]] = {}
         while len(delivered) < len(ma_lk) and time.monotonic() < give_up:
             for lk, file_name in ma_lk.items():
@@ -156,6 +160,10 @@ def main() -> None:
         elapsed = max((d["seen"] for d in delivered.values()), default=time.monotonic()) - t_start
 
         invocations, billed_gb_s = count_invocations(aws("logs"), STAGE, run_start_ms)
+        time.sleep(2)  # the last log batches and the receipts' notifications settle before the meter is read
+        meter = metering.snapshot(args.endpoint)
+        runs, emulator_s, series = metering.function_logs(aws("logs"), STAGE, run_start_ms)
+        stored_beyond = max(0, vneid.delivery_count - len(delivered))
 
     visits = len(delivered)
     if not visits:
@@ -198,7 +206,12 @@ def main() -> None:
           "target <= $5.00")
     print(f"  orchestration, Express at 50 visits per execution:           ${batched:.2f}")
     print(f"  the same transitions on Standard workflows, for scale:        ${standard:.2f}")
-    print(f"  Lambda compute for the delivery tasks (arm64, billed ms):      ${lambda_cost:.2f}")
+    print(f"  Lambda compute for the delivery tasks (arm64, the emulator's billed ms): ${lambda_cost:.2f}")
+    usage = bill.measure(visits=visits, files=len(files), meter=meter, invocations=runs, emulator_billed_s=emulator_s,
+                         custom_metrics=series)
+    print("\n".join(bill.render(usage, bill.bill(usage))))
+    lost = len(files) - len(receipts) + len(ma_lk) - visits
+    print(f"lost {lost} duplicated {stored_beyond}")
 
 
 def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str], dict[str, float]]:

@@ -37,7 +37,8 @@ a listing polled every second) and upload -> VNeID (the visit item's ``delivered
 peak concurrency per function (from each REPORT line: its time and Duration); conflicts counted by the model and
 retries the functions counted (their ``CounterConflictRetries`` EMF metric); Lambda invocations, Step Functions
 executions and AWS requests per visit (LocalStack's request log, this process's own calls subtracted); where the
-CPU went (LocalStack, each function's workers, this process). The cost model is not built here (docs/cost.md).
+CPU went (LocalStack, each function's workers, this process); and, last, the whole bill per million visits
+(healthbook_dev.bill: LocalStack's request meter, durations of our code timed in process; docs/cost.md).
 
 Usage: python bench/load.py [--endpoint http://127.0.0.1:4566] [--time-limit 900]   (after `make localstack-up`)
 """
@@ -70,6 +71,8 @@ from cryptography.x509.oid import NameOID
 from healthbook.parsing.safe_xml import decode_base64, parse
 from healthbook.reports.aggregates import day, facility_scope
 from healthbook.signing.xml_signer import sign_submission
+from healthbook_dev import bill
+from healthbook_dev.aws import metering
 from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 from healthbook_dev.aws.upload import Destination, upload_file
 from healthbook_dev.demos.stack import Clients, deploy
@@ -556,8 +559,11 @@ def main() -> None:
 def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboard, outputs: dict[str, str],
         vneid: FakeVneid, uploads: list[Upload], show: Any, started: float, wall_start: float,
         localstack_pid: int | None, phases: dict[str, float]) -> None:
-    s3 = own.attach(aws("s3"))
-    ddb = own.attach(aws("dynamodb"))
+    # The bench's own polling and accounting are marked as the meter's observer, left out of the bill; the
+    # uploads are the facilities' own, and in it.
+    s3 = metering.observer(own.attach(aws("s3")))
+    ddb = metering.observer(own.attach(aws("dynamodb")))
+    facility_s3 = own.attach(aws("s3"))
     destination = Destination(inbox_bucket=outputs["InboxBucketName"], receipts_bucket=outputs["ReceiptsBucketName"],
                               kms_key_id=outputs.get("DataKeyArn"))
     board.write({"id": board.id, "dynamodb": {"conflicts": {"hold_ms": HOLD_MS,
@@ -566,6 +572,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
          "no fault switchboard (not a LocalStack started by up.sh): conflicts not modelled")
     sampler = CpuSampler(localstack_pid)
     sampler.start()
+    metering.reset(args.endpoint)
     run_start = time.time()
     run_start_ms = int(run_start * 1000)
     t_first = time.monotonic()
@@ -575,7 +582,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     spread = uploads[len(burst):]
 
     def put(upload: Upload) -> None:
-        upload_file(s3, destination, upload.facility, upload.path)
+        upload_file(facility_s3, destination, upload.facility, upload.path)
         upload.uploaded = time.time()
 
     outage = threading.Timer(args.outage_at, lambda: (vneid.fail("5xx", seconds=args.outage),
@@ -631,6 +638,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
                 break
         time.sleep(1.0)
     run_end = time.time()
+    meter = metering.snapshot(args.endpoint)
     ended = "everything settled" if settled_all_at else f"the time limit ({args.time_limit:.0f} s)"
     show(f"stopped: {ended}, {run_end - run_start:.0f} s after the first upload")
     outage.cancel()
@@ -681,7 +689,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     queues = {}
     for name in ("IngestQueueUrl", "IngestDeadLetterQueueUrl"):
         if outputs.get(name):
-            attributes = aws("sqs").get_queue_attributes(QueueUrl=outputs[name], AttributeNames=[
+            attributes = metering.observer(aws("sqs")).get_queue_attributes(QueueUrl=outputs[name], AttributeNames=[
                 "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
             queues[name.removesuffix("Url")] = (int(attributes["ApproximateNumberOfMessages"]),
                                                 int(attributes["ApproximateNumberOfMessagesNotVisible"]))
@@ -689,7 +697,8 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     lost = len(no_receipt) + unsettled + missing_in_vneid
     duplicated = in_two_books + stored_beyond + different
 
-    logs = read_logs(aws("logs"), run_start_ms)
+    logs = read_logs(metering.observer(aws("logs")), run_start_ms)
+    runs, emulator_s, series = metering.function_logs(metering.observer(aws("logs")), STAGE, run_start_ms)
     ok, refused = requests_in_log(args.endpoint, run_start - 1, time.time())
     mine = own.calls
     conflicts = board.read(".conflicts.json")
@@ -776,7 +785,10 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     print(f"lost: files without a receipt {len(no_receipt)}, accepted visits not settled {unsettled}, delivered but "
           f"not in VNeID {missing_in_vneid}; duplicated: visits in two books {in_two_books}, entries stored beyond "
           f"the visits {stored_beyond}, receipts rewritten differently {different}")
-    print("whole bill per million visits: (not computed yet: docs/cost.md)")
+    if accepted_n:
+        usage = bill.measure(visits=accepted_n, files=len(uploads), meter=meter, invocations=runs,
+                             emulator_billed_s=emulator_s, custom_metrics=series)
+        print("\n".join(bill.render(usage, bill.bill(usage))))
     print(f"lost {lost} duplicated {duplicated}")
 
 

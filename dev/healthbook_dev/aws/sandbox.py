@@ -296,6 +296,8 @@ def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
 
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
+    from healthbook_dev.aws.stopwatch import timed
+
     original = LambdaSimpleBackend.invoke
     calls: list[str] = []
 
@@ -309,7 +311,7 @@ def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
         event = json.loads(body) if body else {}
         context = LambdaContext(function_name=name, invoked_function_arn=self.get_function(name, None).function_arn)
         try:
-            with MOTO_LOCK:
+            with MOTO_LOCK, timed(name.rsplit("-", 1)[-1]):
                 result = handler(event, context)
         except Exception as exc:
             response_headers["x-amz-function-error"] = "Unhandled"

@@ -118,6 +118,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         s3_event_message,
         wait_for_executions,
     )
+    from healthbook_dev.aws.stopwatch import timed
     from healthbook_dev.fakes.population import FakePopulation
     from healthbook_dev.fakes.population_server import FakePopulationServer
     from healthbook_dev.fakes.vneid import FakeVneid
@@ -166,7 +167,8 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         processing = time.perf_counter()
         with contextlib.redirect_stdout(log), lambdas_in_process(stack.handlers):
             for start in range(0, len(messages), BATCH):
-                with MOTO_LOCK:  # the delivery executions it starts run in moto's threads meanwhile
+                # the delivery executions it starts run in moto's threads meanwhile
+                with MOTO_LOCK, timed("ingest", units=len(messages[start:start + BATCH])):
                     response = app.lambda_handler({"Records": messages[start:start + BATCH]}, LambdaContext())
                 failed += [f["itemIdentifier"] for f in response["batchItemFailures"]]
             processing = time.perf_counter() - processing

@@ -40,6 +40,20 @@ def moto_transactions_copy_tables_once() -> None:
     LOG.debug("moto transactions copy each table once")
 
 
+@hooks.on_infra_start(priority=100)
+def meter_requests() -> None:
+    """Every request counted by service, operation and origin, served at /_healthbook/requests: the input of the
+    whole bill (metering.py, docs/cost.md). HB_METERING=0 turns it off."""
+    from healthbook_localstack.dynamodb import metering_on
+
+    if not metering_on():
+        return
+    from healthbook_localstack.metering import install
+
+    install()
+    LOG.debug("requests metered at /_healthbook/requests")
+
+
 @hooks.on_infra_start(priority=99)
 def moto_transaction_conflicts() -> None:
     """DynamoDB's TransactionConflict, which moto never answers, modelled while the fault switchboard turns it on

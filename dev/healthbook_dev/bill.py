@@ -1,0 +1,304 @@
+"""The whole bill per million visits, at list prices, from what a run counted (docs/cost.md).
+
+Inputs, each from where it can be measured honestly:
+
+* **requests by service and operation**, and DynamoDB's read and write units, from LocalStack's meter
+  (``infra/localstack/healthbook_localstack/metering.py``): what our functions, the facilities' uploads and the AWS
+  services acting for us (S3 notifying SQS, Lambda polling SQS and writing logs, Step Functions invoking tasks)
+  asked for. A benchmark's own polling marks itself (``healthbook_dev.aws.metering.observer``) and is left out;
+* **Lambda invocations** from the functions' REPORT lines in that run;
+* **Lambda durations** from our own code timed in process (``healthbook_dev.aws.stopwatch``, ``lambda_profile``):
+  the time moto and the local fakes took is taken out and replaced by a stated latency per AWS call and per HTTP
+  call (``AWS_LATENCY_MS``, ``HTTP_LATENCY_MS``). The emulator's billed milliseconds are kept beside it, labelled:
+  they describe two shared cores running LocalStack, every worker and the benchmark.
+
+Prices: AWS list prices, us-east-1 (the reference region of docs/cost.md), as published on 2026-12-06. The
+Singapore region (ap-southeast-1), nearest to Vietnam, is dearer for some services (docs/cost.md says which).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+REGION, PRICE_DATE = "us-east-1", "2026-12-06"
+MILLION = 1_000_000
+
+# --- list prices (us-east-1) --------------------------------------------------------------------------------------
+S3_PUT_CLASS = 0.005 / 1000  # PUT, COPY, POST, LIST
+S3_GET_CLASS = 0.0004 / 1000  # GET, HEAD and the rest
+S3_STANDARD_GB_MONTH = 0.023
+SQS_REQUEST = 0.40 / MILLION  # standard queue, per 64 KB chunk
+LAMBDA_REQUEST = 0.20 / MILLION
+LAMBDA_GB_SECOND_ARM = 0.0000133334
+EXPRESS_EXECUTION = 1.00 / MILLION
+EXPRESS_GB_SECOND = 0.00001667
+EXPRESS_GB = 64 / 1024  # billed in 64 MB steps; a workflow that passes keys stays in the first
+EXPRESS_MIN_SECONDS = 0.1
+STANDARD_TRANSITION = 25.00 / MILLION
+DYNAMODB_WRU = 0.625 / MILLION  # on-demand, since 2024-11-01
+DYNAMODB_RRU = 0.125 / MILLION
+KMS_SYMMETRIC = 0.03 / 10_000
+KMS_ASYMMETRIC = 0.15 / 10_000  # "asymmetric requests except RSA 2048": Sign and GetPublicKey with an ECC key
+SECRETS_MANAGER_CALL = 0.05 / 10_000
+CLOUDWATCH_LOGS_GB = 0.50  # ingestion (standard class)
+CLOUDWATCH_METRIC_MONTH = 0.30  # per custom metric (EMF included), first 10,000
+CLOUDWATCH_API = 0.01 / 1000  # PutMetricData, GetMetricData...
+XRAY_TRACE = 5.00 / MILLION  # recorded
+SNS_PUBLISH = 0.50 / MILLION
+API_GATEWAY_REST = 3.50 / MILLION
+
+# National volume, to spread what is billed per month (custom metrics) over the visits of a month.
+VISITS_PER_MONTH = 15_000_000  # 180 million a year (docs/capacity.md)
+# X-Ray's default rule: the first request each second, then 5 %; at the national average of 14 files a second.
+XRAY_SAMPLED = (1 + 0.05 * (14 - 1)) / 14
+# A cold start per this many invocations: warm environments are reused at steady national load (an estimate: the
+# emulator cannot give Lambda's cold-start rate).
+INVOCATIONS_PER_COLD_START = 1000
+
+# Latency our functions wait for, per call, on AWS (stated, not measured here: moto answers in process).
+AWS_LATENCY_MS: dict[str, float] = {
+    "dynamodb": 6, "dynamodb.TransactWriteItems": 15, "dynamodb.TransactGetItems": 10, "dynamodb.Query": 8,
+    "s3": 20, "s3.PutObject": 30, "s3.CopyObject": 40, "kms.Sign": 20, "secretsmanager": 15, "ssm": 10,
+    "stepfunctions.StartExecution": 25, "sqs": 10, "sns": 15, "cloudwatch": 10,
+}
+HTTP_LATENCY_MS = 120.0  # VNeID and the population service, one attempt (assumed; docs/vneid-contract.md)
+DEFAULT_AWS_LATENCY_MS = 10.0
+
+S3_PUT_OPERATIONS = frozenset({"PutObject", "CopyObject", "PostObject", "ListObjects", "ListObjectsV2",
+                               "ListObjectVersions", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
+                               "CompleteMultipartUpload", "PutObjectTagging", "PutObjectAcl",
+                               "PutObjectRetention", "PutObjectLegalHold", "ListBuckets", "RestoreObject"})
+S3_FREE = frozenset({"DeleteObject", "DeleteObjects", "AbortMultipartUpload"})
+KMS_ASYMMETRIC_OPERATIONS = frozenset({"Sign", "Verify", "GetPublicKey"})
+NOT_BILLED_ORIGINS = frozenset({"observer"})
+# AWS's own calls that are free: Lambda's metrics, events S3 and CloudFormation publish, role sessions.
+FREE_AWS_CALLS = frozenset({"cloudwatch.PutMetricData", "events.PutEvents", "sts.AssumeRole", "logs.CreateLogGroup",
+                            "logs.CreateLogStream", "lambda.Invoke"})  # invocations are counted from REPORT lines
+# Calls a function makes once per execution environment (a secret, the signing key's public half, a queue's URL):
+# LocalStack starts far more environments for a small run than AWS keeps at steady load, so these are scaled to
+# one environment per INVOCATIONS_PER_COLD_START invocations.
+PER_ENVIRONMENT_CALLS = frozenset({"secretsmanager.GetSecretValue", "kms.GetPublicKey", "ssm.GetParameter",
+                                   "sqs.GetQueueUrl"})
+
+
+def aws_latency_s(call: str) -> float:
+    service = call.split(".", 1)[0]
+    return AWS_LATENCY_MS.get(call, AWS_LATENCY_MS.get(service, DEFAULT_AWS_LATENCY_MS)) / 1000
+
+
+@dataclass
+class FunctionProfile:
+    """One function's invocations timed in process: our code's seconds and the calls it waited for, per unit of
+    work (a file for ingest; a visit, or an execution for settle, for the delivery tasks)."""
+
+    invocations: int = 0
+    units: int = 0
+    own_s: float = 0.0
+    waits_s: float = 0.0  # the stated AWS and HTTP latencies of its calls
+    cold_extra_s: float = 0.0  # the first invocation beyond a warm one (lazy imports, clients)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def billed_s_per_unit(self) -> float:
+        if not self.units:
+            return 0.0
+        per_invocation_cold = self.cold_extra_s / INVOCATIONS_PER_COLD_START
+        return (self.own_s + self.waits_s) / self.units + per_invocation_cold * self.invocations / self.units
+
+
+def profile_invocations(invocations: Iterable[Any]) -> dict[str, FunctionProfile]:
+    """Per function, from ``stopwatch.Invocation`` records (the first of each function is its cold one)."""
+    by_function: dict[str, list[Any]] = defaultdict(list)
+    for record in invocations:
+        by_function[record.function].append(record)
+    profiles = {}
+    for function, records in by_function.items():
+        profile = FunctionProfile(invocations=len(records))
+        for record in records:
+            profile.units += record.units
+            profile.own_s += record.own_s
+            profile.waits_s += sum(aws_latency_s(call) * n for call, n in record.aws_calls.items())
+            profile.waits_s += record.http_calls * HTTP_LATENCY_MS / 1000
+            profile.calls.update(record.aws_calls)
+        if len(records) > 1:
+            warm = sorted(r.own_s / r.units for r in records[1:])[len(records[1:]) // 2]
+            profile.cold_extra_s = max(0.0, records[0].own_s - warm * records[0].units)
+        profiles[function] = profile
+    return profiles
+
+
+@dataclass
+class Usage:
+    """What one run counted, for ``visits`` visits (accepted and settled) in ``files`` files."""
+
+    visits: int
+    files: int
+    requests: list[dict[str, Any]]  # the meter's "requests"
+    capacity: list[dict[str, Any]]  # the meter's "dynamodb_capacity"
+    invocations: Mapping[str, int]  # REPORT lines, by function (ingest, reconcile, ...)
+    units: Mapping[str, int]  # work done, by function: files for ingest, invocations for the others
+    memory_mb: Mapping[str, int]  # template.yaml's MemorySize, by function
+    profiles: Mapping[str, FunctionProfile]  # measured in process
+    express_executions: int
+    emulator_billed_s: Mapping[str, float] = field(default_factory=dict)  # REPORT lines' Billed Duration sums
+    custom_metrics: int = 0  # distinct EMF metric series seen in the logs
+
+
+@dataclass
+class Line:
+    service: str
+    what: str
+    dollars: float  # for the run's visits
+
+
+def _billed(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["origin"] not in NOT_BILLED_ORIGINS]
+
+
+def environments(usage: Usage) -> tuple[int, float]:
+    """(execution environments LocalStack started, the number AWS would at steady load for these invocations):
+    one log stream per environment."""
+    started = sum(r["requests"] for r in usage.requests
+                  if r["service"] == "logs" and r["operation"] == "CreateLogStream")
+    return started, sum(usage.invocations.values()) / INVOCATIONS_PER_COLD_START
+
+
+def bill(usage: Usage) -> list[Line]:
+    lines: list[Line] = []
+    requests = _billed(usage.requests)
+    by_service: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))  # counts, scaled where said
+    put_bytes = 0
+    log_bytes = 0
+    started, steady = environments(usage)
+    scale = min(1.0, steady / started) if started else 1.0
+    for row in requests:
+        call = f"{row['service']}.{row['operation']}"
+        if row["origin"].startswith("aws:") and call in FREE_AWS_CALLS:
+            continue
+        count = row["requests"] * (scale if call in PER_ENVIRONMENT_CALLS else 1.0)
+        by_service[row["service"]][row["operation"]] += count
+        if row["service"] == "s3" and row["operation"] == "PutObject":
+            put_bytes += row["request_bytes"]
+        if row["service"] == "logs" and row["operation"] == "PutLogEvents":
+            log_bytes += row["request_bytes"]
+
+    s3 = by_service.get("s3", {})
+    puts = sum(n for op, n in s3.items() if op in S3_PUT_OPERATIONS)
+    gets = sum(n for op, n in s3.items() if op not in S3_PUT_OPERATIONS and op not in S3_FREE)
+    detail = ", ".join(f"{op} {n}" for op, n in sorted(s3.items()) if op not in S3_FREE)
+    lines.append(Line("S3", f"PUT-class {puts}, GET-class {gets} ({detail})",
+                      puts * S3_PUT_CLASS + gets * S3_GET_CLASS))
+    lines.append(Line("S3", f"storage: {put_bytes / 1024:.0f} KiB written, one month in Standard",
+                      put_bytes / 1024 ** 3 * S3_STANDARD_GB_MONTH))
+
+    sqs = sum(by_service.get("sqs", {}).values())
+    lines.append(Line("SQS", f"{sqs:.0f} requests ({_top(by_service.get('sqs'))})", sqs * SQS_REQUEST))
+
+    invocations = sum(usage.invocations.values())
+    lines.append(Line("Lambda", f"{invocations} invocations", invocations * LAMBDA_REQUEST))
+    gb_s = 0.0
+    parts = []
+    for function, units in sorted(usage.units.items()):
+        profile = usage.profiles.get(function)
+        if profile is None or not units:
+            continue
+        seconds = units * profile.billed_s_per_unit
+        gb = usage.memory_mb.get(function, 512) / 1024
+        gb_s += seconds * gb
+        parts.append(f"{function} {units}x{profile.billed_s_per_unit * 1000:.0f} ms@{gb * 1024:.0f} MB")
+    lines.append(Line("Lambda", f"{gb_s:.2f} GB-s, our code timed in process ({'; '.join(parts)})",
+                      gb_s * LAMBDA_GB_SECOND_ARM))
+
+    executions = usage.express_executions
+    task_s = sum(usage.units.get(f, 0) * usage.profiles[f].billed_s_per_unit
+                 for f in ("reconcile", "project", "deliver", "settle") if f in usage.profiles)
+    express_s = max(task_s, executions * EXPRESS_MIN_SECONDS)
+    lines.append(Line("Step Functions", f"{executions} Express executions, {express_s:.1f} s at 64 MB",
+                      executions * EXPRESS_EXECUTION + express_s * EXPRESS_GB * EXPRESS_GB_SECOND))
+
+    reads = sum(r["read_units"] for r in _billed(usage.capacity))
+    writes = sum(r["write_units"] + r["index_write_units"] for r in _billed(usage.capacity))
+    tables: Counter[str] = Counter()
+    for r in _billed(usage.capacity):
+        tables[r["table"].rsplit("-", 1)[-1]] += r["write_units"] + r["index_write_units"]
+    lines.append(Line("DynamoDB", f"{writes:.0f} write units ({_top(tables)}), {reads:.0f} read units",
+                      writes * DYNAMODB_WRU + reads * DYNAMODB_RRU))
+
+    kms = by_service.get("kms", {})
+    asymmetric = sum(n for op, n in kms.items() if op in KMS_ASYMMETRIC_OPERATIONS)
+    symmetric = sum(n for op, n in kms.items() if op not in KMS_ASYMMETRIC_OPERATIONS)
+    lines.append(Line("KMS", f"{asymmetric:.0f} asymmetric, {symmetric:.0f} symmetric ({_top(kms)})",
+                      asymmetric * KMS_ASYMMETRIC + symmetric * KMS_SYMMETRIC))
+
+    secrets = sum(by_service.get("secretsmanager", {}).values())
+    ssm = sum(by_service.get("ssm", {}).values())
+    lines.append(Line("Secrets Manager, SSM", f"{secrets:.2f} secret reads, {ssm:.2f} parameter reads (standard: "
+                      f"free), once per environment: {started} started here, {steady:.2f} at steady load",
+                      secrets * SECRETS_MANAGER_CALL))
+
+    cloudwatch = sum(by_service.get("cloudwatch", {}).values())
+    metrics_share = usage.custom_metrics * CLOUDWATCH_METRIC_MONTH * usage.visits / VISITS_PER_MONTH
+    lines.append(Line("CloudWatch", f"logs {log_bytes / 1024:.0f} KiB ingested; {usage.custom_metrics} metric series "
+                      f"(a month's price spread over {VISITS_PER_MONTH:,} visits); {cloudwatch:.0f} API calls",
+                      log_bytes / 1024 ** 3 * CLOUDWATCH_LOGS_GB + metrics_share + cloudwatch * CLOUDWATCH_API))
+
+    traces = (usage.invocations.get("ingest", 0) + executions) * XRAY_SAMPLED
+    lines.append(Line("X-Ray", f"{traces:.1f} traces ({XRAY_SAMPLED:.0%} sampled: 1/s then 5 %, at 14 files/s)",
+                      traces * XRAY_TRACE))
+    sns = sum(by_service.get("sns", {}).values())
+    if sns:
+        lines.append(Line("SNS", f"{sns} publishes", sns * SNS_PUBLISH))
+    return lines
+
+
+def _top(counts: Mapping[str, float] | None, n: int = 4) -> str:
+    if not counts:
+        return "-"
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:n]
+    return ", ".join(f"{name} {value:.0f}" for name, value in ranked)
+
+
+def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapping[str, int],
+            emulator_billed_s: Mapping[str, float], custom_metrics: int, profile_visits: int = 60) -> Usage:
+    """A run's usage: the meter and the logs as counted, the template's memory, and durations timed in process
+    (the in-process demo of ``profile_visits`` visits, run now)."""
+    from healthbook_dev.aws.metering import express_executions
+    from healthbook_dev.aws.stopwatch import profile_demo
+    from healthbook_dev.template import function_limits
+
+    profiles = profile_invocations(profile_demo(visits=profile_visits))
+    memory = {f: function_limits(f"{f.capitalize()}Function")[0] for f in invocations}
+    units = {f: (files if f == "ingest" else n) for f, n in invocations.items()}
+    return Usage(visits=visits, files=files, requests=meter["requests"], capacity=meter["dynamodb_capacity"],
+                 invocations=invocations, units=units, memory_mb=memory, profiles=profiles,
+                 express_executions=express_executions(meter), emulator_billed_s=emulator_billed_s,
+                 custom_metrics=custom_metrics)
+
+
+def per_million(dollars: float, visits: int) -> float:
+    return dollars * MILLION / visits if visits else math.nan
+
+
+def render(usage: Usage, lines: list[Line]) -> list[str]:
+    """The per-service table and, last, the whole bill line."""
+    out = [f"whole bill, $ per million visits at list prices ({REGION}, {PRICE_DATE}); "
+           f"{usage.visits} visits in {usage.files} files:"]
+    services: dict[str, float] = defaultdict(float)
+    for line in lines:
+        services[line.service] += line.dollars
+        out.append(f"  {line.service:<22}{per_million(line.dollars, usage.visits):>8.2f}  {line.what}")
+    out.append("  by service: " + ", ".join(f"{s} {per_million(d, usage.visits):.2f}"
+                                           for s, d in sorted(services.items(), key=lambda i: -i[1])))
+    if usage.emulator_billed_s:
+        gb_s = sum(seconds * usage.memory_mb.get(f, 512) / 1024 for f, seconds in usage.emulator_billed_s.items())
+        out.append(f"  (for scale, not in the bill: the emulator's billed Lambda time, {gb_s:.1f} GB-s, would be "
+                   f"${per_million(gb_s * LAMBDA_GB_SECOND_ARM, usage.visits):.2f} per million: LocalStack on two "
+                   "shared cores, not our code)")
+    total = sum(line.dollars for line in lines)
+    out.append(f"whole bill per million visits: ${per_million(total, usage.visits):.2f}   (target <= $20.00; "
+               "floor: the upload and the receipt, two S3 PUTs, $10.00)")
+    return out

@@ -1,0 +1,253 @@
+"""What AWS would bill for the requests LocalStack serves: every request by service, operation and origin, and
+DynamoDB's read and write units as DynamoDB counts them. The whole bill (``healthbook_dev.bill``, docs/cost.md) is
+computed from these counts by ``bench/e2e.py`` and ``bench/load.py``.
+
+* **Requests**: a response handler counts each request LocalStack answers, with its request bytes, by origin:
+  ``function`` (a Lambda worker: botocore puts ``exec-env/AWS_Lambda`` in its User-Agent), ``aws:<service>`` (an
+  internal call: S3 notifying SQS, Lambda's SQS poller and log writer, Step Functions invoking a task),
+  ``observer`` (a client that marked itself with the ``x-hb-observer`` header: a benchmark's own polling, which is
+  not part of the bill) and ``client`` (everything else: the facility's upload, the deploy).
+* **DynamoDB capacity**: the DynamoDB dispatch table (``dynamodb.py``) reports each data-plane request here, with
+  moto's backend, before and after moto serves it. Writes: 1 unit per KB of the larger of the item before and after
+  (2 in a transaction, ConditionCheck included), and 1 per KB for each global secondary index whose projection the
+  item enters, leaves or changes in (2 when its index key changes). Reads: 4 KB units, half for an eventually
+  consistent read, 2 in a transaction; a Query or Scan is charged for the items it returned, scaled by
+  ScannedCount/Count when a filter dropped some (an estimate: DynamoDB charges what it read, rounded once).
+
+``GET /_healthbook/requests`` returns the counts, ``DELETE`` resets them. Counting is on unless
+``HB_METERING=0``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+OBSERVER_HEADER = "x-hb-observer"
+PATH = "/_healthbook/requests"
+LAMBDA_USER_AGENT = "exec-env/AWS_Lambda"
+
+WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
+READS = frozenset({"GetItem", "BatchGetItem", "TransactGetItems", "Query", "Scan"})
+
+
+def origin_of(context: Any) -> str:
+    request = getattr(context, "request", None)
+    headers = request.headers if request is not None else {}
+    if headers.get(OBSERVER_HEADER):
+        return "observer"
+    params = getattr(context, "internal_request_params", None)
+    if params is not None:
+        return f"aws:{params.get('service_principal') or 'internal'}"
+    return "function" if LAMBDA_USER_AGENT in str(headers.get("User-Agent", "")) else "client"
+
+
+class Meter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._capacity: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+
+    def count_request(self, service: str, operation: str, origin: str, size: int) -> None:
+        with self._lock:
+            entry = self._requests[(service, operation, origin)]
+            entry[0] += 1
+            entry[1] += size
+
+    def add_capacity(self, table: str, origin: str, read: float = 0.0, write: float = 0.0,
+                     index_write: float = 0.0) -> None:
+        with self._lock:
+            entry = self._capacity[(table, origin)]
+            entry[0] += read
+            entry[1] += write
+            entry[2] += index_write
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": [{"service": s, "operation": o, "origin": g, "requests": n, "request_bytes": b}
+                             for (s, o, g), (n, b) in sorted(self._requests.items())],
+                "dynamodb_capacity": [{"table": t, "origin": g, "read_units": r, "write_units": w,
+                                       "index_write_units": i}
+                                      for (t, g), (r, w, i) in sorted(self._capacity.items())],
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._capacity.clear()
+
+
+METER = Meter()
+
+
+# --- requests ---------------------------------------------------------------------------------------------------
+
+def count_response(chain: Any, context: Any, response: Any) -> None:
+    """A LocalStack response handler: one count per AWS request answered (errors included: AWS bills them too)."""
+    if context.operation is None or context.service is None:
+        return
+    size = context.request.content_length or 0
+    METER.count_request(context.service.service_name, context.operation.name, origin_of(context), int(size))
+
+
+def serve(request: Any, **_: Any) -> Any:
+    from localstack.http import Response
+
+    if request.method == "DELETE":
+        METER.reset()
+        return Response(status=204)
+    return Response(json.dumps(METER.snapshot()), mimetype="application/json")
+
+
+def install() -> None:
+    from localstack.aws import handlers
+    from localstack.services.edge import ROUTER
+
+    handlers.run_custom_response_handlers.append(count_response)
+    ROUTER.add(PATH, serve, methods=["GET", "DELETE"])
+
+
+# --- DynamoDB capacity -------------------------------------------------------------------------------------------
+
+def item_size(attributes: Mapping[str, Any] | None) -> int:
+    """DynamoDB's size of an item in the wire form ({"name": {"S": "..."}}): names plus values (moto's sizing)."""
+    if not attributes:
+        return 0
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.utilities import bytesize
+
+    return sum(bytesize(name) + DynamoType(value).size() for name, value in attributes.items())
+
+
+def _units(size: int, unit: int) -> int:
+    return max(1, math.ceil(size / unit))
+
+
+class _Write:
+    """One item a write names: its table and key, and the item as it was before the request."""
+
+    def __init__(self, backend: Any, table: str, key: Mapping[str, Any], weight: int) -> None:
+        self.table, self.key, self.weight = table, dict(key), weight
+        self.before = _stored(backend, table, key)
+
+
+def _stored(backend: Any, table: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        item = backend.get_item(table, dict(key))
+    except Exception:  # a key moto cannot address: the request fails, and is charged as the smallest write
+        return None
+    return item.to_json()["Attributes"] if item is not None else None
+
+
+def _key_of(backend: Any, table: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        schema = backend.get_table(table)
+    except Exception:
+        return {}
+    names = [schema.hash_key_attr] + ([schema.range_key_attr] if schema.range_key_attr else [])
+    return {name: item[name] for name in names if name in item}
+
+
+def _writes(backend: Any, operation: str, request: Mapping[str, Any]) -> list[_Write]:
+    if operation in ("UpdateItem", "DeleteItem"):
+        return [_Write(backend, request["TableName"], request["Key"], 1)]
+    if operation == "PutItem":
+        table = request["TableName"]
+        return [_Write(backend, table, _key_of(backend, table, request["Item"]), 1)]
+    if operation == "BatchWriteItem":
+        writes = []
+        for table, entries in (request.get("RequestItems") or {}).items():
+            for entry in entries:
+                if "PutRequest" in entry:
+                    writes.append(_Write(backend, table, _key_of(backend, table, entry["PutRequest"]["Item"]), 1))
+                elif "DeleteRequest" in entry:
+                    writes.append(_Write(backend, table, entry["DeleteRequest"]["Key"], 1))
+        return writes
+    writes = []
+    for entry in request.get("TransactItems") or []:  # TransactWriteItems
+        kind, body = next(iter(entry.items()))
+        table = body["TableName"]
+        key = _key_of(backend, table, body["Item"]) if kind == "Put" else body["Key"]
+        writes.append(_Write(backend, table, key, 2))
+    return writes
+
+
+def _index_keys(index: Any) -> list[str]:
+    return [part["AttributeName"] for part in getattr(index, "schema", [])]
+
+
+def _index_units(backend: Any, write: _Write, after: dict[str, Any] | None) -> int:
+    try:
+        table = backend.get_table(write.table)
+    except Exception:
+        return 0
+    units = 0
+    for index in table.global_indexes or []:
+        names = _index_keys(index)
+        was = write.before is not None and all(n in write.before for n in names)
+        now = after is not None and all(n in after for n in names)
+        if not was and not now:
+            continue
+        if was and now and write.before is not None and after is not None:
+            if write.before == after:
+                continue
+            moved = any(write.before[n] != after[n] for n in names)
+            units += 2 if moved else _units(item_size(after), 1024)
+        else:
+            units += _units(item_size(after if now else write.before), 1024)
+    return units
+
+
+class CapacityMeter:
+    """Called by the DynamoDB dispatch table around each request, under the lock that serialises moto."""
+
+    def __init__(self, meter: Meter = METER) -> None:
+        self._meter = meter
+
+    def before(self, backend: Any, operation: str, request: Mapping[str, Any]) -> list[_Write]:
+        if operation not in WRITES:
+            return []
+        try:
+            return _writes(backend, operation, request)
+        except Exception:  # a malformed request: moto refuses it, and it is counted as a request only
+            return []
+
+    def after(self, backend: Any, context: Any, operation: str, request: Mapping[str, Any],
+              response: Mapping[str, Any] | None, writes: Iterable[_Write]) -> None:
+        origin = origin_of(context)
+        for write in writes:
+            after = _stored(backend, write.table, write.key)
+            size = max(item_size(write.before), item_size(after))
+            self._meter.add_capacity(write.table, origin, write=write.weight * _units(size, 1024),
+                                     index_write=_index_units(backend, write, after))
+        if operation in READS and response is not None:
+            self._reads(origin, operation, request, response)
+
+    def _reads(self, origin: str, operation: str, request: Mapping[str, Any], response: Mapping[str, Any]) -> None:
+        if operation == "GetItem":
+            factor = 1.0 if request.get("ConsistentRead") else 0.5
+            units = _units(item_size(response.get("Item")), 4096) * factor
+            self._meter.add_capacity(request["TableName"], origin, read=units)
+        elif operation in ("Query", "Scan"):
+            factor = 1.0 if request.get("ConsistentRead") else 0.5
+            items = response.get("Items") or []
+            size = sum(item_size(item) for item in items)
+            returned, scanned = int(response.get("Count") or 0), int(response.get("ScannedCount") or 0)
+            if returned and scanned > returned:
+                size = size * scanned // returned
+            self._meter.add_capacity(request["TableName"], origin, read=_units(size, 4096) * factor)
+        elif operation == "BatchGetItem":
+            for table, items in (response.get("Responses") or {}).items():
+                consistent = (request.get("RequestItems") or {}).get(table, {}).get("ConsistentRead")
+                units = sum(_units(item_size(item), 4096) for item in items)
+                self._meter.add_capacity(table, origin, read=units * (1.0 if consistent else 0.5))
+        elif operation == "TransactGetItems":
+            for entry, result in zip(request.get("TransactItems") or [], response.get("Responses") or [],
+                                     strict=False):
+                table = entry["Get"]["TableName"]
+                self._meter.add_capacity(table, origin, read=2 * _units(item_size(result.get("Item")), 4096))

@@ -1,0 +1,178 @@
+"""The whole bill's inputs and arithmetic (docs/cost.md): LocalStack's capacity meter as DynamoDB charges, the
+stopwatch of the in-process handlers, and the pricing of what a run counted."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from healthbook_dev import bill
+from healthbook_dev.aws.stopwatch import Invocation, Stopwatch
+from moto import mock_aws
+
+METERING = Path(__file__).resolve().parents[1] / "infra" / "localstack" / "healthbook_localstack" / "metering.py"
+REGION = "ap-southeast-1"
+
+
+def _metering() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("healthbook_metering_under_test", METERING)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _context(user_agent: str = "Boto3/1 exec-env/AWS_Lambda_python3.13") -> Any:
+    return SimpleNamespace(request=SimpleNamespace(headers={"User-Agent": user_agent}), internal_request_params=None)
+
+
+@pytest.fixture
+def table() -> Any:
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        ddb.create_table(
+            TableName="t", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "status", "AttributeType": "S"}],
+            GlobalSecondaryIndexes=[{"IndexName": "by-status", "KeySchema": [{"AttributeName": "status",
+                                                                              "KeyType": "HASH"}],
+                                     "Projection": {"ProjectionType": "ALL"}}])
+        from moto.dynamodb.models import dynamodb_backends
+
+        yield ddb, dynamodb_backends["123456789012"][REGION]
+
+
+def _serve(meter: Any, backend: Any, ddb: Any, operation: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """What the DynamoDB dispatch table does around moto: before, the request, after."""
+    writes = meter.before(backend, operation, request)
+    method = {"PutItem": ddb.put_item, "UpdateItem": ddb.update_item, "TransactWriteItems": ddb.transact_write_items,
+              "GetItem": ddb.get_item, "Query": ddb.query}[operation]
+    response: dict[str, Any] | None = None
+    try:
+        response = method(**request)
+        return response
+    finally:  # as the dispatch table: a refused write is charged too
+        meter.after(backend, _context(), operation, request, response, writes)
+
+
+def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
+    ddb, backend = table
+    metering = _metering()
+    counts = metering.Meter()
+    meter = metering.CapacityMeter(counts)
+    blob = "x" * 1500  # with the names and the key: a 1.5 KB item, 2 write units
+    _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "blob": {"S": blob}}})
+    # not in the index yet (no status): the index costs nothing
+    assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 2
+    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 0
+    # entering the index: the table's 2 and the index's 2 (the whole item is projected)
+    _serve(meter, backend, ddb, "UpdateItem", {"TableName": "t", "Key": {"pk": {"S": "a"}},
+                                               "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames":
+                                                   {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "P"}}})
+    row = counts.snapshot()["dynamodb_capacity"][0]
+    assert (row["write_units"], row["index_write_units"]) == (4, 2)
+    # a transaction writes twice; moving the index key is a delete and a put in the index
+    _serve(meter, backend, ddb, "TransactWriteItems", {"TransactItems": [{"Update": {
+        "TableName": "t", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET #s = :s",
+        "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "D"}}}}]})
+    row = counts.snapshot()["dynamodb_capacity"][0]
+    assert (row["write_units"], row["index_write_units"]) == (8, 4)
+    # an eventually consistent read of a 1.5 KB item: half a unit; a strong one, a whole unit
+    _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}})
+    _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}, "ConsistentRead": True})
+    assert counts.snapshot()["dynamodb_capacity"][0]["read_units"] == 1.5
+    # a refused conditional write is charged as well: the larger of the item before and after, 2 units
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
+        _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}},
+                                                "ConditionExpression": "attribute_not_exists(pk)"})
+    assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 10
+
+
+def test_requests_are_counted_by_origin() -> None:
+    metering = _metering()
+    assert metering.origin_of(_context()) == "function"
+    assert metering.origin_of(_context("Boto3/1 md/Botocore")) == "client"
+    watcher = SimpleNamespace(request=SimpleNamespace(headers={"x-hb-observer": "1", "User-Agent": "x"}),
+                              internal_request_params=None)
+    assert metering.origin_of(watcher) == "observer"
+    internal = SimpleNamespace(request=SimpleNamespace(headers={}), internal_request_params={
+        "service_principal": "lambda"})
+    assert metering.origin_of(internal) == "aws:lambda"
+
+
+def _usage(**changes: Any) -> bill.Usage:
+    profile = bill.FunctionProfile(invocations=2, units=20, own_s=0.4, waits_s=1.6)  # 100 ms per file
+    base: dict[str, Any] = {
+        "visits": 10, "files": 10, "invocations": {"ingest": 2}, "units": {"ingest": 10},
+        "memory_mb": {"ingest": 1024}, "profiles": {"ingest": profile}, "express_executions": 0,
+        "capacity": [{"table": "hb-visits", "origin": "function", "read_units": 8.0, "write_units": 16.0,
+                      "index_write_units": 0.0},
+                     {"table": "hb-visits", "origin": "observer", "read_units": 1000.0, "write_units": 0.0,
+                      "index_write_units": 0.0}],
+        "requests": [
+            {"service": "s3", "operation": "PutObject", "origin": "client", "requests": 10, "request_bytes": 0},
+            {"service": "s3", "operation": "PutObject", "origin": "function", "requests": 10, "request_bytes": 0},
+            {"service": "s3", "operation": "GetObject", "origin": "function", "requests": 10, "request_bytes": 0},
+            {"service": "s3", "operation": "GetObject", "origin": "observer", "requests": 500, "request_bytes": 0},
+            {"service": "cloudwatch", "operation": "PutMetricData", "origin": "aws:internal", "requests": 99,
+             "request_bytes": 0},
+            {"service": "secretsmanager", "operation": "GetSecretValue", "origin": "function", "requests": 4,
+             "request_bytes": 0},
+            {"service": "logs", "operation": "CreateLogStream", "origin": "aws:internal", "requests": 4,
+             "request_bytes": 0},
+        ]}
+    base.update(changes)
+    return bill.Usage(**base)
+
+
+def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
+    usage = _usage()
+    lines = {(line.service, line.what.split()[0]): line for line in bill.bill(usage)}
+    # two PUTs and one GET per visit; the observer's 500 GETs are not ours
+    s3 = lines[("S3", "PUT-class")]
+    assert s3.dollars == pytest.approx(20 * bill.S3_PUT_CLASS + 10 * bill.S3_GET_CLASS)
+    assert bill.per_million(s3.dollars, 10) == pytest.approx(10.40)
+    # Lambda's own metrics are free; four environments here, 0.002 at steady load: secrets scaled down
+    assert lines[("CloudWatch", "logs")].dollars == pytest.approx(0.0)
+    secrets = lines[("Secrets Manager, SSM", "0.00")]
+    assert secrets.dollars == pytest.approx(4 * (2 / 1000 / 4) * bill.SECRETS_MANAGER_CALL)
+    # GB-seconds: 10 files x 100 ms x 1 GB
+    gb_s = next(line for line in bill.bill(usage) if line.service == "Lambda" and "GB-s" in line.what)
+    assert gb_s.dollars == pytest.approx(1.0 * bill.LAMBDA_GB_SECOND_ARM)
+    dynamo = next(line for line in bill.bill(usage) if line.service == "DynamoDB")
+    assert dynamo.dollars == pytest.approx(16 * bill.DYNAMODB_WRU + 8 * bill.DYNAMODB_RRU)
+    rendered = bill.render(usage, bill.bill(usage))
+    total = sum(line.dollars for line in bill.bill(usage))
+    assert rendered[-1].startswith(f"whole bill per million visits: ${total * 1e6 / 10:.2f}")
+
+
+def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:
+    records = [Invocation("ingest", units=10, wall_s=1.3), Invocation("ingest", units=10, wall_s=0.3),
+               Invocation("ingest", units=5, wall_s=0.15)]
+    records[0].aws_calls["dynamodb.PutItem"] = 10
+    profile = bill.profile_invocations(records)["ingest"]
+    assert profile.units == 25
+    assert profile.cold_extra_s == pytest.approx(1.0)  # 1.3 s against 10 x the warm 30 ms per file
+    assert profile.waits_s == pytest.approx(10 * bill.aws_latency_s("dynamodb.PutItem"))
+    warm = (1.75 + profile.waits_s) / 25
+    assert profile.billed_s_per_unit == pytest.approx(warm + 1.0 / bill.INVOCATIONS_PER_COLD_START * 3 / 25)
+
+
+def test_the_stopwatch_keeps_aws_time_apart() -> None:
+    watch = Stopwatch()
+    with mock_aws(), watch.installed():
+        client = boto3.client("s3", region_name=REGION)
+        with watch.invocation("ingest", units=3):
+            client.list_buckets()
+            time.sleep(0.01)
+        client.list_buckets()  # outside an invocation: not counted
+    (record,) = watch.invocations
+    assert record.units == 3 and record.aws_calls == Counter({"s3.ListBuckets": 1})
+    assert 0 < record.aws_s < record.wall_s and record.own_s >= 0.009
