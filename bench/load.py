@@ -421,6 +421,7 @@ def read_logs(logs: Any, since_ms: int) -> dict[str, Any]:
     billed: Counter[str] = Counter()
     cold: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    series: set[str] = set()  # EMF metric series: what CloudWatch bills per month
     for function in FUNCTIONS:
         for event in log_events(logs, f"/aws/lambda/healthbook-{STAGE}-{function}", since_ms):
             message = event["message"]
@@ -440,6 +441,7 @@ def read_logs(logs: Any, since_ms: int) -> dict[str, Any]:
                         continue
                     if not isinstance(document, dict) or "_aws" not in document:
                         continue
+                    series |= metering.metric_series(document)
                     for directive in document["_aws"].get("CloudWatchMetrics", []):
                         for metric in directive.get("Metrics", []):
                             value = document.get(metric["Name"])
@@ -457,7 +459,7 @@ def read_logs(logs: Any, since_ms: int) -> dict[str, Any]:
             peak = max(peak, level)
         peaks[function] = peak
     return {"invocations": invocations, "peaks": peaks, "metrics": metrics, "billed": billed, "cold": cold,
-            "errors": errors}
+            "errors": errors, "series": series}
 
 
 REQUEST_LINE = re.compile(r"^(\S+)\s+INFO .*localstack\.request\.(?:aws|internal\.aws)\s*: "
@@ -698,7 +700,6 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     duplicated = in_two_books + stored_beyond + different
 
     logs = read_logs(metering.observer(aws("logs")), run_start_ms)
-    runs, emulator_s, series = metering.function_logs(metering.observer(aws("logs")), STAGE, run_start_ms)
     ok, refused = requests_in_log(args.endpoint, run_start - 1, time.time())
     mine = own.calls
     conflicts = board.read(".conflicts.json")
@@ -786,8 +787,8 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
           f"not in VNeID {missing_in_vneid}; duplicated: visits in two books {in_two_books}, entries stored beyond "
           f"the visits {stored_beyond}, receipts rewritten differently {different}")
     if accepted_n:
-        usage = bill.measure(visits=accepted_n, files=len(uploads), meter=meter, invocations=runs,
-                             emulator_billed_s=emulator_s, custom_metrics=series)
+        usage = bill.measure(visits=accepted_n, files=len(uploads), meter=meter, invocations=logs["invocations"],
+                             emulator_billed_s=dict(logs["billed"]), custom_metrics=len(logs["series"]))
         print("\n".join(bill.render(usage, bill.bill(usage))))
     print(f"lost {lost} duplicated {duplicated}")
 

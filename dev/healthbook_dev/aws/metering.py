@@ -56,15 +56,18 @@ def function_logs(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str], d
                 billed[function] = billed.get(function, 0.0) + seconds(fields, "Billed Duration")
                 continue
             if '"_aws"' in message:
-                series |= _metric_series(message)
+                try:
+                    series |= metric_series(json.loads(message[message.index("{"):]))
+                except ValueError:
+                    continue
     return invocations, billed, len(series)
 
 
-def _metric_series(message: str) -> set[str]:
+def metric_series(document: Any) -> set[str]:
+    """The metric series one EMF document reports: each metric under each of its dimension sets' values."""
     try:
-        document = json.loads(message[message.index("{"):])
         directives = document["_aws"]["CloudWatchMetrics"]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return set()
     found = set()
     for directive in directives:
