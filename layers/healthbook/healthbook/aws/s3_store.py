@@ -1,4 +1,4 @@
-"""The ingest ObjectStore on S3: read an inbox object within a size limit, write receipts, quarantine, tag.
+"""The ingest ObjectStore on S3: read an inbox object within a size limit, write receipts, quarantine.
 
 Encryption is the buckets' default (SSE-KMS), so no call names a key. Errors other than "that object is
 gone" propagate: the handler fails the message and SQS retries it.
@@ -11,7 +11,6 @@ from typing import Any
 from healthbook.aws.settings import error_code
 from healthbook.ingest.model import ObjectGone, ObjectRef, StoredObject
 
-PROCESSED_TAG = {"Key": "processed", "Value": "true"}
 _GONE = {"404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed"}  # 405: the version is a delete marker
 _COPY_OBJECT_LIMIT = 5 * 1024**3  # CopyObject copies up to 5 GiB in one call; beyond, a multipart copy
 
@@ -54,18 +53,8 @@ class S3Store:
         if size > _COPY_OBJECT_LIMIT:
             self._s3.copy(source, self.quarantine_bucket, ref.key)  # boto3's managed multipart copy (no tags)
         else:
-            # No tags: a retried run may find the original already tagged processed=true, which must not
-            # follow the copy (and so the function needs no tagging rights on the quarantine bucket).
+            # No tags: whatever an upload was tagged with stays with the original (and the function needs no
+            # tagging rights on the quarantine bucket).
             self._s3.copy_object(CopySource=source, Bucket=self.quarantine_bucket, Key=ref.key,
                                  MetadataDirective="COPY", TaggingDirective="REPLACE")
         return ref.key
-
-    def mark_processed(self, ref: ObjectRef) -> None:
-        # PutObjectTagging replaces the tag set. Uploads are not expected to carry tags; should facilities
-        # ever tag theirs, merge with GetObjectTagging here.
-        try:
-            self._s3.put_object_tagging(Bucket=ref.bucket, Key=ref.key, **_version(ref),
-                                        Tagging={"TagSet": [PROCESSED_TAG]})
-        except Exception as exc:
-            if error_code(exc) not in _GONE:  # deleted meanwhile: nothing left to expire
-                raise

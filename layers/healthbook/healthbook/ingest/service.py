@@ -81,10 +81,6 @@ class ObjectStore(Protocol):
         """Copy the original to the quarantine bucket (same key); returns the key."""
         ...
 
-    def mark_processed(self, ref: ObjectRef) -> None:
-        """Tag the inbox object processed=true (the bucket's lifecycle rule expires tagged objects)."""
-        ...
-
 
 class RecordsRepository(Protocol):
     def submission_exists(self, submission_id: str) -> bool: ...
@@ -297,12 +293,12 @@ class IngestService:
                 outcome.visits_superseding += 1
             if written is not VisitWrite.LATE:  # PRESENT too: a retry may follow a crash before the start
                 to_deliver.append(stored_visit.ref)
-        # 2. the receipt, for every file; 3. the original of a rejected file; 4. the lifecycle tag.
+        # 2. the receipt, for every file; 3. the original of a rejected file. (No "processed" tag: at $5 per
+        # million files it paid for a lifecycle transition S3 does not make for objects under 128 KB.)
         self._store.put_receipt(location.receipt_key, json.dumps(receipt, ensure_ascii=False, indent=2).encode())
         if status == REJECTED:
             outcome.quarantine_key = self._store.quarantine(ref, stored.size)
-        self._store.mark_processed(ref)
-        # 5. last: the submission item says "done"; until it exists a retry redoes the steps above. The content
+        # 4. last: the submission item says "done"; until it exists a retry redoes the steps above. The content
         # claim taken in _examine is confirmed in the same transaction (or, REJECTED on a retry, released).
         self._records.put_submission(SubmissionRecord(
             submission_id=outcome.submission_id, facility=location.folder, received_at=ref.received_at,
