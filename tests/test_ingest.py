@@ -37,7 +37,7 @@ from healthbook.ingest.model import (
     status_shard,
     version_key,
 )
-from healthbook.ingest.service import IngestService
+from healthbook.ingest.service import Examined, IngestService
 from healthbook.signing.receipt import verify_receipt
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import LocalKeySigner
@@ -297,6 +297,106 @@ def test_a_failed_delivery_start_loses_nothing(pki: dict[str, Path], platform: L
     assert outcome.submission_id in records.submissions  # the file is done; its receipt stands
 
 
+class CountingSigner:
+    """The platform key, counting its signatures."""
+
+    def __init__(self, inner: LocalKeySigner) -> None:
+        self.inner, self.calls = inner, 0
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    @property
+    def algorithm(self) -> str:
+        return self.inner.algorithm
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        self.calls += 1
+        return self.inner.sign_digest(digest)
+
+    def public_key_pem(self) -> bytes:
+        return self.inner.public_key_pem()
+
+
+@dataclass
+class FailingStore(FakeStore):
+    """Writing the receipts named in ``broken`` fails (S3 trouble): the object's record raises."""
+
+    broken: set[str] = field(default_factory=set)
+
+    def put_receipt(self, key: str, body: bytes) -> None:
+        if key in self.broken:
+            raise ConnectionError("S3 unreachable")
+        super().put_receipt(key, body)
+
+
+def test_the_service_signs_a_window_once(pki: dict[str, Path], platform: LocalKeySigner) -> None:
+    """examine every object, ONE signature for every receipt among them, record each: a vanished object, a
+    folder placeholder and a duplicate get no receipt and take no leaf."""
+    counting = CountingSigner(platform)
+    store, records = FakeStore(), FakeRecords()
+    service = IngestService(store=store, records=records,
+                            registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
+                            anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=counting,
+                            pepper=PEPPER.encode())
+    for n in range(4):
+        store.objects[f"inbox/01001/w{n}.xml"] = signed(pki, a_visit(90 + n))
+    store.objects["inbox/01001/w4.xml"] = b"not xml"
+    assert service.ingest(ref("inbox/01001/w0.xml")).status == "ACCEPTED" and counting.calls == 1  # alone
+    keys = [*(f"inbox/01001/w{n}.xml" for n in range(5)), "elsewhere/w.xml", "inbox/01001/gone.xml",
+            "inbox/01001/2026/"]
+    window = [service.examine(ref(key)) for key in keys]
+    assert all(isinstance(e, Examined) for e in window) and counting.calls == 1 and store.receipts == {
+        "receipts/01001/w0.xml.receipt.json": store.receipts["receipts/01001/w0.xml.receipt.json"]}
+    assert [e.outcome.status for e in window if e.body is None] == ["DUPLICATE", "GONE", "SKIPPED"]
+    with pytest.raises(ValueError, match="not signed"):
+        service.record(window[1])
+    assert service.sign(window) == 5 and counting.calls == 2  # w1..w4 and the I502: one signature
+    outcomes = [service.record(e) for e in window]
+    assert [o.status for o in outcomes] == ["DUPLICATE", "ACCEPTED", "ACCEPTED", "ACCEPTED", "REJECTED",
+                                            "REJECTED", "GONE", "SKIPPED"]
+    receipts = [json.loads(store.receipts[o.receipt_key or ""]) for o in outcomes[1:6]]
+    assert all(verify_receipt(r, platform.public_key_pem()) == [] for r in receipts)
+    assert [r["platform_signature"]["batch"]["leaf_index"] for r in receipts] == [0, 1, 2, 3, 4]
+    assert {r["platform_signature"]["batch"]["leaves"] for r in receipts} == {5}
+    assert service.sign([window[0], window[6], window[7]]) == 0 and counting.calls == 2  # nothing to sign
+
+
+def test_a_failing_record_leaves_its_window_valid_and_its_retry_converges(pki: dict[str, Path],
+                                                                          platform: LocalKeySigner) -> None:
+    counting = CountingSigner(platform)
+    store, records = FailingStore(broken={"receipts/01001/m1.xml.receipt.json"}), FakeRecords()
+    service = IngestService(store=store, records=records,
+                            registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
+                            anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=counting,
+                            pepper=PEPPER.encode())
+    for n in range(3):
+        store.objects[f"inbox/01001/m{n}.xml"] = signed(pki, a_visit(95 + n))
+    window = [service.examine(ref(f"inbox/01001/m{n}.xml")) for n in range(3)]
+    service.sign(window)
+    done = []
+    for examined in window:
+        try:
+            done.append(service.record(examined).status)
+        except ConnectionError:
+            done.append("FAILED")
+    assert done == ["ACCEPTED", "FAILED", "ACCEPTED"] and counting.calls == 1
+    for n in (0, 2):
+        receipt = json.loads(store.receipts[f"receipts/01001/m{n}.xml.receipt.json"])
+        assert verify_receipt(receipt, platform.public_key_pem()) == []
+        assert receipt["platform_signature"]["batch"]["leaves"] == 3
+    assert len(records.submissions) == 2 and len(records.claims) == 3  # the middle one's claim: still pending
+    store.broken.clear()
+    again = service.ingest(ref("inbox/01001/m1.xml"))  # SQS redelivers it: a window of its own
+    assert (again.status, again.visits_stored) == ("ACCEPTED", 0)  # its visit was stored before the failure
+    receipt = json.loads(store.receipts["receipts/01001/m1.xml.receipt.json"])
+    assert verify_receipt(receipt, platform.public_key_pem()) == [] and counting.calls == 2
+    assert receipt["platform_signature"]["batch"]["leaves"] == 1
+    assert len(records.submissions) == 3 and all(c.confirmed for c in records.claims.values())
+    assert service.ingest(ref("inbox/01001/m1.xml")).status == "DUPLICATE" and counting.calls == 2
+
+
 def test_a_replay_racing_its_original_waits_for_it(pki: dict[str, Path], platform: LocalKeySigner) -> None:
     """The same bytes as content another submission has claimed but not confirmed (in progress, or failing and
     retried): the message fails and is retried, nothing written; once the claim is confirmed, I503."""
@@ -306,8 +406,9 @@ def test_a_replay_racing_its_original_waits_for_it(pki: dict[str, Path], platfor
     sha = hashlib.sha256(data).hexdigest()
     other = ContentClaim("01001", sha, "f" * 64, "2026-11-22T02:59:00Z", "receipts/01001/first.xml.receipt.json")
     records.claims[other.key] = other
-    with pytest.raises(ContentClaimPending, match="f" * 64):
+    with pytest.raises(ContentClaimPending, match="f" * 64) as pending:
         service.ingest(ref("inbox/01001/copy.xml"))
+    assert pending.value.holder == "f" * 64  # so that a batch holding the original can retry the copy after it
     assert (store.receipts, store.quarantined, records.submissions, records.versions) == ({}, [], {}, {})
     records.claims[other.key] = dataclasses.replace(other, confirmed=True)
     outcome = service.ingest(ref("inbox/01001/copy.xml"))
@@ -1045,41 +1146,215 @@ def test_per_family_counts_are_one_document_per_metric_and_family_per_batch(
     assert _families(capsys.readouterr().out) == []  # nothing rejected this time, no family document
 
 
-def test_transient_failure_fails_only_its_message(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from botocore.exceptions import ClientError
+class CountingKms:
+    """The KMS client of the ingest function, counting its Sign calls and failing those it is told to."""
+
+    def __init__(self, inner: Any, fail: list[int]) -> None:
+        self._inner, self._fail, self.signed = inner, fail, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def sign(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        self.signed += 1
+        if self.signed in self._fail:  # after botocore's own retries have given up
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "Sign")
+        return self._inner.sign(**kwargs)
+
+
+@pytest.fixture
+def kms_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[..., CountingKms]:
+    """Install a counting KMS client in the ingest runtime (``fail``: which Sign calls, from 1, throttle)."""
     from healthbook.aws import ingest_runtime
 
     real_client: Callable[[str], Any] = ingest_runtime.client
-    throttled: list[int] = []
 
-    class FlakyKms:
-        """KMS that throttles the first Sign (after botocore's own retries have given up)."""
+    def install(fail: tuple[int, ...] = ()) -> CountingKms:
+        counting = CountingKms(real_client("kms"), list(fail))
+        monkeypatch.setattr(ingest_runtime, "client",
+                            lambda service: counting if service == "kms" else real_client(service))
+        return counting
 
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
+    return install
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
 
-        def sign(self, **kwargs: Any) -> Any:
-            if not throttled:
-                throttled.append(1)
-                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "Sign")
-            return self._inner.sign(**kwargs)
-
-    monkeypatch.setattr(ingest_runtime, "client", lambda service: FlakyKms(real_client(service)) if service == "kms"
-                        else real_client(service))
+def test_a_failed_signature_fails_its_window_and_the_retry_converges(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], kms_calls: Callable[..., CountingKms]) -> None:
+    """One Sign for the window: KMS throttling it (after botocore's retries) fails every message of the window,
+    with nothing written but the content claims (taken again by the retry); SQS redelivers, and all converge."""
+    kms = kms_calls(fail=(1,))
     records = []
     for n in (1, 2):
         key = f"inbox/01001/batch-{n}.xml"
         data = signed(pki, a_visit(20 + n))
         records.append(message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data)))
-    assert invoke(app, *records) == ["m-1"]
-    assert len(submissions(aws)) == 1
-    # SQS redelivers m-1: the failed attempt left no idempotency record behind, so it runs and succeeds.
-    assert invoke(app, records[0]) == []
+    assert invoke(app, *records) == ["m-1", "m-2"] and kms.signed == 1
+    assert submissions(aws) == [] and scan(aws, "IDEMPOTENCY_TABLE") == []  # no record left behind: it runs again
+    assert "Contents" not in aws.s3.list_objects_v2(Bucket=RECEIPTS)
+    assert {c["claim_state"] for c in claims(aws).values()} == {"PENDING"}
+    # SQS redelivers both: the same window again, signed once.
+    assert invoke(app, *records) == [] and kms.signed == 2
     assert len(submissions(aws)) == 2 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 2
+    assert {c["claim_state"] for c in claims(aws).values()} == {"CONFIRMED"}
+    receipts = [receipt_at(aws, f"receipts/01001/batch-{n}.xml.receipt.json") for n in (1, 2)]
+    assert all(verify_receipt(r, aws.public) == [] and r["accepted"] for r in receipts)
+    assert [r["platform_signature"]["batch"]["leaf_index"] for r in receipts] == [0, 1]
+
+
+def _emf(printed: str) -> dict[str, list[Any]]:
+    """Every metric value printed as EMF (documents without dimensions beyond the service), by name."""
+    values: dict[str, list[Any]] = {}
+    for line in printed.splitlines():
+        if not line.startswith("{") or "_aws" not in line:
+            continue
+        blob = json.loads(line)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                value = blob[metric["Name"]]
+                values.setdefault(metric["Name"], []).extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def test_a_batch_of_files_costs_one_signature(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
+                                              kms_calls: Callable[..., CountingKms],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A full batch: ten files (accepted, kept out, not XML, too far from a facility folder) and a test event,
+    one KMS Sign; every receipt verifies alone with the public key, each with its own path to the same root."""
+    kms = kms_calls()
+    batch, keys = [], []
+    for n in range(10):
+        visit = a_visit(60 + n)
+        if n == 3:
+            visit.tables["XML1"][0]["HO_TEN"] = ""  # kept out: H601
+        key = "elsewhere/x.xml" if n == 7 else f"inbox/01001/window-{n}.xml"
+        data = b"not xml" if n == 5 else signed(pki, visit)
+        keys.append(key)
+        batch.append(message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data)))
+    test_event = json.loads((EVENTS / "sqs_s3_test_event.json").read_text())["Records"][0]
+    logs = io.StringIO()
+    handler = app.logger.registered_handler
+    previous = handler.setStream(logs)
+    capsys.readouterr()
+    try:
+        assert invoke(app, *batch[:4], test_event, *batch[4:]) == []
+    finally:
+        handler.setStream(previous)
+    assert kms.signed == 1
+    receipts = [receipt_at(aws, locate(key).receipt_key) for key in keys]
+    assert all(verify_receipt(r, aws.public) == [] for r in receipts)
+    batches = [r["platform_signature"]["batch"] for r in receipts]
+    assert {b["root"] for b in batches} == {batches[0]["root"]} and {b["leaves"] for b in batches} == {10}
+    assert [b["leaf_index"] for b in batches] == list(range(10))  # in batch order
+    assert len({r["platform_signature"]["value"] for r in receipts}) == 1
+    assert [r["accepted"] for r in receipts].count(True) == 7 and len(submissions(aws)) == 10
+    metrics = _emf(capsys.readouterr().out)
+    assert metrics["ReceiptSignatures"] == [1] and metrics["ReceiptsSigned"] == [10]
+    assert metrics["MessagesReceived"] == [11] and metrics["MessagesFailed"] == [0]
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    (signing,) = [line for line in lines if line["message"] == "receipts signed"]
+    assert signing["receipts"] == 10 and signing["signing_ms"] >= 0
+    objects = [line for line in lines if line["message"].startswith("object ")]
+    assert len(objects) == 10 and {line["receipts_per_signature"] for line in objects} == {10}
+    assert all({"sqs_message_id", "submission_id", "s3_key", "facility"} <= set(line) for line in objects)
+
+
+def test_a_failing_record_in_the_middle_leaves_the_others_receipted(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], kms_calls: Callable[..., CountingKms],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window is signed; then writing the second file's receipt fails: its message alone fails, the others
+    are recorded with their receipts (valid, from the window of three); the retry signs that file's receipt again
+    in its own window and converges to one of everything."""
+    from botocore.exceptions import ClientError
+    from healthbook.aws.s3_store import S3Store
+
+    kms = kms_calls()
+    real_put = S3Store.put_receipt
+    broken = ["receipts/01001/middle-1.xml.receipt.json"]
+
+    def put_receipt(self: S3Store, key: str, body: bytes) -> None:
+        if key in broken:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}},
+                              "PutObject")
+        real_put(self, key, body)
+
+    monkeypatch.setattr(S3Store, "put_receipt", put_receipt)
+    batch = []
+    for n in range(3):
+        key, data = f"inbox/01001/middle-{n}.xml", signed(pki, a_visit(70 + n))
+        batch.append(message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data)))
+    assert invoke(app, *batch) == ["m-1"] and kms.signed == 1
+    for n in (0, 2):
+        receipt = receipt_at(aws, f"receipts/01001/middle-{n}.xml.receipt.json")
+        assert verify_receipt(receipt, aws.public) == [] and receipt["platform_signature"]["batch"]["leaves"] == 3
+    assert sorted(s["object_key"] for s in submissions(aws)) == ["inbox/01001/middle-0.xml",
+                                                                "inbox/01001/middle-2.xml"]
+    assert len(scan(aws, "IDEMPOTENCY_TABLE")) == 2  # the failed object's record was released
+    stored = len(visit_items(aws))  # the middle file's visit was stored before its receipt failed: kept, not redone
+    broken.clear()
+    assert invoke(app, batch[1]) == [] and kms.signed == 2
+    receipt = receipt_at(aws, "receipts/01001/middle-1.xml.receipt.json")
+    assert verify_receipt(receipt, aws.public) == [] and receipt["accepted"]
+    assert receipt["platform_signature"]["batch"]["leaves"] == 1
+    assert len(submissions(aws)) == 3 and len(visit_items(aws)) == stored
+    assert invoke(app, *batch) == [] and kms.signed == 2  # all done: answered from the idempotency table
+    assert len(submissions(aws)) == 3
+
+
+def test_an_object_another_invocation_is_ingesting_fails_its_message_alone(aws: SimpleNamespace, app: ModuleType,
+                                                                          pki: dict[str, Path]) -> None:
+    """The idempotency record is held from examining to recording: a concurrent run of the same object meets it
+    in progress and fails its message (SQS retries it); once the other run gives up, the retry runs."""
+    from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
+    from healthbook.aws.ingest_runtime import created_object
+
+    key, data = "inbox/01001/busy.xml", signed(pki, a_visit(83))
+    busy = message(key, upload(aws, key, data), message_id="m-busy", size=len(data))
+    free_key, free = "inbox/01001/free.xml", signed(pki, a_visit(84))
+    other = message(free_key, upload(aws, free_key, free), message_id="m-free", size=len(free))
+    payload = created_object(S3EventRecord(json.loads(busy["body"])["Records"][0]), INBOX)
+    assert payload is not None
+    runtime = app.runtime()
+    runtime.idempotency.register_lambda_context(LambdaContext())
+    idempotency = runtime.wiring().idempotency
+    assert idempotency.begin(payload)  # another invocation holds it
+    assert invoke(app, busy, other) == ["m-busy"]
+    assert [s["object_key"] for s in submissions(aws)] == [free_key]
+    idempotency.release(payload, RuntimeError("that invocation failed"))
+    assert invoke(app, busy) == [] and len(submissions(aws)) == 2
+    assert [r["status"] for r in scan(aws, "IDEMPOTENCY_TABLE")] == ["COMPLETED", "COMPLETED"]
+
+
+def test_the_same_object_twice_in_a_batch_is_done_once(aws: SimpleNamespace, app: ModuleType,
+                                                       pki: dict[str, Path], kms_calls: Callable[..., CountingKms],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """S3 and SQS may deliver one event twice, even within one batch: the second waits for the first (a second
+    window), is answered from the idempotency table and fails nothing, as it would in the next invocation."""
+    kms = kms_calls()
+    key, data = "inbox/01001/twice-in-a-batch.xml", signed(pki, a_visit(80))
+    first = message(key, upload(aws, key, data), message_id="m-1", size=len(data))
+    other_key, other = "inbox/01001/other.xml", signed(pki, a_visit(81))
+    second = message(other_key, upload(aws, other_key, other), message_id="m-2", size=len(other))
+    capsys.readouterr()
+    assert invoke(app, first, second, dict(first, messageId="m-3")) == [] and kms.signed == 1
+    assert len(submissions(aws)) == 2 and _emf(capsys.readouterr().out)["FilesDuplicate"] == [1]
+
+
+def test_an_identical_copy_in_the_same_batch_waits_for_its_original(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], kms_calls: Callable[..., CountingKms]) -> None:
+    """Two uploads of the same bytes in one batch: the second waits for the first to finish (a second window)
+    and gets I503, instead of failing its message and waiting out the visibility timeout."""
+    kms = kms_calls()
+    data = signed(pki, a_visit(82))
+    batch = [message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data))
+             for n, key in enumerate(("inbox/01001/original.xml", "inbox/01001/copy.xml"))]
+    assert invoke(app, *batch) == [] and kms.signed == 2
+    original = receipt_at(aws, "receipts/01001/original.xml.receipt.json")
+    copied = receipt_at(aws, "receipts/01001/copy.xml.receipt.json")
+    assert original["accepted"] and [e["code"] for e in copied["errors"]] == ["I503"]
+    assert all(verify_receipt(r, aws.public) == [] for r in (original, copied))
+    assert sorted(s["status"] for s in submissions(aws)) == ["ACCEPTED", "REJECTED"]
 
 
 def test_logs_and_metrics_carry_no_personal_data(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],

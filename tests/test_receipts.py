@@ -30,9 +30,12 @@ from healthbook.signing.merkle import (
 )
 from healthbook.signing.receipt import (
     SIGNED,
+    SIGNED_V2,
     build_receipt,
     compare_with_submission,
+    receipt_body,
     render_receipt,
+    sign_receipts,
     signed_bytes,
     signed_digest,
     verify_receipt,
@@ -114,6 +117,22 @@ def fresh(receipt: dict[str, Any]) -> dict[str, Any]:
     """As stored and read back: a JSON round trip, which also gives tests a copy they may change."""
     loaded: dict[str, Any] = json.loads(json.dumps(receipt, ensure_ascii=False))
     return loaded
+
+
+def resign(receipt: dict[str, Any], signer: LocalKeySigner) -> dict[str, Any]:
+    """A (changed) version 3 receipt signed again, alone: what a forger holding the key could make."""
+    (signed,) = sign_receipts([{k: v for k, v in receipt.items() if k != "platform_signature"}], signer)
+    return signed
+
+
+def as_version_2(receipt: dict[str, Any], signer: LocalKeySigner) -> dict[str, Any]:
+    """A receipt as version 2 issued it: the signature over the receipt's own digest, no batch."""
+    old = fresh(receipt)
+    old["receipt_version"] = "2"
+    old["platform_signature"] = {k: v for k, v in old["platform_signature"].items() if k not in ("batch", "value")}
+    old["platform_signature"]["signed"] = SIGNED_V2
+    old["platform_signature"]["value"] = base64.b64encode(signer.sign_digest(signed_digest(old))).decode()
+    return old
 
 
 # --- Merkle ---------------------------------------------------------------------------------------------
@@ -432,7 +451,7 @@ def test_core_does_not_import_boto3() -> None:
 def test_receipt_for_a_partly_accepted_file(receipt: dict[str, Any], signer: LocalKeySigner,
                                             mixed: tuple[list[Visit], bytes, FileResult]) -> None:
     visits, _, result = mixed
-    assert receipt["receipt_version"] == "2"
+    assert receipt["receipt_version"] == "3"
     assert (receipt["submission_id"], receipt["facility"], receipt["object_key"]) == (
         "sub-1", FACILITY[0], "inbox/79001/mixed.xml")
     assert receipt["received_at"] == "2025-03-01T01:30:05Z"
@@ -462,20 +481,27 @@ def test_receipt_for_a_partly_accepted_file(receipt: dict[str, Any], signer: Loc
     signature = receipt["platform_signature"]
     assert (signature["key_id"], signature["algorithm"], signature["signed"]) == (
         signer.key_id, "ECDSA_SHA_256", SIGNED)
+    # signed alone: a window of one receipt, whose root is its leaf hash
+    assert signature["batch"] == {"root": leaf_hash(signed_digest(receipt)).hex(), "leaves": 1, "leaf_index": 0,
+                                  "proof": []}
     assert verify_receipt(receipt, signer.public_key_pem()) == []
     assert verify_receipt(fresh(receipt), signer.public_key_pem()) == []
     assert compare_with_submission(fresh(receipt), result) == []
 
 
 def test_signed_bytes_are_documented_form(receipt: dict[str, Any], signer: LocalKeySigner) -> None:
-    """The recipe of docs/receipt.md, done by hand with hashlib and cryptography only."""
+    """The recipe of docs/receipt.md, done by hand with hashlib and cryptography only: the receipt's digest
+    (without the signature's value and batch), its leaf hash (a window of one: the root), the signature over it."""
     body = {k: v for k, v in receipt.items() if k != "platform_signature"}
-    body["platform_signature"] = {k: v for k, v in receipt["platform_signature"].items() if k != "value"}
+    body["platform_signature"] = {k: v for k, v in receipt["platform_signature"].items()
+                                  if k not in ("value", "batch")}
     data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert data == signed_bytes(receipt)
+    root = hashlib.sha256(b"\x00" + hashlib.sha256(data).digest()).digest()
+    assert root.hex() == receipt["platform_signature"]["batch"]["root"]
     key = serialization.load_pem_public_key(signer.public_key_pem())
     assert isinstance(key, ec.EllipticCurvePublicKey)
-    key.verify(base64.b64decode(receipt["platform_signature"]["value"]), data, ec.ECDSA(hashes.SHA256()))
+    key.verify(base64.b64decode(receipt["platform_signature"]["value"]), root, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -520,7 +546,17 @@ TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
     "key_id": _set("platform_signature.key_id", "arn:aws:kms:ap-southeast-1:111122223333:key/x"),
     "signature": _flip_signature,
     "visit order": _swap_visits,
+    "version": _set("receipt_version", "2"),
+    "scope": _set("platform_signature.signed", SIGNED_V2),
+    "batch root": _set("platform_signature.batch.root", "ab" * 32),
+    "batch leaves": _set("platform_signature.batch.leaves", 2),
+    "batch leaf_index": _set("platform_signature.batch.leaf_index", 1),
+    "batch proof": _set("platform_signature.batch.proof", [["R", "cd" * 32]]),
+    "batch dropped": _set("platform_signature.batch", None),
 }
+# Outside what the signature covers: the batch (checked against the digest and the signature instead), and
+# what makes the signature unreadable.
+BATCH_TAMPERING = ("batch root", "batch leaves", "batch leaf_index", "batch dropped")
 
 
 @pytest.mark.parametrize("name", TAMPERING)
@@ -529,7 +565,9 @@ def test_tampering_is_detected(name: str, receipt: dict[str, Any], signer: Local
     TAMPERING[name](changed)
     problems = verify_receipt(changed, signer.public_key_pem())
     assert problems, name
-    if name not in ("algorithm",):
+    if name in BATCH_TAMPERING:
+        assert all("platform_signature.batch" in p for p in problems), problems
+    elif name not in ("algorithm", "scope", "version"):  # refused for the scope they name
         assert any("signature does not verify" in p for p in problems), problems
 
 
@@ -537,14 +575,14 @@ def test_wrong_key_and_unknown_version(receipt: dict[str, Any]) -> None:
     other = LocalKeySigner(ec_key())
     problems = verify_receipt(fresh(receipt), other.public_key_pem())
     assert any("names key" in p for p in problems) and any("does not verify" in p for p in problems)
-    assert verify_receipt({**fresh(receipt), "receipt_version": "3"}, other.public_key_pem()) == [
-        "unknown receipt version '3' (this tool reads versions 1, 2)"]
+    assert verify_receipt({**fresh(receipt), "receipt_version": "4"}, other.public_key_pem()) == [
+        "unknown receipt version '4' (this tool reads versions 1, 2, 3)"]
     assert verify_receipt([], other.public_key_pem()) == ["a receipt must be a JSON object"]  # type: ignore[arg-type]
 
 
 def test_version_1_receipts_still_verify(receipt: dict[str, Any], signer: LocalKeySigner) -> None:
     """Receipts issued before findings were split off (version 1: errors and warnings) stay verifiable."""
-    old = fresh(receipt)
+    old = as_version_2(receipt, signer)
     old["receipt_version"] = "1"
     for key in ("rejected", "visits_not_admitted", "findings_total"):
         del old[key]
@@ -557,11 +595,10 @@ def test_version_1_receipts_still_verify(receipt: dict[str, Any], signer: LocalK
 
 def test_version_2_counts_are_checked(receipt: dict[str, Any], signer: LocalKeySigner) -> None:
     for key, value in (("rejected", True), ("visits_not_admitted", 0), ("findings_total", 7)):
-        forged = {**fresh(receipt), key: value}
-        forged["platform_signature"]["value"] = base64.b64encode(
-            signer.sign_digest(signed_digest(forged))).decode()
-        problems = verify_receipt(forged, signer.public_key_pem())
-        assert problems and all(key in p for p in problems), (key, problems)
+        for forged in (resign({**fresh(receipt), key: value}, signer),
+                       as_version_2({**fresh(receipt), key: value}, signer)):
+            problems = verify_receipt(forged, signer.public_key_pem())
+            assert problems and all(key in p for p in problems), (key, problems)
 
 
 def test_rsa_signed_receipt(mixed: tuple[list[Visit], bytes, FileResult]) -> None:
@@ -687,11 +724,21 @@ def test_documented_example_verifies() -> None:
     assert verify_receipt(example, public)
 
 
-@pytest.mark.parametrize("kind", ["example", "rsa", "rejected", "tampered"])
+@pytest.mark.parametrize("kind", ["example", "rsa", "rejected", "tampered", "window", "version 2"])
 def test_documented_snippet(kind: str, tmp_path: Path, mixed: tuple[list[Visit], bytes, FileResult]) -> None:
-    """The ~15-line offline verifier in the docs really verifies (and really refuses a forgery)."""
+    """The ~20-line offline verifier in the docs really verifies (and really refuses a forgery), version 3 receipts
+    of any window and the version 2 receipts already issued."""
+    data = Path(__file__).resolve().parent / "data"
     if kind == "example":
         receipt, public = json.loads(doc_block("json")), doc_block("pem").encode()
+    elif kind == "version 2":
+        receipt = json.loads((data / "receipt-v2-example.json").read_text(encoding="utf-8"))
+        public = (data / "receipt-v2-example.pub.pem").read_bytes()
+    elif kind == "window":
+        signer = LocalKeySigner(ec_key())
+        bodies = [receipt_body(result, submission_id=f"s{n}", object_key=f"k{n}", received_at=RECEIVED)
+                  for n, result in enumerate([mixed[2], validate_bytes(b"<x/>"), mixed[2], mixed[2], mixed[2]])]
+        receipt, public = fresh(sign_receipts(bodies, signer)[3]), signer.public_key_pem()
     else:
         signer = LocalKeySigner(rsa_key()) if kind == "rsa" else LocalKeySigner(ec_key())
         result = validate_bytes(b"<x/>") if kind == "rejected" else mixed[2]
@@ -738,7 +785,9 @@ def test_cli_round_trip(files: dict[str, Path], tmp_path: Path, capsys: pytest.C
         "sub-9", "inbox/m.xml", "2025-03-01T01:30:05Z")
 
     assert run("receipt", "verify", str(out), "--public-key", str(files["public"])) == 0
-    assert capsys.readouterr().out.startswith(f"VALID  {out}: submission sub-9, facility 79001, 2/3 visit(s)")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"VALID  {out}: submission sub-9, facility 79001, 2/3 visit(s)")
+    assert "(one signature for a window of 1 receipt(s))" in printed
     assert run("receipt", "verify", str(out), "--public-key", str(files["public"]),
                "--submission", str(files["mixed"])) == 0
     assert "matches the submitted file" in capsys.readouterr().out
@@ -794,7 +843,7 @@ def test_a_receipt_of_the_wrong_shape_is_refused_naming_where(receipt: dict[str,
     """The model checks the shape (a re-signed receipt, so the signature alone does not catch it)."""
     forged = fresh(receipt)
     _set(path, value)(forged)
-    forged["platform_signature"]["value"] = base64.b64encode(signer.sign_digest(signed_digest(forged))).decode()
+    forged = resign(forged, signer)
     problems = verify_receipt(forged, signer.public_key_pem())
     assert problems and all(p.startswith(where) for p in problems), problems
     assert render_receipt(forged).startswith("KHÔNG PHẢI BIÊN NHẬN / NOT A RECEIPT:\n  " + where)

@@ -758,6 +758,7 @@ def test_ingest_function(template: dict[str, Any]) -> None:
     sqs = event["Properties"]
     assert is_arn_of(sqs["Queue"], "IngestQueue")
     assert sqs["BatchSize"] == 10
+    assert sqs["MaximumBatchingWindowInSeconds"] == 5  # batches fill at low rates: one kms:Sign per batch
     assert sqs["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert sqs["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "IngestMaxConcurrency"}
 

@@ -1,10 +1,11 @@
-"""Ingest function: an SQS batch of S3 "object created" notifications, one healthbook ingest run per object.
+"""Ingest function: an SQS batch of S3 "object created" notifications; every object examined, the batch's
+receipts signed with one KMS Sign, every object recorded (docs/ingest.md).
 
-Thin on purpose: this module is the Powertools decoration (batch, logs, metrics, traces) and keeps the
-runtime; healthbook.aws.ingest_runtime parses the messages, wires the service from the environment and logs and
-counts each outcome; healthbook.ingest is the logic. A record whose processing raises (a poison message,
-throttling, KMS or S3 trouble) is reported in batchItemFailures, so SQS retries only that message and, after
-maxReceiveCount, moves it to the DLQ. A defective *file* never raises: it gets a receipt.
+Thin on purpose: this module is the Powertools decoration (logs, metrics, traces), adapts the event and keeps
+the runtime; healthbook.aws.ingest_runtime parses the messages, runs the batch's phases, wires the service from
+the environment and logs and counts each outcome; healthbook.ingest is the logic. A record whose processing
+raises (a poison message, throttling, KMS or S3 trouble) is reported in batchItemFailures, so SQS retries only
+that message and, after maxReceiveCount, moves it to the DLQ. A defective *file* never raises: it gets a receipt.
 
 Logs carry correlation keys only (submission_id, facility, s3_key, SQS message id) and never a name, an ID
 or card number, or the records themselves. docs/ingest.md describes the flow, metrics and operations.
@@ -16,22 +17,21 @@ import gc
 
 gc.disable()  # while the modules load: collecting between them is a tenth of the cold start
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from healthbook.aws.ingest_runtime import IngestRuntime
 from healthbook.aws.observability import PowertoolsMetrics, service
 
+if TYPE_CHECKING:  # the response's type only: the batch utility itself is not used
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+
 SERVICE, NAMESPACE = service("healthbook-ingest")
 logger, tracer = Logger(service=SERVICE), Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
-# Report every failed message rather than raising when the whole batch fails: same retries, cleaner logs.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 _runtime: IngestRuntime | None = None
 gc.freeze()  # what the cold start built lives as long as the process: collections need not walk it
 gc.enable()
@@ -49,17 +49,14 @@ def reset() -> None:
     _runtime = None
 
 
-def record_handler(record: SQSRecord) -> None:
-    runtime().handle(record)
-
-
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    port.count("MessagesReceived", len(event.get("Records") or []))
+    records = [SQSRecord(record) for record in event.get("Records") or []]
+    port.count("MessagesReceived", len(records))
     with runtime().invocation(context):  # the batch's per-family counts are emitted when it ends
-        response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                            context=context)
-    port.count("MessagesFailed", len(response["batchItemFailures"]))
-    return response
+        failed = runtime().handle_batch(records)
+    # Every failed message is reported, even when the whole batch fails (no exception): same retries, cleaner logs.
+    port.count("MessagesFailed", len(failed))
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}

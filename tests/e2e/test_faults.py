@@ -16,8 +16,8 @@ reconciliation, lost and duplicated; lost and duplicated must be 0. The faults m
 switchboard's and the fake's counters), so the test cannot pass vacuously, and the poison message must reach the
 dead-letter queue after maxReceiveCount receives.
 
-The queue's visibility timeout (720 s in template.yaml: 6 x the function's timeout) is lowered to
-SCENARIO_VISIBILITY_S for the scenario and put back afterwards; with 720 s the crashed batch and the poison
+The queue's visibility timeout (725 s in template.yaml: 6 x the function's timeout + the batching window) is lowered to
+SCENARIO_VISIBILITY_S for the scenario and put back afterwards; with 725 s the crashed batch and the poison
 message would come back after 12 and 60 minutes. It must leave the object killed mid-run receives to spare after
 the invocation's own deadline (120 s): until then that object keeps Powertools' INPROGRESS record and its message
 fails (IdempotencyAlreadyInProgressError), and after maxReceiveCount receives it would go to the DLQ.

@@ -1,5 +1,9 @@
 """``healthbook receipt verify|show|make``: check a receipt offline, print it, or make one with a local key.
 
+``verify`` needs only the receipt and the platform's public key, whatever the receipt's version: a version 3
+receipt carries its own path to the root its window's one signature signs (docs/receipt.md). ``make`` signs the
+file's receipt alone (a window of one).
+
 Exit status: 0 valid (verify) / written for an accepted file (make) / shown; 1 invalid receipt, or a receipt
 written for a file that was not wholly accepted; 2 on a usage or I/O error. Errors are handled here rather
 than by cli.main so the commands behave the same however they are wired.
@@ -88,9 +92,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     visits = receipt.get("visits") or []
     matches = ", matches the submitted file" if args.submission else ""
+    batch = receipt["platform_signature"].get("batch")  # version 3: signed once for its window
+    window = f" (one signature for a window of {batch['leaves']} receipt(s))" if isinstance(batch, dict) else ""
     print(f"VALID  {args.receipt}: submission {receipt.get('submission_id')}, facility {receipt.get('facility')}, "
           f"{receipt.get('visits_accepted')}/{len(visits)} visit(s) accepted, signed by "
-          f"{receipt['platform_signature'].get('key_id')}{matches}")
+          f"{receipt['platform_signature'].get('key_id')}{window}{matches}")
     return EXIT_OK
 
 

@@ -1,8 +1,10 @@
-"""One submitted file, end to end and free of AWS: verify the facility's signature, validate, sign, receipt.
+"""One submitted file, end to end and free of AWS: verify the facility's signature, validate, receipt.
 
-The ingest function (issue 4) calls ``process_submission`` with an S3 object's bytes and a KMS signer; the
-``healthbook receipt make`` command calls it with a local key. A facility signature that fails verification
-is a file-level error: nothing in that file is accepted, and the receipt says why.
+``check_submission`` does everything but sign: the ingest function calls it for each file of its SQS batch and
+then signs the whole window's receipts at once (healthbook.signing.receipt.sign_receipts, one KMS Sign).
+``process_submission`` also signs, the file alone (a window of one): ``healthbook receipt make`` calls it with
+a local key. A facility signature that fails verification is a file-level error: nothing in that file is
+accepted, and the receipt says why.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from healthbook.signing.receipt import build_receipt
+from healthbook.signing.receipt import receipt_body, sign_receipts
 from healthbook.signing.signer import Signer
 from healthbook.signing.xmldsig import SignatureCheck, Trust, verify_submission
 from healthbook.validation import FileResult, Options, validate_bytes
 from healthbook.validation.engine import DEFAULT_OPTIONS, identify
 from healthbook.validation.issues import Issue, make_issue
+
+
+@dataclass(frozen=True)
+class Checked:
+    result: FileResult
+    signature: SignatureCheck | None  # None when no trust anchors were configured (development)
+    body: dict[str, Any]  # the receipt, unsigned (healthbook.signing.receipt.receipt_body)
 
 
 @dataclass(frozen=True)
@@ -36,11 +45,12 @@ def receipt_view(check: SignatureCheck) -> dict[str, Any]:
             "form": check.form.to_dict() if check.form is not None else None}
 
 
-def process_submission(data: bytes, *, object_key: str, received_at: datetime, signer: Signer,
-                       trust: Trust | None, submission_id: str | None = None,
-                       options: Options = DEFAULT_OPTIONS, uploaded_by: str | None = None) -> Processed:
-    """``uploaded_by``: the facility whose folder the file arrived in. IAM lets a facility write only to its
-    own folder, so a file whose envelope names another facility is refused whole (I501).
+def check_submission(data: bytes, *, object_key: str, received_at: datetime, trust: Trust | None,
+                     submission_id: str | None = None, options: Options = DEFAULT_OPTIONS,
+                     uploaded_by: str | None = None) -> Checked:
+    """The file checked and its receipt built, not signed. ``uploaded_by``: the facility whose folder the file
+    arrived in. IAM lets a facility write only to its own folder, so a file whose envelope names another facility
+    is refused whole (I501).
 
     The signature is checked first: a file whose signature does not hold (unsigned, forged, an unknown or
     revoked certificate) is refused without reading its visits, so it costs a fraction of a good one; its
@@ -58,10 +68,19 @@ def process_submission(data: bytes, *, object_key: str, received_at: datetime, s
         check.require_facility(result.facility)
         # Only the signature's own findings: parse problems are already among the validator's.
         result.errors.extend(_signature_issues(check))
-    receipt = build_receipt(result, submission_id=submission_id or str(uuid.uuid4()), object_key=object_key,
-                            received_at=received_at, signer=signer,
-                            facility_signature=receipt_view(check) if check is not None else None)
-    return Processed(result=result, signature=check, receipt=receipt)
+    body = receipt_body(result, submission_id=submission_id or str(uuid.uuid4()), object_key=object_key,
+                        received_at=received_at, facility_signature=receipt_view(check) if check is not None else None)
+    return Checked(result=result, signature=check, body=body)
+
+
+def process_submission(data: bytes, *, object_key: str, received_at: datetime, signer: Signer,
+                       trust: Trust | None, submission_id: str | None = None,
+                       options: Options = DEFAULT_OPTIONS, uploaded_by: str | None = None) -> Processed:
+    """``check_submission``, and the receipt signed alone (a window of one)."""
+    checked = check_submission(data, object_key=object_key, received_at=received_at, trust=trust,
+                               submission_id=submission_id, options=options, uploaded_by=uploaded_by)
+    (receipt,) = sign_receipts([checked.body], signer)
+    return Processed(result=checked.result, signature=checked.signature, receipt=receipt)
 
 
 def _signature_issues(check: SignatureCheck) -> list[Issue]:

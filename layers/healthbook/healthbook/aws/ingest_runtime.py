@@ -2,34 +2,45 @@
 
 - the composition root: ``IngestService`` built from ``IngestSettings`` (S3, DynamoDB, the facility registry,
   the CA bundle, the KMS signer, the pepper, the limits, the timing, the delivery starter);
-- Powertools idempotency on the object, ``[bucket, key, version_id || sequencer]``;
-- the SQS message: its body parsed into S3 notifications (Powertools data classes), the S3 test event and
-  non-creation events skipped, anything else that is not an inbox notification refused as a ``PoisonMessage``;
-- the logs and metrics of each outcome, the per-family counts added up over the invocation.
+- the SQS batch, in phases, so that ONE KMS Sign covers every receipt of it (docs/receipt.md): each message
+  parsed into S3 notifications (Powertools data classes; the S3 test event and non-creation events skipped,
+  anything else that is not an inbox notification refused as a ``PoisonMessage``), then every object examined
+  (read, validated, verified, its content claimed), then the window's receipts signed at once, then each object
+  recorded (visits, receipt, quarantine, submission item, delivery);
+- Powertools idempotency on the object, ``[bucket, key, version_id || sequencer]``, held from before an object is
+  examined until it is recorded (``ObjectIdempotency``);
+- the logs and metrics of each outcome and of each signature, the per-family counts added up over the invocation.
 
 Nothing is read at import and nothing before a message needs it (tests set the environment and start moto
 first; a poison message or the S3 test event needs no settings). A defective *file* never raises: it gets a
 receipt. What raises fails its SQS message alone: poison (retrying will not help, the DLQ keeps it) or
-transient (throttling, KMS or S3 trouble: SQS retries it). Logs carry correlation keys only (submission_id,
+transient (throttling, KMS or S3 trouble: SQS retries it). A message that fails before the signature leaves the
+window; a failed signature fails every message of its window. Logs carry correlation keys only (submission_id,
 facility, s3_key, SQS message id), never a name, an ID or card number, or the records themselves.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3Event, S3EventRecord, S3Object
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyKeyError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
 )
 
 from healthbook.aws.delivery import StepFunctionsStarter
@@ -39,8 +50,8 @@ from healthbook.aws.records import DynamoRecords
 from healthbook.aws.runtime_cache import conflict_retry
 from healthbook.aws.s3_store import S3Store
 from healthbook.aws.settings import IngestSettings, client, dynamodb_table, load_pepper, load_trust_anchors
-from healthbook.ingest.model import ObjectRef, Outcome
-from healthbook.ingest.service import IngestService
+from healthbook.ingest.model import ContentClaimPending, ObjectRef, Outcome
+from healthbook.ingest.service import Examined, IngestService
 from healthbook.kernel import Metrics, NoMetrics, SubmissionStatus
 from healthbook.parsing.safe_xml import Limits
 from healthbook.validation import Options
@@ -48,6 +59,7 @@ from healthbook.validation import Options
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Tracer
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -83,13 +95,134 @@ def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> I
         delivery=StepFunctionsStarter(client("stepfunctions"), state_machine_arn=machine) if machine else None)
 
 
+# --- idempotency across the batch's phases --------------------------------------------------------------
+
+class ObjectIdempotency:
+    """Powertools idempotency on one object, held open across the batch's phases: ``begin`` before the object is
+    examined, ``complete`` once it is recorded, ``release`` when its message fails. The same records, keys and
+    rules as Powertools' ``idempotent_function`` (which wraps one call, and so cannot span the window's one
+    signature): an object already done is answered from the table (``response_hook``), one in progress in
+    another invocation fails its message (``IdempotencyAlreadyInProgressError``, SQS retries it later), and a
+    failed attempt leaves no record behind, so its retry runs."""
+
+    ATTEMPTS = 3  # as Powertools: a record that changes between the write and the read is tried again
+
+    def __init__(self, persistence: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+        persistence.configure(config=config, key_prefix=IDEMPOTENCY_PREFIX)
+        self.persistence, self.config = persistence, config
+
+    def begin(self, payload: dict[str, Any]) -> bool:
+        """True: this run holds the object now. False: it was done before (its stored answer went to the
+        response hook, which logs and counts it)."""
+        for _ in range(self.ATTEMPTS):
+            try:
+                self.persistence.save_inprogress(data=payload, remaining_time_in_millis=self._remaining_ms())
+                return True
+            except (IdempotencyKeyError, IdempotencyValidationError):
+                raise
+            except IdempotencyItemAlreadyExistsError as exc:
+                try:
+                    record = exc.old_data_record or self.persistence.get_record(data=payload)
+                except IdempotencyItemNotFoundError:
+                    continue  # deleted between the write and the read: try again
+                except Exception as error:
+                    raise IdempotencyPersistenceLayerError("Failed to get record from idempotency store",
+                                                           error) from error
+                if record is not None and self._settled(record):
+                    return False
+            except Exception as exc:
+                raise IdempotencyPersistenceLayerError("Failed to save in progress record to idempotency store",
+                                                       exc) from exc
+        raise IdempotencyInconsistentStateError("save_inprogress and get_record return inconsistent results.")
+
+    def _settled(self, record: DataRecord) -> bool:
+        """True for a completed object, its stored answer handed to the response hook; raises while another run
+        holds it; False when the record lapsed in between (try again)."""
+        status = record.status
+        if status == "EXPIRED":
+            return False
+        if status == "INPROGRESS":
+            expiry = record.in_progress_expiry_timestamp
+            if expiry is not None and expiry < int(dt.datetime.now().timestamp() * 1000):
+                return False
+            raise IdempotencyAlreadyInProgressError(
+                f"Execution already in progress with idempotency key: {self.persistence.event_key_jmespath}="
+                f"{record.idempotency_key}")
+        if self.config.response_hook is not None:
+            self.config.response_hook(record.response_json_as_dict(), record)
+        return True
+
+    def complete(self, payload: dict[str, Any], response: dict[str, Any]) -> None:
+        try:
+            self.persistence.save_success(data=payload, result=response)
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError("Failed to update record state to success in idempotency store",
+                                                   exc) from exc
+
+    def release(self, payload: dict[str, Any], exception: Exception) -> None:
+        self.persistence.delete_record(data=payload, exception=exception)
+
+    def _remaining_ms(self) -> int | None:
+        context = self.config.lambda_context
+        return context.get_remaining_time_in_millis() if context is not None else None
+
+
 @dataclass(frozen=True)
 class Wiring:
-    """What the first message that needs it builds: the settings, the service, the idempotent ingest."""
+    """What the first message that needs it builds: the settings, the service, the object idempotency."""
 
     settings: IngestSettings
     service: IngestService
-    ingest_object: Callable[..., dict[str, Any]]  # called with s3_object=...; Powertools idempotency around it
+    idempotency: ObjectIdempotency
+
+
+@dataclass
+class _Object:
+    """One object of a message in the current window."""
+
+    payload: dict[str, Any]  # the S3 object as created_object gives it: the idempotency payload
+    ref: ObjectRef
+    held: bool = False  # this run holds its idempotency record (begun, neither completed nor released)
+    examined: Examined | None = None
+    elapsed_ms: float = 0.0  # its own work: examining and recording
+
+
+@dataclass
+class _Message:
+    """One SQS message of the batch: the objects its notifications created, and what became of them."""
+
+    record: SQSRecord
+    index: int  # its place in the batch
+    payloads: list[dict[str, Any]]
+    objects: list[_Object] = field(default_factory=list)
+    failed: bool = False
+    deferred: bool = False  # already sent to a later window once
+
+    @property
+    def message_id(self) -> str:
+        return str(self.record.message_id)
+
+    @property
+    def keys(self) -> set[tuple[str, str, str]]:
+        """The objects' idempotency keys (IDEMPOTENCY_KEY): one window holds each object once."""
+        return {(p["bucket"], p["key"], p["version_id"] or p["sequencer"] or "") for p in self.payloads}
+
+
+def _split_window(messages: Sequence[_Message]) -> tuple[list[_Message], list[_Message]]:
+    """(this window, the rest): every message in order, except one that names an object an earlier message of the
+    window already names (S3 and SQS may deliver an event twice): it waits for the next window, where the
+    object is, typically, already done and answered from the idempotency table."""
+    window: list[_Message] = []
+    later: list[_Message] = []
+    taken: set[tuple[str, str, str]] = set()
+    for message in messages:
+        keys = message.keys
+        if keys & taken:
+            later.append(message)
+        else:
+            window.append(message)
+            taken |= keys
+    return window, later
 
 
 # --- the message ----------------------------------------------------------------------------------------
@@ -131,12 +264,19 @@ def created_object(notification: S3EventRecord, inbox_bucket: str) -> dict[str, 
     return found
 
 
+def object_ref(payload: dict[str, Any]) -> ObjectRef:
+    """The object of a ``created_object`` payload."""
+    return ObjectRef(bucket=payload["bucket"], key=payload["key"], version_id=payload.get("version_id"),
+                     received_at=datetime.fromisoformat(payload["event_time"]), size=payload.get("size"),
+                     sequencer=payload.get("sequencer"))
+
+
 # --- the runtime ----------------------------------------------------------------------------------------
 
 class IngestRuntime:
     """One per process (the function module keeps it; ``reset`` forgets it): the handler's Logger and Tracer,
     the Metrics port, and the wiring, built from ``env`` on first use. ``invocation`` frames one batch;
-    ``handle`` is one SQS message of it."""
+    ``handle_batch`` processes it and names the messages that failed."""
 
     def __init__(self, *, logger: Logger, tracer: Tracer, metrics: Metrics,
                  env: Mapping[str, str] | None = None) -> None:
@@ -154,11 +294,8 @@ class IngestRuntime:
             settings = IngestSettings.from_env(self.env)
             persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table,
                                                    boto3_client=client("dynamodb"))
-            ingest_object = idempotent_function(data_keyword_argument="s3_object", persistence_store=persistence,
-                                                config=self.idempotency,
-                                                key_prefix=IDEMPOTENCY_PREFIX)(self._ingest_object)
             self._wiring = Wiring(settings=settings, service=build_service(settings, self.metrics),
-                                  ingest_object=ingest_object)
+                                  idempotency=ObjectIdempotency(persistence, self.idempotency))
         return self._wiring
 
     @contextmanager
@@ -174,50 +311,168 @@ class IngestRuntime:
             for (name, family), count in sorted(families.items()):
                 self.metrics.count(name, count, ErrorFamily=family)
 
-    def handle(self, record: SQSRecord) -> None:
-        """One SQS message; raises to fail it alone (batchItemFailures)."""
-        key: str | None = None  # the object being processed, for the failure log
+    def handle_batch(self, records: Sequence[SQSRecord]) -> list[str]:
+        """The SQS batch: the ids of the messages that failed (batchItemFailures), in batch order.
+
+        Each window: every object examined, then ONE signature for all the receipts of the window, then every
+        object recorded. Normally the whole batch is one window; a message naming an object an earlier message
+        of the batch names, or holding a file whose identical copy an earlier message of the window is
+        ingesting, goes to the next one (so both end as they would one after the other)."""
+        failed: set[str] = set()
+        pending: list[_Message] = []
+        for index, record in enumerate(records):
+            message = self._parse(record, index)
+            if message is None:
+                failed.add(str(record.message_id))
+            elif message.payloads:
+                pending.append(message)
+        while pending:
+            window, later = _split_window(pending)
+            pending = sorted(later + self._window(window), key=lambda message: message.index)
+            failed.update(message.message_id for message in window if message.failed)
+        return [str(record.message_id) for record in records if str(record.message_id) in failed]
+
+    # --- the phases -------------------------------------------------------------------------------------
+
+    def _parse(self, record: SQSRecord, index: int) -> _Message | None:
+        """The objects a message's notifications created; None (logged) for a message that fails here."""
         with self.logger.append_context_keys(sqs_message_id=record.message_id):
             try:
                 event = s3_event(record)
                 if event is None:
                     self.logger.info("S3 test event skipped")
-                    return
-                wiring = self.wiring()
+                    return _Message(record, index, [])
+                inbox = self.wiring().settings.inbox_bucket
+                payloads = []
                 for notification in event.records:
-                    found = created_object(notification, wiring.settings.inbox_bucket)
+                    found = created_object(notification, inbox)
                     if found is None:
                         self.logger.info("not an object creation; skipped",
                                          extra={"event_name": notification.get("eventName")})
                         continue
-                    key = found["key"]
-                    wiring.ingest_object(s3_object=found)
+                    payloads.append(found)
+                return _Message(record, index, payloads)
             except PoisonMessage as exc:
                 self.logger.error(f"poison message: {exc}")  # our own wording: no body content is quoted
-                raise
-            except Exception:
-                # Transient: this message fails alone and SQS retries it. AWS errors name codes and keys, never
-                # file content.
-                self.logger.exception("processing failed; the message will be retried", extra={"s3_key": key})
-                raise
+            except Exception as exc:
+                self._log_failure(exc, None)
+            return None
 
-    def _ingest_object(self, s3_object: dict[str, Any]) -> dict[str, Any]:
-        ref = ObjectRef(bucket=s3_object["bucket"], key=s3_object["key"], version_id=s3_object.get("version_id"),
-                        received_at=datetime.fromisoformat(s3_object["event_time"]), size=s3_object.get("size"),
-                        sequencer=s3_object.get("sequencer"))
-        location_keys = {"submission_id": ref.submission_id, "s3_key": ref.key}
-        with self.logger.append_context_keys(**location_keys), \
-                self.tracer.provider.in_subsegment("## ingest_object") as segment:
-            started = time.perf_counter()
-            outcome = self.wiring().service.ingest(ref)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            segment.put_annotation("facility", outcome.facility)  # codes only: annotations are searchable
-            segment.put_annotation("status", outcome.status)
-            with self.logger.append_context_keys(facility=outcome.facility):
-                self._observe(outcome, elapsed_ms)
-        return outcome.to_dict()
+    def _window(self, window: list[_Message]) -> list[_Message]:
+        """Examine, sign, record one window; returns the messages deferred to the next window."""
+        wiring = self.wiring()
+        holders: dict[str, _Message] = {}  # submission id -> its message, for the objects of this window
+        deferred = [message for message in window if self._examine(wiring, message, holders)]
+        live = [message for message in window if not message.failed and message not in deferred]
+        covered, signing_ms = 0, 0.0
+        try:
+            examined = [item.examined for message in live for item in message.objects if item.examined is not None]
+            if any(item.body is not None for item in examined):
+                with self.tracer.provider.in_subsegment("## sign_receipts"):
+                    started = time.perf_counter()
+                    covered = wiring.service.sign(examined)
+                    signing_ms = (time.perf_counter() - started) * 1000
+        except Exception as exc:  # one signature for the window: every message with a receipt in it fails
+            for message in live:
+                keys = [item.ref.key for item in message.objects if item.examined and item.examined.body is not None]
+                if keys:
+                    with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
+                        self._fail(wiring, message, exc, keys[0])
+        if covered:
+            # How many receipts one KMS Sign covered (docs/receipt.md): counts only, never a name or a key.
+            self.metrics.count("ReceiptSignatures")
+            self.metrics.count("ReceiptsSigned", covered)
+            self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
+        for message in live:
+            if not message.failed:
+                self._record(wiring, message, covered, signing_ms)
+        return deferred
 
-    def _observe(self, outcome: Outcome, elapsed_ms: float) -> None:
+    def _examine(self, wiring: Wiring, message: _Message, holders: dict[str, _Message]) -> bool:
+        """Phase 1 for one message: each object's idempotency begun and the object examined. A failure fails
+        the message (its objects leave the window); True when the message waits for the next window."""
+        key: str | None = None
+        with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
+            try:
+                for payload in message.payloads:
+                    key = payload["key"]
+                    ref = object_ref(payload)
+                    if not wiring.idempotency.begin(payload):
+                        continue  # done before: answered from the idempotency table (logged and counted there)
+                    item = _Object(payload=payload, ref=ref, held=True)
+                    message.objects.append(item)
+                    holders[ref.submission_id] = message
+                    with self.logger.append_context_keys(submission_id=ref.submission_id, s3_key=ref.key), \
+                            self.tracer.provider.in_subsegment("## examine_object"):
+                        started = time.perf_counter()
+                        item.examined = wiring.service.examine(ref)
+                        item.elapsed_ms += (time.perf_counter() - started) * 1000
+            except ContentClaimPending as exc:
+                holder = holders.get(exc.holder or "")
+                if holder is not None and holder is not message and not holder.failed and not message.deferred:
+                    # An identical copy of a file this window is ingesting: after it (then I503, or processed as
+                    # new should that one fail), rather than failing the message and waiting out the visibility
+                    # timeout.
+                    self._release(wiring, message, exc)
+                    message.objects, message.deferred = [], True
+                    self.logger.info("the same content as another file of this batch; it waits for that one",
+                                     extra={"s3_key": key})
+                    return True
+                self._fail(wiring, message, exc, key)
+            except Exception as exc:
+                self._fail(wiring, message, exc, key)
+        return False
+
+    def _record(self, wiring: Wiring, message: _Message, covered: int, signing_ms: float) -> None:
+        """Phase 3 for one message: each object recorded, observed and its idempotency completed."""
+        key: str | None = None
+        with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
+            try:
+                for item in message.objects:
+                    examined, ref = item.examined, item.ref
+                    key = ref.key
+                    if examined is None:
+                        raise ValueError("an object of the window was not examined")
+                    with self.logger.append_context_keys(submission_id=ref.submission_id, s3_key=ref.key), \
+                            self.tracer.provider.in_subsegment("## ingest_object") as segment:
+                        started = time.perf_counter()
+                        outcome = wiring.service.record(examined)
+                        item.elapsed_ms += (time.perf_counter() - started) * 1000
+                        segment.put_annotation("facility", outcome.facility)  # codes only: annotations are searchable
+                        segment.put_annotation("status", outcome.status)
+                        signed = examined.receipt is not None
+                        with self.logger.append_context_keys(facility=outcome.facility):
+                            self._observe(outcome, item.elapsed_ms + (signing_ms if signed else 0.0),
+                                          covered if signed else 0)
+                    wiring.idempotency.complete(item.payload, outcome.to_dict())
+                    item.held = False
+            except Exception as exc:
+                self._fail(wiring, message, exc, key)
+
+    def _fail(self, wiring: Wiring, message: _Message, exc: Exception, key: str | None) -> None:
+        """The message fails (SQS retries it, then the DLQ): the objects it still holds are released."""
+        message.failed = True
+        self._release(wiring, message, exc)
+        self._log_failure(exc, key)
+
+    def _log_failure(self, exc: Exception, key: str | None) -> None:
+        # Transient: this message fails alone and SQS retries it. AWS errors name codes and keys, never file
+        # content.
+        self.logger.exception("processing failed; the message will be retried", exc_info=exc,
+                              extra={"s3_key": key})
+
+    def _release(self, wiring: Wiring, message: _Message, exc: Exception) -> None:
+        for item in message.objects:
+            if not item.held:
+                continue
+            try:
+                wiring.idempotency.release(item.payload, exc)
+                item.held = False
+            except Exception as error:  # the record then lapses when its in-progress time ends
+                self.logger.warning("idempotency record not released", extra={
+                    "s3_key": item.ref.key, "error": type(error).__name__})
+
+    def _observe(self, outcome: Outcome, elapsed_ms: float, covered: int) -> None:
         families = self._families  # this invocation's, emitted when it ends
         if outcome.processed:
             self.metrics.count("FilesReceived")
@@ -235,12 +490,14 @@ class IngestRuntime:
             self.metrics.count("FilesDuplicate")
         summary = outcome.to_dict()
         summary["processing_ms"] = round(elapsed_ms, 1)
+        if covered:
+            summary["receipts_per_signature"] = covered  # its receipt was signed together with covered - 1 others
         troubled = outcome.status in (SubmissionStatus.REJECTED, SubmissionStatus.GONE)
         level = self.logger.warning if troubled else self.logger.info
         level(f"object {outcome.status.lower()}", extra=summary)
 
     def _replayed(self, response: Any, idempotent_data: DataRecord) -> Any:
-        """Powertools calls this when it answers from the idempotency table instead of running the function."""
+        """Called when an object is answered from the idempotency table instead of being processed again."""
         if isinstance(response, dict):
             self.logger.info("object already ingested; idempotency record replayed",
                              extra={"submission_id": response.get("submission_id"),

@@ -206,7 +206,13 @@ class ContentClaim:
 
 class ContentClaimPending(RuntimeError):
     """The same content is being ingested by another submission whose claim is not confirmed yet (in progress,
-    or failing and retried): this object's message fails and SQS retries it later, when that one has ended."""
+    or failing and retried): this object's message fails and SQS retries it later, when that one has ended.
+    ``holder`` is that submission: when it is in the same batch, the batch runtime retries this object after it
+    instead (docs/ingest.md)."""
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def deadline(received_at: datetime, within: timedelta = DEADLINE) -> str:

@@ -1,12 +1,19 @@
-"""Ingest ONE uploaded object: locate, read, validate-verify-sign (healthbook.pipeline), store, receipt.
+"""Ingest uploaded objects: locate, read, validate-verify (healthbook.pipeline), sign, store, receipt.
+
+Three phases, so that one signature covers a whole window of receipts (the ingest function's SQS batch):
+``examine`` each object (read, validate, verify, settle the content claim; its receipt built, not signed),
+``sign`` the window (one ``Signer.sign_digest`` call for all its receipts, docs/receipt.md), then ``record`` each
+(visits, receipt, quarantine, submission item, delivery). ``ingest`` is the three for one object alone.
 
 Pure orchestration over ports (Protocols) so it runs in unit tests without AWS; healthbook.aws has the
-S3/DynamoDB/KMS adapters and functions/ingest/app.py the Lambda handler. docs/ingest.md tells the story.
+S3/DynamoDB/KMS adapters and the batch runtime, functions/ingest/app.py the Lambda handler. docs/ingest.md tells
+the story.
 
 Failure policy: whatever is wrong with the *file* becomes an issue on its receipt and never raises; whatever
 is wrong with the *platform* (throttling, KMS, 5xx, permissions) raises, so the caller fails only that
 message and SQS retries it. Every write is conditional or idempotent and the submission item, the
-"done" marker, is written last: a retry after a crash anywhere converges to the same items.
+"done" marker, is written last: a retry after a crash anywhere converges to the same items (its receipt is
+signed again, in the window of the retry).
 
 Replays: a file byte-identical to an ACCEPTED or PARTIAL file of the same facility is refused with I503. The
 content claim that decides it is taken after validation and before anything of the file is stored, so of two
@@ -50,18 +57,18 @@ from healthbook.ingest.model import (
     version_key,
 )
 from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc, receipt_status, transaction_of
-from healthbook.pipeline import process_submission, receipt_view
+from healthbook.pipeline import check_submission
 from healthbook.signing.merkle import canonical_visit
-from healthbook.signing.receipt import build_receipt
+from healthbook.signing.receipt import receipt_body, sign_receipts
 from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import Signer
-from healthbook.signing.xmldsig import SignatureCheck, Trust
+from healthbook.signing.xmldsig import Trust
 from healthbook.validation import FileResult, Options, VisitResult
 from healthbook.validation.engine import DEFAULT_OPTIONS
 from healthbook.validation.issues import make_issue
 
-__all__ = ["DeliveryStarter", "IngestService", "ObjectStore", "RecordsRepository", "RegistrySource", "citizen_key",
-           "pack_records"]
+__all__ = ["DeliveryStarter", "Examined", "IngestService", "ObjectStore", "RecordsRepository", "RegistrySource",
+           "citizen_key", "pack_records"]
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +128,30 @@ def _id_number(visit: VisitResult) -> str:
     return rows.raw[0].get("SO_CCCD", "") if rows and rows.raw else ""
 
 
-@dataclass(frozen=True)
-class _Examined:
-    """What reading, validating and signing one object gave, and what its submission does with the content
-    claim: ``confirm`` it (ACCEPTED, PARTIAL) or ``release`` this submission's own (REJECTED on a retry)."""
+@dataclass
+class Examined:
+    """One object after ``IngestService.examine``: its outcome so far and, when it gets a receipt, that receipt
+    unsigned (``body``) until ``IngestService.sign`` signs its window (``receipt``). An object that gets none
+    (a folder placeholder, a duplicate, a vanished object) has its final outcome already and no ``body``.
 
-    result: FileResult
-    receipt: dict[str, Any]
-    stored: StoredObject
-    content_sha256: str | None
+    The rest is what reading and validating gave and what its submission does with the content claim:
+    ``confirm`` it (ACCEPTED, PARTIAL) or ``release`` this submission's own (REJECTED on a retry)."""
+
+    ref: ObjectRef
+    location: Location
+    outcome: Outcome
+    result: FileResult | None = None
+    body: dict[str, Any] | None = None  # the receipt before it is signed
+    receipt: dict[str, Any] | None = None  # signed, by IngestService.sign
+    stored: StoredObject | None = None
+    content_sha256: str | None = None
     confirm: ContentClaim | None = None
     release: ContentClaim | None = None
     replay_of: str | None = None
+
+    @property
+    def submission_id(self) -> str:
+        return self.outcome.submission_id
 
 
 # --- the service ----------------------------------------------------------------------------------------
@@ -182,78 +201,118 @@ class IngestService:
         return registered.province or facility[:2], registered.district or None, registered.commune or None
 
     def ingest(self, ref: ObjectRef) -> Outcome:
+        """One object in a window of its own: examine, sign (one Sign for its receipt alone), record."""
+        examined = self.examine(ref)
+        self.sign([examined])
+        return self.record(examined)
+
+    # --- the three phases -------------------------------------------------------------------------------
+
+    def examine(self, ref: ObjectRef) -> Examined:
+        """Phase 1: read, validate and verify the object and settle its content claim; its receipt is built,
+        not signed. Raises on platform trouble (the object then stays out of the window and its message fails);
+        ContentClaimPending when another submission holding the same content has not finished."""
         location = locate(ref.key)
-        sid = ref.submission_id
-        outcome = Outcome(submission_id=sid, facility=location.folder, object_key=ref.key,
+        outcome = Outcome(submission_id=ref.submission_id, facility=location.folder, object_key=ref.key,
                           status=SubmissionStatus.SKIPPED, receipt_key=location.receipt_key)
+        examined = Examined(ref=ref, location=location, outcome=outcome)
         if ref.key.endswith("/"):
             outcome.receipt_key = None  # a console "folder" placeholder, not a submission
-            return outcome
-        if self._records.submission_exists(sid):
+            return examined
+        if self._records.submission_exists(ref.submission_id):
             outcome.status = SubmissionStatus.DUPLICATE  # the same object version again: its receipt and items stand
-            return outcome
+            return examined
         try:
-            examined = self._examine(ref, location, sid)
+            self._examine(examined)
         except ObjectGone:
             outcome.status, outcome.receipt_key = SubmissionStatus.GONE, None
-            return outcome
-        return self._record(ref, location, examined, outcome)
+        return examined
+
+    def sign(self, window: Sequence[Examined]) -> int:
+        """Phase 2: sign every receipt of the window with ONE ``Signer.sign_digest`` call (none when no object of
+        it gets a receipt); returns how many receipts that signature covers."""
+        pending = [(examined, examined.body) for examined in window if examined.body is not None]
+        receipts = sign_receipts([body for _, body in pending], self._signer)
+        for (examined, _), receipt in zip(pending, receipts, strict=True):
+            examined.receipt = receipt
+        return len(pending)
+
+    def record(self, examined: Examined) -> Outcome:
+        """Phase 3: store what the signed receipt accepts, write the receipt, quarantine, and last the
+        submission item; then start the delivery. An object without a receipt has nothing to record."""
+        if examined.body is None:
+            return examined.outcome
+        if examined.receipt is None:
+            raise ValueError("the receipt of this object is not signed yet: sign its window first")
+        return self._record(examined)
 
     # --- steps ------------------------------------------------------------------------------------------
 
-    def _examine(self, ref: ObjectRef, location: Location, sid: str) -> _Examined:
-        """Validate and sign (the result, the signed receipt, what was read and its SHA-256), and settle the
-        content claim: a replay of content another submission holds is refused here, before anything is
-        stored; an ACCEPTED or PARTIAL file takes the claim before its visits are stored."""
+    def _examine(self, examined: Examined) -> None:
+        """Validate (the result, the unsigned receipt, what was read and its SHA-256), and settle the content
+        claim: a replay of content another submission holds is refused here, before anything is stored; an
+        ACCEPTED or PARTIAL file takes the claim before its visits are stored."""
+        ref, location, sid = examined.ref, examined.location, examined.submission_id
         if location.facility is None:
             detail = ref.key if len(ref.key) <= _MAX_DETAIL else ref.key[:_MAX_DETAIL] + "…"
             result = FileResult(path=ref.key, size=ref.size or 0)
             result.errors.append(make_issue("I502", detail=detail))  # never read: not a facility's folder
-            return _Examined(result, self._receipt(result, ref, sid, None), StoredObject(size=ref.size or 0, data=None),
-                             None)
+            self._refuse(examined, result, StoredObject(size=ref.size or 0, data=None), None)
+            return
         stored = self._store.read(ref, self.max_bytes)
         if stored.data is None:
             result = FileResult(path=ref.key, size=stored.size)
             result.errors.append(make_issue("E002", size=stored.size, limit=self.max_bytes))
-            return _Examined(result, self._receipt(result, ref, sid, None), stored, None)
+            self._refuse(examined, result, stored, None)
+            return
         content_sha256 = hashlib.sha256(stored.data).hexdigest()
         held = self._records.content_claim(location.facility, content_sha256)
         if held is not None and held.submission_id != sid:
-            return self._replay(ref, sid, stored, content_sha256, held)  # not even validated again
+            self._replay(examined, stored, content_sha256, held)  # not even validated again
+            return
         # The folder is the uploader's identity (IAM lets a facility write only inbox/{its code}/).
-        done = process_submission(stored.data, object_key=ref.key, received_at=ref.received_at, signer=self._signer,
-                                  trust=self.trust(), submission_id=sid, options=self._options,
-                                  uploaded_by=location.facility)
-        if receipt_status(done.receipt) == REJECTED:
+        done = check_submission(stored.data, object_key=ref.key, received_at=ref.received_at, trust=self.trust(),
+                                submission_id=sid, options=self._options, uploaded_by=location.facility)
+        examined.result, examined.body, examined.stored = done.result, done.body, stored
+        examined.content_sha256 = content_sha256
+        if receipt_status(done.body) == REJECTED:
             # ``held`` is this submission's own claim only when an earlier attempt accepted the file (a certificate
             # revoked since, say): it goes with this submission item, so that a resubmission is not refused.
-            return _Examined(done.result, done.receipt, stored, content_sha256, release=held)
+            examined.release = held
+            return
         claim = ContentClaim(facility=location.facility, content_sha256=content_sha256, submission_id=sid,
                              received_at=iso_utc(ref.received_at), receipt_key=location.receipt_key)
         holder = self._records.claim_content(claim)
         if holder.submission_id != sid:  # an identical upload took the claim since the check above
-            return self._replay(ref, sid, stored, content_sha256, holder)
-        return _Examined(done.result, done.receipt, stored, content_sha256, confirm=claim)
+            self._replay(examined, stored, content_sha256, holder)
+            return
+        examined.confirm = claim
 
-    def _replay(self, ref: ObjectRef, sid: str, stored: StoredObject, content_sha256: str,
-                holder: ContentClaim) -> _Examined:
+    def _replay(self, examined: Examined, stored: StoredObject, content_sha256: str, holder: ContentClaim) -> None:
         """I503: the same bytes as a file another submission accepted. Until that submission's item confirms its
         claim it may still end otherwise (or be in progress right now), so this message is retried later."""
         if not holder.confirmed:
             raise ContentClaimPending(f"submission {holder.submission_id} holds the same content and has not "
-                                      "finished yet; retrying later")
-        result = FileResult(path=ref.key, size=stored.size)
+                                      "finished yet; retrying later", holder=holder.submission_id)
+        result = FileResult(path=examined.ref.key, size=stored.size)
         result.errors.append(make_issue("I503", received_at=holder.received_at, submission=holder.submission_id))
-        return _Examined(result, self._receipt(result, ref, sid, None), stored, content_sha256,
-                         replay_of=holder.submission_id)
+        self._refuse(examined, result, stored, content_sha256)
+        examined.replay_of = holder.submission_id
 
-    def _receipt(self, result: FileResult, ref: ObjectRef, sid: str,
-                 check: SignatureCheck | None) -> dict[str, Any]:
-        return build_receipt(result, submission_id=sid, object_key=ref.key, received_at=ref.received_at,
-                             signer=self._signer, facility_signature=receipt_view(check) if check is not None else None)
+    def _refuse(self, examined: Examined, result: FileResult, stored: StoredObject,
+                content_sha256: str | None) -> None:
+        """A receipt that refuses the file for what the pipeline found before validating it (I502, E002, I503)."""
+        ref = examined.ref
+        examined.result, examined.stored, examined.content_sha256 = result, stored, content_sha256
+        examined.body = receipt_body(result, submission_id=examined.submission_id, object_key=ref.key,
+                                     received_at=ref.received_at)
+        examined.confirm = examined.release = None
 
-    def _record(self, ref: ObjectRef, location: Location, examined: _Examined, outcome: Outcome) -> Outcome:
+    def _record(self, examined: Examined) -> Outcome:
+        ref, location, outcome = examined.ref, examined.location, examined.outcome
         result, receipt, stored = examined.result, examined.receipt, examined.stored
+        if result is None or receipt is None or stored is None:  # examine() sets them with the body
+            raise ValueError("an object without a result, a signed receipt or what was read has nothing to record")
         entries: list[dict[str, Any]] = receipt["visits"]
         accepted = sum(1 for e in entries if e["accepted"])
         status = receipt_status(receipt)

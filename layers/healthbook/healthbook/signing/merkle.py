@@ -1,4 +1,7 @@
-"""Visit digests and the Merkle tree over a file's accepted visits (RFC 6962 hashing). Pure: no AWS, no I/O.
+"""Visit digests and RFC 6962 Merkle trees. Pure: no AWS, no I/O.
+
+Two trees use it: the one over a file's accepted visits (``merkle`` in a receipt), and the one over a window of
+receipts whose root the platform signs once (``platform_signature.batch``, docs/receipt.md).
 
 A visit's digest is SHA-256 over a canonical JSON of its parsed records. The canonical form includes every
 table the visit submitted, personal data (XML1 name, CCCD, card number...) included: the digest is what
@@ -89,7 +92,23 @@ def root_of(digests: Sequence[bytes]) -> bytes:
     return MerkleTree(digests).root
 
 
-def verify_inclusion(digest: bytes, proof: Sequence[tuple[str, bytes]], root: bytes) -> bool:
+def proof_sides(index: int, size: int) -> list[Side]:
+    """The sides of leaf ``index``'s audit path in a tree of ``size`` leaves, bottom up: the shape every proof of
+    that leaf has (``MerkleTree.proof``), so a proof can be checked against the position it claims."""
+    if not 0 <= index < size:
+        raise IndexError(f"leaf {index} is not in a tree of {size}")
+    sides: list[Side] = []
+    while size > 1:
+        if index % 2:
+            sides.append("L")
+        elif index + 1 < size:
+            sides.append("R")
+        index, size = index // 2, (size + 1) // 2
+    return sides
+
+
+def fold_proof(digest: bytes, proof: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """The root that ``proof`` leads to from the leaf ``digest``; None when a side is neither "L" nor "R"."""
     running = leaf_hash(digest)
     for side, sibling in proof:
         if side == "L":
@@ -97,5 +116,9 @@ def verify_inclusion(digest: bytes, proof: Sequence[tuple[str, bytes]], root: by
         elif side == "R":
             running = node_hash(running, sibling)
         else:
-            return False
-    return running == root
+            return None
+    return running
+
+
+def verify_inclusion(digest: bytes, proof: Sequence[tuple[str, bytes]], root: bytes) -> bool:
+    return fold_proof(digest, proof) == root

@@ -1,9 +1,15 @@
 """Every submitted file gets a receipt signed by the platform; accepted visits are bound to it by a Merkle proof.
 
-The receipt is a JSON object (docs/receipt.md has the schema). Its signature covers the whole receipt except
-the signature value itself, so nothing a facility reads in it (which visits were accepted, why others were
-rejected, for which file and facility, when) can be changed or moved to another file without detection.
-Pure: the signer is injected (a local key, or KMS through healthbook.aws.kms_signer).
+The receipt is a JSON object (docs/receipt.md has the schema). Nothing a facility reads in it (which visits were
+accepted, why others were rejected, for which file and facility, when) can be changed or moved to another file
+without detection. Since version 3 the platform signs once per *window* of receipts (the ingest function's SQS
+batch): each receipt's digest is a leaf of an RFC 6962 tree, the KMS signature is over the tree's root, and each
+receipt carries its own path to that root (``platform_signature.batch``), so it still verifies alone, offline,
+with the public key. Versions 1 and 2 (the signature directly over the receipt's digest) stay verifiable.
+
+Building and signing are apart: ``receipt_body`` is the pure, unsigned receipt of one file; ``sign_receipts``
+signs any number of them with one ``sign_digest`` call; ``build_receipt`` is both for a window of one. The
+signer is injected (a local key, or KMS through healthbook.aws.kms_signer).
 """
 
 from __future__ import annotations
@@ -12,23 +18,34 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 
 from healthbook.kernel import iso_utc, portal_time, transaction_of
-from healthbook.signing.merkle import MerkleTree, canonical_json, verify_inclusion, visit_digest
+from healthbook.signing.merkle import (
+    MerkleTree,
+    canonical_json,
+    fold_proof,
+    proof_sides,
+    verify_inclusion,
+    visit_digest,
+)
 from healthbook.signing.signer import ALGORITHMS, Signer, fingerprint, load_public_key, verify_digest_signature
 from healthbook.validation.issues import Issue
 from healthbook.validation.results import FileResult
 
-RECEIPT_VERSION = "2"  # 2: findings apart from what keeps a visit out (docs/conformance.md)
-READABLE_VERSIONS = ("1", "2")  # receipts already issued stay verifiable
+RECEIPT_VERSION = "3"  # 3: one signature per window of receipts (a Merkle root); 2: findings (docs/conformance.md)
+READABLE_VERSIONS = ("1", "2", "3")  # receipts already issued stay verifiable
 HASH = "sha256"
 SCHEME = "rfc6962"
 # What platform_signature.value signs, stated in the receipt itself so a reader needs no other document.
-SIGNED = "sha256(canonical_json(receipt without platform_signature.value))"
+SIGNED = ("rfc6962 root (platform_signature.batch) over sha256(canonical_json(receipt without "
+          "platform_signature.value and platform_signature.batch))")
+SIGNED_V2 = "sha256(canonical_json(receipt without platform_signature.value))"  # versions 1 and 2
+_UNSIGNED = ("value", "batch")  # what a receipt's digest leaves out of platform_signature
 _ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
@@ -76,15 +93,26 @@ class MerkleSummary(_Part):
     scheme: str
 
 
+class SignatureBatch(_Part):
+    """Version 3: where this receipt sits in the window whose root the platform signed."""
+
+    root: Hex64
+    leaves: int
+    leaf_index: int
+    proof: list[tuple[Literal["L", "R"], Hex64]]
+
+
 class PlatformSignature(_Part):
     key_id: str
     algorithm: str
     signed: str
     value: str | None = None  # base64; absent while the receipt is being signed
+    batch: SignatureBatch | None = None  # version 3
 
 
-class Receipt(_Part):
-    """docs/receipt.md. ``rejected``, ``visits_not_admitted`` and ``findings_total`` are version 2's."""
+class ReceiptBody(_Part):
+    """A receipt before it is signed: everything but ``platform_signature`` (docs/receipt.md).
+    ``rejected``, ``visits_not_admitted`` and ``findings_total`` are version 2's."""
 
     receipt_version: str
     submission_id: str
@@ -103,23 +131,32 @@ class Receipt(_Part):
     visits: list[ReceiptVisit]
     facility_signature: dict[str, Any] | None = None
     merkle: MerkleSummary | None = None
-    platform_signature: PlatformSignature
 
     def document(self) -> dict[str, Any]:
         """The JSON object: every field, nulls included."""
         return self.model_dump(mode="json")
 
 
+class Receipt(ReceiptBody):
+    """A signed receipt, as read back (docs/receipt.md)."""
+
+    platform_signature: PlatformSignature
+
+
 def signed_bytes(receipt: dict[str, Any]) -> bytes:
-    """The exact bytes whose SHA-256 the platform signs."""
+    """The receipt's own bytes: canonical JSON of it without ``platform_signature.value`` and ``.batch``.
+
+    Versions 1 and 2 sign their SHA-256 directly (they have no ``batch``); in version 3 that SHA-256 is the
+    receipt's leaf in its window's tree, whose root is signed."""
     body = {key: value for key, value in receipt.items() if key != "platform_signature"}
     signature = receipt.get("platform_signature")
     if isinstance(signature, dict):
-        body["platform_signature"] = {k: v for k, v in signature.items() if k != "value"}
+        body["platform_signature"] = {k: v for k, v in signature.items() if k not in _UNSIGNED}
     return canonical_json(body)
 
 
 def signed_digest(receipt: dict[str, Any]) -> bytes:
+    """SHA-256 of ``signed_bytes``: what versions 1 and 2 sign, and version 3's leaf digest."""
     return hashlib.sha256(signed_bytes(receipt)).digest()
 
 
@@ -127,9 +164,10 @@ def _issues(issues: list[Issue]) -> list[ReceiptIssue]:
     return [ReceiptIssue.model_validate(issue.to_dict()) for issue in issues]
 
 
-def build_receipt(result: FileResult, *, submission_id: str, object_key: str, received_at: datetime,
-                  signer: Signer, facility_signature: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The signed receipt (its JSON object) for one validated file; every file gets one, however badly it failed.
+def receipt_body(result: FileResult, *, submission_id: str, object_key: str, received_at: datetime,
+                 facility_signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The unsigned receipt (its JSON object, without ``platform_signature``) for one validated file; every file
+    gets one, however badly it failed. Pure: ``sign_receipts`` signs it.
 
     A visit counts as accepted (admitted to the health book) only when none of its issues blocks it and the
     file is not rejected; its ``errors`` say why not, its ``findings`` are reported without blocking it
@@ -150,7 +188,7 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
             entry.digest, entry.leaf_index = digests[leaf].hex(), leaf
             entry.proof = [(side, sibling.hex()) for side, sibling in tree.proof(leaf)]
         visits.append(entry)
-    receipt = Receipt(
+    body = ReceiptBody(
         receipt_version=RECEIPT_VERSION, submission_id=submission_id, facility=result.facility,
         object_key=object_key, transaction_id=transaction_of(object_key), received_at=iso_utc(received_at),
         received_at_portal=portal_time(received_at),
@@ -160,12 +198,46 @@ def build_receipt(result: FileResult, *, submission_id: str, object_key: str, re
         findings_total=sum(len(visit.findings) for visit in visits), errors=_issues(result.errors), visits=visits,
         facility_signature=facility_signature,
         merkle=None if tree is None else MerkleSummary(root=tree.root.hex(), leaves=len(digests), hash=HASH,
-                                                       scheme=SCHEME),
-        platform_signature=PlatformSignature(key_id=signer.key_id, algorithm=signer.algorithm, signed=SIGNED))
-    document = receipt.document()
-    value = signer.sign_digest(signed_digest(document))
-    document["platform_signature"]["value"] = base64.b64encode(value).decode("ascii")
-    return document
+                                                       scheme=SCHEME))
+    return body.document()
+
+
+def sign_receipts(bodies: Sequence[dict[str, Any]], signer: Signer) -> list[dict[str, Any]]:
+    """The signed receipts of a window of unsigned ones (``receipt_body``), in the same order, with ONE
+    ``signer.sign_digest`` call (none for an empty window).
+
+    Each receipt gets ``platform_signature`` = the signer's key and algorithm, ``signed`` (the scope in words),
+    ``value`` (the signature of the window's root, the same in every receipt of the window) and ``batch``:
+    the root, the number of leaves, its leaf index and its audit path. A window of one is a tree of one leaf:
+    root = leaf_hash(its digest), proof []. The inputs are left as they are."""
+    if not bodies:
+        return []
+    stamped: list[dict[str, Any]] = []
+    for body in bodies:
+        if "platform_signature" in body:
+            raise ValueError("sign_receipts takes unsigned receipts (receipt_body), not signed ones")
+        if body.get("receipt_version") != RECEIPT_VERSION:
+            raise ValueError(f"only version {RECEIPT_VERSION} receipts are signed in windows")
+        stamped.append({**body, "platform_signature": {"key_id": signer.key_id, "algorithm": signer.algorithm,
+                                                       "signed": SIGNED}})
+    tree = MerkleTree([signed_digest(receipt) for receipt in stamped])
+    value = base64.b64encode(signer.sign_digest(tree.root)).decode("ascii")
+    for index, receipt in enumerate(stamped):
+        receipt["platform_signature"]["value"] = value
+        receipt["platform_signature"]["batch"] = {
+            "root": tree.root.hex(), "leaves": len(tree), "leaf_index": index,
+            "proof": [[side, sibling.hex()] for side, sibling in tree.proof(index)]}
+    return stamped
+
+
+def build_receipt(result: FileResult, *, submission_id: str, object_key: str, received_at: datetime,
+                  signer: Signer, facility_signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The signed receipt of one file, signed alone (a window of one): for callers that sign one file at a
+    time (``healthbook receipt make``, ``healthbook.pipeline.process_submission``)."""
+    body = receipt_body(result, submission_id=submission_id, object_key=object_key, received_at=received_at,
+                        facility_signature=facility_signature)
+    (receipt,) = sign_receipts([body], signer)
+    return receipt
 
 
 # --- verification ---------------------------------------------------------------------------------------
@@ -182,31 +254,33 @@ def parse_receipt(receipt: object) -> tuple[Receipt | None, list[str]]:
 def verify_receipt(receipt: dict[str, Any], public_key_pem: bytes) -> list[str]:
     """Problems found, in plain English; an empty list means the receipt is genuine and consistent.
 
-    Checks the platform signature first (over the JSON object as received), then everything a signature alone
-    cannot show: the receipt's shape (the model), that each proof leads to the root, that the root is the tree
-    of the listed digests, and that the flags add up.
+    Checks the platform signature first (over the JSON object as received; in version 3 over the root its batch
+    proof leads to from the receipt's digest), then everything a signature alone cannot show: the receipt's shape
+    (the model), that each visit's proof leads to the root, that the root is the tree of the listed digests, and
+    that the flags add up.
     """
     if not isinstance(receipt, dict):
         return ["a receipt must be a JSON object"]
     version = receipt.get("receipt_version")
     if version not in READABLE_VERSIONS:
         return [f"unknown receipt version {version!r} (this tool reads versions {', '.join(READABLE_VERSIONS)})"]
-    problems = _check_signature(receipt, public_key_pem)
+    problems = _check_signature(receipt, public_key_pem, str(version))
     parsed, malformed = parse_receipt(receipt)
     if parsed is None:
         return problems + malformed
     return problems + _check_time(parsed) + _check_visits(parsed)
 
 
-def _check_signature(receipt: dict[str, Any], public_key_pem: bytes) -> list[str]:
+def _check_signature(receipt: dict[str, Any], public_key_pem: bytes, version: str) -> list[str]:
     signature = receipt.get("platform_signature")
     if not isinstance(signature, dict):
         return ["platform_signature is missing"]
     algorithm, signed, key_id = signature.get("algorithm"), signature.get("signed"), signature.get("key_id")
+    expected = SIGNED if version == RECEIPT_VERSION else SIGNED_V2
     if algorithm not in ALGORITHMS:
         return [f"unknown signature algorithm {algorithm!r}"]
-    if signed != SIGNED:
-        return [f"unknown signature scope {signed!r} (expected {SIGNED!r})"]
+    if signed != expected:
+        return [f"unknown signature scope {signed!r} (expected {expected!r})"]
     try:
         value = base64.b64decode(str(signature.get("value", "")), validate=True)
         load_public_key(public_key_pem)
@@ -221,9 +295,44 @@ def _check_signature(receipt: dict[str, Any], public_key_pem: bytes) -> list[str
         digest = signed_digest(receipt)
     except (TypeError, ValueError) as exc:
         return [*problems, f"receipt cannot be put in canonical form: {exc}"]
-    if not verify_digest_signature(public_key_pem, str(algorithm), digest, value):
+    if version == RECEIPT_VERSION:
+        signed_root, trouble = _batch_root(digest, signature.get("batch"))
+        if signed_root is None:
+            return problems + trouble
+        problems += trouble
+    elif "batch" in signature:
+        return [*problems, f"platform_signature.batch has no place in a version {version} receipt"]
+    else:
+        signed_root = digest  # versions 1 and 2: the receipt's digest itself is signed
+    if not verify_digest_signature(public_key_pem, str(algorithm), signed_root, value):
         problems.append("platform signature does not verify: the receipt was changed or signed by another key")
     return problems
+
+
+def _batch_root(digest: bytes, batch: object) -> tuple[bytes | None, list[str]]:
+    """Version 3: the root that the receipt's batch proof leads to from its digest (the signed message), and
+    what is wrong with the batch. The proof must have the shape its ``leaf_index`` in a tree of ``leaves``
+    gives (so that neither can be changed alone), and ``root`` must be where it leads."""
+    if batch is None:
+        return None, ["platform_signature.batch is missing (a version 3 receipt is signed through it)"]
+    try:
+        parsed = SignatureBatch.model_validate(batch)
+    except ValidationError:
+        return None, []  # not checked: the receipt's model names what is wrong with it (parse_receipt)
+    proof = [(side, bytes.fromhex(sibling)) for side, sibling in parsed.proof]
+    problems = []
+    if not 0 <= parsed.leaf_index < parsed.leaves:
+        problems.append(f"platform_signature.batch: leaf {parsed.leaf_index} is not in a window of {parsed.leaves}")
+    elif [side for side, _ in proof] != proof_sides(parsed.leaf_index, parsed.leaves):
+        problems.append(f"platform_signature.batch: the proof is not the path of leaf {parsed.leaf_index} in a "
+                        f"window of {parsed.leaves}")
+    root = fold_proof(digest, proof)
+    if root is None:  # pragma: no cover - the model admits only "L" and "R"
+        return None, [*problems, "platform_signature.batch: a proof step is neither L nor R"]
+    if root.hex() != parsed.root:
+        problems.append("platform_signature.batch: the proof does not lead from this receipt to the batch root "
+                        "(the receipt was changed, or the proof is another receipt's)")
+    return root, problems
 
 
 def _check_time(receipt: Receipt) -> list[str]:
@@ -391,6 +500,10 @@ def render_receipt(receipt: dict[str, Any]) -> str:
         lines.append("Gốc Merkle / Merkle root: không có (không hồ sơ nào được tiếp nhận) / none (no visit accepted)")
     signature = parsed.platform_signature
     lines.append(f"Chữ ký của hệ thống / Platform signature: {signature.algorithm}, khóa / key {signature.key_id}")
+    if signature.batch is not None:
+        batch = signature.batch
+        lines.append(f"  ký chung một lô / signed in one batch: biên nhận / receipt {batch.leaf_index + 1}/"
+                     f"{batch.leaves}, gốc / root {batch.root}")
     return "\n".join(lines) + "\n"
 
 
