@@ -40,10 +40,14 @@ def table() -> Any:
             TableName="t", BillingMode="PAY_PER_REQUEST",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                  {"AttributeName": "status", "AttributeType": "S"}],
+                                  {"AttributeName": "status", "AttributeType": "S"},
+                                  {"AttributeName": "kind", "AttributeType": "S"}],
             GlobalSecondaryIndexes=[{"IndexName": "by-status", "KeySchema": [{"AttributeName": "status",
                                                                               "KeyType": "HASH"}],
-                                     "Projection": {"ProjectionType": "ALL"}}])
+                                     "Projection": {"ProjectionType": "ALL"}},
+                                    {"IndexName": "by-kind", "KeySchema": [{"AttributeName": "kind",
+                                                                            "KeyType": "HASH"}],
+                                     "Projection": {"ProjectionType": "KEYS_ONLY"}}])
         from moto.dynamodb.models import dynamodb_backends
 
         yield ddb, dynamodb_backends["123456789012"][REGION]
@@ -68,22 +72,24 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
     counts = metering.Meter()
     meter = metering.CapacityMeter(counts)
     blob = "x" * 1500  # with the names and the key: a 1.5 KB item, 2 write units
-    _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "blob": {"S": blob}}})
-    # not in the index yet (no status): the index costs nothing
+    _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "kind": {"S": "k"},
+                                                                       "blob": {"S": blob}}})
+    # not in by-status yet (no status); in by-kind with its keys only: 1 unit
     assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 2
-    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 0
-    # entering the index: the table's 2 and the index's 2 (the whole item is projected)
+    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 1
+    # entering by-status: the table's 2 and the index's 2 (the whole item is projected); by-kind's entry is
+    # unchanged, so it costs nothing
     _serve(meter, backend, ddb, "UpdateItem", {"TableName": "t", "Key": {"pk": {"S": "a"}},
                                                "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames":
                                                    {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "P"}}})
     row = counts.snapshot()["dynamodb_capacity"][0]
-    assert (row["write_units"], row["index_write_units"]) == (4, 2)
-    # a transaction writes twice; moving the index key is a delete and a put in the index
+    assert (row["write_units"], row["index_write_units"]) == (4, 3)
+    # a transaction writes twice; moving the index key is a delete and a put in the index (2 units each)
     _serve(meter, backend, ddb, "TransactWriteItems", {"TransactItems": [{"Update": {
         "TableName": "t", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET #s = :s",
         "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "D"}}}}]})
     row = counts.snapshot()["dynamodb_capacity"][0]
-    assert (row["write_units"], row["index_write_units"]) == (8, 4)
+    assert (row["write_units"], row["index_write_units"]) == (8, 7)
     # an eventually consistent read of a 1.5 KB item: half a unit; a strong one, a whole unit
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}})
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}, "ConsistentRead": True})
@@ -93,6 +99,7 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
         _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}},
                                                 "ConditionExpression": "attribute_not_exists(pk)"})
     assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 10
+    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 7  # nothing changed in an index
 
 
 def test_requests_are_counted_by_origin() -> None:

@@ -9,10 +9,12 @@ computed from these counts by ``bench/e2e.py`` and ``bench/load.py``.
   not part of the bill) and ``client`` (everything else: the facility's upload, the deploy).
 * **DynamoDB capacity**: the DynamoDB dispatch table (``dynamodb.py``) reports each data-plane request here, with
   moto's backend, before and after moto serves it. Writes: 1 unit per KB of the larger of the item before and after
-  (2 in a transaction, ConditionCheck included), and 1 per KB for each global secondary index whose projection the
-  item enters, leaves or changes in (2 when its index key changes). Reads: 4 KB units, half for an eventually
-  consistent read, 2 in a transaction; a Query or Scan is charged for the items it returned, scaled by
-  ScannedCount/Count when a filter dropped some (an estimate: DynamoDB charges what it read, rounded once).
+  (2 in a transaction, ConditionCheck included), and, for each global secondary index, 1 per KB of the index entry
+  the item enters with, leaves, or changes (a projected attribute; both a delete and a put when an index key
+  moves); nothing when the write leaves the entry as it was (KEYS_ONLY and INCLUDE project part of the item).
+  Reads: 4 KB units, half for an eventually consistent read, 2 in a transaction; a Query or Scan is charged for
+  the items it returned, scaled by ScannedCount/Count when a filter dropped some (an estimate: DynamoDB charges
+  what it read, rounded once).
 
 ``GET /_healthbook/requests`` returns the counts, ``DELETE`` resets them. Counting is on unless
 ``HB_METERING=0``.
@@ -181,25 +183,40 @@ def _index_keys(index: Any) -> list[str]:
     return [part["AttributeName"] for part in getattr(index, "schema", [])]
 
 
+def _projected(item: Mapping[str, Any] | None, index: Any, table_keys: list[str]) -> dict[str, Any] | None:
+    """The index entry of ``item``: None when the item is not in the (sparse) index; else the table's and the
+    index's keys and what the projection adds (ALL, INCLUDE's NonKeyAttributes, nothing for KEYS_ONLY)."""
+    names = _index_keys(index)
+    if item is None or not all(n in item for n in names):
+        return None
+    projection = getattr(index, "projection", None) or {}
+    kind = projection.get("ProjectionType", "ALL")
+    if kind == "ALL":
+        return dict(item)
+    wanted = set(names) | set(table_keys) | (set(projection.get("NonKeyAttributes", [])) if kind == "INCLUDE"
+                                             else set())
+    return {name: value for name, value in item.items() if name in wanted}
+
+
 def _index_units(backend: Any, write: _Write, after: dict[str, Any] | None) -> int:
+    """As DynamoDB charges an index: a put of the entry the item enters with, a delete of the one it leaves (both
+    when an index key moves), a put when a projected attribute changes, nothing otherwise."""
     try:
         table = backend.get_table(write.table)
     except Exception:
         return 0
+    table_keys = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
     units = 0
     for index in table.global_indexes or []:
-        names = _index_keys(index)
-        was = write.before is not None and all(n in write.before for n in names)
-        now = after is not None and all(n in after for n in names)
-        if not was and not now:
+        was = _projected(write.before, index, table_keys)
+        now = _projected(after, index, table_keys)
+        if was == now:
             continue
-        if was and now and write.before is not None and after is not None:
-            if write.before == after:
-                continue
-            moved = any(write.before[n] != after[n] for n in names)
-            units += 2 if moved else _units(item_size(after), 1024)
-        else:
-            units += _units(item_size(after if now else write.before), 1024)
+        moved = was is not None and now is not None and any(was[n] != now[n] for n in _index_keys(index))
+        if was is not None and (now is None or moved):
+            units += _units(item_size(was), 1024)  # the old entry deleted
+        if now is not None:
+            units += _units(item_size(now), 1024)  # the entry put (or rewritten in place)
     return units
 
 
