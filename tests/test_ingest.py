@@ -43,6 +43,7 @@ from healthbook.signing.registry import FacilityRegistry
 from healthbook.signing.signer import LocalKeySigner
 from healthbook.signing.xml_signer import sign_submission
 from healthbook_dev.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
+from healthbook_dev.fakes.signer import CountingSigner
 from healthbook_dev.generate import Visit, build_visit, submission
 from healthbook_dev.pki import dev_pki
 
@@ -295,28 +296,6 @@ def test_a_failed_delivery_start_loses_nothing(pki: dict[str, Path], platform: L
     (stored,) = [v for v, status in records.versions.values() if status == "PENDING"]
     assert stored.next_attempt_at  # leased: the sweep takes it when the lease ends
     assert outcome.submission_id in records.submissions  # the file is done; its receipt stands
-
-
-class CountingSigner:
-    """The platform key, counting its signatures."""
-
-    def __init__(self, inner: LocalKeySigner) -> None:
-        self.inner, self.calls = inner, 0
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    @property
-    def algorithm(self) -> str:
-        return self.inner.algorithm
-
-    def sign_digest(self, digest: bytes) -> bytes:
-        self.calls += 1
-        return self.inner.sign_digest(digest)
-
-    def public_key_pem(self) -> bytes:
-        return self.inner.public_key_pem()
 
 
 @dataclass

@@ -7,7 +7,6 @@ import base64
 import copy
 import json
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,34 +27,13 @@ from healthbook.signing.receipt import (
 )
 from healthbook.signing.signer import LocalKeySigner, verify_digest_signature
 from healthbook.validation import FileResult, validate_bytes
+from healthbook_dev.fakes.signer import CountingSigner, change_at
 from healthbook_dev.generate import build_visit, envelope
 from healthbook_dev.generate.vocab import FACILITIES
 
 DATA = Path(__file__).resolve().parent / "data"
 RECEIVED = datetime(2026, 3, 1, 1, 30, 5, tzinfo=UTC)
 FACILITY = FACILITIES[2]  # 79001
-
-
-class CountingSigner:
-    """A local key that counts its signatures: a window must cost exactly one."""
-
-    def __init__(self, inner: LocalKeySigner) -> None:
-        self.inner, self.digests = inner, []  # type: list[bytes]
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    @property
-    def algorithm(self) -> str:
-        return self.inner.algorithm
-
-    def sign_digest(self, digest: bytes) -> bytes:
-        self.digests.append(digest)
-        return self.inner.sign_digest(digest)
-
-    def public_key_pem(self) -> bytes:
-        return self.inner.public_key_pem()
 
 
 @pytest.fixture(scope="module")
@@ -136,31 +114,21 @@ def test_only_unsigned_receipts_of_this_version_are_signed(results: list[FileRes
     assert len(signer.digests) == 1
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def change(receipt: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        target: Any = receipt
-        for part in parents:
-            target = target[int(part)] if part.isdigit() else target[part]
-        target[int(last) if last.isdigit() else last] = value
-    return change
-
-
 # Any field of a receipt: each of these must make that receipt, and only it, fail.
 FIELDS = {
-    "submission_id": _set("submission_id", "sub-99"),
-    "object_key": _set("object_key", "inbox/79001/other.xml"),
-    "facility": _set("facility", "01001"),
-    "received_at": _set("received_at", "2026-03-02T01:30:05Z"),
-    "accepted": _set("accepted", True),
-    "rejected": _set("rejected", True),
-    "standards": _set("standards", ["130"]),
-    "errors": _set("errors", [{"code": "E001"}]),
-    "visits": _set("visits", []),
-    "facility_signature": _set("facility_signature", {"valid": True}),
-    "transaction_id": _set("transaction_id", "79001-20260301083005-0123456789ab"),
-    "key_id": _set("platform_signature.key_id", "arn:aws:kms:ap-southeast-1:111122223333:key/x"),
-    "an added field": _set("note", "accepted after all"),
+    "submission_id": change_at("submission_id", "sub-99"),
+    "object_key": change_at("object_key", "inbox/79001/other.xml"),
+    "facility": change_at("facility", "01001"),
+    "received_at": change_at("received_at", "2026-03-02T01:30:05Z"),
+    "accepted": change_at("accepted", True),
+    "rejected": change_at("rejected", True),
+    "standards": change_at("standards", ["130"]),
+    "errors": change_at("errors", [{"code": "E001"}]),
+    "visits": change_at("visits", []),
+    "facility_signature": change_at("facility_signature", {"valid": True}),
+    "transaction_id": change_at("transaction_id", "79001-20260301083005-0123456789ab"),
+    "key_id": change_at("platform_signature.key_id", "arn:aws:kms:ap-southeast-1:111122223333:key/x"),
+    "an added field": change_at("note", "accepted after all"),
 }
 
 

@@ -43,6 +43,7 @@ from healthbook.signing.receipt import (
 from healthbook.signing.signer import LocalKeySigner, verify_digest_signature
 from healthbook.validation import FileResult, VisitResult, validate_bytes
 from healthbook_dev.cli import main
+from healthbook_dev.fakes.signer import change_at
 from healthbook_dev.generate import Visit, build_visit, envelope, inject, submission
 from healthbook_dev.generate.vocab import FACILITIES
 from hypothesis import given, settings
@@ -504,16 +505,6 @@ def test_signed_bytes_are_documented_form(receipt: dict[str, Any], signer: Local
     key.verify(base64.b64decode(receipt["platform_signature"]["value"]), root, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def change(receipt: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        target: Any = receipt
-        for part in parents:
-            target = target[int(part)] if part.isdigit() else target[part]
-        target[int(last) if last.isdigit() else last] = value
-    return change
-
-
 def _flip_signature(receipt: dict[str, Any]) -> None:
     raw = bytearray(base64.b64decode(receipt["platform_signature"]["value"]))
     raw[-1] ^= 1
@@ -525,34 +516,34 @@ def _swap_visits(receipt: dict[str, Any]) -> None:
 
 
 TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
-    "facility": _set("facility", "01001"),
-    "object_key": _set("object_key", "inbox/01001/other.xml"),
-    "submission_id": _set("submission_id", "sub-2"),
-    "received_at": _set("received_at", "2025-03-02T01:30:05Z"),
-    "received_at_portal": _set("received_at_portal", "20250302083005"),
-    "digest": _set("visits.0.digest", "00" * 32),
-    "accepted flag off": _set("visits.0.accepted", False),
-    "accepted flag on": _set("visits.1.accepted", True),
-    "file accepted": _set("accepted", True),
-    "visit errors dropped": _set("visits.1.errors", []),
-    "ma_lk": _set("visits.0.ma_lk", "79001250301999"),
-    "root": _set("merkle.root", "ab" * 32),
-    "leaves": _set("merkle.leaves", 3),
-    "proof": _set("visits.2.proof", [["L", "cd" * 32]]),
-    "leaf_index": _set("visits.2.leaf_index", 0),
-    "visits_accepted": _set("visits_accepted", 3),
-    "facility_signature": _set("facility_signature", {"valid": True}),
-    "algorithm": _set("platform_signature.algorithm", "RSASSA_PSS_SHA_256"),
-    "key_id": _set("platform_signature.key_id", "arn:aws:kms:ap-southeast-1:111122223333:key/x"),
+    "facility": change_at("facility", "01001"),
+    "object_key": change_at("object_key", "inbox/01001/other.xml"),
+    "submission_id": change_at("submission_id", "sub-2"),
+    "received_at": change_at("received_at", "2025-03-02T01:30:05Z"),
+    "received_at_portal": change_at("received_at_portal", "20250302083005"),
+    "digest": change_at("visits.0.digest", "00" * 32),
+    "accepted flag off": change_at("visits.0.accepted", False),
+    "accepted flag on": change_at("visits.1.accepted", True),
+    "file accepted": change_at("accepted", True),
+    "visit errors dropped": change_at("visits.1.errors", []),
+    "ma_lk": change_at("visits.0.ma_lk", "79001250301999"),
+    "root": change_at("merkle.root", "ab" * 32),
+    "leaves": change_at("merkle.leaves", 3),
+    "proof": change_at("visits.2.proof", [["L", "cd" * 32]]),
+    "leaf_index": change_at("visits.2.leaf_index", 0),
+    "visits_accepted": change_at("visits_accepted", 3),
+    "facility_signature": change_at("facility_signature", {"valid": True}),
+    "algorithm": change_at("platform_signature.algorithm", "RSASSA_PSS_SHA_256"),
+    "key_id": change_at("platform_signature.key_id", "arn:aws:kms:ap-southeast-1:111122223333:key/x"),
     "signature": _flip_signature,
     "visit order": _swap_visits,
-    "version": _set("receipt_version", "2"),
-    "scope": _set("platform_signature.signed", SIGNED_V2),
-    "batch root": _set("platform_signature.batch.root", "ab" * 32),
-    "batch leaves": _set("platform_signature.batch.leaves", 2),
-    "batch leaf_index": _set("platform_signature.batch.leaf_index", 1),
-    "batch proof": _set("platform_signature.batch.proof", [["R", "cd" * 32]]),
-    "batch dropped": _set("platform_signature.batch", None),
+    "version": change_at("receipt_version", "2"),
+    "scope": change_at("platform_signature.signed", SIGNED_V2),
+    "batch root": change_at("platform_signature.batch.root", "ab" * 32),
+    "batch leaves": change_at("platform_signature.batch.leaves", 2),
+    "batch leaf_index": change_at("platform_signature.batch.leaf_index", 1),
+    "batch proof": change_at("platform_signature.batch.proof", [["R", "cd" * 32]]),
+    "batch dropped": change_at("platform_signature.batch", None),
 }
 # Outside what the signature covers: the batch (checked against the digest and the signature instead), and
 # what makes the signature unreadable.
@@ -842,7 +833,7 @@ def test_a_receipt_of_the_wrong_shape_is_refused_naming_where(receipt: dict[str,
                                                               path: str, value: Any, where: str) -> None:
     """The model checks the shape (a re-signed receipt, so the signature alone does not catch it)."""
     forged = fresh(receipt)
-    _set(path, value)(forged)
+    change_at(path, value)(forged)
     forged = resign(forged, signer)
     problems = verify_receipt(forged, signer.public_key_pem())
     assert problems and all(p.startswith(where) for p in problems), problems
