@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from healthbook.signing.signer import Signer
+from healthbook.signing.signer import LocalKeySigner
 
 
 class CountingSigner:
     """Signs with ``inner`` and keeps every digest it was asked to sign: a window must cost exactly one."""
 
-    def __init__(self, inner: Signer) -> None:
+    def __init__(self, inner: LocalKeySigner) -> None:
         self.inner = inner
         self.digests: list[bytes] = []
 
@@ -31,6 +31,9 @@ class CountingSigner:
     def sign_digest(self, digest: bytes) -> bytes:
         self.digests.append(digest)
         return self.inner.sign_digest(digest)
+
+    def public_key_pem(self) -> bytes:
+        return self.inner.public_key_pem()
 
 
 def change_at(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
