@@ -310,15 +310,19 @@ class FailingStore(FakeStore):
         super().put_receipt(key, body)
 
 
+def _service(pki: dict[str, Path], store: FakeStore, records: FakeRecords, signer: CountingSigner) -> IngestService:
+    return IngestService(store=store, records=records,
+                         registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
+                         anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=signer,
+                         pepper=PEPPER.encode())
+
+
 def test_the_service_signs_a_window_once(pki: dict[str, Path], platform: LocalKeySigner) -> None:
     """examine every object, ONE signature for every receipt among them, record each: a vanished object, a
     folder placeholder and a duplicate get no receipt and take no leaf."""
     counting = CountingSigner(platform)
     store, records = FakeStore(), FakeRecords()
-    service = IngestService(store=store, records=records,
-                            registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
-                            anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=counting,
-                            pepper=PEPPER.encode())
+    service = _service(pki, store, records, counting)
     for n in range(4):
         store.objects[f"inbox/01001/w{n}.xml"] = signed(pki, a_visit(90 + n))
     store.objects["inbox/01001/w4.xml"] = b"not xml"
@@ -346,10 +350,7 @@ def test_a_failing_record_leaves_its_window_valid_and_its_retry_converges(pki: d
                                                                           platform: LocalKeySigner) -> None:
     counting = CountingSigner(platform)
     store, records = FailingStore(broken={"receipts/01001/m1.xml.receipt.json"}), FakeRecords()
-    service = IngestService(store=store, records=records,
-                            registry=FakeRegistrySource(FacilityRegistry.load(pki["registry"])),
-                            anchors=x509.load_pem_x509_certificates(pki["ca"].read_bytes()), signer=counting,
-                            pepper=PEPPER.encode())
+    service = _service(pki, store, records, counting)
     for n in range(3):
         store.objects[f"inbox/01001/m{n}.xml"] = signed(pki, a_visit(95 + n))
     window = [service.examine(ref(f"inbox/01001/m{n}.xml")) for n in range(3)]
