@@ -12,6 +12,7 @@ finding), 2 on a usage or I/O error.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -37,18 +38,16 @@ def _options(args: argparse.Namespace) -> Options:
 _CLASS = {"file": "FILE   ", "visit": "VISIT  ", "none": "finding"}
 
 
-def _print_report(result: FileResult) -> None:
+def _print_report(result: FileResult, rejected: bool, accepted: bool, admitted: int, findings: int) -> None:
     write = sys.stdout.write
-    findings = len(result.findings)
-    admitted = sum(result.admitted(v) for v in result.visits)
-    mark = "REJECTED" if result.rejected else "OK " if result.accepted else "PARTIAL" if admitted else "NOT ADMITTED"
+    mark = "REJECTED" if rejected else "OK " if accepted else "PARTIAL" if admitted else "NOT ADMITTED"
     write(f"{mark}  {result.path}  (facility {result.facility or '?'}, {len(result.visits)} visit(s), "
           f"{findings} finding(s))\n")
     for issue in result.errors:
         write(f"    {_CLASS[issue.blocks]} {issue.code} {issue.message_vi}\n            {issue.message_en}\n")
     for visit in result.visits:
         if visit.issues:
-            state = "in the health book" if result.admitted(visit) else "NOT admitted"
+            state = "in the health book" if not rejected and visit.accepted else "NOT admitted"
             write(f"  visit MA_LK={visit.ma_lk or '?'} [QĐ {visit.standard}] {state}\n")
         for issue in visit.errors + visit.findings:
             where = ".".join(x for x in (issue.table, issue.field) if x)
@@ -68,17 +67,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
         sys.stdout.write('{"files": [')
     for path in paths:
         result = validate_path(str(path), options)
+        if not files and getattr(args, "process_ends", False):
+            # What the first file loaded (the standard, the code lists, the memos) lasts as long as the process:
+            # frozen, the collector neither walks it again nor tears it down at exit (as each app.py does).
+            gc.freeze()
+        # What the report and the counts need, read once (FileResult's properties walk every issue each time).
+        file_rejected = result.rejected
+        visits_accepted = [visit.accepted for visit in result.visits]
+        file_admitted = 0 if file_rejected else sum(visits_accepted)
+        file_accepted = not file_rejected and bool(visits_accepted) and all(visits_accepted)
+        file_findings = sum(len(visit.findings) for visit in result.visits)
         if args.json:
             sys.stdout.write((", " if files else "") + json.dumps(result.to_dict(), ensure_ascii=False))
         else:
-            _print_report(result)
+            _print_report(result, file_rejected, file_accepted, file_admitted, file_findings)
         files += 1
-        accepted += result.accepted
-        rejected += result.rejected
+        accepted += file_accepted
+        rejected += file_rejected
         visits += len(result.visits)
-        admitted += sum(result.admitted(v) for v in result.visits)
-        findings += len(result.findings)
-        strict_failed |= bool(result.findings)
+        admitted += file_admitted
+        findings += file_findings
+        strict_failed |= bool(file_findings)
     if args.json:
         sys.stdout.write("]}\n")
     else:
@@ -181,7 +190,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, every_command: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without ``every_command``, ``validate`` alone (see :func:`main`)."""
     parser = argparse.ArgumentParser(prog="healthbook", description="Electronic health-book pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -195,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-mb", type=float, default=MAX_FILE_BYTES / 1024 / 1024,
                           help="size limit per file and per decoded table (default 20)")
     validate.set_defaults(func=cmd_validate)
+    if not every_command:
+        return parser
 
     generate = sub.add_parser("generate", help="write realistic synthetic submissions, one visit per file")
     generate.add_argument("--visits", type=int, required=True)
@@ -240,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["validate"]:
+        # A facility's scripts run `healthbook validate` on every batch: it does not import the other commands'
+        # modules. Arguments it does not know are left to the whole parser, which says so as it always has.
+        args, unknown = build_parser(every_command=False).parse_known_args(arguments)
+        if unknown:
+            args = build_parser().parse_args(arguments)
+    else:
+        args = build_parser().parse_args(arguments)
+    args.process_ends = argv is None  # the command line of this process, which ends with the command
     try:
         code: int = args.func(args)
         return code

@@ -72,11 +72,16 @@ _DECLARED_ENCODING = re.compile(rb"""\sencoding\s*=\s*["']([^"']*)["']""")
 # DOCTYPE behind it must not go unseen.
 _PROLOG_BLANK = re.compile(rb"(?:\s|\xef\xbb\xbf)*")
 _PROLOG_SKIP = re.compile(rb"(?:\s|\xef\xbb\xbf)*(<\?.*?\?>|<!--.*?-->)", re.S)
+# What nearly every document starts with: at most an XML declaration, blanks, then an element's start tag (a '<'
+# followed by neither '!' nor '?'). Such a prolog holds no DOCTYPE: one match instead of the walk below.
+_PLAIN_PROLOG = re.compile(rb"(?:<\?xml[^>]*?\?>)?\s*<[^!?]")
 _UTF8_NAMES = {b"utf-8", b"utf8"}
 
 
 def _check_prolog(data: bytes) -> None:
     """Refuse DOCTYPE (and with it every DTD and entity declaration) before parsing."""
+    if _PLAIN_PROLOG.match(data):
+        return
     position = 0
     while True:
         match = _PROLOG_SKIP.match(data, position)
@@ -88,6 +93,12 @@ def _check_prolog(data: bytes) -> None:
         raise XmlRejected("E004")
 
 
+# XML declarations already read and found to declare UTF-8 or no encoding: a handful in practice (each HIS writes
+# one), so most documents are not searched again; bounded, whatever the files hold.
+_UTF8_DECLARATIONS: set[bytes] = set()
+_UTF8_DECLARATIONS_KEPT = 64
+
+
 def _check_encoding(data: bytes) -> bytes:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and (data[0] == 0 or data[1] == 0)):
         raise XmlRejected("E003", detail="UTF-16/UTF-32")
@@ -96,10 +107,16 @@ def _check_encoding(data: bytes) -> bytes:
     # The whole XML declaration, however much whitespace pads it (a fixed window let
     # '<?xml version="1.0"      ...      encoding="ISO-8859-1"?>' through as mojibake).
     end = data.find(b"?>") if data.startswith(b"<?xml") else -1
-    declared = _DECLARED_ENCODING.search(data, 0, end) if end > 0 else None
-    if declared and declared.group(1).lower() not in _UTF8_NAMES:
-        name = declared.group(1)[:40].decode("ascii", errors="replace")
-        raise XmlRejected("E003", detail=f"encoding={name}")
+    if end > 0:
+        declaration = data[:end]
+        if declaration in _UTF8_DECLARATIONS:
+            return data
+        declared = _DECLARED_ENCODING.search(declaration)
+        if declared and declared.group(1).lower() not in _UTF8_NAMES:
+            name = declared.group(1)[:40].decode("ascii", errors="replace")
+            raise XmlRejected("E003", detail=f"encoding={name}")
+        if len(_UTF8_DECLARATIONS) < _UTF8_DECLARATIONS_KEPT:
+            _UTF8_DECLARATIONS.add(declaration)
     return data  # the bytes themselves are checked by libxml2 as it parses (see _not_utf8)
 
 
@@ -160,13 +177,18 @@ def parse_as_signed(data: bytes, *, limit: int) -> tuple[etree._Element, dict[st
     return _parse(data, limit, _AS_SIGNED)
 
 
+def _blank(data: bytes) -> bool:
+    """``not data.strip()`` without copying a document to learn that it is not blank."""
+    return not data or data.isspace()
+
+
 def _parse(data: bytes, limit: int, parser: etree.XMLParser) -> tuple[etree._Element, dict[str, str]]:
     if len(data) > limit:
         raise XmlRejected("E002", size=len(data), limit=limit)
-    if not data.strip():
+    if _blank(data):
         raise XmlRejected("E001")
     data = _check_encoding(data)
-    if not data.strip():
+    if _blank(data):
         raise XmlRejected("E001")  # a byte-order mark and nothing else
     _check_prolog(data)
     try:
@@ -192,6 +214,15 @@ def decode_base64(text: str | None, *, limit: int, table: str) -> bytes:
     """Strict base64: only the standard alphabet and padding; line breaks between groups are tolerated."""
     if text is None or not text.strip():
         raise XmlRejected("E016", table=table)
+    # Most encoders write one line: the text is decoded as it stands when it fits (strict mode refuses any blank,
+    # and any character beyond ASCII), without copying it to bytes or dropping blanks first, which cost more than
+    # the decoding. Blanks only lengthen a text, so one within the limit with them is within it without them.
+    # Anything else is decided below, as ever.
+    if len(text) // 4 * 3 - text[-2:].count("=") <= limit:
+        try:
+            return binascii.a2b_base64(text, strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
     raw = text.encode("ascii", errors="replace").translate(_WHITESPACE, _WS_CHARS)
     size = len(raw) // 4 * 3 - raw[-2:].count(b"=")  # padding carries no bytes: exact for valid input
     if size > limit:

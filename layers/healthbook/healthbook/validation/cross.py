@@ -78,6 +78,7 @@ class Formula:
     expr: str
     places: int
     compute: Callable[[dict[str, Any]], Any]
+    half: Decimal  # half a unit of the last place
 
     def mismatch(self, values: dict[str, Any], actual: Decimal, tolerance: Decimal) -> Decimal | None:
         """The rounded expected value when ``actual`` is off by more than ``tolerance``, else None.
@@ -89,9 +90,10 @@ class Formula:
             result = self.compute(values)
         except (KeyError, ZeroDivisionError, ArithmeticError):
             return None  # an operand is missing or invalid: its own field rule has said so
-        half = _HALF_UNIT[self.places]
+        if actual == result and self.half <= tolerance:
+            return None  # most lines: equal, the test below holds without working it out
         difference = abs(actual - result)
-        if difference + half <= tolerance:
+        if difference + self.half <= tolerance:
             return None
         expected = Decimal(result).quantize(_QUANTUM[self.places], rounding=ROUND_HALF_UP)
         return expected if abs(actual - expected) > tolerance else None
@@ -111,16 +113,18 @@ def parse_formula(table: str, target: str, expr: str, places: int) -> Formula:
     if not tokens or "".join(tokens) != expr.replace(" ", ""):
         raise ValueError(f"bad formula {expr!r}")
     parts = []
+    namespace: dict[str, Any] = {"__builtins__": {}}
     for token in tokens:
         if token in "+-*/":
             parts.append(token)
         elif token[0].isdigit():
-            parts.append(f"D({token!r})")
+            constant = f"_c{len(namespace)}"  # made once, not on every line
+            namespace[constant] = Decimal(token)
+            parts.append(constant)
         else:
             parts.append(f"v[{token!r}]")
-    namespace = {"D": Decimal, "__builtins__": {}}
     compute: Callable[[dict[str, Any]], Any] = eval(f"lambda v: {' '.join(parts)}", namespace)
-    return Formula(table=table, field=target, expr=expr, places=places, compute=compute)
+    return Formula(table=table, field=target, expr=expr, places=places, compute=compute, half=_HALF_UNIT[places])
 
 
 def _in_force(entry: dict[str, Any], version: str) -> bool:
@@ -137,8 +141,17 @@ def formulas(version: str) -> tuple[Formula, ...]:
     return tuple(parse_formula(f["table"], f["field"], f["expr"], f["round"]) for f in spec if _in_force(f, version))
 
 
+@cache
 def _tolerance() -> Decimal:
     return Decimal(semantics()["arithmetic"]["tolerance"])
+
+
+@cache
+def _split_tables() -> frozenset[str]:
+    return frozenset(semantics()["arithmetic"]["payer_split_tables"])
+
+
+_HUNDRED = Decimal(100)
 
 
 def _stt(raw: dict[str, str], position: int) -> str:
@@ -152,17 +165,17 @@ def _payer_split(ctx: VisitContext, table: str, stt: str, typed: dict[str, Any],
     except KeyError:
         return  # a missing or invalid amount has its own field error
     actual = patient + copay + insurer + other
-    if abs(actual - total_bv) > tolerance:
+    if actual != total_bv and abs(actual - total_bv) > tolerance:  # (equal, as most are: nothing to work out)
         ctx.add("R307", table=table, field="THANH_TIEN_BV", value=total_bv, stt=stt, actual=actual,
                 expected=total_bv)
         return
     total_bh, level = typed.get("THANH_TIEN_BH"), typed.get("MUC_HUONG")
     if other or total_bh is None or level is None:
         return  # other sources change the split (annex T_NGUONKHAC a/b/c): only the sum is checked
-    share = (total_bh * level / 100).quantize(_QUANTUM[2], rounding=ROUND_HALF_UP)
+    share = (total_bh * level / _HUNDRED).quantize(_QUANTUM[2], rounding=ROUND_HALF_UP)
     for name, got, expected in (("T_BHTT", insurer, share), ("T_BNCCT", copay, total_bh - share),
                                 ("T_BNTT", patient, total_bv - total_bh)):
-        if abs(got - expected) > tolerance:
+        if got != expected and abs(got - expected) > tolerance:
             ctx.add("R308", table=table, field=name, value=got, stt=stt, expected=expected)
 
 
@@ -201,31 +214,48 @@ def _drug_groups(standard: Standard) -> frozenset[int]:
     return frozenset(int(code) for code in standard.codes("MA_NHOM_XML2"))
 
 
+@dataclass(frozen=True, slots=True)
+class _CostLines:
+    """What the cost-line rules need of one version of the standard, gathered once rather than per visit."""
+
+    totals: tuple[_Total, ...]
+    summed: frozenset[str]  # every table a total sums
+    # (table, holds drugs, its line formulas, payer split checked), XML2 then XML3
+    tables: tuple[tuple[str, bool, tuple[Formula, ...], bool], ...]
+    drug_groups: frozenset[int]
+
+
+@cache
+def _cost_lines(standard: Standard) -> _CostLines:
+    totals = _totals(standard)
+    return _CostLines(totals=totals, summed=frozenset(table for total in totals for table in total.tables),
+                      tables=tuple((table, holds_drugs, _formulas_for(standard.id, table), table in _split_tables())
+                                   for table, holds_drugs in (("XML2", True), ("XML3", False))),
+                      drug_groups=_drug_groups(standard))
+
+
 @rule
 def cost_lines(ctx: VisitContext) -> None:
     """Line formulas (R306), payer split (R307/R308), cost group per table (R316) and the XML1 totals
     (R309/R310), in one pass over the XML2 and XML3 lines: these are most of a claim's rows."""
+    plan = _cost_lines(ctx.standard)
     tolerance = _tolerance()
     summary = ctx.one("XML1")
     head = summary[1] if summary is not None else {}
-    totals = _totals(ctx.standard)
     # Totals are checked only when cost lines were sent at all: an uninsured visit sends XML1 and XML8 alone
     # (QĐ 31/2026), and its totals are the facility's costs, not sums of absent lines. A visit with services but
     # no drugs still has T_THUOC checked against zero.
-    lines_sent = any(table in ctx.tables for total in totals for table in total.tables)
-    checks = [t for t in totals
-              if lines_sent and head.get(t.field) is not None and not ctx.broken.intersection(t.tables)]
+    lines_sent = not plan.summed.isdisjoint(ctx.tables)
+    checks = [t for t in plan.totals
+              if lines_sent and head.get(t.field) is not None and ctx.broken.isdisjoint(t.tables)]
     sums = {t.field: Decimal(0) for t in checks}
     incomplete: set[str] = set()
-    drug_groups = _drug_groups(ctx.standard)
-    split_tables = semantics()["arithmetic"]["payer_split_tables"]
-    for table, holds_drugs in (("XML2", True), ("XML3", False)):
+    drug_groups = plan.drug_groups
+    for table, holds_drugs, line_formulas, split in plan.tables:
         rows = ctx.tables.get(table)
         if not rows:
             continue
-        line_formulas = _formulas_for(ctx.standard.id, table)
-        wanted = [t for t in checks if table in t.tables]
-        split = table in split_tables
+        wanted = [(t.field, t.sums, t.where) for t in checks if table in t.tables]
         for position, (raw, typed) in enumerate(zip(rows.raw, rows.typed, strict=True), start=1):
             for formula in line_formulas:
                 actual = typed.get(formula.field)
@@ -240,18 +270,19 @@ def cost_lines(ctx: VisitContext) -> None:
             group = typed.get("MA_NHOM")
             if group is not None and (group in drug_groups) != holds_drugs:
                 ctx.add("R316", table=table, field="MA_NHOM", value=group, stt=_stt(raw, position))
-            for total in wanted:
-                if total.where is not None and code_key(raw.get(total.where[0], "")) not in total.where[1]:
+            for total_field, name, where in wanted:
+                if where is not None and code_key(raw.get(where[0], "")) not in where[1]:
                     continue
-                value = typed.get(total.sums)
+                value = typed.get(name)
                 if value is None:
-                    if total.sums in raw:
-                        incomplete.add(total.field)  # an invalid line amount: its field rule reports it
+                    if name in raw:
+                        incomplete.add(total_field)  # an invalid line amount: its field rule reports it
                     continue
-                sums[total.field] += value
+                sums[total_field] += value
     for total in checks:
         declared = head[total.field]
-        if total.field not in incomplete and abs(declared - sums[total.field]) > tolerance:
+        summed = sums[total.field]
+        if total.field not in incomplete and declared != summed and abs(declared - summed) > tolerance:
             ctx.add("R309", table="XML1", field=total.field, value=declared, source=total.source,
                     expected=sums[total.field])
     paid, total_bh, copay = head.get("T_BHTT"), head.get("T_TONGCHI_BH"), head.get("T_BNCCT")
@@ -368,17 +399,27 @@ def facility_matches(ctx: VisitContext) -> None:
         ctx.add("R301", table="XML1", field="MA_CSKCB", value=code, expected=ctx.facility)
 
 
+@cache
+def _required_tables(standard: Standard) -> tuple[tuple[str, tuple[Callable[[dict[str, str]], bool], ...], str], ...]:
+    """(table, its conditions compiled, their description) for the tables this version has."""
+    out = []
+    for requirement in semantics()["visit_rules"]["required_tables"]:
+        if requirement["table"] not in standard.tables:
+            continue
+        clauses = [Condition(c["field"], c["op"], tuple(c.get("values", ()))) for c in requirement["when"]]
+        out.append((requirement["table"], tuple(c.compile() for c in clauses),
+                    ", ".join(c.describe() for c in clauses)))
+    return tuple(out)
+
+
 @rule
 def required_tables(ctx: VisitContext) -> None:
     summary = ctx.one("XML1")
     if summary is None:
         return
-    for requirement in semantics()["visit_rules"]["required_tables"]:
-        if requirement["table"] not in ctx.standard.tables or requirement["table"] in ctx.tables:
-            continue
-        clauses = [Condition(c["field"], c["op"], tuple(c.get("values", ()))) for c in requirement["when"]]
-        if all(c.holds(summary[0]) for c in clauses):
-            ctx.add("R311", table=requirement["table"], condition=", ".join(c.describe() for c in clauses))
+    for table, tests, condition in _required_tables(ctx.standard):
+        if table not in ctx.tables and all(test(summary[0]) for test in tests):
+            ctx.add("R311", table=table, condition=condition)
 
 
 @cache

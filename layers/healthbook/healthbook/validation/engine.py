@@ -6,9 +6,10 @@ checked against the standard version in force on its date (or the forced one).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from lxml import etree
@@ -19,7 +20,7 @@ from healthbook.parsing.safe_xml import Limits, XmlRejected, decode_base64, pars
 from healthbook.standard import Standard, TableSpec
 from healthbook.validation import admission, cross
 from healthbook.validation.cross import TableRows, VisitContext
-from healthbook.validation.fields import MEMO_LIMIT, parse_date, parse_timestamp, plan
+from healthbook.validation.fields import MEMO_LIMIT, PLAIN_UNBOUNDED, Memo, Plan, parse_date, parse_timestamp, plan
 from healthbook.validation.issues import Issue, VisitIssues, make_issue
 from healthbook.validation.results import FileResult, VisitResult
 
@@ -43,10 +44,29 @@ def _text(element: etree._Element | None) -> str | None:
     return element.text.strip()
 
 
+def _child(parent: etree._Element, tag: str) -> etree._Element | None:
+    """``parent.find(tag)`` for a plain name, without the ElementPath machinery (a few times per file)."""
+    return next(parent.iterchildren(tag), None)
+
+
+@cache
+def _newest() -> Standard:
+    return standards.load(standards.version_ids()[-1])
+
+
 @cache
 def _standalone_roots() -> dict[str, str]:
-    newest = standards.load(standards.version_ids()[-1])
-    return {t.root: t.id for t in newest.tables.values() if t.standalone}
+    return {t.root: t.id for t in _newest().tables.values() if t.standalone}
+
+
+@cache
+def _visit_date_fields() -> tuple[str, str]:
+    rules = standards.semantics()["visit_rules"]
+    return rules["visit_date_field"], rules["visit_date_fallback"]
+
+
+# The version in force on a day depends on the day alone: asked once per day seen, not once per visit.
+_select = lru_cache(maxsize=1024)(standards.select)
 
 
 DEFAULT_OPTIONS = Options()
@@ -93,26 +113,37 @@ def _read(data: bytes, path: str, options: Options, *, visits: bool) -> FileResu
 
 # --- envelope -------------------------------------------------------------------------------------------
 
+def _finder(root: etree._Element, parent: str) -> Callable[[str], etree._Element | None]:
+    """``root.find(f"{parent}/{name}")`` for the names asked: when ``parent`` occurs once, as it does, its children
+    are looked at directly rather than through the ElementPath machinery each time."""
+    parents = list(root.iterchildren(parent))
+    if len(parents) == 1:
+        only = parents[0]
+        return lambda name: _child(only, name)
+    return lambda name: root.find(f"{parent}/{name}")
+
+
 def _validate_envelope(root: etree._Element, result: FileResult, options: Options) -> None:
     errors = result.errors
-    facility = _text(root.find("THONGTINDONVI/MACSKCB"))
+    facility = _text(_finder(root, "THONGTINDONVI")("MACSKCB"))
     if not facility:
         errors.append(make_issue("E007", element="THONGTINDONVI/MACSKCB"))
     elif not is_facility_code(facility):
         errors.append(make_issue("E008", field="MACSKCB", value=facility))
     else:
         result.facility = facility
-    created = _text(root.find("THONGTINHOSO/NGAYLAP"))
+    about = _finder(root, "THONGTINHOSO")
+    created = _text(about("NGAYLAP"))
     if not created:
         errors.append(make_issue("E007", element="THONGTINHOSO/NGAYLAP"))
     elif parse_date(created) is None:
         errors.append(make_issue("E009", field="NGAYLAP", value=created))
-    listing = root.find("THONGTINHOSO/DANHSACHHOSO")
+    listing = about("DANHSACHHOSO")
     hoso = [] if listing is None else [e for e in listing if e.tag == "HOSO"]
     if len(hoso) > options.limits.max_visits:  # before any visit is read: the work per file is bounded
         errors.append(make_issue("E019", count=len(hoso), limit=options.limits.max_visits))
         return
-    declared = _text(root.find("THONGTINHOSO/SOLUONGHOSO"))
+    declared = _text(about("SOLUONGHOSO"))
     if declared is None:
         errors.append(make_issue("E007", element="THONGTINHOSO/SOLUONGHOSO"))
     elif declared != str(len(hoso)):
@@ -138,6 +169,8 @@ def _payload(element: etree._Element | None) -> Payload:
     wrote the table inline as one child element (S107, read as it is)."""
     if element is None:
         return None
+    if not len(element):
+        return element.text or ""
     children = [child for child in element if isinstance(child.tag, str)]
     if len(children) == 1 and not (element.text or "").strip() and not (children[0].tail or "").strip():
         return children[0]
@@ -160,12 +193,11 @@ def _decode(table: str, content: Payload, spec_root: str, limits: Limits) -> etr
 def _choose(forced: str, summary: dict[str, str]) -> tuple[Standard, bool]:
     if forced != "auto":
         return standards.load(forced), True
-    rules = standards.semantics()["visit_rules"]
-    for name in (rules["visit_date_field"], rules["visit_date_fallback"]):
+    for name in _visit_date_fields():
         when = parse_timestamp(summary.get(name, ""))
         if when is not None:
-            return standards.select(when.date()), True
-    return standards.select(None), False
+            return _select(when.date()), True
+    return _select(None), False
 
 
 def _validate_hoso(element: etree._Element, index: int, facility: str | None, options: Options) -> VisitResult:
@@ -181,14 +213,14 @@ def _read_hoso(element: etree._Element, index: int, facility: str | None, option
     for item in element:
         if item.tag != "FILEHOSO":
             continue
-        kind = (_text(item.find("LOAIHOSO")) or "").upper()
+        kind = (_text(_child(item, "LOAIHOSO")) or "").upper()
         if not kind:
             early.append(make_issue("E007", element=f"HOSO[{index}]/FILEHOSO/LOAIHOSO"))
             continue
         if kind in documents:
             early.append(make_issue("E014", table=kind))
             continue
-        documents[kind] = _payload(item.find("NOIDUNGFILE"))
+        documents[kind] = _payload(_child(item, "NOIDUNGFILE"))
         if isinstance(documents[kind], etree._Element):
             early.append(make_issue("S107", table=kind))
     if "XML1" not in documents:
@@ -197,14 +229,13 @@ def _read_hoso(element: etree._Element, index: int, facility: str | None, option
         return visit
 
     # XML1 first: it carries MA_LK and the date that chooses the standard version.
-    newest = standards.load(standards.version_ids()[-1])
     try:
-        summary_root = _decode("XML1", documents["XML1"], newest.tables["XML1"].root, options.limits)
+        summary_root = _decode("XML1", documents["XML1"], _newest().tables["XML1"].root, options.limits)
     except XmlRejected as rejected:
         visit.issues.extend(early)
         visit.issues.append(make_issue(rejected.code, table="XML1", **rejected.params))
         return visit
-    summary_raw = _raw_values(summary_root)
+    summary_raw = _summary_keys(summary_root)
     visit.ma_lk = summary_raw.get("MA_LK", "")
     standard, dated = _choose(options.standard, summary_raw)
     visit.standard = standard.id
@@ -238,31 +269,24 @@ def _raw_values(row: etree._Element) -> dict[str, str]:
     return {c.tag: (c.text or "").strip() for c in row if isinstance(c.tag, str)}
 
 
+def _summary_keys(summary: etree._Element) -> dict[str, str]:
+    """``_raw_values`` of XML1 for the names read before its table is checked: MA_LK and the visit's dates."""
+    return {c.tag: (c.text or "").strip() for c in summary.iterchildren("MA_LK", *_visit_date_fields())}
+
+
 # --- one table ------------------------------------------------------------------------------------------
 
 def _rows_of(spec: TableSpec, root: etree._Element, ma_lk: str, issues: list[Issue]) -> list[etree._Element]:
     if spec.flat:
         return [root]
-    listing = root.find(spec.list) if spec.list else None
+    listing = _child(root, spec.list) if spec.list else None
     if listing is None:
         issues.append(make_issue("S106", table=spec.id, ma_lk=ma_lk, element=spec.list))
         return []
-    rows = [e for e in listing if e.tag == spec.row]
+    rows = list(listing.iterchildren(spec.row)) if spec.row else []
     if not rows:
         issues.append(make_issue("S105", table=spec.id, ma_lk=ma_lk))
     return rows
-
-
-@cache
-def _nested_probe(spec: TableSpec) -> etree.XPath:
-    """One cheap XPath per document: does any field element hold child elements (S103)?"""
-    fields = f"*[not(self::{SIGNATURE})]" if spec.flat else f"{spec.list}/{spec.row}/*"
-    return etree.XPath(f"count({fields}/*)")
-
-
-@cache
-def _required_names(spec: TableSpec) -> frozenset[str]:
-    return frozenset(f.name for f in spec.fields if f.required)
 
 
 Predicate = Callable[[dict[str, str]], bool]
@@ -276,9 +300,8 @@ def _every(tests: tuple[Predicate, ...]) -> Predicate:
     return lambda row: all(test(row) for test in tests)
 
 
-@cache
-def _conditional(spec: TableSpec) -> tuple[tuple[str, Callable[[dict[str, str]], bool], str], ...]:
-    """(field, does-the-condition-hold, description) for conditionally required fields, compiled once."""
+def _conditional(spec: TableSpec) -> tuple[tuple[str, Predicate, str], ...]:
+    """(field, does-the-condition-hold, description) for conditionally required fields."""
     compiled = []
     for field in spec.fields:
         if not field.required_when:
@@ -293,55 +316,99 @@ def _conditional(spec: TableSpec) -> tuple[tuple[str, Callable[[dict[str, str]],
     return tuple(compiled)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _TablePlan:
+    """Everything checking one table needs that depends on the standard version and the table alone, built on
+    first use and kept: the fields' plans, the required and conditional fields, the known names."""
+
+    plans: dict[str, Plan]  # every field's plan (fields.plan), and no maximum length for the signature element
+    required: frozenset[str]
+    conditional: tuple[tuple[str, Predicate, str], ...]
+    check_key: bool  # whether a row's MA_LK must equal XML1's (S104)
+    known: frozenset[str]  # the table's fields and the signature element
+
+
+@cache
+def _table_plan(standard: Standard, spec: TableSpec) -> _TablePlan:
+    return _TablePlan(
+        plans={SIGNATURE: PLAIN_UNBOUNDED, **plan(standard, spec.id)},
+        required=frozenset(f.name for f in spec.fields if f.required),
+        conditional=_conditional(spec),
+        check_key=spec.id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name,
+        known=frozenset(spec.by_name.keys() | {SIGNATURE}),
+    )
+
+
 def _check_table(spec: TableSpec, standard: Standard, root: etree._Element, ma_lk: str,
                  issues: VisitIssues) -> TableRows:
     """Field rules for every row of one table. The hot loop: keep it lean (see bench/validate.py)."""
     table_id = spec.id
-    plans_get = plan(standard, table_id).get
-    required = _required_names(spec)
-    conditional = _conditional(spec)
-    check_key = table_id != "XML1" and not spec.no_visit_key and "MA_LK" in spec.by_name
+    table = _table_plan(standard, spec)
+    plans, required, conditional, check_key, known = (table.plans, table.required, table.conditional,
+                                                       table.check_key, table.known)
     unknown_reported: set[str] = set()
-    probe = _nested_probe(spec)(root)
-    nested = isinstance(probe, float) and probe > 0
-    known = spec.by_name.keys() | {SIGNATURE}
     out = TableRows()
     for row in _rows_of(spec, root, ma_lk, issues):
-        every = {child.tag: child.text for child in row}
-        # Repeated, unknown (even empty) or nested elements send the row down the slow path.
-        if nested or len(every) != len(row) or not every.keys() <= known:
+        children = list(row)
+        every = {child.tag: child.text for child in children}
+        lookup = plans
+        # Repeated, unknown (even empty) or nested elements send the row down the slow path. (A nested signature
+        # element does too: the slow path passes over it.)
+        if len(every) != len(children) or not every.keys() <= known or any(map(len, children)):
             _structure_issues(spec, standard, row, every, ma_lk, issues, unknown_reported)
-        raw: dict[str, str] = {}  # non-empty values only: absent, empty and blank are all "no value"
+            if not every.keys() <= known:
+                lookup = {**plans, **dict.fromkeys(every.keys() - known, PLAIN_UNBOUNDED)}
+        # ``every`` becomes the row's values: non-empty ones only (absent, empty and blank are all "no value"),
+        # stripped. Done in place as the fields are read, the empty ones dropped after: most need nothing.
+        raw: dict[str, str] = every  # type: ignore[assignment]  # strings only, once the empty are dropped
         typed: dict[str, Any] = {}
+        empty: list[str] = []
         for tag, text in every.items():
-            if text is None:
-                continue
-            text = text.strip()
             if not text:
+                empty.append(tag)
                 continue
-            raw[tag] = text
-            memo = plans_get(tag)
-            if memo is None:
-                continue  # unknown element, reported by the slow path
-            if isinstance(memo, int):  # a plain string: only its length is checked
-                if len(text) > memo and issues.room("V202", table_id, tag, ma_lk):
-                    issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
-                                             length=len(text), max_length=memo))
-                continue
-            value = memo.get(text)  # only valid values are memoised, as their typed value
-            if value is None:
-                value, problem = memo.check(text)
-                if problem is not None:
-                    code, params = problem
-                    if issues.room(code, table_id, tag, ma_lk):
-                        issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
-                                                 value=params.get("_value", text), **params))
+            memo = lookup[tag]
+            if type(memo) is Memo:
+                # Only valid values are memoised, as their typed value, and only stripped ones: a value found
+                # as it stands has nothing to strip.
+                value = memo.get(text)
+                if value is None:
+                    stripped = text.strip()
+                    if stripped is not text:
+                        every[tag] = stripped
+                        if not stripped:
+                            empty.append(tag)
+                            continue
+                        text = stripped
+                        value = memo.get(text)
                     if value is None:
-                        continue
-                elif len(memo) < MEMO_LIMIT:
-                    memo[text] = value
-            typed[tag] = value
-        if not required.issubset(raw):
+                        value, problem = memo.check(text)
+                        if problem is not None:
+                            code, params = problem
+                            if issues.room(code, table_id, tag, ma_lk):
+                                issues.append(make_issue(code, table=table_id, ma_lk=ma_lk, field=tag,
+                                                         value=params.get("_value", text), **params))
+                            if value is None:
+                                continue
+                        elif len(memo) < MEMO_LIMIT:
+                            memo[text] = value
+                typed[tag] = value
+                continue
+            stripped = text.strip()
+            if stripped is not text:
+                every[tag] = stripped
+                if not stripped:
+                    empty.append(tag)
+                    continue
+                text = stripped
+            # A plain string: only its length is checked (the signature and an element the standard lacks, reported
+            # by the slow path, have no maximum).
+            if len(text) > memo and issues.room("V202", table_id, tag, ma_lk):  # type: ignore[operator]
+                issues.append(make_issue("V202", table=table_id, ma_lk=ma_lk, field=tag, value=text,
+                                         length=len(text), max_length=memo))
+        for tag in empty:
+            del raw[tag]
+        if not raw.keys() >= required:  # (frozenset.issubset would copy the keys into a set first)
             for name in sorted(required - raw.keys(), key=spec.field_names().index):
                 if issues.room("V201", table_id, name, ma_lk):
                     issues.append(make_issue("V201", table=table_id, ma_lk=ma_lk, field=name))
@@ -408,8 +475,6 @@ def _validate_standalone(root: etree._Element, table_id: str, result: FileResult
 
 def validate_path(path: str, options: Options = DEFAULT_OPTIONS) -> FileResult:
     """Read a file with the size limit enforced before reading it whole."""
-    import os
-
     size = os.path.getsize(path)
     if size > options.limits.max_file_bytes:
         result = FileResult(path=path, size=size)

@@ -28,12 +28,9 @@ def parse_timestamp(text: str) -> datetime | None:
     if len(text) != 12 or not text.isascii() or not text.isdigit():
         return None
     number = int(text)  # one conversion, then arithmetic: this runs for every order and result time
-    rest, minute = divmod(number, 100)
-    rest, hour = divmod(rest, 100)
-    rest, day = divmod(rest, 100)
-    year, month = divmod(rest, 100)
     try:
-        return datetime(year, month, day, hour, minute)
+        return datetime(number // 100000000, number // 1000000 % 100, number // 10000 % 100, number // 100 % 100,
+                        number % 100)
     except ValueError:
         return None
 
@@ -79,7 +76,62 @@ def _values(spec: FieldSpec, text: str) -> list[str]:
     return [v.strip() for v in text.split(";")] if spec.multi else [text]
 
 
+def _number(text: str, decimals: int) -> tuple[Any, Problem | None]:
+    """An annex number: an optional '-', digits, at most one '.' and ``decimals`` digits after it. Its value (an
+    int when the field has no decimals) and, when it is negative, V216 (kept: sums and the health book use the
+    value as written); or None and why it is no number."""
+    # str methods instead of a regex: an optional '-', digits, at most one '.', digits after it.
+    negative = text.startswith("-")
+    digits = text[1:] if negative else text
+    point = digits.find(".")
+    typed: Any
+    if point < 0:
+        if not digits.isdigit() or not digits.isascii():
+            return None, ("V203", {})
+        typed = Decimal(digits) if decimals else int(digits)
+    else:
+        whole, places = digits[:point], digits[point + 1 :]
+        if not (whole.isdigit() and places.isdigit() and digits.isascii()):
+            return None, ("V203", {})
+        if len(places) > decimals:
+            return None, ("V204", {"decimals": decimals})
+        typed = Decimal(digits)
+    if negative:
+        typed = -typed
+        if typed != 0:  # '-0.00' is zero: a rounding artefact, not a finding
+            return typed, ("V216", {})
+    return typed, None
+
+
+def _lean_checker(spec: FieldSpec) -> Checker | None:
+    """The checker of the commonest fields, a number or a date or time and nothing else to check, without the
+    general checker's tests of what they lack: the same answers, on every value a visit's memos have not seen."""
+    if spec.check is not None or spec.max_items is not None:
+        return None
+    max_length, decimals = spec.max_length, spec.decimals
+    if spec.type == "number" and spec.format is None:
+        def number(text: str) -> tuple[Any, Problem | None]:
+            if max_length is not None and len(text) > max_length:
+                return None, ("V202", {"length": len(text), "max_length": max_length})
+            return _number(text, decimals)
+        return number
+    if spec.type == "string" and spec.format in ("timestamp", "date"):
+        parser, code = (parse_timestamp, "V205") if spec.format == "timestamp" else (parse_date, "V206")
+
+        def moment(text: str) -> tuple[Any, Problem | None]:
+            if max_length is not None and len(text) > max_length:
+                return None, ("V202", {"length": len(text), "max_length": max_length})
+            typed = parser(text)
+            return (typed, None) if typed is not None else (None, (code, {}))
+        return moment
+    return None
+
+
 def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
+    return _lean_checker(spec) or _general_checker(spec, standard)
+
+
+def _general_checker(spec: FieldSpec, standard: Standard) -> Checker:
     max_length, decimals = spec.max_length, spec.decimals
     is_number, fmt, check = spec.type == "number", spec.format, spec.check
     codes: frozenset[str] | None = None
@@ -105,24 +157,10 @@ def compile_checker(spec: FieldSpec, standard: Standard) -> Checker:
         typed: Any = text
         negative = False
         if is_number:
-            # str methods instead of a regex: an optional '-', digits, at most one '.', digits after it.
-            negative = text.startswith("-")
-            digits = text[1:] if negative else text
-            point = digits.find(".")
-            if point < 0:
-                if not digits.isdigit() or not digits.isascii():
-                    return None, ("V203", {})
-                typed = Decimal(digits) if decimals else int(digits)
-            else:
-                whole, places = digits[:point], digits[point + 1 :]
-                if not (whole.isdigit() and places.isdigit() and digits.isascii()):
-                    return None, ("V203", {})
-                if len(places) > decimals:
-                    return None, ("V204", {"decimals": decimals})
-                typed = Decimal(digits)
-            if negative:
-                typed = -typed
-                negative = typed != 0  # '-0.00' is zero: a rounding artefact, not a finding
+            typed, problem = _number(text, decimals)
+            if typed is None:
+                return None, problem
+            negative = problem is not None  # V216, once the format is checked
         if fmt is not None:
             if fmt == "timestamp":
                 typed = parse_timestamp(text)
