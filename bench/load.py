@@ -68,6 +68,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from healthbook.ingest.model import is_version_key
 from healthbook.parsing.safe_xml import decode_base64, parse
 from healthbook.reports.aggregates import day, facility_scope
 from healthbook.signing.xml_signer import sign_submission
@@ -831,7 +832,7 @@ def latest_versions(ddb: Any, table: str) -> dict[str, dict[str, str]]:
         page = ddb.scan(**kwargs)
         for item in page["Items"]:
             plain = {k: next(iter(v.values())) for k, v in item.items()}
-            if plain["version"] == "LATEST":
+            if not is_version_key(plain["version"]):
                 continue
             current = newest.get(plain["visit_id"])
             if current is None or plain["version"] > current["version"]:

@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.ingest.model import (
     ContentClaim,
     ContentClaimPending,
@@ -30,6 +31,7 @@ from healthbook.ingest.model import (
     ObjectRef,
     StoredObject,
     SubmissionRecord,
+    VisitRef,
     VisitVersion,
     VisitWrite,
     facility_day,
@@ -572,7 +574,14 @@ def claims(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
 
 
 def visit_items(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
-    return {item["version"]: item for item in scan(aws, "VISITS_TABLE")}
+    """The version items and the pointer; the records items are records_items'."""
+    return {item["version"]: item for item in scan(aws, "VISITS_TABLE") if not item["version"].startswith("RECORDS#")}
+
+
+def records_items(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
+    """Each version's records item, by the version key it belongs to."""
+    return {item["version"].removeprefix("RECORDS#"): item for item in scan(aws, "VISITS_TABLE")
+            if item["version"].startswith("RECORDS#")}
 
 
 def sid_of(key: str, version: str) -> str:
@@ -587,6 +596,21 @@ def test_sample_events_are_real_shaped() -> None:
     assert s3["s3"]["object"]["versionId"]
     assert json.loads(json.loads((EVENTS / "sqs_s3_test_event.json").read_text())["Records"][0]["body"])[
         "Event"] == "s3:TestEvent"
+
+
+def test_a_version_stored_with_its_records_on_it_still_loads(aws: SimpleNamespace) -> None:
+    """Versions stored before the records had their own item kept them on the version item: still read there."""
+    table = TABLES["VISITS_TABLE"]
+    old = {"visit_id": {"S": "01001#OLD"}, "version": {"S": "2026-11-01T00:00:00Z#abc"}, "status": {"S": "PENDING"},
+           "received_at": {"S": "2026-11-01T00:00:00Z"}, "deadline_at": {"S": "2026-11-02T00:00:00Z"},
+           "records": {"B": b"old-style"}}
+    aws.ddb.put_item(TableName=table, Item=old)
+    store = DynamoVisitStatus(aws.ddb, visits_table=table)
+    ref = VisitRef("01001#OLD", "2026-11-01T00:00:00Z#abc")
+    loaded = store.load(ref, with_records=True)
+    assert loaded is not None and loaded.records == b"old-style"
+    light = store.load(ref)
+    assert light is not None and light.records is None  # the light read leaves them out, as ever
 
 
 def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
@@ -627,7 +651,14 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
     assert stored["deadline_at"] == "2026-11-23T03:00:00Z" and stored["submission_id"] == sid
     assert stored["citizen_key"] == hmac.new(PEPPER.encode(), cccd.encode(), hashlib.sha256).hexdigest()
     assert stored["digest"] == receipt["visits"][0]["digest"] and stored["standard"] == "4750"
-    records = gzip.decompress(bytes(stored["records"]))
+    assert "records" not in stored  # each status change rewrites the version item: the records are kept apart
+    kept = records_items(aws)
+    assert list(kept) == [version_key_] and set(kept[version_key_]) == {"visit_id", "version", "records"}
+    # What the delivery steps read back (DynamoVisitStatus.load) is that item's records.
+    loaded = DynamoVisitStatus(aws.ddb, visits_table=TABLES["VISITS_TABLE"]).load(
+        VisitRef(visit_id, version_key_), with_records=True)
+    assert loaded is not None and loaded.records == bytes(kept[version_key_]["records"])
+    records = gzip.decompress(loaded.records)
     assert hashlib.sha256(records).hexdigest() == stored["digest"]  # the stored records are the receipted ones
     assert json.loads(records)["tables"]["XML1"][0]["SO_CCCD"] == cccd
 

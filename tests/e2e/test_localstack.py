@@ -305,10 +305,12 @@ def _verify(aws: Callable[..., Any], pipeline: dict[str, Any], receipt: dict[str
 
 
 def _visit_items(aws: Callable[..., Any], pipeline: dict[str, Any], ma_lk: str) -> list[dict[str, Any]]:
+    """A visit's versions and its LATEST pointer (not the versions' records items)."""
+    from healthbook.ingest.model import is_version_key
     items: list[dict[str, Any]] = aws("dynamodb").query(
         TableName=pipeline["env"]["VISITS_TABLE"], KeyConditionExpression="visit_id = :v",
         ExpressionAttributeValues={":v": {"S": f"{FACILITY}#{ma_lk}"}}, ConsistentRead=True)["Items"]
-    return items
+    return [item for item in items if is_version_key(item["version"]["S"]) or item["version"]["S"] == "LATEST"]
 
 
 def _submissions_for(aws: Callable[..., Any], pipeline: dict[str, Any], object_key: str) -> list[dict[str, Any]]:

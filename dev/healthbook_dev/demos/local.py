@@ -29,6 +29,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from healthbook.ingest.model import is_version_key
 from healthbook.kernel import PORTAL_TZ
 from healthbook.signing.receipt import receipt_codes, verify_receipt
 from healthbook.signing.xml_signer import sign_submission
@@ -233,7 +234,7 @@ def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:
     citizen = None
     for page in box.ddb.get_paginator("scan").paginate(TableName=box.names["VISITS_TABLE"]):
         for item in page["Items"]:
-            if item["version"]["S"] == "LATEST":
+            if not is_version_key(item["version"]["S"]):
                 continue
             status = item["status"]["S"]
             statuses[status] += 1

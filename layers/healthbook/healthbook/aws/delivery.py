@@ -20,7 +20,7 @@ from typing import Any
 from healthbook.aws.records import ConflictRetry, cancellation_reasons, conditional_write, conflicted, counter_update
 from healthbook.delivery.contracts import ExecutionInput, StepInput
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit
-from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, status_shard
+from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, records_version, status_shard
 from healthbook.kernel import iso_utc, parse_time
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 
@@ -73,10 +73,16 @@ class DynamoVisitStatus:
         item = self._db.get_item(TableName=self.table, Key=_key(ref), ConsistentRead=True,
                                  ProjectionExpression=projection,
                                  ExpressionAttributeNames={"#s": "status"}).get("Item")
-        return _visit(item) if item else None
+        if item is None:
+            return None
+        if with_records and "records" not in item:  # in their own item (versions stored before it kept them here)
+            held = self._db.get_item(TableName=self.table, ConsistentRead=True, ProjectionExpression="records",
+                                     Key={"visit_id": _s(ref.visit_id), "version": _s(records_version(ref.version))})
+            item = {**item, **held.get("Item", {})}
+        return _visit(item)
 
     def previous_version(self, ref: VisitRef) -> str | None:
-        # "LATEST" sorts after every ISO version key, so "version < :v" never returns the pointer.
+        # "LATEST" and "RECORDS#…" sort after every ISO version key: "version < :v" returns neither.
         items = self._db.query(TableName=self.table, KeyConditionExpression="visit_id = :id AND version < :v",
                                ExpressionAttributeValues={":id": _s(ref.visit_id), ":v": _s(ref.version)},
                                ProjectionExpression="version", ScanIndexForward=False, Limit=1,

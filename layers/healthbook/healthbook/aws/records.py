@@ -1,6 +1,7 @@
 """The ingest RecordsRepository on DynamoDB: the `submissions` and `visits` tables of docs/data-model.md.
 
-Every write is conditional, so running the same object twice adds nothing. A new visit version, the move
+Every write is conditional (but a version's records item, the same bytes each time), so running the same
+object twice adds nothing. A new visit version, the move
 of its LATEST pointer and the supersession of the version it replaces go in one TransactWriteItems: a
 reader never sees a pointer to a missing version, nor two PENDING versions of one visit. The content claim of
 an accepted file (`content#{facility}#{sha256}` in `submissions`) is taken before its visits are stored and
@@ -31,6 +32,7 @@ from healthbook.ingest.model import (
     VisitVersion,
     VisitWrite,
     content_claim_key,
+    records_version,
 )
 from healthbook.reports.aggregates import COUNTER_SHARDS, MAX_COUNTER_SHARDS, CounterUpdate, for_submission, shard_key
 
@@ -292,10 +294,14 @@ class DynamoRecords:
         if len(visit.records) > MAX_RECORDS_BYTES:
             raise RecordsTooLarge(f"visit {visit.visit_id}: {len(visit.records)} bytes of compressed records "
                                   f"exceed the {MAX_RECORDS_BYTES} a DynamoDB item can hold")
+        records_written = False
         for attempt in range(self.conflicts.attempts):
             current = self.latest(visit.visit_id)
             if current == visit.version:
                 return VisitWrite.PRESENT
+            if not records_written:
+                self._put_records(visit)
+                records_written = True
             if current is not None and current > visit.version:
                 return self._put_late(visit, current)
             try:
@@ -319,7 +325,6 @@ class DynamoRecords:
             "visit_id": _s(visit.visit_id), "version": _s(visit.version), "submission_id": _s(visit.submission_id),
             "received_at": _s(visit.received_at), "digest": _s(visit.digest), "status": _s(status),
             "deadline_at": _s(visit.deadline_at), "status_shard": _s(visit.status_shard(status)),
-            "records": {"B": visit.records},
         }
         if visit.standard:
             item["standard"] = _s(visit.standard)
@@ -335,6 +340,13 @@ class DynamoRecords:
         elif visit.next_attempt_at:
             item["next_attempt_at"] = _s(visit.next_attempt_at)
         return item
+
+    def _put_records(self, visit: VisitVersion) -> None:
+        """The records, in their own item, before the version item that refers to them: a version item never
+        exists without its records. Unconditional: a retry writes the same bytes (the version key is the object's)."""
+        self._db.put_item(TableName=self.visits_table, Item={
+            "visit_id": _s(visit.visit_id), "version": _s(records_version(visit.version)),
+            "records": {"B": visit.records}})
 
     def _transact(self, visit: VisitVersion, current: str | None) -> None:
         put_version = {"Put": {"TableName": self.visits_table, "Item": self._version_item(visit, PENDING),

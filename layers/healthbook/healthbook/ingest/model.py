@@ -26,6 +26,20 @@ REJECTED = SubmissionStatus.REJECTED
 STATUS_SHARDS = 8
 DELIVERY_BATCH = 50  # visits per delivery execution (docs/cost.md)
 LATEST = "LATEST"  # the sort key of a visit's pointer item
+# A version's records live in their own item, written once before the version item: each status change then
+# rewrites a few hundred bytes, not the records' kilobytes (docs/cost.md). Its sort key sorts after "LATEST", which
+# sorts after every ISO version key, so a query for versions never returns either.
+RECORDS_PREFIX = "RECORDS#"
+
+
+def records_version(version: str) -> str:
+    """The sort key of the item holding ``version``'s records."""
+    return RECORDS_PREFIX + version
+
+
+def is_version_key(sort_key: str) -> bool:
+    """Whether a ``visits`` item with this sort key is a version (not the pointer, not a version's records)."""
+    return sort_key != LATEST and not sort_key.startswith(RECORDS_PREFIX)
 UNKNOWN_FACILITY = "unknown"  # receipts folder for a key that names no folder at all
 
 _INBOX_KEY = re.compile(rf"^inbox/({FACILITY_CODE.pattern})/(?:.+/)?[^/]+$")
