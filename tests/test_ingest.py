@@ -46,7 +46,7 @@ from healthbook.signing.signer import LocalKeySigner
 from healthbook.signing.xml_signer import sign_submission
 from healthbook_dev.aws.sandbox import LambdaContext, create_tables, kms_signs_digests_like_aws, load_ingest_handler
 from healthbook_dev.fakes.signer import CountingSigner
-from healthbook_dev.generate import Visit, build_visit, submission
+from healthbook_dev.generate import Visit, build_visit, envelope, submission
 from healthbook_dev.pki import dev_pki
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +288,30 @@ def test_accepted_visits_are_leased_and_their_delivery_started(pki: dict[str, Pa
     assert len({n for n, _ in starter.started}) == 2  # names never repeat
     older = service.ingest(ref("inbox/01001/c.xml", at=RECEIVED - timedelta(seconds=1)))  # arrives late
     assert older.visits_stored == 1 and len(starter.started) == 2  # kept as history, never delivered
+
+
+def test_a_window_starts_its_visits_together_in_executions_of_fifty(pki: dict[str, Path],
+                                                                     platform: LocalKeySigner) -> None:
+    """Real files hold a visit or two: a window's visits share executions (one per DELIVERY_BATCH), not one each;
+    every file counts the executions that hold its visits."""
+    starter = RecordingStarter()
+    service, store, records = fake_service(pki, platform, delivery=starter)
+    key = serialization.load_pem_private_key(pki["01001-key"].read_bytes(), password=None)
+    cert, *chain = x509.load_pem_x509_certificates(pki["01001"].read_bytes())
+    sizes = {"a": 30, "b": 25, "c": 5}
+    for name, size in sizes.items():
+        visits = [a_visit(1000 + 100 * len(name) * ord(name) + n) for n in range(size)]
+        store.objects[f"inbox/01001/{name}.xml"] = sign_submission(envelope(visits), key, cert,  # type: ignore[arg-type]
+                                                                   chain=chain)
+    window = [service.examine(ref(f"inbox/01001/{name}.xml")) for name in sizes]
+    service.sign(window)
+    outcomes = [service.record(examined) for examined in window]
+    assert starter.started == [] and [len(o.to_deliver) for o in outcomes] == [30, 25, 5]  # recorded, not started
+    service.start_delivery(outcomes)
+    assert [len(refs) for _, refs in starter.started] == [50, 10]
+    assert [v for _, refs in starter.started for v in refs] == [v for o in outcomes for v in o.to_deliver]
+    assert [o.delivery_executions for o in outcomes] == [1, 2, 1]  # b's visits are in both
+    assert {v.ref for v, _ in records.versions.values()} == {v for o in outcomes for v in o.to_deliver}
 
 
 def test_a_failed_delivery_start_loses_nothing(pki: dict[str, Path], platform: LocalKeySigner) -> None:
@@ -1230,10 +1254,20 @@ def _emf(printed: str) -> dict[str, list[Any]]:
 
 def test_a_batch_of_files_costs_one_signature(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
                                               kms_calls: Callable[..., CountingKms],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A full batch: ten files (accepted, kept out, not XML, too far from a facility folder) and a test event,
-    one KMS Sign; every receipt verifies alone with the public key, each with its own path to the same root."""
+    one KMS Sign; every receipt verifies alone with the public key, each with its own path to the same root.
+    The accepted visits of the whole batch are handed to the delivery at once, after every file is recorded."""
     kms = kms_calls()
+    starts: list[tuple[int, int]] = []  # (files recorded by then, visits handed over)
+    start_delivery = IngestService.start_delivery
+
+    def recorded_first(service: IngestService, outcomes: Any) -> None:
+        starts.append((len(submissions(aws)), sum(len(o.to_deliver) for o in outcomes)))
+        start_delivery(service, outcomes)
+
+    monkeypatch.setattr(IngestService, "start_delivery", recorded_first)
     batch, keys = [], []
     for n in range(10):
         visit = a_visit(60 + n)
@@ -1260,6 +1294,7 @@ def test_a_batch_of_files_costs_one_signature(aws: SimpleNamespace, app: ModuleT
     assert [b["leaf_index"] for b in batches] == list(range(10))  # in batch order
     assert len({r["platform_signature"]["value"] for r in receipts}) == 1
     assert [r["accepted"] for r in receipts].count(True) == 7 and len(submissions(aws)) == 10
+    assert starts == [(10, 7)]
     metrics = _emf(capsys.readouterr().out)
     assert metrics["ReceiptSignatures"] == [1] and metrics["ReceiptsSigned"] == [10]
     assert metrics["MessagesReceived"] == [11] and metrics["MessagesFailed"] == [0]

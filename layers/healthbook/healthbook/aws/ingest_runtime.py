@@ -184,6 +184,7 @@ class _Object:
     ref: ObjectRef
     held: bool = False  # this run holds its idempotency record (begun, neither completed nor released)
     examined: Examined | None = None
+    outcome: Outcome | None = None  # once recorded
     elapsed_ms: float = 0.0  # its own work: examining and recording
 
 
@@ -315,7 +316,8 @@ class IngestRuntime:
         """The SQS batch: the ids of the messages that failed (batchItemFailures), in batch order.
 
         Each window: every object examined, then ONE signature for all the receipts of the window, then every
-        object recorded. Normally the whole batch is one window; a message naming an object an earlier message
+        object recorded, then the delivery of the window's visits started, then each object's outcome logged and
+        its idempotency record completed. Normally the whole batch is one window; a message naming an object an earlier message
         of the batch names, or holding a file whose identical copy an earlier message of the window is
         ingesting, goes to the next one (so both end as they would one after the other)."""
         failed: set[str] = set()
@@ -359,7 +361,7 @@ class IngestRuntime:
             return None
 
     def _window(self, window: list[_Message]) -> list[_Message]:
-        """Examine, sign, record one window; returns the messages deferred to the next window."""
+        """Examine, sign, record, start the delivery of one window; returns the messages deferred to the next."""
         wiring = self.wiring()
         holders: dict[str, _Message] = {}  # submission id -> its message, for the objects of this window
         deferred = [message for message in window if self._examine(wiring, message, holders)]
@@ -383,9 +385,12 @@ class IngestRuntime:
             self.metrics.count("ReceiptSignatures")
             self.metrics.count("ReceiptsSigned", covered)
             self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
-        for message in live:
-            if not message.failed:
-                self._record(wiring, message, covered, signing_ms)
+        recorded = [message for message in live if not message.failed and self._record(wiring, message)]
+        # One start for the window's visits (not one per file), after every file's "done" marker.
+        wiring.service.start_delivery([item.outcome for message in recorded for item in message.objects
+                                       if item.outcome is not None])
+        for message in recorded:
+            self._complete(wiring, message, covered, signing_ms)
         return deferred
 
     def _examine(self, wiring: Wiring, message: _Message, holders: dict[str, _Message]) -> bool:
@@ -423,8 +428,8 @@ class IngestRuntime:
                 self._fail(wiring, message, exc, key)
         return False
 
-    def _record(self, wiring: Wiring, message: _Message, covered: int, signing_ms: float) -> None:
-        """Phase 3 for one message: each object recorded, observed and its idempotency completed."""
+    def _record(self, wiring: Wiring, message: _Message) -> bool:
+        """Phase 3 for one message: each object recorded. False (the message failed) when one could not be."""
         key: str | None = None
         with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
             try:
@@ -436,14 +441,31 @@ class IngestRuntime:
                     with self.logger.append_context_keys(submission_id=ref.submission_id, s3_key=ref.key), \
                             self.tracer.provider.in_subsegment("## ingest_object") as segment:
                         started = time.perf_counter()
-                        outcome = wiring.service.record(examined)
+                        item.outcome = wiring.service.record(examined)
                         item.elapsed_ms += (time.perf_counter() - started) * 1000
-                        segment.put_annotation("facility", outcome.facility)  # codes only: annotations are searchable
-                        segment.put_annotation("status", outcome.status)
-                        signed = examined.receipt is not None
-                        with self.logger.append_context_keys(facility=outcome.facility):
-                            self._observe(outcome, item.elapsed_ms + (signing_ms if signed else 0.0),
-                                          covered if signed else 0)
+                        segment.put_annotation("facility", item.outcome.facility)  # codes only: searchable
+                        segment.put_annotation("status", item.outcome.status)
+            except Exception as exc:
+                self._fail(wiring, message, exc, key)
+                return False
+        return True
+
+    def _complete(self, wiring: Wiring, message: _Message, covered: int, signing_ms: float) -> None:
+        """Phase 5 for one recorded message, once its visits' delivery has started: each object observed and its
+        idempotency completed."""
+        key: str | None = None
+        with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
+            try:
+                for item in message.objects:
+                    examined, outcome = item.examined, item.outcome
+                    key = item.ref.key
+                    if examined is None or outcome is None:
+                        raise ValueError("an object of the window was not recorded")
+                    signed = examined.receipt is not None
+                    with self.logger.append_context_keys(submission_id=item.ref.submission_id, s3_key=key,
+                                                         facility=outcome.facility):
+                        self._observe(outcome, item.elapsed_ms + (signing_ms if signed else 0.0),
+                                      covered if signed else 0)
                     wiring.idempotency.complete(item.payload, outcome.to_dict())
                     item.held = False
             except Exception as exc:

@@ -252,9 +252,11 @@ class Outcome:
     receipt_key: str | None = None
     quarantine_key: str | None = None
     size: int | None = None
-    delivery_executions: int = 0  # delivery workflows started for the accepted visits
+    delivery_executions: int = 0  # delivery workflows started that hold some of its accepted visits
     delivery_start_failures: int = 0
     replay_of: str | None = None  # I503: the submission that holds the same content
+    # The versions stored (or found stored) that the delivery workflow takes, once the window's files are recorded.
+    to_deliver: list[VisitRef] = field(default_factory=list, repr=False)
 
     @property
     def visits_rejected(self) -> int:

@@ -201,10 +201,12 @@ class IngestService:
         return registered.province or facility[:2], registered.district or None, registered.commune or None
 
     def ingest(self, ref: ObjectRef) -> Outcome:
-        """One object in a window of its own: examine, sign (one Sign for its receipt alone), record."""
+        """One object in a window of its own: examine, sign (one Sign for its receipt alone), record, start."""
         examined = self.examine(ref)
         self.sign([examined])
-        return self.record(examined)
+        outcome = self.record(examined)
+        self.start_delivery([outcome])
+        return outcome
 
     # --- the three phases -------------------------------------------------------------------------------
 
@@ -239,7 +241,8 @@ class IngestService:
 
     def record(self, examined: Examined) -> Outcome:
         """Phase 3: store what the signed receipt accepts, write the receipt, quarantine, and last the
-        submission item; then start the delivery. An object without a receipt has nothing to record."""
+        submission item. An object without a receipt has nothing to record. Its visits to deliver are left on the
+        outcome for :meth:`start_delivery`, once the window's files are recorded."""
         if examined.body is None:
             return examined.outcome
         if examined.receipt is None:
@@ -369,22 +372,31 @@ class IngestService:
             signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings),
             transaction_id=transaction_of(ref.key)),
             confirm=examined.confirm, release=examined.release)
-        self._start_delivery(outcome, to_deliver)
+        outcome.to_deliver = to_deliver
         return outcome
 
-    def _start_delivery(self, outcome: Outcome, visits: list[VisitRef]) -> None:
-        """Best effort, after the "done" marker: a start that fails loses nothing, the visits stay PENDING and
-        the delivery sweep takes them when their lease ends. Starting twice is harmless (docs/delivery.md)."""
-        if self._delivery is None or not visits:
+    def start_delivery(self, outcomes: Sequence[Outcome]) -> None:
+        """Phase 4: the delivery of a window's visits, all files together, in executions of DELIVERY_BATCH (one
+        execution, not one per file: real files hold a visit or two). Best effort, after the files' "done"
+        markers: a start that fails loses nothing, the visits stay PENDING and the delivery sweep takes them when
+        their lease ends. Starting twice is harmless (docs/delivery.md). Each outcome counts the executions that
+        hold its visits, and the starts that failed."""
+        queued = [(outcome, visit) for outcome in outcomes for visit in outcome.to_deliver]
+        if self._delivery is None or not queued:
             return
         run = uuid.uuid4().hex[:8]  # a retried ingest starts anew: execution names must not repeat
-        for number, start in enumerate(range(0, len(visits), DELIVERY_BATCH)):
+        for number, start in enumerate(range(0, len(queued), DELIVERY_BATCH)):
+            batch = queued[start:start + DELIVERY_BATCH]
+            holders = list({id(outcome): outcome for outcome, _ in batch}.values())
             try:
-                self._delivery.start(f"ingest-{outcome.submission_id[:40]}-{run}-{number}",
-                                     visits[start:start + DELIVERY_BATCH])
-                outcome.delivery_executions += 1
+                self._delivery.start(f"ingest-{holders[0].submission_id[:40]}-{run}-{number}",
+                                     [visit for _, visit in batch])
+                for outcome in holders:
+                    outcome.delivery_executions += 1
             except Exception as exc:  # the sweep is the safety net; say so and go on
                 log.warning("delivery start failed; the sweep will take these visits",
-                            extra={"submission_id": outcome.submission_id, "error": type(exc).__name__})
-                outcome.delivery_start_failures += 1
+                            extra={"submission_ids": [outcome.submission_id for outcome in holders],
+                                   "error": type(exc).__name__})
+                for outcome in holders:
+                    outcome.delivery_start_failures += 1
 
