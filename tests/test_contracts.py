@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
-from healthbook.aws.delivery import DynamoVisitStatus, S3Projections
+from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.reports import counters_by_period
-from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, Timing
-from healthbook.delivery.service import ProjectionStore, VisitStatusStore
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
+from healthbook.delivery.service import VisitStatusStore
 from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
 from healthbook.reconcile import Citizen, PopulationRegistry
 from healthbook.reconcile.http import PopulationClient
@@ -23,7 +23,7 @@ from healthbook.reports.aggregates import citizen_markers
 from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.fakes.population_server import FakePopulationServer
-from healthbook_dev.fakes.stores import DictProjections, FakeStatusStore
+from healthbook_dev.fakes.stores import FakeStatusStore
 from moto import mock_aws
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -39,6 +39,7 @@ class Statuses:
     store: VisitStatusStore
     add: Callable[[VisitRef, datetime], None]
     counters: Callable[[], dict[tuple[str, str], dict[str, int]]]  # the report counters committed
+    delivered_entry: Callable[[VisitRef], dict[str, str | None]]  # the entry's id and digests on the version item
 
 
 def _ref(n: int, received: datetime = RECEIVED) -> VisitRef:
@@ -57,7 +58,13 @@ def _fake_statuses() -> Iterator[Statuses]:
                 target[name] = target.get(name, 0) + value
         return summed
 
-    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"), counters)
+    def delivered_entry(ref: VisitRef) -> dict[str, str | None]:
+        item = fake.items[ref]
+        return {"projection_id": item.projection_id, "projection_sha256": item.projection_sha256,
+                "mapping_sha256": item.mapping_sha256}
+
+    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"), counters,
+                   delivered_entry)
 
 
 def _dynamo_statuses() -> Iterator[Statuses]:
@@ -77,8 +84,14 @@ def _dynamo_statuses() -> Iterator[Statuses]:
             # counters, not markers; each period's shards added up
             return counters_by_period(ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"])
 
+        def delivered_entry(ref: VisitRef) -> dict[str, str | None]:
+            item = ddb.get_item(TableName=NAMES["VISITS_TABLE"], Key={"visit_id": {"S": ref.visit_id},
+                                                                      "version": {"S": ref.version}})["Item"]
+            names = ("projection_id", "projection_sha256", "mapping_sha256")
+            return {name: item[name]["S"] if name in item else None for name in names}
+
         yield Statuses(DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
-                                         aggregates_table=NAMES["AGGREGATES_TABLE"]), add, counters)
+                                         aggregates_table=NAMES["AGGREGATES_TABLE"]), add, counters, delivered_entry)
 
 
 @pytest.fixture(params=["fake", "dynamodb"])
@@ -103,8 +116,14 @@ def test_each_transition_happens_once_and_only_from_pending(statuses: Statuses) 
         statuses.add(ref, RECEIVED)
     assert store.mark_matched(delivered, "ab" * 32, NOW)
     assert store.load(delivered).citizen_key == "ab" * 32  # type: ignore[union-attr]  # still PENDING
-    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=300_000, receipt_id="v-1")
-    assert not store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id="v-2")
+    entry = DeliveredEntry(projection_id="a" * 64, sha256="b" * 64, mapping_sha256="c" * 64)
+    assert statuses.delivered_entry(delivered) == dict.fromkeys(("projection_id", "projection_sha256",
+                                                                 "mapping_sha256"))
+    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=300_000, receipt_id="v-1", entry=entry)
+    later = DeliveredEntry(projection_id="d" * 64, sha256="e" * 64, mapping_sha256="f" * 64)
+    assert not store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id="v-2", entry=later)
+    assert statuses.delivered_entry(delivered) == {"projection_id": "a" * 64, "projection_sha256": "b" * 64,
+                                                   "mapping_sha256": "c" * 64}  # kept with the delivery, once
     assert not store.mark_matched(delivered, "cd" * 32, NOW)
     assert store.mark_needs_reconciliation(parked, ["UNKNOWN_ID"], NOW)
     assert not store.defer(parked, next_attempt_at=NOW, error="X", now=NOW)
@@ -150,29 +169,6 @@ def test_citizen_markers_count_once(statuses: Statuses) -> None:
     assert statuses.counters() == expected
     # the 34 provinces, on a 2026 day: a citizen with a book, and with a visit
     assert expected[("P34#01", "D#2026-11-22")] == {"new_citizens": 1, "citizens_visited": 1}
-
-
-# --- the projections ----------------------------------------------------------------------------------------
-
-def _s3_projections() -> Iterator[ProjectionStore]:
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket="projections", CreateBucketConfiguration={"LocationConstraint": REGION})
-        yield S3Projections(s3, bucket="projections")
-
-
-@pytest.fixture(params=["fake", "s3"])
-def projections(request: pytest.FixtureRequest) -> Iterator[ProjectionStore]:
-    yield from (iter([DictProjections()]) if request.param == "fake" else _s3_projections())
-
-
-def test_a_projection_reads_back_as_written_and_a_missing_one_raises(projections: ProjectionStore) -> None:
-    body = '{"schema":"healthbook-entry/2","name":"Nguyễn"}'.encode()
-    projections.put("projections/01001/a.json", body)
-    projections.put("projections/01001/b.json", b"{}")
-    assert projections.get("projections/01001/a.json") == body
-    with pytest.raises(Exception):  # a KeyError or botocore's NoSuchKey: either fails the step  # noqa: B017
-        projections.get("projections/01001/none.json")
 
 
 # --- the population database ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from healthbook.aws.records import (
     counter_update,
 )
 from healthbook.aws.reports import DynamoCounters, counters_by_period
+from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, VisitRef
 from healthbook.reports.aggregates import (
     COUNTER_SHARDS,
@@ -316,6 +317,7 @@ def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: in
                     store.count_citizen(citizen_markers(citizen, AT, facility=facility, province="79",
                                                         district=None, commune=COMMUNE))
                     store.mark_delivered(ref, delivered_at=AT, latency_ms=1500, receipt_id=None,
+                                         entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64),
                                          count=for_delivery(facility, AT, deadline_at=AT + timedelta(hours=20),
                                                             latency_ms=1500))
                     return

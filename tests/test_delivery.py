@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
 
+import healthbook.projection
 import pytest
 from healthbook.aws.settings import TimingSettings
 from healthbook.delivery.model import (
@@ -30,31 +32,28 @@ from healthbook.delivery.model import (
     MATCHED,
     MAX_BATCH,
     NEEDS_RECONCILIATION,
-    PROJECTED,
     SKIPPED,
     Timing,
     VisitRef,
 )
 from healthbook.delivery.service import (
     Deliver,
-    Project,
     Reconcile,
     Settle,
     Sweeper,
     SweepReport,
-    projection_key,
     summarise,
     version_ms,
 )
 from healthbook.ingest.model import PENDING, SUPERSEDED, version_key
 from healthbook.ingest.service import pack_records
 from healthbook.kernel import citizen_key, epoch_ms, iso_utc, parse_time
-from healthbook.projection import dumps, project, projection_id
+from healthbook.projection import SensitiveDataError, dumps, mapping_sha256, project, projection_id
 from healthbook.reconcile import PopulationUnavailable
 from healthbook.validation import validate_bytes
 from healthbook.vneid import PermanentDeliveryError, RetryableDeliveryError
 from healthbook_dev.fakes.population import FakePopulation
-from healthbook_dev.fakes.stores import DictProjections, FakeStatusStore
+from healthbook_dev.fakes.stores import FakeStatusStore
 from healthbook_dev.generate import Visit, build_visit, submission
 from healthbook_dev.generate.visit import set_everywhere
 from hypothesis import given, settings
@@ -161,7 +160,7 @@ def _known(seed: int) -> FakePopulation:
 
 @dataclass(frozen=True)
 class Steps:
-    """The four use cases on a world's fakes at one moment, their results as the workflow passes them on."""
+    """The three use cases on a world's fakes at one moment, their results as the workflow passes them on."""
 
     world: World
     now: datetime
@@ -174,12 +173,8 @@ class Steps:
     def reconcile(self, ref: VisitRef) -> dict[str, Any]:
         return Reconcile(**self._common(), population=self.population, pepper=PEPPER)(ref).to_event()
 
-    def project(self, ref: VisitRef) -> dict[str, Any]:
-        return Project(**self._common(), projections=self.world.projections)(ref).to_event()
-
-    def deliver(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> dict[str, Any]:
-        use_case = Deliver(**self._common(), projections=self.world.projections, vneid=self.world.vneid)
-        return use_case(ref, citizen_key=citizen_key, projection_key=projection_key).to_event()
+    def deliver(self, ref: VisitRef, *, citizen_key: str) -> dict[str, Any]:
+        return Deliver(**self._common(), vneid=self.world.vneid)(ref, citizen_key=citizen_key).to_event()
 
     def settle(self, ref: VisitRef, error: object) -> dict[str, Any]:
         return Settle(**self._common(), timing=self.timing, rng=random.Random(0))(ref, error).to_event()
@@ -188,7 +183,6 @@ class Steps:
 @dataclass
 class World:
     store: FakeStatusStore
-    projections: DictProjections
     vneid: FakeDeliverer
     metrics: RecordingMetrics
     population: FakePopulation
@@ -202,7 +196,7 @@ class World:
 
 @pytest.fixture
 def world() -> World:
-    return World(FakeStatusStore(), DictProjections(), FakeDeliverer(), RecordingMetrics(), _known(1))
+    return World(FakeStatusStore(), FakeDeliverer(), RecordingMetrics(), _known(1))
 
 
 # --- model: times --------------------------------------------------------------------------------------
@@ -225,11 +219,6 @@ def test_epoch_ms_and_version_ms() -> None:
     ref = _ref(1)
     assert version_ms(ref.version) == epoch_ms(RECEIVED)
     assert version_ms("2026-11-22T03:00:01Z#abc#def") == epoch_ms(RECEIVED) + 1000
-
-
-def test_projection_key_is_by_facility_and_projection_id() -> None:
-    ref = VisitRef("79001#LK/2026 01", "2026-11-22T03:00:00Z#0123456789abcdef")
-    assert projection_key(ref, "f" * 64) == f"projections/79001/{'f' * 64}.json"
 
 
 # --- model: Timing -------------------------------------------------------------------------------------
@@ -438,59 +427,87 @@ def test_reconcile_mismatch_lost_to_a_concurrent_change_is_skipped(world: World)
     assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
 
 
-# --- project -------------------------------------------------------------------------------------------
+# --- deliver: the entry, built in memory -----------------------------------------------------------------
 
-def test_project_keeps_the_entry_under_its_projection_key(world: World) -> None:
+def _entry(seed: int, received: datetime = RECEIVED, supersedes: str | None = None) -> dict[str, Any]:
+    """The entry project() builds for a visit version stored by ``World.stored``."""
+    visit, _, records = _accepted(seed)
+    stored = json.loads(gzip.decompress(records))
+    return project(stored, facility=visit.facility, received_at=received, version=epoch_ms(received),
+                   supersedes=supersedes)
+
+
+def _sha256(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(entry).encode("utf-8")).hexdigest()
+
+
+def test_deliver_sends_exactly_the_entry_project_builds_and_records_its_digests(world: World) -> None:
     ref = world.stored()
-    result = world.service().project(ref)
-    stored = json.loads(gzip.decompress(_accepted(1)[2]))
-    entry = project(stored, facility=ref.facility, received_at=RECEIVED, version=epoch_ms(RECEIVED))
-    key = projection_key(ref, entry["projection_id"])
-    assert result == {"visit_id": ref.visit_id, "outcome": PROJECTED, "projection_key": key,
-                      "projection_id": projection_id(ref.visit_id, epoch_ms(RECEIVED))}
-    assert list(world.projections.objects) == [key]
-    assert world.projections.get(key) == dumps(entry).encode("utf-8")
-    kept = json.loads(world.projections.get(key))
-    assert kept["supersedes"] is None and kept["version"] == version_ms(ref.version)
-    assert kept["visit_id"] == ref.visit_id
-    assert world.store.writes() == [] and world.store.status(ref) == PENDING  # projecting changes no status
+    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    expected = _entry(1)
+    (key, sent), = world.vneid.calls
+    assert key == "ck" and dumps(sent) == dumps(expected)
+    assert sent["supersedes"] is None and sent["version"] == version_ms(ref.version)
+    item = world.store.items[ref]
+    assert item.projection_id == expected["projection_id"] == projection_id(ref.visit_id, epoch_ms(RECEIVED))
+    assert item.projection_sha256 == _sha256(sent) == _sha256(expected)
+    mapping_file = Path(healthbook.projection.__file__).with_name("mapping.json")
+    assert item.mapping_sha256 == mapping_sha256() == hashlib.sha256(mapping_file.read_bytes()).hexdigest()
 
 
-def test_project_of_a_resubmission_supersedes_the_previous_version(world: World) -> None:
+def test_deliver_of_a_resubmission_sends_the_entry_that_supersedes_the_previous_version(world: World) -> None:
     first = world.stored(status=SUPERSEDED)
-    second = world.stored(received=RECEIVED + timedelta(minutes=5))
+    later = RECEIVED + timedelta(minutes=5)
+    second = world.stored(received=later)
     assert first.visit_id == second.visit_id and first.version < second.version
-    result = world.service().project(second)
-    kept = json.loads(world.projections.get(result["projection_key"]))
-    assert kept["supersedes"] == projection_id(first.visit_id, version_ms(first.version))
-    assert kept["version"] == version_ms(second.version) == epoch_ms(RECEIVED + timedelta(minutes=5))
-    assert kept["projection_id"] == result["projection_id"] != kept["supersedes"]
+    assert world.service().deliver(second, citizen_key="ck")["outcome"] == DELIVERED
+    supersedes = projection_id(first.visit_id, version_ms(first.version))
+    (_, sent), = world.vneid.calls
+    assert dumps(sent) == dumps(_entry(1, later, supersedes=supersedes))
+    assert sent["supersedes"] == supersedes != sent["projection_id"]
+    assert sent["version"] == version_ms(second.version) == epoch_ms(later)
+    assert world.store.items[second].projection_sha256 == _sha256(sent)
 
 
-def test_project_of_a_visit_no_longer_pending_is_skipped(world: World) -> None:
+def test_deliver_projects_the_same_entry_on_every_retry(world: World) -> None:
+    world.vneid.fail = RetryableDeliveryError("503", status=503)
+    ref = world.stored()
+    with pytest.raises(RetryableDeliveryError):
+        world.service().deliver(ref, citizen_key="ck")
+    world.vneid.fail = None
+    assert world.service(T + timedelta(seconds=20)).deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    first, second = (entry for _, entry in world.vneid.calls)
+    assert dumps(first) == dumps(second)  # the same projection_id: VNeID's Idempotency-Key holds
+
+
+def test_an_entry_that_would_carry_sensitive_data_is_never_sent(world: World) -> None:
+    stored = json.loads(gzip.decompress(_accepted(1)[2]))
+    stored["tables"]["XML1"][0]["LY_DO_VV"] = "B20"  # an HIV-range code in free text: fail closed
+    ref = world.store.add(_ref(1), records=gzip.compress(json.dumps(stored).encode()), received_at=RECEIVED)
+    with pytest.raises(SensitiveDataError):
+        world.service().deliver(ref, citizen_key="ck")
+    assert world.vneid.calls == []  # nothing reached VNeID
+    assert world.store.writes() == [] and world.store.status(ref) == PENDING  # for Settle (the Catch path)
+    assert world.metrics.counts == []
+    assert world.service().settle(ref, "SensitiveDataError")["outcome"] == DEFERRED
+
+
+def test_deliver_of_a_visit_no_longer_pending_is_skipped(world: World) -> None:
     ref = world.stored(status=DELIVERED)
-    assert world.service().project(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
-    assert world.projections.objects == {} and world.store.calls == ["load"]
-
-
-# --- deliver -------------------------------------------------------------------------------------------
-
-def _projected(world: World, ref: VisitRef) -> str:
-    key: str = world.service().project(ref)["projection_key"]
-    return key
+    assert world.service().deliver(ref, citizen_key="ck") == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.vneid.calls == [] and world.store.calls == ["load"]
 
 
 def test_deliver_marks_delivered_with_latency_from_receipt(world: World) -> None:
     ref = world.stored()
-    key = _projected(world, ref)
-    result = world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    result = world.service().deliver(ref, citizen_key="ck")
     latency = (T - RECEIVED) // timedelta(milliseconds=1)
     assert latency == 3_600_250
     assert result == {"visit_id": ref.visit_id, "outcome": DELIVERED, "latency_ms": latency}
     item = world.store.items[ref]
     assert item.status == DELIVERED and item.delivered_at == T and item.latency_ms == latency
     assert item.receipt_id == "vneid-1" and item.next_attempt_at is None
-    assert world.vneid.calls == [("ck", json.loads(world.projections.get(key)))]
+    assert world.vneid.calls == [("ck", _entry(1))]
     assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]
     assert world.metrics.latencies == [("DeliveryLatency", latency)]
 
@@ -498,8 +515,7 @@ def test_deliver_marks_delivered_with_latency_from_receipt(world: World) -> None
 def test_deliver_at_the_deadline_is_in_time_and_after_it_is_not(world: World) -> None:
     on_time, late = world.stored(1), world.stored(2)
     for ref, now in ((on_time, DEADLINE), (late, DEADLINE + timedelta(milliseconds=1))):
-        key = _projected(world, ref)
-        assert world.service(now).deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
+        assert world.service(now).deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
     assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime", "VisitsDelivered"]
     assert world.store.items[late].latency_ms == 24 * 3_600_000 + 1
 
@@ -507,9 +523,7 @@ def test_deliver_at_the_deadline_is_in_time_and_after_it_is_not(world: World) ->
 def test_deliver_superseded_at_vneid_marks_superseded(world: World) -> None:
     world.vneid.outcome = "superseded"
     ref = world.stored()
-    key = _projected(world, ref)
-    assert world.service().deliver(ref, citizen_key="ck", projection_key=key) == {"visit_id": ref.visit_id,
-                                                                                  "outcome": SUPERSEDED}
+    assert world.service().deliver(ref, citizen_key="ck") == {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
     item = world.store.items[ref]
     assert item.status == SUPERSEDED and item.superseded_at == T and item.delivered_at is None
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -520,9 +534,8 @@ def test_deliver_superseded_at_vneid_marks_superseded(world: World) -> None:
 def test_deliver_errors_propagate_and_change_nothing(world: World, error: Exception) -> None:
     world.vneid.fail = error
     ref = world.stored()
-    key = _projected(world, ref)
     with pytest.raises(type(error)):
-        world.service().deliver(ref, citizen_key="ck", projection_key=key)
+        world.service().deliver(ref, citizen_key="ck")
     assert len(world.vneid.calls) == 1
     assert world.store.writes() == [] and world.store.status(ref) == PENDING
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -530,9 +543,8 @@ def test_deliver_errors_propagate_and_change_nothing(world: World, error: Except
 
 def test_a_second_deliver_of_the_same_visit_is_skipped(world: World) -> None:
     ref = world.stored()
-    key = _projected(world, ref)
-    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
-    again = world.service(T + timedelta(minutes=1)).deliver(ref, citizen_key="ck", projection_key=key)
+    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    again = world.service(T + timedelta(minutes=1)).deliver(ref, citizen_key="ck")
     assert again == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert len(world.vneid.calls) == 1
     assert world.store.items[ref].delivered_at == T
@@ -541,9 +553,8 @@ def test_a_second_deliver_of_the_same_visit_is_skipped(world: World) -> None:
 
 def test_deliver_recorded_first_by_a_concurrent_execution_is_skipped_and_not_counted(world: World) -> None:
     ref = world.stored()
-    key = _projected(world, ref)
     world.store.race[ref] = DELIVERED
-    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == SKIPPED
+    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == SKIPPED
     assert len(world.vneid.calls) == 1  # the PUT happened (VNeID's Idempotency-Key makes it a replay)
     assert world.store.items[ref].delivered_at is None
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -552,9 +563,8 @@ def test_deliver_recorded_first_by_a_concurrent_execution_is_skipped_and_not_cou
 def test_deliver_superseded_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
     world.vneid.outcome = "superseded"
     ref = world.stored()
-    key = _projected(world, ref)
     world.store.race[ref] = DEADLINE_BREACHED
-    result = world.service().deliver(ref, citizen_key="ck", projection_key=key)
+    result = world.service().deliver(ref, citizen_key="ck")
     assert world.store.status(ref) == DEADLINE_BREACHED
     assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
 
@@ -563,7 +573,7 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     # seeds 3, 4 and 8 are visits at 79002, seed 1 at 79001: all in province 79
     first, second, third, elsewhere = (world.stored(seed) for seed in (3, 4, 8, 1))
     for ref, citizen in ((first, "ck"), (second, "ck"), (third, "someone-else"), (elsewhere, "ck")):
-        world.service().deliver(ref, citizen_key=citizen, projection_key=_projected(world, ref))
+        world.service().deliver(ref, citizen_key=citizen)
     counted = Counter((c.scope, c.period, name) for c in world.store.citizen_counts for name in c.deltas)
     month, half, day = "M#2026-11", "S#2026-H2", "D#2026-11-22"  # T is 22 Nov 2026, 11:00 in Vietnam
     assert counted == Counter({("F#79002", month, "citizens"): 2, ("F#79002", half, "citizens"): 2,
@@ -575,7 +585,7 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     assert (f"{province}#ALL", "citizen#ck") in world.store.markers
     # a crash between the markers and the status change: the retry finds the markers and counts nothing again
     world.store.items[first].status = PENDING
-    world.service().deliver(first, citizen_key="ck", projection_key=_projected(world, first))
+    world.service().deliver(first, citizen_key="ck")
     assert len(world.store.citizen_counts) == sum(counted.values())
 
 
@@ -583,12 +593,12 @@ def test_the_fast_path_delivers_the_entry_under_the_citizen_key(world: World) ->
     ref = world.stored()
     service = world.service()
     matched = service.reconcile(ref)
-    projected = service.project(ref)
-    delivered = service.deliver(ref, citizen_key=matched["citizen_key"], projection_key=projected["projection_key"])
-    assert [matched["outcome"], projected["outcome"], delivered["outcome"]] == [MATCHED, PROJECTED, DELIVERED]
+    delivered = service.deliver(ref, citizen_key=matched["citizen_key"])
+    assert [matched["outcome"], delivered["outcome"]] == [MATCHED, DELIVERED]
     (key, entry), = world.vneid.calls
     assert key == citizen_key(PEPPER, _id_number(1))
-    assert entry["projection_id"] == projected["projection_id"]
+    assert entry["projection_id"] == world.store.items[ref].projection_id == projection_id(ref.visit_id,
+                                                                                          epoch_ms(RECEIVED))
     assert summarise([delivered]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
 
 
@@ -813,7 +823,6 @@ def test_a_failure_to_record_a_delivery_is_retried_not_settled(world: World) -> 
     """VNeID stored the entry, then our write failed (throttling): the step raises RetryableDeliveryError, so the
     workflow retries it (the PUT replays) instead of the Catch path settling a delivered visit."""
     ref = world.stored()
-    key = _projected(world, ref)
 
     class Throttled(Exception):
         response: ClassVar[dict[str, Any]] = {"Error": {"Code": "ProvisionedThroughputExceededException"}}
@@ -825,8 +834,8 @@ def test_a_failure_to_record_a_delivery_is_retried_not_settled(world: World) -> 
 
     world.store.mark_delivered = throttled  # type: ignore[method-assign]
     with pytest.raises(RetryableDeliveryError, match="not yet recorded: ProvisionedThroughputExceededException"):
-        world.service().deliver(ref, citizen_key="ck", projection_key=key)
+        world.service().deliver(ref, citizen_key="ck")
     assert world.store.status(ref) == PENDING
     world.store.mark_delivered = original  # type: ignore[method-assign]
-    assert world.service().deliver(ref, citizen_key="ck", projection_key=key)["outcome"] == DELIVERED
+    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
     assert len(world.vneid.calls) == 2 and world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]

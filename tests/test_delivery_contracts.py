@@ -14,7 +14,6 @@ from healthbook.delivery.contracts import (
     DeliverInput,
     DeliverResult,
     ExecutionInput,
-    ProjectResult,
     ReconcileResult,
     SettleInput,
     SettleResult,
@@ -32,7 +31,6 @@ ASL = json.loads((ROOT / "infra/statemachine/delivery.asl.json").read_text(encod
 # Each Lambda task of the machine: (input contract, output contract), by the function it invokes.
 TASKS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "${ReconcileFunctionArn}": (StepInput, ReconcileResult),
-    "${ProjectFunctionArn}": (StepInput, ProjectResult),
     "${DeliverFunctionArn}": (DeliverInput, DeliverResult),
     "${SettleFunctionArn}": (SettleInput, SettleResult),
 }
@@ -87,7 +85,7 @@ def test_paths_into_earlier_results_name_fields_of_those_results() -> None:
             result, field = path
             assert field in _fields(results[f"$.{result}"]), (name, result, field)
             used.append(field)
-    assert sorted(used) == ["citizen_key", "projection_key"]  # the check saw the two the Deliver task reads
+    assert used == ["citizen_key"]  # the check saw the one the Deliver task reads
     for state in _lambda_tasks(STATES).values():
         for key, path in state.get("ResultSelector", {}).items():
             if path.startswith("$.Payload."):
@@ -122,12 +120,27 @@ def test_an_execution_input_is_what_the_contract_accepts() -> None:
     (StepInput, {"visit_id": "01001#A"}),  # no version
     (StepInput, {"visit_id": "no-facility", "version": "v"}),
     (StepInput, {"visit_id": "01001#A", "version": "v", "name": "Nguyễn Văn A"}),  # nothing personal slips in
-    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": "0123456789", "projection_key": "k"}),
-    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": CITIZEN}),
+    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": "0123456789"}),
+    (DeliverInput, {"visit_id": "01001#A", "version": "v"}),  # no citizen key
+    # the hand-off through S3 is gone: a payload still naming an object key is refused, not silently ignored
+    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": CITIZEN, "projection_key": "k"}),
 ])
 def test_malformed_step_inputs_are_refused(model: type[BaseModel], event: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         model.model_validate(event)
+
+
+def test_matched_visits_go_straight_to_deliver_which_reads_only_the_item_and_the_reconcile_result() -> None:
+    matched = [c for c in ITEM_STATES["Matched?"]["Choices"] if c.get("StringEquals") == Outcome.MATCHED]
+    assert [c["Next"] for c in matched] == ["Deliver"]
+    payload = ITEM_STATES["Deliver"]["Parameters"]["Payload"]
+    assert payload == {"visit_id.$": "$.visit_id", "version.$": "$.version",
+                       "citizen_key.$": "$.reconcile.detail.citizen_key"}
+    assert DeliverInput.model_validate({"visit_id": "01001#A", "version": "v", "citizen_key": CITIZEN}).ref == \
+        VisitRef("01001#A", "v")
+    # the tasks of a visit: reconcile, deliver and, on the Catch path, settle (no step in between any more)
+    assert sorted(s["ResultPath"] for s in _lambda_tasks(ITEM_STATES).values()) == [
+        "$.deliver", "$.reconcile", "$.settle"]
 
 
 def test_results_leave_out_what_does_not_apply() -> None:

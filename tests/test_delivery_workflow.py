@@ -1,6 +1,6 @@
 """The delivery workflow as deployed: infra/statemachine/delivery.asl.json on moto's Step Functions interpreter
 (``execute_state_machine``), its task states calling the real handlers of functions/delivery in process, the
-real DynamoDB/S3/SNS adapters on moto, and the fake VNeID and population services over HTTP.
+real DynamoDB/SNS adapters on moto, and the fake VNeID and population services over HTTP.
 
 Deadlines are seconds here (DEADLINE_SECONDS and friends); the Retry waits of the ASL are compressed tenfold.
 """
@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from healthbook.delivery.service import version_ms
 from healthbook.ingest.model import VisitVersion, version_key
 from healthbook.ingest.service import pack_records
 from healthbook.kernel import citizen_key, iso_utc
-from healthbook.projection import projection_id
+from healthbook.projection import dumps, projection_id
 from healthbook.reports.aggregates import total
 from healthbook.validation import validate_bytes
 from healthbook_dev.aws.sandbox import (
@@ -37,6 +38,7 @@ from healthbook_dev.aws.sandbox import (
     lambdas_in_process,
     load_function,
 )
+from healthbook_dev.aws.stopwatch import Stopwatch, timing
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.fakes.population_server import FakePopulationServer
 from healthbook_dev.fakes.vneid import FakeVneid
@@ -52,7 +54,8 @@ pytestmark = [pytest.mark.slow,  # moto's Step Functions interpreter with real w
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "ap-southeast-1"
 PEPPER = "workflow-pepper-0123456789"
-VISITS, PROJECTIONS = "healthbook-wf-visits", "healthbook-wf-projections"  # create_delivery names it
+VISITS = "healthbook-wf-visits"
+MAPPING = ROOT / "layers" / "healthbook" / "healthbook" / "projection" / "mapping.json"
 AGGREGATES = "healthbook-wf-aggregates"
 TIMING = {"DEADLINE_SECONDS": "12", "SAFETY_MARGIN_SECONDS": "3", "LEASE_SECONDS": "2", "RETRY_BASE_SECONDS": "0.5",
           "RETRY_MAX_SECONDS": "1"}
@@ -236,8 +239,29 @@ def test_a_referral_reaches_vneid_with_its_paper(world: World) -> None:
     assert world.run([ref], "referral")["output"]["counts"] == {"DELIVERED": 1}
     entry = world.vneid.entries(key_of(world, ref))[0]["entry"]
     assert entry["referral"], "the referral paper (XML13) is part of the entry"
-    projection = world.aws.s3.list_objects_v2(Bucket=PROJECTIONS)["Contents"]
-    assert [o["Key"] for o in projection] == [f"projections/{ref.facility}/{entry['projection_id']}.json"]
+
+
+def test_deliver_builds_the_entry_in_memory_and_the_item_keeps_its_digests_not_a_copy(world: World) -> None:
+    """No S3 call on the whole path (the hand-off through a projections bucket is gone), and the delivered item
+    identifies exactly what VNeID received: its projection id, the SHA-256 of its bytes and of the mapping."""
+    ref = store(world, _visit(13))
+    watch = Stopwatch()
+    with timing(watch):  # the sandbox's Lambdas report each invocation's AWS calls to it
+        run = world.run([ref], "in-memory")
+    assert run["output"]["counts"] == {"DELIVERED": 1}
+    calls: dict[str, Counter[str]] = {}
+    for invocation in watch.invocations:
+        calls.setdefault(invocation.function, Counter()).update(invocation.aws_calls)
+    assert sorted(calls) == ["deliver", "reconcile", "settle"]  # settle: the execution's Summarise
+    # the step reads the version and its records, and which version it supersedes: all from DynamoDB
+    assert calls["deliver"]["dynamodb.GetItem"] >= 1 and calls["deliver"]["dynamodb.Query"] == 1
+    assert [call for made in calls.values() for call in made if call.startswith("s3.")] == []
+    (received,) = world.vneid.entries(key_of(world, ref))
+    item = world.item(ref)
+    assert item["projection_id"] == received["entry"]["projection_id"] == projection_id(ref.visit_id,
+                                                                                      version_ms(ref.version))
+    assert item["projection_sha256"] == hashlib.sha256(dumps(received["entry"]).encode("utf-8")).hexdigest()
+    assert item["mapping_sha256"] == hashlib.sha256(MAPPING.read_bytes()).hexdigest()
 
 
 # --- resubmission ------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The health-book slice end to end, in process: stored visit → reconcile → project → deliver to (fake) VNeID."""
+"""The health-book slice end to end, in process: stored visit → reconcile → the entry project() builds (as the
+deliver step does, in memory) → delivered to (fake) VNeID."""
 
 from __future__ import annotations
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import healthbook.projection
 import pytest
-from healthbook.projection import SCHEMA, SensitiveDataError, dumps, is_hiv_code, mapping, project, projection_id
+from healthbook.projection import (
+    SCHEMA,
+    SensitiveDataError,
+    dumps,
+    is_hiv_code,
+    mapping,
+    mapping_sha256,
+    project,
+    projection_id,
+)
 from healthbook.projection.project import _named
 from healthbook.signing.merkle import canonical_visit
 from healthbook.standard import icd10, load, places
@@ -241,6 +253,13 @@ def test_mapping_routes_no_sensitive_table() -> None:
             assert spec["transform"] in transforms
             if spec["transform"] in ("code", "occupation"):
                 assert spec["codelist"] in load("4750").codelists
+
+
+def test_mapping_sha256_is_the_digest_of_the_mapping_file_the_layer_ships() -> None:
+    """What a delivered item records as mapping_sha256: an auditor finds the layer whose mapping has it."""
+    shipped = Path(healthbook.projection.__file__).with_name("mapping.json")
+    assert mapping_sha256() == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert len(mapping_sha256()) == 64 and mapping_sha256() is mapping_sha256()  # computed once
 
 
 def test_guard_fails_closed() -> None:

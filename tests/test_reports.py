@@ -13,6 +13,7 @@ import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.reports import DynamoCounters
+from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
 from healthbook.reports.aggregates import citizen_markers, for_breach, for_delivery, for_reconciliation
 from healthbook.reports.build import Place, PopulationFigure, build_report, load_population
@@ -301,7 +302,7 @@ class Dataset:
         deadline = at - timedelta(seconds=1) if late else at + timedelta(hours=1)
         count = for_delivery(ref.facility, at, deadline_at=deadline, latency_ms=latency_s * 1000, referral=referral)
         return self.status.mark_delivered(ref, delivered_at=at, latency_ms=latency_s * 1000, receipt_id="r",
-                                          count=count)
+                                          entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), count=count)
 
 
 def _vn(day: int, hour: int = 10, month: int = 3) -> datetime:

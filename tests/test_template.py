@@ -308,6 +308,20 @@ def test_the_citizen_index_projects_keys_only(template: dict[str, Any]) -> None:
     assert indexes["by-citizen"]["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
+def test_the_projections_bucket_is_kept_and_no_one_writes_it_any_more(template: dict[str, Any]) -> None:
+    """It holds the entries delivered before Deliver built them in memory (docs/deploy.md): an update keeps it and
+    its objects for audit until they expire, and nothing in the stack may write it (or even name it) any more."""
+    bucket = template["Resources"]["ProjectionsBucket"]
+    (rule,) = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["ExpirationInDays"]) == ("Enabled", 400)
+    naming = {name for name, resource in template["Resources"].items()
+              if "ProjectionsBucket" in referenced(resource) or any(
+                  isinstance(value, str) and "-projections-" in value for value in walk(resource))}
+    assert naming == {"ProjectionsBucket", "ProjectionsBucketPolicy"}
+    policy = bucket_policy(template, "ProjectionsBucket")
+    assert [s["Effect"] for s in statements(policy)] == ["Deny"]  # TLS only; it grants nothing
+
+
 def test_inbox_lifecycle_archives_old_objects_and_expires_old_versions(template: dict[str, Any]) -> None:
     rules = props(template, "InboxBucket")["LifecycleConfiguration"]["Rules"]
     archived = [r for r in rules if r.get("Transitions")]
@@ -527,7 +541,6 @@ def test_one_layer_per_architecture_built_by_the_makefile(template: dict[str, An
 # function -> (code folder, handler, name suffix)
 FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "ingest"),
              "ReconcileFunction": ("functions/delivery/", "app.reconcile_handler", "reconcile"),
-             "ProjectFunction": ("functions/delivery/", "app.project_handler", "project"),
              "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
              "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep"),
@@ -611,22 +624,16 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "POPULATION_URL": {"Ref": "PopulationBaseUrl"},
             "POPULATION_API_KEY_SECRET": {"Ref": "PopulationApiKeySecret"}}},
     },
-    "ProjectFunction": {
-        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-project"},
-        "Description": "Delivery step 2 - builds the health-book entry (QĐ 1332) and keeps it.",
-        "CodeUri": "functions/delivery/", "Handler": "app.project_handler", "MemorySize": 512, "Timeout": 30,
-        "LoggingConfig": {"LogGroup": {"Ref": "ProjectFunctionLogGroup"}},
-        "Environment": {"Variables": {
-            **_BEFORE_DELIVERY_VARIABLES, "PROJECTIONS_BUCKET": {"Ref": "ProjectionsBucket"}}},
-    },
+    # issue 17: the project step went; Deliver builds the entry itself and reads no projections bucket.
     "DeliverFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-deliver"},
-        "Description": "Delivery step 3 - PUTs the entry to VNeID (one attempt; the workflow retries).",
+        "Description": "Delivery step 2 - builds the health-book entry (QĐ 1332) and PUTs it to VNeID (one attempt; "
+                       "the workflow retries).",
         "CodeUri": "functions/delivery/", "Handler": "app.deliver_handler", "MemorySize": 512, "Timeout": 30,
         "LoggingConfig": {"LogGroup": {"Ref": "DeliverFunctionLogGroup"}},
         "Environment": {"Variables": {
-            **_BEFORE_DELIVERY_VARIABLES, "PROJECTIONS_BUCKET": {"Ref": "ProjectionsBucket"},
-            "VNEID_URL": {"Ref": "VneidBaseUrl"}, "VNEID_SECRET": {"Ref": "VneidCredentialsSecret"}}},
+            **_BEFORE_DELIVERY_VARIABLES, "VNEID_URL": {"Ref": "VneidBaseUrl"},
+            "VNEID_SECRET": {"Ref": "VneidCredentialsSecret"}}},
     },
     "SettleFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-settle"},
@@ -1010,6 +1017,14 @@ def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: d
         assert is_arn_of(grant["Resource"], "AggregatesTable")
     assert props(template, "AggregatesTable")["TimeToLiveSpecification"] == {"AttributeName": "expires_at",
                                                                             "Enabled": True}
+
+
+@pytest.mark.parametrize("function", ["ReconcileFunction", "DeliverFunction", "SettleFunction", "SweepFunction"])
+def test_the_delivery_functions_touch_no_bucket(template: dict[str, Any], function: str) -> None:
+    """Deliver builds the entry in memory: no S3 hand-off between steps, so no delivery role has an S3 action."""
+    actions = {action for s in function_statements(template, function) for action in as_list(s["Action"])}
+    assert not [action for action in actions if action.startswith("s3:")]
+    assert not [name for name in function_props(template, function)["Environment"]["Variables"] if "BUCKET" in name]
 
 
 def test_the_markers_deliver_writes_carry_the_attribute_the_aggregates_ttl_reads(template: dict[str, Any]) -> None:

@@ -1,10 +1,9 @@
 """Delivery functions: the task states of the delivery workflow (infra/statemachine/delivery.asl.json) and the
-sweep that restarts it. One module, five handlers, five functions in template.yaml, each with only the
+sweep that restarts it. One module, four handlers, four functions in template.yaml, each with only the
 permissions its step needs:
 
     reconcile_handler   StepInput                   -> MATCHED | NEEDS_RECONCILIATION | SKIPPED
-    project_handler     StepInput                   -> PROJECTED (projection_key) | SKIPPED
-    deliver_handler     DeliverInput                -> DELIVERED | SUPERSEDED | SKIPPED
+    deliver_handler     DeliverInput                -> DELIVERED | SUPERSEDED | SKIPPED (builds the entry itself)
     settle_handler      SettleInput                 -> DEFERRED | DEADLINE_BREACHED | SKIPPED
                         SummariseInput              -> Summary (once per execution)
     sweep_handler       (EventBridge schedule)      -> claimed, executions, breached
@@ -62,14 +61,9 @@ def reconcile_handler(event: dict[str, Any], context: LambdaContext) -> dict[str
 
 
 @handler
-def project_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_step(StepInput, event, lambda step: runtime().project()(step.ref), logger=logger, metrics=port)
-
-
-@handler
 def deliver_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_step(DeliverInput, event, lambda step: runtime().deliver()(
-        step.ref, citizen_key=step.citizen_key, projection_key=step.projection_key), logger=logger, metrics=port)
+    return run_step(DeliverInput, event, lambda step: runtime().deliver()(step.ref, citizen_key=step.citizen_key),
+                    logger=logger, metrics=port)
 
 
 @handler

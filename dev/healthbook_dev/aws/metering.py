@@ -13,7 +13,7 @@ from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 PATH = "/_healthbook/requests"
 OBSERVER_HEADER = "x-hb-observer"
 # The functions on a visit's path, by their name's suffix; the template's logical id is <Name>Function.
-PATH_FUNCTIONS = ("ingest", "reconcile", "project", "deliver", "settle", "sweep")
+PATH_FUNCTIONS = ("ingest", "reconcile", "deliver", "settle", "sweep")
 
 
 def observer(client: Any) -> Any:

@@ -50,7 +50,6 @@ MOTO_LOCK = threading.RLock()
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 # The delivery workflow's task states: substitution -> (function name suffix, handler in functions/delivery/app.py)
 DELIVERY_TASKS = {"ReconcileFunctionArn": ("reconcile", "reconcile_handler"),
-                  "ProjectFunctionArn": ("project", "project_handler"),
                   "DeliverFunctionArn": ("deliver", "deliver_handler"),
                   "SettleFunctionArn": ("settle", "settle_handler")}
 EVENT_TEMPLATE = {
@@ -332,7 +331,6 @@ class DeliveryStack:
 
     machine_arn: str
     topic_arn: str
-    projections_bucket: str
     environment: dict[str, str]
     handlers: dict[str, Any]
 
@@ -342,19 +340,16 @@ def create_delivery(prefix: str, *, visits_table: str, pepper_secret: str, vneid
                     aggregates_table: str | None = None) -> DeliveryStack:
     """Inside ``mock_aws(config=MOTO_CONFIG)``: the delivery stage of template.yaml, the way moto can hold it.
 
-    The projections bucket, the VNeID credentials secret, the deadline topic, the four task functions and the
-    Express state machine from infra/statemachine/delivery.asl.json with its substitutions. The caller sets
-    ``environment`` (and the timing variables it wants) and runs the workflow inside
-    ``lambdas_in_process(handlers)``."""
+    The VNeID credentials secret, the deadline topic, the three task functions and the Express state machine
+    from infra/statemachine/delivery.asl.json with its substitutions; no bucket, as the workflow hands nothing
+    over through S3. The caller sets ``environment`` (and the timing variables it wants) and runs the workflow
+    inside ``lambdas_in_process(handlers)``."""
     import boto3
 
     folder = functions_dir()
     if folder is None:
         raise FileNotFoundError("functions/ not found: run this from a checkout of the project")
-    s3, lam = boto3.client("s3"), boto3.client("lambda")
-    bucket = f"{prefix}-projections"
-    region = boto3.session.Session().region_name
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    lam = boto3.client("lambda")
     credentials = boto3.client("secretsmanager").create_secret(
         Name=f"{prefix}/vneid", SecretString=json.dumps(vneid_credentials))["ARN"]
     topic = boto3.client("sns").create_topic(Name=f"{prefix}-deadline")["TopicArn"]
@@ -372,13 +367,12 @@ def create_delivery(prefix: str, *, visits_table: str, pepper_secret: str, vneid
         definition = definition.replace("${" + placeholder + "}", value)
     machine = boto3.client("stepfunctions").create_state_machine(
         name=f"{prefix}-delivery", definition=definition, roleArn=role, type="EXPRESS")["stateMachineArn"]
-    environment = {"VISITS_TABLE": visits_table, "PROJECTIONS_BUCKET": bucket, "CITIZEN_PEPPER_SECRET": pepper_secret,
+    environment = {"VISITS_TABLE": visits_table, "CITIZEN_PEPPER_SECRET": pepper_secret,
                    "POPULATION_URL": population_url, "VNEID_URL": vneid_url, "VNEID_SECRET": credentials,
                    "DELIVERY_STATE_MACHINE_ARN": machine, "DEADLINE_TOPIC_ARN": topic}
     if aggregates_table:
         environment["AGGREGATES_TABLE"] = aggregates_table
-    return DeliveryStack(machine_arn=machine, topic_arn=topic, projections_bucket=bucket, environment=environment,
-                         handlers=handlers)
+    return DeliveryStack(machine_arn=machine, topic_arn=topic, environment=environment, handlers=handlers)
 
 
 def wait_for_executions(machine_arn: str, timeout: float = 120.0) -> None:

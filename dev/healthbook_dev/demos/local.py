@@ -38,8 +38,7 @@ from healthbook_dev.generate import build_visit, current_standard, facility_name
 from healthbook_dev.pki import dev_pki
 
 # Variables create_delivery sets, put back when the demo ends.
-DELIVERY_ENV = ("PROJECTIONS_BUCKET", "POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN",
-                "DEADLINE_TOPIC_ARN")
+DELIVERY_ENV = ("POPULATION_URL", "VNEID_URL", "VNEID_SECRET", "DELIVERY_STATE_MACHINE_ARN", "DEADLINE_TOPIC_ARN")
 FACILITIES = ("01001", "79001", "48001")  # the dev PKI's three good certificates (RSA, RSA via intermediate, EC)
 COMMUNES = {"01001": "00004", "79001": "26734", "48001": "20194"}  # for the report's commune roll-up
 BATCH = 10

@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from healthbook.ingest.model import is_version_key
 from healthbook.kernel import PORTAL_TZ
 from healthbook.signing.receipt import receipt_codes
 from healthbook.signing.xml_signer import sign_submission
@@ -343,7 +344,7 @@ def _final_statuses(ddb: Any, table: str, accepted: list[tuple[str, str]], progr
     for folder, ma_lk in accepted:
         items = ddb.query(TableName=table, KeyConditionExpression="visit_id = :v",
                           ExpressionAttributeValues={":v": {"S": f"{folder}#{ma_lk}"}})["Items"]
-        versions = [i for i in items if i["version"]["S"] != "LATEST"]
+        versions = [i for i in items if is_version_key(i["version"]["S"])]
         if not versions:
             progress.statuses["MISSING"] += 1
             continue

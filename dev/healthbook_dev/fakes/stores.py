@@ -1,7 +1,6 @@
-"""In-memory stand-ins for the delivery stage's storage ports: the visits' statuses (healthbook.delivery.service
-.VisitStatusStore, with DynamoVisitStatus's conditions) and the projections (ProjectionStore, as S3Projections).
-tests/test_contracts.py runs the same cases against each of them and its AWS adapter on moto, so a fake cannot
-drift from what it stands in for."""
+"""An in-memory stand-in for the delivery stage's storage port: the visits' statuses (healthbook.delivery.service
+.VisitStatusStore, with DynamoVisitStatus's conditions). tests/test_contracts.py runs the same cases against it and
+its AWS adapter on moto, so the fake cannot drift from what it stands in for."""
 
 from __future__ import annotations
 
@@ -9,7 +8,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit, Timing
+from healthbook.delivery.model import (
+    DEADLINE_BREACHED,
+    DELIVERED,
+    NEEDS_RECONCILIATION,
+    DeliveredEntry,
+    StoredVisit,
+    Timing,
+)
 from healthbook.ingest.model import PENDING, SUPERSEDED, VisitRef
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 
@@ -31,6 +37,9 @@ class Item:
     delivered_at: datetime | None = None
     latency_ms: int | None = None
     receipt_id: str | None = None
+    projection_id: str | None = None  # which entry VNeID received: its id and digests (DeliveredEntry)
+    projection_sha256: str | None = None
+    mapping_sha256: str | None = None
     superseded_at: datetime | None = None
     breached_at: datetime | None = None
     last_error: str | None = None
@@ -113,14 +122,16 @@ class FakeStatusStore:
         item.reasons, item.reconciled_at = tuple(sorted(set(reasons))), now
         return True
 
-    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool:
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
+                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
         item = self._pending("mark_delivered", ref)
         if item is None:
             return False
         self.counted.append(count)
         self._move(item, DELIVERED)
         item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
+        item.projection_id, item.projection_sha256, item.mapping_sha256 = (entry.projection_id, entry.sha256,
+                                                                           entry.mapping_sha256)
         return True
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
@@ -171,14 +182,3 @@ class FakeStatusStore:
             return False
         item.next_attempt_at = lease_until
         return True
-
-
-class DictProjections:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, body: bytes) -> None:
-        self.objects[key] = body
-
-    def get(self, key: str) -> bytes:
-        return self.objects[key]

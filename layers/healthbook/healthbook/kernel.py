@@ -65,7 +65,6 @@ class Outcome(StrEnum):
 
     MATCHED = "MATCHED"
     NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
-    PROJECTED = "PROJECTED"
     DELIVERED = "DELIVERED"
     SUPERSEDED = "SUPERSEDED"  # VNeID already holds a newer version
     DEFERRED = "DEFERRED"

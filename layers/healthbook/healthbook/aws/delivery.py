@@ -1,4 +1,4 @@
-"""Delivery-stage adapters: visit statuses in DynamoDB, projections in S3, Step Functions starts, SNS.
+"""Delivery-stage adapters: visit statuses in DynamoDB, Step Functions starts, SNS.
 
 Every status change is one conditional UpdateItem on ``status = PENDING``: a lost race answers False, not an
 error; with its report counters it is one TransactWriteItems, tried again inside the call when a concurrent
@@ -19,7 +19,7 @@ from typing import Any
 
 from healthbook.aws.records import ConflictRetry, cancellation_reasons, conditional_write, conflicted, counter_update
 from healthbook.delivery.contracts import ExecutionInput, StepInput
-from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, StoredVisit
+from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, StoredVisit
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, records_version, status_shard
 from healthbook.kernel import iso_utc, parse_time
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
@@ -117,10 +117,13 @@ class DynamoVisitStatus:
             extra += ", reconciliation_reasons = :r"
         return self._move(ref, NEEDS_RECONCILIATION, extra, values, count)
 
-    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool:
-        values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)}}
-        extra = ", delivered_at = :t, latency_ms = :l"
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
+                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
+        values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)},
+                                  ":pid": _s(entry.projection_id), ":psha": _s(entry.sha256),
+                                  ":msha": _s(entry.mapping_sha256)}
+        extra = (", delivered_at = :t, latency_ms = :l, projection_id = :pid, projection_sha256 = :psha,"
+                 " mapping_sha256 = :msha")
         if receipt_id:
             values[":r"] = _s(receipt_id)
             extra += ", vneid_receipt_id = :r"
@@ -221,23 +224,6 @@ class DynamoVisitStatus:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-class S3Projections:
-    """healthbook.delivery.ProjectionStore: what was (or will be) sent to VNeID, encrypted by the bucket key."""
-
-    def __init__(self, s3: Any, *, bucket: str) -> None:
-        self._s3 = s3
-        self.bucket = bucket
-
-    def put(self, key: str, body: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json; charset=utf-8")
-
-    def get(self, key: str) -> bytes:
-        response = self._s3.get_object(Bucket=self.bucket, Key=key)
-        with response["Body"] as body:
-            data: bytes = body.read()
-        return data
 
 
 class StepFunctionsStarter:

@@ -1,10 +1,9 @@
-"""The delivery functions' runtime: each of the five builds its use case from its own settings, on first use.
+"""The delivery functions' runtime: each of the four builds its use case from its own settings, on first use.
 
-Reconcile needs the population service and the pepper, Deliver the VNeID credentials and the projections,
-Project the projections, Settle the deadline rules, the sweep the state machine: each reads only its settings
-model (healthbook.aws.settings), so a function missing a variable says which at its first invocation. Clients
-and secrets are kept between invocations; secrets are re-read after ``SECRETS_TTL_SECONDS``, so a rotated VNeID
-credential takes effect without a deployment.
+Reconcile needs the population service and the pepper, Deliver the VNeID credentials, Settle the deadline rules,
+the sweep the state machine: each reads only its settings model (healthbook.aws.settings), so a function missing
+a variable says which at its first invocation. Clients and secrets are kept between invocations; secrets are
+re-read after ``SECRETS_TTL_SECONDS``, so a rotated VNeID credential takes effect without a deployment.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from healthbook.aws.delivery import DynamoVisitStatus, S3Projections, SnsNotifier, StepFunctionsStarter
+from healthbook.aws.delivery import DynamoVisitStatus, SnsNotifier, StepFunctionsStarter
 from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     DeliverSettings,
-    ProjectSettings,
     ReconcileSettings,
     SettleSettings,
     StepSettings,
@@ -26,7 +24,7 @@ from healthbook.aws.settings import (
     load_pepper,
 )
 from healthbook.delivery.contracts import StepInput, StepResult
-from healthbook.delivery.service import Deliver, Project, Reconcile, Settle, Sweeper
+from healthbook.delivery.service import Deliver, Reconcile, Settle, Sweeper
 from healthbook.kernel import Metrics, Outcome
 
 
@@ -41,15 +39,9 @@ class DeliveryRuntime(CachedRuntime):
         return Reconcile(store=self._store(settings), population=self._population(settings),
                          pepper=self._pepper(settings), metrics=self.metrics)
 
-    def project(self) -> Project:
-        settings = self.settings(ProjectSettings)
-        return Project(store=self._store(settings), projections=self._projections(settings.projections_bucket),
-                       metrics=self.metrics)
-
     def deliver(self) -> Deliver:
         settings = self.settings(DeliverSettings)
-        return Deliver(store=self._store(settings), projections=self._projections(settings.projections_bucket),
-                       vneid=self._vneid(settings), metrics=self.metrics)
+        return Deliver(store=self._store(settings), vneid=self._vneid(settings), metrics=self.metrics)
 
     def settle(self) -> Settle:
         settings = self.settings(SettleSettings)
@@ -70,9 +62,6 @@ class DeliveryRuntime(CachedRuntime):
         return self._cached("store", lambda: DynamoVisitStatus(client("dynamodb"), visits_table=settings.visits_table,
                                                                aggregates_table=settings.aggregates_table,
                                                                conflicts=self._conflicts()))
-
-    def _projections(self, bucket: str) -> S3Projections:
-        return self._cached("projections", lambda: S3Projections(client("s3"), bucket=bucket))
 
     def _pepper(self, settings: ReconcileSettings) -> bytes:
         return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), settings.citizen_pepper_secret))
@@ -103,8 +92,8 @@ class DeliveryRuntime(CachedRuntime):
 # --- running a step: parse its contract, count and log its outcome --------------------------------------------
 
 # Outcomes the domain does not count itself (it counts deliveries, deferrals, breaches, reconciliations).
-STEP_METRICS = {Outcome.MATCHED: "VisitsMatched", Outcome.PROJECTED: "VisitsProjected",
-                Outcome.SKIPPED: "DeliveryStepsSkipped", Outcome.SUPERSEDED: "VisitsSupersededAtVneid",
+STEP_METRICS = {Outcome.MATCHED: "VisitsMatched", Outcome.SKIPPED: "DeliveryStepsSkipped",
+                Outcome.SUPERSEDED: "VisitsSupersededAtVneid",
                 Outcome.NEEDS_RECONCILIATION: "VisitsNeedingReconciliation"}
 In = TypeVar("In", bound=StepInput)
 

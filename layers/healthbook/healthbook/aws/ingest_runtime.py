@@ -317,9 +317,9 @@ class IngestRuntime:
 
         Each window: every object examined, then ONE signature for all the receipts of the window, then every
         object recorded, then the delivery of the window's visits started, then each object's outcome logged and
-        its idempotency record completed. Normally the whole batch is one window; a message naming an object an earlier message
-        of the batch names, or holding a file whose identical copy an earlier message of the window is
-        ingesting, goes to the next one (so both end as they would one after the other)."""
+        its idempotency record completed. Normally the whole batch is one window; a message naming an object an
+        earlier message of the batch names, or holding a file whose identical copy an earlier message of the
+        window is ingesting, goes to the next one (so both end as they would one after the other)."""
         failed: set[str] = set()
         pending: list[_Message] = []
         for index, record in enumerate(records):

@@ -114,12 +114,7 @@ class ReconcileSettings(StepSettings):
     population_api_key_secret: str | None = None
 
 
-class ProjectSettings(StepSettings):
-    projections_bucket: str
-
-
 class DeliverSettings(StepSettings):
-    projections_bucket: str
     vneid_url: str
     vneid_secret: str
     vneid_timeout_seconds: PositiveSeconds = 10.0

@@ -1,7 +1,7 @@
 """The delivery workflow's contracts: what each step receives and returns, as pydantic models that match
 infra/statemachine/delivery.asl.json (tests/test_delivery_contracts.py reads the ASL and checks every path it
 uses against them). Workflow state carries keys and codes only: visit ids, versions, the citizen key (an HMAC),
-object keys, outcomes; never a name, an ID or card number.
+outcomes; never a name, an ID or card number.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class _Contract(BaseModel):
 
 
 class StepInput(_Contract):
-    """Reconcile and Project: one visit version (the Map's item)."""
+    """Reconcile: one visit version (the Map's item)."""
 
     visit_id: VisitId
     version: Version
@@ -44,8 +44,9 @@ class ExecutionInput(_Contract):
 
 
 class DeliverInput(StepInput):
+    """The visit and its citizen; the entry itself is built from the stored records, never passed along."""
+
     citizen_key: CitizenKey
-    projection_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
 class SettleInput(StepInput):
@@ -64,11 +65,6 @@ class StepResult(_Contract):
 class ReconcileResult(StepResult):
     citizen_key: CitizenKey | None = None  # MATCHED only; Deliver reads $.reconcile.detail.citizen_key
     reasons: list[str] | None = None  # NEEDS_RECONCILIATION only
-
-
-class ProjectResult(StepResult):
-    projection_key: str | None = None  # PROJECTED only; Deliver reads $.project.detail.projection_key
-    projection_id: str | None = None
 
 
 class DeliverResult(StepResult):

@@ -20,7 +20,6 @@ DEADLINE_BREACHED = VisitStatus.DEADLINE_BREACHED
 STATUSES = tuple(VisitStatus)
 
 MATCHED = Outcome.MATCHED
-PROJECTED = Outcome.PROJECTED
 DEFERRED = Outcome.DEFERRED
 SKIPPED = Outcome.SKIPPED
 UNSETTLED = Outcome.UNSETTLED
@@ -43,6 +42,17 @@ class StoredVisit:
     province: str | None = None  # the facility's, stamped at ingest (older items: None)
     district: str | None = None
     commune: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveredEntry:
+    """Which entry VNeID received, as the delivered item records it instead of a copy: the entry follows from the
+    stored records and the mapping, so its id and two digests let an auditor rebuild it and prove it is the same
+    (docs/delivery.md, "Auditing a delivery"). Hashes and an id: no personal data."""
+
+    projection_id: str
+    sha256: str  # of dumps(entry) in UTF-8: the entry's one byte form
+    mapping_sha256: str  # of the mapping.json that built it
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,22 @@
 
 Pure: no AWS. The Express workflow (infra/statemachine/delivery.asl.json) calls one step per task state:
 
-    reconcile → project → deliver        (fast path; Retry on the retryable errors)
+    reconcile → deliver                  (fast path: deliver builds the entry in memory and PUTs it; Retry on
+                                          the retryable errors)
     settle                               (Catch path: try again later, or escalate at the cutoff)
     summarise                            (once per execution: what happened, and which visits breached)
 
 Every status change is conditional on the visit still being PENDING, so two executions holding the same visit
 (a duplicate start, a sweep racing a slow execution) change it once; VNeID's Idempotency-Key makes the second
-PUT a no-op there too. Each step is a use case with the dependencies it needs (``Reconcile``, ``Project``,
-``Deliver``, ``Settle``) and returns a contract of delivery/contracts.py: keys and codes only, so the workflow's
-state never holds personal data.
+PUT a no-op there too. Each step is a use case with the dependencies it needs (``Reconcile``, ``Deliver``,
+``Settle``) and returns a contract of delivery/contracts.py: keys and codes only, so the workflow's state never
+holds personal data.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import random
@@ -28,18 +30,17 @@ from typing import Any, Protocol
 from healthbook.delivery.contracts import (
     DeliverResult,
     ItemResult,
-    ProjectResult,
     ReconcileResult,
     SettleResult,
     StepResult,
     Summary,
 )
-from healthbook.delivery.model import MAX_BATCH, StoredVisit, Timing, VisitRef
+from healthbook.delivery.model import MAX_BATCH, DeliveredEntry, StoredVisit, Timing, VisitRef
 from healthbook.ingest.model import PENDING
 from healthbook.ingest.model import DeliveryStarter as WorkflowStarter  # one port, two names
 from healthbook.kernel import Metrics, NoMetrics, Outcome, citizen_key, epoch_ms, parse_time
 from healthbook.kernel import iso_utc as iso  # one spelling of time: text order is time order
-from healthbook.projection import dumps, project, projection_id
+from healthbook.projection import dumps, mapping_sha256, project, projection_id
 from healthbook.reconcile import PopulationRegistry, identity_from_summary, reconcile
 from healthbook.reports.aggregates import (
     CitizenMarker,
@@ -55,8 +56,6 @@ __all__ = [
     "Deliver",
     "Deliverer",
     "Notifier",
-    "Project",
-    "ProjectionStore",
     "Reconcile",
     "Settle",
     "SweepReport",
@@ -91,8 +90,10 @@ class VisitStatusStore(Protocol):
         """``count``: report counters committed with the change, or not at all (docs/reports.md)."""
         ...
 
-    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int,
-                       receipt_id: str | None, count: CounterUpdate | None = None) -> bool: ...
+    def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
+                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
+        """``entry``: which entry VNeID received (its id and digests), kept on the item for audit."""
+        ...
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
 
@@ -116,12 +117,6 @@ class VisitStatusStore(Protocol):
         ...
 
 
-class ProjectionStore(Protocol):
-    def put(self, key: str, body: bytes) -> None: ...
-
-    def get(self, key: str) -> bytes: ...
-
-
 class Deliverer(Protocol):
     """healthbook.vneid.VneidClient: returns a Delivery or raises RetryableDeliveryError/PermanentDeliveryError."""
 
@@ -141,14 +136,17 @@ def error_name(error: object) -> str:
     return text[:_MAX_ERROR_NAME]
 
 
-def projection_key(ref: VisitRef, pid: str) -> str:
-    """Where a projection is kept: by facility and projection id (MA_LK may hold characters unfit for a key)."""
-    return f"projections/{ref.facility}/{pid}.json"
-
-
 def version_ms(version_key: str) -> int:
     """The projection version of a visit version key ``{received_at}#{submission}``: epoch ms of receipt."""
     return epoch_ms(parse_time(version_key.split("#", 1)[0]))
+
+
+def delivered_entry(entry: dict[str, Any]) -> DeliveredEntry:
+    """What the delivered item keeps of ``entry``: its id, the SHA-256 of its one byte form (``dumps``) and of
+    the mapping that built it. Rebuilding the entry from the stored records reproduces both digests."""
+    return DeliveredEntry(projection_id=str(entry["projection_id"]),
+                          sha256=hashlib.sha256(dumps(entry).encode("utf-8")).hexdigest(),
+                          mapping_sha256=mapping_sha256())
 
 
 # --- the steps ------------------------------------------------------------------------------------------
@@ -211,39 +209,20 @@ class Reconcile(_Step):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Project(_Step):
-    """Build the health-book entry and keep it (what VNeID will receive, for audit and for the deliver step).
-    SensitiveDataError propagates: nothing is published, the Catch path parks the visit."""
+class Deliver(_Step):
+    """Build the health-book entry from the stored records and make one PUT of it to VNeID. The entry is not kept
+    anywhere: it follows from the records and the mapping, so the delivered item records its id and digests
+    (``DeliveredEntry``). SensitiveDataError, like any projection error, propagates before anything is sent: the
+    Catch path parks the visit. RetryableDeliveryError propagates (the workflow retries with backoff);
+    PermanentDeliveryError too (the Catch path)."""
 
-    projections: ProjectionStore
+    vneid: Deliverer
 
-    def __call__(self, ref: VisitRef) -> StepResult:
+    def __call__(self, ref: VisitRef, *, citizen_key: str) -> StepResult:
         visit = self._pending(ref, with_records=True)
         if visit is None:
             return _skipped(ref)
-        previous = self.store.previous_version(ref)
-        supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
-        entry = project(_stored(visit), facility=ref.facility, received_at=visit.received_at,
-                        version=version_ms(ref.version), supersedes=supersedes)
-        key = projection_key(ref, entry["projection_id"])
-        self.projections.put(key, dumps(entry).encode("utf-8"))
-        return ProjectResult(visit_id=ref.visit_id, outcome=Outcome.PROJECTED, projection_key=key,
-                             projection_id=entry["projection_id"])
-
-
-@dataclass(frozen=True, kw_only=True)
-class Deliver(_Step):
-    """One PUT to VNeID. RetryableDeliveryError propagates (the workflow retries with backoff);
-    PermanentDeliveryError too (the Catch path)."""
-
-    projections: ProjectionStore
-    vneid: Deliverer
-
-    def __call__(self, ref: VisitRef, *, citizen_key: str, projection_key: str) -> StepResult:
-        visit = self._pending(ref)
-        if visit is None:
-            return _skipped(ref)
-        entry = json.loads(self.projections.get(projection_key))
+        entry = self._project(ref, visit)
         delivery = self.vneid.deliver(citizen_key, entry)
         now = self.now()
         if delivery.outcome == "superseded":  # VNeID already holds a newer version of this visit
@@ -253,6 +232,7 @@ class Deliver(_Step):
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
         count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
                              referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
+        delivered = delivered_entry(entry)
         try:
             # Markers before the status change: a crash in between leaves the visit PENDING, and the retry
             # finds the markers set and counts nothing twice.
@@ -260,7 +240,8 @@ class Deliver(_Step):
                                                      province=visit.province or ref.facility[:2],
                                                      district=visit.district, commune=visit.commune))
             recorded = self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms,
-                                                 receipt_id=delivery.receipt_id, count=count)
+                                                 receipt_id=delivery.receipt_id, entry=delivered,
+                                                 count=count)
         except Exception as exc:
             # VNeID holds the entry; only our record of it failed (throttling, say). Retrying the step replays
             # the idempotent PUT and records it, instead of the Catch path settling a delivered visit as late.
@@ -275,6 +256,13 @@ class Deliver(_Step):
         if now <= visit.deadline_at:
             self.metrics.count("VisitsDeliveredInTime")
         return DeliverResult(visit_id=ref.visit_id, outcome=Outcome.DELIVERED, latency_ms=latency_ms)
+
+    def _project(self, ref: VisitRef, visit: StoredVisit) -> dict[str, Any]:
+        """The entry of this version, the same on every retry; a resubmission's supersedes the previous version's."""
+        previous = self.store.previous_version(ref)
+        supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
+        return project(_stored(visit), facility=ref.facility, received_at=visit.received_at,
+                       version=version_ms(ref.version), supersedes=supersedes)
 
 
 @dataclass(frozen=True, kw_only=True)

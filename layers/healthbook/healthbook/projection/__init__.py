@@ -8,8 +8,10 @@ from healthbook.projection.project import (
     dumps,
     is_hiv_code,
     mapping,
+    mapping_sha256,
     project,
     projection_id,
 )
 
-__all__ = ["SCHEMA", "SensitiveDataError", "dumps", "is_hiv_code", "mapping", "project", "projection_id"]
+__all__ = ["SCHEMA", "SensitiveDataError", "dumps", "is_hiv_code", "mapping", "mapping_sha256", "project",
+           "projection_id"]

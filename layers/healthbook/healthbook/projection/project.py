@@ -57,6 +57,13 @@ def mapping() -> dict[str, Any]:
     return data
 
 
+@cache
+def mapping_sha256() -> str:
+    """SHA-256 (hex) of the mapping.json this layer ships: with the stored records it fixes every delivered entry,
+    so the visit item keeps it instead of a copy of the entry (docs/delivery.md, "Auditing a delivery")."""
+    return hashlib.sha256(_MAPPING.read_bytes()).hexdigest()
+
+
 def dumps(entry: dict[str, Any]) -> str:
     """The entry's one byte form: sorted keys, no whitespace, UTF-8 text kept as is."""
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
