@@ -150,9 +150,9 @@ def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
     assert lines[("CloudWatch", "logs")].dollars == pytest.approx(0.0)
     secrets = lines[("Secrets Manager, SSM", "0.00")]
     assert secrets.dollars == pytest.approx(4 * (2 / 1000 / 4) * bill.SECRETS_MANAGER_CALL)
-    # GB-seconds: 10 files x 100 ms x 1 GB
+    # GB-seconds: 10 files x 1 GB x (20 ms of our code, stretched at 1,024 MB to 1769/1024 of it, + 80 ms waiting)
     gb_s = next(line for line in bill.bill(usage) if line.service == "Lambda" and "GB-s" in line.what)
-    assert gb_s.dollars == pytest.approx(1.0 * bill.LAMBDA_GB_SECOND_ARM)
+    assert gb_s.dollars == pytest.approx(10 * (0.020 * 1769 / 1024 + 0.080) * bill.LAMBDA_GB_SECOND_ARM)
     dynamo = next(line for line in bill.bill(usage) if line.service == "DynamoDB")
     assert dynamo.dollars == pytest.approx(16 * bill.DYNAMODB_WRU + 8 * bill.DYNAMODB_RRU)
     rendered = bill.render(usage, bill.bill(usage))
@@ -169,7 +169,12 @@ def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:
     assert profile.cold_extra_s == pytest.approx(1.0)  # 1.3 s against 10 x the warm 30 ms per file
     assert profile.waits_s == pytest.approx(10 * bill.aws_latency_s("dynamodb.PutItem"))
     warm = (1.75 + profile.waits_s) / 25
-    assert profile.billed_s_per_unit == pytest.approx(warm + 1.0 / bill.INVOCATIONS_PER_COLD_START * 3 / 25)
+    assert profile.billed_s_per_unit() == pytest.approx(warm + 1.0 / bill.INVOCATIONS_PER_COLD_START * 3 / 25)
+    # At a quarter of a vCPU's memory our own time (and the cold start) takes four times as long; the waits do not.
+    quarter = bill.FULL_VCPU_MB / 4
+    assert profile.billed_s_per_unit(quarter) == pytest.approx(
+        (1.75 * 4 + profile.waits_s) / 25 + 4.0 / bill.INVOCATIONS_PER_COLD_START * 3 / 25)
+    assert profile.billed_s_per_unit(3008) == profile.billed_s_per_unit()  # more than a vCPU does not speed it up
 
 
 def test_the_stopwatch_keeps_aws_time_apart() -> None:

@@ -59,6 +59,11 @@ XRAY_SAMPLED = (1 + 0.05 * (14 - 1)) / 14
 # emulator cannot give Lambda's cold-start rate).
 INVOCATIONS_PER_COLD_START = 1000
 
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html). Our code is timed on one full core
+# here, so below that memory its own time stretches by this ratio; waiting on AWS and HTTP does not.
+FULL_VCPU_MB = 1769
+
 # Latency our functions wait for, per call, on AWS (stated, not measured here: moto answers in process).
 AWS_LATENCY_MS: dict[str, float] = {
     "dynamodb": 6, "dynamodb.TransactWriteItems": 15, "dynamodb.TransactGetItems": 10, "dynamodb.Query": 8,
@@ -102,12 +107,14 @@ class FunctionProfile:
     cold_extra_s: float = 0.0  # the first invocation beyond a warm one (lazy imports, clients)
     calls: Counter[str] = field(default_factory=Counter)
 
-    @property
-    def billed_s_per_unit(self) -> float:
+    def billed_s_per_unit(self, memory_mb: int = FULL_VCPU_MB) -> float:
+        """Seconds billed per unit of work at ``memory_mb``: our code's time stretched by the CPU share that memory
+        buys (``FULL_VCPU_MB``), the waits as they are, a cold start spread over INVOCATIONS_PER_COLD_START."""
         if not self.units:
             return 0.0
-        per_invocation_cold = self.cold_extra_s / INVOCATIONS_PER_COLD_START
-        return (self.own_s + self.waits_s) / self.units + per_invocation_cold * self.invocations / self.units
+        stretch = max(1.0, FULL_VCPU_MB / memory_mb)
+        per_invocation_cold = self.cold_extra_s * stretch / INVOCATIONS_PER_COLD_START
+        return (self.own_s * stretch + self.waits_s) / self.units + per_invocation_cold * self.invocations / self.units
 
 
 def profile_invocations(invocations: Iterable[Any]) -> dict[str, FunctionProfile]:
@@ -206,16 +213,16 @@ def bill(usage: Usage) -> list[Line]:
         profile = usage.profiles.get(function)
         if profile is None or not units:
             continue
-        seconds = units * profile.billed_s_per_unit
-        gb = usage.memory_mb.get(function, 512) / 1024
-        gb_s += seconds * gb
-        parts.append(f"{function} {units}x{profile.billed_s_per_unit * 1000:.0f} ms@{gb * 1024:.0f} MB")
+        memory_mb = usage.memory_mb.get(function, 512)
+        per_unit = profile.billed_s_per_unit(memory_mb)
+        gb_s += units * per_unit * memory_mb / 1024
+        parts.append(f"{function} {units}x{per_unit * 1000:.0f} ms@{memory_mb} MB")
     lines.append(Line("Lambda", f"{gb_s:.2f} GB-s, our code timed in process ({'; '.join(parts)})",
                       gb_s * LAMBDA_GB_SECOND_ARM))
 
     executions = usage.express_executions
-    task_s = sum(usage.units.get(f, 0) * usage.profiles[f].billed_s_per_unit
-                 for f in ("reconcile", "project", "deliver", "settle") if f in usage.profiles)
+    task_s = sum(usage.units.get(f, 0) * usage.profiles[f].billed_s_per_unit(usage.memory_mb.get(f, 512))
+                 for f in ("reconcile", "deliver", "settle") if f in usage.profiles)
     express_s = max(task_s, executions * EXPRESS_MIN_SECONDS)
     lines.append(Line("Step Functions", f"{executions} Express executions, {express_s:.1f} s at 64 MB",
                       executions * EXPRESS_EXECUTION + express_s * EXPRESS_GB * EXPRESS_GB_SECOND))
