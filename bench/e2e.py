@@ -176,7 +176,8 @@ def main() -> None:
     to_receipt = [receipts[n] - uploaded[n] for n in receipts]
     seen = [d["seen"] - uploaded[d["file"]] for d in delivered.values()]  # upload -> seen DELIVERED (polled)
     to_vneid = [d["latency_ms"] / 1000 for d in delivered.values()]
-    executions = invocations.get("settle-summary", 0) or invocations["settle"]
+    # StartExecution as the meter counted it (the summary line is INFO, off by default in the delivery functions)
+    executions = metering.express_executions(meter) or invocations["settle"]
     task_invocations = sum(invocations[f] for f in ("reconcile", "deliver", "settle"))
     transitions = STATES_PER_DELIVERED_VISIT * visits + STATES_PER_EXECUTION * executions + max(
         0, invocations["deliver"] - visits)  # each retried attempt enters the task state again
@@ -227,8 +228,6 @@ def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str
     for function in ("ingest", "reconcile", "deliver", "settle", "sweep"):
         for event in log_events(logs, f"/aws/lambda/healthbook-{stage}-{function}", since_ms):
             message = event["message"]
-            if '"delivery execution summary"' in message:
-                counts["settle-summary"] += 1
             fields = report_fields(message)
             if fields is None:
                 continue

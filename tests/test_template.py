@@ -594,11 +594,14 @@ _BEFORE_DELIVERY_VARIABLES = {
     "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"}, "LEASE_SECONDS": {"Ref": "LeaseSeconds"},
     "RETRY_BASE_SECONDS": {"Ref": "RetryBaseSeconds"}, "RETRY_MAX_SECONDS": {"Ref": "RetryMaxSeconds"},
 }
+# issue 17 (cost): the three task functions run once per visit at 256 MB, logging WARNING and above by default.
+_DELIVERY_TASK_VARIABLES = {**_BEFORE_DELIVERY_VARIABLES, "POWERTOOLS_LOG_LEVEL": {"Ref": "DeliveryLogLevel"},
+                            "LOG_LEVEL": {"Ref": "DeliveryLogLevel"}}
 FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
     "IngestFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-ingest"},
         "Description": "Validates, verifies and stores uploaded claim files; signs a receipt for each.",
-        "CodeUri": "functions/ingest/", "Handler": "app.lambda_handler", "MemorySize": 1024, "Timeout": 120,
+        "CodeUri": "functions/ingest/", "Handler": "app.lambda_handler", "MemorySize": 768, "Timeout": 120,  # issue 17
         "LoggingConfig": {"LogGroup": {"Ref": "IngestLogGroup"}},
         "Environment": {"Variables": {
             **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "ingest",
@@ -617,10 +620,10 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
     "ReconcileFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-reconcile"},
         "Description": "Delivery step 1 - matches the claim's citizen against the population database.",
-        "CodeUri": "functions/delivery/", "Handler": "app.reconcile_handler", "MemorySize": 512, "Timeout": 30,
+        "CodeUri": "functions/delivery/", "Handler": "app.reconcile_handler", "MemorySize": 256, "Timeout": 30,
         "LoggingConfig": {"LogGroup": {"Ref": "ReconcileFunctionLogGroup"}},
         "Environment": {"Variables": {
-            **_BEFORE_DELIVERY_VARIABLES, "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},
+            **_DELIVERY_TASK_VARIABLES, "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},
             "POPULATION_URL": {"Ref": "PopulationBaseUrl"},
             "POPULATION_API_KEY_SECRET": {"Ref": "PopulationApiKeySecret"}}},
     },
@@ -629,19 +632,19 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-deliver"},
         "Description": "Delivery step 2 - builds the health-book entry (QĐ 1332) and PUTs it to VNeID (one attempt; "
                        "the workflow retries).",
-        "CodeUri": "functions/delivery/", "Handler": "app.deliver_handler", "MemorySize": 512, "Timeout": 30,
+        "CodeUri": "functions/delivery/", "Handler": "app.deliver_handler", "MemorySize": 256, "Timeout": 30,
         "LoggingConfig": {"LogGroup": {"Ref": "DeliverFunctionLogGroup"}},
         "Environment": {"Variables": {
-            **_BEFORE_DELIVERY_VARIABLES, "VNEID_URL": {"Ref": "VneidBaseUrl"},
+            **_DELIVERY_TASK_VARIABLES, "VNEID_URL": {"Ref": "VneidBaseUrl"},
             "VNEID_SECRET": {"Ref": "VneidCredentialsSecret"}}},
     },
     "SettleFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-settle"},
         "Description": "Delivery Catch path - retry later, or DEADLINE_BREACHED at the cutoff; and the execution "
                        "summary.",
-        "CodeUri": "functions/delivery/", "Handler": "app.settle_handler", "MemorySize": 512, "Timeout": 30,
+        "CodeUri": "functions/delivery/", "Handler": "app.settle_handler", "MemorySize": 256, "Timeout": 30,
         "LoggingConfig": {"LogGroup": {"Ref": "SettleFunctionLogGroup"}},
-        "Environment": {"Variables": {**_BEFORE_DELIVERY_VARIABLES}},
+        "Environment": {"Variables": {**_DELIVERY_TASK_VARIABLES}},
     },
     "SweepFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-sweep"},
