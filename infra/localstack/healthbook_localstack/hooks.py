@@ -41,6 +41,18 @@ def moto_transactions_copy_tables_once() -> None:
 
 
 @hooks.on_infra_start(priority=100)
+def moto_queries_by_partition() -> None:
+    """DynamoDB here is moto, whose Query lists and sorts the whole table to answer for one partition: see
+    moto_queries.py. HB_MOTO_QUERY_PARTITION=0 keeps moto as it is."""
+    if os.environ.get("HB_MOTO_QUERY_PARTITION", "1") in ("0", "false", "no"):
+        return
+    from healthbook_localstack.moto_queries import install
+
+    install()
+    LOG.debug("moto queries read one partition")
+
+
+@hooks.on_infra_start(priority=100)
 def meter_requests() -> None:
     """Every request counted by service, operation and origin, served at /_healthbook/requests: the input of the
     whole bill (metering.py, docs/cost.md). HB_METERING=0 turns it off."""

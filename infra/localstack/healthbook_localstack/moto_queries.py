@@ -1,0 +1,56 @@
+"""moto's DynamoDB Query, made to read one partition instead of the whole table.
+
+moto (5.x, and LocalStack's moto-ext) answers every Query by listing *all* the table's items, sorted, and keeping
+those of the asked partition: a Query costs n log n in the table's size, and the pipeline queries the visits table
+(a visit's versions), the aggregates table (a period's counter shards, a marker partition) and the status index (the
+sweep) on every visit or run. Under `make bench-load` the emulator spent about half its DynamoDB time there and
+slowed down as the tables grew (docs/performance.md). Here a Query on the table itself reads the partition moto
+already keeps by hash key, and a Query on an index lists the items without sorting them first (moto sorts the
+matches by the index's keys afterwards anyway). The answers, pages and order are moto's own: only what it looks
+at changes. Emulation only: DynamoDB itself needs none of this.
+
+Pure moto: used by the LocalStack plugin (hooks.py) and testable in process (tests/test_moto_queries.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_scope = threading.local()  # what the Query in progress on this thread needs of all_items()
+
+
+def install() -> Callable[[], None]:
+    """Patch moto's Table.query and Table.all_items; returns the function that undoes it."""
+    from moto.dynamodb.models.table import Table
+
+    original_query, original_all_items = Table.query, Table.all_items
+
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+        _scope.request = (self, None if index_name else hash_key)
+        try:
+            return original_query(self, hash_key, *args, **kwargs)
+        finally:
+            _scope.request = None
+
+    def all_items(self: Any) -> list[Any]:
+        request = getattr(_scope, "request", None)
+        if request is None or request[0] is not self:
+            return original_all_items(self)  # a Scan, an export...: moto's sorted list, which pages rely on
+        hash_key = request[1]
+        if hash_key is None:  # an index: every item, unsorted (the query sorts its matches by the index keys)
+            return [item for partition in self.items.values()
+                    for item in (partition.values() if self.range_key_attr else (partition,))]
+        partition = self.items.get(hash_key)  # .get: self.items is a defaultdict, a lookup must not add to it
+        if partition is None:
+            return []
+        return list(partition.values()) if self.range_key_attr else [partition]
+
+    Table.query, Table.all_items = query, all_items
+
+    def undo() -> None:
+        Table.query, Table.all_items = original_query, original_all_items
+
+    return undo
