@@ -74,6 +74,7 @@ bench-e2e: $(STAMP) localstack-up
 ## 50 facilities, a burst, a VNeID outage and the drain on LocalStack: lost and duplicated (both 0), latencies,
 ## conflicts, per-visit resource counts (docs/performance.md, "Bursts and backlog"). Not run in CI.
 bench-load: export HB_SQS_ESM_CONCURRENCY := 1
+bench-load: export HB_LAMBDA_SERVICE_METRICS := 0
 bench-load: $(STAMP) localstack-up
 	$(BIN)/python bench/load.py --endpoint http://127.0.0.1:$${HB_LOCALSTACK_PORT:-4566}
 

@@ -120,6 +120,24 @@ def stepfunctions_distributed_map() -> None:
 
 
 @hooks.on_infra_start(priority=100)
+def lambda_service_metrics_off() -> None:
+    """LocalStack publishes Lambda's own ``Invocations``/``Errors`` metrics with one CloudWatch ``PutMetricData``
+    per invocation: under `make bench-load` one request in seven the emulator serves, on its one busy core, for
+    metrics no benchmark reads (AWS publishes them for free; the bill leaves them out). Opt-in
+    (``HB_LAMBDA_SERVICE_METRICS=0``, which ``make bench-load`` sets): the e2e suite keeps them."""
+    if os.environ.get("HB_LAMBDA_SERVICE_METRICS", "1") not in ("0", "false", "no"):
+        return
+    from localstack.services.lambda_.invocation import version_manager
+
+    def skipped(function_name: str, account_id: str, region_name: str) -> None:
+        return None
+
+    version_manager.record_cw_metric_invocation = skipped  # the names version_manager calls them by
+    version_manager.record_cw_metric_error = skipped
+    LOG.debug("Lambda service metrics not published")
+
+
+@hooks.on_infra_start(priority=100)
 def sqs_event_source_concurrency() -> None:
     """LocalStack polls each SQS event source mapping with one thread that invokes the function synchronously,
     batch after batch: the function never runs more than once at a time, whatever ``ScalingConfig`` says. AWS
