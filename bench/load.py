@@ -32,8 +32,10 @@ Definitions (both must be 0):
   version whose contents differ in anything but ``platform_signature`` (a retried file re-signs the same receipt
   by design, with a new signing time and value: counted and printed, not a duplicate).
 
-Printed: files and visits, receipts, delivered, breached, lost and duplicated; upload -> receipt (receipt seen in
-a listing polled every second) and upload -> VNeID (the visit item's ``delivered_at``) p50/p95/p99; throughput;
+Printed: files and visits, receipts, delivered, breached, lost and duplicated; the distinct citizens the report
+counts (its province-month marker partitions) against those the delivered visits name; upload -> receipt (receipt
+seen in a listing polled every second) and upload -> VNeID (the visit item's ``delivered_at``) p50/p95/p99;
+throughput;
 peak concurrency per function (from each REPORT line: its time and Duration); conflicts counted by the model and
 retries the functions counted (their ``CounterConflictRetries`` EMF metric); Lambda invocations, Step Functions
 executions and AWS requests per visit (LocalStack's request log, this process's own calls subtracted); where the
@@ -688,6 +690,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     in_two_books = sum(n - 1 for n in held.values() if n > 1)
     stored_beyond = max(0, vneid_counts.get("deliveries", 0) - len(held))
     missing_in_vneid = len(delivered_ids - set(held))
+    citizens_recorded, citizens_reported = distinct_citizens(ddb, outputs["AggregatesTableName"], versions)
     rewritten, different = receipt_versions(s3, destination.receipts_bucket, set(by_key))
     queues = {}
     for name in ("IngestQueueUrl", "IngestDeadLetterQueueUrl"):
@@ -784,6 +787,10 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     print(f"receipt keys written more than once: {rewritten} (with different content: {different}); queues at the "
           f"stop (waiting, in flight): {queues}; visits stored of files without a receipt yet "
           f"{sum(1 for v in versions if v not in accepted_visits)}")
+    # The report's distinct citizens are its marker partitions counted: each must hold exactly the citizens the
+    # delivered visits name (a run stopped at its time limit may hold markers of visits still PENDING).
+    print(f"distinct citizens per province and month: the report counts {citizens_reported} markers, the delivered "
+          f"visits name {citizens_recorded} (exact: {'yes' if citizens_reported == citizens_recorded else 'NO'})")
     print(f"lost: files without a receipt {len(no_receipt)}, accepted visits not settled {unsettled}, delivered but "
           f"not in VNeID {missing_in_vneid}; duplicated: visits in two books {in_two_books}, entries stored beyond "
           f"the visits {stored_beyond}, receipts rewritten differently {different}")
@@ -822,12 +829,34 @@ def day_counters(ddb: Any, table: str, codes: list[str], since: float) -> dict[s
     return dict(total)
 
 
+def distinct_citizens(ddb: Any, table: str, versions: dict[str, dict[str, str]]) -> tuple[int, int]:
+    """Distinct citizens per province and Vietnam month: from the delivered visits, and as the report counts them
+    (the province's month marker partition, DynamoCounters.count_many)."""
+    from healthbook.aws.reports import DynamoCounters
+    from healthbook.reports.aggregates import citizen_markers
+    from healthbook.reports.build import MarkerRange
+
+    named: dict[str, set[str]] = defaultdict(set)
+    for visit_id, item in versions.items():
+        if item["status"] != "DELIVERED" or not item.get("citizen_key"):
+            continue
+        facility = visit_id.split("#", 1)[0]
+        at = datetime.fromisoformat(item["delivered_at"].replace("Z", "+00:00"))
+        markers = citizen_markers(item["citizen_key"], at, facility=facility,
+                                  province=item.get("province") or facility[:2], district=None)
+        province_month = next(m.scope for m in markers if m.scope.startswith("P") and "#M#" in m.scope)
+        named[province_month].add(item["citizen_key"])
+    partitions = sorted(named)
+    counted = DynamoCounters(ddb, table).count_many([MarkerRange(p) for p in partitions])
+    return sum(len(named[p]) for p in partitions), sum(counted)
+
+
 def latest_versions(ddb: Any, table: str) -> dict[str, dict[str, str]]:
-    """visit_id -> its newest version's status, citizen, delivered_at (a Scan: once, at the end)."""
+    """visit_id -> its newest version's status, citizen, delivered_at, province (a Scan: once, at the end)."""
     newest: dict[str, dict[str, str]] = {}
     kwargs: dict[str, Any] = {"TableName": table, "ProjectionExpression":
-                              "visit_id, version, #s, citizen_key, delivered_at", "ExpressionAttributeNames":
-                              {"#s": "status"}}
+                              "visit_id, version, #s, citizen_key, delivered_at, province",
+                              "ExpressionAttributeNames": {"#s": "status"}}
     while True:
         page = ddb.scan(**kwargs)
         for item in page["Items"]:

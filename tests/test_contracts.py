@@ -13,7 +13,6 @@ import boto3
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
-from healthbook.aws.reports import counters_by_period
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
 from healthbook.delivery.service import VisitStatusStore
 from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
@@ -38,7 +37,7 @@ class Statuses:
 
     store: VisitStatusStore
     add: Callable[[VisitRef, datetime], None]
-    counters: Callable[[], dict[tuple[str, str], dict[str, int]]]  # the report counters committed
+    markers: Callable[[], dict[tuple[str, str], str | None]]  # distinct-citizen markers written: first day or None
     delivered_entry: Callable[[VisitRef], dict[str, str | None]]  # the entry's id and digests on the version item
 
 
@@ -50,20 +49,15 @@ def _ref(n: int, received: datetime = RECEIVED) -> VisitRef:
 def _fake_statuses() -> Iterator[Statuses]:
     fake = FakeStatusStore()
 
-    def counters() -> dict[tuple[str, str], dict[str, int]]:
-        summed: dict[tuple[str, str], dict[str, int]] = {}
-        for count in fake.citizen_counts:
-            target = summed.setdefault((count.scope, count.period), {})
-            for name, value in count.deltas.items():
-                target[name] = target.get(name, 0) + value
-        return summed
+    def markers() -> dict[tuple[str, str], str | None]:
+        return dict(fake.markers)
 
     def delivered_entry(ref: VisitRef) -> dict[str, str | None]:
         item = fake.items[ref]
         return {"projection_id": item.projection_id, "projection_sha256": item.projection_sha256,
                 "mapping_sha256": item.mapping_sha256}
 
-    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"), counters,
+    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"), markers,
                    delivered_entry)
 
 
@@ -80,9 +74,10 @@ def _dynamo_statuses() -> Iterator[Statuses]:
                 received_at=ref.version.split("#")[0], standard="4750", digest="00" * 32,
                 deadline_at=deadline(received), citizen_key=None, records=b"r", province="01"))
 
-        def counters() -> dict[tuple[str, str], dict[str, int]]:
-            # counters, not markers; each period's shards added up
-            return counters_by_period(ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"])
+        def markers() -> dict[tuple[str, str], str | None]:
+            items = ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
+            assert all(i["period"]["S"].startswith("citizen#") for i in items)  # markers only: no counter
+            return {(i["scope"]["S"], i["period"]["S"]): i.get("first_day", {}).get("S") for i in items}
 
         def delivered_entry(ref: VisitRef) -> dict[str, str | None]:
             item = ddb.get_item(TableName=NAMES["VISITS_TABLE"], Key={"visit_id": {"S": ref.visit_id},
@@ -91,7 +86,7 @@ def _dynamo_statuses() -> Iterator[Statuses]:
             return {name: item[name]["S"] if name in item else None for name in names}
 
         yield Statuses(DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
-                                         aggregates_table=NAMES["AGGREGATES_TABLE"]), add, counters, delivered_entry)
+                                         aggregates_table=NAMES["AGGREGATES_TABLE"]), add, markers, delivered_entry)
 
 
 @pytest.fixture(params=["fake", "dynamodb"])
@@ -160,15 +155,16 @@ def test_the_previous_version_of_a_visit_is_the_latest_earlier_one(statuses: Sta
 
 def test_citizen_markers_count_once(statuses: Statuses) -> None:
     markers = citizen_markers("ab" * 32, NOW, facility="01001", province="01", district=None, commune="00004")
-    expected: dict[tuple[str, str], dict[str, int]] = {}
-    for m in markers:  # the markers that add to one counter item merge into one update
-        expected.setdefault((m.count.scope, m.count.period), {}).update(m.count.deltas)
+    expected = {(m.scope, m.period): m.first_day for m in markers}
     statuses.store.count_citizen(markers)
-    assert statuses.counters() == expected
-    statuses.store.count_citizen(markers)  # a retried delivery: nothing counted twice
-    assert statuses.counters() == expected
-    # the 34 provinces, on a 2026 day: a citizen with a book, and with a visit
-    assert expected[("P34#01", "D#2026-11-22")] == {"new_citizens": 1, "citizens_visited": 1}
+    assert statuses.markers() == expected
+    later = citizen_markers("ab" * 32, NOW + timedelta(days=1), facility="01001", province="01", district=None,
+                            commune="00004")
+    statuses.store.count_citizen(later)  # a retried delivery, a day later: nothing new, no first day moved
+    assert statuses.markers() == expected
+    # the 34 provinces, on a 2026 day: a citizen with a book, and with a visit, from that day
+    assert expected[("P34#01#ALL", "citizen#" + "ab" * 32)] == expected[("P34#01#VISIT", "citizen#" + "ab" * 32)]
+    assert expected[("P34#01#ALL", "citizen#" + "ab" * 32)] == "D#2026-11-22"
 
 
 # --- the population database ---------------------------------------------------------------------------------

@@ -106,6 +106,13 @@ class World:
         summed = counters_by_period(self.aws.ddb.scan(TableName=AGGREGATES)["Items"])
         return total(counts for (of, at), counts in summed.items() if of.startswith(scope) and at.startswith(period))
 
+    def markers(self) -> dict[str, int]:
+        """The distinct-citizen markers per partition: what a report counts."""
+        from healthbook.aws.reports import markers_by_partition
+
+        counted = markers_by_partition(self.aws.ddb.scan(TableName=AGGREGATES)["Items"])
+        return {partition: sum(days.values()) for partition, days in counted.items()}
+
     def sweep(self) -> dict[str, Any]:
         result: dict[str, Any] = load_function("delivery").sweep_handler({}, LambdaContext(function_name="sweep"))
         return result
@@ -213,8 +220,11 @@ def test_matched_visits_are_delivered_and_an_unknown_citizen_waits_for_reconcili
         "delivered": 2, "delivered_in_time": 2, "needs_reconciliation": 1, "reconciliation#UNKNOWN_ID": 1,
         "reconciliation#UNKNOWN_SOCIAL_INSURANCE": 1}
     assert sum(v for k, v in counters.items() if k.startswith("latency#")) == 2
-    assert world.counters("P34#") == {"new_citizens": 2, "citizens_visited": 2}  # two books, each with a visit
-    assert world.counters("F#", "M#") == {"citizens": 2}
+    assert world.counters("P34#") == {} and world.counters("F#", "M#") == {}  # distinct citizens: markers only
+    markers = world.markers()
+    for kind in ("ALL", "VISIT"):  # two books, each with a visit (provinces 01 and 79)
+        assert sum(n for partition, n in markers.items() if partition.endswith(f"#{kind}")) == 2
+    assert sum(n for partition, n in markers.items() if partition.startswith("F#") and "#M#" in partition) == 2
 
 
 def test_a_second_execution_for_the_same_visits_changes_nothing(world: World) -> None:

@@ -362,6 +362,16 @@ class Stack:
         page = self.s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
         return sorted(e["Key"] for e in page.get("Versions", []) + page.get("DeleteMarkers", []))
 
+    def markers(self) -> Counter[str]:
+        """The distinct-citizen markers by kind (``BOOK``: province and commune; ``ALL``: coverage), each with its
+        first day (what a report counts)."""
+        kinds: Counter[str] = Counter()
+        for item in self.ddb.scan(TableName=AGGREGATES)["Items"]:
+            if item["period"]["S"].startswith("citizen#"):
+                assert "first_day" in item, item["scope"]
+                kinds[item["scope"]["S"].rsplit("#", 1)[1]] += 1
+        return kinds
+
     def counters(self) -> Counter[str]:
         """The report counters (not the markers), summed over every item."""
         totals: Counter[str] = Counter()
@@ -446,8 +456,8 @@ def test_a_participant_list_becomes_books_once_and_its_personal_data_leaves(stac
         profile = stack.vneid.profile(_citizen_key(person.cccd))
         assert profile is not None and profile["name"] == person.name
     assert stack.vneid.counts()["profiles_created"] == 34
-    assert stack.counters()["books_created"] == 2 * 34  # the province and the commune
-    assert stack.counters()["new_citizens"] == 34
+    assert stack.markers() == {"BOOK": 2 * 34, "ALL": 34}  # the province and the commune; coverage
+    assert not stack.counters()  # no counter: a report counts the markers
     # nothing personal is left: the upload, the work files and the results are gone, every version
     assert stack.versions("imports/") == [] and stack.versions("work/") == [] and stack.versions("results/") == []
     assert stack.versions("outcomes/") == sorted([result["outcome_key"], result["summary_key"]])
@@ -457,7 +467,7 @@ def test_a_participant_list_becomes_books_once_and_its_personal_data_leaves(stac
     assert again["list_id"] != result["list_id"]  # another upload, another list
     assert again["counts"] == {"unchanged": 35, "not_matched": 6, "invalid": 1}
     assert stack.vneid.counts()["profiles_created"] == 34 and stack.vneid.counts()["profiles_updated"] == 0
-    assert stack.counters()["books_created"] == 2 * 34 and stack.counters()["new_citizens"] == 34
+    assert stack.markers() == {"BOOK": 2 * 34, "ALL": 34}
 
 
 def test_a_corrected_list_updates_the_books_it_changes(stack: Stack) -> None:
@@ -471,7 +481,7 @@ def test_a_corrected_list_updates_the_books_it_changes(stack: Stack) -> None:
     second = stack.run(key, csv_bytes(ENROLMENT_HEADER, corrected))
     assert second["counts"] == {"updated": 3, "unchanged": 7}
     assert stack.vneid.profile(_citizen_key(listed[0].cccd))["commune"]["code"] == "00007"  # type: ignore[index]
-    assert stack.counters()["books_created"] == 2 * 10 + 3  # the three moved to another commune count there
+    assert stack.markers()["BOOK"] == 2 * 10 + 3  # the three moved to another commune count there
 
 
 def test_a_vaccination_file_records_each_dose_once(stack: Stack) -> None:
@@ -642,34 +652,46 @@ def test_each_step_names_the_variables_it_is_missing() -> None:
                               "VNEID_URL": "http://v", "VNEID_RATE_PER_SECOND": "0"}).settings(EnrolmentBatchSettings)
 
 
-def test_report_counters_that_keep_conflicting_fail_the_batch_with_the_error_the_map_retries(stack: Stack) -> None:
-    """Another transaction holds every shard of the province's day item: the batch's markers are cancelled on each
-    attempt, the batch fails with RetryableDeliveryError (the Map retries it) and counts nothing; run again, it
-    counts every book once."""
+def test_report_counters_that_keep_conflicting_fail_the_batch_with_the_error_the_map_retries(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another transaction holds every shard of the province's day item. A participant list's markers make no
+    transaction, so its batch goes through and counts every book once. A vaccination batch whose counter update
+    kept conflicting (TransactionConflicts) fails with RetryableDeliveryError, which the Map retries."""
     from datetime import UTC, datetime
 
-    from healthbook.aws.records import counter_update
-    from healthbook.reports.aggregates import COUNTER_SHARDS, book_markers
+    from healthbook.aws import enrolment_runtime
+    from healthbook.aws.records import TransactionConflicts, counter_update
+    from healthbook.reports.aggregates import COUNTER_SHARDS, vaccination_count
     from healthbook.vneid.client import RetryableDeliveryError
     from healthbook_dev.aws.sandbox import transaction_conflicts
 
     listed = people(4, seed=9)
     for person in listed:
         stack.registry.add(person.citizen())
-    state = stack.app.prepare_handler(stack.upload(f"imports/{PROVINCE}/enrolment/h.csv", csv_bytes(
-        ENROLMENT_HEADER, [p.row() for p in listed])), LambdaContext())
-    items = list(csv.DictReader(io.StringIO(stack.s3.get_object(Bucket=BUCKET, Key=state["work_key"])["Body"]
-                                            .read().decode())))
-    child = {"Items": items, "BatchInput": {"list_id": state["list_id"], "kind": "enrolment", "province": PROVINCE}}
-    province_day = book_markers("any", datetime.now(UTC), province=PROVINCE, commune=None)[0].count
+
+    def child(kind: str, body: bytes) -> dict[str, Any]:
+        state = stack.app.prepare_handler(stack.upload(f"imports/{PROVINCE}/{kind}/h.csv", body), LambdaContext())
+        items = list(csv.DictReader(io.StringIO(stack.s3.get_object(Bucket=BUCKET, Key=state["work_key"])["Body"]
+                                                .read().decode())))
+        return {"Items": items, "BatchInput": {"list_id": state["list_id"], "kind": kind, "province": PROVINCE}}
+
+    books = child("enrolment", csv_bytes(ENROLMENT_HEADER, [p.row() for p in listed]))
+    province_day = vaccination_count(PROVINCE, datetime.now(UTC), 1)
     with transaction_conflicts(hold_ms=60_000) as model:
         stack.ddb.transact_write_items(TransactItems=[
             counter_update(AGGREGATES, province_day, shard=shard) for shard in range(COUNTER_SHARDS)])
-        with pytest.raises(RetryableDeliveryError, match="report counters"):
-            stack.app.batch_handler(child, LambdaContext(function_name="batch"))
-        assert model.counts["conflicts"] == 5  # the first row's markers, on each of their 5 attempts
-    assert stack.counters()["books_created"] == COUNTER_SHARDS  # only the holder's ADDs
-    stack.app.batch_handler(child, LambdaContext(function_name="batch"))  # the Map's retry
-    stack.app.batch_handler(child, LambdaContext(function_name="batch"))  # and once more: nothing twice
-    assert stack.counters()["books_created"] == COUNTER_SHARDS + 2 * 4
-    assert stack.counters()["new_citizens"] == 4
+        stack.app.batch_handler(books, LambdaContext(function_name="batch"))
+        assert model.counts["conflicts"] == 0
+    assert stack.markers() == {"BOOK": 2 * 4, "ALL": 4}
+    stack.app.batch_handler(books, LambdaContext(function_name="batch"))  # the Map's retry: nothing twice
+    assert stack.markers() == {"BOOK": 2 * 4, "ALL": 4}
+
+    def conflicting(*_: Any) -> None:
+        raise TransactionConflicts("counters of P34: cancelled by concurrent transactions 5 times")
+
+    monkeypatch.setattr(enrolment_runtime, "add_counters", conflicting)  # the emulator refuses transactions only
+    doses = child("vaccination", csv_bytes(VACCINATION_HEADER, [
+        {"SO_CCCD": p.cccd, "HO_TEN": p.name, "NGAY_SINH": p.birth, "MA_VACCINE": "BCG", "MUI_THU": "1",
+         "NGAY_TIEM": "20250110", "MA_CSKCB": "01001"} for p in listed]))
+    with pytest.raises(RetryableDeliveryError, match="report counters"):
+        stack.app.batch_handler(doses, LambdaContext(function_name="batch"))

@@ -1,6 +1,6 @@
-"""The report counters of a participant list and of vaccination records (healthbook.reports.aggregates):
-``books_created`` per province and commune per day, once per citizen; the province "ever" marker the deliveries
-set, so coverage counts a citizen once; ``vaccinations_recorded``."""
+"""The report figures of a participant list and of vaccination records (healthbook.reports.aggregates): books
+created per province and commune, kept markers with the day first written, once per citizen; the province "ever"
+marker the deliveries set, so coverage counts a citizen once; ``vaccinations_recorded``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from healthbook.reports.aggregates import (
     citizen_markers,
     vaccination_count,
 )
+from healthbook.reports.build import MarkerRange
 from healthbook_dev.aws.sandbox import NAMES, create_tables
 from moto import mock_aws
 
@@ -27,17 +28,16 @@ AFTER = datetime(2026, 1, 5, 2, 30, tzinfo=UTC)  # 09:30 on 5 January 2026 in Vi
 BEFORE = datetime(2025, 3, 1, 23, 30, tzinfo=UTC)  # 06:30 on 2 March 2025 in Vietnam
 
 
-def _plain(markers: list[Any]) -> set[tuple[str, str, int | None, str, str, tuple[tuple[str, int], ...]]]:
-    return {(m.scope, m.period, m.expires_at, m.count.scope, m.count.period, tuple(sorted(m.count.deltas.items())))
-            for m in markers}
+def _plain(markers: list[Any]) -> set[tuple[str, str, int | None, str | None]]:
+    return {(m.scope, m.period, m.expires_at, m.first_day) for m in markers}
 
 
 def test_a_book_counts_per_province_and_commune_on_vietnams_day_and_sets_the_ever_marker() -> None:
     markers = book_markers("k1", AFTER, province="92", commune="31120")
     assert _plain(markers) == {
-        ("P34#92#BOOK", "citizen#k1", None, "P34#92", "D#2026-01-05", (("books_created", 1),)),
-        ("XA#92#31120#BOOK", "citizen#k1", None, "XA#92#31120", "D#2026-01-05", (("books_created", 1),)),
-        (f"P34#92#{EVER}", "citizen#k1", None, "P34#92", "D#2026-01-05", (("new_citizens", 1),)),
+        ("P34#92#BOOK", "citizen#k1", None, "D#2026-01-05"),
+        ("XA#92#31120#BOOK", "citizen#k1", None, "D#2026-01-05"),
+        (f"P34#92#{EVER}", "citizen#k1", None, "D#2026-01-05"),
     }
     without_commune = book_markers("k1", AFTER, province="92", commune=None)
     assert {m.scope for m in without_commune} == {"P34#92#BOOK", "P34#92#ALL"}
@@ -66,17 +66,19 @@ def test_before_the_reform_the_units_are_the_63_provinces_as_for_a_delivery() ->
                                                        district=None) if m.scope.endswith(EVER)}
     assert {m.scope for m in markers if m.scope.endswith(EVER)} == delivery_evers == {"P#93#ALL", "P34#92#ALL"}
     assert {m.scope for m in markers if m.scope.endswith("#BOOK")} == {"P#93#BOOK"}  # no district on a list
-    assert all(m.count.period == "D#2025-03-02" for m in markers)
+    assert all(m.first_day == "D#2025-03-02" for m in markers)
     assert vaccination_count("93", BEFORE, 1).scope == "P#93"
 
 
 def test_the_delivery_markers_are_unchanged() -> None:
     markers = citizen_markers("k5", BEFORE, facility="01001", province="01", district="001")
     expires = int(BEFORE.timestamp()) + MARKER_TTL_DAYS * 86400
-    assert {(m.scope, m.expires_at) for m in markers} == {
-        ("F#01001#M#2025-03", expires), ("F#01001#S#2025-H1", expires), ("DIST#01#001#M#2025-03", expires),
-        ("DIST#01#001#S#2025-H1", expires), ("P#01#M#2025-03", expires), ("P#01#S#2025-H1", expires),
-        ("P#01#ALL", None), ("P34#01#ALL", None), ("P#01#VISIT", None), ("P34#01#VISIT", None)}
+    kept = "D#2025-03-02"
+    assert {(m.scope, m.expires_at, m.first_day) for m in markers} == {
+        ("F#01001#M#2025-03", expires, None), ("F#01001#S#2025-H1", expires, None),
+        ("DIST#01#001#M#2025-03", expires, None), ("DIST#01#001#S#2025-H1", expires, None),
+        ("P#01#M#2025-03", expires, None), ("P#01#S#2025-H1", expires, None), ("P#01#ALL", None, kept),
+        ("P34#01#ALL", None, kept), ("P#01#VISIT", None, kept), ("P34#01#VISIT", None, kept)}
 
 
 def test_a_book_from_a_list_is_not_a_book_with_a_visit() -> None:
@@ -84,8 +86,7 @@ def test_a_book_from_a_list_is_not_a_book_with_a_visit() -> None:
                 if m.scope.endswith(f"#{VISITED}")}
     visits = [m for m in citizen_markers("k8", AFTER, facility="92001", province="92", district=None,
                                          commune="31120") if m.scope.endswith(f"#{VISITED}")]
-    assert _plain(visits) == {("P34#92#VISIT", "citizen#k8", None, "P34#92", "D#2026-01-05",
-                               (("citizens_visited", 1),))}
+    assert _plain(visits) == {("P34#92#VISIT", "citizen#k8", None, "D#2026-01-05")}
 
 
 @pytest.fixture
@@ -106,6 +107,15 @@ def _counter(ddb: Any, scope: str, period: str) -> dict[str, int]:
     return DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"]).period(scope, period)  # every shard of it, added up
 
 
+def _marked(ddb: Any, partition: str, first: str | None = None, last: str | None = None) -> int:
+    """The markers of a partition a report counts (with a day, the kept ones first written that day or in that
+    range)."""
+    from healthbook.aws.reports import DynamoCounters
+
+    days = None if first is None else (first, last or first)
+    return DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"]).count(MarkerRange(partition, days))
+
+
 def test_committed_a_book_then_a_visit_count_the_citizen_once(ddb: Any) -> None:
     store = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
     store.count_citizen(book_markers("k6", AFTER, province="92", commune="31120"))
@@ -115,12 +125,13 @@ def test_committed_a_book_then_a_visit_count_the_citizen_once(ddb: Any) -> None:
     store.count_citizen(citizen_markers("k6", later, facility="92001", province="92", district=None,
                                         commune="31120"))
     store.count_citizen(book_markers("k7", AFTER, province="92", commune=None))
-    assert _counter(ddb, "P34#92", "D#2026-01-05") == {"books_created": 2, "new_citizens": 2}
-    assert _counter(ddb, "XA#92#31120", "D#2026-01-05") == {"books_created": 1}
-    assert _counter(ddb, "P34#92", "D#2026-01-06") == {}
+    assert _counter(ddb, "P34#92", "D#2026-01-05") == {}  # no counter: the markers are the count
+    assert (_marked(ddb, "P34#92#BOOK", "D#2026-01-05"), _marked(ddb, "P34#92#ALL", "D#2026-01-05")) == (2, 2)
+    assert _marked(ddb, "XA#92#31120#BOOK", "D#2026-01-05") == 1
+    assert _marked(ddb, "P34#92#ALL", "D#2026-01-06", "D#2026-01-31") == 0  # k6 kept its first day
     # the visit adds no new citizen (k6 is counted) but makes k6's book one with a visit
-    assert _counter(ddb, "P34#92", "D#2026-01-08") == {"citizens_visited": 1}
-    assert _counter(ddb, "P34#92", "M#2026-01") == {"citizens": 1}  # the visit's monthly distinct citizen
+    assert _marked(ddb, "P34#92#VISIT", "D#2026-01-08") == _marked(ddb, "P34#92#VISIT") == 1
+    assert _marked(ddb, "P34#92#M#2026-01") == 1  # the visit's monthly distinct citizen
 
 
 def test_the_monthly_report_shows_the_books_and_vaccinations_of_the_provinces_lists(ddb: Any) -> None:

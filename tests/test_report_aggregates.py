@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from healthbook.reports.aggregates import (
+    LEGACY_COUNTERS,
+    CitizenMarker,
+    citizen_markers,
     day,
     for_breach,
     for_delivery,
@@ -68,3 +71,19 @@ def test_deliveries_in_and_out_of_time() -> None:
                       "referral_delivered": 1, "breached": 1, "needs_reconciliation": 1,
                       "reconciliation#BIRTH_MISMATCH": 1, "reconciliation#NAME_MISMATCH": 1}
     assert percentile(summed, 0.5) == 5.0 and percentile(summed, 0.95) == math.inf
+
+
+def test_a_delivery_sets_markers_that_carry_no_count_only_a_ttl_or_a_first_day() -> None:
+    """Distinct citizens are counted from the markers at report time (docs/reports.md): a period marker expires, a
+    kept one carries the Vietnam day of the event, and neither carries a counter."""
+    markers = citizen_markers("k", AT, facility="01001", province="01", district=None, commune="00004")
+    assert {m.scope: m.first_day for m in markers if m.expires_at is None} == {
+        "P34#01#ALL": "D#2026-11-23", "P34#01#VISIT": "D#2026-11-23"}  # 01:30 on the 23rd in Vietnam
+    assert len([m for m in markers if m.first_day is None]) == 6  # facility, commune, province x month, half-year
+    assert set(vars(markers[0])) == {"scope", "period", "expires_at", "first_day"}
+    with pytest.raises(ValueError, match="either expires"):
+        CitizenMarker("P34#01#ALL", "citizen#k", None)
+    with pytest.raises(ValueError, match="either expires"):
+        CitizenMarker("P34#01#M#2026-11", "citizen#k", 1, "D#2026-11-23")
+    # what counted the kept markers before they had first days: the report still adds these counters
+    assert LEGACY_COUNTERS == {"ALL": "new_citizens", "VISIT": "citizens_visited", "BOOK": "books_created"}

@@ -16,7 +16,7 @@ from healthbook.aws.reports import DynamoCounters
 from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
 from healthbook.reports.aggregates import citizen_markers, for_breach, for_delivery, for_reconciliation
-from healthbook.reports.build import Place, PopulationFigure, build_report, load_population
+from healthbook.reports.build import MarkerRange, Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
 from healthbook_dev.aws.sandbox import NAMES, create_tables
@@ -73,12 +73,17 @@ def test_a_rerun_names_its_period_and_anything_else_is_refused() -> None:
 # --- the builder on counters set by hand -------------------------------------------------------------------
 
 class DictCounters:
-    """CounterSource over {(scope, period): counters}."""
+    """CounterSource over counter items {(scope, period): counters} and marker items {(partition, citizen): first
+    day, or None for a period marker or a kept one from before first days}."""
 
-    def __init__(self, items: dict[tuple[str, str], dict[str, int]]) -> None:
+    def __init__(self, items: dict[tuple[str, str], dict[str, int]],
+                 markers: dict[tuple[str, str], str | None] | None = None) -> None:
         self.items = items
+        self.markers = markers or {}
         self.reads: list[tuple[str, str, str]] = []
+        self.counted: list[MarkerRange] = []
         self.calls = 0
+        self.count_calls = 0
 
     def sum_many(self, ranges: Sequence[tuple[str, str, str]]) -> list[dict[str, int]]:
         self.calls += 1
@@ -92,6 +97,18 @@ class DictCounters:
                 for name, value in counters.items():
                     summed[name] = summed.get(name, 0) + value
         return summed
+
+    def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
+        self.count_calls += 1
+        self.counted += wanted
+        return [sum(1 for (partition, _), first in self.markers.items() if partition == one.scope
+                    and (one.days is None or (first is not None and one.days[0] <= first <= one.days[1])))
+                for one in wanted]
+
+
+def citizens(partition: str, n: int, first_day: str | None = None) -> dict[tuple[str, str], str | None]:
+    """``n`` marker items of one partition."""
+    return {(partition, f"citizen#{partition}-{first_day}-{i}"): first_day for i in range(n)}
 
 
 POPULATION = {"26": PopulationFigure("26", "Tỉnh Ví Dụ", 2_724_670, 2025, "test figure")}
@@ -110,23 +127,41 @@ def test_coverage_is_citizens_with_a_book_over_the_population_to_two_decimals() 
     assert province.population_source == "test figure (2025)"
 
 
+def test_across_the_upgrade_the_kept_figures_are_old_counters_plus_markers_with_a_first_day() -> None:
+    """A stack upgraded in March 2025: its old kept markers have no first day and their citizens are in counter
+    items of their days; the new ones carry a first day and no counter. Each citizen counts once."""
+    # old markers (some of them: a range leaves them all out; their counters say how many there are)
+    old = {**citizens("P#26#ALL", 3_690), **citizens("P#26#VISIT", 3_000), **citizens("P#26#BOOK", 690)}
+    source = DictCounters({
+        ("P#26", "D#2024-12-31#s03"): {"new_citizens": 369_000, "citizens_visited": 300_000, "books_created": 9},
+        ("P#26", "D#2025-03-02#s11"): {"books_created": 68_991},  # an old list in the month, before the upgrade
+        ("P#26", "D#2025-03-02"): {"citizens": 7},  # an old monthly count: the markers are read instead
+    }, {**old, **citizens("P#26#ALL", 150, "D#2025-03-20"), **citizens("P#26#ALL", 14, "D#2025-03-31"),
+        **citizens("P#26#ALL", 99, "D#2025-04-01"),  # after the period: not counted
+        **citizens("P#26#VISIT", 120, "D#2025-03-20"), **citizens("P#26#BOOK", 30, "D#2025-03-21"),
+        **citizens("P#26#BOOK", 5, "D#2025-02-27"),  # a book of February: not this month's
+        **citizens("P#26#M#2025-03", 43)})  # old and new period markers alike
+    report = build_report(Period.parse("2025-03"), [Place("26001", "BV", "26")], source,
+                          generated_at=datetime(2025, 4, 1, tzinfo=UTC), population=POPULATION)
+    (province,) = report.level("province")
+    assert province.citizens_with_book == 369_164 and province.coverage_pct == 13.55
+    assert province.books_with_visit == 300_120
+    assert province.books_created == 68_991 + 30  # the old counters of the month's days, and the new markers
+    assert province.current.citizens == 43  # every marker of the month's partition, whoever wrote it
+
+
 class MarkerStore:
-    """What DynamoVisitStatus.count_citizen does, in memory: a marker put only if absent, its count with it."""
+    """What DynamoVisitStatus.count_citizen does, in memory: a marker written if absent, a kept one's first day
+    never moved."""
 
     def __init__(self) -> None:
-        self.markers: set[tuple[str, str]] = set()
-        self.counters: dict[tuple[str, str], dict[str, int]] = {}
+        self.markers: dict[tuple[str, str], str | None] = {}
 
     def deliver(self, citizen: str, at: datetime, facility: str, province: str, *, district: str | None = None,
                 commune: str | None = None) -> None:
         for marker in citizen_markers(citizen, at, facility=facility, province=province, district=district,
                                       commune=commune):
-            if (marker.scope, marker.period) in self.markers:
-                continue
-            self.markers.add((marker.scope, marker.period))
-            counted = self.counters.setdefault((marker.count.scope, marker.count.period), {})
-            for name, value in marker.count.deltas.items():
-                counted[name] = counted.get(name, 0) + value
+            self.markers.setdefault((marker.scope, marker.period), marker.first_day)
 
 
 # Cần Thơ, Hậu Giang and Sóc Trăng became Thành phố Cần Thơ (code 92) on 1 July 2025.
@@ -142,13 +177,12 @@ def test_from_july_2025_reports_roll_up_by_commune_into_the_34_provinces() -> No
     store.deliver("a", july, "92001", "92", commune="31117")  # and again in Cần Thơ, after it
     store.deliver("c", july, "93001", "93", commune="31342")
     store.deliver("c", july, "94001", "94", commune="31471")  # one citizen at two facilities of one province
-    counters = {**store.counters,
-                ("F#92001", "D#2025-07-20"): {"files_received": 2, "delivered": 1},
+    counters = {("F#92001", "D#2025-07-20"): {"files_received": 2, "delivered": 1},
                 ("F#93001", "D#2025-07-20"): {"files_received": 1, "delivered": 1},
                 ("F#94001", "D#2025-06-20"): {"files_received": 1, "delivered": 1},
                 ("F#94001", "D#2025-07-20"): {"files_received": 1, "delivered": 1}}
 
-    july_report = build_report(Period.parse("2025-07"), MEKONG, DictCounters(counters),
+    july_report = build_report(Period.parse("2025-07"), MEKONG, DictCounters(counters, store.markers),
                                generated_at=datetime(2025, 8, 1, tzinfo=UTC))
     assert july_report.levels == ("province", "commune", "facility") and not july_report.level("district")
     (province,) = july_report.level("province")
@@ -166,7 +200,7 @@ def test_from_july_2025_reports_roll_up_by_commune_into_the_34_provinces() -> No
     assert {row.code: row.province for row in july_report.level("facility")} == dict.fromkeys(
         ("92001", "93001", "94001", "94002"), "92")
 
-    june_report = build_report(Period.parse("2025-06"), MEKONG, DictCounters(counters),
+    june_report = build_report(Period.parse("2025-06"), MEKONG, DictCounters(counters, store.markers),
                                generated_at=datetime(2025, 7, 1, tzinfo=UTC))
     assert june_report.levels == ("province", "district", "facility")
     provinces = {row.code: row for row in june_report.level("province")}
@@ -200,10 +234,9 @@ def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_err
         ("F#01002", "D#2025-03-31"): {"files_received": 1, "visits_accepted": 3, "error#E_B": 1, "delivered": 3,
                                       "delivered_in_time": 2, "latency#60": 2, "latency#inf": 1, "breached": 1},
         ("F#01002", "D#2025-02-28"): {"files_received": 5, "delivered": 4, "delivered_in_time": 4},
-        ("F#01001", "M#2025-03"): {"citizens": 1}, ("F#01002", "M#2025-03"): {"citizens": 2},
-        ("DIST#01#001", "M#2025-03"): {"citizens": 2}, ("P#01", "M#2025-03"): {"citizens": 2},
-        ("P#01", "M#2025-02"): {"citizens": 4},
-    })
+        ("P#01", "M#2025-03"): {"citizens": 99},  # a count from before markers were counted: not read
+    }, {**citizens("F#01001#M#2025-03", 1), **citizens("F#01002#M#2025-03", 2),
+        **citizens("DIST#01#001#M#2025-03", 2), **citizens("P#01#M#2025-03", 2), **citizens("P#01#M#2025-02", 4)})
     places = [Place("01001", "A", "01", "001"), Place("01002", "B", "01", "001"), Place("01003", "C", "01")]
     report = build_report(Period.parse("2025-03"), places, source, generated_at=datetime.now(UTC),
                           population={})
@@ -234,6 +267,8 @@ def test_a_day_report_has_no_distinct_citizens_and_reads_each_range_once() -> No
     assert [row.current.citizens for row in report.rows] == [None, None, None]
     assert [row.current.delivered for row in report.rows] == [1, 1, 1]
     assert len(source.reads) == len(set(source.reads)) and source.calls == 1  # planned, then read at once
+    assert len(source.counted) == len(set(source.counted)) and source.count_calls == 1
+    assert all(wanted.days for wanted in source.counted)  # only the province's kept markers: no month partition
 
 
 def test_every_column_reads_a_value_from_a_row() -> None:
@@ -389,9 +424,11 @@ def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
     # old province and the merged one of the 34 (today's coverage), and "visited" in both (books with a visit).
     assert len(items) == 10
     ever = {(f"P{n}#01#{kind}", "citizen#k") for n in ("", "34") for kind in ("ALL", "VISIT")}
-    assert all("expires_at" not in items[key] for key in ever)
+    assert all("expires_at" not in items[key] and items[key]["first_day"] == {"S": "D#2025-03-02"} for key in ever)
     expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key not in ever]
     assert expiring == [int(at.timestamp()) + 400 * 86400] * 6
+    assert not [key for key, i in items.items() if key not in ever and "first_day" in i]
+    assert all(set(i) <= {"scope", "period", "expires_at", "first_day"} for i in items.values())  # no counts
 
 
 # --- the report function and the command, on moto ------------------------------------------------------------
@@ -476,12 +513,14 @@ def test_the_demos_moto_shim_still_rolls_a_cancelled_transaction_back(ddb: Any) 
 
 
 class _ScriptedDynamo:
-    """batch_get_item answers in turns (the first leaves keys unprocessed); the first transaction loses a race."""
+    """Answers in turns: the first read and the first batch write each leave some keys unprocessed; an UpdateItem
+    finds a marker written before first days (a writer of the old code racing this one) and refuses. Anything
+    else (a transaction) is an AttributeError."""
 
-    def __init__(self) -> None:
-        self.present: set[tuple[str, str]] = set()
-        self.gets = 0
-        self.transactions = 0
+    def __init__(self, old_markers: set[tuple[str, str]]) -> None:
+        self.present: dict[tuple[str, str], dict[str, Any]] = {}
+        self.old = set(old_markers)
+        self.gets = self.batches = self.updates = 0
 
     def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
         ((table, request),) = RequestItems.items()
@@ -492,20 +531,39 @@ class _ScriptedDynamo:
         unprocessed = {table: {**request, "Keys": [{"scope": {"S": s}, "period": {"S": p}} for s, p in left]}}
         return {"Responses": {table: found}, "UnprocessedKeys": unprocessed if left else {}}
 
-    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        ((table, writes),) = RequestItems.items()
+        self.batches += 1
+        done, left = (writes[:1], writes[1:]) if self.batches == 1 else (writes, [])
+        for write in done:
+            item = write["PutRequest"]["Item"]
+            self.present[(item["scope"]["S"], item["period"]["S"])] = item
+        return {"UnprocessedItems": {table: left} if left else {}}
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
         from botocore.exceptions import ClientError
 
-        self.transactions += 1
-        puts = [(w["Put"]["Item"]["scope"]["S"], w["Put"]["Item"]["period"]["S"]) for w in TransactItems if "Put" in w]
-        self.present.update(puts)  # the racing delivery set them all
-        if self.transactions == 1:
-            raise ClientError({"Error": {"Code": "TransactionCanceledException"},
-                               "CancellationReasons": [{"Code": "ConditionalCheckFailed"}]}, "TransactWriteItems")
+        self.updates += 1
+        key = (request["Key"]["scope"]["S"], request["Key"]["period"]["S"])
+        assert request["ConditionExpression"] == "attribute_not_exists(#p) OR attribute_exists(#d)"
+        if key in self.old:  # written by the old code since the read: there now, without a first day
+            self.present[key] = {}
+            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}}, "UpdateItem")
+        self.present.setdefault(key, {"first_day": request["ExpressionAttributeValues"][":day"]})
+        return {}
 
 
-def test_markers_read_unprocessed_keys_again_and_a_lost_race_reads_again_and_stops() -> None:
-    dynamo = _ScriptedDynamo()
+def test_markers_read_and_write_unprocessed_keys_again_and_make_no_transaction() -> None:
+    markers = citizen_markers("k", _vn(2), facility="01001", province="01", district="001")
+    old = {(m.scope, m.period) for m in markers if m.scope == "P#01#ALL"}
+    dynamo = _ScriptedDynamo(old)
     store = DynamoVisitStatus(dynamo, visits_table="visits", aggregates_table="aggregates")
-    store.count_citizen(citizen_markers("k", _vn(2), facility="01001", province="01", district="001"))
-    assert dynamo.transactions == 1  # the race lost; the second read finds every marker: nothing to write
-    assert dynamo.gets == 3  # the first read answered in two parts, the second whole
+    store.count_citizen(markers)
+    assert dynamo.gets == 2  # the read answered in two parts
+    assert dynamo.batches == 2  # the six period markers: one written, five sent again
+    assert dynamo.updates == 4  # the four kept markers, one each; the old one refused and left as it was
+    assert set(dynamo.present) == {(m.scope, m.period) for m in markers}
+    assert [key for key, item in dynamo.present.items() if "first_day" in item] == [
+        (m.scope, m.period) for m in markers if m.first_day and (m.scope, m.period) not in old]
+    store.count_citizen(markers)  # a repeat: one read finds them, nothing written
+    assert (dynamo.gets, dynamo.batches, dynamo.updates) == (3, 2, 4)

@@ -1014,9 +1014,13 @@ def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: d
     marking = {function for function in FUNCTIONS
                if [s for s in function_statements(template, function) if s.get("Sid") == "MarkCitizensForReports"]}
     assert marking == {"DeliverFunction", "EnrolmentBatchFunction"}  # a delivered visit, an enrolled resident
+    # Plain writes, no transaction: a batch of period markers (deliveries only; a list sets kept markers alone) and
+    # an UpdateItem per kept marker, its first day set only if absent (docs/reports.md)
+    actions = {"DeliverFunction": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"],
+               "EnrolmentBatchFunction": ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]}
     for function in sorted(marking):
         (grant,) = [s for s in function_statements(template, function) if s.get("Sid") == "MarkCitizensForReports"]
-        assert grant["Action"] == ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+        assert grant["Action"] == actions[function]
         assert is_arn_of(grant["Resource"], "AggregatesTable")
     assert props(template, "AggregatesTable")["TimeToLiveSpecification"] == {"AttributeName": "expires_at",
                                                                             "Enabled": True}
@@ -1052,6 +1056,7 @@ def test_the_markers_deliver_writes_carry_the_attribute_the_aggregates_ttl_reads
     for marker in markers:
         item = written[(marker.scope, marker.period)]
         assert (int(item[ttl]["N"]) if ttl in item else None) == marker.expires_at
+        assert (item["first_day"]["S"] if "first_day" in item else None) == marker.first_day  # kept: no TTL
 
 
 # ---- reports: the function and its schedules (docs/operations.md) ------------------------------------------------

@@ -33,6 +33,7 @@ from healthbook.ingest.model import is_version_key
 from healthbook.kernel import PORTAL_TZ
 from healthbook.signing.receipt import receipt_codes, verify_receipt
 from healthbook.signing.xml_signer import sign_submission
+from healthbook.standard import places
 
 from healthbook_dev.generate import build_visit, current_standard, facility_named, inject, submission
 from healthbook_dev.pki import dev_pki
@@ -198,8 +199,9 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
     print(f"labelled defects missed: {missed}; clean files with an issue: {false_alarms}")
     print(book["summary"])
     print("\n".join(report["summary"]))
-    consistent = report["totals"] == (len(entries), book["statuses"]["DELIVERED"])
-    print(f"report totals agree with the records (files, delivered): {'yes' if consistent else 'NO'}")
+    consistent = report["totals"] == (len(entries), book["statuses"]["DELIVERED"], len(book["citizens"]))
+    print(f"report totals agree with the records (files, delivered, distinct citizens): "
+          f"{'yes' if consistent else 'NO'}")
     return 0 if not (missed or false_alarms or failed or pending) and before == after and consistent else 1
 
 
@@ -218,7 +220,9 @@ def _report(box: Any, out: Path) -> dict[str, Any]:
     for name, (body, _) in outputs(report).items():
         (folder / name).write_bytes(body)
     provinces = report.level("province")
-    totals = (sum(r.current.files_received for r in provinces), sum(r.current.delivered for r in provinces))
+    # distinct citizens: the markers of each province's month counted (a citizen of two provinces counts in each)
+    totals = (sum(r.current.files_received for r in provinces), sum(r.current.delivered for r in provinces),
+              sum(r.current.citizens or 0 for r in provinces))
     return {"totals": totals,
             "summary": [*summary_lines(report, "province"), f"report files (CSV, XLSX, HTML): {folder}/"]}
 
@@ -231,6 +235,7 @@ def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     latencies: list[int] = []
     citizen = None
+    citizens: set[tuple[str, str]] = set()  # (province of the 34, citizen key) of each delivered visit
     for page in box.ddb.get_paginator("scan").paginate(TableName=box.names["VISITS_TABLE"]):
         for item in page["Items"]:
             if not is_version_key(item["version"]["S"]):
@@ -241,6 +246,8 @@ def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:
             if status == "DELIVERED":
                 latencies.append(int(item["latency_ms"]["N"]))
                 citizen = citizen or item["citizen_key"]["S"]
+                province = item.get("province", {}).get("S") or item["visit_id"]["S"][:2]
+                citizens.add((places.province_after(province), item["citizen_key"]["S"]))
     lines = [f"health book: {statuses['DELIVERED']} visits delivered to VNeID, "
              f"{statuses['NEEDS_RECONCILIATION']} awaiting identity reconciliation"
              + (f" ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})" if reasons else "")
@@ -254,7 +261,7 @@ def _health_book(box: Any, vneid: Any, out: Path) -> dict[str, Any]:
         with urllib.request.urlopen(f"{vneid.url}/v1/citizens/{citizen}/health-book.html", timeout=5) as page:
             (out / "citizen.html").write_bytes(page.read())
         lines.append(f"one citizen's health book as VNeID shows it: {out}/citizen.html")
-    return {"statuses": statuses, "summary": "\n".join(lines)}
+    return {"statuses": statuses, "citizens": citizens, "summary": "\n".join(lines)}
 
 
 def box_table(box: Any, name: str) -> Any:

@@ -55,8 +55,8 @@ class FakeStatusStore:
         self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
         self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
         self.counted: list[CounterUpdate | None] = []  # the report counters committed with each transition
-        self.markers: set[tuple[str, str]] = set()  # distinct-citizen markers set
-        self.citizen_counts: list[CounterUpdate] = []  # the counts committed with them
+        # distinct-citizen markers written: (scope, period) -> the kept marker's first day, None for a period's
+        self.markers: dict[tuple[str, str], str | None] = {}
 
     def add(self, ref: VisitRef, *, received_at: datetime, records: bytes | None = None, status: str = PENDING,
             deadline_at: datetime | None = None, attempts: int = 0,
@@ -144,9 +144,7 @@ class FakeStatusStore:
 
     def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
         for marker in markers:
-            if (marker.scope, marker.period) not in self.markers:
-                self.markers.add((marker.scope, marker.period))
-                self.citizen_counts.append(marker.count)
+            self.markers.setdefault((marker.scope, marker.period), marker.first_day)  # a first day never moves
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
         item = self._pending("defer", ref)

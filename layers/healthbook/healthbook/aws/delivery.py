@@ -2,8 +2,9 @@
 
 Every status change is one conditional UpdateItem on ``status = PENDING``: a lost race answers False, not an
 error; with its report counters it is one TransactWriteItems, tried again inside the call when a concurrent
-transaction holds one of its items (records.ConflictRetry), then raised for the workflow's retry. Times are
-written as ``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
+transaction holds one of its items (records.ConflictRetry), then raised for the workflow's retry. The
+distinct-citizen markers are plain idempotent writes, no transaction (``count_citizen``). Times are written as
+``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import heapq
 import itertools
 import json
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from healthbook.aws.records import ConflictRetry, cancellation_reasons, conditional_write, conflicted, counter_update
+from healthbook.aws.records import ConflictRetry, conditional_write
+from healthbook.aws.settings import error_code
 from healthbook.delivery.contracts import ExecutionInput, StepInput
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, StoredVisit
 from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, records_version, status_shard
 from healthbook.kernel import iso_utc, parse_time
-from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
+from healthbook.reports.aggregates import FIRST_DAY, CitizenMarker, CounterUpdate
 
 STATUS_INDEX = "by-status-deadline"
 # What that index projects besides the keys (template.yaml must agree; a test checks it).
@@ -31,7 +32,8 @@ _LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attem
           "district, commune")
 
 
-_MARKER_READS = 9  # BatchGetItem pages of unprocessed keys before the step gives up
+_MARKER_READS = 9  # BatchGetItem / BatchWriteItem rounds of unprocessed keys before the step gives up
+_BATCH_WRITE = 25  # BatchWriteItem's limit of items per request
 
 
 def _s(value: str) -> dict[str, str]:
@@ -134,42 +136,51 @@ class DynamoVisitStatus:
                           {":t": _s(iso_utc(now)), ":by": _s("VNEID_NEWER_VERSION")})
 
     def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
-        """Read which markers exist (repeat citizens cost one BatchGetItem), then put the missing ones, with their
-        ADDs, in one transaction (the counts of markers that add to the same counter item, such as a participant's
-        ``books_created`` and ``new_citizens`` of one province and day, merged into one update: a transaction
-        may touch an item once). A racing delivery of the same citizen cancels it: read again, retry. A transaction
-        holding one of its items cancels it too: back off, read again, retry; after ``conflicts.attempts``,
-        TransactionConflicts (nothing written; the step is retried)."""
+        """Write the markers not written yet; a report counts a partition's items (docs/reports.md), so a marker
+        written twice is still one citizen and nothing here needs a transaction, nor meets a TransactionConflict.
+        Which exist: one BatchGetItem (a returning citizen costs only that). The missing period markers: one
+        BatchWriteItem (the same item every time; a racing delivery rewrites it harmlessly). The missing kept ones:
+        an UpdateItem each that sets ``first_day`` only if absent, so a retry or a racing delivery never moves it.
+        A crash part-way leaves some written: the retry reads them and writes the rest."""
         table = self.aggregates_table
         if not table or not markers:
             return
-        for attempt in range(self.conflicts.attempts):
-            present = self._existing(table, markers)
-            missing = [m for m in markers if (m.scope, m.period) not in present]
-            if not missing:
-                return
-            writes: list[dict[str, Any]] = []
-            counts: dict[tuple[str, str], Counter[str]] = {}
-            shard = self.conflicts.shard()  # one for all the counter items of this attempt
-            for marker in missing:
-                item = {"scope": _s(marker.scope), "period": _s(marker.period)}
-                if marker.expires_at is not None:
-                    item["expires_at"] = {"N": str(marker.expires_at)}
-                writes.append({"Put": {"TableName": table, "Item": item,
-                                       "ConditionExpression": "attribute_not_exists(#p)",
-                                       "ExpressionAttributeNames": {"#p": "period"}}})
-                counts.setdefault((marker.count.scope, marker.count.period), Counter()).update(marker.count.deltas)
-            writes += [counter_update(table, CounterUpdate(scope, period, dict(deltas)), shard=shard)
-                       for (scope, period), deltas in counts.items()]
-            try:
-                self._db.transact_write_items(TransactItems=writes)
-                return
-            except Exception as exc:
-                if conflicted(exc):
-                    self.conflicts.after_conflict(attempt, "distinct-citizen markers", exc)
-                elif "ConditionalCheckFailed" not in cancellation_reasons(exc):
-                    raise
-        raise RuntimeError("distinct-citizen markers kept changing; the step will be retried")
+        present = self._existing(table, markers)
+        missing = {(m.scope, m.period): m for m in markers if (m.scope, m.period) not in present}
+        self._put_markers(table, [m for m in missing.values() if m.first_day is None])
+        for marker in missing.values():
+            if marker.first_day is not None:
+                self._keep_marker(table, marker)
+
+    def _put_markers(self, table: str, markers: Sequence[CitizenMarker]) -> None:
+        for start in range(0, len(markers), _BATCH_WRITE):
+            request: dict[str, Any] = {table: [
+                {"PutRequest": {"Item": {"scope": _s(m.scope), "period": _s(m.period),
+                                         "expires_at": {"N": str(m.expires_at)}}}}
+                for m in markers[start:start + _BATCH_WRITE]]}
+            for attempt in range(_MARKER_READS):
+                request = self._db.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+                if not request:
+                    break
+                time.sleep(0.05 * 2 ** attempt)  # items left unwritten under throttling: back off, then send them
+            else:
+                raise RuntimeError("distinct-citizen markers could not be written (throttled); the step will be "
+                                   "retried")
+
+    def _keep_marker(self, table: str, marker: CitizenMarker) -> None:
+        # An item without first_day is a marker from before it existed: its citizen is in a counter item already
+        # (LEGACY_COUNTERS), and a day given to it now would count the citizen twice. Only a delivery racing an old
+        # writer during the upgrade can find one here: the read above saw none.
+        try:
+            self._db.update_item(
+                TableName=table, Key={"scope": _s(marker.scope), "period": _s(marker.period)},
+                UpdateExpression="SET #d = if_not_exists(#d, :day)",
+                ConditionExpression="attribute_not_exists(#p) OR attribute_exists(#d)",
+                ExpressionAttributeNames={"#d": FIRST_DAY, "#p": "period"},
+                ExpressionAttributeValues={":day": _s(str(marker.first_day))})
+        except Exception as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     def _existing(self, table: str, markers: Sequence[CitizenMarker]) -> set[tuple[str, str]]:
         request: dict[str, Any] = {table: {

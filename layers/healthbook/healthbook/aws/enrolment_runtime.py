@@ -441,11 +441,11 @@ class EnrolmentRuntime(CachedRuntime):
     def _count(self, settings: EnrolmentBatchSettings, batch: BatchInput, outcomes: Sequence[Any],
                now: datetime) -> None:
         """The report counters. A participant's book: its ``book_markers`` (kept markers, once per citizen and
-        scope ever), one transaction per row as a delivery's, for every row written (created, updated, and
-        unchanged too: a marker already there counts nothing, so a re-run adds nothing, while a batch retried after
-        its VNeID write and before its commit still counts the book). Vaccinations: the entries created or updated,
-        one counter update per province (a retry after VNeID wrote and before the update undercounts them).
-        Counter writes that concurrent batches kept cancelling (TransactionConflicts) fail the batch with
+        scope ever, with the day first written), written as a delivery's, for every row written (created, updated,
+        and unchanged too: a marker already there adds nothing, so a re-run adds nothing, while a batch retried
+        after its VNeID write and before its markers still counts the book). Vaccinations: the entries created or
+        updated, one counter update per province (a retry after VNeID wrote and before the update undercounts
+        them). Counter writes that concurrent batches kept cancelling (TransactionConflicts) fail the batch with
         RetryableDeliveryError, which the Map's Retry matches."""
         from healthbook.reports.aggregates import book_markers, vaccination_count
         from healthbook.vneid.client import RetryableDeliveryError
@@ -527,7 +527,7 @@ class EnrolmentRuntime(CachedRuntime):
     # --- what the batch is built from ---------------------------------------------------------------------------
 
     def _markers(self, settings: EnrolmentBatchSettings) -> DynamoVisitStatus:
-        # Only count_citizen is used: the markers and their counters, in the aggregates table.
+        # Only count_citizen is used: the distinct-citizen markers, in the aggregates table.
         return self._cached("markers", lambda: DynamoVisitStatus(client("dynamodb"), visits_table="",
                                                                  aggregates_table=settings.aggregates_table,
                                                                  conflicts=self._conflicts()))

@@ -3,25 +3,28 @@ reports bucket under the period (docs/reports.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from healthbook.aws.facilities import FacilitiesRepository
-from healthbook.reports.aggregates import period_high, unsharded
-from healthbook.reports.build import Place, Range, build_report
+from healthbook.reports.aggregates import FIRST_DAY, MARKER_PREFIX, period_high, unsharded
+from healthbook.reports.build import MarkerRange, Place, Range, build_report
 from healthbook.reports.job import report_prefix
 from healthbook.reports.model import Period, Report
 from healthbook.reports.render import outputs
 
 _KEYS = {"scope", "period", "expires_at"}
+_Wanted = TypeVar("_Wanted")
+_Read = TypeVar("_Read")
 
 
 class DynamoCounters:
-    """healthbook.reports.build.CounterSource: one Query per scope and range, summed; ``workers`` at a time (a
-    national registry is thousands of facilities: sequential Queries would outlast the function's timeout). A
-    range's items are every shard of its periods (and any item written before sharding): they all add up."""
+    """healthbook.reports.build.CounterSource: one Query per scope and range, summed, and one Query per marker
+    partition, counted; ``workers`` at a time (a national registry is thousands of facilities: sequential Queries
+    would outlast the function's timeout). A range's items are every shard of its periods (and any item written
+    before sharding): they all add up."""
 
     def __init__(self, dynamodb: Any, table: str, *, workers: int = 16) -> None:
         self._db = dynamodb
@@ -29,10 +32,16 @@ class DynamoCounters:
         self.workers = workers
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
-        if self.workers <= 1 or len(ranges) <= 1:
-            return [self.sum(*wanted) for wanted in ranges]
+        return self._each(lambda wanted: self.sum(*wanted), ranges)
+
+    def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
+        return self._each(self.count, wanted)
+
+    def _each(self, read: Callable[[_Wanted], _Read], wanted: Sequence[_Wanted]) -> list[_Read]:
+        if self.workers <= 1 or len(wanted) <= 1:
+            return [read(one) for one in wanted]
         with ThreadPoolExecutor(max_workers=self.workers) as pool:  # boto3 clients are thread-safe
-            return list(pool.map(lambda wanted: self.sum(*wanted), ranges))
+            return list(pool.map(read, wanted))
 
     def period(self, scope: str, period: str) -> dict[str, int]:
         """One period's counters of a scope (``F#01001``, ``D#2026-11-22``), its shards added up."""
@@ -44,30 +53,61 @@ class DynamoCounters:
             "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
             "ExpressionAttributeValues": {":s": {"S": scope}, ":lo": {"S": low}, ":hi": {"S": high}}}
         summed: dict[str, int] = {}
-        while True:
-            page = self._db.query(**kwargs)
+        for page in self._pages(kwargs):
             for item in page.get("Items", []):
                 for name, value in item.items():
                     if name not in _KEYS and "N" in value:
                         summed[name] = summed.get(name, 0) + int(value["N"])
+        return summed
+
+    def count(self, wanted: MarkerRange) -> int:
+        """The marker items of a partition (with ``days``, those whose first day lies in the range): a Query that
+        returns counts, not items. It still reads every item of the partition (a filter applies after the read):
+        docs/capacity.md has the read units and time for the largest."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "KeyConditionExpression": "#sc = :s", "Select": "COUNT",
+            "ExpressionAttributeNames": {"#sc": "scope"}, "ExpressionAttributeValues": {":s": {"S": wanted.scope}}}
+        if wanted.days is not None:
+            kwargs["FilterExpression"] = "#d BETWEEN :first AND :last"
+            kwargs["ExpressionAttributeNames"]["#d"] = FIRST_DAY
+            kwargs["ExpressionAttributeValues"].update({":first": {"S": wanted.days[0]},
+                                                        ":last": {"S": wanted.days[1]}})
+        return sum(int(page.get("Count", 0)) for page in self._pages(kwargs))
+
+    def _pages(self, kwargs: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        while True:
+            page: dict[str, Any] = self._db.query(**kwargs)
+            yield page
             if "LastEvaluatedKey" not in page:
-                return summed
+                return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
     """Counter items as DynamoDB returns them (a Scan's page, say), added up per scope and period across their
-    shards; the distinct-citizen markers left out (their sort key is ``citizen#...``)."""
+    shards; the distinct-citizen markers left out (their sort key is ``citizen#...``: markers_by_partition)."""
     summed: dict[tuple[str, str], dict[str, int]] = {}
     for item in items:
         period = str(item["period"]["S"])
-        if period.startswith("citizen#"):
+        if period.startswith(MARKER_PREFIX):
             continue
         target = summed.setdefault((str(item["scope"]["S"]), unsharded(period)), {})
         for name, value in item.items():
             if name not in _KEYS and "N" in value:
                 target[name] = target.get(name, 0) + int(value["N"])
     return summed
+
+
+def markers_by_partition(items: Iterable[Mapping[str, Any]]) -> dict[str, dict[str | None, int]]:
+    """Marker items as DynamoDB returns them (a Scan's page, say), counted per partition (``P34#79#M#2026-11``) and
+    first day (None: a period marker, or a kept one from before first days), for the tests and the demos."""
+    counted: dict[str, dict[str | None, int]] = {}
+    for item in items:
+        if str(item["period"]["S"]).startswith(MARKER_PREFIX):
+            first = item.get(FIRST_DAY, {}).get("S")
+            days = counted.setdefault(str(item["scope"]["S"]), {})
+            days[first] = days.get(first, 0) + 1
+    return counted
 
 
 def places(facilities_table: Any) -> list[Place]:

@@ -98,8 +98,9 @@ class VisitStatusStore(Protocol):
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
 
     def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
-        """Set the markers not set yet, each with its count in the same transaction, so a citizen is counted
-        once per scope and period however often a delivery is retried (docs/reports.md)."""
+        """Write the markers not written yet: a report counts a partition's marker items, so a citizen is counted
+        once per scope and period however often a delivery is retried; a kept marker's first day never moves
+        (docs/reports.md)."""
         ...
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool: ...
@@ -235,7 +236,7 @@ class Deliver(_Step):
         delivered = delivered_entry(entry)
         try:
             # Markers before the status change: a crash in between leaves the visit PENDING, and the retry
-            # finds the markers set and counts nothing twice.
+            # finds the markers written and writes only what is missing (a count is the number of markers).
             self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
                                                      province=visit.province or ref.facility[:2],
                                                      district=visit.district, commune=visit.commune))

@@ -1,7 +1,9 @@
-"""Which counters each event adds, and how to read percentiles back from them (docs/reports.md).
+"""Which counters each event adds, which distinct-citizen markers it sets, and how to read percentiles back
+(docs/reports.md).
 
-Pure: the adapters commit these deltas in the same DynamoDB transaction as the event's own conditional write,
-so an event is counted exactly once however often it is retried.
+Pure: the adapters commit the counter deltas in the same DynamoDB transaction as the event's own conditional
+write, so an event is counted exactly once however often it is retried; a marker is an item written once per
+citizen, scope and period, and a report counts the items.
 """
 
 from __future__ import annotations
@@ -157,21 +159,40 @@ def for_breach(facility: str, at: datetime) -> CounterUpdate:
     return CounterUpdate(facility_scope(facility), day(at), {"breached": 1})
 
 
-# Distinct-citizen markers outlive the six-monthly report (and its re-runs) by a margin.
+# Distinct citizens are counted when a report is built, as the number of marker items in a partition
+# (docs/reports.md): a marker is written once per citizen, scope and period however often a delivery is retried, so
+# no counter goes with it and no transaction is needed.
+MARKER_PREFIX = "citizen#"  # a marker's sort key: "citizen#<citizen_key>"
+# Period markers outlive the six-monthly report (and its re-runs) by a margin; kept markers have no TTL.
 MARKER_TTL_DAYS = 400
 EVER = "ALL"  # the kept marker of a citizen with a health book, per province (coverage)
 VISITED = "VISIT"  # the kept marker of a citizen with at least one visit delivered, per province
+BOOK = "BOOK"  # the kept marker of a citizen whose book a participant list created, per province and commune
+FIRST_DAY = "first_day"  # a kept marker's attribute: the Vietnam day ("D#YYYY-MM-DD") its citizen first got it
+# Before kept markers carried first_day, each was counted by an ADD, on the day, in the transaction that put it.
+# Those counter items stay, and the report adds them to the markers it counts that have a first_day.
+LEGACY_COUNTERS = {EVER: "new_citizens", VISITED: "citizens_visited", BOOK: "books_created"}
+
+
+def marker_scope(scope: str, period: str) -> str:
+    """The partition of a scope's markers for a period (``M#2025-03``, ``S#2025-H1``) or a kept kind (``ALL``,
+    ``VISIT``, ``BOOK``): ``P#01#M#2025-03``."""
+    return f"{scope}#{period}"
 
 
 @dataclass(frozen=True)
 class CitizenMarker:
-    """A citizen seen in a scope and period: the item (``scope``, ``period``) put only if absent, with its count
-    in the same transaction (docs/reports.md)."""
+    """A citizen seen in a scope and period: the item (``scope``, ``period``), written if absent. A period marker
+    expires; a kept marker carries the day its citizen first got it instead (docs/reports.md)."""
 
-    scope: str  # "<counter scope>#<period>", e.g. "P#01#M#2025-03"
+    scope: str  # the partition: "<counter scope>#<period or kind>", e.g. "P#01#M#2025-03", "P34#01#ALL"
     period: str  # "citizen#<citizen_key>"
-    expires_at: int | None  # epoch seconds for the table's TTL; None for the kept "ever" marker
-    count: CounterUpdate
+    expires_at: int | None  # period markers: epoch seconds for the table's TTL; None for the kept ones
+    first_day: str | None = None  # kept markers: the Vietnam day of the event ("D#YYYY-MM-DD"), never moved once set
+
+    def __post_init__(self) -> None:
+        if (self.expires_at is None) == (self.first_day is None):
+            raise ValueError("a marker either expires (a period's) or is kept with its first day")
 
 
 @dataclass(frozen=True)
@@ -198,45 +219,38 @@ def _units(at: datetime, *, province: str, district: str | None, commune: str | 
                   (own, province_scope(current, after_reform=True)))
 
 
-def _ever_markers(units: _Units, marker: str, at: datetime, *, kind: str = EVER,
-                  counter: str = "new_citizens") -> list[CitizenMarker]:
-    return [CitizenMarker(f"{ever}#{kind}", marker, None, CounterUpdate(ever, day(at), {counter: 1}))
-            for ever in units.evers]
+def _kept(scopes: Iterable[str], kind: str, marker: str, at: datetime) -> list[CitizenMarker]:
+    return [CitizenMarker(marker_scope(scope, kind), marker, None, day(at)) for scope in scopes]
 
 
 def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: str,
                     district: str | None, commune: str | None = None) -> list[CitizenMarker]:
     """The markers a delivery to ``citizen_key`` sets, in the units in force on its day: distinct citizens per
-    month and half-year for the facility, its district (before 1 July 2025) or commune (from then) and province,
-    and the province's "ever" marker whose count, ``new_citizens`` on the day, sums to the citizens with a health
-    book (coverage), and its "visited" marker, whose ``citizens_visited`` sums to the books with at least one
-    visit (a book a participant list created sets only the first). ``province`` is the facility's code as
-    registered (a pre-reform code maps to its merged province). A delivery before the reform also sets the merged
-    province's markers, so today's coverage counts every citizen once, whenever the first visit was."""
+    month and half-year for the facility, its district (before 1 July 2025) or commune (from then) and province;
+    the province's "ever" marker (citizens with a health book: coverage) and its "visited" marker (books with at
+    least one visit; a book a participant list created sets only the first), both kept with their first day.
+    ``province`` is the facility's code as registered (a pre-reform code maps to its merged province). A delivery
+    before the reform also sets the merged province's kept markers, so today's coverage counts every citizen
+    once, whenever the first visit was."""
     units = _units(at, province=province, district=district, commune=commune)
     expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
     scopes = [scope for scope in (facility_scope(facility), units.unit, units.own) if scope]
-    marker = f"citizen#{citizen_key}"
-    markers = [CitizenMarker(f"{scope}#{period}", marker, expires, CounterUpdate(scope, period, {"citizens": 1}))
+    marker = f"{MARKER_PREFIX}{citizen_key}"
+    markers = [CitizenMarker(marker_scope(scope, period), marker, expires)
                for scope in scopes for period in (month(at), half(at))]
-    return (markers + _ever_markers(units, marker, at)
-            + _ever_markers(units, marker, at, kind=VISITED, counter="citizens_visited"))
-
-
-BOOK = "BOOK"  # the kept marker of a citizen whose book a participant list created, per province and commune
+    return markers + _kept(units.evers, EVER, marker, at) + _kept(units.evers, VISITED, marker, at)
 
 
 def book_markers(citizen_key: str, at: datetime, *, province: str, commune: str | None) -> list[CitizenMarker]:
     """The markers a participant-list row that created or changed a citizen's administrative section sets
-    (docs/enrolment.md): ``books_created`` on the Vietnam day for the province and the commune of residence,
-    once per citizen and scope ever (a kept ``<scope>#BOOK`` marker: a re-import or a retry counts nothing), and
-    the same province "ever" marker as :func:`citizen_markers`, so a citizen with a book from the list and later a
-    visit counts once in coverage. Units as for a delivery on the same day (no district: lists carry none)."""
+    (docs/enrolment.md): a kept ``<scope>#BOOK`` marker for the province and the commune of residence, whose first
+    day makes the books created in a period (a re-import or a retry adds no item), and the same province "ever"
+    marker as :func:`citizen_markers`, so a citizen with a book from the list and later a visit counts once in
+    coverage. Units as for a delivery on the same day (no district: lists carry none)."""
     units = _units(at, province=province, district=None, commune=commune)
-    marker = f"citizen#{citizen_key}"
-    markers = [CitizenMarker(f"{scope}#{BOOK}", marker, None, CounterUpdate(scope, day(at), {"books_created": 1}))
-               for scope in (units.own, units.unit) if scope]
-    return markers + _ever_markers(units, marker, at)
+    marker = f"{MARKER_PREFIX}{citizen_key}"
+    books = [scope for scope in (units.own, units.unit) if scope]
+    return _kept(books, BOOK, marker, at) + _kept(units.evers, EVER, marker, at)
 
 
 def vaccination_count(province: str, at: datetime, n: int) -> CounterUpdate:

@@ -1,7 +1,7 @@
 """Build a Report from the counters (docs/reports.md): facility rows from their day items, district or commune and
-province rows as sums of their facilities, distinct citizens from their own marker counts (a citizen seen at two
-facilities is one citizen of the province), coverage from the province's "ever" counts. Pure: the counters
-come through a CounterSource."""
+province rows as sums of their facilities, distinct citizens as the number of markers in their own partitions (a
+citizen seen at two facilities is one citizen of the province), coverage from the province's "ever" markers by
+their first day. Pure: counters and marker counts come through a CounterSource."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ from importlib import resources
 from typing import Protocol
 
 from healthbook.reports.aggregates import (
+    BOOK,
+    EVER,
+    LEGACY_COUNTERS,
+    VISITED,
     commune_scope,
     district_scope,
     facility_scope,
+    marker_scope,
     percentile,
     period_high,
     province_scope,
@@ -31,10 +36,26 @@ _FIRST_DAY = "D#0000-00-00"
 Range = tuple[str, str, str]  # (scope, lowest period key, highest period key: period_high, so every shard is in)
 
 
+@dataclass(frozen=True)
+class MarkerRange:
+    """Distinct-citizen markers to count: every item of one marker partition (``scope``: ``P34#79#M#2026-11``,
+    ``P34#79#ALL``), or with ``days`` only the kept markers whose first day lies in that inclusive range of day keys
+    (``D#YYYY-MM-DD``). Markers written before first days existed have none, so a range leaves them out: their
+    citizens are in counter items (LEGACY_COUNTERS)."""
+
+    scope: str
+    days: tuple[str, str] | None = None
+
+
 class CounterSource(Protocol):
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
         """For each range, the counters of the scope's items whose period key lies in [low, high], added up; in
         the order asked (an adapter may read them in parallel)."""
+        ...
+
+    def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
+        """For each, the number of marker items it names; in the order asked (an adapter may count them in
+        parallel)."""
         ...
 
 
@@ -103,29 +124,48 @@ def _days(scope: str, period: Period) -> Range:
     return scope, _day_key(period.start), period_high(_day_key(period.end))
 
 
-def _citizens(scope: str, period: Period) -> Range | None:
+def _citizens(scope: str, period: Period) -> MarkerRange | None:
+    """Distinct citizens of a scope in a month or half-year: every marker of its partition. Counter items named
+    ``citizens`` (from before markers were counted) are not read: the markers they counted are in the partition."""
     marker = _citizen_period(period)
-    return None if marker is None else (scope, marker, period_high(marker))
+    return None if marker is None else MarkerRange(marker_scope(scope, marker))
 
 
 def _to_date(scope: str, period: Period) -> Range:
     return scope, _FIRST_DAY, period_high(_day_key(period.end))
 
 
-class _Counts:
-    """Every range the report needs, read in one call to the source (planned first, so a large registry is one
-    parallel read, not thousands of sequential ones)."""
+def _kept(scope: str, kind: str, period: Period, *, to_date: bool) -> MarkerRange:
+    """A province's kept markers of ``kind`` first given up to the period's end (``to_date``) or within it."""
+    first = _FIRST_DAY if to_date else _day_key(period.start)
+    return MarkerRange(marker_scope(scope, kind), (first, _day_key(period.end)))
 
-    def __init__(self, source: CounterSource, ranges: Sequence[Range]) -> None:
+
+class _Counts:
+    """Every range and marker count the report needs, each kind read in one call to the source (planned first, so
+    a large registry is one parallel read, not thousands of sequential ones)."""
+
+    def __init__(self, source: CounterSource, ranges: Sequence[Range], markers: Sequence[MarkerRange]) -> None:
         wanted = list(dict.fromkeys(ranges))
         self._read = dict(zip(wanted, source.sum_many(wanted), strict=True))
+        counted = list(dict.fromkeys(markers))
+        self._counted = dict(zip(counted, source.count_many(counted), strict=True))
 
     def __call__(self, scope: str, low: str, high: str) -> dict[str, int]:
         return self._read[(scope, low, high)]  # KeyError: a range the plan missed
 
+    def markers(self, wanted: MarkerRange) -> int:
+        return self._counted[wanted]  # KeyError: a count the plan missed
+
     def citizens(self, scope: str, period: Period) -> int | None:
         wanted = _citizens(scope, period)
-        return None if wanted is None else self(*wanted).get("citizens", 0)
+        return None if wanted is None else self.markers(wanted)
+
+    def kept(self, scope: str, kind: str, period: Period, counters: Mapping[str, int], *, to_date: bool) -> int:
+        """Citizens given a kept marker up to the period's end or within it: those counted by the counter items
+        of their day before markers had first days (``counters``, read over the same days), plus the markers
+        with a first day. No citizen is in both: the markers with a counter have no first day."""
+        return counters.get(LEGACY_COUNTERS[kind], 0) + self.markers(_kept(scope, kind, period, to_date=to_date))
 
 
 def build_report(period: Period, places_: Sequence[Place], source: CounterSource, *, generated_at: datetime,
@@ -157,16 +197,20 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
     own = {province: province_scope(province, after_reform=after) for province in by_province}
     unit_scopes = {key: unit_scope(*key) for key in by_unit}
 
-    plan: list[Range | None] = []
+    plan: list[Range] = []
+    # The provinces' kept markers first: the largest partitions, counted while the small ones fill the pool.
+    counts: list[MarkerRange | None] = [_kept(scope, kind, period, to_date=True)
+                                        for scope in own.values() for kind in (EVER, VISITED)]
+    counts += [_kept(scope, BOOK, period, to_date=False) for scope in own.values()]
     for of in (period, previous):
         plan += [_days(facility_scope(p.code), of) for p in places_]
-        plan += [_citizens(facility_scope(p.code), of) for p in places_]
         if of is period or comparable:
-            plan += [_citizens(scope, of) for scope in unit_scopes.values() if scope]
-            plan += [_citizens(scope, of) for scope in own.values()]
-    plan += [_to_date(scope, period) for scope in own.values()]
-    plan += [_days(scope, period) for scope in own.values()]  # books and vaccinations from the provinces' lists
-    reader = _Counts(source, [wanted for wanted in plan if wanted is not None])
+            counts += [_citizens(scope, of) for scope in own.values()]
+            counts += [_citizens(scope, of) for scope in unit_scopes.values() if scope]
+        counts += [_citizens(facility_scope(p.code), of) for p in places_]
+    plan += [_to_date(scope, period) for scope in own.values()]  # the kept markers' counts from before first days
+    plan += [_days(scope, period) for scope in own.values()]  # vaccinations, and books counted before first days
+    reader = _Counts(source, plan, [wanted for wanted in counts if wanted is not None])
     rows: list[Row] = []
 
     facility_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
@@ -197,14 +241,16 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
 
     for province, members in sorted(by_province.items()):
         figure = population.get(province)
-        to_date = reader(*_to_date(own[province], period))
-        lists = reader(*_days(own[province], period))
+        scope = own[province]
+        counters_to_date = reader(*_to_date(scope, period))
+        counters_in_period = reader(*_days(scope, period))
         name = names.get(province) or (figure.name if figure else f"Tỉnh {province}")
-        row = grouped(members, "province", province, name, province, own[province])
-        rows.append(replace(row, citizens_with_book=to_date.get("new_citizens", 0),
-                            books_with_visit=to_date.get("citizens_visited", 0),
-                            books_created=lists.get("books_created", 0),
-                            vaccinations_recorded=lists.get("vaccinations_recorded", 0),
+        row = grouped(members, "province", province, name, province, scope)
+        rows.append(replace(row,
+                            citizens_with_book=reader.kept(scope, EVER, period, counters_to_date, to_date=True),
+                            books_with_visit=reader.kept(scope, VISITED, period, counters_to_date, to_date=True),
+                            books_created=reader.kept(scope, BOOK, period, counters_in_period, to_date=False),
+                            vaccinations_recorded=counters_in_period.get("vaccinations_recorded", 0),
                             population=figure.population if figure else None,
                             population_source=f"{figure.source} ({figure.year})" if figure else None))
     return Report(period=period, generated_at=generated_at, rows=tuple(rows))
