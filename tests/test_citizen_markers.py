@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import counter_update
@@ -25,23 +23,10 @@ from healthbook.reports.aggregates import (
 )
 from healthbook.reports.build import Place, build_report
 from healthbook.reports.model import Period
-from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
-from moto import mock_aws
+from healthbook_dev.aws.sandbox import NAMES
 
 AGGREGATES = NAMES["AGGREGATES_TABLE"]
 AT = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)  # 11:00 in Vietnam, 22 November 2026: the 34 provinces
-
-
-@pytest.fixture
-def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name=REGION)
-        create_tables(client, NAMES)
-        yield client
 
 
 class Recorded:

@@ -4,12 +4,9 @@ marker the deliveries set, so coverage counts a citizen once; ``vaccinations_rec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.reports.aggregates import (
     EVER,
@@ -21,8 +18,7 @@ from healthbook.reports.aggregates import (
     vaccination_count,
 )
 from healthbook.reports.build import MarkerRange
-from healthbook_dev.aws.sandbox import NAMES, create_tables
-from moto import mock_aws
+from healthbook_dev.aws.sandbox import NAMES
 
 AFTER = datetime(2026, 1, 5, 2, 30, tzinfo=UTC)  # 09:30 on 5 January 2026 in Vietnam
 BEFORE = datetime(2025, 3, 1, 23, 30, tzinfo=UTC)  # 06:30 on 2 March 2025 in Vietnam
@@ -87,18 +83,6 @@ def test_a_book_from_a_list_is_not_a_book_with_a_visit() -> None:
     visits = [m for m in citizen_markers("k8", AFTER, facility="92001", province="92", district=None,
                                          commune="31120") if m.scope.endswith(f"#{VISITED}")]
     assert _plain(visits) == {("P34#92#VISIT", "citizen#k8", None, "D#2026-01-05")}
-
-
-@pytest.fixture
-def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="ap-southeast-1")
-        create_tables(client, NAMES)
-        yield client
 
 
 def _counter(ddb: Any, scope: str, period: str) -> dict[str, int]:

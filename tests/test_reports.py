@@ -4,7 +4,7 @@ DynamoDB adapters on moto, retries and duplicates included (docs/reports.md)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,8 +19,7 @@ from healthbook.reports.aggregates import citizen_markers, for_breach, for_deliv
 from healthbook.reports.build import MarkerRange, Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
-from healthbook_dev.aws.sandbox import NAMES, create_tables
-from moto import mock_aws
+from healthbook_dev.aws.sandbox import NAMES
 
 REGION = "ap-southeast-1"
 VN = timedelta(hours=7)
@@ -288,18 +287,6 @@ def test_the_shipped_population_table_names_its_source_for_every_figure() -> Non
 
 
 # --- a known dataset through the real adapters, on moto -----------------------------------------------------
-
-@pytest.fixture
-def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name=REGION)
-        create_tables(client, NAMES)
-        yield client
-
 
 def _submission(n: int, facility: str, at: datetime, *, accepted: int, total: int,
                 errors: tuple[str, ...] = ()) -> SubmissionRecord:
