@@ -212,3 +212,41 @@ def test_coverage_books_with_a_visit_and_books_created_are_exact_across_the_upgr
     assert (nov.citizens_with_book, nov.books_with_visit, nov.books_created) == (5, 4, 2)  # + n1, n2; + o3, n1; o2, n2
     assert (oct_.current.citizens, nov.current.citizens, nov.previous.citizens) == (2, 4, 2)  # o1, o2; o1-o3, n1
     assert province("2026-H2").books_created == 4 and province("2026-H2").current.citizens == 4  # o1, o2, o3, n1
+
+
+def test_a_kept_partition_is_counted_in_key_ranges_side_by_side_and_exactly(ddb: Any) -> None:
+    """The coverage partitions grow to a province's residents: counted in 16 key ranges read side by side. Keys on a
+    range's bound, below the first and above the last, and keys that are no HMAC at all are each counted once."""
+    from healthbook.aws import reports
+    from healthbook.reports.build import MarkerRange
+
+    rng = random.Random(17)
+    keys = [f"{rng.getrandbits(256):064x}" for _ in range(300)]
+    keys += [bound.removeprefix("citizen#") for bound in reports._SPLIT_AT]  # exactly on the bounds
+    keys += ["", "0", "A", "Z", "~", "é", "f" * 64 + "~", "k8"]  # outside the hex digits, either side
+    days = [f"D#2026-11-{1 + n % 28:02d}" for n in range(len(keys))]
+    for key, first_day in zip(keys, days, strict=True):
+        ddb.put_item(TableName=AGGREGATES, Item={"scope": {"S": "P34#79#ALL"}, "period": {"S": f"citizen#{key}"},
+                                                 "first_day": {"S": first_day}})
+    queries: list[dict[str, Any]] = []
+    counting = _Counting(ddb, queries)
+    source = DynamoCounters(counting, AGGREGATES, workers=4)
+    whole = MarkerRange("P34#79#ALL", ("D#0000-00-00", "D#2026-11-30"))
+    part = MarkerRange("P34#79#ALL", ("D#2026-11-03", "D#2026-11-09"))
+    assert source.count_many([whole, part]) == [len(keys), sum("D#2026-11-03" <= d <= "D#2026-11-09" for d in days)]
+    assert len(queries) == 2 * 16  # the key ranges, each one Query (one page each here)
+    assert source.count(MarkerRange("P34#79#M#2026-11")) == 0 and len(queries) == 2 * 16 + 1  # a period: one
+
+
+class _Counting:
+    """The DynamoDB client, its Queries noted."""
+
+    def __init__(self, client: Any, queries: list[dict[str, Any]]) -> None:
+        self._client, self._queries = client, queries
+
+    def query(self, **kwargs: Any) -> Any:
+        self._queries.append(kwargs)
+        return self._client.query(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)

@@ -3,8 +3,10 @@ reports bucket under the period (docs/reports.md)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -35,7 +37,14 @@ class DynamoCounters:
         return self._each(lambda wanted: self.sum(*wanted), ranges)
 
     def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
-        return self._each(self.count, wanted)
+        """Each count; a province's kept markers (the partitions that grow with coverage, up to one item per
+        resident) in ``_SPLITS`` key ranges read side by side, so the largest is not one long sequential Query."""
+        parts = [(index, part) for index, one in enumerate(wanted)
+                 for part in (_key_ranges(one) if one.days is not None else [_KeyRange(one)])]
+        counted = [0] * len(wanted)
+        for (index, _), count in zip(parts, self._each(lambda item: self._count_part(item[1]), parts), strict=True):
+            counted[index] += count
+        return counted
 
     def _each(self, read: Callable[[_Wanted], _Read], wanted: Sequence[_Wanted]) -> list[_Read]:
         if self.workers <= 1 or len(wanted) <= 1:
@@ -61,18 +70,40 @@ class DynamoCounters:
         return summed
 
     def count(self, wanted: MarkerRange) -> int:
-        """The marker items of a partition (with ``days``, those whose first day lies in the range): a Query that
-        returns counts, not items. It still reads every item of the partition (a filter applies after the read):
+        """The marker items of a partition (with ``days``, those whose first day lies in the range): Queries that
+        return counts, not items. They still read every item of the partition (a filter applies after the read):
         docs/capacity.md has the read units and time for the largest."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "KeyConditionExpression": "#sc = :s", "Select": "COUNT",
-            "ExpressionAttributeNames": {"#sc": "scope"}, "ExpressionAttributeValues": {":s": {"S": wanted.scope}}}
+        return self.count_many([wanted])[0]
+
+    def _count_part(self, part: _KeyRange) -> int:
+        wanted, names = part.wanted, {"#sc": "scope"}
+        values: dict[str, Any] = {":s": {"S": wanted.scope}}
+        condition = "#sc = :s"
+        if part.low is not None or part.high is not None:
+            names["#p"] = "period"
+            if part.low is not None and part.high is not None:
+                condition += " AND #p BETWEEN :lo AND :hi"
+                values.update({":lo": {"S": part.low}, ":hi": {"S": part.high}})
+            elif part.low is not None:
+                condition += " AND #p >= :lo"
+                values[":lo"] = {"S": part.low}
+            else:
+                condition += " AND #p <= :hi"
+                values[":hi"] = {"S": part.high}
+        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": condition, "Select": "COUNT",
+                                  "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
         if wanted.days is not None:
             kwargs["FilterExpression"] = "#d BETWEEN :first AND :last"
-            kwargs["ExpressionAttributeNames"]["#d"] = FIRST_DAY
-            kwargs["ExpressionAttributeValues"].update({":first": {"S": wanted.days[0]},
-                                                        ":last": {"S": wanted.days[1]}})
-        return sum(int(page.get("Count", 0)) for page in self._pages(kwargs))
+            names["#d"] = FIRST_DAY
+            values.update({":first": {"S": wanted.days[0]}, ":last": {"S": wanted.days[1]}})
+        counted = sum(int(page.get("Count", 0)) for page in self._pages(kwargs))
+        if part.shared is not None:  # the key two neighbouring ranges both hold: counted once, not twice
+            item = self._db.get_item(TableName=self.table, ConsistentRead=True,
+                                     Key={"scope": {"S": wanted.scope}, "period": {"S": part.shared}}).get("Item")
+            if item is not None and (wanted.days is None or wanted.days[0] <= item.get(FIRST_DAY, {}).get(
+                    "S", "") <= wanted.days[1]):
+                counted -= 1
+        return counted
 
     def _pages(self, kwargs: dict[str, Any]) -> Iterable[dict[str, Any]]:
         while True:
@@ -81,6 +112,28 @@ class DynamoCounters:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+# A citizen key is an HMAC in hex, so a partition's markers spread evenly over the 16 first digits: its key space is
+# cut there, each range counted by its own Query. Neighbouring ranges share their bound (BETWEEN is inclusive on
+# both ends), so a marker whose key is exactly a bound is taken back once: exact whatever the keys.
+_SPLIT_AT = tuple(MARKER_PREFIX + digit for digit in "123456789abcdef")
+
+
+@dataclass(frozen=True)
+class _KeyRange:
+    """One Query's share of a marker count: sort keys from ``low`` to ``high`` (inclusive; None: unbounded), and
+    ``shared``, the bound it shares with the range after it."""
+
+    wanted: MarkerRange
+    low: str | None = None
+    high: str | None = None
+    shared: str | None = None
+
+
+def _key_ranges(wanted: MarkerRange) -> list[_KeyRange]:
+    bounds: list[str | None] = [None, *_SPLIT_AT, None]
+    return [_KeyRange(wanted, low, high, shared=high) for low, high in itertools.pairwise(bounds)]
 
 
 def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
