@@ -385,7 +385,10 @@ class IngestRuntime:
             self.metrics.count("ReceiptSignatures")
             self.metrics.count("ReceiptsSigned", covered)
             self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
-        recorded = [message for message in live if not message.failed and self._record(wiring, message)]
+        recorded: list[_Message] = []
+        for message in live:
+            if not message.failed and self._record(wiring, message):  # a message it cannot record, it fails
+                recorded.append(message)
         # One start for the window's visits (not one per file), after every file's "done" marker.
         wiring.service.start_delivery([item.outcome for message in recorded for item in message.objects
                                        if item.outcome is not None])
