@@ -11,12 +11,13 @@ import hmac
 import io
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
+from unittest import mock
 from urllib.parse import quote_plus
 
 import pytest
@@ -24,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from healthbook.aws.delivery import DynamoVisitStatus
+from healthbook.aws.records import DynamoRecords
 from healthbook.ingest.model import (
     ContentClaim,
     ContentClaimPending,
@@ -122,12 +124,20 @@ class FakeRecords:
         return submission_id in self.submissions
 
     def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
-        return self.claims.get(ContentClaim(facility, content_sha256, "", "", "").key)
+        held = self.claims.get(ContentClaim(facility, content_sha256, "", "", "").key)
+        return None if held is None else self._holder(held)
+
+    def _holder(self, held: ContentClaim) -> ContentClaim:
+        """Confirmed: its holder's submission item exists (or the claim was stored confirmed)."""
+        return dataclasses.replace(held, confirmed=held.confirmed or held.submission_id in self.submissions)
+
+    def confirmed(self) -> list[bool]:
+        return [self._holder(held).confirmed for held in self.claims.values()]
 
     def claim_content(self, claim: ContentClaim) -> ContentClaim:
         held = self.claims.get(claim.key)
         if held is not None and held.submission_id != claim.submission_id:
-            return held
+            return self._holder(held)
         self.claims[claim.key] = held or claim
         return claim
 
@@ -145,16 +155,12 @@ class FakeRecords:
         self.versions[visit.visit_id, current] = (self.versions[visit.visit_id, current][0], "SUPERSEDED")
         return VisitWrite.SUPERSEDING
 
-    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
-                       release: ContentClaim | None = None) -> bool:
+    def put_submission(self, record: SubmissionRecord, *, release: ContentClaim | None = None) -> bool:
         if record.submission_id in self.submissions:
             return False
-        for claim in (confirm, release):
-            held = self.claims.get(claim.key) if claim else None
-            assert held is None or claim is None or held.submission_id == claim.submission_id, "claim held by another"
+        held = self.claims.get(release.key) if release else None
+        assert held is None or release is None or held.submission_id == release.submission_id, "held by another"
         self.submissions[record.submission_id] = record
-        if confirm is not None:
-            self.claims[confirm.key] = dataclasses.replace(confirm, confirmed=True)
         if release is not None:
             self.claims.pop(release.key, None)
         return True
@@ -399,7 +405,7 @@ def test_a_failing_record_leaves_its_window_valid_and_its_retry_converges(pki: d
     receipt = json.loads(store.receipts["receipts/01001/m1.xml.receipt.json"])
     assert verify_receipt(receipt, platform.public_key_pem()) == [] and counting.calls == 2
     assert receipt["platform_signature"]["batch"]["leaves"] == 1
-    assert len(records.submissions) == 3 and all(c.confirmed for c in records.claims.values())
+    assert len(records.submissions) == 3 and records.confirmed() == [True, True, True]
     assert service.ingest(ref("inbox/01001/m1.xml")).status == "DUPLICATE" and counting.calls == 2
 
 
@@ -449,7 +455,7 @@ def test_the_loser_of_a_claim_race_stores_nothing(pki: dict[str, Path], platform
     assert loser.visits_stored == 0 and len(records.versions) == 1
     assert [record.status for record in records.submissions.values()] == ["ACCEPTED", "REJECTED"]
     (claim,) = records.claims.values()
-    assert claim.submission_id == winner.submission_id and claim.confirmed
+    assert claim.submission_id == winner.submission_id and records.confirmed() == [True]
     assert claim.key == f"content#01001#{hashlib.sha256(data).hexdigest()}"
 
 
@@ -597,6 +603,13 @@ def claims(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
             if item["submission_id"].startswith("content#")}
 
 
+def claims_confirmed(aws: SimpleNamespace) -> list[bool]:
+    """Whether each content claim is confirmed, as ingest reads it (its holder's submission item exists)."""
+    records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"], visits_table=TABLES["VISITS_TABLE"])
+    found = [records.content_claim(*key.split("#")[1:]) for key in claims(aws)]
+    return [claim is not None and claim.confirmed for claim in found]
+
+
 def visit_items(aws: SimpleNamespace) -> dict[str, dict[str, Any]]:
     """The version items and the pointer; the records items are records_items'."""
     return {item["version"]: item for item in scan(aws, "VISITS_TABLE") if not item["version"].startswith("RECORDS#")}
@@ -637,6 +650,51 @@ def test_a_version_stored_with_its_records_on_it_still_loads(aws: SimpleNamespac
     assert light is not None and light.records is None  # the light read leaves them out, as ever
 
 
+def _version(visit_id: str, at: str) -> VisitVersion:
+    return VisitVersion(visit_id=visit_id, version=f"{at}#{at[-3:-1]}", submission_id="s" * 64, received_at=at,
+                        standard="4750", digest="d" * 64, deadline_at="2026-11-23T03:00:00Z", citizen_key=None,
+                        records=b"records of " + at.encode())
+
+
+class CountingClient:
+    """The moto client, with the names of the calls made through it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.calls = client, list[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.client, name)
+
+
+def test_a_first_version_takes_the_pointer_then_is_written_without_a_transaction(aws: SimpleNamespace) -> None:
+    """Two conditional puts (2 write units) rather than a transaction (4); a run that stopped between the two
+    is completed by its retry, and a later version meanwhile waits for it."""
+    table = TABLES["VISITS_TABLE"]
+    counting = CountingClient(aws.ddb)
+    records = DynamoRecords(counting, submissions_table=TABLES["SUBMISSIONS_TABLE"], visits_table=table)
+    first = _version("01001#A", "2026-11-22T03:00:00Z")
+    assert records.save_visit(first) is VisitWrite.CREATED
+    assert "transact_write_items" not in counting.calls and counting.calls.count("put_item") == 3  # records too
+    items = visit_items(aws)
+    assert items["LATEST"]["current"] == first.version and items[first.version]["status"] == "PENDING"
+    assert records.save_visit(first) is VisitWrite.PRESENT  # the same object again: nothing new
+
+    # A run that took the pointer and stopped before the version item: its retry writes the version.
+    stopped = _version("01001#B", "2026-11-22T04:00:00Z")
+    records._put_records(stopped)
+    assert records._take_pointer(stopped)
+    later = _version("01001#B", "2026-11-22T05:00:00Z")
+    with mock.patch("healthbook.aws.records.time.sleep"), pytest.raises(RuntimeError, match="kept changing"):
+        records.save_visit(later)  # it would supersede a version not written yet: cancelled, retried by SQS
+    assert stopped.version not in visit_items(aws) and later.version not in visit_items(aws)
+    assert records.save_visit(stopped) is VisitWrite.CREATED
+    assert records.save_visit(later) is VisitWrite.SUPERSEDING
+    items = {k: v for k, v in visit_items(aws).items() if v["visit_id"] == "01001#B"}
+    assert items["LATEST"]["current"] == later.version and items[later.version]["status"] == "PENDING"
+    assert items[stopped.version]["status"] == "SUPERSEDED" and "status_shard" not in items[stopped.version]
+
+
 def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
     visit = a_visit(1)
     key = "inbox/01001/2026/11/sample.xml"
@@ -659,11 +717,13 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
         "visits_total": 1, "visits_accepted": 1, "standards": {"4750"},
         "receipt_key": "receipts/01001/sample.xml.receipt.json", "merkle_root": receipt["merkle"]["root"],
         "signing_key_id": receipt["platform_signature"]["key_id"]}
-    # The content claim, confirmed in the same transaction: no file name, no personal data.
+    # The content claim: no file name, no personal data; confirmed by the submission item above.
     assert claims(aws) == {f"content#01001#{hashlib.sha256(data).hexdigest()}": {
         "submission_id": f"content#01001#{hashlib.sha256(data).hexdigest()}", "claimed_by": sid,
-        "received_at": "2026-11-22T03:00:00Z", "receipt_key": "receipts/01001/sample.xml.receipt.json",
-        "claim_state": "CONFIRMED"}}
+        "received_at": "2026-11-22T03:00:00Z", "receipt_key": "receipts/01001/sample.xml.receipt.json"}}
+    held = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"], visits_table=TABLES["VISITS_TABLE"]
+                         ).content_claim("01001", hashlib.sha256(data).hexdigest())
+    assert held is not None and held.submission_id == sid and held.confirmed
 
     visit_id = f"01001#{visit.ma_lk}"
     version_key_ = f"2026-11-22T03:00:00Z#{sid[:16]}"
@@ -739,7 +799,6 @@ def test_report_counters_count_each_file_once(aws: SimpleNamespace, app: ModuleT
 
 def test_a_racing_second_put_of_a_submission_counts_nothing(aws: SimpleNamespace) -> None:
     """Two runs of one object past the "seen before?" check: one submission item, one count."""
-    from healthbook.aws.records import DynamoRecords
 
     records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
                             visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
@@ -757,7 +816,6 @@ def test_a_racing_second_put_of_a_submission_counts_nothing(aws: SimpleNamespace
 def test_resubmission_supersedes_and_a_late_old_version_stays_history(aws: SimpleNamespace, app: ModuleType,
                                                                       pki: dict[str, Path]) -> None:
     visit = a_visit(3)
-    visit_id = f"01001#{visit.ma_lk}"
     key = "inbox/01001/2026/11/visit.xml"
     first = ingest_one(aws, app, key, signed(pki, visit), message_id="m-1")
     visit.tables["XML1"][0]["DIEN_THOAI"] = "0912345678"  # the facility corrects the visit and sends it again
@@ -769,7 +827,7 @@ def test_resubmission_supersedes_and_a_late_old_version_stays_history(aws: Simpl
     assert items["LATEST"]["current"] == v2
     assert items[v2]["status"] == "PENDING"
     assert items[v1]["status"] == "SUPERSEDED" and items[v1]["superseded_by"] == v2
-    assert items[v1]["status_shard"] == status_shard("SUPERSEDED", visit_id)
+    assert "status_shard" not in items[v1]  # it left the by-status-deadline index
     assert items[v1]["digest"] != items[v2]["digest"]
 
     # An even older upload processed only now (SQS keeps no order) becomes history, the pointer stays. (Its own
@@ -872,9 +930,7 @@ def test_the_same_bytes_after_a_rejected_copy_are_processed(aws: SimpleNamespace
     assert len(claims(aws)) == 1 and len([v for v in visit_items(aws) if v != "LATEST"]) == 1
 
 
-def test_content_claims_are_taken_once_and_confirmed_with_the_submission(aws: SimpleNamespace) -> None:
-    from botocore.exceptions import ClientError
-    from healthbook.aws.records import DynamoRecords
+def test_content_claims_are_taken_once_and_confirmed_by_the_holders_submission(aws: SimpleNamespace) -> None:
 
     records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
                             visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
@@ -893,10 +949,9 @@ def test_content_claims_are_taken_once_and_confirmed_with_the_submission(aws: Si
             visits_accepted=int(status == "ACCEPTED"), error_codes=(), standards=("4750",), receipt_key="r",
             quarantine_key=None, merkle_root=None, signing_key_id="k")
 
-    with pytest.raises(ClientError):  # another's claim: the whole transaction is cancelled, nothing counted
-        records.put_submission(record("e" * 64, "ACCEPTED"), confirm=theirs)
-    assert scan(aws, "AGGREGATES_TABLE") == [] and not records.submission_exists("e" * 64)
-    assert records.put_submission(record("a" * 64, "ACCEPTED"), confirm=mine) is True
+    assert records.put_submission(record("e" * 64, "REJECTED")) is True  # another submission's item: not the holder's
+    assert records.content_claim("01001", "d" * 64) == mine  # still unconfirmed
+    assert records.put_submission(record("a" * 64, "ACCEPTED")) is True
     assert records.content_claim("01001", "d" * 64) == dataclasses.replace(mine, confirmed=True)
     assert records.claim_content(mine) == mine and records.content_claim("01001", "d" * 64).confirmed  # stays so
 
@@ -966,6 +1021,39 @@ def test_oversized_object_is_E002_and_never_read(aws: SimpleNamespace, app: Modu
     ingest_one(aws, app, "inbox/01001/big.xml", signed(pki, a_visit(7)))
     receipt = receipt_at(aws, "receipts/01001/big.xml.receipt.json")
     assert [e["code"] for e in receipt["errors"]] == ["E002"] and verify_receipt(receipt, aws.public) == []
+
+
+def test_an_object_over_the_limit_is_never_read() -> None:
+    """One GET: its ContentLength decides, and the body of an object over the limit is closed unread."""
+    from healthbook.aws.s3_store import S3Store
+
+    class Body:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.closed = data, False
+
+        def read(self, amount: int) -> bytes:
+            assert len(self.data) <= 1000, "an object over the limit was read"
+            return self.data[:amount]
+
+        def close(self) -> None:
+            self.closed = True
+
+    class S3:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            self.bodies: list[Body] = []
+
+        def get_object(self, **kwargs: Any) -> dict[str, Any]:
+            self.calls.append("get_object")
+            body = Body(b"x" * (2000 if kwargs["Key"].endswith("big.xml") else 10))
+            self.bodies.append(body)
+            return {"Body": body, "ContentLength": len(body.data)}
+
+    s3 = S3()
+    store = S3Store(s3, receipts_bucket=RECEIPTS, quarantine_bucket=QUARANTINE)
+    assert store.read(ref("inbox/01001/big.xml"), 1000) == StoredObject(size=2000, data=None)
+    assert store.read(ref("inbox/01001/small.xml"), 1000) == StoredObject(size=10, data=b"x" * 10)
+    assert s3.calls == ["get_object", "get_object"] and all(body.closed for body in s3.bodies)
 
 
 def test_url_encoded_keys_are_decoded(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:
@@ -1228,14 +1316,78 @@ def test_a_failed_signature_fails_its_window_and_the_retry_converges(
     assert invoke(app, *records) == ["m-1", "m-2"] and kms.signed == 1
     assert submissions(aws) == [] and scan(aws, "IDEMPOTENCY_TABLE") == []  # no record left behind: it runs again
     assert "Contents" not in aws.s3.list_objects_v2(Bucket=RECEIPTS)
-    assert {c["claim_state"] for c in claims(aws).values()} == {"PENDING"}
+    assert claims_confirmed(aws) == [False, False]
     # SQS redelivers both: the same window again, signed once.
     assert invoke(app, *records) == [] and kms.signed == 2
     assert len(submissions(aws)) == 2 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 2
-    assert {c["claim_state"] for c in claims(aws).values()} == {"CONFIRMED"}
+    assert claims_confirmed(aws) == [True, True]
     receipts = [receipt_at(aws, f"receipts/01001/batch-{n}.xml.receipt.json") for n in (1, 2)]
     assert all(verify_receipt(r, aws.public) == [] and r["accepted"] for r in receipts)
     assert [r["platform_signature"]["batch"]["leaf_index"] for r in receipts] == [0, 1]
+
+
+def _batch(aws: SimpleNamespace, pki: dict[str, Path], sizes: Sequence[int], *, first: int = 40,
+           name: str = "w") -> list[dict[str, Any]]:
+    """One message per file (``{name}-{n}``), its S3 event claiming ``sizes[n]`` bytes (the window budget reads
+    the event's size)."""
+    records = []
+    for n, size in enumerate(sizes):
+        key = f"inbox/01001/{name}-{n}.xml"
+        data = signed(pki, a_visit(first + n))
+        records.append(message(key, upload(aws, key, data), message_id=f"{name}-{n}", size=size))
+    return records
+
+
+def test_a_batch_is_signed_in_windows_of_at_most_24_mb(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
+                                                      kms_calls: Callable[..., CountingKms]) -> None:
+    """The files of a window wait in memory for its one signature: three 10 MB files (as their events say) are
+    two windows, two Signs; small files share one."""
+    from healthbook.aws.ingest_runtime import WINDOW_BYTES
+
+    kms = kms_calls()
+    assert invoke(app, *_batch(aws, pki, [10 * 2**20] * 3)) == [] and kms.signed == 2
+    leaves = [receipt_at(aws, f"receipts/01001/w-{n}.xml.receipt.json")["platform_signature"]["batch"]["leaves"]
+              for n in range(3)]
+    assert leaves == [2, 2, 1] and 2 * 10 * 2**20 <= WINDOW_BYTES < 3 * 10 * 2**20
+    assert invoke(app, *_batch(aws, pki, [30_000] * 5, first=50, name="s")) == [] and kms.signed == 3
+
+
+def test_a_short_invocation_leaves_the_messages_it_cannot_finish_to_sqs(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With too little time left for another window, the rest fail unopened (no idempotency record, no receipt),
+    visible in the queue again at once; the next batch takes the most-received first."""
+    import boto3
+    from healthbook.aws import ingest_runtime
+
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 20_000)
+    records = _batch(aws, pki, [20 * 2**20, 20 * 2**20, 1_000])  # three windows' worth
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="ingest")["QueueUrl"]
+    monkeypatch.setenv("INGEST_QUEUE_URL", queue)
+    for record in records:  # as the event source mapping holds them: received, in flight for 12 minutes
+        sqs.send_message(QueueUrl=queue, MessageBody=record["body"])
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3, VisibilityTimeout=725)["Messages"]
+    by_body = {m["Body"]: m["ReceiptHandle"] for m in received}
+    for record in records:
+        record["receiptHandle"] = by_body[record["body"]]
+    assert invoke(app, *records) == ["w-1", "w-2"]
+    assert receipt_at(aws, "receipts/01001/w-0.xml.receipt.json")["accepted"]
+    assert len(scan(aws, "IDEMPOTENCY_TABLE")) == 1 and len(submissions(aws)) == 1
+    # The two postponed are visible again at once, not after the visibility timeout.
+    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3)["Messages"]
+    assert sorted(m["Body"] for m in again) == sorted(r["body"] for r in records[1:])
+
+    examined: list[str] = []
+    examine = ingest_runtime.IngestRuntime._examine
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_examine", lambda self, wiring, message, holders: (
+        examined.append(message.message_id) or examine(self, wiring, message, holders)))
+    redelivered = dict(records[2], attributes={**records[2]["attributes"], "ApproximateReceiveCount": "2"})
+    again = [*_batch(aws, pki, [1_000], first=60, name="x"), redelivered]
+    # The redelivered one first; then too little time is left for the other (recording takes about as long).
+    assert invoke(app, *again) == ["x-0"] and examined == ["w-2"]
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 60_000)
+    assert invoke(app, *again) == [] and examined[1:] == ["w-2", "x-0"]  # w-2 answered by idempotency now
+    assert len(submissions(aws)) == 3
 
 
 def _emf(printed: str) -> dict[str, list[Any]]:

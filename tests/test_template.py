@@ -613,6 +613,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "TRUST_BUNDLE_PARAMETER": {"Ref": "TrustBundleParameter"},
             "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"}, "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
+            "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages visible again at once
             "MAX_VISITS_PER_FILE": {"Ref": "MaxVisitsPerFile"},  # issue 17, after the globals
             "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
             "LEASE_SECONDS": {"Ref": "LeaseSeconds"}}},
@@ -767,7 +768,9 @@ def test_ingest_function(template: dict[str, Any]) -> None:
     assert event["Type"] == "SQS"
     sqs = event["Properties"]
     assert is_arn_of(sqs["Queue"], "IngestQueue")
-    assert sqs["BatchSize"] == 10
+    assert sqs["BatchSize"] == {"Ref": "IngestBatchSize"}
+    assert template["Parameters"]["IngestBatchSize"]["Default"] == 50  # 50 small files, one kms:Sign
+    assert template["Parameters"]["IngestBatchSize"]["MaxValue"] <= 10_000
     assert sqs["MaximumBatchingWindowInSeconds"] == 5  # batches fill at low rates: one kms:Sign per batch
     assert sqs["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert sqs["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "IngestMaxConcurrency"}
@@ -841,7 +844,7 @@ def test_function_policies_name_exact_resources(template: dict[str, Any], functi
     data_resources = set(resources(template, "AWS::S3::Bucket")) | set(resources(template, "AWS::DynamoDB::Table"))
     data_resources |= {"DataKey", "ReceiptSigningKey", "TrustBundleParameter", "CitizenPepperSecret",
                        "VneidCredentialsSecret", "PopulationApiKeySecret", "DeliveryStateMachine", "DeadlineTopic",
-                       "PortalTokenKeySecret"}
+                       "PortalTokenKeySecret", "IngestQueue"}
     for statement in function_statements(template, function):
         if statement["Effect"] == "Deny":  # only to narrow what SAM's managed SQS policy grants on "*"
             assert statement["Sid"] == "PollOnlyTheIngestQueue"

@@ -21,7 +21,15 @@ from healthbook.aws.records import ConflictRetry, conditional_write
 from healthbook.aws.settings import error_code
 from healthbook.delivery.contracts import ExecutionInput, StepInput
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, StoredVisit
-from healthbook.ingest.model import PENDING, STATUS_SHARDS, SUPERSEDED, VisitRef, records_version, status_shard
+from healthbook.ingest.model import (
+    LEAVES_STATUS_INDEX,
+    PENDING,
+    STATUS_SHARDS,
+    SUPERSEDED,
+    VisitRef,
+    records_version,
+    status_shard,
+)
 from healthbook.kernel import iso_utc, parse_time
 from healthbook.reports.aggregates import FIRST_DAY, CitizenMarker, CounterUpdate
 
@@ -101,7 +109,10 @@ class DynamoVisitStatus:
 
     def _move(self, ref: VisitRef, status: str, extra_set: str, values: dict[str, Any],
               count: CounterUpdate | None = None) -> bool:
-        """PENDING → ``status``: the GSI shard moves with it and the lease goes."""
+        """PENDING → ``status``: the GSI shard moves with it (or the visit leaves the index) and the lease goes."""
+        if status in LEAVES_STATUS_INDEX:
+            return self._update(ref, f"SET #s = :status{extra_set} REMOVE next_attempt_at, status_shard",
+                                {":status": _s(status), **values}, count=count)
         return self._update(ref, f"SET #s = :status, status_shard = :shard{extra_set} REMOVE next_attempt_at",
                             {":status": _s(status), ":shard": _s(status_shard(status, ref.visit_id)), **values},
                             count=count)

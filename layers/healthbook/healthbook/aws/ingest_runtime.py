@@ -68,6 +68,15 @@ if TYPE_CHECKING:
 IDEMPOTENCY_KEY = "[bucket, key, version_id || sequencer]"
 IDEMPOTENCY_PREFIX = "healthbook-ingest-object"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+# A window's files stay in memory until its one signature: at most this many bytes of them (the sizes S3's events
+# give), so a batch of large files is signed in several windows and the batch size does not bound the memory. Two
+# windows of the worst bounded file (20 MB, 348 MB at its peak: docs/performance.md) never share the function.
+WINDOW_BYTES = 24 * 1024 * 1024
+# A window is begun, and a message of it examined, only with this much of the invocation left (plus, for a message,
+# the time the window has spent examining, which recording takes again): the worst bounded file takes about 15 s at
+# 768 MB. The messages left fail unopened, made visible again at once (not after the 12-minute visibility timeout),
+# and the next invocation takes the most-received first.
+WINDOW_TIME_MARGIN_MS = 30_000
 
 
 class PoisonMessage(ValueError):
@@ -167,13 +176,35 @@ class ObjectIdempotency:
         return context.get_remaining_time_in_millis() if context is not None else None
 
 
+class SqsRequeue:
+    """Postponed messages (not begun: too little time left) made visible again at once, so that they need not
+    wait out the visibility timeout. Best effort: a message it cannot requeue comes back after the timeout."""
+
+    BATCH = 10  # ChangeMessageVisibilityBatch takes ten entries
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs, self.queue_url = sqs, queue_url
+
+    def visible_now(self, receipt_handles: Sequence[str]) -> int:
+        """How many were made visible."""
+        done = 0
+        for start in range(0, len(receipt_handles), self.BATCH):
+            entries = [{"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                       for n, handle in enumerate(receipt_handles[start:start + self.BATCH])]
+            response = self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            done += len(response.get("Successful", []))
+        return done
+
+
 @dataclass(frozen=True)
 class Wiring:
-    """What the first message that needs it builds: the settings, the service, the object idempotency."""
+    """What the first message that needs it builds: the settings, the service, the object idempotency, the
+    requeue of postponed messages (when the queue's URL is set)."""
 
     settings: IngestSettings
     service: IngestService
     idempotency: ObjectIdempotency
+    requeue: SqsRequeue | None = None
 
 
 @dataclass
@@ -204,25 +235,42 @@ class _Message:
         return str(self.record.message_id)
 
     @property
+    def order(self) -> tuple[int, int]:
+        """The most-received first (a message left over by a short invocation goes first next time), then the
+        batch's order."""
+        try:
+            received = int(self.record.attributes.approximate_receive_count)
+        except (KeyError, TypeError, ValueError):
+            received = 1
+        return -received, self.index
+
+    @property
+    def size(self) -> int:
+        return sum(int(payload.get("size") or 0) for payload in self.payloads)
+
+    @property
     def keys(self) -> set[tuple[str, str, str]]:
         """The objects' idempotency keys (IDEMPOTENCY_KEY): one window holds each object once."""
         return {(p["bucket"], p["key"], p["version_id"] or p["sequencer"] or "") for p in self.payloads}
 
 
-def _split_window(messages: Sequence[_Message]) -> tuple[list[_Message], list[_Message]]:
-    """(this window, the rest): every message in order, except one that names an object an earlier message of the
-    window already names (S3 and SQS may deliver an event twice): it waits for the next window, where the
-    object is, typically, already done and answered from the idempotency table."""
+def _split_window(messages: Sequence[_Message], budget: int = WINDOW_BYTES) -> tuple[list[_Message], list[_Message]]:
+    """(this window, the rest): the messages in order while their objects fit in ``budget`` bytes (the first
+    always), except one that names an object an earlier message of the window already names (S3 and SQS may
+    deliver an event twice): it waits for the next window, where the object is, typically, already done and
+    answered from the idempotency table."""
     window: list[_Message] = []
     later: list[_Message] = []
     taken: set[tuple[str, str, str]] = set()
+    held = 0
     for message in messages:
         keys = message.keys
-        if keys & taken:
+        if keys & taken or (window and held + message.size > budget):
             later.append(message)
         else:
             window.append(message)
             taken |= keys
+            held += message.size
     return window, later
 
 
@@ -295,8 +343,9 @@ class IngestRuntime:
             settings = IngestSettings.from_env(self.env)
             persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table,
                                                    boto3_client=client("dynamodb"))
+            requeue = SqsRequeue(client("sqs"), settings.ingest_queue_url) if settings.ingest_queue_url else None
             self._wiring = Wiring(settings=settings, service=build_service(settings, self.metrics),
-                                  idempotency=ObjectIdempotency(persistence, self.idempotency))
+                                  idempotency=ObjectIdempotency(persistence, self.idempotency), requeue=requeue)
         return self._wiring
 
     @contextmanager
@@ -328,11 +377,34 @@ class IngestRuntime:
                 failed.add(str(record.message_id))
             elif message.payloads:
                 pending.append(message)
+        pending.sort(key=lambda message: message.order)
+        windows = 0
         while pending:
+            if windows and self._remaining_ms() < WINDOW_TIME_MARGIN_MS:
+                self._postpone(pending)
+                failed.update(message.message_id for message in pending)
+                break
             window, later = _split_window(pending)
-            pending = sorted(later + self._window(window), key=lambda message: message.index)
+            pending = sorted(later + self._window(window), key=lambda message: message.order)
             failed.update(message.message_id for message in window if message.failed)
+            windows += 1
         return [str(record.message_id) for record in records if str(record.message_id) in failed]
+
+    def _postpone(self, messages: Sequence[_Message]) -> None:
+        """Nothing of these was begun: they fail, visible again at once when the queue's URL is known."""
+        requeue, visible = self.wiring().requeue, 0
+        if requeue is not None:
+            try:
+                visible = requeue.visible_now([str(message.record.receipt_handle) for message in messages])
+            except Exception as exc:  # they come back after the visibility timeout instead
+                self.logger.warning("postponed messages not requeued", extra={"error": type(exc).__name__})
+        self.logger.warning("too little time left for another window; messages left for SQS",
+                            extra={"messages": len(messages), "visible_now": visible})
+        self.metrics.count("MessagesPostponed", len(messages))
+
+    def _remaining_ms(self) -> int:
+        context = self.idempotency.lambda_context
+        return context.get_remaining_time_in_millis() if context is not None else WINDOW_TIME_MARGIN_MS
 
     # --- the phases -------------------------------------------------------------------------------------
 
@@ -364,7 +436,16 @@ class IngestRuntime:
         """Examine, sign, record, start the delivery of one window; returns the messages deferred to the next."""
         wiring = self.wiring()
         holders: dict[str, _Message] = {}  # submission id -> its message, for the objects of this window
-        deferred = [message for message in window if self._examine(wiring, message, holders)]
+        deferred: list[_Message] = []
+        spent_ms = 0.0  # examining; recording what was examined takes about as long again
+        for message in window:
+            if spent_ms and self._remaining_ms() < WINDOW_TIME_MARGIN_MS + spent_ms:
+                deferred.append(message)  # not begun: the next window, or SQS again (handle_batch)
+                continue
+            started = time.perf_counter()
+            if self._examine(wiring, message, holders):
+                deferred.append(message)
+            spent_ms += (time.perf_counter() - started) * 1000
         live = [message for message in window if not message.failed and message not in deferred]
         covered, signing_ms = 0, 0.0
         try:

@@ -1,11 +1,11 @@
 """The ingest RecordsRepository on DynamoDB: the `submissions` and `visits` tables of docs/data-model.md.
 
 Every write is conditional (but a version's records item, the same bytes each time), so running the same
-object twice adds nothing. A new visit version, the move
-of its LATEST pointer and the supersession of the version it replaces go in one TransactWriteItems: a
-reader never sees a pointer to a missing version, nor two PENDING versions of one visit. The content claim of
-an accepted file (`content#{facility}#{sha256}` in `submissions`) is taken before its visits are stored and
-confirmed in the transaction of its submission item.
+object twice adds nothing. Only the version the LATEST pointer names is ever PENDING: a visit's first version
+takes the pointer (a conditional put), then is written (another); a later version, the move of the pointer and
+the supersession of the version it replaces go in one TransactWriteItems. The content claim of an accepted file
+(`content#{facility}#{sha256}` in `submissions`) is taken before its visits are stored; it is confirmed when its
+holder's submission item exists (that item is written last, so nothing else needs writing to confirm it).
 
 Transactions that touch an item another transaction holds are cancelled with ``TransactionConflict``: each is
 tried again inside the call a bounded number of times, with jittered backoff (``ConflictRetry``), then raised as
@@ -25,6 +25,7 @@ from typing import Any, Literal
 from healthbook.aws.settings import error_code
 from healthbook.ingest.model import (
     LATEST,
+    LEAVES_STATUS_INDEX,
     PENDING,
     SUPERSEDED,
     ContentClaim,
@@ -39,7 +40,7 @@ from healthbook.reports.aggregates import COUNTER_SHARDS, MAX_COUNTER_SHARDS, Co
 # DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
 MAX_RECORDS_BYTES = 380 * 1024
 _CONFLICTS = {"ConditionalCheckFailed", "TransactionConflict"}
-CLAIM_PENDING, CLAIM_CONFIRMED = "PENDING", "CONFIRMED"  # a content claim's claim_state
+CLAIM_CONFIRMED = "CONFIRMED"  # the claim_state of a claim confirmed in its own item (before 2026-12-06)
 _HELD = "claimed_by = :by"  # the content claim is this submission's
 
 
@@ -193,13 +194,11 @@ class DynamoRecords:
                                      ConsistentRead=True, ProjectionExpression="submission_id")
         return "Item" in response
 
-    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
-                       release: ContentClaim | None = None) -> bool:
+    def put_submission(self, record: SubmissionRecord, *, release: ContentClaim | None = None) -> bool:
         """The "done" marker, conditional on the id being new, with its report counters and, in the same
-        transaction, ``confirm`` written as the confirmed content claim (an ACCEPTED or PARTIAL file, on
-        condition the claim is free or this submission's) or ``release`` emptied (a file that claimed its
-        content on an earlier attempt and is REJECTED now, on condition the claim is this submission's).
-        Another holder cancels the whole transaction: the error is raised, the message retried."""
+        transaction, ``release`` emptied (a file that claimed its content on an earlier attempt and is REJECTED
+        now, on condition the claim is this submission's; another holder cancels the whole transaction: the
+        error is raised, the message retried). A claim this submission holds is confirmed by this item existing."""
         item: dict[str, Any] = {
             "submission_id": _s(record.submission_id), "facility": _s(record.facility),
             "facility_day": _s(record.facility_day), "received_at": _s(record.received),
@@ -224,10 +223,6 @@ class DynamoRecords:
                                visits_accepted=record.visits_accepted, visits_total=record.visits_total,
                                error_codes=record.error_codes, finding_codes=record.finding_codes)
         also: list[dict[str, Any]] = []
-        if confirm is not None:
-            also.append({"Put": {"TableName": self.submissions_table, "Item": self._claim_item(confirm, True),
-                                 "ConditionExpression": f"attribute_not_exists(claimed_by) OR {_HELD}",
-                                 "ExpressionAttributeValues": {":by": _s(confirm.submission_id)}}})
         if release is not None:
             # Emptied rather than deleted (UpdateItem, which the function may do anyway): only the key remains.
             also.append({"Update": {"TableName": self.submissions_table, "Key": {"submission_id": _s(release.key)},
@@ -240,29 +235,31 @@ class DynamoRecords:
     # --- content claims (docs/ingest.md, Replays) -------------------------------------------------------
 
     def content_claim(self, facility: str, content_sha256: str) -> ContentClaim | None:
-        """Which submission holds this content of this facility, if any (a consistent read)."""
+        """Which submission holds this content of this facility, if any, and whether its submission item exists
+        yet (consistent reads; a claim confirmed in the item itself is one written before that rule)."""
         response = self._db.get_item(TableName=self.submissions_table,
                                      Key={"submission_id": _s(content_claim_key(facility, content_sha256))},
                                      ConsistentRead=True)
         item = response.get("Item")
         if item is None or "claimed_by" not in item:  # never claimed, or released
             return None
-        return ContentClaim(facility=facility, content_sha256=content_sha256, submission_id=item["claimed_by"]["S"],
+        holder = item["claimed_by"]["S"]
+        confirmed = item.get("claim_state", {}).get("S") == CLAIM_CONFIRMED or self.submission_exists(holder)
+        return ContentClaim(facility=facility, content_sha256=content_sha256, submission_id=holder,
                             received_at=item["received_at"]["S"], receipt_key=item["receipt_key"]["S"],
-                            confirmed=item.get("claim_state", {}).get("S") == CLAIM_CONFIRMED)
+                            confirmed=confirmed)
 
     def claim_content(self, claim: ContentClaim) -> ContentClaim:
-        """Take the claim (unconfirmed) unless another submission holds it. Returns the holder: ``claim`` when
-        it is now this submission's (again, on a retry: a confirmed claim stays confirmed), else the other."""
+        """Take the claim unless another submission holds it. Returns the holder: ``claim`` when it is now this
+        submission's (again, on a retry), else the other."""
         for _ in range(self._max_attempts):
             try:
                 self._db.update_item(
                     TableName=self.submissions_table, Key={"submission_id": _s(claim.key)},
-                    UpdateExpression="SET claimed_by = :by, received_at = :at, receipt_key = :receipt, "
-                                     "claim_state = if_not_exists(claim_state, :pending)",
+                    UpdateExpression="SET claimed_by = :by, received_at = :at, receipt_key = :receipt",
                     ConditionExpression=f"attribute_not_exists(claimed_by) OR {_HELD}",
                     ExpressionAttributeValues={":by": _s(claim.submission_id), ":at": _s(claim.received_at),
-                                               ":receipt": _s(claim.receipt_key), ":pending": _s(CLAIM_PENDING)})
+                                               ":receipt": _s(claim.receipt_key)})
             except Exception as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise
@@ -272,11 +269,6 @@ class DynamoRecords:
                 continue  # released between the two calls: try again
             return claim
         raise RuntimeError(f"content claim {claim.key}: kept changing; giving up for this attempt")
-
-    def _claim_item(self, claim: ContentClaim, confirmed: bool) -> dict[str, Any]:
-        return {"submission_id": _s(claim.key), "claimed_by": _s(claim.submission_id),
-                "received_at": _s(claim.received_at), "receipt_key": _s(claim.receipt_key),
-                "claim_state": _s(CLAIM_CONFIRMED if confirmed else CLAIM_PENDING)}
 
     # --- visits -----------------------------------------------------------------------------------------
 
@@ -290,20 +282,24 @@ class DynamoRecords:
 
     def save_visit(self, visit: VisitVersion) -> VisitWrite:
         """Read the pointer, then write conditionally on what was read; a concurrent move of the pointer
-        cancels the transaction and the decision is taken again on the new state."""
+        fails the write and the decision is taken again on the new state."""
         if len(visit.records) > MAX_RECORDS_BYTES:
             raise RecordsTooLarge(f"visit {visit.visit_id}: {len(visit.records)} bytes of compressed records "
                                   f"exceed the {MAX_RECORDS_BYTES} a DynamoDB item can hold")
         records_written = False
         for attempt in range(self.conflicts.attempts):
             current = self.latest(visit.visit_id)
-            if current == visit.version:
-                return VisitWrite.PRESENT
+            if current == visit.version:  # the pointer is this version's: an earlier run may have stopped before
+                return self._put_first(visit)  # writing the version item itself (its records are written)
             if not records_written:
                 self._put_records(visit)
                 records_written = True
             if current is not None and current > visit.version:
                 return self._put_late(visit, current)
+            if current is None:
+                if self._take_pointer(visit):
+                    return self._put_first(visit)
+                continue  # another version of the visit took it first: decide again
             try:
                 self._transact(visit, current)
             except Exception as exc:
@@ -316,16 +312,20 @@ class DynamoRecords:
                     raise
                 if "TransactionConflict" in reasons:  # another transaction holds an item: back off first
                     self.conflicts.after_conflict(attempt, "a new visit version", exc)
+                elif reasons[2:3] == ["ConditionalCheckFailed"]:  # the version it supersedes is not written yet
+                    time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
                 continue  # the pointer moved under us: decide again
-            return VisitWrite.CREATED if current is None else VisitWrite.SUPERSEDING
+            return VisitWrite.SUPERSEDING
         raise RuntimeError(f"visit {visit.visit_id}: the LATEST pointer kept changing; giving up for this attempt")
 
     def _version_item(self, visit: VisitVersion, status: str, superseded_by: str | None = None) -> dict[str, Any]:
         item: dict[str, Any] = {
             "visit_id": _s(visit.visit_id), "version": _s(visit.version), "submission_id": _s(visit.submission_id),
             "received_at": _s(visit.received_at), "digest": _s(visit.digest), "status": _s(status),
-            "deadline_at": _s(visit.deadline_at), "status_shard": _s(visit.status_shard(status)),
+            "deadline_at": _s(visit.deadline_at),
         }
+        if status not in LEAVES_STATUS_INDEX:
+            item["status_shard"] = _s(visit.status_shard(status))
         if visit.standard:
             item["standard"] = _s(visit.standard)
         if visit.province:
@@ -348,26 +348,47 @@ class DynamoRecords:
             "visit_id": _s(visit.visit_id), "version": _s(records_version(visit.version)),
             "records": {"B": visit.records}})
 
-    def _transact(self, visit: VisitVersion, current: str | None) -> None:
+    def _take_pointer(self, visit: VisitVersion) -> bool:
+        """A visit's first version takes the pointer before its version item exists: two plain conditional
+        writes (2 write units) instead of a transaction (4), and still only the pointer's version is PENDING.
+        False when another version took it first."""
+        try:
+            self._db.put_item(TableName=self.visits_table, ConditionExpression="attribute_not_exists(visit_id)",
+                              Item={"visit_id": _s(visit.visit_id), "version": _s(LATEST),
+                                    "current": _s(visit.version)})
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _put_first(self, visit: VisitVersion) -> VisitWrite:
+        """The version item the pointer names: CREATED, or PRESENT when an earlier run wrote it (a later status
+        is never overwritten). Until it exists a later version's transaction, which supersedes it on condition
+        it exists, is cancelled and retried."""
+        try:
+            self._db.put_item(TableName=self.visits_table, Item=self._version_item(visit, PENDING),
+                              ConditionExpression="attribute_not_exists(visit_id)")
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return VisitWrite.PRESENT
+            raise
+        return VisitWrite.CREATED
+
+    def _transact(self, visit: VisitVersion, current: str) -> None:
         put_version = {"Put": {"TableName": self.visits_table, "Item": self._version_item(visit, PENDING),
                                "ConditionExpression": "attribute_not_exists(visit_id)"}}
         pointer_key = {"visit_id": _s(visit.visit_id), "version": _s(LATEST)}
-        if current is None:
-            items = [put_version, {"Put": {
-                "TableName": self.visits_table, "Item": {**pointer_key, "current": _s(visit.version)},
-                "ConditionExpression": "attribute_not_exists(visit_id)"}}]
-        else:
-            # "current = :old" (not merely "< :new") guarantees the version superseded below is the one the
-            # pointer leaves; it is still a forward move, since current < new was checked.
-            items = [put_version, {"Update": {
+        # "current = :old" (not merely "< :new") guarantees the version superseded below is the one the
+        # pointer leaves; it is still a forward move, since current < new was checked.
+        items = [put_version, {"Update": {
                 "TableName": self.visits_table, "Key": pointer_key, "UpdateExpression": "SET #c = :new",
                 "ConditionExpression": "#c = :old", "ExpressionAttributeNames": {"#c": "current"},
                 "ExpressionAttributeValues": {":new": _s(visit.version), ":old": _s(current)}}}, {"Update": {
                 "TableName": self.visits_table, "Key": {"visit_id": _s(visit.visit_id), "version": _s(current)},
-                "UpdateExpression": "SET #s = :s, status_shard = :shard, superseded_by = :new",
+                "UpdateExpression": "SET #s = :s, superseded_by = :new REMOVE status_shard",
                 "ConditionExpression": "attribute_exists(visit_id)", "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": {":s": _s(SUPERSEDED), ":shard": _s(visit.status_shard(SUPERSEDED)),
-                                              ":new": _s(visit.version)}}}]
+                "ExpressionAttributeValues": {":s": _s(SUPERSEDED), ":new": _s(visit.version)}}}]
         self._db.transact_write_items(TransactItems=items)
 
     def _put_late(self, visit: VisitVersion, current: str) -> VisitWrite:

@@ -26,14 +26,15 @@ class S3Store:
         self.quarantine_bucket = quarantine_bucket
 
     def read(self, ref: ObjectRef, limit: int) -> StoredObject:
-        """HEAD first, so an oversized object is never downloaded; then at most limit + 1 bytes."""
+        """One GET: an object over the limit (its ContentLength) is closed unread, anything else read up to
+        limit + 1 bytes. (A HEAD first cost a second request per file for the same answer: docs/cost.md.)"""
         try:
-            head = self._s3.head_object(Bucket=ref.bucket, Key=ref.key, **_version(ref))
-            size = int(head["ContentLength"])
-            if size > limit:
-                return StoredObject(size=size, data=None)
-            body = self._s3.get_object(Bucket=ref.bucket, Key=ref.key, **_version(ref))["Body"]
+            response = self._s3.get_object(Bucket=ref.bucket, Key=ref.key, **_version(ref))
+            body = response["Body"]
             try:
+                size = int(response["ContentLength"])
+                if size > limit:
+                    return StoredObject(size=size, data=None)
                 data: bytes = body.read(limit + 1)
             finally:
                 body.close()
@@ -41,7 +42,7 @@ class S3Store:
             if error_code(exc) in _GONE:
                 raise ObjectGone(ref.key) from exc
             raise
-        # Only an unversioned key can change between the two calls; what was read is what counts.
+        # What was read is what counts (a stream shorter or longer than its header says is taken as read).
         return StoredObject(size=len(data), data=data if len(data) <= limit else None)
 
     def put_receipt(self, key: str, body: bytes) -> None:

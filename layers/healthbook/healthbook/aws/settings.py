@@ -98,6 +98,7 @@ class IngestSettings(TimingSettings):
     registry_ttl_seconds: Seconds = 300.0
     aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
+    ingest_queue_url: str | None = None  # where postponed messages are made visible again at once; none: they wait
 
 
 class StepSettings(TimingSettings):

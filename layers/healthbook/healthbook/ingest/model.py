@@ -24,6 +24,10 @@ PARTIAL = SubmissionStatus.PARTIAL
 REJECTED = SubmissionStatus.REJECTED
 
 STATUS_SHARDS = 8
+# A delivered or superseded visit leaves the by-status-deadline index (its status_shard removed): the index
+# answers what is still to do (pending, awaiting reconciliation, breached); leaving it costs one index write where
+# moving to another shard costs two, and no entry stays in it for ever (docs/cost.md).
+LEAVES_STATUS_INDEX = frozenset({VisitStatus.DELIVERED, VisitStatus.SUPERSEDED})
 DELIVERY_BATCH = 50  # visits per delivery execution (docs/cost.md)
 LATEST = "LATEST"  # the sort key of a visit's pointer item
 # A version's records live in their own item, written once before the version item: each status change then
@@ -203,7 +207,7 @@ class ContentClaim:
     """Which submission holds a facility's file content (its SHA-256): the one whose visits are stored.
 
     Claimed (unconfirmed) after validation and before anything of an ACCEPTED or PARTIAL file is stored;
-    confirmed in the transaction that writes its submission item. A byte-identical file of the same facility
+    confirmed once its holder's submission item, written last, exists. A byte-identical file of the same facility
     is then refused with I503 instead of being stored again (docs/ingest.md, *Replays*)."""
 
     facility: str

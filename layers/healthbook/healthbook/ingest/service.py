@@ -104,10 +104,9 @@ class RecordsRepository(Protocol):
         """Store a new version and move the LATEST pointer forward, superseding the version it replaces."""
         ...
 
-    def put_submission(self, record: SubmissionRecord, *, confirm: ContentClaim | None = None,
-                       release: ContentClaim | None = None) -> bool:
-        """Conditional on the id being new; False when it was already there. In the same transaction: the
-        claim ``confirm`` written confirmed, or this submission's claim ``release`` emptied (freed)."""
+    def put_submission(self, record: SubmissionRecord, *, release: ContentClaim | None = None) -> bool:
+        """Conditional on the id being new; False when it was already there. In the same transaction: this
+        submission's claim ``release`` emptied (freed). A claim the submission holds is confirmed by it."""
         ...
 
 
@@ -134,8 +133,8 @@ class Examined:
     unsigned (``body``) until ``IngestService.sign`` signs its window (``receipt``). An object that gets none
     (a folder placeholder, a duplicate, a vanished object) has its final outcome already and no ``body``.
 
-    The rest is what reading and validating gave and what its submission does with the content claim:
-    ``confirm`` it (ACCEPTED, PARTIAL) or ``release`` this submission's own (REJECTED on a retry)."""
+    The rest is what reading and validating gave, and the content claim its submission item ``release``s: this
+    submission's own, taken by an attempt that accepted the file when this one rejects it."""
 
     ref: ObjectRef
     location: Location
@@ -145,7 +144,6 @@ class Examined:
     receipt: dict[str, Any] | None = None  # signed, by IngestService.sign
     stored: StoredObject | None = None
     content_sha256: str | None = None
-    confirm: ContentClaim | None = None
     release: ContentClaim | None = None
     replay_of: str | None = None
 
@@ -289,7 +287,6 @@ class IngestService:
         if holder.submission_id != sid:  # an identical upload took the claim since the check above
             self._replay(examined, stored, content_sha256, holder)
             return
-        examined.confirm = claim
 
     def _replay(self, examined: Examined, stored: StoredObject, content_sha256: str, holder: ContentClaim) -> None:
         """I503: the same bytes as a file another submission accepted. Until that submission's item confirms its
@@ -309,7 +306,7 @@ class IngestService:
         examined.result, examined.stored, examined.content_sha256 = result, stored, content_sha256
         examined.body = receipt_body(result, submission_id=examined.submission_id, object_key=ref.key,
                                      received_at=ref.received_at)
-        examined.confirm = examined.release = None
+        examined.release = None
 
     def _record(self, examined: Examined) -> Outcome:
         ref, location, outcome = examined.ref, examined.location, examined.outcome
@@ -360,8 +357,9 @@ class IngestService:
         self._store.put_receipt(location.receipt_key, json.dumps(receipt, ensure_ascii=False, indent=2).encode())
         if status == REJECTED:
             outcome.quarantine_key = self._store.quarantine(ref, stored.size)
-        # 4. last: the submission item says "done"; until it exists a retry redoes the steps above. The content
-        # claim taken in _examine is confirmed in the same transaction (or, REJECTED on a retry, released).
+        # 4. last: the submission item says "done"; until it exists a retry redoes the steps above. Its existence
+        # confirms the content claim taken in _examine (a claim from an earlier attempt, REJECTED now, is released
+        # in the same transaction).
         self._records.put_submission(SubmissionRecord(
             submission_id=outcome.submission_id, facility=location.folder, received_at=ref.received_at,
             object_key=ref.key, version_id=ref.version_id, content_sha256=examined.content_sha256, size=stored.size,
@@ -371,7 +369,7 @@ class IngestService:
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
             signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings),
             transaction_id=transaction_of(ref.key)),
-            confirm=examined.confirm, release=examined.release)
+            release=examined.release)
         outcome.to_deliver = to_deliver
         return outcome
 
