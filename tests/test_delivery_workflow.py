@@ -44,6 +44,7 @@ from healthbook_dev.fakes.population_server import FakePopulationServer
 from healthbook_dev.fakes.vneid import FakeVneid
 from healthbook_dev.generate import Visit, build_visit, submission
 from healthbook_dev.generate.visit import set_everywhere
+from healthbook_dev.template import template_resources
 
 moto = pytest.importorskip("moto")
 # The Map runs its items in threads of this one process, so handlers share Powertools' module-level Metrics and
@@ -251,6 +252,16 @@ def test_a_referral_reaches_vneid_with_its_paper(world: World) -> None:
     assert entry["referral"], "the referral paper (XML13) is part of the entry"
 
 
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def function_statements(logical_id: str) -> list[dict[str, Any]]:
+    """The policy statements of one function of template.yaml."""
+    policies = template_resources()[logical_id]["Properties"]["Policies"]
+    return [statement for policy in policies if isinstance(policy, dict) for statement in policy["Statement"]]
+
+
 def test_deliver_builds_the_entry_in_memory_and_the_item_keeps_its_digests_not_a_copy(world: World) -> None:
     """No S3 call on the whole path (the hand-off through a projections bucket is gone), and the delivered item
     identifies exactly what VNeID received: its projection id, the SHA-256 of its bytes and of the mapping."""
@@ -263,9 +274,17 @@ def test_deliver_builds_the_entry_in_memory_and_the_item_keeps_its_digests_not_a
     for invocation in watch.invocations:
         calls.setdefault(invocation.function, Counter()).update(invocation.aws_calls)
     assert sorted(calls) == ["deliver", "reconcile", "settle"]  # settle: the execution's Summarise
-    # the step reads the version and its records, and which version it supersedes: all from DynamoDB
-    assert calls["deliver"]["dynamodb.GetItem"] >= 1 and calls["deliver"]["dynamodb.Query"] == 1
+    # the step reads the version and its records (one request), and which version it supersedes: from DynamoDB
+    assert calls["deliver"]["dynamodb.BatchGetItem"] >= 1 and calls["deliver"]["dynamodb.Query"] == 1
     assert [call for made in calls.values() for call in made if call.startswith("s3.")] == []
+    # Every call each function made is one its policy in template.yaml allows (LocalStack and moto check no IAM).
+    for function, made in calls.items():
+        granted = {action for statement in function_statements(f"{function.capitalize()}Function")
+                   if statement["Effect"] == "Allow" for action in as_list(statement["Action"])}
+        # IAM authorises a transaction by each of its items' own actions (PutItem, UpdateItem...), not by name.
+        missing = {call for call in made if call.replace(".", ":", 1) not in granted
+                   and call not in {"dynamodb.TransactWriteItems", "dynamodb.TransactGetItems"}}
+        assert not missing, f"{function} calls what its policy does not grant: {sorted(missing)}"
     (received,) = world.vneid.entries(key_of(world, ref))
     item = world.item(ref)
     assert item["projection_id"] == received["entry"]["projection_id"] == projection_id(ref.visit_id,

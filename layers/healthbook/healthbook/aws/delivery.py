@@ -79,17 +79,36 @@ class DynamoVisitStatus:
         self.conflicts = conflicts or ConflictRetry()  # its counts: the retries made
 
     def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
-        projection = _LIGHT + (", records" if with_records else "")
-        item = self._db.get_item(TableName=self.table, Key=_key(ref), ConsistentRead=True,
-                                 ProjectionExpression=projection,
-                                 ExpressionAttributeNames={"#s": "status"}).get("Item")
+        if not with_records:
+            item = self._db.get_item(TableName=self.table, Key=_key(ref), ConsistentRead=True,
+                                     ProjectionExpression=_LIGHT,
+                                     ExpressionAttributeNames={"#s": "status"}).get("Item")
+            return None if item is None else _visit(item)
+        # The version item and its records item in one request (the same read units as two GetItems). Versions
+        # stored before the records had their own item kept them on the version item: read there then.
+        held = {"version": {"S": records_version(ref.version)}}
+        found = self._batch_get([_key(ref), {**_key(ref), **held}], _LIGHT + ", records")
+        item = found.get(ref.version)
         if item is None:
             return None
-        if with_records and "records" not in item:  # in their own item (versions stored before it kept them here)
-            held = self._db.get_item(TableName=self.table, ConsistentRead=True, ProjectionExpression="records",
-                                     Key={"visit_id": _s(ref.visit_id), "version": _s(records_version(ref.version))})
-            item = {**item, **held.get("Item", {})}
+        if "records" not in item:
+            item = {**item, **{k: v for k, v in found.get(held["version"]["S"], {}).items() if k == "records"}}
         return _visit(item)
+
+    def _batch_get(self, keys: list[dict[str, Any]], projection: str) -> dict[str, dict[str, Any]]:
+        """Items of this table by their version key, consistent; unprocessed keys asked for again."""
+        request: dict[str, Any] = {self.table: {
+            "Keys": keys, "ConsistentRead": True, "ProjectionExpression": projection,
+            "ExpressionAttributeNames": {"#s": "status"}}}
+        found: dict[str, dict[str, Any]] = {}
+        for attempt in range(_MARKER_READS):
+            page = self._db.batch_get_item(RequestItems=request)
+            found.update({i["version"]["S"]: i for i in page.get("Responses", {}).get(self.table, [])})
+            request = page.get("UnprocessedKeys") or {}
+            if not request:
+                return found
+            time.sleep(0.05 * 2 ** attempt)  # keys left unread under throttling: back off, then ask for them
+        raise RuntimeError("a visit could not be read (throttled); the step will be retried")
 
     def previous_version(self, ref: VisitRef) -> str | None:
         # "LATEST" and "RECORDS#…" sort after every ISO version key: "version < :v" returns neither.
