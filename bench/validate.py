@@ -11,7 +11,8 @@ measured in a child process against a child that only imports the package; and t
 (issue 17: 20 MB of one-line HOSO, and one visit of 20 MB of rows missing every field), their peak RSS as a share
 of the ingest function's MemorySize (template.yaml) and their time.
 
-Usage: python bench/validate.py [--files 300] [--rows 70] [--rounds 7] [--big-mb 20]
+Usage: python bench/validate.py [--files 300] [--rows 70] [--rounds 7] [--big-mb 20] [--cli-files 2000]
+       [--cli-only | --no-memory]
 """
 
 from __future__ import annotations
@@ -184,10 +185,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--big-mb", type=float, default=20.0)
     parser.add_argument("--cli-files", type=int, default=2000, help="files per size for the CLI ratio (0: skip)")
+    parser.add_argument("--cli-only", action="store_true", help="the CLI ratio alone (no in-process ratio, no memory)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak RSS and the two floods")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the target says
 
+    if not args.cli_only:
+        in_process(args)
+    if args.cli_files:
+        cli(args)
+    if not (args.cli_only or args.no_memory):
+        memory(args)
+
+
+def in_process(args: argparse.Namespace) -> None:
     rng = random.Random(42)
     files = [submission(build_visit(rng, scenario="outpatient", detail_rows=args.rows)) for _ in range(args.files)]
     assert all(validate_bytes(f).accepted for f in files[:20])
@@ -208,18 +220,21 @@ def main() -> None:
     print(f"    for comparison, a floor that reads values but not names: {best['a_text']:8.0f} files/s   "
           f"b/a' = {best['b'] / best['a_text']:.2f}")
 
-    if args.cli_files:
-        print(f"the CLI over {args.cli_files:,} files, against the floor over the same files (target >= 0.40):")
-        for rows in (12, args.rows):
-            cli_rng = random.Random(rows)
-            batch = [submission(build_visit(cli_rng, scenario="outpatient", detail_rows=rows))
-                     for _ in range(args.cli_files)]
-            with tempfile.TemporaryDirectory() as tmp:
-                floor_rate, cli_rate, ratio = cli_ratio(Path(tmp), batch, max(2, args.rounds // 2))
-            mean = sum(map(len, batch)) / len(batch) / 1024
-            print(f"  {rows:>3} detail rows, mean {mean:3.0f} KiB: floor {floor_rate:6.0f} files/s, "
-                  f"healthbook validate {cli_rate:6.0f} files/s, ratio {ratio:.2f}")
 
+def cli(args: argparse.Namespace) -> None:
+    print(f"the CLI over {args.cli_files:,} files, against the floor over the same files (target >= 0.40):")
+    for rows in (12, args.rows):
+        cli_rng = random.Random(rows)
+        batch = [submission(build_visit(cli_rng, scenario="outpatient", detail_rows=rows))
+                 for _ in range(args.cli_files)]
+        with tempfile.TemporaryDirectory() as tmp:
+            floor_rate, cli_rate, ratio = cli_ratio(Path(tmp), batch, max(2, args.rounds // 2))
+        mean = sum(map(len, batch)) / len(batch) / 1024
+        print(f"  {rows:>3} detail rows, mean {mean:3.0f} KiB: floor {floor_rate:6.0f} files/s, "
+              f"healthbook validate {cli_rate:6.0f} files/s, ratio {ratio:.2f}")
+
+
+def memory(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.xml"
         written = big_file(path, args.big_mb)
@@ -227,11 +242,11 @@ def main() -> None:
         peak, _, _, _ = peak_rss_mb(str(path))
         print(f"peak RSS validating one {written / 1024 / 1024:.1f} MB file: {peak:.0f} MB "
               f"(import-only baseline {baseline:.0f} MB; +{peak - baseline:.0f} MB; target < 400 MB)")
-        memory, _ = function_limits("IngestFunction")
-        print(f"bounded work per file, each at the 20 MiB size limit, against the ingest function's {memory} MB:")
+        function_mb, _ = function_limits("IngestFunction")
+        print(f"bounded work per file, each at the 20 MiB size limit, against the ingest function's {function_mb} MB:")
         for name, flood in flood_files(Path(tmp), 20 * 1024 * 1024).items():
             peak, seconds, codes, issues = peak_rss_mb(str(flood), "flood")
-            print(f"  {name:<48} peak {peak:4.0f} MB = {peak / memory:4.0%} of the function, {seconds:5.1f} s, "
+            print(f"  {name:<48} peak {peak:4.0f} MB = {peak / function_mb:4.0%} of the function, {seconds:5.1f} s, "
                   f"{issues:,} issues, blocking {codes}")
 
 

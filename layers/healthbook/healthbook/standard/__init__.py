@@ -30,6 +30,7 @@ __all__ = [
     "Standard",
     "TableSpec",
     "ValueCheck",
+    "document_root",
     "in_force",
     "load",
     "pii_classes",
@@ -41,7 +42,9 @@ __all__ = [
 DATA_DIR = Path(__file__).parent / "data"
 
 
+@cache
 def _read(name: str) -> Any:
+    """A data file, parsed once (a version's layers each read their base's file): read-only to every caller."""
     return json.loads((DATA_DIR / name).read_text(encoding="utf-8"))
 
 
@@ -165,6 +168,13 @@ def _codelists(version_id: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def document_root(table_id: str) -> str:
+    """The root element of a table's document: the same in every version (``load`` names it so), and known without
+    loading one."""
+    root: str = semantics()["documents"][table_id]["root"]
+    return root
+
+
 @cache
 def load(version_id: str) -> Standard:
     """The standard as in force under ``version_id`` ("130" or "4750")."""
@@ -177,7 +187,7 @@ def load(version_id: str) -> Standard:
         doc = documents[table_id]
         fields = tuple(_field_spec(table_id, f) for f in raw_fields)
         tables[table_id] = TableSpec(
-            id=table_id, title_vi=doc["title_vi"], title_en=doc["title_en"], root=doc["root"],
+            id=table_id, title_vi=doc["title_vi"], title_en=doc["title_en"], root=document_root(table_id),
             list=doc.get("list"), row=doc.get("row"), fields=fields,
             standalone=doc.get("standalone", False), sensitive=doc.get("sensitive", False),
             no_visit_key=doc.get("no_visit_key", False), by_name={f.name: f for f in fields},

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, BinaryIO
 
 from lxml import etree
 
@@ -230,7 +230,7 @@ def _read_hoso(element: etree._Element, index: int, facility: str | None, option
 
     # XML1 first: it carries MA_LK and the date that chooses the standard version.
     try:
-        summary_root = _decode("XML1", documents["XML1"], _newest().tables["XML1"].root, options.limits)
+        summary_root = _decode("XML1", documents["XML1"], standards.document_root("XML1"), options.limits)
     except XmlRejected as rejected:
         visit.issues.extend(early)
         visit.issues.append(make_issue(rejected.code, table="XML1", **rejected.params))
@@ -480,6 +480,18 @@ def validate_path(path: str, options: Options = DEFAULT_OPTIONS) -> FileResult:
         result = FileResult(path=path, size=size)
         result.errors.append(make_issue("E002", size=size, limit=options.limits.max_file_bytes))
         return result
-    with open(path, "rb") as fh:  # at most the size seen and a byte: read(limit) would allocate the limit first
-        data = fh.read(size + 1)
+    # At most the size seen and a byte: read(limit) would allocate the limit first. Unbuffered, it is read straight
+    # into the bytes kept (a buffered file costs twice as many system calls).
+    with open(path, "rb", buffering=0) as fh:
+        data = _read_at_most(fh, size + 1)
     return validate_bytes(data, path=path, options=options)
+
+
+def _read_at_most(fh: BinaryIO, count: int) -> bytes:
+    """Up to ``count`` bytes, fewer only at the end of the file (one read a regular file, then one that finds the
+    end, as a buffered read did)."""
+    chunks = []
+    while count > 0 and (chunk := fh.read(count)):
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
