@@ -1,4 +1,4 @@
-"""Ingest function: an SQS batch of S3 "object created" notifications; every object examined, the batch's
+"""Ingest function: an SQS batch of S3 "object created" notifications; every object examined, each window's
 receipts signed with one KMS Sign, every object recorded (docs/ingest.md).
 
 Thin on purpose: this module is the Powertools decoration (logs, metrics, traces), adapts the event and keeps

@@ -2,7 +2,8 @@
 
 - the composition root: ``IngestService`` built from ``IngestSettings`` (S3, DynamoDB, the facility registry,
   the CA bundle, the KMS signer, the pepper, the limits, the timing, the delivery starter);
-- the SQS batch, in phases, so that ONE KMS Sign covers every receipt of it (docs/receipt.md): each message
+- the SQS batch, in windows of at most WINDOW_BYTES of files (the time left permitting), each in phases so that
+  ONE KMS Sign covers every receipt of it (docs/receipt.md): each message
   parsed into S3 notifications (Powertools data classes; the S3 test event and non-creation events skipped,
   anything else that is not an inbox notification refused as a ``PoisonMessage``), then every object examined
   (read, validated, verified, its content claimed), then the window's receipts signed at once, then each object
@@ -77,6 +78,7 @@ WINDOW_BYTES = 24 * 1024 * 1024
 # 768 MB. The messages left fail unopened, made visible again at once (not after the 12-minute visibility timeout),
 # and the next invocation takes the most-received first.
 WINDOW_TIME_MARGIN_MS = 30_000
+_NO_DEADLINE_MS = 2**31
 
 
 class PoisonMessage(ValueError):
@@ -403,8 +405,9 @@ class IngestRuntime:
         self.metrics.count("MessagesPostponed", len(messages))
 
     def _remaining_ms(self) -> int:
+        """What is left of the invocation; without a Lambda context (a caller outside Lambda), no limit."""
         context = self.idempotency.lambda_context
-        return context.get_remaining_time_in_millis() if context is not None else WINDOW_TIME_MARGIN_MS
+        return context.get_remaining_time_in_millis() if context is not None else _NO_DEADLINE_MS
 
     # --- the phases -------------------------------------------------------------------------------------
 

@@ -363,17 +363,20 @@ class DynamoRecords:
         return True
 
     def _put_first(self, visit: VisitVersion) -> VisitWrite:
-        """The version item the pointer names: CREATED, or PRESENT when an earlier run wrote it (a later status
-        is never overwritten). Until it exists a later version's transaction, which supersedes it on condition
-        it exists, is cancelled and retried."""
+        """The version item the pointer names: CREATED, or PRESENT when an earlier run wrote it. Until it exists
+        a later version's transaction, which supersedes it on condition it exists, is cancelled and retried."""
+        return self._put_version(self._version_item(visit, PENDING), VisitWrite.CREATED)
+
+    def _put_version(self, item: dict[str, Any], written: VisitWrite) -> VisitWrite:
+        """A version item put unless it exists: ``written``, or PRESENT (a later status is never overwritten)."""
         try:
-            self._db.put_item(TableName=self.visits_table, Item=self._version_item(visit, PENDING),
+            self._db.put_item(TableName=self.visits_table, Item=item,
                               ConditionExpression="attribute_not_exists(visit_id)")
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return VisitWrite.PRESENT
             raise
-        return VisitWrite.CREATED
+        return written
 
     def _transact(self, visit: VisitVersion, current: str) -> None:
         put_version = {"Put": {"TableName": self.visits_table, "Item": self._version_item(visit, PENDING),
@@ -393,11 +396,4 @@ class DynamoRecords:
 
     def _put_late(self, visit: VisitVersion, current: str) -> VisitWrite:
         """An older object processed after a newer one (SQS does not keep order): keep it as history."""
-        try:
-            self._db.put_item(TableName=self.visits_table, Item=self._version_item(visit, SUPERSEDED, current),
-                              ConditionExpression="attribute_not_exists(visit_id)")
-        except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return VisitWrite.PRESENT
-            raise
-        return VisitWrite.LATE
+        return self._put_version(self._version_item(visit, SUPERSEDED, current), VisitWrite.LATE)
