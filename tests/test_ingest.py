@@ -1352,24 +1352,64 @@ def test_a_batch_is_signed_in_windows_of_at_most_24_mb(aws: SimpleNamespace, app
     assert invoke(app, *_batch(aws, pki, [30_000] * 5, first=50, name="s")) == [] and kms.signed == 3
 
 
+def _in_flight(records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The messages in a real (moto) queue, received and in flight for 12 minutes as the event source mapping holds
+    them, their receipt handles in the records; the function told the queue's URL."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="ingest")["QueueUrl"]
+    monkeypatch.setenv("INGEST_QUEUE_URL", queue)
+    for record in records:
+        sqs.send_message(QueueUrl=queue, MessageBody=record["body"])
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=725)["Messages"]
+    by_body = {m["Body"]: m["ReceiptHandle"] for m in received}
+    for record in records:
+        record["receiptHandle"] = by_body[record["body"]]
+    return sqs, queue
+
+
+def test_a_window_short_of_time_to_record_sets_the_rest_aside(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording can take far longer than examining: once the time left is short, the window's other messages are
+    not recorded (nothing of them written, their idempotency released), visible again at once, and their retry
+    ends as if they had been alone."""
+    from healthbook.aws import ingest_runtime
+
+    left = {"ms": 60_000}
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: left["ms"])
+    record = ingest_runtime.IngestRuntime._record
+
+    def slow(self: Any, wiring: Any, message: Any) -> bool:
+        recorded: bool = record(self, wiring, message)
+        left["ms"] = 10_000  # that one took most of the invocation
+        return recorded
+
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", slow)
+    records = _batch(aws, pki, [1_000] * 3)  # one window
+    sqs, queue = _in_flight(records, monkeypatch)
+    assert invoke(app, *records) == ["w-1", "w-2"]
+    assert len(submissions(aws)) == 1 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 1
+    assert [o["Key"] for o in aws.s3.list_objects_v2(Bucket=RECEIPTS)["Contents"]] == [
+        "receipts/01001/w-0.xml.receipt.json"]
+    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3)["Messages"]
+    assert sorted(m["Body"] for m in again) == sorted(r["body"] for r in records[1:])
+    left["ms"] = 60_000
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", record)
+    assert invoke(app, *records[1:]) == [] and len(submissions(aws)) == 3
+    receipts = [receipt_at(aws, f"receipts/01001/w-{n}.xml.receipt.json") for n in range(3)]
+    assert all(verify_receipt(r, aws.public) == [] and r["accepted"] for r in receipts)
+
+
 def test_a_short_invocation_leaves_the_messages_it_cannot_finish_to_sqs(
         aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """With too little time left for another window, the rest fail unopened (no idempotency record, no receipt),
     visible in the queue again at once; the next batch takes the most-received first."""
-    import boto3
     from healthbook.aws import ingest_runtime
 
     monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 20_000)
     records = _batch(aws, pki, [20 * 2**20, 20 * 2**20, 1_000])  # three windows' worth
-    sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName="ingest")["QueueUrl"]
-    monkeypatch.setenv("INGEST_QUEUE_URL", queue)
-    for record in records:  # as the event source mapping holds them: received, in flight for 12 minutes
-        sqs.send_message(QueueUrl=queue, MessageBody=record["body"])
-    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3, VisibilityTimeout=725)["Messages"]
-    by_body = {m["Body"]: m["ReceiptHandle"] for m in received}
-    for record in records:
-        record["receiptHandle"] = by_body[record["body"]]
+    sqs, queue = _in_flight(records, monkeypatch)
     assert invoke(app, *records) == ["w-1", "w-2"]
     assert receipt_at(aws, "receipts/01001/w-0.xml.receipt.json")["accepted"]
     assert len(scan(aws, "IDEMPOTENCY_TABLE")) == 1 and len(submissions(aws)) == 1
