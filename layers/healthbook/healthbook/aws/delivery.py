@@ -40,12 +40,27 @@ _LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attem
           "district, commune")
 
 
-_MARKER_READS = 9  # BatchGetItem / BatchWriteItem rounds of unprocessed keys before the step gives up
+_BATCH_ROUNDS = 9  # BatchGetItem / BatchWriteItem rounds of unprocessed keys before the step gives up
 _BATCH_WRITE = 25  # BatchWriteItem's limit of items per request
 
 
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
+
+
+def batch_get(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    """The items of one table a BatchGetItem names (consistent reads), those that exist; keys left unprocessed under
+    throttling asked for again after a backoff, then RuntimeError (the step is retried)."""
+    request: dict[str, Any] = {table: {**keys_and_attributes, "ConsistentRead": True}}
+    found: list[dict[str, Any]] = []
+    for attempt in range(_BATCH_ROUNDS):
+        page = dynamodb.batch_get_item(RequestItems=request)
+        found.extend(page.get("Responses", {}).get(table, []))
+        request = page.get("UnprocessedKeys") or {}
+        if not request:
+            return found
+        time.sleep(0.05 * 2 ** attempt)  # keys left unread under throttling: back off, then ask for them
+    raise RuntimeError(f"{what} could not be read (throttled); the step will be retried")
 
 
 def _key(ref: VisitRef) -> dict[str, Any]:
@@ -86,29 +101,16 @@ class DynamoVisitStatus:
             return None if item is None else _visit(item)
         # The version item and its records item in one request (the same read units as two GetItems). Versions
         # stored before the records had their own item kept them on the version item: read there then.
-        held = {"version": {"S": records_version(ref.version)}}
-        found = self._batch_get([_key(ref), {**_key(ref), **held}], _LIGHT + ", records")
+        held = records_version(ref.version)
+        found = {i["version"]["S"]: i for i in batch_get(self._db, self.table, {
+            "Keys": [_key(ref), {**_key(ref), "version": _s(held)}], "ProjectionExpression": _LIGHT + ", records",
+            "ExpressionAttributeNames": {"#s": "status"}}, "a visit")}
         item = found.get(ref.version)
         if item is None:
             return None
-        if "records" not in item:
-            item = {**item, **{k: v for k, v in found.get(held["version"]["S"], {}).items() if k == "records"}}
+        if "records" not in item and "records" in found.get(held, {}):
+            item = {**item, "records": found[held]["records"]}
         return _visit(item)
-
-    def _batch_get(self, keys: list[dict[str, Any]], projection: str) -> dict[str, dict[str, Any]]:
-        """Items of this table by their version key, consistent; unprocessed keys asked for again."""
-        request: dict[str, Any] = {self.table: {
-            "Keys": keys, "ConsistentRead": True, "ProjectionExpression": projection,
-            "ExpressionAttributeNames": {"#s": "status"}}}
-        found: dict[str, dict[str, Any]] = {}
-        for attempt in range(_MARKER_READS):
-            page = self._db.batch_get_item(RequestItems=request)
-            found.update({i["version"]["S"]: i for i in page.get("Responses", {}).get(self.table, [])})
-            request = page.get("UnprocessedKeys") or {}
-            if not request:
-                return found
-            time.sleep(0.05 * 2 ** attempt)  # keys left unread under throttling: back off, then ask for them
-        raise RuntimeError("a visit could not be read (throttled); the step will be retried")
 
     def previous_version(self, ref: VisitRef) -> str | None:
         # "LATEST" and "RECORDS#…" sort after every ISO version key: "version < :v" returns neither.
@@ -188,7 +190,7 @@ class DynamoVisitStatus:
                 {"PutRequest": {"Item": {"scope": _s(m.scope), "period": _s(m.period),
                                          "expires_at": {"N": str(m.expires_at)}}}}
                 for m in markers[start:start + _BATCH_WRITE]]}
-            for attempt in range(_MARKER_READS):
+            for attempt in range(_BATCH_ROUNDS):
                 request = self._db.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
                 if not request:
                     break
@@ -213,19 +215,11 @@ class DynamoVisitStatus:
                 raise
 
     def _existing(self, table: str, markers: Sequence[CitizenMarker]) -> set[tuple[str, str]]:
-        request: dict[str, Any] = {table: {
+        items = batch_get(self._db, table, {
             "Keys": [{"scope": _s(m.scope), "period": _s(m.period)} for m in markers],
-            "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
-            "ConsistentRead": True}}
-        found: set[tuple[str, str]] = set()
-        for attempt in range(_MARKER_READS):
-            page = self._db.batch_get_item(RequestItems=request)
-            found.update((i["scope"]["S"], i["period"]["S"]) for i in page.get("Responses", {}).get(table, []))
-            request = page.get("UnprocessedKeys") or {}
-            if not request:
-                return found
-            time.sleep(0.05 * 2 ** attempt)  # keys left unread under throttling: back off, then ask for them
-        raise RuntimeError("distinct-citizen markers could not be read (throttled); the step will be retried")
+            "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"}},
+            "distinct-citizen markers")
+        return {(i["scope"]["S"], i["period"]["S"]) for i in items}
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
         return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t ADD attempts :one",

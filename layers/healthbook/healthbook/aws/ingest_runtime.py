@@ -185,11 +185,13 @@ class SqsRequeue:
 
     BATCH = 10  # ChangeMessageVisibilityBatch takes ten entries
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
-        self._sqs, self.queue_url = sqs, queue_url
+    def __init__(self, queue_url: str, sqs: Any = None) -> None:
+        self.queue_url, self._sqs = queue_url, sqs  # the client made when first needed: not on the cold start
 
     def visible_now(self, receipt_handles: Sequence[str]) -> int:
         """How many were made visible."""
+        if self._sqs is None:
+            self._sqs = client("sqs")
         done = 0
         for start in range(0, len(receipt_handles), self.BATCH):
             entries = [{"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": 0}
@@ -346,7 +348,7 @@ class IngestRuntime:
             settings = IngestSettings.from_env(self.env)
             persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table,
                                                    boto3_client=client("dynamodb"))
-            requeue = SqsRequeue(client("sqs"), settings.ingest_queue_url) if settings.ingest_queue_url else None
+            requeue = SqsRequeue(settings.ingest_queue_url) if settings.ingest_queue_url else None
             self._wiring = Wiring(settings=settings, service=build_service(settings, self.metrics),
                                   idempotency=ObjectIdempotency(persistence, self.idempotency), requeue=requeue)
         return self._wiring

@@ -352,15 +352,10 @@ class DynamoRecords:
         """A visit's first version takes the pointer before its version item exists: two plain conditional
         writes (2 write units) instead of a transaction (4), and still only the pointer's version is PENDING.
         False when another version took it first."""
-        try:
-            self._db.put_item(TableName=self.visits_table, ConditionExpression="attribute_not_exists(visit_id)",
-                              Item={"visit_id": _s(visit.visit_id), "version": _s(LATEST),
-                                    "current": _s(visit.version)})
-        except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return conditional_write(self._db, "Put", {
+            "TableName": self.visits_table, "ConditionExpression": "attribute_not_exists(visit_id)",
+            "Item": {"visit_id": _s(visit.visit_id), "version": _s(LATEST), "current": _s(visit.version)}},
+            counters=None, count=None)
 
     def _put_first(self, visit: VisitVersion) -> VisitWrite:
         """The version item the pointer names: CREATED, or PRESENT when an earlier run wrote it. Until it exists
@@ -369,14 +364,8 @@ class DynamoRecords:
 
     def _put_version(self, item: dict[str, Any], written: VisitWrite) -> VisitWrite:
         """A version item put unless it exists: ``written``, or PRESENT (a later status is never overwritten)."""
-        try:
-            self._db.put_item(TableName=self.visits_table, Item=item,
-                              ConditionExpression="attribute_not_exists(visit_id)")
-        except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return VisitWrite.PRESENT
-            raise
-        return written
+        put = {"TableName": self.visits_table, "Item": item, "ConditionExpression": "attribute_not_exists(visit_id)"}
+        return written if conditional_write(self._db, "Put", put, counters=None, count=None) else VisitWrite.PRESENT
 
     def _transact(self, visit: VisitVersion, current: str) -> None:
         put_version = {"Put": {"TableName": self.visits_table, "Item": self._version_item(visit, PENDING),
