@@ -87,16 +87,15 @@ def _visit(citizen: str, at: datetime = AT, facility: str = "79001") -> list[Cit
     return citizen_markers(citizen, at, facility=facility, province="79", district=None, commune="26734")
 
 
-def test_a_first_visit_writes_its_eight_markers_without_a_transaction_and_a_repeat_only_reads(ddb: Any) -> None:
+def test_a_first_visit_writes_its_five_markers_without_a_transaction_and_a_repeat_only_reads(ddb: Any) -> None:
     recorded = Recorded(ddb)
     _store(recorded).count_citizen(_visit("k1"))
-    # One read, the six period markers in one batch, the two kept ones with their first day: 8 WRU, where one
-    # transaction of the 8 markers and 7 counter items cost 30 (2 WRU an item).
+    # One read, the three month markers in one batch, the two kept ones with their first day: 5 WRU, where one
+    # transaction of the markers and their counter items cost 30 (2 WRU an item), and markers per half-year 8.
     assert recorded.operations() == {"batch_get_item": 1, "batch_write_item": 1, "update_item": 2}
-    assert recorded.write_units() == 8
-    assert len(recorded.calls[1][1]["RequestItems"][AGGREGATES]) == 6
-    periods = {f"{scope}#{period}": {None: 1} for scope in ("F#79001", "XA#79#26734", "P34#79")
-               for period in ("M#2026-11", "S#2026-H2")}
+    assert recorded.write_units() == 5
+    assert len(recorded.calls[1][1]["RequestItems"][AGGREGATES]) == 3
+    periods = {f"{scope}#M#2026-11": {None: 1} for scope in ("F#79001", "XA#79#26734", "P34#79")}
     assert _markers(ddb) == {**periods, "P34#79#ALL": {"D#2026-11-22": 1}, "P34#79#VISIT": {"D#2026-11-22": 1}}
     assert not [item for item in ddb.scan(TableName=AGGREGATES)["Items"] if not item["period"]["S"].startswith(
         "citizen#")]  # no counter item at all
@@ -109,8 +108,7 @@ def test_a_citizen_delivered_twice_and_a_retry_after_a_crash_count_once_per_scop
     crashing = Recorded(ddb, crash_on=("update_item", 1))  # after the period markers, before the kept ones
     with pytest.raises(RuntimeError, match="stopped"):
         _store(crashing).count_citizen(_visit("k1"))
-    assert set(_markers(ddb)) == {f"{scope}#{period}" for scope in ("F#79001", "XA#79#26734", "P34#79")
-                                  for period in ("M#2026-11", "S#2026-H2")}
+    assert set(_markers(ddb)) == {f"{scope}#M#2026-11" for scope in ("F#79001", "XA#79#26734", "P34#79")}
     retry = Recorded(ddb)
     _store(retry).count_citizen(_visit("k1"))  # the step's retry: reads what is there, writes the rest
     assert retry.operations() == {"batch_get_item": 1, "update_item": 2}
@@ -231,21 +229,55 @@ def test_a_kept_partition_is_counted_in_key_ranges_side_by_side_and_exactly(ddb:
     queries: list[dict[str, Any]] = []
     counting = _Counting(ddb, queries)
     source = DynamoCounters(counting, AGGREGATES, workers=4)
-    whole = MarkerRange("P34#79#ALL", ("D#0000-00-00", "D#2026-11-30"))
-    part = MarkerRange("P34#79#ALL", ("D#2026-11-03", "D#2026-11-09"))
+    whole = MarkerRange("P34#79#ALL", ("D#0000-00-00", "D#2026-11-30"), wide=True)
+    part = MarkerRange("P34#79#ALL", ("D#2026-11-03", "D#2026-11-09"), wide=True)
     assert source.count_many([whole, part]) == [len(keys), sum("D#2026-11-03" <= d <= "D#2026-11-09" for d in days)]
     assert len(queries) == 2 * 16  # the key ranges, each one Query (one page each here)
     assert source.count(MarkerRange("P34#79#M#2026-11")) == 0 and len(queries) == 2 * 16 + 1  # a period: one
 
 
-class _Counting:
-    """The DynamoDB client, its Queries noted."""
+def test_a_half_year_merges_its_months_and_its_old_partition_by_key_range_page_by_page(ddb: Any) -> None:
+    """A half-year's distinct citizens: its six month partitions and the half-year partition deliveries wrote
+    before, merged in 16 key ranges. A citizen in several counts once; keys on a range's bound and outside the hex
+    digits, once; other half-years and provinces, not at all. Pages of 7 items: the merge spans pages."""
+    from healthbook.aws import reports
+    from healthbook.reports.build import MarkerRange
 
-    def __init__(self, client: Any, queries: list[dict[str, Any]]) -> None:
-        self._client, self._queries = client, queries
+    rng = random.Random(23)
+    months = tuple(f"P34#79#M#2026-{month:02d}" for month in range(7, 13))
+    keys = [f"{rng.getrandbits(256):064x}" for _ in range(200)]
+    keys += [bound.removeprefix("citizen#") for bound in reports._SPLIT_AT] + ["", "0", "A", "~", "é"]
+    in_months: dict[str, set[str]] = {month: set() for month in months}
+    for n, key in enumerate(keys):
+        for partition in rng.sample([*months, "P34#79#S#2026-H2"], k=1 + n % 4):
+            in_months.get(partition, set()).add(key)
+            ddb.put_item(TableName=AGGREGATES, Item={"scope": {"S": partition}, "period": {"S": f"citizen#{key}"}})
+    for partition in ("P34#79#M#2026-06", "P34#79#M#2027-01", "P34#48#M#2026-09"):
+        ddb.put_item(TableName=AGGREGATES, Item={"scope": {"S": partition}, "period": {"S": "citizen#elsewhere"}})
+    queries: list[dict[str, Any]] = []
+    source = DynamoCounters(_Counting(ddb, queries, limit=7), AGGREGATES, workers=4)
+    half, july = MarkerRange("P34#79#S#2026-H2", also=months, wide=True), MarkerRange(months[0])
+    assert source.count_many([half, july]) == [len(keys), len(in_months[months[0]])]
+    assert {q["ExclusiveStartKey"]["scope"]["S"] for q in queries if "ExclusiveStartKey" in q} >= set(months)
+    assert len({(q["ExpressionAttributeValues"][":s"]["S"], str(q["KeyConditionExpression"]),
+                 str(q["ExpressionAttributeValues"].get(":lo")), str(q["ExpressionAttributeValues"].get(":hi")))
+                for q in queries if "ExclusiveStartKey" not in q}) == 16 * 7 + 1
+    queries.clear()  # a facility's or a commune's half-year: each partition read whole, once
+    assert source.count(MarkerRange("P34#79#S#2026-H2", also=months)) == len(keys)
+    assert {q["ExpressionAttributeValues"][":s"]["S"] for q in queries if "ExclusiveStartKey" not in q} == {
+        *months, "P34#79#S#2026-H2"} and len([q for q in queries if "ExclusiveStartKey" not in q]) == 7
+
+
+class _Counting:
+    """The DynamoDB client, its Queries noted (and, with ``limit``, paged that small)."""
+
+    def __init__(self, client: Any, queries: list[dict[str, Any]], limit: int | None = None) -> None:
+        self._client, self._queries, self._limit = client, queries, limit
 
     def query(self, **kwargs: Any) -> Any:
-        self._queries.append(kwargs)
+        self._queries.append(dict(kwargs))
+        if self._limit is not None:
+            kwargs["Limit"] = self._limit
         return self._client.query(**kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -71,9 +71,8 @@ def test_the_delivery_markers_are_unchanged() -> None:
     expires = int(BEFORE.timestamp()) + MARKER_TTL_DAYS * 86400
     kept = "D#2025-03-02"
     assert {(m.scope, m.expires_at, m.first_day) for m in markers} == {
-        ("F#01001#M#2025-03", expires, None), ("F#01001#S#2025-H1", expires, None),
-        ("DIST#01#001#M#2025-03", expires, None), ("DIST#01#001#S#2025-H1", expires, None),
-        ("P#01#M#2025-03", expires, None), ("P#01#S#2025-H1", expires, None), ("P#01#ALL", None, kept),
+        ("F#01001#M#2025-03", expires, None), ("DIST#01#001#M#2025-03", expires, None),
+        ("P#01#M#2025-03", expires, None), ("P#01#ALL", None, kept),
         ("P34#01#ALL", None, kept), ("P#01#VISIT", None, kept), ("P34#01#VISIT", None, kept)}
 
 

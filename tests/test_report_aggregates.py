@@ -79,7 +79,7 @@ def test_a_delivery_sets_markers_that_carry_no_count_only_a_ttl_or_a_first_day()
     markers = citizen_markers("k", AT, facility="01001", province="01", district=None, commune="00004")
     assert {m.scope: m.first_day for m in markers if m.expires_at is None} == {
         "P34#01#ALL": "D#2026-11-23", "P34#01#VISIT": "D#2026-11-23"}  # 01:30 on the 23rd in Vietnam
-    assert len([m for m in markers if m.first_day is None]) == 6  # facility, commune, province x month, half-year
+    assert len([m for m in markers if m.first_day is None]) == 3  # facility, commune, province; months only
     assert set(vars(markers[0])) == {"scope", "period", "expires_at", "first_day"}
     with pytest.raises(ValueError, match="either expires"):
         CitizenMarker("P34#01#ALL", "citizen#k", None)

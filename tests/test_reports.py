@@ -100,8 +100,8 @@ class DictCounters:
     def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
         self.count_calls += 1
         self.counted += wanted
-        return [sum(1 for (partition, _), first in self.markers.items() if partition == one.scope
-                    and (one.days is None or (first is not None and one.days[0] <= first <= one.days[1])))
+        return [len({key for (partition, key), first in self.markers.items() if partition in (one.scope, *one.also)
+                     and (one.days is None or (first is not None and one.days[0] <= first <= one.days[1]))})
                 for one in wanted]
 
 
@@ -259,6 +259,27 @@ def test_figures_roll_up_with_percentiles_from_the_summed_histograms_and_top_err
     assert province.population is None and province.coverage_pct is None and province.citizens_with_book == 0
 
 
+def test_a_half_year_counts_a_citizen_of_several_months_once_with_the_half_year_markers_of_before() -> None:
+    markers = dict.fromkeys([
+        ("P34#79#M#2026-08", "citizen#a"), ("P34#79#M#2026-11", "citizen#a"), ("P34#79#M#2026-12", "citizen#c"),
+        ("P34#79#S#2026-H2", "citizen#a"), ("P34#79#S#2026-H2", "citizen#b"),  # half-year markers of old
+        ("P34#79#M#2026-06", "citizen#d"), ("P34#79#M#2026-01", "citizen#a"),  # the half-year before
+        ("P34#48#M#2026-09", "citizen#e"),  # another province
+        ("F#79001#M#2026-07", "citizen#a"), ("F#79001#M#2026-09", "citizen#a")])
+    source = DictCounters({}, markers)
+    report = build_report(Period.parse("2026-H2"), [Place("79001", "A", "79", commune="26734")], source,
+                          generated_at=datetime.now(UTC), population={})
+    (province,) = report.level("province")
+    assert (province.current.citizens, province.previous.citizens) == (3, 2)  # a, b, c; d, a
+    (facility,) = report.level("facility")
+    assert (facility.current.citizens, facility.previous.citizens) == (1, 0)
+    half = next(m for m in source.counted if m.scope == "P34#79#S#2026-H2")
+    assert half.also == tuple(f"P34#79#M#2026-{month:02d}" for month in range(7, 13)) and half.wide
+    assert not next(m for m in source.counted if m.scope == "F#79001#S#2026-H2").wide
+    with pytest.raises(ValueError, match="one kept partition"):
+        MarkerRange("P34#79#ALL", ("D#2026-07-01", "D#2026-12-31"), also=("P34#79#VISIT",))
+
+
 def test_a_day_report_has_no_distinct_citizens_and_reads_each_range_once() -> None:
     source = DictCounters({("F#01001", "D#2025-03-02"): {"files_received": 1, "delivered": 1}})
     report = build_report(Period.parse("2025-03-02"), [Place("01001", "A", "01", "001")], source,
@@ -407,13 +428,13 @@ def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
     status.count_citizen(citizen_markers("k", at, facility="01001", province="01", district="001"))
     items = {(i["scope"]["S"], i["period"]["S"]): i for i in
              ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"] if i["period"]["S"].startswith("citizen#")}
-    # Before July 2025: facility, district and the 63-province unit by month and half-year, and "ever" in both the
-    # old province and the merged one of the 34 (today's coverage), and "visited" in both (books with a visit).
-    assert len(items) == 10
+    # Before July 2025: facility, district and the 63-province unit by month, and "ever" in both the old province
+    # and the merged one of the 34 (today's coverage), and "visited" in both (books with a visit).
+    assert len(items) == 7
     ever = {(f"P{n}#01#{kind}", "citizen#k") for n in ("", "34") for kind in ("ALL", "VISIT")}
     assert all("expires_at" not in items[key] and items[key]["first_day"] == {"S": "D#2025-03-02"} for key in ever)
     expiring = [int(i["expires_at"]["N"]) for key, i in items.items() if key not in ever]
-    assert expiring == [int(at.timestamp()) + 400 * 86400] * 6
+    assert expiring == [int(at.timestamp()) + 400 * 86400] * 3
     assert not [key for key, i in items.items() if key not in ever and "first_day" in i]
     assert all(set(i) <= {"scope", "period", "expires_at", "first_day"} for i in items.values())  # no counts
 

@@ -28,7 +28,8 @@ class ReportRuntime:
         written. Re-running a period replaces its files."""
         period = period_for(event, now)
         settings = self.settings
-        report = reports.build(period, dynamodb=client("dynamodb"), aggregates_table=settings.aggregates_table,
+        dynamodb = client("dynamodb", connections=reports.READERS)
+        report = reports.build(period, dynamodb=dynamodb, aggregates_table=settings.aggregates_table,
                                facilities_table=dynamodb_table(settings.facilities_table), generated_at=now)
         keys = reports.publish(report, s3=client("s3"), bucket=settings.reports_bucket)
         return {"period": period.label, "kind": period.kind, "rows": len(report.rows), "objects": keys}

@@ -3,8 +3,9 @@ reports bucket under the period (docs/reports.md)."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,9 @@ from healthbook.reports.model import Period, Report
 from healthbook.reports.render import outputs
 
 _KEYS = {"scope", "period", "expires_at"}
+# Queries in flight at once: a six-monthly report of a national registry is about 200,000 small Queries (a
+# facility's half-year is seven partitions), each mostly a round trip; the client needs as many connections.
+READERS = 32
 _Wanted = TypeVar("_Wanted")
 _Read = TypeVar("_Read")
 
@@ -28,7 +32,7 @@ class DynamoCounters:
     would outlast the function's timeout). A range's items are every shard of its periods (and any item written
     before sharding): they all add up."""
 
-    def __init__(self, dynamodb: Any, table: str, *, workers: int = 16) -> None:
+    def __init__(self, dynamodb: Any, table: str, *, workers: int = READERS) -> None:
         self._db = dynamodb
         self.table = table
         self.workers = workers
@@ -37,10 +41,11 @@ class DynamoCounters:
         return self._each(lambda wanted: self.sum(*wanted), ranges)
 
     def count_many(self, wanted: Sequence[MarkerRange]) -> list[int]:
-        """Each count; a province's kept markers (the partitions that grow with coverage, up to one item per
-        resident) in ``_SPLITS`` key ranges read side by side, so the largest is not one long sequential Query."""
+        """Each count; the ``wide`` ones (a province's kept markers, growing to one item per resident, and its
+        half-year's months) in ``_SPLIT_AT`` key ranges read side by side, so the largest is not one long
+        sequential Query."""
         parts = [(index, part) for index, one in enumerate(wanted)
-                 for part in (_key_ranges(one) if one.days is not None else [_KeyRange(one)])]
+                 for part in (_key_ranges(one) if one.wide else [_KeyRange(one)])]
         counted = [0] * len(wanted)
         for (index, _), count in zip(parts, self._each(lambda item: self._count_part(item[1]), parts), strict=True):
             counted[index] += count
@@ -72,26 +77,17 @@ class DynamoCounters:
     def count(self, wanted: MarkerRange) -> int:
         """The marker items of a partition (with ``days``, those whose first day lies in the range): Queries that
         return counts, not items. They still read every item of the partition (a filter applies after the read):
-        docs/capacity.md has the read units and time for the largest."""
+        docs/capacity.md has the read units and time for the largest. With ``also``, the distinct keys of every
+        partition named, merged (_count_merged)."""
         return self.count_many([wanted])[0]
 
     def _count_part(self, part: _KeyRange) -> int:
-        wanted, names = part.wanted, {"#sc": "scope"}
-        values: dict[str, Any] = {":s": {"S": wanted.scope}}
-        condition = "#sc = :s"
-        if part.low is not None or part.high is not None:
-            names["#p"] = "period"
-            if part.low is not None and part.high is not None:
-                condition += " AND #p BETWEEN :lo AND :hi"
-                values.update({":lo": {"S": part.low}, ":hi": {"S": part.high}})
-            elif part.low is not None:
-                condition += " AND #p >= :lo"
-                values[":lo"] = {"S": part.low}
-            else:
-                condition += " AND #p <= :hi"
-                values[":hi"] = {"S": part.high}
-        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": condition, "Select": "COUNT",
-                                  "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+        wanted = part.wanted
+        if wanted.also:
+            return self._count_merged(part)
+        kwargs = self._query(wanted.scope, part)
+        kwargs["Select"] = "COUNT"
+        names, values = kwargs["ExpressionAttributeNames"], kwargs["ExpressionAttributeValues"]
         if wanted.days is not None:
             kwargs["FilterExpression"] = "#d BETWEEN :first AND :last"
             names["#d"] = FIRST_DAY
@@ -104,6 +100,44 @@ class DynamoCounters:
                     "S", "") <= wanted.days[1]):
                 counted -= 1
         return counted
+
+    def _count_merged(self, part: _KeyRange) -> int:
+        """The distinct keys of several partitions in one key range. A Query returns a partition's keys in order, so
+        merging them counts each key once without holding them: memory is a page a partition, whatever the size."""
+        streams = [self._keys(scope, part) for scope in (part.wanted.scope, *part.wanted.also)]
+        counted, last = 0, None
+        for key in heapq.merge(*streams):
+            if key != last and key != part.shared:  # the shared bound is counted by the range after this one
+                counted += 1
+            last = key
+        return counted
+
+    def _keys(self, scope: str, part: _KeyRange) -> Iterator[str]:
+        kwargs = self._query(scope, part)
+        kwargs["ExpressionAttributeNames"]["#p"] = "period"
+        kwargs["ProjectionExpression"] = "#p"
+        for page in self._pages(kwargs):
+            for item in page.get("Items", []):
+                yield str(item["period"]["S"])
+
+    def _query(self, scope: str, part: _KeyRange) -> dict[str, Any]:
+        """A Query of the partition ``scope``, its sort keys within the part's range."""
+        names: dict[str, str] = {"#sc": "scope"}
+        values: dict[str, Any] = {":s": {"S": scope}}
+        condition = "#sc = :s"
+        if part.low is not None or part.high is not None:
+            names["#p"] = "period"
+            if part.low is not None and part.high is not None:
+                condition += " AND #p BETWEEN :lo AND :hi"
+                values.update({":lo": {"S": part.low}, ":hi": {"S": part.high}})
+            elif part.low is not None:
+                condition += " AND #p >= :lo"
+                values[":lo"] = {"S": part.low}
+            else:
+                condition += " AND #p <= :hi"
+                values[":hi"] = {"S": part.high}
+        return {"TableName": self.table, "KeyConditionExpression": condition, "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values}
 
     def _pages(self, kwargs: dict[str, Any]) -> Iterable[dict[str, Any]]:
         while True:

@@ -136,18 +136,20 @@ class ReportSettings(FunctionSettings):
     reports_bucket: str
 
 
-def _config() -> Any:
+def _config(connections: int = 10) -> Any:
     from botocore.config import Config  # type: ignore[import-untyped]
 
-    return Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=30)
+    return Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=30,
+                  max_pool_connections=connections)
 
 
-def client(service: str) -> Any:
+def client(service: str, *, connections: int = 10) -> Any:
     """A boto3 client with standard retries (throttling and 5xx back off inside the call first; what still
-    fails propagates and SQS retries the message) and timeouts well below the function's."""
+    fails propagates and SQS retries the message) and timeouts well below the function's. ``connections``: as many
+    as the threads that share it (botocore's default pool is 10; an eleventh thread waits for a connection)."""
     import boto3  # type: ignore[import-untyped]  # no stubs installed; adapters alone use boto3
 
-    return boto3.client(service, config=_config())
+    return boto3.client(service, config=_config(connections))
 
 
 def dynamodb_table(name: str) -> Any:

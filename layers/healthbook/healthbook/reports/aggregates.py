@@ -51,11 +51,6 @@ def month(moment: datetime) -> str:
     return f"M#{moment.astimezone(PORTAL_TZ):%Y-%m}"
 
 
-def half(moment: datetime) -> str:
-    local = moment.astimezone(PORTAL_TZ)
-    return f"S#{local.year}-H{1 if local.month <= 6 else 2}"
-
-
 # Counter items are sharded (docs/reports.md, "Hot items" in docs/capacity.md): a transaction ADDs to one of
 # ``shards`` items of its period, "<period>#s<nn>", and a reader sums every item from the period to
 # period_high(period). The one place that knows the format; readers need not know the shard count, so it may change.
@@ -165,6 +160,9 @@ def for_breach(facility: str, at: datetime) -> CounterUpdate:
 MARKER_PREFIX = "citizen#"  # a marker's sort key: "citizen#<citizen_key>"
 # Period markers outlive the six-monthly report (and its re-runs) by a margin; kept markers have no TTL.
 MARKER_TTL_DAYS = 400
+# A half-year's distinct citizens are its months' markers, merged when the report counts them (docs/reports.md).
+# Deliveries wrote a marker per half-year ("S#2026-H2") as well until 2026-12-06: the report merges those in too.
+HALF_YEAR_MARKERS = "S#"
 EVER = "ALL"  # the kept marker of a citizen with a health book, per province (coverage)
 VISITED = "VISIT"  # the kept marker of a citizen with at least one visit delivered, per province
 BOOK = "BOOK"  # the kept marker of a citizen whose book a participant list created, per province and commune
@@ -226,7 +224,8 @@ def _kept(scopes: Iterable[str], kind: str, marker: str, at: datetime) -> list[C
 def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: str,
                     district: str | None, commune: str | None = None) -> list[CitizenMarker]:
     """The markers a delivery to ``citizen_key`` sets, in the units in force on its day: distinct citizens per
-    month and half-year for the facility, its district (before 1 July 2025) or commune (from then) and province;
+    month for the facility, its district (before 1 July 2025) or commune (from then) and province (a half-year's
+    are its months', merged by the report: no marker of its own);
     the province's "ever" marker (citizens with a health book: coverage) and its "visited" marker (books with at
     least one visit; a book a participant list created sets only the first), both kept with their first day.
     ``province`` is the facility's code as registered (a pre-reform code maps to its merged province). A delivery
@@ -236,8 +235,7 @@ def citizen_markers(citizen_key: str, at: datetime, *, facility: str, province: 
     expires = int(at.timestamp()) + MARKER_TTL_DAYS * 86400
     scopes = [scope for scope in (facility_scope(facility), units.unit, units.own) if scope]
     marker = f"{MARKER_PREFIX}{citizen_key}"
-    markers = [CitizenMarker(marker_scope(scope, period), marker, expires)
-               for scope in scopes for period in (month(at), half(at))]
+    markers = [CitizenMarker(marker_scope(scope, month(at)), marker, expires) for scope in scopes]
     return markers + _kept(units.evers, EVER, marker, at) + _kept(units.evers, VISITED, marker, at)
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Protocol
 
 from healthbook.reports.aggregates import (
     BOOK,
     EVER,
+    HALF_YEAR_MARKERS,
     LEGACY_COUNTERS,
     VISITED,
     commune_scope,
@@ -41,10 +42,18 @@ class MarkerRange:
     """Distinct-citizen markers to count: every item of one marker partition (``scope``: ``P34#79#M#2026-11``,
     ``P34#79#ALL``), or with ``days`` only the kept markers whose first day lies in that inclusive range of day keys
     (``D#YYYY-MM-DD``). Markers written before first days existed have none, so a range leaves them out: their
-    citizens are in counter items (LEGACY_COUNTERS)."""
+    citizens are in counter items (LEGACY_COUNTERS). With ``also``, the distinct citizens of ``scope`` and those
+    partitions together: a citizen marked in several is one (a half-year: its months). ``wide``: the partitions may
+    hold up to a province's residents, so a source reads them in key ranges side by side (a province's)."""
 
     scope: str
     days: tuple[str, str] | None = None
+    also: tuple[str, ...] = ()
+    wide: bool = False
+
+    def __post_init__(self) -> None:
+        if self.days is not None and self.also:
+            raise ValueError("a first-day range counts one kept partition, not several")
 
 
 class CounterSource(Protocol):
@@ -92,13 +101,16 @@ def _day_key(day: date) -> str:
     return f"D#{day.isoformat()}"
 
 
-def _citizen_period(period: Period) -> str | None:
-    """The marker period of distinct citizens: months and half-years have one, days do not."""
-    if period.kind == "month":
-        return f"M#{period.label}"
-    if period.kind == "half":
-        return f"S#{period.label}"
-    return None
+def _month_key(first: date) -> str:
+    return f"M#{first:%Y-%m}"
+
+
+def _months(period: Period) -> list[str]:
+    first, keys = period.start, []
+    while first <= period.end:
+        keys.append(_month_key(first))
+        first = (first + timedelta(days=32)).replace(day=1)
+    return keys
 
 
 def _top(counters: Mapping[str, int], prefix: str) -> tuple[tuple[str, int], ...]:
@@ -124,11 +136,17 @@ def _days(scope: str, period: Period) -> Range:
     return scope, _day_key(period.start), period_high(_day_key(period.end))
 
 
-def _citizens(scope: str, period: Period) -> MarkerRange | None:
-    """Distinct citizens of a scope in a month or half-year: every marker of its partition. Counter items named
-    ``citizens`` (from before markers were counted) are not read: the markers they counted are in the partition."""
-    marker = _citizen_period(period)
-    return None if marker is None else MarkerRange(marker_scope(scope, marker))
+def _citizens(scope: str, period: Period, *, province: bool = False) -> MarkerRange | None:
+    """Distinct citizens of a scope in a month (every marker of its partition) or a half-year (its six months' and
+    its own partition's, from before half-years had none, merged); days have none. Counter items named
+    ``citizens`` (from before markers were counted) are not read: the markers they counted are in the partitions.
+    A province's half-year is up to its residents six times over: ``wide``."""
+    if period.kind == "month":
+        return MarkerRange(marker_scope(scope, _month_key(period.start)))
+    if period.kind == "half":
+        return MarkerRange(marker_scope(scope, f"{HALF_YEAR_MARKERS}{period.label}"),
+                           also=tuple(marker_scope(scope, key) for key in _months(period)), wide=province)
+    return None
 
 
 def _to_date(scope: str, period: Period) -> Range:
@@ -138,7 +156,7 @@ def _to_date(scope: str, period: Period) -> Range:
 def _kept(scope: str, kind: str, period: Period, *, to_date: bool) -> MarkerRange:
     """A province's kept markers of ``kind`` first given up to the period's end (``to_date``) or within it."""
     first = _FIRST_DAY if to_date else _day_key(period.start)
-    return MarkerRange(marker_scope(scope, kind), (first, _day_key(period.end)))
+    return MarkerRange(marker_scope(scope, kind), (first, _day_key(period.end)), wide=True)
 
 
 class _Counts:
@@ -157,8 +175,8 @@ class _Counts:
     def markers(self, wanted: MarkerRange) -> int:
         return self._counted[wanted]  # KeyError: a count the plan missed
 
-    def citizens(self, scope: str, period: Period) -> int | None:
-        wanted = _citizens(scope, period)
+    def citizens(self, scope: str, period: Period, *, province: bool = False) -> int | None:
+        wanted = _citizens(scope, period, province=province)
         return None if wanted is None else self.markers(wanted)
 
     def kept(self, scope: str, kind: str, period: Period, counters: Mapping[str, int], *, to_date: bool) -> int:
@@ -205,7 +223,7 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
     for of in (period, previous):
         plan += [_days(facility_scope(p.code), of) for p in places_]
         if of is period or comparable:
-            counts += [_citizens(scope, of) for scope in own.values()]
+            counts += [_citizens(scope, of, province=True) for scope in own.values()]
             counts += [_citizens(scope, of) for scope in unit_scopes.values() if scope]
         counts += [_citizens(facility_scope(p.code), of) for p in places_]
     plan += [_to_date(scope, period) for scope in own.values()]  # the kept markers' counts from before first days
@@ -228,8 +246,10 @@ def build_report(period: Period, places_: Sequence[Place], source: CounterSource
         now = total(facility_counts[m.code][0] for m in members)
         before = total(facility_counts[m.code][1] for m in members)
         silent = tuple(sorted(m.code for m in members if not facility_counts[m.code][0].get("files_received")))
-        citizens_now = reader.citizens(citizens_scope, period) if citizens_scope else None
-        citizens_before = reader.citizens(citizens_scope, previous) if citizens_scope and comparable else None
+        wide = level == "province"
+        citizens_now = reader.citizens(citizens_scope, period, province=wide) if citizens_scope else None
+        citizens_before = (reader.citizens(citizens_scope, previous, province=wide) if citizens_scope and comparable
+                           else None)
         return Row(level, code, name, province, figures(now, citizens_now), figures(before, citizens_before),
                    facilities=len(members), facilities_without_submission=silent)
 
