@@ -75,31 +75,36 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
     _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "kind": {"S": "k"},
                                                                        "blob": {"S": blob}}})
     # not in by-status yet (no status); in by-kind with its keys only: 1 unit
-    assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 2
-    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 1
+    assert _total(counts, "write_units") == 2
+    assert _total(counts, "index_write_units") == 1
     # entering by-status: the table's 2 and the index's 2 (the whole item is projected); by-kind's entry is
     # unchanged, so it costs nothing
     _serve(meter, backend, ddb, "UpdateItem", {"TableName": "t", "Key": {"pk": {"S": "a"}},
                                                "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames":
                                                    {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "P"}}})
-    row = counts.snapshot()["dynamodb_capacity"][0]
-    assert (row["write_units"], row["index_write_units"]) == (4, 3)
+    assert (_total(counts, "write_units"), _total(counts, "index_write_units")) == (4, 3)
     # a transaction writes twice; moving the index key is a delete and a put in the index (2 units each)
     _serve(meter, backend, ddb, "TransactWriteItems", {"TransactItems": [{"Update": {
         "TableName": "t", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET #s = :s",
         "ExpressionAttributeNames": {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "D"}}}}]})
-    row = counts.snapshot()["dynamodb_capacity"][0]
-    assert (row["write_units"], row["index_write_units"]) == (8, 7)
+    assert (_total(counts, "write_units"), _total(counts, "index_write_units")) == (8, 7)
     # an eventually consistent read of a 1.5 KB item: half a unit; a strong one, a whole unit
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}})
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}, "ConsistentRead": True})
-    assert counts.snapshot()["dynamodb_capacity"][0]["read_units"] == 1.5
+    assert _total(counts, "read_units") == 1.5
     # a refused conditional write is charged as well: the larger of the item before and after, 2 units
     with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
         _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}},
                                                 "ConditionExpression": "attribute_not_exists(pk)"})
-    assert counts.snapshot()["dynamodb_capacity"][0]["write_units"] == 10
-    assert counts.snapshot()["dynamodb_capacity"][0]["index_write_units"] == 7  # nothing changed in an index
+    assert _total(counts, "write_units") == 10
+    assert _total(counts, "index_write_units") == 7  # nothing changed in an index
+    by_operation = {r["operation"]: r["write_units"] + r["index_write_units"]
+                    for r in counts.snapshot()["dynamodb_capacity"]}  # the bill names what each cost
+    assert by_operation == {"PutItem": 5, "UpdateItem": 4, "TransactWriteItems": 8, "GetItem": 0}
+
+
+def _total(counts: Any, kind: str) -> float:
+    return sum(row[kind] for row in counts.snapshot()["dynamodb_capacity"])
 
 
 def test_requests_are_counted_by_origin() -> None:

@@ -230,9 +230,14 @@ def bill(usage: Usage) -> list[Line]:
     reads = sum(r["read_units"] for r in _billed(usage.capacity))
     writes = sum(r["write_units"] + r["index_write_units"] for r in _billed(usage.capacity))
     tables: Counter[str] = Counter()
+    operations: dict[str, Counter[str]] = defaultdict(Counter)
     for r in _billed(usage.capacity):
-        tables[r["table"].rsplit("-", 1)[-1]] += r["write_units"] + r["index_write_units"]
-    lines.append(Line("DynamoDB", f"{writes:.0f} write units ({_top(tables)}), {reads:.0f} read units",
+        table, units = r["table"].rsplit("-", 1)[-1], r["write_units"] + r["index_write_units"]
+        tables[table] += units
+        operations[table][r.get("operation", "?")] += units
+    detail = "; ".join(f"{table} {units:.0f}: {_top(operations[table])}"
+                       for table, units in tables.most_common(4) if units)
+    lines.append(Line("DynamoDB", f"{writes:.0f} write units ({detail}), {reads:.0f} read units",
                       writes * DYNAMODB_WRU + reads * DYNAMODB_RRU))
 
     kms = by_service.get("kms", {})

@@ -52,7 +52,7 @@ class Meter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        self._capacity: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self._capacity: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
 
     def count_request(self, service: str, operation: str, origin: str, size: int) -> None:
         with self._lock:
@@ -60,10 +60,10 @@ class Meter:
             entry[0] += 1
             entry[1] += size
 
-    def add_capacity(self, table: str, origin: str, read: float = 0.0, write: float = 0.0,
+    def add_capacity(self, table: str, origin: str, operation: str, read: float = 0.0, write: float = 0.0,
                      index_write: float = 0.0) -> None:
         with self._lock:
-            entry = self._capacity[(table, origin)]
+            entry = self._capacity[(table, origin, operation)]
             entry[0] += read
             entry[1] += write
             entry[2] += index_write
@@ -73,9 +73,9 @@ class Meter:
             return {
                 "requests": [{"service": s, "operation": o, "origin": g, "requests": n, "request_bytes": b}
                              for (s, o, g), (n, b) in sorted(self._requests.items())],
-                "dynamodb_capacity": [{"table": t, "origin": g, "read_units": r, "write_units": w,
+                "dynamodb_capacity": [{"table": t, "origin": g, "operation": o, "read_units": r, "write_units": w,
                                        "index_write_units": i}
-                                      for (t, g), (r, w, i) in sorted(self._capacity.items())],
+                                      for (t, g, o), (r, w, i) in sorted(self._capacity.items())],
             }
 
     def reset(self) -> None:
@@ -240,7 +240,7 @@ class CapacityMeter:
         for write in writes:
             after = _stored(backend, write.table, write.key)
             size = max(item_size(write.before), item_size(after))
-            self._meter.add_capacity(write.table, origin, write=write.weight * _units(size, 1024),
+            self._meter.add_capacity(write.table, origin, operation, write=write.weight * _units(size, 1024),
                                      index_write=_index_units(backend, write, after))
         if operation in READS and response is not None:
             self._reads(origin, operation, request, response)
@@ -249,7 +249,7 @@ class CapacityMeter:
         if operation == "GetItem":
             factor = 1.0 if request.get("ConsistentRead") else 0.5
             units = _units(item_size(response.get("Item")), 4096) * factor
-            self._meter.add_capacity(request["TableName"], origin, read=units)
+            self._meter.add_capacity(request["TableName"], origin, operation, read=units)
         elif operation in ("Query", "Scan"):
             factor = 1.0 if request.get("ConsistentRead") else 0.5
             items = response.get("Items") or []
@@ -257,14 +257,15 @@ class CapacityMeter:
             returned, scanned = int(response.get("Count") or 0), int(response.get("ScannedCount") or 0)
             if returned and scanned > returned:
                 size = size * scanned // returned
-            self._meter.add_capacity(request["TableName"], origin, read=_units(size, 4096) * factor)
+            self._meter.add_capacity(request["TableName"], origin, operation, read=_units(size, 4096) * factor)
         elif operation == "BatchGetItem":
             for table, items in (response.get("Responses") or {}).items():
                 consistent = (request.get("RequestItems") or {}).get(table, {}).get("ConsistentRead")
                 units = sum(_units(item_size(item), 4096) for item in items)
-                self._meter.add_capacity(table, origin, read=units * (1.0 if consistent else 0.5))
+                self._meter.add_capacity(table, origin, operation, read=units * (1.0 if consistent else 0.5))
         elif operation == "TransactGetItems":
             for entry, result in zip(request.get("TransactItems") or [], response.get("Responses") or [],
                                      strict=False):
                 table = entry["Get"]["TableName"]
-                self._meter.add_capacity(table, origin, read=2 * _units(item_size(result.get("Item")), 4096))
+                self._meter.add_capacity(table, origin, operation,
+                                         read=2 * _units(item_size(result.get("Item")), 4096))
