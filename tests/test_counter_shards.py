@@ -36,13 +36,9 @@ from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, VisitRef
 from healthbook.reports.aggregates import (
     COUNTER_SHARDS,
-    STATUS_FAMILY,
     CounterUpdate,
     citizen_markers,
-    for_breach,
     for_delivery,
-    for_reconciliation,
-    for_submission,
     period_high,
     shard_key,
     unsharded,
@@ -118,35 +114,15 @@ def test_a_period_reads_as_the_sum_of_its_shards_and_of_an_item_written_before_s
     _put(ddb, "F#79001", shard_key("D#2026-12-01", 0), delivered=16)  # the next month
     _put(ddb, "F#79001", shard_key("D#2026-10-31", 9), delivered=32)  # the month before
     _put(ddb, "F#79001", shard_key(MONTH, 5), citizens=64)  # not a day
-    _put(ddb, "F#79001", shard_key("D#2026-11-30", 15, STATUS_FAMILY), delivered=128)  # another family, one shard
-    _put(ddb, "F#79001", shard_key("D#2026-11-30", 99, STATUS_FAMILY), breached=256)  # the highest key of a day
     counters = DynamoCounters(ddb, AGGREGATES)
     assert counters.period("F#79001", "D#2026-11-01") == {"delivered": 3, "breached": 1}
-    assert counters.period("F#79001", "D#2026-11-30") == {"delivered": 140, "breached": 256}
-    assert counters.sum("F#79001", "D#2026-11-01", period_high("D#2026-11-30")) == {"delivered": 143,
-                                                                                      "breached": 257}
+    assert counters.period("F#79001", "D#2026-11-30") == {"delivered": 12}
+    assert counters.sum("F#79001", "D#2026-11-01", period_high("D#2026-11-30")) == {"delivered": 15, "breached": 1}
     assert counters.period("F#79001", MONTH) == {"citizens": 64}
     by_period = counters_by_period(ddb.scan(TableName=AGGREGATES)["Items"])
     assert by_period[("F#79001", "D#2026-11-01")] == {"delivered": 3, "breached": 1}
-    assert by_period[("F#79001", "D#2026-11-30")] == {"delivered": 140, "breached": 256}
+    assert by_period[("F#79001", "D#2026-11-30")] == {"delivered": 12}
     assert len(by_period) == 5
-
-
-def test_status_counters_are_an_item_apart_from_the_file_counters_whose_codes_grow_past_a_kilobyte() -> None:
-    """A transaction pays 2 write units per KB of each item it ADDs to: a delivery's few counters must not share
-    an item with the day's error and finding codes."""
-    at = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
-    files = for_submission("79001", at, status="ACCEPTED", visits_accepted=1, visits_total=1, error_codes=(),
-                           finding_codes=[f"R{n:03d}" for n in range(80)])
-    statuses = [for_delivery("79001", at, deadline_at=at, latency_ms=5), for_breach("79001", at),
-                for_reconciliation("79001", at, ["NAME_MISMATCH"])]
-    assert shard_key(files.period, 7, files.family) == "D#2026-11-22#s07"  # the key every stack already has
-    assert {shard_key(s.period, 7, s.family) for s in statuses} == {"D#2026-11-22#s07#v"}
-    assert all(unsharded(shard_key(DAY, n, family)) == DAY for n in (0, 99) for family in ("", "v"))
-    assert unsharded("D#2026-11-22#s7") == "D#2026-11-22#s7" and unsharded("D#2026-11-22#s07#") == (
-        "D#2026-11-22#s07#")  # not shard keys: left as they are
-    with pytest.raises(ValueError, match="letters"):
-        shard_key(DAY, 1, "#v")
 
 
 def test_the_report_adds_up_every_shard_of_every_day_and_of_the_old_kept_counts(ddb: Any) -> None:

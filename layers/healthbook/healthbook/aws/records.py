@@ -62,7 +62,7 @@ def counter_update(table: str, update: CounterUpdate, *, shard: int) -> dict[str
     first use). Every counter write goes through here; ``ConflictRetry.shard()`` picks the shard."""
     names = {f"#c{i}": name for i, name in enumerate(sorted(update.deltas))}
     values = {f":c{i}": {"N": str(update.deltas[name])} for i, name in enumerate(sorted(update.deltas))}
-    key = {"scope": _s(update.scope), "period": _s(shard_key(update.period, shard, update.family))}
+    key = {"scope": _s(update.scope), "period": _s(shard_key(update.period, shard))}
     return {"Update": {"TableName": table, "Key": key,
                        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(names))),
                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}

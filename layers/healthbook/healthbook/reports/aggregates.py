@@ -9,7 +9,6 @@ citizen, scope and period, and a report counts the items.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,30 +57,20 @@ def month(moment: datetime) -> str:
 COUNTER_SHARDS = 16
 MAX_COUNTER_SHARDS = 100  # two digits
 _SHARD = "#s"
-_ALL_SHARDS = _SHARD + "~"  # "~" sorts after every digit and "#": the top of a period's shards and families
-_SHARDED = re.compile(r"(.+)#s\d\d(?:#[a-z]+)?")
-# A counter family is an item of its own beside the file's counters: ``<period>#s07#v``. A transaction pays 2 write
-# units per KB of each item it ADDs to, and a facility's day shard collects every error and finding code of the day
-# (often past 1 KB); the status changes' few counters kept apart never pay for them.
-FILES_FAMILY = ""  # files_received, visits_*, error#<code>, finding#<code>: the item as it always was
-STATUS_FAMILY = "v"  # delivered, latency#, needs_reconciliation, breached...: bounded names, well under 1 KB
+_ALL_SHARDS = _SHARD + "~"  # "~" sorts after every digit: the top of a period's shards
 
 
-def shard_key(period: str, shard: int, family: str = FILES_FAMILY) -> str:
-    """The sort key of shard ``shard`` of a counter period: ``D#2026-11-22`` → ``D#2026-11-22#s07`` (a family:
-    ``D#2026-11-22#s07#v``)."""
+def shard_key(period: str, shard: int) -> str:
+    """The sort key of shard ``shard`` of a counter period: ``D#2026-11-22`` → ``D#2026-11-22#s07``."""
     if not 0 <= shard < MAX_COUNTER_SHARDS:
         raise ValueError(f"counter shard {shard} outside 0..{MAX_COUNTER_SHARDS - 1}")
-    if family and not family.isalpha():
-        raise ValueError(f"counter family {family!r}: letters only")
-    return f"{period}{_SHARD}{shard:02d}" + (f"#{family}" if family else "")
+    return f"{period}{_SHARD}{shard:02d}"
 
 
 def unsharded(key: str) -> str:
-    """The period of a counter item's sort key, sharded or not (items written before sharding have none), of any
-    family."""
-    match = _SHARDED.fullmatch(key)
-    return match[1] if match else key
+    """The period of a counter item's sort key, sharded or not (items written before sharding have none)."""
+    head, mark, tail = key.rpartition(_SHARD)
+    return head if mark and len(tail) == 2 and tail.isdigit() else key
 
 
 def period_high(period: str) -> str:
@@ -120,12 +109,11 @@ def percentile(counters: Mapping[str, int], q: float) -> float | None:
 
 @dataclass(frozen=True)
 class CounterUpdate:
-    """ADD ``deltas`` to the counter item (scope, period) of ``family``; a report adds every family up."""
+    """ADD ``deltas`` to the counter item (scope, period)."""
 
     scope: str
     period: str
     deltas: dict[str, int] = field(default_factory=dict)
-    family: str = FILES_FAMILY
 
 
 def for_submission(facility: str, received_at: datetime, *, status: str, visits_accepted: int, visits_total: int,
@@ -153,17 +141,17 @@ def for_delivery(facility: str, delivered_at: datetime, *, deadline_at: datetime
         deltas["referral_delivered"] = 1
     if reexam:
         deltas["reexam_delivered"] = 1
-    return CounterUpdate(facility_scope(facility), day(delivered_at), deltas, STATUS_FAMILY)
+    return CounterUpdate(facility_scope(facility), day(delivered_at), deltas)
 
 
 def for_reconciliation(facility: str, at: datetime, reasons: Iterable[str]) -> CounterUpdate:
     deltas = {"needs_reconciliation": 1}
     deltas.update({f"reconciliation#{reason}": 1 for reason in sorted(set(reasons))})
-    return CounterUpdate(facility_scope(facility), day(at), deltas, STATUS_FAMILY)
+    return CounterUpdate(facility_scope(facility), day(at), deltas)
 
 
 def for_breach(facility: str, at: datetime) -> CounterUpdate:
-    return CounterUpdate(facility_scope(facility), day(at), {"breached": 1}, STATUS_FAMILY)
+    return CounterUpdate(facility_scope(facility), day(at), {"breached": 1})
 
 
 # Distinct citizens are counted when a report is built, as the number of marker items in a partition
