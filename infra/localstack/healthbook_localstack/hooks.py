@@ -108,6 +108,19 @@ def stepfunctions_parse_each_jsonpath_once() -> None:
 
 
 @hooks.on_infra_start(priority=100)
+def stepfunctions_keep_task_clients() -> None:
+    """LocalStack's Step Functions interpreter assumes the role and builds a boto3 client for every task state:
+    about a quarter of its busy CPU under ``make bench-load``. One client is kept per service, region and role
+    (stepfunctions_clients.py). HB_SFN_CLIENT_CACHE=0 keeps LocalStack as it is."""
+    if os.environ.get("HB_SFN_CLIENT_CACHE", "1") in ("0", "false", "no"):
+        return
+    from healthbook_localstack.stepfunctions_clients import install
+
+    install()
+    LOG.debug("Step Functions task clients kept per service, region and role")
+
+
+@hooks.on_infra_start(priority=100)
 def stepfunctions_distributed_map() -> None:
     """A Distributed Map as the enrolment workflow uses it on AWS: ItemBatcher, EXPRESS children, tolerated
     failures and the ResultWriter's result files (distributed_map.py). HB_DISTRIBUTED_MAP=0 keeps LocalStack's."""
