@@ -1430,6 +1430,55 @@ def test_a_short_invocation_leaves_the_messages_it_cannot_finish_to_sqs(
     assert len(submissions(aws)) == 3
 
 
+def test_a_window_keeps_as_much_time_for_recording_as_recording_took_so_it_records_what_it_examines(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of many visits record for longer than they examine (3-4 times on a saturated emulator). A window that
+    kept only as long again for recording examined files it then had to set aside, examined again later for
+    nothing. The process measures how much longer recording took and keeps that much the next time. Here on a
+    clock of its own: examining a file takes 3 s, recording it 12 s, an invocation has 120 s."""
+    from healthbook.aws import ingest_runtime
+
+    clock, deadline = {"s": 0.0}, {"s": 120.0}
+    monkeypatch.setattr(ingest_runtime, "time", SimpleNamespace(perf_counter=lambda: clock["s"]))
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis",
+                        lambda self: int((deadline["s"] - clock["s"]) * 1000))
+    examine, record = ingest_runtime.IngestRuntime._examine, ingest_runtime.IngestRuntime._record
+    examined: list[str] = []
+
+    def slow_examine(self: Any, wiring: Any, message: Any, holders: Any) -> bool:
+        examined.append(message.message_id)
+        clock["s"] += 3
+        waits: bool = examine(self, wiring, message, holders)
+        return waits
+
+    def slow_record(self: Any, wiring: Any, message: Any) -> bool:
+        clock["s"] += 12
+        recorded: bool = record(self, wiring, message)
+        return recorded
+
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_examine", slow_examine)
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", slow_record)
+    records = _batch(aws, pki, [1_000] * 20)
+    assert app.runtime().record_per_examine == 1.0  # nothing measured yet: as long again
+    failed = invoke(app, *records)
+    # 16 examined (48 s), 4 recorded in the 72 s left above the margin: 12 examined for nothing
+    assert len(examined) == 16 and len(submissions(aws)) == 4 and len(failed) == 16
+    assert app.runtime().record_per_examine == 4.0  # 48 s of recording for 12 s of examining
+    examined.clear()
+    deadline["s"] = clock["s"] + 120
+    failed = invoke(app, *[r for r in records if r["messageId"] in failed])
+    # 7 examined (21 s): 6 recorded, one set aside on the margin's edge
+    assert len(examined) == 7 and len(submissions(aws)) == 10 and len(failed) == 10
+    low, high = ingest_runtime.RECORD_PER_EXAMINE
+    runtime = app.runtime()
+    runtime._measure([SimpleNamespace(examine_ms=100.0)], 5_000)  # type: ignore[list-item]
+    assert runtime.record_per_examine == high
+    runtime._measure([SimpleNamespace(examine_ms=100.0)], 10)  # type: ignore[list-item]
+    assert runtime.record_per_examine == low
+    runtime._measure([SimpleNamespace(examine_ms=10.0)], 50_000)  # type: ignore[list-item]
+    assert runtime.record_per_examine == low  # too short to tell: kept
+
+
 def _emf(printed: str) -> dict[str, list[Any]]:
     """Every metric value printed as EMF (documents without dimensions beyond the service), by name."""
     values: dict[str, list[Any]] = {}

@@ -73,13 +73,19 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 # give), so a batch of large files is signed in several windows and the batch size does not bound the memory. Two
 # windows of the worst bounded file (20 MB, 348 MB at its peak: docs/performance.md) never share the function.
 WINDOW_BYTES = 24 * 1024 * 1024
-# A window is begun, a message of it examined (with, besides, the time the window has spent examining, which
-# recording takes again) or recorded, only with this much of the invocation left: the worst bounded file takes about
+# A window is begun, a message of it examined (with, besides, the time recording what the window has examined will
+# take: RECORD_PER_EXAMINE) or recorded, only with this much of the invocation left: the worst bounded file takes about
 # 15 s at 768 MB, a file of 1,000 visits about as long to record. The messages left fail (nothing of them written),
 # made visible again at once (not after the 12-minute visibility timeout); the next invocation takes the
 # most-received first.
 WINDOW_TIME_MARGIN_MS = 30_000
 _NO_DEADLINE_MS = 2**31
+# How much longer recording a window takes than examining it, as this process last measured it: the time a window
+# keeps for recording what it examined. A window's examined files that are not recorded in time are set aside and
+# examined again later, so an estimate too low wastes the invocation: files of many visits record 3-4 times as long
+# as they examine on a saturated emulator (docs/ingest.md). 1 until a window has shown; kept within these bounds.
+RECORD_PER_EXAMINE = (1.0, 10.0)
+_MEASURED_FROM_MS = 50.0  # a window that examined for less tells nothing (timer noise)
 
 
 class PoisonMessage(ValueError):
@@ -234,6 +240,7 @@ class _Message:
     objects: list[_Object] = field(default_factory=list)
     failed: bool = False
     deferred: bool = False  # already sent to a later window once
+    examine_ms: float = 0.0  # examining its objects in its last window
 
     @property
     def message_id(self) -> str:
@@ -340,6 +347,7 @@ class IngestRuntime:
                                              expires_after_seconds=IDEMPOTENCY_TTL_SECONDS, hash_function="sha256",
                                              response_hook=self._replayed)
         self._wiring: Wiring | None = None
+        self.record_per_examine = RECORD_PER_EXAMINE[0]  # measured by each window that recorded (per process)
         # (metric, family) -> count over the current invocation: one EMF document each, not one per file
         self._families: Counter[tuple[str, str]] = Counter()
 
@@ -443,15 +451,16 @@ class IngestRuntime:
         wiring = self.wiring()
         holders: dict[str, _Message] = {}  # submission id -> its message, for the objects of this window
         deferred: list[_Message] = []
-        spent_ms = 0.0  # examining; recording what was examined takes about as long again
+        spent_ms = 0.0  # examining; recording what was examined takes record_per_examine times as long
         for message in window:
-            if spent_ms and self._remaining_ms() < WINDOW_TIME_MARGIN_MS + spent_ms:
+            if spent_ms and self._remaining_ms() < WINDOW_TIME_MARGIN_MS + spent_ms * self.record_per_examine:
                 deferred.append(message)  # not begun: the next window, or SQS again (handle_batch)
                 continue
             started = time.perf_counter()
             if self._examine(wiring, message, holders):
                 deferred.append(message)
-            spent_ms += (time.perf_counter() - started) * 1000
+            message.examine_ms = (time.perf_counter() - started) * 1000
+            spent_ms += message.examine_ms
         live = [message for message in window if not message.failed and message not in deferred]
         covered, signing_ms = 0, 0.0
         try:
@@ -473,6 +482,7 @@ class IngestRuntime:
             self.metrics.count("ReceiptsSigned", covered)
             self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
         recorded: list[_Message] = []
+        recording = time.perf_counter()
         for message in live:
             if message.failed:
                 continue
@@ -485,12 +495,20 @@ class IngestRuntime:
                 continue
             if self._record(wiring, message):  # a message it cannot record, it fails
                 recorded.append(message)
+        self._measure(recorded, (time.perf_counter() - recording) * 1000)
         # One start for the window's visits (not one per file), after every file's "done" marker.
         wiring.service.start_delivery([item.outcome for message in recorded for item in message.objects
                                        if item.outcome is not None])
         for message in recorded:
             self._complete(wiring, message, covered, signing_ms)
         return deferred
+
+    def _measure(self, recorded: Sequence[_Message], record_ms: float) -> None:
+        """How much longer recording took than examining, for the next window's reserve (RECORD_PER_EXAMINE)."""
+        examine_ms = sum(message.examine_ms for message in recorded)
+        if examine_ms >= _MEASURED_FROM_MS:
+            low, high = RECORD_PER_EXAMINE
+            self.record_per_examine = min(high, max(low, record_ms / examine_ms))
 
     def _examine(self, wiring: Wiring, message: _Message, holders: dict[str, _Message]) -> bool:
         """Phase 1 for one message: each object's idempotency begun and the object examined. A failure fails
