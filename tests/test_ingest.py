@@ -1469,13 +1469,20 @@ def test_a_window_keeps_as_much_time_for_recording_as_recording_took_so_it_recor
     failed = invoke(app, *[r for r in records if r["messageId"] in failed])
     # 7 examined (21 s): 6 recorded, one set aside on the margin's edge
     assert len(examined) == 7 and len(submissions(aws)) == 10 and len(failed) == 10
+    assert app.runtime().record_ms_per_unit == 6_000  # 12 s for a file of one visit: two units
+    # 50 s left: two examined; the first recorded (it has the invocation), the second would need 12 s above the
+    # margin with 32 s left: set aside. A second window examines one more, and its first message is held to the
+    # same rule (an invocation killed at its timeout would leave its whole batch for the visibility timeout).
+    deadline["s"] = clock["s"] + 50
+    failed = invoke(app, *[r for r in records if r["messageId"] in failed][:3])
+    assert len(submissions(aws)) == 11 and len(failed) == 2 and clock["s"] <= deadline["s"] - 29
     low, high = ingest_runtime.RECORD_PER_EXAMINE
     runtime = app.runtime()
-    runtime._measure([SimpleNamespace(examine_ms=100.0)], 5_000)  # type: ignore[list-item]
+    runtime._measure([SimpleNamespace(examine_ms=100.0, record_units=1)], 5_000)  # type: ignore[list-item]
     assert runtime.record_per_examine == high
-    runtime._measure([SimpleNamespace(examine_ms=100.0)], 10)  # type: ignore[list-item]
+    runtime._measure([SimpleNamespace(examine_ms=100.0, record_units=1)], 10)  # type: ignore[list-item]
     assert runtime.record_per_examine == low
-    runtime._measure([SimpleNamespace(examine_ms=10.0)], 50_000)  # type: ignore[list-item]
+    runtime._measure([SimpleNamespace(examine_ms=10.0, record_units=1)], 50_000)  # type: ignore[list-item]
     assert runtime.record_per_examine == low  # too short to tell: kept
 
 

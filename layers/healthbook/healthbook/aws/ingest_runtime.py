@@ -86,6 +86,9 @@ _NO_DEADLINE_MS = 2**31
 # as they examine on a saturated emulator (docs/ingest.md). 1 until a window has shown; kept within these bounds.
 RECORD_PER_EXAMINE = (1.0, 10.0)
 _MEASURED_FROM_MS = 50.0  # a window that examined for less tells nothing (timer noise)
+# Before a message is recorded, the time it will take is kept as well: a unit per file and one per visit it stores,
+# at the process's last measured time per unit (none until measured). Only the first message of an invocation's first
+# window is recorded whatever the time: it has the whole invocation.
 
 
 class PoisonMessage(ValueError):
@@ -243,6 +246,11 @@ class _Message:
     examine_ms: float = 0.0  # examining its objects in its last window
 
     @property
+    def record_units(self) -> int:
+        """What recording it costs: a unit per examined file and one per visit it stores."""
+        return sum(1 + item.examined.outcome.visits_accepted for item in self.objects if item.examined is not None)
+
+    @property
     def message_id(self) -> str:
         return str(self.record.message_id)
 
@@ -348,6 +356,7 @@ class IngestRuntime:
                                              response_hook=self._replayed)
         self._wiring: Wiring | None = None
         self.record_per_examine = RECORD_PER_EXAMINE[0]  # measured by each window that recorded (per process)
+        self.record_ms_per_unit = 0.0  # likewise: recording time per record_units
         # (metric, family) -> count over the current invocation: one EMF document each, not one per file
         self._families: Counter[tuple[str, str]] = Counter()
 
@@ -398,7 +407,7 @@ class IngestRuntime:
                 failed.update(message.message_id for message in pending)
                 break
             window, later = _split_window(pending)
-            pending = sorted(later + self._window(window), key=lambda message: message.order)
+            pending = sorted(later + self._window(window, first=not windows), key=lambda message: message.order)
             failed.update(message.message_id for message in window if message.failed)
             windows += 1
         return [str(record.message_id) for record in records if str(record.message_id) in failed]
@@ -446,7 +455,7 @@ class IngestRuntime:
                 self._log_failure(exc, None)
             return None
 
-    def _window(self, window: list[_Message]) -> list[_Message]:
+    def _window(self, window: list[_Message], *, first: bool = True) -> list[_Message]:
         """Examine, sign, record, start the delivery of one window; returns the messages deferred to the next."""
         wiring = self.wiring()
         holders: dict[str, _Message] = {}  # submission id -> its message, for the objects of this window
@@ -486,7 +495,8 @@ class IngestRuntime:
         for message in live:
             if message.failed:
                 continue
-            if recorded and self._remaining_ms() < WINDOW_TIME_MARGIN_MS:
+            if (recorded or not first) and self._remaining_ms() < (
+                    WINDOW_TIME_MARGIN_MS + message.record_units * self.record_ms_per_unit):
                 # Recording can take far longer than examining (a file of many visits): the rest are set aside,
                 # signed but not written, and run again later; their retry signs their receipts again.
                 self._release(wiring, message, TimeoutError("too little time left to record it"))
@@ -509,6 +519,9 @@ class IngestRuntime:
         if examine_ms >= _MEASURED_FROM_MS:
             low, high = RECORD_PER_EXAMINE
             self.record_per_examine = min(high, max(low, record_ms / examine_ms))
+        units = sum(message.record_units for message in recorded)
+        if units and record_ms >= _MEASURED_FROM_MS:
+            self.record_ms_per_unit = record_ms / units
 
     def _examine(self, wiring: Wiring, message: _Message, holders: dict[str, _Message]) -> bool:
         """Phase 1 for one message: each object's idempotency begun and the object examined. A failure fails
