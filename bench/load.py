@@ -557,6 +557,7 @@ def main() -> None:
         finally:
             board.write({})
             vneid.fail("5xx", seconds=0)
+            keep_worker_logs(args.endpoint, show)
             if not args.keep:
                 cleanup(aws, outputs, show)
 
@@ -892,6 +893,22 @@ def receipt_versions(s3: Any, bucket: str, keys: set[str]) -> tuple[int, int]:
             different += 1
             print(f"receipt {key}: {len(ids)} versions differ in {fields}", flush=True)
     return rewritten, different
+
+
+def keep_worker_logs(endpoint: str, show: Any) -> None:
+    """Every Lambda worker's log (START, the function's lines, REPORT; a worker killed at its timeout has a START and
+    no REPORT) copied to .bench-cache/load-logs/<time>/ before the stack's deletion stops the workers and takes
+    their folders: the evidence of a run that did not end clean."""
+    import shutil
+
+    workers = state_dir(endpoint) / "tmp" / "lambda-workers"
+    target = REPO / ".bench-cache" / "load-logs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = sorted(workers.glob("*/worker.log")) if workers.is_dir() else []
+    for log in logs:
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target / f"{log.parent.name}.log")
+    if logs:
+        show(f"worker logs kept: {len(logs)} in {target.relative_to(REPO)}")
 
 
 def cleanup(aws: Clients, outputs: dict[str, str], show: Any) -> None:
