@@ -11,8 +11,9 @@ import hmac
 import io
 import json
 import random
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -140,6 +141,9 @@ class FakeRecords:
             return self._holder(held)
         self.claims[claim.key] = held or claim
         return claim
+
+    def save_visits(self, visits: Sequence[VisitVersion]) -> list[VisitWrite]:
+        return [self.save_visit(visit) for visit in visits]
 
     def save_visit(self, visit: VisitVersion) -> VisitWrite:
         if (visit.visit_id, visit.version) in self.versions:
@@ -693,6 +697,47 @@ def test_a_first_version_takes_the_pointer_then_is_written_without_a_transaction
     items = {k: v for k, v in visit_items(aws).items() if v["visit_id"] == "01001#B"}
     assert items["LATEST"]["current"] == later.version and items[later.version]["status"] == "PENDING"
     assert items[stopped.version]["status"] == "SUPERSEDED" and "status_shard" not in items[stopped.version]
+
+
+class ThreadNoting:
+    """A client through which moto is reached one call at a time (as LocalStack serves it), noting which threads
+    made the calls."""
+
+    def __init__(self, client: Any) -> None:
+        from healthbook_dev.aws.sandbox import SerialisedClient
+
+        self.client, self.threads = SerialisedClient(client), set[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        self.threads.add(threading.current_thread().name)
+        return getattr(self.client, name)
+
+
+def test_a_files_visits_are_written_side_by_side_and_one_visit_named_twice_one_version_after_the_other(
+        aws: SimpleNamespace) -> None:
+    """save_visits: different visits of a file, visit_writers at a time, their results in the order given. A file
+    that names one visit twice is written visit by visit: the two share a version key, so its records item is the
+    first's, as one after the other leaves it."""
+    table = TABLES["VISITS_TABLE"]
+    noting = ThreadNoting(aws.ddb)
+    records = DynamoRecords(noting, submissions_table=TABLES["SUBMISSIONS_TABLE"], visits_table=table,
+                            visit_writers=8)
+    at = "2026-11-22T03:00:00Z"
+    many = [_version(f"01001#V{n:02d}", at) for n in range(24)]
+    records.save_visit(many[5])  # stored before (a retry): PRESENT, in its place among the results
+    noting.threads.clear()
+    assert records.save_visits(many) == [VisitWrite.PRESENT if n == 5 else VisitWrite.CREATED for n in range(24)]
+    assert len(noting.threads) > 1 and threading.current_thread().name not in noting.threads
+    assert {item["visit_id"] for item in scan(aws, "VISITS_TABLE") if item["version"] == many[0].version} == {
+        v.visit_id for v in many}
+
+    noting.threads.clear()
+    twice = [_version("01001#W", at), replace(_version("01001#W", at), records=b"the second copy")]
+    assert records.save_visits(twice) == [VisitWrite.CREATED, VisitWrite.PRESENT]
+    assert noting.threads == {threading.current_thread().name}
+    (records_item,) = [i for i in scan(aws, "VISITS_TABLE") if i["visit_id"] == "01001#W"
+                       and i["version"].startswith("RECORDS#")]
+    assert bytes(records_item["records"]) == twice[0].records
 
 
 def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path]) -> None:

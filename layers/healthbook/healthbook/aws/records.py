@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -179,13 +180,15 @@ def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], reques
 
 class DynamoRecords:
     def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5,
-                 aggregates_table: str | None = None, conflicts: ConflictRetry | None = None) -> None:
+                 aggregates_table: str | None = None, conflicts: ConflictRetry | None = None,
+                 visit_writers: int = 1) -> None:
         self._db = dynamodb
         self.submissions_table = submissions_table
         self.visits_table = visits_table
         self.aggregates_table = aggregates_table
         self._max_attempts = max_attempts
         self.conflicts = conflicts or ConflictRetry(attempts=max_attempts)  # its counts: the retries made
+        self.visit_writers = visit_writers  # a file's visits written this many at a time (save_visits)
 
     # --- submissions ------------------------------------------------------------------------------------
 
@@ -279,6 +282,16 @@ class DynamoRecords:
                                      ExpressionAttributeNames={"#c": "current"})
         current = response.get("Item", {}).get("current", {}).get("S")
         return str(current) if current is not None else None
+
+    def save_visits(self, visits: Sequence[VisitVersion]) -> list[VisitWrite]:
+        """A file's visits, ``visit_writers`` at a time: each is a few round trips of waiting, and a hospital's
+        file holds hundreds. Different visits have different items, and every write is conditional as it is between
+        two invocations; a file naming one visit twice is written one visit after the other, as the records of two
+        versions of a visit in one file share a key."""
+        if self.visit_writers <= 1 or len(visits) <= 1 or len({v.visit_id for v in visits}) < len(visits):
+            return [self.save_visit(visit) for visit in visits]
+        with ThreadPoolExecutor(max_workers=min(self.visit_writers, len(visits))) as pool:  # clients: thread-safe
+            return list(pool.map(self.save_visit, visits))
 
     def save_visit(self, visit: VisitVersion) -> VisitWrite:
         """Read the pointer, then write conditionally on what was read; a concurrent move of the pointer

@@ -99,6 +99,8 @@ class IngestSettings(TimingSettings):
     aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
     ingest_queue_url: str | None = None  # where postponed messages are made visible again at once; none: they wait
+    visit_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a file's visits written this many at a time (a client
+    # holds 10 connections)
 
 
 class StepSettings(TimingSettings):

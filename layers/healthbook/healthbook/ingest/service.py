@@ -104,6 +104,11 @@ class RecordsRepository(Protocol):
         """Store a new version and move the LATEST pointer forward, superseding the version it replaces."""
         ...
 
+    def save_visits(self, visits: Sequence[VisitVersion]) -> list[VisitWrite]:
+        """Each as ``save_visit``, their results in the order given. An adapter may write different visits side
+        by side; two versions of the same visit it writes one after the other."""
+        ...
+
     def put_submission(self, record: SubmissionRecord, *, release: ContentClaim | None = None) -> bool:
         """Conditional on the id being new; False when it was already there. In the same transaction: this
         submission's claim ``release`` emptied (freed). A claim the submission holds is confirmed by it."""
@@ -335,17 +340,18 @@ class IngestService:
         version = version_key(ref.received_at, outcome.submission_id)
         leased_until = iso_utc(self._now() + self._lease)
         to_deliver: list[VisitRef] = []
+        versions: list[VisitVersion] = []
         province, district, commune = self._place(location.facility) if location.facility else (None, None, None)
         for visit, entry in zip(result.visits, entries, strict=True):
             if not entry["accepted"]:
                 continue
-            stored_visit = VisitVersion(
+            versions.append(VisitVersion(
                 visit_id=f"{location.facility}#{visit.ma_lk}", version=version,
                 submission_id=outcome.submission_id, received_at=received, standard=visit.standard,
                 digest=entry["digest"], deadline_at=deadline(ref.received_at, self._deadline),
                 citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit),
-                next_attempt_at=leased_until, province=province, district=district, commune=commune)
-            written = self._records.save_visit(stored_visit)
+                next_attempt_at=leased_until, province=province, district=district, commune=commune))
+        for stored_visit, written in zip(versions, self._records.save_visits(versions), strict=True):
             if written is not VisitWrite.PRESENT:
                 outcome.visits_stored += 1
             if written is VisitWrite.SUPERSEDING:
