@@ -30,7 +30,8 @@ Definitions (both must be 0):
   VNeID stored as new or replacing (its ``deliveries`` counter: 201/200 answers that stored, idempotent replays
   and 409s excluded) beyond the number of distinct visits it holds, plus receipt keys with more than one S3
   version whose contents differ in anything but ``platform_signature`` (a retried file re-signs the same receipt
-  by design, with a new signing time and value: counted and printed, not a duplicate).
+  by design, with a new signing time and value: counted and printed, not a duplicate; nor is a file the inbox holds
+  twice, an upload sent again by a client's retry, whose second receipt is a replay's I503: counted and printed).
 
 Printed: files and visits, receipts, delivered, breached, lost and duplicated; the distinct citizens the report
 counts (its province-month marker partitions) against those the delivered visits name; upload -> receipt (receipt
@@ -692,7 +693,8 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     stored_beyond = max(0, vneid_counts.get("deliveries", 0) - len(held))
     missing_in_vneid = len(delivered_ids - set(held))
     citizens_recorded, citizens_reported = distinct_citizens(ddb, outputs["AggregatesTableName"], versions)
-    rewritten, different = receipt_versions(s3, destination.receipts_bucket, set(by_key))
+    rewritten, different, replayed = receipt_versions(s3, destination.receipts_bucket, by_key,
+                                                      destination.inbox_bucket)
     queues = {}
     for name in ("IngestQueueUrl", "IngestDeadLetterQueueUrl"):
         if outputs.get(name):
@@ -785,7 +787,8 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
     print(f"CPU over the run ({run_end - run_start:.0f} s on {os.cpu_count()} cores, machine busy "
           f"{sampler.busy_share():.0%}): " + ", ".join(f"{g} {s:.0f} s ({s / total_cpu:.0%})"
                                                     for g, s in sorted(cpu.items(), key=lambda kv: -kv[1])))
-    print(f"receipt keys written more than once: {rewritten} (with different content: {different}); queues at the "
+    print(f"receipt keys written more than once: {rewritten} (with different content: {different}; files uploaded "
+          f"twice, their second receipt a replay's: {replayed}); queues at the "
           f"stop (waiting, in flight): {queues}; visits stored of files without a receipt yet "
           f"{sum(1 for v in versions if v not in accepted_visits)}")
     # The report's distinct citizens are its marker partitions counted: each must hold exactly the citizens the
@@ -872,15 +875,20 @@ def latest_versions(ddb: Any, table: str) -> dict[str, dict[str, str]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def receipt_versions(s3: Any, bucket: str, keys: set[str]) -> tuple[int, int]:
-    """Receipt keys with more than one version, and of those the ones whose versions differ in content (the
-    differing top-level fields are printed, never their values)."""
+def receipt_versions(s3: Any, bucket: str, uploads: dict[str, Upload], inbox_bucket: str) -> tuple[int, int, int]:
+    """Receipt keys with more than one version; of those the ones whose versions differ in content (the differing
+    top-level fields are printed, never their values); and, not among them, the files the inbox holds more than
+    once: an upload sent again (a client's retry under load) is a second S3 version of the same bytes, a replay
+    that gets its own receipt by design (I503, docs/ingest.md), not a duplicate."""
+    from healthbook.signing.receipt import receipt_codes
+    from healthbook_dev.aws.upload import inbox_key
+
     versions: dict[str, list[str]] = defaultdict(list)
     for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="receipts/"):
         for version in page.get("Versions", []):
-            if version["Key"] in keys:
+            if version["Key"] in uploads:
                 versions[version["Key"]].append(version["VersionId"])
-    rewritten = different = 0
+    rewritten = different = replayed = 0
     for key, ids in versions.items():
         if len(ids) < 2:
             continue
@@ -889,10 +897,18 @@ def receipt_versions(s3: Any, bucket: str, keys: set[str]) -> tuple[int, int]:
                      for version_id in ids]
         fields = sorted({name for document in documents for name in document if name not in RECEIPT_VOLATILE
                          and any(other.get(name) != document.get(name) for other in documents)})
-        if fields:
-            different += 1
-            print(f"receipt {key}: {len(ids)} versions differ in {fields}", flush=True)
-    return rewritten, different
+        if not fields:
+            continue
+        upload = uploads[key]
+        sent = s3.list_object_versions(Bucket=inbox_bucket, Prefix=inbox_key(upload.facility, upload.path))
+        uploaded_twice = len(sent.get("Versions", [])) > 1
+        if uploaded_twice and any("I503" in receipt_codes(document)[0] for document in documents):
+            replayed += 1
+            print(f"receipt {key}: the file was uploaded {len(sent['Versions'])} times; a replay (I503)", flush=True)
+            continue
+        different += 1
+        print(f"receipt {key}: {len(ids)} versions differ in {fields}", flush=True)
+    return rewritten, different, replayed
 
 
 def keep_worker_logs(endpoint: str, show: Any) -> None:
