@@ -86,9 +86,6 @@ _NO_DEADLINE_MS = 2**31
 # as they examine on a saturated emulator (docs/ingest.md). 1 until a window has shown; kept within these bounds.
 RECORD_PER_EXAMINE = (1.0, 10.0)
 _MEASURED_FROM_MS = 50.0  # a window that examined for less tells nothing (timer noise)
-# Before a message is recorded, the time it will take is kept as well: a unit per file and one per visit it stores,
-# at the process's last measured time per unit (none until measured). Only the first message of an invocation's first
-# window is recorded whatever the time: it has the whole invocation.
 
 
 class PoisonMessage(ValueError):
@@ -496,6 +493,9 @@ class IngestRuntime:
         for message in live:
             if message.failed:
                 continue
+            # Kept besides the margin: the time recording this message will take, a unit per file and one per
+            # visit it stores at the last measured rate. Only the invocation's first window's first message goes
+            # ahead whatever the time: it has the whole invocation.
             if (recorded or not first) and self._remaining_ms() < (
                     WINDOW_TIME_MARGIN_MS + message.record_units * self.record_ms_per_unit):
                 # Recording can take far longer than examining (a file of many visits): the rest are set aside,
