@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from healthbook.kernel import PORTAL_TZ, SubmissionStatus
 from healthbook.standard import places
@@ -48,7 +48,12 @@ def day(moment: datetime) -> str:
 
 
 def month(moment: datetime) -> str:
-    return f"M#{moment.astimezone(PORTAL_TZ):%Y-%m}"
+    return month_key(moment.astimezone(PORTAL_TZ).date())
+
+
+def month_key(day: date) -> str:
+    """The period key of the (Vietnam) month holding ``day``: ``M#2026-11``."""
+    return f"M#{day:%Y-%m}"
 
 
 # Counter items are sharded (docs/reports.md, "Hot items" in docs/capacity.md): a transaction ADDs to one of

@@ -22,6 +22,7 @@ from healthbook.reports.aggregates import (
     district_scope,
     facility_scope,
     marker_scope,
+    month_key,
     percentile,
     period_high,
     province_scope,
@@ -101,14 +102,10 @@ def _day_key(day: date) -> str:
     return f"D#{day.isoformat()}"
 
 
-def _month_key(first: date) -> str:
-    return f"M#{first:%Y-%m}"
-
-
 def _months(period: Period) -> list[str]:
     first, keys = period.start, []
     while first <= period.end:
-        keys.append(_month_key(first))
+        keys.append(month_key(first))
         first = (first + timedelta(days=32)).replace(day=1)
     return keys
 
@@ -142,7 +139,7 @@ def _citizens(scope: str, period: Period, *, province: bool = False) -> MarkerRa
     ``citizens`` (from before markers were counted) are not read: the markers they counted are in the partitions.
     A province's half-year is up to its residents six times over: ``wide``."""
     if period.kind == "month":
-        return MarkerRange(marker_scope(scope, _month_key(period.start)))
+        return MarkerRange(marker_scope(scope, month_key(period.start)))
     if period.kind == "half":
         return MarkerRange(marker_scope(scope, f"{HALF_YEAR_MARKERS}{period.label}"),
                            also=tuple(marker_scope(scope, key) for key in _months(period)), wide=province)
