@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 from healthbook_dev.cli import main
+from healthbook_dev.cli_support import xml_files
 from healthbook_dev.generate import build_visit, inject, submission
 
 ERROR_KEYS = {"code", "severity", "blocks", "table", "ma_lk", "field", "value", "message_vi", "message_en", "basis"}
@@ -114,3 +116,17 @@ def test_validate_only_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["demo", "--validate-only", "--visits", "25", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "labelled defects missed: 0; clean files with an issue: 0" in out and "total" in out
+
+
+def test_folders_are_listed_as_sorted_paths_would_be(tmp_path: Path) -> None:
+    """The fast listing (os.scandir, string sort) takes the same files in the same order as rglob and sorted
+    Paths: hidden files and file links in, other suffixes and folder links out, "a/x" before "a-b/y"."""
+    for name in ("a/x.xml", "a-b/y.xml", "a/sub/z.xml", "b.xml", "c.XML", "d.txt", "a/.hidden.xml", "e.xml/f.xml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("<x/>")
+    os.symlink(tmp_path / "a", tmp_path / "folder-link")
+    os.symlink(tmp_path / "b.xml", tmp_path / "file-link.xml")
+    listed = xml_files([str(tmp_path)], verb="validate")
+    assert listed == sorted(p for p in tmp_path.rglob("*.xml") if p.is_file())
+    assert [p.relative_to(tmp_path).as_posix() for p in listed] == [
+        "a/.hidden.xml", "a/sub/z.xml", "a/x.xml", "a-b/y.xml", "b.xml", "e.xml/f.xml", "file-link.xml"]
