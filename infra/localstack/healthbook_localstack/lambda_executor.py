@@ -110,6 +110,8 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
             "TMPDIR": str(self._dir / "tmp"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # A worker killed by a fatal signal (a segfault in an extension) leaves its threads' stacks in its log.
+            "PYTHONFAULTHANDLER": "1",
             "HB_WORKER_CODE": str(code),
             # A layer unpacks into /opt; later layers override earlier ones, so they come first on sys.path.
             "HB_WORKER_LAYERS": os.pathsep.join(str(path) for path in reversed(layers)),
@@ -217,6 +219,7 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
                                              f"exit status {exited}"}
                     tail = f"RequestId: {request_id} Error: Runtime exited with error: exit status {exited}\n"
                 logs = self._logs_since(offset) + tail + self._end_lines(request_id, elapsed_ms, None)
+                self._log_outcome(tail, request_id, elapsed_ms)
                 return InvocationResult(request_id, json.dumps(error).encode(), is_error=True, logs=logs)
             logs = self._logs_since(offset)
             if answer.get("ok"):
@@ -224,17 +227,24 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
             return InvocationResult(request_id, json.dumps(answer["error"]).encode(), is_error=True, logs=logs)
 
     def _read_message(self, timeout: float) -> dict[str, Any] | None:
-        """The next JSON line from the worker, or None on timeout, EOF or a dead worker."""
+        """The next JSON line from the worker, or None on timeout, EOF or a dead worker. Waits with ``poll``, not
+        ``select``: LocalStack under load holds more than 1,024 descriptors, and ``select`` refuses any numbered
+        past FD_SETSIZE (a worker started then "did not start" with an empty log)."""
         deadline = time.monotonic() + timeout
+        fd = self._from_worker
+        if fd is None and b"\n" not in self._buffer:
+            return None
+        poller = select.poll()
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
-            fd = self._from_worker
-            if fd is None:
+            if fd is None or fd != self._from_worker:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             try:
-                readable, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+                readable = poller.poll(min(remaining, 0.5) * 1000)
             except (OSError, ValueError):
                 return None
             if not readable:
@@ -260,6 +270,14 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
         used = f"\tMax Memory Used: {max_rss_mb} MB" if max_rss_mb else ""
         return (f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {elapsed_ms:.2f} ms\t"
                 f"Billed Duration: {int(elapsed_ms) + 1} ms\tMemory Size: {memory} MB{used}\n")
+
+    def _log_outcome(self, tail: str, request_id: str, elapsed_ms: float) -> None:
+        """A worker that timed out or died writes no END or REPORT itself: the executor's verdict goes into its
+        log file too (which bench-load keeps) and into LocalStack's log, so that the failure can be told apart."""
+        with contextlib.suppress(OSError), open(self._log_path, "a", encoding="utf-8") as log:
+            log.write(tail + self._end_lines(request_id, elapsed_ms, None))
+        LOG.warning("%s: %s, request %s after %.0f ms: %s", NAME, self.function_version.qualified_arn, request_id,
+                    elapsed_ms, tail.strip())
 
     def _logs_since(self, offset: int) -> str:
         try:
