@@ -176,6 +176,13 @@ def register(aws: Clients, outputs: dict[str, str], pki: dict[str, Path], chosen
         {"type": "oauth2", "token_url": vneid.token_url, "client_id": vneid.client_id,
          "client_secret": vneid.client_secret}))
     lam = aws("lambda")
+    if os.environ.get("LAMBDA_LIMITS_CONCURRENT_EXECUTIONS"):
+        # Concurrency capped as two cores run it (the Makefile): ingest keeps a share of its own, as many as its
+        # SQS pollers, so that a drain of delivery tasks throttles them (the state machine retries) and not it.
+        ingest = outputs["IngestFunctionName"]
+        mapping, = lam.list_event_source_mappings(FunctionName=ingest)["EventSourceMappings"]
+        lam.put_function_concurrency(FunctionName=ingest, ReservedConcurrentExecutions=int(
+            mapping["ScalingConfig"]["MaximumConcurrency"]))
     for output in ("IngestFunctionName", "SweepFunctionName"):  # a kept LocalStack's warm workers: start afresh
         config = lam.get_function_configuration(FunctionName=outputs[output])
         variables = dict(config["Environment"]["Variables"], HB_LOAD_RUN=uuid.uuid4().hex)
@@ -544,6 +551,10 @@ def main() -> None:
             issue_certificates(pki, chosen)
             register(aws, outputs, pki, chosen, vneid)
             phases["certificates and registration"] = time.monotonic() - t0
+            limits = aws("lambda").get_account_settings()["AccountLimit"]
+            reserved = aws("lambda").get_function_concurrency(FunctionName=outputs["IngestFunctionName"])
+            show(f"Lambda concurrency: {limits['ConcurrentExecutions']} in all, ingest reserved "
+                 f"{reserved.get('ReservedConcurrentExecutions', 'none')}")
             t0 = time.monotonic()
             (work / "files").mkdir()
             uploads = make_files(work / "files", chosen, people, files=args.files, visits=args.visits,

@@ -177,7 +177,7 @@ def cli_ratio(folder: Path, files: list[bytes], rounds: int) -> tuple[float, flo
         (folder / f"{n:05d}.xml").write_bytes(data)
     command = [str(Path(sys.executable).with_name("healthbook")), "validate", str(folder)]
     environment = cli_environment(folder / "bytecode")
-    subprocess.run(command[:2] + [str(folder / "00000.xml")], check=False, stdout=subprocess.DEVNULL,
+    subprocess.run([*command[:2], str(folder / "00000.xml")], check=False, stdout=subprocess.DEVNULL,
                    env=environment)
     best_floor = best_cli = float("inf")
     for _ in range(rounds):

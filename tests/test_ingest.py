@@ -1531,6 +1531,50 @@ def test_a_window_keeps_as_much_time_for_recording_as_recording_took_so_it_recor
     assert runtime.record_per_examine == low  # too short to tell: kept
 
 
+def test_a_window_keeps_time_for_its_end_so_a_slow_emulator_does_not_run_it_past_the_timeout(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its last message is recorded a window starts the delivery and completes each object's idempotency
+    record. Under load (an AWS call took a second on the emulator) that end outlasted the invocation, which was
+    killed and its whole batch left for the visibility timeout. The end is measured per object and kept for.
+    Here on a clock of its own: examining a file takes 1 s, recording it 2 s, completing it 4 s."""
+    from healthbook.aws import ingest_runtime
+
+    clock, deadline = {"s": 0.0}, {"s": 1_000.0}
+    monkeypatch.setattr(ingest_runtime, "time", SimpleNamespace(perf_counter=lambda: clock["s"]))
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis",
+                        lambda self: int((deadline["s"] - clock["s"]) * 1000))
+    examine, record = ingest_runtime.IngestRuntime._examine, ingest_runtime.IngestRuntime._record
+    complete = ingest_runtime.ObjectIdempotency.complete
+
+    def slow(step: Any, seconds: float) -> Any:
+        def run(*args: Any) -> Any:
+            clock["s"] += seconds
+            return step(*args)
+        return run
+
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_examine", slow(examine, 1))
+    monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", slow(record, 2))
+    monkeypatch.setattr(ingest_runtime.ObjectIdempotency, "complete", slow(complete, 4))
+    records = _batch(aws, pki, [1_000] * 25)
+    assert invoke(app, *records[:5]) == [] and len(submissions(aws)) == 5  # a long invocation, to measure
+    runtime = app.runtime()
+    assert runtime.record_per_examine == 6.0  # 10 s recording and 20 s of the end for 5 s of examining
+    assert runtime.finish_ms_per_object == pytest.approx(20_000 / 6)  # five objects and the start
+    # 120 s: 13 examined (13 s, keeping 6 times as long), recorded (26 s) and completed (52 s) with 29 s to spare.
+    # Keeping time only for recording, it examined and recorded all 20 (60 s) and ended at 140 s, killed.
+    clock["s"], deadline["s"] = 0.0, 120.0
+    failed = invoke(app, *records[5:])
+    assert len(submissions(aws)) == 18 and len(failed) == 7
+    assert clock["s"] <= deadline["s"] - 29
+    # Each message recorded keeps time for the end of all recorded so far, whatever examining kept: with the
+    # ratio forced down, 60 s records 3 of the 7 (13 s) and ends them (12 s), the margin kept; all 7 took 49 s.
+    # No later window is begun without time to record and end a file (it examined one for nothing, six times).
+    runtime.record_per_examine = 1.0
+    clock["s"], deadline["s"] = 0.0, 60.0
+    assert len(invoke(app, *[r for r in records if r["messageId"] in failed])) == 4
+    assert len(submissions(aws)) == 21 and clock["s"] <= deadline["s"] - ingest_runtime.WINDOW_TIME_MARGIN_MS / 1000
+
+
 def _emf(printed: str) -> dict[str, list[Any]]:
     """Every metric value printed as EMF (documents without dimensions beyond the service), by name."""
     values: dict[str, list[Any]] = {}

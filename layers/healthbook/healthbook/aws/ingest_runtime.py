@@ -355,6 +355,9 @@ class IngestRuntime:
         self._wiring: Wiring | None = None
         self.record_per_examine = RECORD_PER_EXAMINE[0]  # measured by each window that recorded (per process)
         self.record_ms_per_unit = 0.0  # likewise: recording time per record_units
+        # Likewise: the window's end (one StartExecution, then each object's idempotency record completed) per object
+        # and per start. Under load an AWS call took a second on the emulator, and windows overran their invocation.
+        self.finish_ms_per_object = 0.0
         # (metric, family) -> count over the current invocation: one EMF document each, not one per file
         self._families: Counter[tuple[str, str]] = Counter()
 
@@ -400,7 +403,10 @@ class IngestRuntime:
         pending.sort(key=lambda message: message.order)
         windows = 0
         while pending:
-            if windows and self._remaining_ms() < WINDOW_TIME_MARGIN_MS:
+            # A later window only with time to record and end at least a file of one visit (two units), at the
+            # measured rates: a window that cannot would examine its first message for nothing, again and again.
+            least_ms = 2 * self.record_ms_per_unit + 2 * self.finish_ms_per_object
+            if windows and self._remaining_ms() < WINDOW_TIME_MARGIN_MS + least_ms:
                 self._postpone(pending)
                 failed.update(message.message_id for message in pending)
                 break
@@ -494,10 +500,13 @@ class IngestRuntime:
             if message.failed:
                 continue
             # Kept besides the margin: the time recording this message will take, a unit per file and one per
-            # visit it stores at the last measured rate. Only the invocation's first window's first message goes
-            # ahead whatever the time: it has the whole invocation.
+            # visit it stores, and the window's end for it and for those recorded before it, at the last measured
+            # rates. Only the invocation's first window's first message goes ahead whatever the time: it has the
+            # whole invocation.
+            ending = 1 + len(message.objects) + sum(len(done.objects) for done in recorded)
             if (recorded or not first) and self._remaining_ms() < (
-                    WINDOW_TIME_MARGIN_MS + message.record_units * self.record_ms_per_unit):
+                    WINDOW_TIME_MARGIN_MS + message.record_units * self.record_ms_per_unit
+                    + ending * self.finish_ms_per_object):
                 # Recording can take far longer than examining (a file of many visits): the rest are set aside,
                 # signed but not written, and run again later; their retry signs their receipts again.
                 self._release(wiring, message, TimeoutError("too little time left to record it"))
@@ -506,23 +515,28 @@ class IngestRuntime:
                 continue
             if self._record(wiring, message):  # a message it cannot record, it fails
                 recorded.append(message)
-        self._measure(recorded, (time.perf_counter() - recording) * 1000)
+        record_ms = (time.perf_counter() - recording) * 1000
+        finishing = time.perf_counter()
         # One start for the window's visits (not one per file), after every file's "done" marker.
         wiring.service.start_delivery([item.outcome for message in recorded for item in message.objects
                                        if item.outcome is not None])
         for message in recorded:
             self._complete(wiring, message, covered, signing_ms)
+        self._measure(recorded, record_ms, (time.perf_counter() - finishing) * 1000)
         return deferred
 
-    def _measure(self, recorded: Sequence[_Message], record_ms: float) -> None:
-        """How much longer recording took than examining, for the next window's reserve (RECORD_PER_EXAMINE)."""
+    def _measure(self, recorded: Sequence[_Message], record_ms: float, finish_ms: float = 0.0) -> None:
+        """How much longer recording and the window's end took than examining, for the next window's reserve
+        (RECORD_PER_EXAMINE); the time per unit recorded, and the end's time per object."""
         examine_ms = sum(message.examine_ms for message in recorded)
         if examine_ms >= _MEASURED_FROM_MS:
             low, high = RECORD_PER_EXAMINE
-            self.record_per_examine = min(high, max(low, record_ms / examine_ms))
+            self.record_per_examine = min(high, max(low, (record_ms + finish_ms) / examine_ms))
         units = sum(message.record_units for message in recorded)
         if units and record_ms >= _MEASURED_FROM_MS:
             self.record_ms_per_unit = record_ms / units
+        if finish_ms >= _MEASURED_FROM_MS:
+            self.finish_ms_per_object = finish_ms / (1 + sum(len(message.objects) for message in recorded))
 
     def _examine(self, wiring: Wiring, message: _Message, holders: dict[str, _Message]) -> bool:
         """Phase 1 for one message: each object's idempotency begun and the object examined. A failure fails
