@@ -75,9 +75,9 @@ bench-e2e: $(STAMP) localstack-up
 ## conflicts, per-visit resource counts (docs/performance.md, "Bursts and backlog"). Not run in CI.
 bench-load: export HB_SQS_ESM_CONCURRENCY := 1
 bench-load: export HB_LAMBDA_SERVICE_METRICS := 0
-# Lambda's concurrency as two cores can run it (bench/load.py reserves the ingest function's share): without a cap
+# Lambda's concurrency capped for two cores (bench/load.py reserves the ingest function's share): without a cap
 # the drain started 150 workers of one function, and their cold starts took the cores from LocalStack.
-bench-load: export LAMBDA_LIMITS_CONCURRENT_EXECUTIONS := 24
+bench-load: export LAMBDA_LIMITS_CONCURRENT_EXECUTIONS := 40
 bench-load: export LAMBDA_LIMITS_MINIMUM_UNRESERVED_CONCURRENCY := 8
 bench-load: $(STAMP) localstack-up
 	$(BIN)/python bench/load.py --endpoint http://127.0.0.1:$${HB_LOCALSTACK_PORT:-4566}
