@@ -1417,8 +1417,8 @@ def _in_flight(records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -
 def test_a_window_short_of_time_to_record_sets_the_rest_aside(
         aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Recording can take far longer than examining: once the time left is short, the window's other messages are
-    not recorded (nothing of them written, their idempotency released), visible again at once, and their retry
-    ends as if they had been alone."""
+    not recorded (nothing of them written, their idempotency released), sent again at once, and their retry ends
+    as if they had been alone."""
     from healthbook.aws import ingest_runtime
 
     left = {"ms": 60_000}
@@ -1433,12 +1433,13 @@ def test_a_window_short_of_time_to_record_sets_the_rest_aside(
     monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", slow)
     records = _batch(aws, pki, [1_000] * 3)  # one window
     sqs, queue = _in_flight(records, monkeypatch)
-    assert invoke(app, *records) == ["w-1", "w-2"]
+    assert invoke(app, *records) == []  # the two set aside are sent again: the originals are done with
     assert len(submissions(aws)) == 1 and len(scan(aws, "IDEMPOTENCY_TABLE")) == 1
     assert [o["Key"] for o in aws.s3.list_objects_v2(Bucket=RECEIPTS)["Contents"]] == [
         "receipts/01001/w-0.xml.receipt.json"]
-    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3)["Messages"]
+    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3, MessageAttributeNames=["All"])["Messages"]
     assert sorted(m["Body"] for m in again) == sorted(r["body"] for r in records[1:])
+    assert [m["MessageAttributes"][ingest_runtime.POSTPONED]["StringValue"] for m in again] == ["1", "1"]
     left["ms"] = 60_000
     monkeypatch.setattr(ingest_runtime.IngestRuntime, "_record", record)
     assert invoke(app, *records[1:]) == [] and len(submissions(aws)) == 3
@@ -1448,31 +1449,47 @@ def test_a_window_short_of_time_to_record_sets_the_rest_aside(
 
 def test_a_short_invocation_leaves_the_messages_it_cannot_finish_to_sqs(
         aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """With too little time left for another window, the rest fail unopened (no idempotency record, no receipt),
-    visible in the queue again at once; the next batch takes the most-received first."""
+    """With too little time left for another window, the rest are left unopened (no idempotency record, no
+    receipt) and sent again at once as new messages, counting the postponement in an attribute rather than in a
+    receive (five receives send a message to the DLQ); the next batch takes the most-postponed first. A message that
+    cannot be sent again fails, visible again at once."""
     from healthbook.aws import ingest_runtime
 
     monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 20_000)
     records = _batch(aws, pki, [20 * 2**20, 20 * 2**20, 1_000])  # three windows' worth
     sqs, queue = _in_flight(records, monkeypatch)
-    assert invoke(app, *records) == ["w-1", "w-2"]
+    assert invoke(app, *records) == []
     assert receipt_at(aws, "receipts/01001/w-0.xml.receipt.json")["accepted"]
     assert len(scan(aws, "IDEMPOTENCY_TABLE")) == 1 and len(submissions(aws)) == 1
-    # The two postponed are visible again at once, not after the visibility timeout.
-    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3)["Messages"]
+    # The two postponed are in the queue again at once, not after the visibility timeout, their receives unused.
+    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3, MessageAttributeNames=["All"],
+                                AttributeNames=["ApproximateReceiveCount"])["Messages"]
     assert sorted(m["Body"] for m in again) == sorted(r["body"] for r in records[1:])
+    assert {(m["Attributes"]["ApproximateReceiveCount"], m["MessageAttributes"][ingest_runtime.POSTPONED][
+        "StringValue"]) for m in again} == {("1", "1")}
 
     examined: list[str] = []
     examine = ingest_runtime.IngestRuntime._examine
     monkeypatch.setattr(ingest_runtime.IngestRuntime, "_examine", lambda self, wiring, message, holders: (
         examined.append(message.message_id) or examine(self, wiring, message, holders)))
-    redelivered = dict(records[2], attributes={**records[2]["attributes"], "ApproximateReceiveCount": "2"})
-    again = [*_batch(aws, pki, [1_000], first=60, name="x"), redelivered]
-    # The redelivered one first; then too little time is left for the other (recording takes about as long).
-    assert invoke(app, *again) == ["x-0"] and examined == ["w-2"]
+    postponed = dict(records[2], messageAttributes={
+        ingest_runtime.POSTPONED: {"stringValue": "1", "dataType": "Number"}})
+    again = [*_batch(aws, pki, [1_000], first=60, name="x"), postponed]
+    # The postponed one first; then too little time is left for the other (recording takes about as long).
+    assert invoke(app, *again) == [] and examined == ["w-2"]
     monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 60_000)
     assert invoke(app, *again) == [] and examined[1:] == ["w-2", "x-0"]  # w-2 answered by idempotency now
     assert len(submissions(aws)) == 3
+
+    monkeypatch.setattr(LambdaContext, "get_remaining_time_in_millis", lambda self: 20_000)
+    # One that cannot be sent again fails instead, visible again at once (a receive used).
+    failing = _batch(aws, pki, [20 * 2**20, 1_000], first=70, name="f")
+    sqs, queue = _in_flight(failing, monkeypatch)
+    monkeypatch.setattr(ingest_runtime.SqsRequeue, "send_again", lambda self, messages: set())
+    assert invoke(app, *failing) == ["f-1"]
+    again = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=3, AttributeNames=["All"])["Messages"]
+    assert [(m["Body"], m["Attributes"]["ApproximateReceiveCount"]) for m in again] == [(failing[1]["body"], "2")]
+    assert len(submissions(aws)) == 4
 
 
 def test_a_window_keeps_as_much_time_for_recording_as_recording_took_so_it_records_what_it_examines(

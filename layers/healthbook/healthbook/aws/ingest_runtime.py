@@ -86,6 +86,7 @@ _NO_DEADLINE_MS = 2**31
 # as they examine on a saturated emulator (docs/ingest.md). 1 until a window has shown; kept within these bounds.
 RECORD_PER_EXAMINE = (1.0, 10.0)
 _MEASURED_FROM_MS = 50.0  # a window that examined for less tells nothing (timer noise)
+POSTPONED = "hb-postponed"  # the message attribute counting a message's postponements (SqsRequeue)
 
 
 class PoisonMessage(ValueError):
@@ -187,23 +188,42 @@ class ObjectIdempotency:
 
 
 class SqsRequeue:
-    """Postponed messages (not begun: too little time left) made visible again at once, so that they need not
-    wait out the visibility timeout. Best effort: a message it cannot requeue comes back after the timeout."""
+    """Postponed messages (not begun: too little time left) sent again as new messages, the body unchanged and
+    POSTPONED counting the postponements, so that they need not wait out the visibility timeout and do not use up
+    the receives after which SQS moves a message to the dead-letter queue (``maxReceiveCount`` 5: under load a
+    batch of 50 was postponed more often than that, and three files ended in the DLQ without a receipt). The
+    original is then not reported failed, so the event source deletes it. Best effort: a message it cannot send
+    again is made visible again at once (a receive used), or comes back after the timeout."""
 
-    BATCH = 10  # ChangeMessageVisibilityBatch takes ten entries
+    BATCH = 10  # SendMessageBatch and ChangeMessageVisibilityBatch take ten entries
 
     def __init__(self, queue_url: str, sqs: Any = None) -> None:
         self.queue_url, self._sqs = queue_url, sqs  # the client made when first needed: not on the cold start
 
-    def visible_now(self, receipt_handles: Sequence[str]) -> int:
-        """How many were made visible."""
+    def _client(self) -> Any:
         if self._sqs is None:
             self._sqs = client("sqs")
+        return self._sqs
+
+    def send_again(self, messages: Sequence[tuple[str, str, int]]) -> set[str]:
+        """(message id, body, postponements so far) for each: the ids of those sent again."""
+        sent: set[str] = set()
+        for start in range(0, len(messages), self.BATCH):
+            chunk = messages[start:start + self.BATCH]
+            entries = [{"Id": str(n), "MessageBody": body, "MessageAttributes": {
+                POSTPONED: {"DataType": "Number", "StringValue": str(postponed + 1)}}}
+                for n, (_, body, postponed) in enumerate(chunk)]
+            response = self._client().send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            sent.update(chunk[int(entry["Id"])][0] for entry in response.get("Successful", []))
+        return sent
+
+    def visible_now(self, receipt_handles: Sequence[str]) -> int:
+        """How many were made visible."""
         done = 0
         for start in range(0, len(receipt_handles), self.BATCH):
             entries = [{"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": 0}
                        for n, handle in enumerate(receipt_handles[start:start + self.BATCH])]
-            response = self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            response = self._client().change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
             done += len(response.get("Successful", []))
         return done
 
@@ -253,13 +273,23 @@ class _Message:
         return str(self.record.message_id)
 
     @property
+    def postponed(self) -> int:
+        """How many times it was postponed and sent again (SqsRequeue)."""
+        attribute = (self.record.get("messageAttributes") or {}).get(POSTPONED) or {}
+        try:
+            return max(0, int(attribute.get("stringValue") or 0))
+        except (TypeError, ValueError):
+            return 0
+
+    @property
     def order(self) -> tuple[int, int]:
-        """The most-received first (a message left over by a short invocation goes first next time), then the
-        batch's order."""
+        """The most-received first, postponements counted as receives (a message left over by a short invocation
+        goes first next time), then the batch's order."""
         try:
             received = int(self.record.attributes.approximate_receive_count)
         except (KeyError, TypeError, ValueError):
             received = 1
+        received += self.postponed
         return -received, self.index
 
     @property
@@ -407,8 +437,7 @@ class IngestRuntime:
             # measured rates: a window that cannot would examine its first message for nothing, again and again.
             least_ms = 2 * self.record_ms_per_unit + 2 * self.finish_ms_per_object
             if windows and self._remaining_ms() < WINDOW_TIME_MARGIN_MS + least_ms:
-                self._postpone(pending)
-                failed.update(message.message_id for message in pending)
+                failed.update(message.message_id for message in self._postpone(pending))
                 break
             window, later = _split_window(pending)
             pending = sorted(later + self._window(window, first=not windows), key=lambda message: message.order)
@@ -416,17 +445,26 @@ class IngestRuntime:
             windows += 1
         return [str(record.message_id) for record in records if str(record.message_id) in failed]
 
-    def _postpone(self, messages: Sequence[_Message]) -> None:
-        """Nothing of these was begun: they fail, visible again at once when the queue's URL is known."""
-        requeue, visible = self.wiring().requeue, 0
+    def _postpone(self, messages: Sequence[_Message]) -> list[_Message]:
+        """Nothing of these was begun. When the queue's URL is known each is sent again (SqsRequeue) and so does
+        not fail; one that cannot be is made visible again at once. Returns those that fail."""
+        requeue, sent, visible = self.wiring().requeue, set[str](), 0
         if requeue is not None:
             try:
-                visible = requeue.visible_now([str(message.record.receipt_handle) for message in messages])
+                sent = requeue.send_again([(message.message_id, str(message.record.body), message.postponed)
+                                           for message in messages])
+            except Exception as exc:  # made visible again instead, below
+                self.logger.warning("postponed messages not sent again", extra={"error": type(exc).__name__})
+        left = [message for message in messages if message.message_id not in sent]
+        if requeue is not None and left:
+            try:
+                visible = requeue.visible_now([str(message.record.receipt_handle) for message in left])
             except Exception as exc:  # they come back after the visibility timeout instead
                 self.logger.warning("postponed messages not requeued", extra={"error": type(exc).__name__})
         self.logger.warning("too little time left for another window; messages left for SQS",
-                            extra={"messages": len(messages), "visible_now": visible})
+                            extra={"messages": len(messages), "sent_again": len(sent), "visible_now": visible})
         self.metrics.count("MessagesPostponed", len(messages))
+        return left
 
     def _remaining_ms(self) -> int:
         """What is left of the invocation; without a Lambda context (a caller outside Lambda), no limit."""
