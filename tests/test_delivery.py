@@ -758,7 +758,8 @@ def test_sweep_breaches_visits_past_their_deadline_not_merely_the_cutoff(sweep_w
     assert message == {"source": "sweep", "breached_count": 2,
                        "breached": [past_deadline.visit_id, at_deadline.visit_id], "at": iso_utc(now)}
     assert report.to_dict() == {"claimed": 1, "executions": 1, "breached_count": 2,
-                                "breached": [past_deadline.visit_id, at_deadline.visit_id], "lost_claims": 0}
+                                "breached": [past_deadline.visit_id, at_deadline.visit_id], "lost_claims": 0,
+                                "stopped_early": False}
 
 
 def test_sweep_respects_its_limit(sweep_world: SweepWorld) -> None:
@@ -770,6 +771,23 @@ def test_sweep_respects_its_limit(sweep_world: SweepWorld) -> None:
     again = sweep_world.sweeper(batch_size=2, limit=3).sweep(T, "next")  # the rest wait for the next sweep
     assert again.claimed == 3
     assert [v for _, batch in sweep_world.starter.starts[2:] for v in batch] == refs[3:6]
+
+
+def test_sweep_stops_claiming_before_its_timeout_and_starts_what_it_claimed(sweep_world: SweepWorld) -> None:
+    """Under a backlog on a slow store the sweep ran into its timeout claiming visit after visit: killed, it
+    started nothing of its last batch, and those visits waited for their lease. It now stops with
+    SWEEP_TIME_MARGIN_MS left, starts what it claimed, and leaves the rest due for the next sweep."""
+    from healthbook.delivery.service import SWEEP_TIME_MARGIN_MS
+
+    refs = [sweep_world.visit(n, received=RECEIVED + timedelta(seconds=n)) for n in range(6)]
+    left = iter([SWEEP_TIME_MARGIN_MS + 3_000, SWEEP_TIME_MARGIN_MS + 2_000, SWEEP_TIME_MARGIN_MS + 1,
+                 SWEEP_TIME_MARGIN_MS - 1])
+    report = sweep_world.sweeper(batch_size=2).sweep(T, "run", time_left_ms=lambda: next(left))
+    assert report.claimed == 3 and report.executions == 2 and report.stopped_early
+    assert sweep_world.starter.starts == [("run-0", refs[0:2]), ("run-1", refs[2:3])]
+    assert all(sweep_world.store.items[r].next_attempt_at is None for r in refs[3:])  # due for the next one
+    again = sweep_world.sweeper(batch_size=2).sweep(T, "next", time_left_ms=lambda: 60_000)
+    assert again.claimed == 3 and not again.stopped_early
 
 
 def test_sweep_counts_claims_lost_to_a_concurrent_sweep(sweep_world: SweepWorld) -> None:

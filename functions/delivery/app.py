@@ -83,7 +83,8 @@ def sweep_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     """Claim due PENDING visits, start executions of 50, breach what is past its deadline (delivery.Sweeper)."""
     now = datetime.now(UTC)
     # Unique per run: two sweeps may start in the same second (a schedule and an operator).
-    report = runtime().sweeper().sweep(now, run_name=f"sweep-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
+    report = runtime().sweeper().sweep(now, run_name=f"sweep-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}",
+                                       time_left_ms=context.get_remaining_time_in_millis)
     port.count("SweepClaimed", report.claimed)
     port.count("SweepExecutions", report.executions)
     result = report.to_dict()

@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 
 # Kept on the item and in logs: an error's name, clipped; never its message (it could quote a value).
 _MAX_ERROR_NAME = 80
+# A sweep stops claiming with this much of its invocation left, for its last StartExecution and the notice. Under
+# bench-load's backlog every sweep claimed one visit at a time until its 120 s timeout and was killed, twice retried.
+SWEEP_TIME_MARGIN_MS = 20_000
 
 
 # --- ports ----------------------------------------------------------------------------------------------
@@ -317,10 +320,12 @@ class SweepReport:
     executions: int = 0
     breached: list[str] = field(default_factory=list)
     lost_claims: int = 0  # due visits another sweep or execution took first
+    stopped_early: bool = False  # too little of the invocation left: the rest wait for the next sweep
 
     def to_dict(self) -> dict[str, Any]:
         return {"claimed": self.claimed, "executions": self.executions, "breached_count": len(self.breached),
-                "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims}
+                "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims,
+                "stopped_early": self.stopped_early}
 
 
 @dataclass
@@ -340,7 +345,10 @@ class Sweeper:
     batch_size: int = MAX_BATCH
     limit: int = 5000  # visits per sweep; the rest wait for the next one (the oldest deadlines come first)
 
-    def sweep(self, now: datetime, run_name: str) -> SweepReport:
+    def sweep(self, now: datetime, run_name: str, *, time_left_ms: Callable[[], int] | None = None) -> SweepReport:
+        """``time_left_ms``: what is left of the invocation. The sweep stops claiming with SWEEP_TIME_MARGIN_MS left,
+        starts what it claimed and notifies: one killed at its timeout leaves up to a batch claimed and not started
+        (their lease must lapse first), and is retried from the start by the scheduler."""
         report = SweepReport()
         batch: list[VisitRef] = []
         lease_until = now + self.timing.lease
@@ -352,6 +360,9 @@ class Sweeper:
                 batch.clear()
 
         for visit in self.store.due(now, self.limit):
+            if time_left_ms is not None and time_left_ms() < SWEEP_TIME_MARGIN_MS:
+                report.stopped_early = True
+                break
             if now >= visit.deadline_at:
                 if self.store.mark_breached(visit.ref, error="NotDeliveredByDeadline", now=now,
                                             count=for_breach(visit.ref.facility, now)):
