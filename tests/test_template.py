@@ -613,7 +613,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "TRUST_BUNDLE_PARAMETER": {"Ref": "TrustBundleParameter"},
             "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"}, "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
-            "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages visible again at once
+            "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages sent again at once
             "VISIT_WRITERS": 8,  # issue 17: a file's visits written 8 at a time
             "MAX_VISITS_PER_FILE": {"Ref": "MaxVisitsPerFile"},  # issue 17, after the globals
             "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
