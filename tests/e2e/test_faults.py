@@ -220,6 +220,10 @@ def test_under_faults_every_file_has_one_outcome_and_no_visit_is_lost_or_duplica
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"{{not json at all {marker}")
         fakes.vneid.fail("5xx", seconds=VNEID_5XX_S)
         second_outage.start()
+        # And the first three PUTs after the outages fail too, whenever they come: when the crash takes the batch
+        # holding every file, nothing reaches VNeID until its visibility ends (40 s), and the timed outages (45 s)
+        # could pass unmet (a CI run of 2026-12-07: 0 injected failures).
+        fakes.vneid.respond_next(503, times=3)
         for index, (path, expect) in enumerate(files):
             upload = _upload(aws, pipeline, index, path, expect)
             uploads.append(upload)
