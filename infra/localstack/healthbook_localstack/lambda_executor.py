@@ -232,8 +232,6 @@ class ProcessRuntimeExecutor(RuntimeExecutor):
         past FD_SETSIZE (a worker started then "did not start" with an empty log)."""
         deadline = time.monotonic() + timeout
         fd = self._from_worker
-        if fd is None and b"\n" not in self._buffer:
-            return None
         poller = select.poll()
         if fd is not None:
             poller.register(fd, select.POLLIN)
