@@ -55,9 +55,9 @@ EXPRESS_GB = 64 / 1024  # Express bills memory in 64 MB steps; a workflow passin
 LAMBDA_PER_REQUEST = 0.20 / 1_000_000
 LAMBDA_PER_GB_SECOND_ARM = 0.0000133334
 STANDARD_PER_TRANSITION = 25.00 / 1_000_000
-# States passed: per delivered visit Reconcile, Matched?, Deliver, Delivered; per execution the Map,
-# Summarise, Breaches? and Done (docs/delivery.md).
-STATES_PER_DELIVERED_VISIT = 4
+# States passed: per delivered visit Deliver and Delivered; per execution the Map, Summarise, Breaches? and Done
+# (docs/delivery.md).
+STATES_PER_DELIVERED_VISIT = 2
 STATES_PER_EXECUTION = 4
 
 
@@ -178,7 +178,7 @@ def main() -> None:
     to_vneid = [d["latency_ms"] / 1000 for d in delivered.values()]
     # StartExecution as the meter counted it (the summary line is INFO, off by default in the delivery functions)
     executions = metering.express_executions(meter) or invocations["settle"]
-    task_invocations = sum(invocations[f] for f in ("reconcile", "deliver", "settle"))
+    task_invocations = sum(invocations[f] for f in metering.TASK_FUNCTIONS)
     transitions = STATES_PER_DELIVERED_VISIT * visits + STATES_PER_EXECUTION * executions + max(
         0, invocations["deliver"] - visits)  # each retried attempt enters the task state again
     # An execution lasts about one visit's task time per wave of 10 (the Map's concurrency).
@@ -225,7 +225,7 @@ def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str
     counts: Counter[str] = Counter()
     gb_s = 0.0
     path_seconds = 0.0
-    for function in ("ingest", "reconcile", "deliver", "settle", "sweep"):
+    for function in metering.PATH_FUNCTIONS:
         for event in log_events(logs, f"/aws/lambda/healthbook-{stage}-{function}", since_ms):
             message = event["message"]
             fields = report_fields(message)
@@ -234,7 +234,7 @@ def count_invocations(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str
             counts[function] += 1
             billed = seconds(fields, "Billed Duration")
             memory = float(fields.get("Memory Size", "512 MB").split()[0]) / 1024
-            if function in ("reconcile", "deliver", "settle"):
+            if function in metering.TASK_FUNCTIONS:
                 gb_s += billed * memory
                 path_seconds += billed
     return counts, {"gb_s": gb_s, "path_seconds": path_seconds}

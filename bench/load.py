@@ -90,7 +90,7 @@ from healthbook_dev.pki import dev_pki
 
 STACK, STAGE = "hb-load", "test-load"
 REPO = Path(__file__).resolve().parents[1]
-FUNCTIONS = ("ingest", "reconcile", "deliver", "settle", "sweep")
+FUNCTIONS = metering.PATH_FUNCTIONS
 SETTLED = ("DELIVERED", "NEEDS_RECONCILIATION", "DEADLINE_BREACHED", "SUPERSEDED")
 # The delivery timings of the run: the real 24 h deadline; sweep, lease and retries short so the drain is quick.
 TIMING = {"DeadlineSeconds": "86400", "SafetyMarginSeconds": "3600", "LeaseSeconds": "300",

@@ -109,14 +109,19 @@ def test_each_transition_happens_once_and_only_from_pending(statuses: Statuses) 
     delivered, parked, breached = _ref(1), _ref(2), _ref(3)
     for ref in (delivered, parked, breached):
         statuses.add(ref, RECEIVED)
+    assert not store.load(delivered).reconciled  # type: ignore[union-attr]
     assert store.mark_matched(delivered, "ab" * 32, NOW)
-    assert store.load(delivered).citizen_key == "ab" * 32  # type: ignore[union-attr]  # still PENDING
+    matched = store.load(delivered)
+    assert matched is not None and matched.status == PENDING and matched.reconciled
+    assert matched.citizen_key == "ab" * 32
     entry = DeliveredEntry(projection_id="a" * 64, sha256="b" * 64, mapping_sha256="c" * 64)
     assert statuses.delivered_entry(delivered) == dict.fromkeys(("projection_id", "projection_sha256",
                                                                  "mapping_sha256"))
-    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=300_000, receipt_id="v-1", entry=entry)
+    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=300_000, receipt_id="v-1", entry=entry,
+                                citizen_key="ab" * 32)
     later = DeliveredEntry(projection_id="d" * 64, sha256="e" * 64, mapping_sha256="f" * 64)
-    assert not store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id="v-2", entry=later)
+    assert not store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id="v-2", entry=later,
+                                    citizen_key="cd" * 32)
     assert statuses.delivered_entry(delivered) == {"projection_id": "a" * 64, "projection_sha256": "b" * 64,
                                                    "mapping_sha256": "c" * 64}  # kept with the delivery, once
     assert not store.mark_matched(delivered, "cd" * 32, NOW)
@@ -126,6 +131,16 @@ def test_each_transition_happens_once_and_only_from_pending(statuses: Statuses) 
     assert not store.mark_superseded(breached, NOW)
     assert [store.load(r).status for r in (delivered, parked, breached)] == [  # type: ignore[union-attr]
         DELIVERED, NEEDS_RECONCILIATION, DEADLINE_BREACHED]
+
+
+def test_a_delivery_records_the_citizen_it_was_matched_to_when_no_match_was_kept_before(statuses: Statuses) -> None:
+    ref = _ref(4)
+    statuses.add(ref, RECEIVED)
+    entry = DeliveredEntry(projection_id="a" * 64, sha256="b" * 64, mapping_sha256="c" * 64)
+    assert statuses.store.mark_delivered(ref, delivered_at=NOW, latency_ms=1, receipt_id=None, entry=entry,
+                                         citizen_key="ef" * 32)
+    visit = statuses.store.load(ref)
+    assert visit is not None and visit.status == DELIVERED and visit.citizen_key == "ef" * 32 and visit.reconciled
 
 
 def test_a_deferred_visit_is_due_when_its_time_comes_and_a_claim_leases_it(statuses: Statuses) -> None:

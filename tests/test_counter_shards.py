@@ -321,7 +321,7 @@ def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: in
                     store.count_citizen(citizen_markers(citizen, AT, facility=facility, province="79",
                                                         district=None, commune=COMMUNE))
                     store.mark_delivered(ref, delivered_at=AT, latency_ms=1500, receipt_id=None,
-                                         entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64),
+                                         entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), citizen_key=citizen,
                                          count=for_delivery(facility, AT, deadline_at=AT + timedelta(hours=20),
                                                             latency_ms=1500))
                     return

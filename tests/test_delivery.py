@@ -29,7 +29,6 @@ from healthbook.delivery.model import (
     DEADLINE_BREACHED,
     DEFERRED,
     DELIVERED,
-    MATCHED,
     MAX_BATCH,
     NEEDS_RECONCILIATION,
     SKIPPED,
@@ -38,7 +37,6 @@ from healthbook.delivery.model import (
 )
 from healthbook.delivery.service import (
     Deliver,
-    Reconcile,
     Settle,
     Sweeper,
     SweepReport,
@@ -160,7 +158,7 @@ def _known(seed: int) -> FakePopulation:
 
 @dataclass(frozen=True)
 class Steps:
-    """The three use cases on a world's fakes at one moment, their results as the workflow passes them on."""
+    """The two use cases on a world's fakes at one moment, their results as the workflow passes them on."""
 
     world: World
     now: datetime
@@ -170,11 +168,15 @@ class Steps:
     def _common(self) -> dict[str, Any]:
         return {"store": self.world.store, "metrics": self.world.metrics, "now": lambda: self.now}
 
-    def reconcile(self, ref: VisitRef) -> dict[str, Any]:
-        return Reconcile(**self._common(), population=self.population, pepper=PEPPER)(ref).to_event()
-
-    def deliver(self, ref: VisitRef, *, citizen_key: str) -> dict[str, Any]:
-        return Deliver(**self._common(), vneid=self.world.vneid)(ref, citizen_key=citizen_key).to_event()
+    def deliver(self, ref: VisitRef, *, matched_as: str | None = None) -> dict[str, Any]:
+        """``matched_as``: the visit was matched to that citizen key by an earlier attempt (as ``mark_matched``
+        leaves it), so the step delivers without asking the population: the delivery cases below need no
+        registry of their people."""
+        item = self.world.store.items.get(ref)
+        if matched_as is not None and item is not None:
+            item.citizen_key, item.reconciled_at = matched_as, RECEIVED
+        return Deliver(**self._common(), population=self.population, pepper=PEPPER,
+                       vneid=self.world.vneid)(ref).to_event()
 
     def settle(self, ref: VisitRef, error: object) -> dict[str, Any]:
         return Settle(**self._common(), timing=self.timing, rng=random.Random(0))(ref, error).to_event()
@@ -322,25 +324,29 @@ def test_next_attempt_after_very_many_attempts_waits_retry_max_at_most() -> None
     assert T + TIMING.retry_base / 2 <= when <= T + TIMING.retry_max
 
 
-# --- reconcile -----------------------------------------------------------------------------------------
+# --- deliver: matching the citizen --------------------------------------------------------------------------
 
-def test_reconcile_matched_records_the_hmac_citizen_key(world: World) -> None:
+def test_deliver_matches_the_citizen_and_delivers_under_the_hmac_citizen_key(world: World) -> None:
     ref = world.stored()
-    result = world.service().reconcile(ref)
+    result = world.service().deliver(ref)
     expected = hmac.new(PEPPER, _id_number(1).encode("utf-8"), hashlib.sha256).hexdigest()
     assert expected == citizen_key(PEPPER, _id_number(1))  # the same key ingest writes
-    assert result == {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": expected}
+    assert result["outcome"] == DELIVERED and "citizen_key" not in result  # workflow state never holds it
+    (key, entry), = world.vneid.calls
+    assert key == expected
     item = world.store.items[ref]
-    assert item.status == PENDING and item.citizen_key == expected and item.reconciled_at == T
-    assert world.store.writes() == ["mark_matched"]
+    assert item.status == DELIVERED and item.citizen_key == expected and item.reconciled_at == T
+    assert entry["projection_id"] == item.projection_id == projection_id(ref.visit_id, epoch_ms(RECEIVED))
+    assert world.store.writes() == ["mark_delivered"]  # the match is recorded with the delivery: one write
     assert world.population.calls == 1
-    assert world.metrics.counts == []
+    assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]
+    assert summarise([result]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
 
 
-def test_reconcile_of_an_unknown_citizen_needs_reconciliation(world: World) -> None:
+def test_deliver_of_an_unknown_citizen_needs_reconciliation_and_sends_nothing(world: World) -> None:
     world.population = FakePopulation()
     ref = world.stored()
-    result = world.service().reconcile(ref)
+    result = world.service().deliver(ref)
     # Neither the ID nor the card's social-insurance number is known.
     reasons = ["UNKNOWN_ID", "UNKNOWN_SOCIAL_INSURANCE"]
     assert result == {"visit_id": ref.visit_id, "outcome": NEEDS_RECONCILIATION, "reasons": reasons}
@@ -348,83 +354,109 @@ def test_reconcile_of_an_unknown_citizen_needs_reconciliation(world: World) -> N
     assert item.status == NEEDS_RECONCILIATION and item.reasons == tuple(reasons)
     assert item.citizen_key is None and item.next_attempt_at is None and item.reconciled_at == T
     assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": reason}) for reason in reasons]
+    assert world.vneid.calls == []
 
 
-def test_reconcile_matches_a_visit_without_an_id_by_its_card(world: World) -> None:
+def test_deliver_matches_a_visit_without_an_id_by_its_card(world: World) -> None:
     visit, _, records = _accepted(2, without_id=True)
     world.population = FakePopulation.from_visits([visit], mismatch_rate=0.0, unknown_rate=0.0, seed=1)
     ref = world.store.add(_ref(2), records=records, received_at=RECEIVED)
-    result = world.service().reconcile(ref)
+    result = world.service().deliver(ref)
     (registered,) = world.population
     assert registered.social_insurance_number == visit.tables["XML1"][0]["MA_THE_BHYT"][-10:]
     expected = citizen_key(PEPPER, registered.id_number)  # keyed on the registry's ID number, found by the card
-    assert result == {"visit_id": ref.visit_id, "outcome": MATCHED, "citizen_key": expected}
+    assert result["outcome"] == DELIVERED and [key for key, _ in world.vneid.calls] == [expected]
     assert world.store.items[ref].citizen_key == expected and world.population.calls == 1
     world.population = FakePopulation()
     ref = world.store.add(_ref(3), records=_accepted(3, without_id=True)[2], received_at=RECEIVED)
-    assert world.service().reconcile(ref)["reasons"] == ["UNKNOWN_SOCIAL_INSURANCE"]
+    assert world.service().deliver(ref)["reasons"] == ["UNKNOWN_SOCIAL_INSURANCE"]
 
 
-def test_reconcile_mismatch_stores_every_reason_and_counts_each(world: World) -> None:
+def test_deliver_mismatch_stores_every_reason_and_counts_each(world: World) -> None:
     registered = _known(1).lookup(_id_number(1))
     assert registered is not None
     world.population = FakePopulation([replace(registered, full_name="Ngô Bảo Châu Khác",
                                                sex={"1": "2", "2": "1"}.get(registered.sex, "1"))])
     ref = world.stored()
-    result = world.service().reconcile(ref)
+    result = world.service().deliver(ref)
     assert result["outcome"] == NEEDS_RECONCILIATION
     assert result["reasons"] == ["NAME_MISMATCH", "SEX_MISMATCH"]
-    assert "citizen_key" not in result
     assert world.store.items[ref].reasons == ("NAME_MISMATCH", "SEX_MISMATCH")
     assert world.metrics.counts == [("ReconciliationNeeded", 1, {"reason": "NAME_MISMATCH"}),
                                     ("ReconciliationNeeded", 1, {"reason": "SEX_MISMATCH"})]
+    assert world.vneid.calls == []
 
 
 @pytest.mark.parametrize("status", [DELIVERED, SUPERSEDED, NEEDS_RECONCILIATION, DEADLINE_BREACHED])
-def test_reconcile_of_a_visit_no_longer_pending_is_skipped(world: World, status: str) -> None:
+def test_deliver_of_a_visit_no_longer_pending_is_skipped_unmatched(world: World, status: str) -> None:
     ref = world.stored(status=status)
-    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.service().deliver(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert world.store.calls == ["load"]
-    assert world.population.calls == 0
+    assert world.population.calls == 0 and world.vneid.calls == []
     assert world.store.status(ref) == status and world.metrics.counts == []
 
 
-def test_reconcile_of_a_missing_visit_is_skipped(world: World) -> None:
+def test_deliver_of_a_missing_visit_is_skipped(world: World) -> None:
     ref = _ref(1)
-    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.service().deliver(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert world.population.calls == 0
 
 
-def test_reconcile_lets_population_unavailable_propagate(world: World) -> None:
+def test_deliver_lets_population_unavailable_propagate(world: World) -> None:
     population = UnavailablePopulation()
     ref = world.stored()
     service = replace(world.service(), population=population)
     with pytest.raises(PopulationUnavailable):
-        service.reconcile(ref)
-    assert population.calls == 1
+        service.deliver(ref)
+    assert population.calls == 1 and world.vneid.calls == []
     assert world.store.writes() == [] and world.store.status(ref) == PENDING and world.metrics.counts == []
 
 
-def test_reconcile_refuses_a_visit_stored_without_records(world: World) -> None:
+def test_deliver_refuses_a_visit_stored_without_records(world: World) -> None:
     ref = world.store.add(_ref(1), received_at=RECEIVED)
     with pytest.raises(ValueError, match="no records stored"):
-        world.service().reconcile(ref)
+        world.service().deliver(ref)
 
 
-def test_reconcile_match_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
-    ref = world.stored()
-    world.store.race[ref] = SUPERSEDED
-    assert world.service().reconcile(ref) == {"visit_id": ref.visit_id, "outcome": SKIPPED}
-    assert world.store.items[ref].citizen_key is None
-
-
-def test_reconcile_mismatch_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
+def test_deliver_mismatch_lost_to_a_concurrent_change_is_skipped(world: World) -> None:
     world.population = FakePopulation()
     ref = world.stored()
     world.store.race[ref] = SUPERSEDED
-    result = world.service().reconcile(ref)
+    result = world.service().deliver(ref)
     assert world.store.status(ref) == SUPERSEDED and world.metrics.counts == []
     assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+
+
+@pytest.mark.parametrize("error", [RetryableDeliveryError("503", status=503),
+                                   PermanentDeliveryError("403", status=403)], ids=["retryable", "permanent"])
+def test_a_failed_put_keeps_the_match_so_the_retry_does_not_ask_the_population_again(
+        world: World, error: Exception) -> None:
+    world.vneid.fail = error
+    ref = world.stored()
+    with pytest.raises(type(error)):
+        world.service().deliver(ref)
+    expected = citizen_key(PEPPER, _id_number(1))
+    item = world.store.items[ref]
+    assert world.store.writes() == ["mark_matched"] and item.status == PENDING
+    assert item.citizen_key == expected and item.reconciled_at == T and world.population.calls == 1
+    world.vneid.fail = None
+    assert world.service(T + timedelta(seconds=20)).deliver(ref)["outcome"] == DELIVERED
+    assert world.population.calls == 1  # matched once
+    assert [key for key, _ in world.vneid.calls] == [expected, expected]
+    assert item.reconciled_at == T  # when it was matched
+
+
+def test_a_match_that_cannot_be_kept_does_not_hide_the_error_that_failed_the_step(world: World) -> None:
+    world.vneid.fail = RetryableDeliveryError("503", status=503)
+    ref = world.stored()
+
+    def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise ConnectionError("DynamoDB unreachable")
+
+    world.store.mark_matched = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RetryableDeliveryError):
+        world.service().deliver(ref)
+    assert world.store.items[ref].reconciled_at is None and world.store.status(ref) == PENDING
 
 
 # --- deliver: the entry, built in memory -----------------------------------------------------------------
@@ -443,7 +475,7 @@ def _sha256(entry: dict[str, Any]) -> str:
 
 def test_deliver_sends_exactly_the_entry_project_builds_and_records_its_digests(world: World) -> None:
     ref = world.stored()
-    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    assert world.service().deliver(ref, matched_as="ck")["outcome"] == DELIVERED
     expected = _entry(1)
     (key, sent), = world.vneid.calls
     assert key == "ck" and dumps(sent) == dumps(expected)
@@ -460,7 +492,7 @@ def test_deliver_of_a_resubmission_sends_the_entry_that_supersedes_the_previous_
     later = RECEIVED + timedelta(minutes=5)
     second = world.stored(received=later)
     assert first.visit_id == second.visit_id and first.version < second.version
-    assert world.service().deliver(second, citizen_key="ck")["outcome"] == DELIVERED
+    assert world.service().deliver(second, matched_as="ck")["outcome"] == DELIVERED
     supersedes = projection_id(first.visit_id, version_ms(first.version))
     (_, sent), = world.vneid.calls
     assert dumps(sent) == dumps(_entry(1, later, supersedes=supersedes))
@@ -473,9 +505,9 @@ def test_deliver_projects_the_same_entry_on_every_retry(world: World) -> None:
     world.vneid.fail = RetryableDeliveryError("503", status=503)
     ref = world.stored()
     with pytest.raises(RetryableDeliveryError):
-        world.service().deliver(ref, citizen_key="ck")
+        world.service().deliver(ref, matched_as="ck")
     world.vneid.fail = None
-    assert world.service(T + timedelta(seconds=20)).deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    assert world.service(T + timedelta(seconds=20)).deliver(ref, matched_as="ck")["outcome"] == DELIVERED
     first, second = (entry for _, entry in world.vneid.calls)
     assert dumps(first) == dumps(second)  # the same projection_id: VNeID's Idempotency-Key holds
 
@@ -485,7 +517,7 @@ def test_an_entry_that_would_carry_sensitive_data_is_never_sent(world: World) ->
     stored["tables"]["XML1"][0]["LY_DO_VV"] = "B20"  # an HIV-range code in free text: fail closed
     ref = world.store.add(_ref(1), records=gzip.compress(json.dumps(stored).encode()), received_at=RECEIVED)
     with pytest.raises(SensitiveDataError):
-        world.service().deliver(ref, citizen_key="ck")
+        world.service().deliver(ref, matched_as="ck")
     assert world.vneid.calls == []  # nothing reached VNeID
     assert world.store.writes() == [] and world.store.status(ref) == PENDING  # for Settle (the Catch path)
     assert world.metrics.counts == []
@@ -494,13 +526,13 @@ def test_an_entry_that_would_carry_sensitive_data_is_never_sent(world: World) ->
 
 def test_deliver_of_a_visit_no_longer_pending_is_skipped(world: World) -> None:
     ref = world.stored(status=DELIVERED)
-    assert world.service().deliver(ref, citizen_key="ck") == {"visit_id": ref.visit_id, "outcome": SKIPPED}
+    assert world.service().deliver(ref, matched_as="ck") == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert world.vneid.calls == [] and world.store.calls == ["load"]
 
 
 def test_deliver_marks_delivered_with_latency_from_receipt(world: World) -> None:
     ref = world.stored()
-    result = world.service().deliver(ref, citizen_key="ck")
+    result = world.service().deliver(ref, matched_as="ck")
     latency = (T - RECEIVED) // timedelta(milliseconds=1)
     assert latency == 3_600_250
     assert result == {"visit_id": ref.visit_id, "outcome": DELIVERED, "latency_ms": latency}
@@ -515,7 +547,7 @@ def test_deliver_marks_delivered_with_latency_from_receipt(world: World) -> None
 def test_deliver_at_the_deadline_is_in_time_and_after_it_is_not(world: World) -> None:
     on_time, late = world.stored(1), world.stored(2)
     for ref, now in ((on_time, DEADLINE), (late, DEADLINE + timedelta(milliseconds=1))):
-        assert world.service(now).deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+        assert world.service(now).deliver(ref, matched_as="ck")["outcome"] == DELIVERED
     assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime", "VisitsDelivered"]
     assert world.store.items[late].latency_ms == 24 * 3_600_000 + 1
 
@@ -523,7 +555,7 @@ def test_deliver_at_the_deadline_is_in_time_and_after_it_is_not(world: World) ->
 def test_deliver_superseded_at_vneid_marks_superseded(world: World) -> None:
     world.vneid.outcome = "superseded"
     ref = world.stored()
-    assert world.service().deliver(ref, citizen_key="ck") == {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
+    assert world.service().deliver(ref, matched_as="ck") == {"visit_id": ref.visit_id, "outcome": SUPERSEDED}
     item = world.store.items[ref]
     assert item.status == SUPERSEDED and item.superseded_at == T and item.delivered_at is None
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -535,7 +567,7 @@ def test_deliver_errors_propagate_and_change_nothing(world: World, error: Except
     world.vneid.fail = error
     ref = world.stored()
     with pytest.raises(type(error)):
-        world.service().deliver(ref, citizen_key="ck")
+        world.service().deliver(ref, matched_as="ck")
     assert len(world.vneid.calls) == 1
     assert world.store.writes() == [] and world.store.status(ref) == PENDING
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -543,8 +575,8 @@ def test_deliver_errors_propagate_and_change_nothing(world: World, error: Except
 
 def test_a_second_deliver_of_the_same_visit_is_skipped(world: World) -> None:
     ref = world.stored()
-    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
-    again = world.service(T + timedelta(minutes=1)).deliver(ref, citizen_key="ck")
+    assert world.service().deliver(ref, matched_as="ck")["outcome"] == DELIVERED
+    again = world.service(T + timedelta(minutes=1)).deliver(ref, matched_as="ck")
     assert again == {"visit_id": ref.visit_id, "outcome": SKIPPED}
     assert len(world.vneid.calls) == 1
     assert world.store.items[ref].delivered_at == T
@@ -554,7 +586,7 @@ def test_a_second_deliver_of_the_same_visit_is_skipped(world: World) -> None:
 def test_deliver_recorded_first_by_a_concurrent_execution_is_skipped_and_not_counted(world: World) -> None:
     ref = world.stored()
     world.store.race[ref] = DELIVERED
-    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == SKIPPED
+    assert world.service().deliver(ref, matched_as="ck")["outcome"] == SKIPPED
     assert len(world.vneid.calls) == 1  # the PUT happened (VNeID's Idempotency-Key makes it a replay)
     assert world.store.items[ref].delivered_at is None
     assert world.metrics.counts == [] and world.metrics.latencies == []
@@ -564,7 +596,7 @@ def test_deliver_superseded_lost_to_a_concurrent_change_is_skipped(world: World)
     world.vneid.outcome = "superseded"
     ref = world.stored()
     world.store.race[ref] = DEADLINE_BREACHED
-    result = world.service().deliver(ref, citizen_key="ck")
+    result = world.service().deliver(ref, matched_as="ck")
     assert world.store.status(ref) == DEADLINE_BREACHED
     assert result == {"visit_id": ref.visit_id, "outcome": SKIPPED}
 
@@ -573,7 +605,7 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     # seeds 3, 4 and 8 are visits at 79002, seed 1 at 79001: all in province 79
     first, second, third, elsewhere = (world.stored(seed) for seed in (3, 4, 8, 1))
     for ref, citizen in ((first, "ck"), (second, "ck"), (third, "someone-else"), (elsewhere, "ck")):
-        world.service().deliver(ref, citizen_key=citizen)
+        world.service().deliver(ref, matched_as=citizen)
     # a report counts each partition's markers: its distinct citizens
     counted = Counter(scope for scope, _ in world.store.markers)
     month, day = "M#2026-11", "D#2026-11-22"  # T is 22 Nov 2026, 11:00 in Vietnam
@@ -582,21 +614,8 @@ def test_distinct_citizens_are_counted_once_per_scope_and_period_however_often_d
     assert world.store.markers[("P34#79#ALL", "citizen#ck")] == day  # kept, with the day the citizen first came
     # a crash between the markers and the status change: the retry finds the markers and adds none
     world.store.items[first].status = PENDING
-    world.service().deliver(first, citizen_key="ck")
+    world.service().deliver(first, matched_as="ck")
     assert Counter(scope for scope, _ in world.store.markers) == counted
-
-
-def test_the_fast_path_delivers_the_entry_under_the_citizen_key(world: World) -> None:
-    ref = world.stored()
-    service = world.service()
-    matched = service.reconcile(ref)
-    delivered = service.deliver(ref, citizen_key=matched["citizen_key"])
-    assert [matched["outcome"], delivered["outcome"]] == [MATCHED, DELIVERED]
-    (key, entry), = world.vneid.calls
-    assert key == citizen_key(PEPPER, _id_number(1))
-    assert entry["projection_id"] == world.store.items[ref].projection_id == projection_id(ref.visit_id,
-                                                                                          epoch_ms(RECEIVED))
-    assert summarise([delivered]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
 
 
 # --- settle --------------------------------------------------------------------------------------------
@@ -849,8 +868,8 @@ def test_a_failure_to_record_a_delivery_is_retried_not_settled(world: World) -> 
 
     world.store.mark_delivered = throttled  # type: ignore[method-assign]
     with pytest.raises(RetryableDeliveryError, match="not yet recorded: ProvisionedThroughputExceededException"):
-        world.service().deliver(ref, citizen_key="ck")
+        world.service().deliver(ref, matched_as="ck")
     assert world.store.status(ref) == PENDING
     world.store.mark_delivered = original  # type: ignore[method-assign]
-    assert world.service().deliver(ref, citizen_key="ck")["outcome"] == DELIVERED
+    assert world.service().deliver(ref, matched_as="ck")["outcome"] == DELIVERED
     assert len(world.vneid.calls) == 2 and world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]

@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from healthbook.aws.delivery import execution_input
 from healthbook.delivery.contracts import (
-    DeliverInput,
     DeliverResult,
     ExecutionInput,
-    ReconcileResult,
     SettleInput,
     SettleResult,
     StepInput,
@@ -30,11 +28,9 @@ ASL = json.loads((ROOT / "infra/statemachine/delivery.asl.json").read_text(encod
 
 # Each Lambda task of the machine: (input contract, output contract), by the function it invokes.
 TASKS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-    "${ReconcileFunctionArn}": (StepInput, ReconcileResult),
-    "${DeliverFunctionArn}": (DeliverInput, DeliverResult),
+    "${DeliverFunctionArn}": (StepInput, DeliverResult),
     "${SettleFunctionArn}": (SettleInput, SettleResult),
 }
-CITIZEN = "ab" * 32
 
 
 def _states(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,11 +77,12 @@ def test_paths_into_earlier_results_name_fields_of_those_results() -> None:
                for state in _lambda_tasks(ITEM_STATES).values()}
     used = []
     for name, state in ITEM_STATES.items():
-        for path in re.findall(r"\$\.(\w+)\.detail\.(\w+)", json.dumps(state.get("Parameters", {}))):
+        for path in re.findall(r"\$\.(\w+)\.(?:detail\.)?(\w+)", json.dumps(state.get("Parameters", {}))):
             result, field = path
-            assert field in _fields(results[f"$.{result}"]), (name, result, field)
-            used.append(field)
-    assert used == ["citizen_key"]  # the check saw the one the Deliver task reads
+            if f"$.{result}" in results:
+                assert field in _fields(results[f"$.{result}"]), (name, result, field)
+                used.append(f"{result}.{field}")
+    assert sorted(used) == ["deliver.outcome", "settle.outcome"]  # what the Pass states read
     for state in _lambda_tasks(STATES).values():
         for key, path in state.get("ResultSelector", {}).items():
             if path.startswith("$.Payload."):
@@ -120,30 +117,28 @@ def test_an_execution_input_is_what_the_contract_accepts() -> None:
     (StepInput, {"visit_id": "01001#A"}),  # no version
     (StepInput, {"visit_id": "no-facility", "version": "v"}),
     (StepInput, {"visit_id": "01001#A", "version": "v", "name": "Nguyễn Văn A"}),  # nothing personal slips in
-    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": "0123456789"}),
-    (DeliverInput, {"visit_id": "01001#A", "version": "v"}),  # no citizen key
     # the hand-off through S3 is gone: a payload still naming an object key is refused, not silently ignored
-    (DeliverInput, {"visit_id": "01001#A", "version": "v", "citizen_key": CITIZEN, "projection_key": "k"}),
+    (StepInput, {"visit_id": "01001#A", "version": "v", "projection_key": "k"}),
+    # the citizen is matched inside the step: workflow state never carries the key
+    (StepInput, {"visit_id": "01001#A", "version": "v", "citizen_key": "ab" * 32}),
 ])
 def test_malformed_step_inputs_are_refused(model: type[BaseModel], event: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         model.model_validate(event)
 
 
-def test_matched_visits_go_straight_to_deliver_which_reads_only_the_item_and_the_reconcile_result() -> None:
-    matched = [c for c in ITEM_STATES["Matched?"]["Choices"] if c.get("StringEquals") == Outcome.MATCHED]
-    assert [c["Next"] for c in matched] == ["Deliver"]
+def test_each_visit_is_one_deliver_task_that_reads_only_the_item() -> None:
+    assert ASL["States"]["Visits"]["ItemProcessor"]["StartAt"] == "Deliver"
     payload = ITEM_STATES["Deliver"]["Parameters"]["Payload"]
-    assert payload == {"visit_id.$": "$.visit_id", "version.$": "$.version",
-                       "citizen_key.$": "$.reconcile.detail.citizen_key"}
-    assert DeliverInput.model_validate({"visit_id": "01001#A", "version": "v", "citizen_key": CITIZEN}).ref == \
-        VisitRef("01001#A", "v")
-    # the tasks of a visit: reconcile, deliver and, on the Catch path, settle (no step in between any more)
-    assert sorted(s["ResultPath"] for s in _lambda_tasks(ITEM_STATES).values()) == [
-        "$.deliver", "$.reconcile", "$.settle"]
+    assert payload == {"visit_id.$": "$.visit_id", "version.$": "$.version"}
+    # it retries both services it calls: the population's outage and VNeID's
+    assert ITEM_STATES["Deliver"]["Retry"][0]["ErrorEquals"] == ["PopulationUnavailable", "RetryableDeliveryError"]
+    # the tasks of a visit: deliver and, on the Catch path, settle (no step in between any more)
+    assert sorted(s["ResultPath"] for s in _lambda_tasks(ITEM_STATES).values()) == ["$.deliver", "$.settle"]
 
 
 def test_results_leave_out_what_does_not_apply() -> None:
-    assert ReconcileResult(visit_id="01001#A", outcome=Outcome.MATCHED, citizen_key=CITIZEN).to_event() == {
-        "visit_id": "01001#A", "outcome": "MATCHED", "citizen_key": CITIZEN}
+    assert DeliverResult(visit_id="01001#A", outcome=Outcome.NEEDS_RECONCILIATION, reasons=["UNKNOWN_ID"]
+                         ).to_event() == {"visit_id": "01001#A", "outcome": "NEEDS_RECONCILIATION",
+                                          "reasons": ["UNKNOWN_ID"]}
     assert SettleInput.model_validate({"visit_id": "01001#A", "version": "v"}).error is None

@@ -273,7 +273,7 @@ def test_deliver_builds_the_entry_in_memory_and_the_item_keeps_its_digests_not_a
     calls: dict[str, Counter[str]] = {}
     for invocation in watch.invocations:
         calls.setdefault(invocation.function, Counter()).update(invocation.aws_calls)
-    assert sorted(calls) == ["deliver", "reconcile", "settle"]  # settle: the execution's Summarise
+    assert sorted(calls) == ["deliver", "settle"]  # settle: the execution's Summarise
     # the step reads the version and its records (one request), and which version it supersedes: from DynamoDB
     assert calls["deliver"]["dynamodb.BatchGetItem"] >= 1 and calls["deliver"]["dynamodb.Query"] == 1
     assert [call for made in calls.values() for call in made if call.startswith("s3.")] == []

@@ -372,17 +372,18 @@ def test_only_status_and_elapsed_time_are_logged(caplog: pytest.LogCaptureFixtur
 # ------------------------------------------------------------------------------------------------ configuration
 
 
-def test_the_reconcile_settings_name_a_missing_or_bad_population_url_never_its_value() -> None:
-    from healthbook.aws.settings import ReconcileSettings
+def test_the_deliver_settings_name_a_missing_or_bad_population_url_never_its_value() -> None:
+    from healthbook.aws.settings import DeliverSettings
 
-    base = {"VISITS_TABLE": "v", "CITIZEN_PEPPER_SECRET": "p"}
-    settings = ReconcileSettings.from_env({**base, "POPULATION_URL": "https://dancu.example"})
+    base = {"VISITS_TABLE": "v", "CITIZEN_PEPPER_SECRET": "p", "VNEID_URL": "https://vneid.example",
+            "VNEID_SECRET": "s"}
+    settings = DeliverSettings.from_env({**base, "POPULATION_URL": "https://dancu.example"})
     client = PopulationClient(settings.population_url, api_key="k3y")
     assert isinstance(client, PopulationRegistry) and "k3y" not in repr(client)
     with pytest.raises(ValueError, match="POPULATION_URL"):
-        ReconcileSettings.from_env(base)
+        DeliverSettings.from_env(base)
     with pytest.raises(ValueError, match=r"^POPULATION_URL is not in the expected form$") as caught:
-        ReconcileSettings.from_env({**base, "POPULATION_URL": "dancu.example/s3cr3t"})
+        DeliverSettings.from_env({**base, "POPULATION_URL": "dancu.example/s3cr3t"})
     assert "s3cr3t" not in str(caught.value)
 
 

@@ -345,7 +345,8 @@ class Dataset:
         deadline = at - timedelta(seconds=1) if late else at + timedelta(hours=1)
         count = for_delivery(ref.facility, at, deadline_at=deadline, latency_ms=latency_s * 1000, referral=referral)
         return self.status.mark_delivered(ref, delivered_at=at, latency_ms=latency_s * 1000, receipt_id="r",
-                                          entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), count=count)
+                                          entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), citizen_key=citizen,
+                                          count=count)
 
 
 def _vn(day: int, hour: int = 10, month: int = 3) -> datetime:

@@ -540,7 +540,6 @@ def test_one_layer_per_architecture_built_by_the_makefile(template: dict[str, An
 
 # function -> (code folder, handler, name suffix)
 FUNCTIONS = {"IngestFunction": ("functions/ingest/", "app.lambda_handler", "ingest"),
-             "ReconcileFunction": ("functions/delivery/", "app.reconcile_handler", "reconcile"),
              "DeliverFunction": ("functions/delivery/", "app.deliver_handler", "deliver"),
              "SettleFunction": ("functions/delivery/", "app.settle_handler", "settle"),
              "SweepFunction": ("functions/delivery/", "app.sweep_handler", "sweep"),
@@ -619,25 +618,18 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
             "LEASE_SECONDS": {"Ref": "LeaseSeconds"}}},
     },
-    "ReconcileFunction": {
-        **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-reconcile"},
-        "Description": "Delivery step 1 - matches the claim's citizen against the population database.",
-        "CodeUri": "functions/delivery/", "Handler": "app.reconcile_handler", "MemorySize": 256, "Timeout": 30,
-        "LoggingConfig": {"LogGroup": {"Ref": "ReconcileFunctionLogGroup"}},
-        "Environment": {"Variables": {
-            **_DELIVERY_TASK_VARIABLES, "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},
-            "POPULATION_URL": {"Ref": "PopulationBaseUrl"},
-            "POPULATION_API_KEY_SECRET": {"Ref": "PopulationApiKeySecret"}}},
-    },
-    # issue 17: the project step went; Deliver builds the entry itself and reads no projections bucket.
+    # issue 17: the project step went; Deliver builds the entry itself and reads no projections bucket. And the
+    # reconcile step went: Deliver matches the citizen itself (one invocation and one read of the visit).
     "DeliverFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-deliver"},
-        "Description": "Delivery step 2 - builds the health-book entry (QĐ 1332) and PUTs it to VNeID (one attempt; "
-                       "the workflow retries).",
+        "Description": "Delivery step - matches the citizen against the population database, builds the "
+                       "health-book entry (QĐ 1332) and PUTs it to VNeID (one attempt; the workflow retries).",
         "CodeUri": "functions/delivery/", "Handler": "app.deliver_handler", "MemorySize": 256, "Timeout": 30,
         "LoggingConfig": {"LogGroup": {"Ref": "DeliverFunctionLogGroup"}},
         "Environment": {"Variables": {
-            **_DELIVERY_TASK_VARIABLES, "VNEID_URL": {"Ref": "VneidBaseUrl"},
+            **_DELIVERY_TASK_VARIABLES, "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},
+            "POPULATION_URL": {"Ref": "PopulationBaseUrl"},
+            "POPULATION_API_KEY_SECRET": {"Ref": "PopulationApiKeySecret"}, "VNEID_URL": {"Ref": "VneidBaseUrl"},
             "VNEID_SECRET": {"Ref": "VneidCredentialsSecret"}}},
     },
     "SettleFunction": {
@@ -1004,8 +996,8 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
         assert function_props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
 
 
-@pytest.mark.parametrize("function", ["IngestFunction", "ReconcileFunction", "DeliverFunction", "SettleFunction",
-                                      "SweepFunction", "EnrolmentBatchFunction"])
+@pytest.mark.parametrize("function", ["IngestFunction", "DeliverFunction", "SettleFunction", "SweepFunction",
+                                      "EnrolmentBatchFunction"])
 def test_every_function_that_changes_what_reports_count_adds_to_the_counters(template: dict[str, Any],
                                                                               function: str) -> None:
     assert function_props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {
@@ -1030,7 +1022,7 @@ def test_only_deliver_marks_distinct_citizens_and_the_markers_expire(template: d
                                                                             "Enabled": True}
 
 
-@pytest.mark.parametrize("function", ["ReconcileFunction", "DeliverFunction", "SettleFunction", "SweepFunction"])
+@pytest.mark.parametrize("function", ["DeliverFunction", "SettleFunction", "SweepFunction"])
 def test_the_delivery_functions_touch_no_bucket(template: dict[str, Any], function: str) -> None:
     """Deliver builds the entry in memory: no S3 hand-off between steps, so no delivery role has an S3 action."""
     actions = {action for s in function_statements(template, function) for action in as_list(s["Action"])}

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from healthbook_dev.aws.metering import TASK_FUNCTIONS
+
 REGION, PRICE_DATE = "us-east-1", "2026-12-06"
 MILLION = 1_000_000
 
@@ -146,7 +148,7 @@ class Usage:
     files: int
     requests: list[dict[str, Any]]  # the meter's "requests"
     capacity: list[dict[str, Any]]  # the meter's "dynamodb_capacity"
-    invocations: Mapping[str, int]  # REPORT lines, by function (ingest, reconcile, ...)
+    invocations: Mapping[str, int]  # REPORT lines, by function (ingest, deliver, ...)
     units: Mapping[str, int]  # work done, by function: files for ingest, invocations for the others
     memory_mb: Mapping[str, int]  # template.yaml's MemorySize, by function
     profiles: Mapping[str, FunctionProfile]  # measured in process
@@ -222,7 +224,7 @@ def bill(usage: Usage) -> list[Line]:
 
     executions = usage.express_executions
     task_s = sum(usage.units.get(f, 0) * usage.profiles[f].billed_s_per_unit(usage.memory_mb.get(f, 512))
-                 for f in ("reconcile", "deliver", "settle") if f in usage.profiles)
+                 for f in TASK_FUNCTIONS if f in usage.profiles)
     express_s = max(task_s, executions * EXPRESS_MIN_SECONDS)
     lines.append(Line("Step Functions", f"{executions} Express executions, {express_s:.1f} s at 64 MB",
                       executions * EXPRESS_EXECUTION + express_s * EXPRESS_GB * EXPRESS_GB_SECOND))

@@ -1,9 +1,9 @@
 """Delivery functions: the task states of the delivery workflow (infra/statemachine/delivery.asl.json) and the
-sweep that restarts it. One module, four handlers, four functions in template.yaml, each with only the
+sweep that restarts it. One module, three handlers, three functions in template.yaml, each with only the
 permissions its step needs:
 
-    reconcile_handler   StepInput                   -> MATCHED | NEEDS_RECONCILIATION | SKIPPED
-    deliver_handler     DeliverInput                -> DELIVERED | SUPERSEDED | SKIPPED (builds the entry itself)
+    deliver_handler     StepInput                   -> DELIVERED | SUPERSEDED | NEEDS_RECONCILIATION | SKIPPED
+                                                       (matches the citizen, builds the entry itself)
     settle_handler      SettleInput                 -> DEFERRED | DEADLINE_BREACHED | SKIPPED
                         SummariseInput              -> Summary (once per execution)
     sweep_handler       (EventBridge schedule)      -> claimed, executions, breached
@@ -27,7 +27,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from healthbook.aws.delivery_runtime import DeliveryRuntime, run_step
 from healthbook.aws.observability import PowertoolsMetrics, service
-from healthbook.delivery.contracts import DeliverInput, SettleInput, StepInput, SummariseInput
+from healthbook.delivery.contracts import SettleInput, StepInput, SummariseInput
 from healthbook.delivery.service import summarise
 
 SERVICE, NAMESPACE = service("healthbook-delivery")
@@ -56,14 +56,8 @@ def handler(function: Any) -> Any:
 
 
 @handler
-def reconcile_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_step(StepInput, event, lambda step: runtime().reconcile()(step.ref), logger=logger, metrics=port)
-
-
-@handler
 def deliver_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_step(DeliverInput, event, lambda step: runtime().deliver()(step.ref, citizen_key=step.citizen_key),
-                    logger=logger, metrics=port)
+    return run_step(StepInput, event, lambda step: runtime().deliver()(step.ref), logger=logger, metrics=port)
 
 
 @handler

@@ -13,7 +13,8 @@ from healthbook_dev.aws.lambda_logs import log_events, report_fields, seconds
 PATH = "/_healthbook/requests"
 OBSERVER_HEADER = "x-hb-observer"
 # The functions on a visit's path, by their name's suffix; the template's logical id is <Name>Function.
-PATH_FUNCTIONS = ("ingest", "reconcile", "deliver", "settle", "sweep")
+TASK_FUNCTIONS = ("deliver", "settle")  # the delivery workflow's task states (Summarise runs on settle)
+PATH_FUNCTIONS = ("ingest", *TASK_FUNCTIONS, "sweep")
 
 
 def observer(client: Any) -> Any:

@@ -49,8 +49,7 @@ MOTO_LOCK = threading.RLock()
 # which lambdas_in_process replaces with our handlers.
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 # The delivery workflow's task states: substitution -> (function name suffix, handler in functions/delivery/app.py)
-DELIVERY_TASKS = {"ReconcileFunctionArn": ("reconcile", "reconcile_handler"),
-                  "DeliverFunctionArn": ("deliver", "deliver_handler"),
+DELIVERY_TASKS = {"DeliverFunctionArn": ("deliver", "deliver_handler"),
                   "SettleFunctionArn": ("settle", "settle_handler")}
 EVENT_TEMPLATE = {
     "messageId": "", "receiptHandle": "sandbox", "attributes": {"ApproximateReceiveCount": "1"},

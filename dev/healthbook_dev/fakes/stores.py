@@ -83,6 +83,7 @@ class FakeStatusStore:
         return StoredVisit(ref=item.ref, status=item.status, received_at=item.received_at,
                            deadline_at=item.deadline_at, attempts=item.attempts,
                            next_attempt_at=item.next_attempt_at, citizen_key=item.citizen_key,
+                           reconciled=item.reconciled_at is not None,
                            records=item.records if with_records else None)
 
     def previous_version(self, ref: VisitRef) -> str | None:
@@ -123,12 +124,13 @@ class FakeStatusStore:
         return True
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
+                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
         item = self._pending("mark_delivered", ref)
         if item is None:
             return False
         self.counted.append(count)
         self._move(item, DELIVERED)
+        item.citizen_key, item.reconciled_at = citizen_key, item.reconciled_at or delivered_at
         item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
         item.projection_id, item.projection_sha256, item.mapping_sha256 = (entry.projection_id, entry.sha256,
                                                                            entry.mapping_sha256)

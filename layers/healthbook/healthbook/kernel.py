@@ -63,7 +63,6 @@ def receipt_status(receipt: Mapping[str, Any]) -> SubmissionStatus:
 class Outcome(StrEnum):
     """What a step of the delivery workflow reports for one visit (infra/statemachine/delivery.asl.json)."""
 
-    MATCHED = "MATCHED"
     NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
     DELIVERED = "DELIVERED"
     SUPERSEDED = "SUPERSEDED"  # VNeID already holds a newer version

@@ -36,8 +36,8 @@ from healthbook.reports.aggregates import FIRST_DAY, CitizenMarker, CounterUpdat
 STATUS_INDEX = "by-status-deadline"
 # What that index projects besides the keys (template.yaml must agree; a test checks it).
 STATUS_INDEX_ATTRIBUTES = ("received_at", "next_attempt_at", "attempts")
-_LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key, province, "
-          "district, commune")
+_LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attempt_at, citizen_key, reconciled_at, "
+          "province, district, commune")
 
 
 _BATCH_ROUNDS = 9  # BatchGetItem / BatchWriteItem rounds of unprocessed keys before the step gives up
@@ -79,8 +79,8 @@ def _visit(item: dict[str, Any], status: str | None = None) -> StoredVisit:
         received_at=parse_time(str(text("received_at"))), deadline_at=parse_time(str(text("deadline_at"))),
         attempts=int(item.get("attempts", {}).get("N", "0")),
         next_attempt_at=parse_time(next_attempt) if next_attempt else None, citizen_key=text("citizen_key"),
-        records=bytes(records) if records is not None else None, province=text("province"),
-        district=text("district"), commune=text("commune"))
+        reconciled="reconciled_at" in item, records=bytes(records) if records is not None else None,
+        province=text("province"), district=text("district"), commune=text("commune"))
 
 
 class DynamoVisitStatus:
@@ -152,12 +152,13 @@ class DynamoVisitStatus:
         return self._move(ref, NEEDS_RECONCILIATION, extra, values, count)
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
+                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
+        # The citizen key ingest wrote is usually the matched one: the by-citizen index is then not written again.
         values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)},
                                   ":pid": _s(entry.projection_id), ":psha": _s(entry.sha256),
-                                  ":msha": _s(entry.mapping_sha256)}
+                                  ":msha": _s(entry.mapping_sha256), ":k": _s(citizen_key)}
         extra = (", delivered_at = :t, latency_ms = :l, projection_id = :pid, projection_sha256 = :psha,"
-                 " mapping_sha256 = :msha")
+                 " mapping_sha256 = :msha, citizen_key = :k, reconciled_at = if_not_exists(reconciled_at, :t)")
         if receipt_id:
             values[":r"] = _s(receipt_id)
             extra += ", vneid_receipt_id = :r"

@@ -1,7 +1,7 @@
-"""The delivery functions' runtime: each of the four builds its use case from its own settings, on first use.
+"""The delivery functions' runtime: each of the three builds its use case from its own settings, on first use.
 
-Reconcile needs the population service and the pepper, Deliver the VNeID credentials, Settle the deadline rules,
-the sweep the state machine: each reads only its settings model (healthbook.aws.settings), so a function missing
+Deliver needs the population service, the pepper and the VNeID credentials, Settle the deadline rules, the sweep
+the state machine: each reads only its settings model (healthbook.aws.settings), so a function missing
 a variable says which at its first invocation. Clients and secrets are kept between invocations; secrets are
 re-read after ``SECRETS_TTL_SECONDS``, so a rotated VNeID credential takes effect without a deployment.
 """
@@ -16,7 +16,6 @@ from healthbook.aws.delivery import DynamoVisitStatus, SnsNotifier, StepFunction
 from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     DeliverSettings,
-    ReconcileSettings,
     SettleSettings,
     StepSettings,
     SweepSettings,
@@ -24,7 +23,7 @@ from healthbook.aws.settings import (
     load_pepper,
 )
 from healthbook.delivery.contracts import StepInput, StepResult
-from healthbook.delivery.service import Deliver, Reconcile, Settle, Sweeper
+from healthbook.delivery.service import Deliver, Settle, Sweeper
 from healthbook.kernel import Metrics, Outcome
 
 
@@ -34,14 +33,10 @@ class DeliveryRuntime(CachedRuntime):
 
     # --- the use cases, one per function ---------------------------------------------------------------
 
-    def reconcile(self) -> Reconcile:
-        settings = self.settings(ReconcileSettings)
-        return Reconcile(store=self._store(settings), population=self._population(settings),
-                         pepper=self._pepper(settings), metrics=self.metrics)
-
     def deliver(self) -> Deliver:
         settings = self.settings(DeliverSettings)
-        return Deliver(store=self._store(settings), vneid=self._vneid(settings), metrics=self.metrics)
+        return Deliver(store=self._store(settings), population=self._population(settings),
+                       pepper=self._pepper(settings), vneid=self._vneid(settings), metrics=self.metrics)
 
     def settle(self) -> Settle:
         settings = self.settings(SettleSettings)
@@ -63,10 +58,10 @@ class DeliveryRuntime(CachedRuntime):
                                                                aggregates_table=settings.aggregates_table,
                                                                conflicts=self._conflicts()))
 
-    def _pepper(self, settings: ReconcileSettings) -> bytes:
+    def _pepper(self, settings: DeliverSettings) -> bytes:
         return self._cached("pepper", lambda: load_pepper(client("secretsmanager"), settings.citizen_pepper_secret))
 
-    def _population(self, settings: ReconcileSettings) -> Any:
+    def _population(self, settings: DeliverSettings) -> Any:
         def build() -> Any:
             from healthbook.reconcile.http import PopulationClient
 
@@ -92,7 +87,7 @@ class DeliveryRuntime(CachedRuntime):
 # --- running a step: parse its contract, count and log its outcome --------------------------------------------
 
 # Outcomes the domain does not count itself (it counts deliveries, deferrals, breaches, reconciliations).
-STEP_METRICS = {Outcome.MATCHED: "VisitsMatched", Outcome.SKIPPED: "DeliveryStepsSkipped",
+STEP_METRICS = {Outcome.SKIPPED: "DeliveryStepsSkipped",
                 Outcome.SUPERSEDED: "VisitsSupersededAtVneid",
                 Outcome.NEEDS_RECONCILIATION: "VisitsNeedingReconciliation"}
 In = TypeVar("In", bound=StepInput)

@@ -111,13 +111,12 @@ class StepSettings(TimingSettings):
     secrets_ttl_seconds: Seconds = 300.0  # re-read secrets after this, so a rotation needs no deployment
 
 
-class ReconcileSettings(StepSettings):
+class DeliverSettings(StepSettings):
+    """Match the citizen (the population service, the pepper), then PUT the entry (VNeID)."""
+
     citizen_pepper_secret: str
     population_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]  # absolute http(s); never quoted back
     population_api_key_secret: str | None = None
-
-
-class DeliverSettings(StepSettings):
     vneid_url: str
     vneid_secret: str
     vneid_timeout_seconds: PositiveSeconds = 10.0

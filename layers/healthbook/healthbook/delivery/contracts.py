@@ -1,7 +1,7 @@
 """The delivery workflow's contracts: what each step receives and returns, as pydantic models that match
 infra/statemachine/delivery.asl.json (tests/test_delivery_contracts.py reads the ASL and checks every path it
-uses against them). Workflow state carries keys and codes only: visit ids, versions, the citizen key (an HMAC),
-outcomes; never a name, an ID or card number.
+uses against them). Workflow state carries keys and codes only: visit ids, versions, outcomes, reason codes;
+never a name, an ID or card number, nor the citizen key.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from healthbook.kernel import FACILITY_CODE, Outcome
 
 VisitId = Annotated[str, StringConstraints(pattern=rf"^{FACILITY_CODE.pattern}#.+$", max_length=200)]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-CitizenKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Contract(BaseModel):
@@ -27,7 +26,7 @@ class _Contract(BaseModel):
 
 
 class StepInput(_Contract):
-    """Reconcile: one visit version (the Map's item)."""
+    """Deliver: one visit version (the Map's item)."""
 
     visit_id: VisitId
     version: Version
@@ -43,12 +42,6 @@ class ExecutionInput(_Contract):
     visits: list[StepInput] = Field(min_length=1)
 
 
-class DeliverInput(StepInput):
-    """The visit and its citizen; the entry itself is built from the stored records, never passed along."""
-
-    citizen_key: CitizenKey
-
-
 class SettleInput(StepInput):
     """The Catch path: the step's error name (``$.error.Error``), absent when the state machine had none."""
 
@@ -62,13 +55,9 @@ class StepResult(_Contract):
     outcome: Outcome
 
 
-class ReconcileResult(StepResult):
-    citizen_key: CitizenKey | None = None  # MATCHED only; Deliver reads $.reconcile.detail.citizen_key
-    reasons: list[str] | None = None  # NEEDS_RECONCILIATION only
-
-
 class DeliverResult(StepResult):
     latency_ms: int | None = None  # DELIVERED only
+    reasons: list[str] | None = None  # NEEDS_RECONCILIATION only
 
 
 class SettleResult(StepResult):

@@ -19,7 +19,6 @@ NEEDS_RECONCILIATION = VisitStatus.NEEDS_RECONCILIATION
 DEADLINE_BREACHED = VisitStatus.DEADLINE_BREACHED
 STATUSES = tuple(VisitStatus)
 
-MATCHED = Outcome.MATCHED
 DEFERRED = Outcome.DEFERRED
 SKIPPED = Outcome.SKIPPED
 UNSETTLED = Outcome.UNSETTLED
@@ -38,6 +37,7 @@ class StoredVisit:
     attempts: int = 0
     next_attempt_at: datetime | None = None
     citizen_key: str | None = None
+    reconciled: bool = False  # the population matched it (an earlier attempt): citizen_key is the matched one
     records: bytes | None = None
     province: str | None = None  # the facility's, stamped at ingest (older items: None)
     district: str | None = None

@@ -2,16 +2,16 @@
 
 Pure: no AWS. The Express workflow (infra/statemachine/delivery.asl.json) calls one step per task state:
 
-    reconcile → deliver                  (fast path: deliver builds the entry in memory and PUTs it; Retry on
-                                          the retryable errors)
+    deliver                              (fast path: match the citizen against the population database, build
+                                          the entry in memory and PUT it; Retry on the retryable errors)
     settle                               (Catch path: try again later, or escalate at the cutoff)
     summarise                            (once per execution: what happened, and which visits breached)
 
 Every status change is conditional on the visit still being PENDING, so two executions holding the same visit
 (a duplicate start, a sweep racing a slow execution) change it once; VNeID's Idempotency-Key makes the second
-PUT a no-op there too. Each step is a use case with the dependencies it needs (``Reconcile``, ``Deliver``,
-``Settle``) and returns a contract of delivery/contracts.py: keys and codes only, so the workflow's state never
-holds personal data.
+PUT a no-op there too. Each step is a use case with the dependencies it needs (``Deliver``, ``Settle``) and
+returns a contract of delivery/contracts.py: keys and codes only, so the workflow's state never holds personal
+data.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any, Protocol
 from healthbook.delivery.contracts import (
     DeliverResult,
     ItemResult,
-    ReconcileResult,
     SettleResult,
     StepResult,
     Summary,
@@ -56,7 +55,6 @@ __all__ = [
     "Deliver",
     "Deliverer",
     "Notifier",
-    "Reconcile",
     "Settle",
     "SweepReport",
     "Sweeper",
@@ -86,7 +84,10 @@ class VisitStatusStore(Protocol):
         """The version key just before ``ref.version`` of the same visit, if any."""
         ...
 
-    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool: ...
+    def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
+        """The population matched the visit's citizen: ``citizen_key`` is kept, and a later attempt delivers
+        without matching again (``StoredVisit.reconciled``)."""
+        ...
 
     def mark_needs_reconciliation(self, ref: VisitRef, reasons: Sequence[str], now: datetime,
                                   count: CounterUpdate | None = None) -> bool:
@@ -94,8 +95,9 @@ class VisitStatusStore(Protocol):
         ...
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, count: CounterUpdate | None = None) -> bool:
-        """``entry``: which entry VNeID received (its id and digests), kept on the item for audit."""
+                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
+        """``entry``: which entry VNeID received (its id and digests), kept on the item for audit; ``citizen_key``:
+        the matched citizen's, under which VNeID holds it (also the match's record when none was kept before)."""
         ...
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
@@ -182,52 +184,42 @@ def _stored(visit: StoredVisit) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Reconcile(_Step):
-    """Match the claim's identity against the population database. PopulationUnavailable propagates: the
-    workflow retries it. A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes."""
+class Deliver(_Step):
+    """One visit, one read of it: match its citizen against the population database, build the health-book entry
+    from the stored records and make one PUT of it to VNeID. Matching and delivering were two steps (two Lambda
+    invocations, two reads, a write between them) until issue 17 (docs/cost.md).
+
+    A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes. PopulationUnavailable propagates
+    (the workflow retries it). A match is written down only when the PUT fails (``mark_matched``), so the retry
+    delivers without asking the population again; on success the delivered status records it. The entry is not
+    kept anywhere: it follows from the records and the mapping, so the delivered item records its id and digests
+    (``DeliveredEntry``). SensitiveDataError, like any projection error, propagates before anything is sent: the
+    Catch path parks the visit. RetryableDeliveryError propagates (the workflow retries with backoff);
+    PermanentDeliveryError too (the Catch path)."""
 
     population: PopulationRegistry
     pepper: bytes = field(repr=False)
+    vneid: Deliverer
 
     def __call__(self, ref: VisitRef) -> StepResult:
         visit = self._pending(ref, with_records=True)
         if visit is None:
             return _skipped(ref)
-        summary = (_stored(visit).get("tables", {}).get("XML1") or [{}])[0]
-        match = reconcile(identity_from_summary(summary), self.population)
-        now = self.now()
-        if not match.matched or match.citizen_key_material is None:
-            count = for_reconciliation(ref.facility, now, match.reasons)
-            if not self.store.mark_needs_reconciliation(ref, match.reasons, now, count=count):
-                return _skipped(ref)  # superseded or settled meanwhile: not ours to report
-            for reason in match.reasons:
-                self.metrics.count("ReconciliationNeeded", reason=reason)
-            return ReconcileResult(visit_id=ref.visit_id, outcome=Outcome.NEEDS_RECONCILIATION,
-                                   reasons=list(match.reasons))
-        key = citizen_key(self.pepper, match.citizen_key_material)
-        if key is None:  # the registry matched a citizen without a number: a bug upstream, not a match
-            raise RuntimeError("a matched citizen has no ID number")
-        if not self.store.mark_matched(ref, key, now):
-            return _skipped(ref)
-        return ReconcileResult(visit_id=ref.visit_id, outcome=Outcome.MATCHED, citizen_key=key)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Deliver(_Step):
-    """Build the health-book entry from the stored records and make one PUT of it to VNeID. The entry is not kept
-    anywhere: it follows from the records and the mapping, so the delivered item records its id and digests
-    (``DeliveredEntry``). SensitiveDataError, like any projection error, propagates before anything is sent: the
-    Catch path parks the visit. RetryableDeliveryError propagates (the workflow retries with backoff);
-    PermanentDeliveryError too (the Catch path)."""
-
-    vneid: Deliverer
-
-    def __call__(self, ref: VisitRef, *, citizen_key: str) -> StepResult:
-        visit = self._pending(ref, with_records=True)
-        if visit is None:
-            return _skipped(ref)
-        entry = self._project(ref, visit)
-        delivery = self.vneid.deliver(citizen_key, entry)
+        stored = _stored(visit)
+        if visit.reconciled and visit.citizen_key:
+            key = visit.citizen_key  # matched by an earlier attempt
+        else:
+            match = self._match(ref, stored)
+            if isinstance(match, StepResult):
+                return match
+            key = match
+        try:
+            entry = self._project(ref, visit, stored)
+            delivery = self.vneid.deliver(key, entry)
+        except Exception:
+            if not visit.reconciled:
+                self._keep_match(ref, key)
+            raise
         now = self.now()
         if delivery.outcome == "superseded":  # VNeID already holds a newer version of this visit
             if not self.store.mark_superseded(ref, now):
@@ -240,15 +232,17 @@ class Deliver(_Step):
         try:
             # Markers before the status change: a crash in between leaves the visit PENDING, and the retry
             # finds the markers written and writes only what is missing (a count is the number of markers).
-            self.store.count_citizen(citizen_markers(citizen_key, now, facility=ref.facility,
+            self.store.count_citizen(citizen_markers(key, now, facility=ref.facility,
                                                      province=visit.province or ref.facility[:2],
                                                      district=visit.district, commune=visit.commune))
             recorded = self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms,
-                                                 receipt_id=delivery.receipt_id, entry=delivered,
+                                                 receipt_id=delivery.receipt_id, entry=delivered, citizen_key=key,
                                                  count=count)
         except Exception as exc:
             # VNeID holds the entry; only our record of it failed (throttling, say). Retrying the step replays
             # the idempotent PUT and records it, instead of the Catch path settling a delivered visit as late.
+            if not visit.reconciled:
+                self._keep_match(ref, key)
             response = getattr(exc, "response", None)  # an AWS error's code, without importing botocore here
             code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
             raise RetryableDeliveryError(f"stored at VNeID, not yet recorded: {code or type(exc).__name__}",
@@ -261,11 +255,37 @@ class Deliver(_Step):
             self.metrics.count("VisitsDeliveredInTime")
         return DeliverResult(visit_id=ref.visit_id, outcome=Outcome.DELIVERED, latency_ms=latency_ms)
 
-    def _project(self, ref: VisitRef, visit: StoredVisit) -> dict[str, Any]:
+    def _match(self, ref: VisitRef, stored: dict[str, Any]) -> str | StepResult:
+        """The matched citizen's key, or the step's result when there is none (NEEDS_RECONCILIATION, or SKIPPED
+        when the visit left PENDING meanwhile)."""
+        summary = (stored.get("tables", {}).get("XML1") or [{}])[0]
+        match = reconcile(identity_from_summary(summary), self.population)
+        if not match.matched or match.citizen_key_material is None:
+            now = self.now()
+            count = for_reconciliation(ref.facility, now, match.reasons)
+            if not self.store.mark_needs_reconciliation(ref, match.reasons, now, count=count):
+                return _skipped(ref)  # superseded or settled meanwhile: not ours to report
+            for reason in match.reasons:
+                self.metrics.count("ReconciliationNeeded", reason=reason)
+            return DeliverResult(visit_id=ref.visit_id, outcome=Outcome.NEEDS_RECONCILIATION,
+                                 reasons=list(match.reasons))
+        key = citizen_key(self.pepper, match.citizen_key_material)
+        if key is None:  # the registry matched a citizen without a number: a bug upstream, not a match
+            raise RuntimeError("a matched citizen has no ID number")
+        return key
+
+    def _keep_match(self, ref: VisitRef, key: str) -> None:
+        """Best effort, on the way out of a failed attempt: the error that failed it is what the workflow sees."""
+        try:
+            self.store.mark_matched(ref, key, self.now())
+        except Exception as exc:  # the next attempt matches again: nothing is lost
+            log.warning("match not kept", extra={"visit_id": ref.visit_id, "error": type(exc).__name__})
+
+    def _project(self, ref: VisitRef, visit: StoredVisit, stored: dict[str, Any]) -> dict[str, Any]:
         """The entry of this version, the same on every retry; a resubmission's supersedes the previous version's."""
         previous = self.store.previous_version(ref)
         supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
-        return project(_stored(visit), facility=ref.facility, received_at=visit.received_at,
+        return project(stored, facility=ref.facility, received_at=visit.received_at,
                        version=version_ms(ref.version), supersedes=supersedes)
 
 
