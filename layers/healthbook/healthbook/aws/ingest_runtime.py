@@ -8,8 +8,8 @@
   anything else that is not an inbox notification refused as a ``PoisonMessage``), then every object examined
   (read, validated, verified, its content claimed), then the window's receipts signed at once, then each object
   recorded (visits, receipt, quarantine, submission item, delivery);
-- Powertools idempotency on the object, ``[bucket, key, version_id || sequencer]``, held from before an object is
-  examined until it is recorded (``ObjectIdempotency``);
+- Powertools idempotency on the object, ``[bucket, key, version_id || sequencer]``, taken before an object is
+  examined; once it is recorded its submission item says it is done, and the record lapses (``ObjectIdempotency``);
 - the logs and metrics of each outcome and of each signature, the per-family counts added up over the invocation.
 
 Nothing is read at import and nothing before a message needs it (tests set the environment and start moto
@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,18 +118,24 @@ def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> I
 # --- idempotency across the batch's phases --------------------------------------------------------------
 
 class ObjectIdempotency:
-    """Powertools idempotency on one object, held open across the batch's phases: ``begin`` before the object is
-    examined, ``complete`` once it is recorded, ``release`` when its message fails. The same records, keys and
-    rules as Powertools' ``idempotent_function`` (which wraps one call, and so cannot span the window's one
-    signature): an object already done is answered from the table (``response_hook``), one in progress in
-    another invocation fails its message (``IdempotencyAlreadyInProgressError``, SQS retries it later), and a
-    failed attempt leaves no record behind, so its retry runs."""
+    """Powertools idempotency on one object, held across the batch's phases: ``begin`` before the object is
+    examined, ``release`` when its message fails. The same records, keys and rules as Powertools'
+    ``idempotent_function`` (which wraps one call, and so cannot span the window's one signature), but a recorded
+    object's record is not completed: its submission item, written last, already says it is done, and a second
+    write per file cost a DynamoDB write unit (issue 17, docs/cost.md). The record lapses at the end of the
+    invocation that took it and expires with the table's TTL.
+
+    So an object whose record is in progress is done when ``recorded`` finds its submission item (answered, like a
+    completed record of the previous version, through ``response_hook``); otherwise another invocation is on it and
+    its message fails (``IdempotencyAlreadyInProgressError``, SQS retries it later). A failed attempt leaves no
+    record behind, so its retry runs."""
 
     ATTEMPTS = 3  # as Powertools: a record that changes between the write and the read is tried again
 
-    def __init__(self, persistence: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+    def __init__(self, persistence: BasePersistenceLayer, config: IdempotencyConfig,
+                 recorded: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         persistence.configure(config=config, key_prefix=IDEMPOTENCY_PREFIX)
-        self.persistence, self.config = persistence, config
+        self.persistence, self.config, self.recorded = persistence, config, recorded
 
     def begin(self, payload: dict[str, Any]) -> bool:
         """True: this run holds the object now. False: it was done before (its stored answer went to the
@@ -148,36 +154,34 @@ class ObjectIdempotency:
                 except Exception as error:
                     raise IdempotencyPersistenceLayerError("Failed to get record from idempotency store",
                                                            error) from error
-                if record is not None and self._settled(record):
+                if record is not None and self._settled(record, payload):
                     return False
             except Exception as exc:
                 raise IdempotencyPersistenceLayerError("Failed to save in progress record to idempotency store",
                                                        exc) from exc
         raise IdempotencyInconsistentStateError("save_inprogress and get_record return inconsistent results.")
 
-    def _settled(self, record: DataRecord) -> bool:
-        """True for a completed object, its stored answer handed to the response hook; raises while another run
-        holds it; False when the record lapsed in between (try again)."""
+    def _settled(self, record: DataRecord, payload: dict[str, Any]) -> bool:
+        """True for a done object, its answer handed to the response hook; raises while another run holds it;
+        False when the record lapsed in between (try again)."""
         status = record.status
         if status == "EXPIRED":
             return False
+        response: dict[str, Any] | None = None
         if status == "INPROGRESS":
             expiry = record.in_progress_expiry_timestamp
             if expiry is not None and expiry < int(dt.datetime.now().timestamp() * 1000):
                 return False
-            raise IdempotencyAlreadyInProgressError(
-                f"Execution already in progress with idempotency key: {self.persistence.event_key_jmespath}="
-                f"{record.idempotency_key}")
+            response = self.recorded(payload)
+            if response is None:
+                raise IdempotencyAlreadyInProgressError(
+                    f"Execution already in progress with idempotency key: {self.persistence.event_key_jmespath}="
+                    f"{record.idempotency_key}")
+        else:  # COMPLETED: written until 2026-12-07, kept IDEMPOTENCY_TTL_SECONDS
+            response = record.response_json_as_dict()
         if self.config.response_hook is not None:
-            self.config.response_hook(record.response_json_as_dict(), record)
+            self.config.response_hook(response, record)
         return True
-
-    def complete(self, payload: dict[str, Any], response: dict[str, Any]) -> None:
-        try:
-            self.persistence.save_success(data=payload, result=response)
-        except Exception as exc:
-            raise IdempotencyPersistenceLayerError("Failed to update record state to success in idempotency store",
-                                                   exc) from exc
 
     def release(self, payload: dict[str, Any], exception: Exception) -> None:
         self.persistence.delete_record(data=payload, exception=exception)
@@ -385,8 +389,8 @@ class IngestRuntime:
         self._wiring: Wiring | None = None
         self.record_per_examine = RECORD_PER_EXAMINE[0]  # measured by each window that recorded (per process)
         self.record_ms_per_unit = 0.0  # likewise: recording time per record_units
-        # Likewise: the window's end (one StartExecution, then each object's idempotency record completed) per object
-        # and per start. Under load an AWS call took a second on the emulator, and windows overran their invocation.
+        # Likewise: the window's end (one StartExecution, each object's outcome logged) per object and per start. Under
+        # load an AWS call took a second on the emulator, and windows overran their invocation.
         self.finish_ms_per_object = 0.0
         # (metric, family) -> count over the current invocation: one EMF document each, not one per file
         self._families: Counter[tuple[str, str]] = Counter()
@@ -397,8 +401,9 @@ class IngestRuntime:
             persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table,
                                                    boto3_client=client("dynamodb"))
             requeue = SqsRequeue(settings.ingest_queue_url) if settings.ingest_queue_url else None
-            self._wiring = Wiring(settings=settings, service=build_service(settings, self.metrics),
-                                  idempotency=ObjectIdempotency(persistence, self.idempotency), requeue=requeue)
+            service = build_service(settings, self.metrics)
+            self._wiring = Wiring(settings=settings, service=service, requeue=requeue, idempotency=ObjectIdempotency(
+                persistence, self.idempotency, lambda payload: service.recorded(object_ref(payload))))
         return self._wiring
 
     @contextmanager
@@ -634,8 +639,8 @@ class IngestRuntime:
         return True
 
     def _complete(self, wiring: Wiring, message: _Message, covered: int, signing_ms: float) -> None:
-        """Phase 5 for one recorded message, once its visits' delivery has started: each object observed and its
-        idempotency completed."""
+        """Phase 5 for one recorded message, once its visits' delivery has started: each object observed, and no
+        longer released should the message fail (its submission item is written: it is done)."""
         key: str | None = None
         with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
             try:
@@ -649,7 +654,6 @@ class IngestRuntime:
                                                          facility=outcome.facility):
                         self._observe(outcome, item.elapsed_ms + (signing_ms if signed else 0.0),
                                       covered if signed else 0)
-                    wiring.idempotency.complete(item.payload, outcome.to_dict())
                     item.held = False
             except Exception as exc:
                 self._fail(wiring, message, exc, key)

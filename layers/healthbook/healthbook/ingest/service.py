@@ -213,6 +213,13 @@ class IngestService:
 
     # --- the three phases -------------------------------------------------------------------------------
 
+    def recorded(self, ref: ObjectRef) -> dict[str, Any] | None:
+        """How a second run of an object answers when the object is recorded already (its submission item, written
+        last, exists): the object's ids, as a DUPLICATE; None while it is not."""
+        if not self._records.submission_exists(ref.submission_id):
+            return None
+        return {"submission_id": ref.submission_id, "object_key": ref.key, "status": SubmissionStatus.DUPLICATE}
+
     def examine(self, ref: ObjectRef) -> Examined:
         """Phase 1: read, validate and verify the object and settle its content claim; its receipt is built,
         not signed. Raises on platform trouble (the object then stays out of the window and its message fails);
