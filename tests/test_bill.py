@@ -119,6 +119,26 @@ def test_requests_are_counted_by_origin() -> None:
     assert metering.origin_of(internal) == "aws:lambda"
 
 
+def test_log_events_are_counted_as_cloudwatch_logs_ingests_them_not_as_the_request_body() -> None:
+    metering = _metering()
+    events = [{"timestamp": 1, "message": 'START RequestId: r Version: $LATEST\n'},
+              {"timestamp": 2, "message": '{"_aws":{"Metrics":[{"Name":"Ngày"}]},"Ngày":[1.0]}\n'}]
+    expected = sum(len(e["message"].encode("utf-8")) + 26 for e in events)
+    assert metering.log_event_bytes(events) == expected == 36 + 26 + (52 + 2) + 26  # "à": 2 bytes in UTF-8
+    counted = []
+    metering.METER = SimpleNamespace(count_request=lambda *args: counted.append(args))
+
+    def answered(service: str, operation: str, body: dict[str, Any]) -> Any:
+        return SimpleNamespace(service=SimpleNamespace(service_name=service),
+                               operation=SimpleNamespace(name=operation), service_request=body,
+                               request=SimpleNamespace(headers={}, content_length=999),
+                               internal_request_params={"service_principal": "lambda"})
+
+    metering.count_response(None, answered("logs", "PutLogEvents", {"logGroupName": "g", "logEvents": events}), None)
+    metering.count_response(None, answered("sqs", "SendMessage", {"QueueUrl": "q"}), None)
+    assert counted == [("logs", "PutLogEvents", "aws:lambda", expected), ("sqs", "SendMessage", "aws:lambda", 999)]
+
+
 def _usage(**changes: Any) -> bill.Usage:
     profile = bill.FunctionProfile(invocations=2, units=20, own_s=0.4, waits_s=1.6)  # 100 ms per file
     base: dict[str, Any] = {

@@ -2,7 +2,8 @@
 DynamoDB's read and write units as DynamoDB counts them. The whole bill (``healthbook_dev.bill``, docs/cost.md) is
 computed from these counts by ``bench/e2e.py`` and ``bench/load.py``.
 
-* **Requests**: a response handler counts each request LocalStack answers, with its request bytes, by origin:
+* **Requests**: a response handler counts each request LocalStack answers, with its request bytes (for
+  ``PutLogEvents``, the bytes CloudWatch Logs ingests and bills instead: :func:`log_event_bytes`), by origin:
   ``function`` (a Lambda worker: botocore puts ``exec-env/AWS_Lambda`` in its User-Agent), ``aws:<service>`` (an
   internal call: S3 notifying SQS, Lambda's SQS poller and log writer, Step Functions invoking a task),
   ``observer`` (a client that marked itself with the ``x-hb-observer`` header: a benchmark's own polling, which is
@@ -89,12 +90,27 @@ METER = Meter()
 
 # --- requests ---------------------------------------------------------------------------------------------------
 
+# PutLogEvents counts each event as its message's UTF-8 bytes plus this (the API's batch-size rule; CloudWatch's
+# IncomingBytes, which ingestion bills, is the events' uncompressed volume): not the request's JSON, whose quoting
+# of an EMF document's quotes and per-request names added about 75 % in bench-e2e.
+LOG_EVENT_OVERHEAD = 26
+
+
+def log_event_bytes(events: Iterable[Mapping[str, Any]]) -> int:
+    return sum(len(str(event.get("message", "")).encode("utf-8")) + LOG_EVENT_OVERHEAD for event in events)
+
+
 def count_response(chain: Any, context: Any, response: Any) -> None:
     """A LocalStack response handler: one count per AWS request answered (errors included: AWS bills them too)."""
     if context.operation is None or context.service is None:
         return
-    size = context.request.content_length or 0
-    METER.count_request(context.service.service_name, context.operation.name, origin_of(context), int(size))
+    service, operation = context.service.service_name, context.operation.name
+    request = getattr(context, "service_request", None)
+    if service == "logs" and operation == "PutLogEvents" and isinstance(request, Mapping):
+        size = log_event_bytes(request.get("logEvents") or ())
+    else:
+        size = context.request.content_length or 0
+    METER.count_request(service, operation, origin_of(context), int(size))
 
 
 def serve(request: Any, **_: Any) -> Any:
