@@ -102,6 +102,9 @@ def test_a_first_visit_writes_its_five_markers_without_a_transaction_and_a_repea
     again = Recorded(ddb)
     _store(again).count_citizen(_visit("k1", AT + timedelta(days=2)))  # the same month: nothing new
     assert again.operations() == {"batch_get_item": 1} and again.write_units() == 0
+    # The read is eventually consistent (half the read units): a marker it misses is only written again, and the
+    # blind case below shows that counts nothing twice.
+    assert [request["RequestItems"][AGGREGATES]["ConsistentRead"] for _, request in again.calls] == [False]
 
 
 def test_a_citizen_delivered_twice_and_a_retry_after_a_crash_count_once_per_scope_and_period(ddb: Any) -> None:

@@ -48,10 +48,12 @@ def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def batch_get(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], what: str) -> list[dict[str, Any]]:
-    """The items of one table a BatchGetItem names (consistent reads), those that exist; keys left unprocessed under
-    throttling asked for again after a backoff, then RuntimeError (the step is retried)."""
-    request: dict[str, Any] = {table: {**keys_and_attributes, "ConsistentRead": True}}
+def batch_get(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], what: str, *,
+              consistent: bool = True) -> list[dict[str, Any]]:
+    """The items of one table a BatchGetItem names, those that exist (``consistent``: strongly consistent reads, at
+    twice the read units); keys left unprocessed under throttling asked for again after a backoff, then
+    RuntimeError (the step is retried)."""
+    request: dict[str, Any] = {table: {**keys_and_attributes, "ConsistentRead": consistent}}
     found: list[dict[str, Any]] = []
     for attempt in range(_BATCH_ROUNDS):
         page = dynamodb.batch_get_item(RequestItems=request)
@@ -171,7 +173,9 @@ class DynamoVisitStatus:
     def count_citizen(self, markers: Sequence[CitizenMarker]) -> None:
         """Write the markers not written yet; a report counts a partition's items (docs/reports.md), so a marker
         written twice is still one citizen and nothing here needs a transaction, nor meets a TransactionConflict.
-        Which exist: one BatchGetItem (a returning citizen costs only that). The missing period markers: one
+        Which exist: one BatchGetItem, eventually consistent (a returning citizen costs only that; half the read
+        units of a consistent read, and a marker written a moment ago and not seen is only written again, as a racing
+        delivery would). The missing period markers: one
         BatchWriteItem (the same item every time; a racing delivery rewrites it harmlessly). The missing kept ones:
         an UpdateItem each that sets ``first_day`` only if absent, so a retry or a racing delivery never moves it.
         A crash part-way leaves some written: the retry reads them and writes the rest."""
@@ -219,7 +223,7 @@ class DynamoVisitStatus:
         items = batch_get(self._db, table, {
             "Keys": [{"scope": _s(m.scope), "period": _s(m.period)} for m in markers],
             "ProjectionExpression": "#sc, #p", "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"}},
-            "distinct-citizen markers")
+            "distinct-citizen markers", consistent=False)
         return {(i["scope"]["S"], i["period"]["S"]) for i in items}
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
