@@ -2,7 +2,9 @@
 
 The shard key format and reading a period back across its shards (and items written before sharding); the
 emulator's conflict model, its cancellation shape and its counts; bounded retries that never count twice; and a
-burst of concurrent deliveries of one province on one day, with the model on, whose counts must come out exact.
+burst of concurrent files and their deliveries in one province on one day, with the model on, whose counts must come
+out exact. Since 2026-12-07 a delivery commits no counter (the report counts the delivered visits), so the files'
+counters are the transactions left to contend.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import (
     ConflictRetry,
+    DynamoRecords,
     TransactionConflicts,
     cancellation_reasons,
     conditional_write,
@@ -33,12 +36,12 @@ from healthbook.aws.records import (
 )
 from healthbook.aws.reports import DynamoCounters, counters_by_period
 from healthbook.delivery.model import DeliveredEntry
-from healthbook.ingest.model import PENDING, VisitRef
+from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef
+from healthbook.kernel import iso_utc
 from healthbook.reports.aggregates import (
     COUNTER_SHARDS,
     CounterUpdate,
     citizen_markers,
-    for_delivery,
     period_high,
     shard_key,
     unsharded,
@@ -55,7 +58,7 @@ from healthbook_dev.aws.sandbox import (
 from moto import mock_aws
 
 REGION = "ap-southeast-1"
-AGGREGATES, VISITS = NAMES["AGGREGATES_TABLE"], NAMES["VISITS_TABLE"]
+AGGREGATES, VISITS, SUBMISSIONS = NAMES["AGGREGATES_TABLE"], NAMES["VISITS_TABLE"], NAMES["SUBMISSIONS_TABLE"]
 AT = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)  # 11:00 in Vietnam, 22 November 2026: the 34 provinces
 DAY, MONTH, HALF = "D#2026-11-22", "M#2026-11", "S#2026-H2"
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +70,8 @@ def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        create_tables(client, {"AGGREGATES_TABLE": AGGREGATES, "VISITS_TABLE": VISITS})
+        create_tables(client, {"AGGREGATES_TABLE": AGGREGATES, "VISITS_TABLE": VISITS,
+                               "SUBMISSIONS_TABLE": SUBMISSIONS})
         yield client
 
 
@@ -291,9 +295,9 @@ class Burst:
 def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: int, workers: int = 8,
            hold_ms: float = 20.0, seed: int = 7) -> tuple[Burst, list[tuple[VisitRef, str, str]]]:
     """Every citizen's first visit, ``repeats`` of them a second visit at another facility, and ``duplicates``
-    visits delivered twice, shuffled over ``workers`` threads: each does what the Deliver step does after VNeID
-    answered (the markers, then the status change with its counters), retrying the step like Step Functions when
-    a call gives up (TransactionConflicts)."""
+    visits run twice, shuffled over ``workers`` threads: each records its file as ingest does (the submission item
+    with its counters, one transaction) and then does what the Deliver step does after VNeID answered (the markers,
+    then the status change), retrying like SQS and Step Functions when a call gives up (TransactionConflicts)."""
     jobs: list[tuple[VisitRef, str, str]] = []
     for n in range(citizens):
         jobs.append((VisitRef(f"{FACILITIES[n % 3]}#V{n:05d}", "v1"), f"citizen-{n:05d}", FACILITIES[n % 3]))
@@ -302,7 +306,8 @@ def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: in
         jobs.append((VisitRef(f"{facility}#R{n:05d}", "v1"), f"citizen-{n:05d}", facility))
     for ref, _, _ in jobs:
         ddb.put_item(TableName=VISITS, Item={"visit_id": {"S": ref.visit_id}, "version": {"S": ref.version},
-                                             "status": {"S": PENDING}})
+                                             "status": {"S": PENDING},
+                                             "deadline_at": {"S": iso_utc(AT + timedelta(hours=20))}})
     visits = list(jobs)
     jobs += random.Random(seed).sample(visits, duplicates)
     random.Random(seed).shuffle(jobs)
@@ -310,20 +315,21 @@ def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: in
     step_retries = 0
     lock = threading.Lock()
     with moto_transactions_copy_tables_once(), transaction_conflicts(hold_ms=hold_ms) as model:
-        store = DynamoVisitStatus(SerialisedClient(ddb, model), visits_table=VISITS, aggregates_table=AGGREGATES,
-                                  conflicts=retry)
+        client = SerialisedClient(ddb, model)
+        store = DynamoVisitStatus(client, visits_table=VISITS, aggregates_table=AGGREGATES, conflicts=retry)
+        files = DynamoRecords(client, submissions_table=SUBMISSIONS, visits_table=VISITS,
+                              aggregates_table=AGGREGATES, conflicts=retry)
 
         def deliver(job: tuple[VisitRef, str, str]) -> None:
             nonlocal step_retries
             ref, citizen, facility = job
             for _ in range(40):
                 try:
+                    files.put_submission(_file(ref, facility))
                     store.count_citizen(citizen_markers(citizen, AT, facility=facility, province="79",
                                                         district=None, commune=COMMUNE))
                     store.mark_delivered(ref, delivered_at=AT, latency_ms=1500, receipt_id=None,
-                                         entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), citizen_key=citizen,
-                                         count=for_delivery(facility, AT, deadline_at=AT + timedelta(hours=20),
-                                                            latency_ms=1500))
+                                         entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), citizen_key=citizen)
                     return
                 except TransactionConflicts:
                     with lock:
@@ -341,8 +347,17 @@ def _burst(ddb: Any, *, citizens: int, repeats: int, duplicates: int, shards: in
                  statuses), visits
 
 
+def _file(ref: VisitRef, facility: str) -> SubmissionRecord:
+    """The one-visit file a visit came in: received 1.5 s before the delivery, the same id when run again."""
+    return SubmissionRecord(
+        submission_id=f"sub-{ref.visit_id}", facility=facility, received_at=AT - timedelta(seconds=1.5),
+        object_key=f"inbox/{facility}/{ref.visit_id}.xml", version_id=None, content_sha256=None, size=100,
+        status="ACCEPTED", visits_total=1, visits_accepted=1, error_codes=(), standards=(), receipt_key="r",
+        quarantine_key=None, merkle_root=None, signing_key_id="k")
+
+
 def _assert_exact(ddb: Any, visits: list[tuple[VisitRef, str, str]], citizens: int) -> None:
-    counters = DynamoCounters(ddb, AGGREGATES, workers=1)
+    counters = DynamoCounters(ddb, AGGREGATES, visits_table=VISITS, workers=1)
     assert counters.period("P34#79", DAY) == {}  # distinct citizens have no counter: their markers are counted
     for partition in (f"P34#79#{MONTH}", f"XA#79#{COMMUNE}#{MONTH}", "P34#79#ALL", "P34#79#VISIT"):
         assert counters.count(MarkerRange(partition)) == citizens, partition
@@ -352,8 +367,11 @@ def _assert_exact(ddb: Any, visits: list[tuple[VisitRef, str, str]], citizens: i
         mine = [(ref, citizen) for ref, citizen, at in visits if at == facility]
         distinct = len({citizen for _, citizen in mine})
         assert counters.count(MarkerRange(f"F#{facility}#{MONTH}")) == distinct, facility
-        assert counters.period(f"F#{facility}", DAY) == {"delivered": len(mine), "delivered_in_time": len(mine),
-                                                          "latency#2": len(mine)}, facility
+        assert counters.period(f"F#{facility}", DAY) == {
+            "files_received": len(mine), "visits_accepted": len(mine),  # the files' counters, once each
+            "delivered": len(mine), "delivered_in_time": len(mine), "latency#2": len(mine)}, facility  # the items
+    assert not [i for i in ddb.scan(TableName=AGGREGATES)["Items"] if i["period"]["S"].startswith(DAY)
+                and "delivered" in i]  # no delivery counter: the report counted the delivered visits
     markers = [i for i in ddb.scan(TableName=AGGREGATES)["Items"] if i["period"]["S"].startswith("citizen#")]
     # 5 per citizen, and a month marker more for each other facility a citizen visited
     assert len(markers) == citizens * 5 + len({(c, f) for _, c, f in visits}) - citizens
@@ -364,10 +382,10 @@ def test_a_burst_of_deliveries_in_one_province_counts_exactly_with_sharded_count
     print(f"\n[shards={COUNTER_SHARDS}] {burst}")
     assert burst.statuses == {"DELIVERED": 288}
     _assert_exact(ddb, visits, 240)
-    # One transaction per attempt at a status change: the markers make none, so the province's first visits no
-    # longer contend. The model cancelled a few (on the facilities' day items, and duplicates of one visit): each
-    # was retried inside its call (at most attempts - 1 times), and a call that still gave up had its step run
-    # again, which counted nothing twice.
+    # One transaction per attempt at recording a file: the markers and the deliveries make none, so the province's
+    # first visits do not contend. The model cancelled a few (on the facilities' day items, and duplicates of one
+    # file): each was retried inside its call (at most attempts - 1 times), and a call that still gave up had its
+    # step run again, which counted nothing twice.
     assert burst.transactions == 320 + burst.step_retries + burst.retried
     assert 0 < burst.conflicts["conflicts"] < 0.15 * burst.transactions
     assert burst.retried + burst.exhausted == burst.conflicts["conflicts"]
@@ -381,8 +399,8 @@ def test_the_model_makes_an_unsharded_hot_item_a_queue_and_the_counts_stay_exact
     _assert_exact(ddb, visits, 24)
     # One shard: a facility's day item is held by most other transactions of the facility in flight (most
     # transactions cancelled, some calls giving up after their 5 attempts). Without the in-call retries and the
-    # step retries, counts would be missing: what the sharded burst must not look like. The markers, in no
-    # transaction, are exact however often the steps were run.
+    # step retries, counts would be missing: what the sharded burst must not look like. The markers and the
+    # deliveries, in no transaction, are exact however often the steps were run.
     assert burst.transactions == 32 + burst.step_retries + burst.retried
     assert burst.conflicts["conflicts"] > 0.2 * burst.transactions
     assert burst.retried + burst.exhausted == burst.conflicts["conflicts"]

@@ -100,12 +100,14 @@ class World:
         return found
 
     def counters(self, scope: str = "F#", period: str = "D#") -> dict[str, int]:
-        """The report counters of every item whose scope and period start so (default: facility days), every
-        shard, summed; never the distinct-citizen markers."""
-        from healthbook.aws.reports import counters_by_period
+        """What the report counts for every scope and period that start so (default: facility days): the counter
+        items, every shard, and the delivered visits; never the distinct-citizen markers."""
+        from healthbook.aws.reports import counters_by_period, deliveries_by_day
 
         summed = counters_by_period(self.aws.ddb.scan(TableName=AGGREGATES)["Items"])
-        return total(counts for (of, at), counts in summed.items() if of.startswith(scope) and at.startswith(period))
+        delivered = deliveries_by_day(self.aws.ddb.scan(TableName=VISITS)["Items"])
+        return total(counts for (of, at), counts in [*summed.items(), *delivered.items()]
+                     if of.startswith(scope) and at.startswith(period))
 
     def markers(self) -> dict[str, int]:
         """The distinct-citizen markers per partition: what a report counts."""

@@ -15,7 +15,8 @@ from healthbook.aws.records import DynamoRecords
 from healthbook.aws.reports import DynamoCounters
 from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
-from healthbook.reports.aggregates import citizen_markers, for_breach, for_delivery, for_reconciliation
+from healthbook.kernel import iso_utc
+from healthbook.reports.aggregates import citizen_markers, for_breach, for_reconciliation
 from healthbook.reports.build import MarkerRange, Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
@@ -343,10 +344,13 @@ class Dataset:
         self.status.count_citizen(citizen_markers(citizen, at, facility=ref.facility, province=province,
                                                   district=district or None))
         deadline = at - timedelta(seconds=1) if late else at + timedelta(hours=1)
-        count = for_delivery(ref.facility, at, deadline_at=deadline, latency_ms=latency_s * 1000, referral=referral)
+        self.ddb.update_item(TableName=NAMES["VISITS_TABLE"], Key={"visit_id": {"S": ref.visit_id},
+                                                                   "version": {"S": ref.version}},
+                             UpdateExpression="SET deadline_at = :d", ExpressionAttributeValues={
+                                 ":d": {"S": iso_utc(deadline)}})
         return self.status.mark_delivered(ref, delivered_at=at, latency_ms=latency_s * 1000, receipt_id="r",
                                           entry=DeliveredEntry("0" * 64, "0" * 64, "0" * 64), citizen_key=citizen,
-                                          count=count)
+                                          referral=referral)
 
 
 def _vn(day: int, hour: int = 10, month: int = 3) -> datetime:
@@ -382,7 +386,7 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     assert data.deliver(v6, "citizen-b", _vn(20, 11, month=2), latency_s=20)
 
     places = [Place(code, f"BV {code}", province, district) for code, (province, district) in data.places.items()]
-    counters = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"])
+    counters = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], visits_table=NAMES["VISITS_TABLE"])
     report = build_report(Period.parse("2025-03"), places, counters, generated_at=_vn(31, 23),
                           population=load_population())
     facility = {row.code: row for row in report.level("facility")}
@@ -414,7 +418,7 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     assert danang.current.citizens == 0 and danang.previous.citizens == 1 and danang.citizens_with_book == 1
     assert danang.facilities_without_submission == ("48001",)
 
-    one_by_one = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], workers=1)
+    one_by_one = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], visits_table=NAMES["VISITS_TABLE"], workers=1)
     sequential = build_report(Period.parse("2025-03"), places, one_by_one, generated_at=_vn(31, 23),
                               population=load_population())
     assert sequential == report  # the parallel read changes nothing
@@ -466,6 +470,7 @@ def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_repl
     s3.create_bucket(Bucket="reports-test", CreateBucketConfiguration={"LocationConstraint": REGION})
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AGGREGATES_TABLE", NAMES["AGGREGATES_TABLE"])
+    monkeypatch.setenv("VISITS_TABLE", NAMES["VISITS_TABLE"])
     monkeypatch.setenv("FACILITIES_TABLE", NAMES["FACILITIES_TABLE"])
     monkeypatch.setenv("REPORTS_BUCKET", "reports-test")
     app = load_function("report")
@@ -487,8 +492,8 @@ def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_pa
     from healthbook_dev.cli import main
 
     _registry_and_counters(ddb, tmp_path)
-    common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--table", NAMES["FACILITIES_TABLE"],
-              "--region", REGION]
+    common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--visits-table", NAMES["VISITS_TABLE"],
+              "--table", NAMES["FACILITIES_TABLE"], "--region", REGION]
     assert main(["report", "--period", "2025-03", "--out", str(tmp_path / "all"), *common]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [

@@ -419,7 +419,8 @@ TABLES = {
                          {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")]}),
     "VisitsTable": ("visits", [("visit_id", "HASH"), ("version", "RANGE")],
                     {"by-citizen": [("citizen_key", "HASH"), ("received_at", "RANGE")],
-                     "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")]}),
+                     "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")],
+                     "by-facility-delivered": [("delivered_month", "HASH"), ("delivered_at", "RANGE")]}),
     "FacilitiesTable": ("facilities", [("facility", "HASH")], {}),
     "IdempotencyTable": ("idempotency", [("id", "HASH")], {}),
     "AggregatesTable": ("aggregates", [("scope", "HASH"), ("period", "RANGE")], {}),
@@ -657,6 +658,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
         "LoggingConfig": {"LogGroup": {"Ref": "ReportFunctionLogGroup"}},
         "Environment": {"Variables": {
             **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "report", "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
+            "VISITS_TABLE": {"Ref": "VisitsTable"},  # issue 17: deliveries counted from the delivered visits
             "FACILITIES_TABLE": {"Ref": "FacilitiesTable"}, "REPORTS_BUCKET": {"Ref": "ReportsBucket"}}},
     },
 }
@@ -1062,6 +1064,7 @@ def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
     assert (p["Timeout"], p["MemorySize"]) == (300, 1024)
     variables = p["Environment"]["Variables"]
     assert variables["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
+    assert variables["VISITS_TABLE"] == {"Ref": "VisitsTable"}
     assert variables["FACILITIES_TABLE"] == {"Ref": "FacilitiesTable"}
     assert variables["REPORTS_BUCKET"] == {"Ref": "ReportsBucket"}
     assert variables["POWERTOOLS_SERVICE_NAME"] == "report"
@@ -1077,8 +1080,9 @@ def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
 
 
 def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
-    """Exactly: read the counters (Query, Scan), scan the registry, put under reports/, and the data key for
-    those; nothing with a wildcard action or resource, no Deny tricks, no managed policies."""
+    """Exactly: read the counters (Query, Scan), query the delivered visits' index (never the table: no records),
+    scan the registry, put under reports/, and the data key for those; nothing with a wildcard action or resource,
+    no Deny tricks, no managed policies."""
     assert all(isinstance(policy, dict) for policy in props(template, "ReportFunction")["Policies"])
     grants: dict[str, list[Any]] = {}
     for statement in function_statements(template, "ReportFunction"):
@@ -1088,7 +1092,8 @@ def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
             grants.setdefault(action, []).extend(as_list(statement["Resource"]))
     aggregates, facilities = {"Fn::GetAtt": ["AggregatesTable", "Arn"]}, {"Fn::GetAtt": ["FacilitiesTable", "Arn"]}
     data_key = {"Fn::GetAtt": ["DataKey", "Arn"]}
-    assert grants == {"dynamodb:Query": [aggregates], "dynamodb:Scan": [aggregates, facilities],
+    delivered = {"Fn::Sub": "${VisitsTable.Arn}/index/by-facility-delivered"}
+    assert grants == {"dynamodb:Query": [aggregates, delivered], "dynamodb:Scan": [aggregates, facilities],
                       "s3:PutObject": [{"Fn::Sub": "${ReportsBucket.Arn}/reports/*"}],
                       "kms:Decrypt": [data_key], "kms:GenerateDataKey": [data_key]}
 

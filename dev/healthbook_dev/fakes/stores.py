@@ -37,6 +37,8 @@ class Item:
     delivered_at: datetime | None = None
     latency_ms: int | None = None
     receipt_id: str | None = None
+    referral: bool = False  # the delivered entry carried a referral paper / a re-examination appointment
+    reexam: bool = False
     projection_id: str | None = None  # which entry VNeID received: its id and digests (DeliveredEntry)
     projection_sha256: str | None = None
     mapping_sha256: str | None = None
@@ -54,7 +56,8 @@ class FakeStatusStore:
         self.calls: list[str] = []
         self.race: dict[VisitRef, str] = {}  # status a concurrent writer sets just before the next write
         self.lease_race: dict[VisitRef, datetime] = {}  # a lease another sweep takes just before the next write
-        self.counted: list[CounterUpdate | None] = []  # the report counters committed with each transition
+        # The report counters committed with each transition that has them (a delivery is counted from its item)
+        self.counted: list[CounterUpdate | None] = []
         # distinct-citizen markers written: (scope, period) -> the kept marker's first day, None for a period's
         self.markers: dict[tuple[str, str], str | None] = {}
 
@@ -124,12 +127,12 @@ class FakeStatusStore:
         return True
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
+                       entry: DeliveredEntry, citizen_key: str, referral: bool = False, reexam: bool = False) -> bool:
         item = self._pending("mark_delivered", ref)
         if item is None:
             return False
-        self.counted.append(count)
         self._move(item, DELIVERED)
+        item.referral, item.reexam = referral, reexam
         item.citizen_key, item.reconciled_at = citizen_key, item.reconciled_at or delivered_at
         item.delivered_at, item.latency_ms, item.receipt_id = delivered_at, latency_ms, receipt_id
         item.projection_id, item.projection_sha256, item.mapping_sha256 = (entry.projection_id, entry.sha256,

@@ -1,8 +1,9 @@
 """Delivery-stage adapters: visit statuses in DynamoDB, Step Functions starts, SNS.
 
 Every status change is one conditional UpdateItem on ``status = PENDING``: a lost race answers False, not an
-error; with its report counters it is one TransactWriteItems, tried again inside the call when a concurrent
-transaction holds one of its items (records.ConflictRetry), then raised for the workflow's retry. The
+error; with its report counters (a reconciliation, a breach) it is one TransactWriteItems, tried again inside the
+call when a concurrent transaction holds one of its items (records.ConflictRetry), then raised for the workflow's
+retry. A delivery has no counter: the reports count the delivered items (``delivered_month``, docs/reports.md). The
 distinct-citizen markers are plain idempotent writes, no transaction (``count_citizen``). Times are written as
 ``iso_utc`` strings like the rest of docs/data-model.md, so text order is time order.
 """
@@ -27,6 +28,7 @@ from healthbook.ingest.model import (
     STATUS_SHARDS,
     SUPERSEDED,
     VisitRef,
+    facility_month,
     records_version,
     status_shard,
 )
@@ -154,17 +156,25 @@ class DynamoVisitStatus:
         return self._move(ref, NEEDS_RECONCILIATION, extra, values, count)
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
+                       entry: DeliveredEntry, citizen_key: str, referral: bool = False, reexam: bool = False) -> bool:
         # The citizen key ingest wrote is usually the matched one: the by-citizen index is then not written again.
+        # delivered_month puts the item in the by-facility-delivered index, which the reports count (one write unit,
+        # where a counter in a transaction with the status change cost four).
         values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)},
                                   ":pid": _s(entry.projection_id), ":psha": _s(entry.sha256),
-                                  ":msha": _s(entry.mapping_sha256), ":k": _s(citizen_key)}
+                                  ":msha": _s(entry.mapping_sha256), ":k": _s(citizen_key),
+                                  ":dm": _s(facility_month(ref.facility, delivered_at))}
         extra = (", delivered_at = :t, latency_ms = :l, projection_id = :pid, projection_sha256 = :psha,"
-                 " mapping_sha256 = :msha, citizen_key = :k, reconciled_at = if_not_exists(reconciled_at, :t)")
+                 " mapping_sha256 = :msha, citizen_key = :k, reconciled_at = if_not_exists(reconciled_at, :t),"
+                 " delivered_month = :dm")
+        for paper, present in (("referral", referral), ("reexam", reexam)):
+            if present:
+                values[f":{paper}"] = {"BOOL": True}
+                extra += f", {paper} = :{paper}"
         if receipt_id:
             values[":r"] = _s(receipt_id)
             extra += ", vneid_receipt_id = :r"
-        return self._move(ref, DELIVERED, extra, values, count)
+        return self._move(ref, DELIVERED, extra, values)
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool:
         return self._move(ref, SUPERSEDED, ", superseded_at = :t, superseded_by = :by",

@@ -1,5 +1,6 @@
-"""The report job on AWS: counters from the ``aggregates`` table, facilities from the registry, files to the
-reports bucket under the period (docs/reports.md)."""
+"""The report job on AWS: counters from the ``aggregates`` table and, for deliveries, the delivered visits of the
+``visits`` table's ``by-facility-delivered`` index; facilities from the registry; files to the reports bucket under
+the period (docs/reports.md)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 from healthbook.aws.facilities import FacilitiesRepository
-from healthbook.reports.aggregates import FIRST_DAY, MARKER_PREFIX, period_high, unsharded
+from healthbook.ingest.model import facility_month
+from healthbook.kernel import PORTAL_TZ, iso_utc, parse_time
+from healthbook.reports.aggregates import (
+    FIRST_DAY,
+    MARKER_PREFIX,
+    CounterUpdate,
+    for_delivery,
+    period_high,
+    unsharded,
+)
 from healthbook.reports.build import MarkerRange, Place, Range, build_report
 from healthbook.reports.job import report_prefix
 from healthbook.reports.model import Period, Report
@@ -24,17 +34,22 @@ _KEYS = {"scope", "period", "expires_at"}
 READERS = 32
 _Wanted = TypeVar("_Wanted")
 _Read = TypeVar("_Read")
+# Deliveries are counted from their items here since 2026-12-07. A visit delivered before has a counter item instead
+# and no entry here (it lacks delivered_month), so each delivery is counted once, on either side of the change.
+DELIVERED_INDEX = "by-facility-delivered"
 
 
 class DynamoCounters:
     """healthbook.reports.build.CounterSource: one Query per scope and range, summed, and one Query per marker
     partition, counted; ``workers`` at a time (a national registry is thousands of facilities: sequential Queries
     would outlast the function's timeout). A range's items are every shard of its periods (and any item written
-    before sharding): they all add up."""
+    before sharding): they all add up. A facility's days also add its deliveries, counted from the delivered
+    visits of ``visits_table`` (one Query per month of the range)."""
 
-    def __init__(self, dynamodb: Any, table: str, *, workers: int = READERS) -> None:
+    def __init__(self, dynamodb: Any, table: str, *, visits_table: str | None = None, workers: int = READERS) -> None:
         self._db = dynamodb
         self.table = table
+        self.visits_table = visits_table
         self.workers = workers
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
@@ -72,6 +87,33 @@ class DynamoCounters:
                 for name, value in item.items():
                     if name not in _KEYS and "N" in value:
                         summed[name] = summed.get(name, 0) + int(value["N"])
+        first, last = _day(low), _day(high)
+        if self.visits_table and scope.startswith("F#") and first is not None and last is not None:
+            for name, value in self._delivered(scope.removeprefix("F#"), first, last).items():
+                summed[name] = summed.get(name, 0) + value
+        return summed
+
+    def _delivered(self, facility: str, first: date, last: date) -> dict[str, int]:
+        """What the facility's visits delivered from ``first`` to ``last`` (Vietnam days, inclusive) count: the
+        deltas ``for_delivery`` gives each, added up."""
+        if first > last:
+            return {}
+        start = datetime.combine(first, time(), PORTAL_TZ)
+        end = datetime.combine(last + timedelta(days=1), time(), PORTAL_TZ) - timedelta(seconds=1)
+        summed: dict[str, int] = {}
+        month = first.replace(day=1)
+        while month <= last:
+            kwargs: dict[str, Any] = {
+                "TableName": self.visits_table, "IndexName": DELIVERED_INDEX,
+                "KeyConditionExpression": "delivered_month = :m AND delivered_at BETWEEN :lo AND :hi",
+                "ExpressionAttributeValues": {
+                    ":m": {"S": facility_month(facility, datetime.combine(month, time(12), PORTAL_TZ))},
+                    ":lo": {"S": iso_utc(start)}, ":hi": {"S": iso_utc(end)}}}
+            for page in self._pages(kwargs):
+                for item in page.get("Items", []):
+                    for name, value in delivery_count(item).deltas.items():
+                        summed[name] = summed.get(name, 0) + value
+            month = (month + timedelta(days=32)).replace(day=1)
         return summed
 
     def count(self, wanted: MarkerRange) -> int:
@@ -175,6 +217,40 @@ def _key_ranges(wanted: MarkerRange) -> list[_KeyRange]:
     return [_KeyRange(wanted, low, high, shared=high) for low, high in itertools.pairwise(bounds)]
 
 
+def delivery_count(item: Mapping[str, Any]) -> CounterUpdate:
+    """What a delivered visit counts for its facility on its Vietnam day (``for_delivery``), from its item or its
+    ``by-facility-delivered`` entry as DynamoDB returns them."""
+    return for_delivery(item["delivered_month"]["S"].split("#", 1)[0], parse_time(item["delivered_at"]["S"]),
+                        deadline_at=parse_time(item["deadline_at"]["S"]), latency_ms=int(item["latency_ms"]["N"]),
+                        referral=item.get("referral", {}).get("BOOL", False),
+                        reexam=item.get("reexam", {}).get("BOOL", False))
+
+
+def deliveries_by_day(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+    """Visit items as DynamoDB returns them (a Scan's page, say): what the delivered ones count, per facility scope
+    and day, as ``counters_by_period`` gives the counter items', for the tests and the demos."""
+    summed: dict[tuple[str, str], dict[str, int]] = {}
+    for item in items:
+        if "delivered_month" not in item:
+            continue
+        count = delivery_count(item)
+        target = summed.setdefault((count.scope, count.period), {})
+        for name, value in count.deltas.items():
+            target[name] = target.get(name, 0) + value
+    return summed
+
+
+def _day(key: str) -> date | None:
+    """The day of a day key, sharded or a range's bound (``D#2026-11-30#s~``); None for anything else (a month
+    key, the ``D#0000-00-00`` of a range from the beginning)."""
+    if not key.startswith("D#"):
+        return None
+    try:
+        return date.fromisoformat(key[2:12])
+    except ValueError:
+        return None
+
+
 def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
     """Counter items as DynamoDB returns them (a Scan's page, say), added up per scope and period across their
     shards; the distinct-citizen markers left out (their sort key is ``citizen#...``: markers_by_partition)."""
@@ -208,9 +284,10 @@ def places(facilities_table: Any) -> list[Place]:
             for e in FacilitiesRepository(facilities_table).list_facilities()]
 
 
-def build(period: Period, *, dynamodb: Any, aggregates_table: str, facilities_table: Any,
+def build(period: Period, *, dynamodb: Any, aggregates_table: str, visits_table: str, facilities_table: Any,
           generated_at: datetime) -> Report:
-    return build_report(period, places(facilities_table), DynamoCounters(dynamodb, aggregates_table),
+    return build_report(period, places(facilities_table),
+                        DynamoCounters(dynamodb, aggregates_table, visits_table=visits_table),
                         generated_at=generated_at)
 
 

@@ -133,6 +133,7 @@ class SweepSettings(StepSettings):
 
 class ReportSettings(FunctionSettings):
     aggregates_table: str
+    visits_table: str  # its by-facility-delivered index: the deliveries are counted there
     facilities_table: str
     reports_bucket: str
 

@@ -46,7 +46,6 @@ from healthbook.reports.aggregates import (
     CounterUpdate,
     citizen_markers,
     for_breach,
-    for_delivery,
     for_reconciliation,
 )
 from healthbook.vneid.client import RetryableDeliveryError
@@ -95,9 +94,11 @@ class VisitStatusStore(Protocol):
         ...
 
     def mark_delivered(self, ref: VisitRef, *, delivered_at: datetime, latency_ms: int, receipt_id: str | None,
-                       entry: DeliveredEntry, citizen_key: str, count: CounterUpdate | None = None) -> bool:
+                       entry: DeliveredEntry, citizen_key: str, referral: bool = False, reexam: bool = False) -> bool:
         """``entry``: which entry VNeID received (its id and digests), kept on the item for audit; ``citizen_key``:
-        the matched citizen's, under which VNeID holds it (also the match's record when none was kept before)."""
+        the matched citizen's, under which VNeID holds it (also the match's record when none was kept before).
+        The item is what the reports count (``for_delivery`` of its latency, deadline and ``referral``/``reexam``
+        papers, on its facility and Vietnam day): no counter is written, so the change needs no transaction."""
         ...
 
     def mark_superseded(self, ref: VisitRef, now: datetime) -> bool: ...
@@ -226,8 +227,6 @@ class Deliver(_Step):
                 return _skipped(ref)
             return StepResult(visit_id=ref.visit_id, outcome=Outcome.SUPERSEDED)
         latency_ms = max(0, epoch_ms(now) - epoch_ms(visit.received_at))
-        count = for_delivery(ref.facility, now, deadline_at=visit.deadline_at, latency_ms=latency_ms,
-                             referral=bool(entry.get("referral")), reexam=bool(entry.get("reexam")))
         delivered = delivered_entry(entry)
         try:
             # Markers before the status change: a crash in between leaves the visit PENDING, and the retry
@@ -237,7 +236,8 @@ class Deliver(_Step):
                                                      district=visit.district, commune=visit.commune))
             recorded = self.store.mark_delivered(ref, delivered_at=now, latency_ms=latency_ms,
                                                  receipt_id=delivery.receipt_id, entry=delivered, citizen_key=key,
-                                                 count=count)
+                                                 referral=bool(entry.get("referral")),
+                                                 reexam=bool(entry.get("reexam")))
         except Exception as exc:
             # VNeID holds the entry; only our record of it failed (throttling, say). Retrying the step replays
             # the idempotent PUT and records it, instead of the Catch path settling a delivered visit as late.

@@ -110,6 +110,12 @@ def facility_day(facility: str, received_at: datetime) -> str:
     return f"{facility}#{received_at.astimezone(PORTAL_TZ):%Y-%m-%d}"
 
 
+def facility_month(facility: str, moment: datetime) -> str:
+    """``{facility}#{YYYY-MM}`` in Vietnam time: the partition of a facility's deliveries in a month (the
+    ``by-facility-delivered`` index the reports count them from)."""
+    return f"{facility}#{moment.astimezone(PORTAL_TZ):%Y-%m}"
+
+
 def version_key(received_at: datetime, submission_id: str) -> str:
     """Sortable by time, and the same object processed twice gives the same key."""
     return f"{iso_utc(received_at)}#{submission_id[:16]}"

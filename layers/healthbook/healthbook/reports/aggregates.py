@@ -3,7 +3,8 @@
 
 Pure: the adapters commit the counter deltas in the same DynamoDB transaction as the event's own conditional
 write, so an event is counted exactly once however often it is retried; a marker is an item written once per
-citizen, scope and period, and a report counts the items.
+citizen, scope and period, and a report counts the items. A delivery is counted from its own item instead (since
+2026-12-07): the report reads the delivered visits of a facility and day and adds ``for_delivery`` of each.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def for_submission(facility: str, received_at: datetime, *, status: str, visits_
 
 def for_delivery(facility: str, delivered_at: datetime, *, deadline_at: datetime, latency_ms: int,
                  referral: bool = False, reexam: bool = False) -> CounterUpdate:
+    """What a delivered visit counts for its facility on its Vietnam day: the report adds it up from the delivered
+    items (no counter item is written for a delivery; until 2026-12-07 one was, and those still add up)."""
     deltas = {"delivered": 1, latency_bucket(latency_ms): 1}
     if delivered_at <= deadline_at:
         deltas["delivered_in_time"] = 1
