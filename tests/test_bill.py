@@ -57,7 +57,7 @@ def _serve(meter: Any, backend: Any, ddb: Any, operation: str, request: dict[str
     """What the DynamoDB dispatch table does around moto: before, the request, after."""
     writes = meter.before(backend, operation, request)
     method = {"PutItem": ddb.put_item, "UpdateItem": ddb.update_item, "TransactWriteItems": ddb.transact_write_items,
-              "GetItem": ddb.get_item, "Query": ddb.query}[operation]
+              "GetItem": ddb.get_item, "Query": ddb.query, "BatchGetItem": ddb.batch_get_item}[operation]
     response: dict[str, Any] | None = None
     try:
         response = method(**request)
@@ -92,6 +92,12 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}})
     _serve(meter, backend, ddb, "GetItem", {"TableName": "t", "Key": {"pk": {"S": "a"}}, "ConsistentRead": True})
     assert _total(counts, "read_units") == 1.5
+    # a batch reads each key as a GetItem does: the item found by its size, a missing one a unit all the same
+    # (half of each eventually consistent)
+    _serve(meter, backend, ddb, "BatchGetItem", {"RequestItems": {"t": {"Keys": [
+        {"pk": {"S": "a"}}, {"pk": {"S": "missing"}}, {"pk": {"S": "gone"}}], "ConsistentRead": True}}})
+    _serve(meter, backend, ddb, "BatchGetItem", {"RequestItems": {"t": {"Keys": [{"pk": {"S": "none"}}]}}})
+    assert _total(counts, "read_units") == 1.5 + 3 + 0.5
     # a refused conditional write is charged as well: the larger of the item before and after, 2 units
     with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
         _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}},
@@ -100,7 +106,7 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
     assert _total(counts, "index_write_units") == 7  # nothing changed in an index
     by_operation = {r["operation"]: r["write_units"] + r["index_write_units"]
                     for r in counts.snapshot()["dynamodb_capacity"]}  # the bill names what each cost
-    assert by_operation == {"PutItem": 5, "UpdateItem": 4, "TransactWriteItems": 8, "GetItem": 0}
+    assert by_operation == {"PutItem": 5, "UpdateItem": 4, "TransactWriteItems": 8, "GetItem": 0, "BatchGetItem": 0}
 
 
 def _total(counts: Any, kind: str) -> float:

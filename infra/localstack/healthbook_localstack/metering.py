@@ -275,10 +275,17 @@ class CapacityMeter:
                 size = size * scanned // returned
             self._meter.add_capacity(request["TableName"], origin, operation, read=_units(size, 4096) * factor)
         elif operation == "BatchGetItem":
-            for table, items in (response.get("Responses") or {}).items():
-                consistent = (request.get("RequestItems") or {}).get(table, {}).get("ConsistentRead")
-                units = sum(_units(item_size(item), 4096) for item in items)
-                self._meter.add_capacity(table, origin, operation, read=units * (1.0 if consistent else 0.5))
+            # Each key is read as a GetItem is: an item found by its size, a missing one 1 unit (0.5 eventually
+            # consistent) all the same; keys left unprocessed are not read.
+            returned = response.get("Responses") or {}
+            unprocessed = response.get("UnprocessedKeys") or {}
+            for table, wanted in (request.get("RequestItems") or {}).items():
+                items = returned.get(table) or []
+                missing = len(wanted.get("Keys") or []) - len(items) - len(
+                    (unprocessed.get(table) or {}).get("Keys") or [])
+                units = sum(_units(item_size(item), 4096) for item in items) + max(0, missing)
+                factor = 1.0 if wanted.get("ConsistentRead") else 0.5
+                self._meter.add_capacity(table, origin, operation, read=units * factor)
         elif operation == "TransactGetItems":
             for entry, result in zip(request.get("TransactItems") or [], response.get("Responses") or [],
                                      strict=False):
