@@ -640,7 +640,7 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
                     body = s3.get_object(Bucket=destination.receipts_bucket, Key=listed["Key"])["Body"].read()
                     receipts[listed["Key"]] = json.loads(body)
         if time.monotonic() - last_counters > 5:
-            counters = day_counters(ddb, outputs["AggregatesTableName"], outputs["VisitsTableName"], codes, run_start)
+            counters = day_counters(ddb, outputs, codes, run_start)
             last_counters = time.monotonic()
             settled = sum(counters.get(n, 0) for n in ("delivered", "needs_reconciliation", "breached"))
             accepted = counters.get("visits_accepted", 0)
@@ -831,12 +831,13 @@ def refused_matching(refused: Counter[str], text: str) -> int:
     return sum(n for key, n in refused.items() if text in key)
 
 
-def day_counters(ddb: Any, table: str, visits_table: str, codes: list[str], since: float) -> dict[str, int]:
-    """Today's (and, across midnight, yesterday's) counters of the run's facilities, added up, the deliveries
-    counted from the delivered visits as the report counts them."""
+def day_counters(ddb: Any, outputs: dict[str, str], codes: list[str], since: float) -> dict[str, int]:
+    """Today's (and, across midnight, yesterday's) counts of the run's facilities, added up as the report counts
+    them: the counter items, the files and the delivered visits."""
     from healthbook.aws.reports import DynamoCounters
 
-    counters = DynamoCounters(ddb, table, visits_table=visits_table, workers=1)
+    counters = DynamoCounters(ddb, outputs["AggregatesTableName"], submissions_table=outputs["SubmissionsTableName"],
+                              visits_table=outputs["VisitsTableName"], workers=1)
     days = {day(datetime.fromtimestamp(since, UTC)), day(datetime.now(UTC))}
     total: Counter[str] = Counter()
     for code in codes:

@@ -65,8 +65,7 @@ def _dynamo_statuses() -> Iterator[Statuses]:
     with mock_aws():
         ddb = boto3.client("dynamodb", region_name=REGION)
         create_tables(ddb, NAMES)
-        records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"],
-                                aggregates_table=NAMES["AGGREGATES_TABLE"])
+        records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"])
 
         def add(ref: VisitRef, received: datetime) -> None:
             records.save_visit(VisitVersion(

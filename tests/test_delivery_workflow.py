@@ -102,10 +102,10 @@ class World:
     def counters(self, scope: str = "F#", period: str = "D#") -> dict[str, int]:
         """What the report counts for every scope and period that start so (default: facility days): the counter
         items, every shard, and the delivered visits; never the distinct-citizen markers."""
-        from healthbook.aws.reports import counters_by_period, deliveries_by_day
+        from healthbook.aws.reports import counted_by_day, counters_by_period
 
         summed = counters_by_period(self.aws.ddb.scan(TableName=AGGREGATES)["Items"])
-        delivered = deliveries_by_day(self.aws.ddb.scan(TableName=VISITS)["Items"])
+        delivered = counted_by_day(self.aws.ddb.scan(TableName=VISITS)["Items"])
         return total(counts for (of, at), counts in [*summed.items(), *delivered.items()]
                      if of.startswith(scope) and at.startswith(period))
 

@@ -591,10 +591,13 @@ def scan(aws: SimpleNamespace, table: str) -> list[dict[str, Any]]:
 
 
 def counters(aws: SimpleNamespace) -> dict[tuple[str, str], dict[str, int]]:
-    """The report counters by scope and period, each period's shards added up."""
-    from healthbook.aws.reports import counters_by_period
+    """What the report counts by scope and period: the files, from their submission items (since 2026-12-07 ingest
+    writes no counter), and any counter item, each period's shards added up."""
+    from healthbook.aws.reports import counted_by_day, counters_by_period
 
-    return counters_by_period(aws.ddb.scan(TableName=TABLES["AGGREGATES_TABLE"])["Items"])
+    counted = counters_by_period(aws.ddb.scan(TableName=TABLES["AGGREGATES_TABLE"])["Items"])
+    assert counted == {}, counted  # ingest counts nothing in the aggregates table
+    return counted_by_day(aws.ddb.scan(TableName=TABLES["SUBMISSIONS_TABLE"])["Items"])
 
 
 def submissions(aws: SimpleNamespace) -> list[dict[str, Any]]:
@@ -757,7 +760,8 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
     (item,) = submissions(aws)
     assert item == {
         "submission_id": sid, "facility": "01001", "facility_day": "01001#2026-11-22",
-        "received_at": "2026-11-22T03:00:00Z", "object_key": key, "version_id": version,
+        "facility_month": "01001#2026-11", "received_at": "2026-11-22T03:00:00Z", "object_key": key,
+        "version_id": version,
         "content_sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "status": "ACCEPTED",
         "visits_total": 1, "visits_accepted": 1, "standards": {"4750"},
         "receipt_key": "receipts/01001/sample.xml.receipt.json", "merkle_root": receipt["merkle"]["root"],
@@ -851,7 +855,7 @@ def test_a_racing_second_put_of_a_submission_counts_nothing(aws: SimpleNamespace
     """Two runs of one object past the "seen before?" check: one submission item, one count."""
 
     records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
-                            visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
+                            visits_table=TABLES["VISITS_TABLE"])
     record = SubmissionRecord(
         submission_id="a" * 64, facility="01001", received_at=RECEIVED, object_key="inbox/01001/r.xml",
         version_id="v1", content_sha256="b" * 64, size=10, status="PARTIAL", visits_total=3, visits_accepted=2,
@@ -983,7 +987,7 @@ def test_the_same_bytes_after_a_rejected_copy_are_processed(aws: SimpleNamespace
 def test_content_claims_are_taken_once_and_confirmed_by_the_holders_submission(aws: SimpleNamespace) -> None:
 
     records = DynamoRecords(aws.ddb, submissions_table=TABLES["SUBMISSIONS_TABLE"],
-                            visits_table=TABLES["VISITS_TABLE"], aggregates_table=TABLES["AGGREGATES_TABLE"])
+                            visits_table=TABLES["VISITS_TABLE"])
     mine = ContentClaim("01001", "d" * 64, "a" * 64, "2026-11-22T03:00:00Z", "receipts/01001/r.xml.receipt.json")
     theirs = dataclasses.replace(mine, submission_id="e" * 64, received_at="2026-11-22T03:00:01Z",
                                  receipt_key="receipts/01001/s.xml.receipt.json")

@@ -324,7 +324,7 @@ class Dataset:
 
     def __init__(self, ddb: Any) -> None:
         self.records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"],
-                                     visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
+                                     visits_table=NAMES["VISITS_TABLE"])
         self.status = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"],
                                         aggregates_table=NAMES["AGGREGATES_TABLE"])
         self.ddb = ddb
@@ -386,7 +386,8 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     assert data.deliver(v6, "citizen-b", _vn(20, 11, month=2), latency_s=20)
 
     places = [Place(code, f"BV {code}", province, district) for code, (province, district) in data.places.items()]
-    counters = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], visits_table=NAMES["VISITS_TABLE"])
+    counters = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
+                              visits_table=NAMES["VISITS_TABLE"])
     report = build_report(Period.parse("2025-03"), places, counters, generated_at=_vn(31, 23),
                           population=load_population())
     facility = {row.code: row for row in report.level("facility")}
@@ -418,7 +419,8 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     assert danang.current.citizens == 0 and danang.previous.citizens == 1 and danang.citizens_with_book == 1
     assert danang.facilities_without_submission == ("48001",)
 
-    one_by_one = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], visits_table=NAMES["VISITS_TABLE"], workers=1)
+    one_by_one = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
+                                visits_table=NAMES["VISITS_TABLE"], workers=1)
     sequential = build_report(Period.parse("2025-03"), places, one_by_one, generated_at=_vn(31, 23),
                               population=load_population())
     assert sequential == report  # the parallel read changes nothing
@@ -456,8 +458,7 @@ def _registry_and_counters(ddb: Any, tmp_path: Any) -> None:
     for code, district in (("01001", "001"), ("79001", None)):
         cert = x509.load_pem_x509_certificate(pki[code].read_bytes())
         put_facility(table, code, f"Bệnh viện {code}", code[:2], cert, district=district)
-    records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"],
-                            aggregates_table=NAMES["AGGREGATES_TABLE"])
+    records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"])
     assert records.put_submission(_submission(1, "01001", _vn(2), accepted=1, total=2, errors=("E_X",)))
 
 
@@ -470,6 +471,7 @@ def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_repl
     s3.create_bucket(Bucket="reports-test", CreateBucketConfiguration={"LocationConstraint": REGION})
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AGGREGATES_TABLE", NAMES["AGGREGATES_TABLE"])
+    monkeypatch.setenv("SUBMISSIONS_TABLE", NAMES["SUBMISSIONS_TABLE"])
     monkeypatch.setenv("VISITS_TABLE", NAMES["VISITS_TABLE"])
     monkeypatch.setenv("FACILITIES_TABLE", NAMES["FACILITIES_TABLE"])
     monkeypatch.setenv("REPORTS_BUCKET", "reports-test")
@@ -492,7 +494,8 @@ def test_the_report_command_writes_the_files_and_prints_a_level(ddb: Any, tmp_pa
     from healthbook_dev.cli import main
 
     _registry_and_counters(ddb, tmp_path)
-    common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--visits-table", NAMES["VISITS_TABLE"],
+    common = ["--aggregates-table", NAMES["AGGREGATES_TABLE"], "--submissions-table", NAMES["SUBMISSIONS_TABLE"],
+              "--visits-table", NAMES["VISITS_TABLE"],
               "--table", NAMES["FACILITIES_TABLE"], "--region", REGION]
     assert main(["report", "--period", "2025-03", "--out", str(tmp_path / "all"), *common]) == 0
     out = capsys.readouterr().out

@@ -416,7 +416,8 @@ def test_queues(template: dict[str, Any]) -> None:
 
 TABLES = {
     "SubmissionsTable": ("submissions", [("submission_id", "HASH")],
-                         {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")]}),
+                         {"by-facility-day": [("facility_day", "HASH"), ("received_at", "RANGE")],
+                          "by-facility-month": [("facility_month", "HASH"), ("received_at", "RANGE")]}),
     "VisitsTable": ("visits", [("visit_id", "HASH"), ("version", "RANGE")],
                     {"by-citizen": [("citizen_key", "HASH"), ("received_at", "RANGE")],
                      "by-status-deadline": [("status_shard", "HASH"), ("deadline_at", "RANGE")],
@@ -611,7 +612,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "IDEMPOTENCY_TABLE": {"Ref": "IdempotencyTable"},
             "RECEIPT_KEY_ID": {"Fn::GetAtt": ["ReceiptSigningKey", "Arn"]},
             "TRUST_BUNDLE_PARAMETER": {"Ref": "TrustBundleParameter"},
-            "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"}, "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
+            "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},  # issue 17: no AGGREGATES_TABLE, no counter
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
             "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages sent again at once
             "VISIT_WRITERS": 8,  # issue 17: a file's visits written 8 at a time
@@ -658,7 +659,8 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
         "LoggingConfig": {"LogGroup": {"Ref": "ReportFunctionLogGroup"}},
         "Environment": {"Variables": {
             **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "report", "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
-            "VISITS_TABLE": {"Ref": "VisitsTable"},  # issue 17: deliveries counted from the delivered visits
+            # issue 17: files and deliveries counted from their items
+            "SUBMISSIONS_TABLE": {"Ref": "SubmissionsTable"}, "VISITS_TABLE": {"Ref": "VisitsTable"},
             "FACILITIES_TABLE": {"Ref": "FacilitiesTable"}, "REPORTS_BUCKET": {"Ref": "ReportsBucket"}}},
     },
 }
@@ -903,9 +905,8 @@ def test_function_gets_what_ingestion_needs(template: dict[str, Any]) -> None:
     assert not [r for r in grants["s3:PutObject"] if "InboxBucket" in referenced(r)]
     for table in set(TABLES) - {"AggregatesTable", "PortalTable"}:
         assert any(is_arn_of(r, table) for r in grants["dynamodb:GetItem"]), table
-    # the report counters: added to, never read, by ingestion
-    assert [r for r in grants["dynamodb:UpdateItem"] if is_arn_of(r, "AggregatesTable")]
-    assert not [r for r in grants["dynamodb:GetItem"] + grants["dynamodb:Query"] if is_arn_of(r, "AggregatesTable")]
+    # the report counters: not touched by ingestion since 2026-12-07 (the reports count the submission items)
+    assert not [r for action, resources in grants.items() for r in resources if is_arn_of(r, "AggregatesTable")]
     for table in ("SubmissionsTable", "VisitsTable"):
         assert {"Fn::Sub": f"${{{table}.Arn}}/index/*"} in grants["dynamodb:Query"]
     assert [r for r in grants["dynamodb:Scan"] if referenced(r) - {"FacilitiesTable"}] == []
@@ -998,8 +999,7 @@ def test_sweep_runs_on_the_schedule_and_breaches_raise_the_alarm(template: dict[
         assert function_props(template, function)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "delivery"
 
 
-@pytest.mark.parametrize("function", ["IngestFunction", "DeliverFunction", "SettleFunction", "SweepFunction",
-                                      "EnrolmentBatchFunction"])
+@pytest.mark.parametrize("function", ["DeliverFunction", "SettleFunction", "SweepFunction", "EnrolmentBatchFunction"])
 def test_every_function_that_changes_what_reports_count_adds_to_the_counters(template: dict[str, Any],
                                                                               function: str) -> None:
     assert function_props(template, function)["Environment"]["Variables"]["AGGREGATES_TABLE"] == {
@@ -1092,8 +1092,9 @@ def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
             grants.setdefault(action, []).extend(as_list(statement["Resource"]))
     aggregates, facilities = {"Fn::GetAtt": ["AggregatesTable", "Arn"]}, {"Fn::GetAtt": ["FacilitiesTable", "Arn"]}
     data_key = {"Fn::GetAtt": ["DataKey", "Arn"]}
+    files = {"Fn::Sub": "${SubmissionsTable.Arn}/index/by-facility-month"}
     delivered = {"Fn::Sub": "${VisitsTable.Arn}/index/by-facility-delivered"}
-    assert grants == {"dynamodb:Query": [aggregates, delivered], "dynamodb:Scan": [aggregates, facilities],
+    assert grants == {"dynamodb:Query": [aggregates, files, delivered], "dynamodb:Scan": [aggregates, facilities],
                       "s3:PutObject": [{"Fn::Sub": "${ReportsBucket.Arn}/reports/*"}],
                       "kms:Decrypt": [data_key], "kms:GenerateDataKey": [data_key]}
 

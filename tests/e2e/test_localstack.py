@@ -641,16 +641,17 @@ def test_the_report_function_reports_what_the_counters_hold(aws: Callable[..., A
         ExpressionAttributeNames={"#s": "scope", "#p": "period"},
         ExpressionAttributeValues={":s": {"S": f"F#{FACILITY}"}, ":lo": {"S": f"D#{month.start}"},
                                    ":hi": {"S": period_high(f"D#{month.end}")}})["Items"]
-    # and the deliveries straight from the delivered visits of the month (the index the report counts them in)
-    delivered = aws("dynamodb").query(
-        TableName=outputs["VisitsTableName"], IndexName="by-facility-delivered", Select="COUNT",
-        KeyConditionExpression="delivered_month = :m",
+    # and the files and deliveries straight from their items of the month (the indexes the report counts them in)
+    counted = {counter: aws("dynamodb").query(
+        TableName=outputs[table], IndexName=index, Select="COUNT", KeyConditionExpression="#k = :m",
+        ExpressionAttributeNames={"#k": key},
         ExpressionAttributeValues={":m": {"S": f"{FACILITY}#{month.start:%Y-%m}"}})["Count"]
+        for counter, table, index, key in (
+            ("files_received", "SubmissionsTableName", "by-facility-month", "facility_month"),
+            ("delivered", "VisitsTableName", "by-facility-delivered", "delivered_month"))}
     for counter, column in (("files_received", "Số hồ sơ (file) nhận"), ("delivered", "Số lượt đã gửi lên VNeID"),
                             ("breached", "Số lượt quá hạn 24 giờ")):
-        expected = sum(int(item.get(counter, {}).get("N", "0")) for item in items)
-        if counter == "delivered":
-            expected += delivered
+        expected = sum(int(item.get(counter, {}).get("N", "0")) for item in items) + counted.get(counter, 0)
         assert int(facility[header.index(column)]) == expected, counter
     assert int(facility[header.index("Số lượt đã gửi lên VNeID")]) >= 3  # the health-book tests above delivered
     assert int(facility[header.index("Số công dân (không trùng)")]) >= 1

@@ -70,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--out", required=True, type=Path, metavar="DIR")
     report.add_argument("--aggregates-table", default=os.environ.get("HEALTHBOOK_AGGREGATES_TABLE"),
                         help="default: from --stack")
+    report.add_argument("--submissions-table", default=os.environ.get("HEALTHBOOK_SUBMISSIONS_TABLE"),
+                        help="where files are counted (its by-facility-month index); default: from --stack")
     report.add_argument("--visits-table", default=os.environ.get("HEALTHBOOK_VISITS_TABLE"),
                         help="where deliveries are counted (its by-facility-delivered index); default: from --stack")
     _aws_options(report, tables=True)
@@ -167,11 +169,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     clients = _Clients(args)
     outputs_of_stack = _stack_outputs(clients, args.stack)
     aggregates = args.aggregates_table or outputs_of_stack.get("AggregatesTableName")
+    submissions = args.submissions_table or outputs_of_stack.get("SubmissionsTableName")
     visits = args.visits_table or outputs_of_stack.get("VisitsTableName")
-    if not aggregates or not visits:
-        raise UsageError("give --aggregates-table and --visits-table, or --stack (or set HEALTHBOOK_AGGREGATES_TABLE "
-                         "and HEALTHBOOK_VISITS_TABLE)")
-    report = build(period, dynamodb=clients.client("dynamodb"), aggregates_table=aggregates, visits_table=visits,
+    if not aggregates or not submissions or not visits:
+        raise UsageError("give --aggregates-table, --submissions-table and --visits-table, or --stack (or set "
+                         "HEALTHBOOK_AGGREGATES_TABLE, HEALTHBOOK_SUBMISSIONS_TABLE and HEALTHBOOK_VISITS_TABLE)")
+    report = build(period, dynamodb=clients.client("dynamodb"), aggregates_table=aggregates,
+                   submissions_table=submissions, visits_table=visits,
                    facilities_table=_facilities_table(clients, args, outputs_of_stack),
                    generated_at=datetime.now(UTC))
     written = write_report(report, args.out, level=args.level)

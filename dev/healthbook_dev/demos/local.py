@@ -217,7 +217,8 @@ def _report(box: Any, out: Path) -> dict[str, Any]:
     # The report reads 32 Queries at a time; moto in process is not thread-safe (a GetItem of a missing partition
     # adds it to the dict another thread's Query is walking), so its calls reach moto one at a time.
     report = build(Period.month_of(now.astimezone(PORTAL_TZ).date()), dynamodb=SerialisedClient(box.ddb),
-                   aggregates_table=box.names["AGGREGATES_TABLE"], visits_table=box.names["VISITS_TABLE"],
+                   aggregates_table=box.names["AGGREGATES_TABLE"], submissions_table=box.names["SUBMISSIONS_TABLE"],
+                   visits_table=box.names["VISITS_TABLE"],
                    facilities_table=box_table(box, "FACILITIES_TABLE"), generated_at=now)
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)

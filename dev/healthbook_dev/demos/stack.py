@@ -244,7 +244,7 @@ def follow(aws: Clients, outputs: dict[str, str], uploads: list[Upload], *, time
                 if upload is not None and upload.path.name not in progress.receipts:
                     body = s3.get_object(Bucket=outputs["ReceiptsBucketName"], Key=listed["Key"])["Body"].read()
                     progress.receipts[upload.path.name] = json.loads(body)
-        progress.counters = _today(ddb, outputs["AggregatesTableName"], outputs["VisitsTableName"])
+        progress.counters = _today(ddb, outputs)
         counters = progress.counters
         settled = sum(counters.get(name, 0) for name in ("delivered", "needs_reconciliation", "breached"))
         line = (f"receipts {len(progress.receipts)}/{len(uploads)}   visits accepted "
@@ -330,12 +330,14 @@ def look_up(his: PortalClient, uploads: list[Upload]) -> int:
     return found
 
 
-def _today(ddb: Any, table: str, visits_table: str) -> dict[str, int]:
-    """The day's counters of the demo's facilities, added up (what the daily report will read)."""
+def _today(ddb: Any, outputs: dict[str, str]) -> dict[str, int]:
+    """The day's counts of the demo's facilities, added up (what the daily report will read): the counter items'
+    shards, the files and the deliveries."""
     from healthbook.aws.reports import DynamoCounters
     from healthbook.reports.aggregates import day, facility_scope, total
 
-    counters = DynamoCounters(ddb, table, visits_table=visits_table, workers=1)  # shards and deliveries, added up
+    counters = DynamoCounters(ddb, outputs["AggregatesTableName"], submissions_table=outputs["SubmissionsTableName"],
+                              visits_table=outputs["VisitsTableName"], workers=1)
     return total(counters.period(facility_scope(code), day(datetime.now(UTC))) for code in FACILITIES)
 
 

@@ -102,7 +102,7 @@ def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> I
     return IngestService(
         store=S3Store(s3, receipts_bucket=settings.receipts_bucket, quarantine_bucket=settings.quarantine_bucket),
         records=DynamoRecords(dynamodb, submissions_table=settings.submissions_table,
-                              visits_table=settings.visits_table, aggregates_table=settings.aggregates_table,
+                              visits_table=settings.visits_table,
                               conflicts=conflict_retry(metrics or NoMetrics()),
                               visit_writers=settings.visit_writers),
         registry=FacilitiesRepository(dynamodb_table(settings.facilities_table)),

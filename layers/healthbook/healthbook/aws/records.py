@@ -36,7 +36,7 @@ from healthbook.ingest.model import (
     content_claim_key,
     records_version,
 )
-from healthbook.reports.aggregates import COUNTER_SHARDS, MAX_COUNTER_SHARDS, CounterUpdate, for_submission, shard_key
+from healthbook.reports.aggregates import COUNTER_SHARDS, MAX_COUNTER_SHARDS, CounterUpdate, shard_key
 
 # DynamoDB items stop at 400 KB, names and all; leave room for the other attributes.
 MAX_RECORDS_BYTES = 380 * 1024
@@ -180,12 +180,10 @@ def conditional_write(dynamodb: Any, operation: Literal["Put", "Update"], reques
 
 class DynamoRecords:
     def __init__(self, dynamodb: Any, *, submissions_table: str, visits_table: str, max_attempts: int = 5,
-                 aggregates_table: str | None = None, conflicts: ConflictRetry | None = None,
-                 visit_writers: int = 1) -> None:
+                 conflicts: ConflictRetry | None = None, visit_writers: int = 1) -> None:
         self._db = dynamodb
         self.submissions_table = submissions_table
         self.visits_table = visits_table
-        self.aggregates_table = aggregates_table
         self._max_attempts = max_attempts
         self.conflicts = conflicts or ConflictRetry(attempts=max_attempts)  # its counts: the retries made
         self.visit_writers = visit_writers  # a file's visits written this many at a time (save_visits)
@@ -198,13 +196,16 @@ class DynamoRecords:
         return "Item" in response
 
     def put_submission(self, record: SubmissionRecord, *, release: ContentClaim | None = None) -> bool:
-        """The "done" marker, conditional on the id being new, with its report counters and, in the same
-        transaction, ``release`` emptied (a file that claimed its content on an earlier attempt and is REJECTED
-        now, on condition the claim is this submission's; another holder cancels the whole transaction: the
-        error is raised, the message retried). A claim this submission holds is confirmed by this item existing."""
+        """The "done" marker, conditional on the id being new, and, in one transaction with it, ``release`` emptied
+        (a file that claimed its content on an earlier attempt and is REJECTED now, on condition the claim is this
+        submission's; another holder cancels the whole transaction: the error is raised, the message retried). A
+        claim this submission holds is confirmed by this item existing. The item is what the reports count for the
+        file (``facility_month`` puts it in the ``by-facility-month`` index): no counter, so without a claim to
+        release it is one plain conditional PutItem (since 2026-12-07; docs/reports.md)."""
         item: dict[str, Any] = {
             "submission_id": _s(record.submission_id), "facility": _s(record.facility),
-            "facility_day": _s(record.facility_day), "received_at": _s(record.received),
+            "facility_day": _s(record.facility_day), "facility_month": _s(record.facility_month),
+            "received_at": _s(record.received),
             "object_key": _s(record.object_key), "size": _n(record.size), "status": _s(record.status),
             "visits_total": _n(record.visits_total), "visits_accepted": _n(record.visits_accepted),
             "receipt_key": _s(record.receipt_key), "signing_key_id": _s(record.signing_key_id),
@@ -222,9 +223,6 @@ class DynamoRecords:
             item["standards"] = {"SS": sorted(set(record.standards))}
         put = {"TableName": self.submissions_table, "Item": item,
                "ConditionExpression": "attribute_not_exists(submission_id)"}
-        count = for_submission(record.facility, record.received_at, status=record.status,
-                               visits_accepted=record.visits_accepted, visits_total=record.visits_total,
-                               error_codes=record.error_codes, finding_codes=record.finding_codes)
         also: list[dict[str, Any]] = []
         if release is not None:
             # Emptied rather than deleted (UpdateItem, which the function may do anyway): only the key remains.
@@ -232,8 +230,7 @@ class DynamoRecords:
                                     "UpdateExpression": "REMOVE claimed_by, claim_state, received_at, receipt_key",
                                     "ConditionExpression": _HELD,
                                     "ExpressionAttributeValues": {":by": _s(release.submission_id)}}})
-        return conditional_write(self._db, "Put", put, counters=self.aggregates_table, count=count, also=also,
-                                 retry=self.conflicts)
+        return conditional_write(self._db, "Put", put, counters=None, count=None, also=also, retry=self.conflicts)
 
     # --- content claims (docs/ingest.md, Replays) -------------------------------------------------------
 

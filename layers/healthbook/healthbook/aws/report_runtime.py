@@ -30,7 +30,7 @@ class ReportRuntime:
         settings = self.settings
         dynamodb = client("dynamodb", connections=reports.READERS)
         report = reports.build(period, dynamodb=dynamodb, aggregates_table=settings.aggregates_table,
-                               visits_table=settings.visits_table,
+                               submissions_table=settings.submissions_table, visits_table=settings.visits_table,
                                facilities_table=dynamodb_table(settings.facilities_table), generated_at=now)
         keys = reports.publish(report, s3=client("s3"), bucket=settings.reports_bucket)
         return {"period": period.label, "kind": period.kind, "rows": len(report.rows), "objects": keys}

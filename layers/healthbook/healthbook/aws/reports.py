@@ -1,6 +1,7 @@
-"""The report job on AWS: counters from the ``aggregates`` table and, for deliveries, the delivered visits of the
-``visits`` table's ``by-facility-delivered`` index; facilities from the registry; files to the reports bucket under
-the period (docs/reports.md)."""
+"""The report job on AWS: counters from the ``aggregates`` table and, for files and deliveries, the items
+themselves (the ``submissions`` table's ``by-facility-month`` index, the ``visits`` table's
+``by-facility-delivered``); facilities from the registry; files to the reports bucket under the period
+(docs/reports.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from healthbook.reports.aggregates import (
     MARKER_PREFIX,
     CounterUpdate,
     for_delivery,
+    for_submission,
     period_high,
     unsharded,
 )
@@ -34,22 +36,57 @@ _KEYS = {"scope", "period", "expires_at"}
 READERS = 32
 _Wanted = TypeVar("_Wanted")
 _Read = TypeVar("_Read")
-# Deliveries are counted from their items here since 2026-12-07. A visit delivered before has a counter item instead
-# and no entry here (it lacks delivered_month), so each delivery is counted once, on either side of the change.
-DELIVERED_INDEX = "by-facility-delivered"
+
+
+def submission_count(item: Mapping[str, Any]) -> CounterUpdate:
+    """What a file counts for its facility on its Vietnam day (``for_submission``), from its submission item or its
+    ``by-facility-month`` entry as DynamoDB returns them."""
+    return for_submission(item["facility_month"]["S"].split("#", 1)[0], parse_time(item["received_at"]["S"]),
+                          status=item["status"]["S"], visits_accepted=int(item["visits_accepted"]["N"]),
+                          visits_total=int(item["visits_total"]["N"]),
+                          error_codes=item.get("error_codes", {}).get("SS", ()),
+                          finding_codes=item.get("finding_codes", {}).get("SS", ()))
+
+
+def delivery_count(item: Mapping[str, Any]) -> CounterUpdate:
+    """What a delivered visit counts for its facility on its Vietnam day (``for_delivery``), from its item or its
+    ``by-facility-delivered`` entry as DynamoDB returns them."""
+    return for_delivery(item["delivered_month"]["S"].split("#", 1)[0], parse_time(item["delivered_at"]["S"]),
+                        deadline_at=parse_time(item["deadline_at"]["S"]), latency_ms=int(item["latency_ms"]["N"]),
+                        referral=item.get("referral", {}).get("BOOL", False),
+                        reexam=item.get("reexam", {}).get("BOOL", False))
+
+
+@dataclass(frozen=True)
+class CountedItems:
+    """Events counted from their own items since 2026-12-07, not from counter items: an index of a facility's items
+    by Vietnam month (``key``: ``{facility}#{YYYY-MM}``) and time (``at``), and what each item counts. An event from
+    before has a counter item instead and no entry here, so it is counted once, on either side of the change."""
+
+    index: str
+    key: str
+    at: str
+    count: Callable[[Mapping[str, Any]], CounterUpdate]
+
+
+FILES = CountedItems("by-facility-month", "facility_month", "received_at", submission_count)
+DELIVERIES = CountedItems("by-facility-delivered", "delivered_month", "delivered_at", delivery_count)
 
 
 class DynamoCounters:
     """healthbook.reports.build.CounterSource: one Query per scope and range, summed, and one Query per marker
     partition, counted; ``workers`` at a time (a national registry is thousands of facilities: sequential Queries
     would outlast the function's timeout). A range's items are every shard of its periods (and any item written
-    before sharding): they all add up. A facility's days also add its deliveries, counted from the delivered
-    visits of ``visits_table`` (one Query per month of the range)."""
+    before sharding): they all add up. A facility's days also add its files (the items of ``submissions_table``)
+    and deliveries (of ``visits_table``), counted from the items themselves: one Query per month of the range
+    each (``CountedItems``)."""
 
-    def __init__(self, dynamodb: Any, table: str, *, visits_table: str | None = None, workers: int = READERS) -> None:
+    def __init__(self, dynamodb: Any, table: str, *, submissions_table: str | None = None,
+                 visits_table: str | None = None, workers: int = READERS) -> None:
         self._db = dynamodb
         self.table = table
-        self.visits_table = visits_table
+        self.counted = [(name, kind) for name, kind in ((submissions_table, FILES), (visits_table, DELIVERIES))
+                        if name]
         self.workers = workers
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
@@ -88,14 +125,15 @@ class DynamoCounters:
                     if name not in _KEYS and "N" in value:
                         summed[name] = summed.get(name, 0) + int(value["N"])
         first, last = _day(low), _day(high)
-        if self.visits_table and scope.startswith("F#") and first is not None and last is not None:
-            for name, value in self._delivered(scope.removeprefix("F#"), first, last).items():
-                summed[name] = summed.get(name, 0) + value
+        if scope.startswith("F#") and first is not None and last is not None:
+            for table, kind in self.counted:
+                for name, value in self._items(table, kind, scope.removeprefix("F#"), first, last).items():
+                    summed[name] = summed.get(name, 0) + value
         return summed
 
-    def _delivered(self, facility: str, first: date, last: date) -> dict[str, int]:
-        """What the facility's visits delivered from ``first`` to ``last`` (Vietnam days, inclusive) count: the
-        deltas ``for_delivery`` gives each, added up."""
+    def _items(self, table: str, kind: CountedItems, facility: str, first: date, last: date) -> dict[str, int]:
+        """What the facility's items of ``kind`` from ``first`` to ``last`` (Vietnam days, inclusive) count, added
+        up: one Query per month, its sort key within the days."""
         if first > last:
             return {}
         start = datetime.combine(first, time(), PORTAL_TZ)
@@ -104,14 +142,15 @@ class DynamoCounters:
         month = first.replace(day=1)
         while month <= last:
             kwargs: dict[str, Any] = {
-                "TableName": self.visits_table, "IndexName": DELIVERED_INDEX,
-                "KeyConditionExpression": "delivered_month = :m AND delivered_at BETWEEN :lo AND :hi",
+                "TableName": table, "IndexName": kind.index,
+                "KeyConditionExpression": "#k = :m AND #at BETWEEN :lo AND :hi",
+                "ExpressionAttributeNames": {"#k": kind.key, "#at": kind.at},
                 "ExpressionAttributeValues": {
                     ":m": {"S": facility_month(facility, datetime.combine(month, time(12), PORTAL_TZ))},
                     ":lo": {"S": iso_utc(start)}, ":hi": {"S": iso_utc(end)}}}
             for page in self._pages(kwargs):
                 for item in page.get("Items", []):
-                    for name, value in delivery_count(item).deltas.items():
+                    for name, value in kind.count(item).deltas.items():
                         summed[name] = summed.get(name, 0) + value
             month = (month + timedelta(days=32)).replace(day=1)
         return summed
@@ -217,23 +256,16 @@ def _key_ranges(wanted: MarkerRange) -> list[_KeyRange]:
     return [_KeyRange(wanted, low, high, shared=high) for low, high in itertools.pairwise(bounds)]
 
 
-def delivery_count(item: Mapping[str, Any]) -> CounterUpdate:
-    """What a delivered visit counts for its facility on its Vietnam day (``for_delivery``), from its item or its
-    ``by-facility-delivered`` entry as DynamoDB returns them."""
-    return for_delivery(item["delivered_month"]["S"].split("#", 1)[0], parse_time(item["delivered_at"]["S"]),
-                        deadline_at=parse_time(item["deadline_at"]["S"]), latency_ms=int(item["latency_ms"]["N"]),
-                        referral=item.get("referral", {}).get("BOOL", False),
-                        reexam=item.get("reexam", {}).get("BOOL", False))
-
-
-def deliveries_by_day(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
-    """Visit items as DynamoDB returns them (a Scan's page, say): what the delivered ones count, per facility scope
-    and day, as ``counters_by_period`` gives the counter items', for the tests and the demos."""
+def counted_by_day(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+    """Submission or visit items as DynamoDB returns them (a Scan's page, say): what the files and the delivered
+    visits among them count, per facility scope and day, as ``counters_by_period`` gives the counter items', for
+    the tests and the demos."""
     summed: dict[tuple[str, str], dict[str, int]] = {}
     for item in items:
-        if "delivered_month" not in item:
+        kind = next((kind for kind in (FILES, DELIVERIES) if kind.key in item), None)
+        if kind is None:
             continue
-        count = delivery_count(item)
+        count = kind.count(item)
         target = summed.setdefault((count.scope, count.period), {})
         for name, value in count.deltas.items():
             target[name] = target.get(name, 0) + value
@@ -284,10 +316,11 @@ def places(facilities_table: Any) -> list[Place]:
             for e in FacilitiesRepository(facilities_table).list_facilities()]
 
 
-def build(period: Period, *, dynamodb: Any, aggregates_table: str, visits_table: str, facilities_table: Any,
-          generated_at: datetime) -> Report:
+def build(period: Period, *, dynamodb: Any, aggregates_table: str, submissions_table: str, visits_table: str,
+          facilities_table: Any, generated_at: datetime) -> Report:
     return build_report(period, places(facilities_table),
-                        DynamoCounters(dynamodb, aggregates_table, visits_table=visits_table),
+                        DynamoCounters(dynamodb, aggregates_table, submissions_table=submissions_table,
+                                       visits_table=visits_table),
                         generated_at=generated_at)
 
 

@@ -96,7 +96,6 @@ class IngestSettings(TimingSettings):
     max_object_bytes: Annotated[int, Field(gt=0)] = MAX_FILE_BYTES
     max_visits_per_file: Annotated[int, Field(gt=0)] = MAX_VISITS_PER_FILE  # more: E019, before any is read
     registry_ttl_seconds: Seconds = 300.0
-    aggregates_table: str | None = None  # report counters (docs/reports.md); none, none kept
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
     ingest_queue_url: str | None = None  # where postponed messages are made visible again at once; none: they wait
     visit_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a file's visits written this many at a time (a client
@@ -133,6 +132,7 @@ class SweepSettings(StepSettings):
 
 class ReportSettings(FunctionSettings):
     aggregates_table: str
+    submissions_table: str  # its by-facility-month index: the files are counted there
     visits_table: str  # its by-facility-delivered index: the deliveries are counted there
     facilities_table: str
     reports_bucket: str

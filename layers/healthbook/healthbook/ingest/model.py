@@ -111,8 +111,8 @@ def facility_day(facility: str, received_at: datetime) -> str:
 
 
 def facility_month(facility: str, moment: datetime) -> str:
-    """``{facility}#{YYYY-MM}`` in Vietnam time: the partition of a facility's deliveries in a month (the
-    ``by-facility-delivered`` index the reports count them from)."""
+    """``{facility}#{YYYY-MM}`` in Vietnam time: the partition of a facility's files, or deliveries, in a month (the
+    ``by-facility-month`` and ``by-facility-delivered`` indexes the reports count them from)."""
     return f"{facility}#{moment.astimezone(PORTAL_TZ):%Y-%m}"
 
 
@@ -201,6 +201,10 @@ class SubmissionRecord:
     @property
     def facility_day(self) -> str:
         return facility_day(self.facility, self.received_at)
+
+    @property
+    def facility_month(self) -> str:
+        return facility_month(self.facility, self.received_at)
 
 
 def content_claim_key(facility: str, content_sha256: str) -> str:
