@@ -191,8 +191,9 @@ class Deliver(_Step):
     invocations, two reads, a write between them) until issue 17 (docs/cost.md).
 
     A mismatch parks the visit as NEEDS_RECONCILIATION with its reason codes. PopulationUnavailable propagates
-    (the workflow retries it). A match is written down only when the PUT fails (``mark_matched``), so the retry
-    delivers without asking the population again; on success the delivered status records it. The entry is not
+    (the workflow retries it). A match is written down on its own only when the attempt fails after it (the
+    projection, the PUT or recording it: ``mark_matched``), so the retry delivers without asking the population
+    again; on success the delivered status records it. The entry is not
     kept anywhere: it follows from the records and the mapping, so the delivered item records its id and digests
     (``DeliveredEntry``). SensitiveDataError, like any projection error, propagates before anything is sent: the
     Catch path parks the visit. RetryableDeliveryError propagates (the workflow retries with backoff);
