@@ -213,7 +213,9 @@ def test_under_faults_every_file_has_one_outcome_and_no_visit_is_lost_or_duplica
         faults.set({
             "dynamodb": {"throttle": {"rate": THROTTLE["rate"], "until": now + THROTTLE["seconds"],
                                       "max": THROTTLE["max"], "tables_prefix": table_prefix, "seed": 7}},
-            "lambda": {"crash": [{"function": pipeline["function"], "after_operation": "TransactWriteItems",
+            # after the second receipt of an invocation: its file has its visits and its receipt, not yet its
+            # submission item (ingest's last write; a TransactWriteItems until files were counted from it)
+            "lambda": {"crash": [{"function": pipeline["function"], "after_operation": "PutObject",
                                   "after_calls": 2, "times": 1, "until": now + 120}]},
         })
         # the poison message first: its clock (maxReceiveCount x visibility) is the longest

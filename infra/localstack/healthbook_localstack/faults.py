@@ -25,7 +25,7 @@ atomically (a temporary file, then ``rename``)::
                                "user_agent": "exec-env/AWS_Lambda",
                                "error": "ProvisionedThroughputExceededException"},
                   "conflicts": {"hold_ms": 20, "until": 1767225600.0, "tables_prefix": "healthbook-local-"}},
-     "lambda": {"crash": [{"function": "healthbook-local-ingest", "after_operation": "TransactWriteItems",
+     "lambda": {"crash": [{"function": "healthbook-local-ingest", "after_operation": "PutObject",
                            "after_calls": 2, "times": 1, "until": 1767225600.0}]}}
 
 What fired is recorded next to the switchboard, per ``id``: ``healthbook-faults.counters.json`` (throttles, by
