@@ -167,7 +167,7 @@ class ObjectIdempotency:
         status = record.status
         if status == "EXPIRED":
             return False
-        response: dict[str, Any] | None = None
+        response: dict[str, Any] | None
         if status == "INPROGRESS":
             expiry = record.in_progress_expiry_timestamp
             if expiry is not None and expiry < int(dt.datetime.now().timestamp() * 1000):
