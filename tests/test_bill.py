@@ -3,6 +3,7 @@ stopwatch of the in-process handlers, and the pricing of what a run counted."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import time
 from collections import Counter
@@ -107,6 +108,21 @@ def test_dynamodb_units_as_dynamodb_charges_them(table: Any) -> None:
     by_operation = {r["operation"]: r["write_units"] + r["index_write_units"]
                     for r in counts.snapshot()["dynamodb_capacity"]}  # the bill names what each cost
     assert by_operation == {"PutItem": 5, "UpdateItem": 4, "TransactWriteItems": 8, "GetItem": 0, "BatchGetItem": 0}
+
+
+def test_a_binary_value_is_sized_by_its_bytes_not_its_base64(table: Any) -> None:
+    ddb, backend = table
+    metering = _metering()
+    counts = metering.Meter()
+    meter = metering.CapacityMeter(counts)
+    records = bytes(range(256)) * 3 + b"x" * 190  # 958 bytes: 1 write unit with the key, 1,278 as base64
+    _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": {"pk": {"S": "a"}, "r": {"B": records}}})
+    assert _total(counts, "write_units") == 1
+    assert metering.item_size({"r": {"B": base64.b64encode(records).decode()}}) == 1 + 958
+    assert metering.item_size({"r": {"B": records}, "s": {"BS": [b"ab", base64.b64encode(b"c").decode()]},
+                               "m": {"M": {"k": {"B": base64.b64encode(b"xyzw").decode()}}},
+                               "l": {"L": [{"S": "abc"}, {"N": "1"}]}}) == (
+        (1 + 958) + (1 + 3) + (1 + 1 + 4) + (1 + 3 + 2))
 
 
 def _total(counts: Any, kind: str) -> float:

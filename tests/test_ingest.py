@@ -37,7 +37,7 @@ from healthbook.ingest.model import (
     VisitRef,
     VisitVersion,
     VisitWrite,
-    facility_day,
+    facility_month,
     locate,
     status_shard,
     version_key,
@@ -211,7 +211,7 @@ def test_keys_ids_and_shards() -> None:
     assert sid == hashlib.sha256(f"{INBOX}/inbox/01001/a.xml#v1".encode()).hexdigest()
     assert ObjectRef(INBOX, "k", None, RECEIVED, sequencer="00A").submission_id != ObjectRef(
         INBOX, "k", None, RECEIVED, sequencer="00B").submission_id  # unversioned: the sequencer tells them apart
-    assert facility_day("01001", datetime(2026, 11, 22, 18, 30, tzinfo=UTC)) == "01001#2026-11-23"  # UTC+7
+    assert facility_month("01001", datetime(2026, 11, 30, 18, 30, tzinfo=UTC)) == "01001#2026-12"  # UTC+7
     assert status_shard("PENDING", "01001#X") == f"PENDING#{hashlib.sha256(b'01001#X').digest()[0] % 8}"
     assert version_key(RECEIVED, sid) == f"2026-11-22T03:00:00Z#{sid[:16]}"
 
@@ -759,7 +759,7 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
 
     (item,) = submissions(aws)
     assert item == {
-        "submission_id": sid, "facility": "01001", "facility_day": "01001#2026-11-22",
+        "submission_id": sid, "facility": "01001",
         "facility_month": "01001#2026-11", "received_at": "2026-11-22T03:00:00Z", "object_key": key,
         "version_id": version,
         "content_sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "status": "ACCEPTED",
@@ -805,10 +805,11 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
                             ExpressionAttributeValues={":s": {"S": stored["status_shard"]},
                                                        ":d": {"S": "2026-11-24T00:00:00Z"}})["Items"]
     assert len(pending) == 1
-    day = aws.ddb.query(TableName=TABLES["SUBMISSIONS_TABLE"], IndexName="by-facility-day",
-                        KeyConditionExpression="facility_day = :d",
-                        ExpressionAttributeValues={":d": {"S": "01001#2026-11-22"}})["Items"]
-    assert len(day) == 1
+    month = aws.ddb.query(TableName=TABLES["SUBMISSIONS_TABLE"], IndexName="by-facility-month",
+                          KeyConditionExpression="facility_month = :m",
+                          ExpressionAttributeValues={":m": {"S": "01001#2026-11"}})["Items"]
+    assert [i["submission_id"]["S"] for i in month] == [sid]
+    assert aws.ddb.scan(TableName=TABLES["SUBMISSIONS_TABLE"], IndexName="by-facility-day")["Count"] == 0  # goes
 
     # no tag is written per file (docs/cost.md): the inbox lifecycle archives by age
     assert aws.s3.get_object_tagging(Bucket=INBOX, Key=key, VersionId=version)["TagSet"] == []

@@ -133,13 +133,36 @@ def install() -> None:
 # --- DynamoDB capacity -------------------------------------------------------------------------------------------
 
 def item_size(attributes: Mapping[str, Any] | None) -> int:
-    """DynamoDB's size of an item in the wire form ({"name": {"S": "..."}}): names plus values (moto's sizing)."""
+    """DynamoDB's size of an item in the wire form ({"name": {"S": "..."}}): names plus values (moto's sizing, but a
+    binary value counts its bytes, not the base64 text moto keeps and the wire carries: until 2026-12-08 it
+    counted a third more, a version's gzip records item one write unit more)."""
     if not attributes:
         return 0
+    from moto.dynamodb.models.utilities import bytesize
+
+    return sum(bytesize(name) + _value_size(value) for name, value in attributes.items())
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
     from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.utilities import bytesize
 
-    return sum(bytesize(name) + DynamoType(value).size() for name, value in attributes.items())
+    if "B" in value:
+        return _binary_size(value["B"])
+    if "BS" in value:
+        return sum(_binary_size(one) for one in value["BS"])
+    if "M" in value:
+        return sum(bytesize(name) + _value_size(one) for name, one in value["M"].items())
+    if "L" in value:
+        return sum(_value_size(one) for one in value["L"])
+    return int(DynamoType(dict(value)).size())
+
+
+def _binary_size(value: bytes | str) -> int:
+    """Raw bytes, or base64 text decoded (4 characters carry 3 bytes, less the padding)."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    return len(value) * 3 // 4 - len(value) + len(value.rstrip("="))
 
 
 def _units(size: int, unit: int) -> int:

@@ -201,10 +201,12 @@ class DynamoRecords:
         submission's; another holder cancels the whole transaction: the error is raised, the message retried). A
         claim this submission holds is confirmed by this item existing. The item is what the reports count for the
         file (``facility_month`` puts it in the ``by-facility-month`` index): no counter, so without a claim to
-        release it is one plain conditional PutItem (since 2026-12-07; docs/reports.md)."""
+        release it is one plain conditional PutItem (since 2026-12-07; docs/reports.md). It has no ``facility_day``
+        (since 2026-12-08): the sparse ``by-facility-day`` index, which nothing reads, takes no entry, and so no
+        write unit, until the next release removes it."""
         item: dict[str, Any] = {
             "submission_id": _s(record.submission_id), "facility": _s(record.facility),
-            "facility_day": _s(record.facility_day), "facility_month": _s(record.facility_month),
+            "facility_month": _s(record.facility_month),
             "received_at": _s(record.received),
             "object_key": _s(record.object_key), "size": _n(record.size), "status": _s(record.status),
             "visits_total": _n(record.visits_total), "visits_accepted": _n(record.visits_accepted),

@@ -105,11 +105,6 @@ def status_shard(status: str, visit_id: str) -> str:
     return f"{status}#{hashlib.sha256(visit_id.encode()).digest()[0] % STATUS_SHARDS}"
 
 
-def facility_day(facility: str, received_at: datetime) -> str:
-    """``{facility}#{YYYY-MM-DD}`` in Vietnam time: a facility's "day" is its own, not UTC's."""
-    return f"{facility}#{received_at.astimezone(PORTAL_TZ):%Y-%m-%d}"
-
-
 def facility_month(facility: str, moment: datetime) -> str:
     """``{facility}#{YYYY-MM}`` in Vietnam time: the partition of a facility's files, or deliveries, in a month (the
     ``by-facility-month`` and ``by-facility-delivered`` indexes the reports count them from)."""
@@ -197,10 +192,6 @@ class SubmissionRecord:
     @property
     def received(self) -> str:
         return iso_utc(self.received_at)
-
-    @property
-    def facility_day(self) -> str:
-        return facility_day(self.facility, self.received_at)
 
     @property
     def facility_month(self) -> str:
