@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.ingest.model import (
+    LATE_AFTER,
     ContentClaim,
     ContentClaimPending,
     ObjectGone,
@@ -37,6 +38,7 @@ from healthbook.ingest.model import (
     VisitRef,
     VisitVersion,
     VisitWrite,
+    counted_month,
     facility_month,
     locate,
     status_shard,
@@ -212,6 +214,9 @@ def test_keys_ids_and_shards() -> None:
     assert ObjectRef(INBOX, "k", None, RECEIVED, sequencer="00A").submission_id != ObjectRef(
         INBOX, "k", None, RECEIVED, sequencer="00B").submission_id  # unversioned: the sequencer tells them apart
     assert facility_month("01001", datetime(2026, 11, 30, 18, 30, tzinfo=UTC)) == "01001#2026-12"  # UTC+7
+    # An item written more than LATE_AFTER after its time goes to its month's late partition (docs/reports.md)
+    assert counted_month("01001", RECEIVED, RECEIVED + LATE_AFTER) == "01001#2026-11"
+    assert counted_month("01001", RECEIVED, RECEIVED + LATE_AFTER + timedelta(seconds=1)) == "01001#2026-11#late"
     assert status_shard("PENDING", "01001#X") == f"PENDING#{hashlib.sha256(b'01001#X').digest()[0] % 8}"
     assert version_key(RECEIVED, sid) == f"2026-11-22T03:00:00Z#{sid[:16]}"
 
@@ -748,6 +753,7 @@ def test_accepted_file_end_to_end(aws: SimpleNamespace, app: ModuleType, pki: di
     key = "inbox/01001/2026/11/sample.xml"
     data = signed(pki, visit)
     version = upload(aws, key, data)
+    app.runtime().wiring().service._now = lambda: RECEIVED + timedelta(minutes=2)  # processed on time
     assert invoke(app, message(key, version, size=len(data))) == []
     sid = sid_of(key, version)
 

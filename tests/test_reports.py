@@ -14,9 +14,9 @@ from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.reports import DynamoCounters
 from healthbook.delivery.model import DeliveredEntry
-from healthbook.ingest.model import PENDING, SubmissionRecord, VisitRef, status_shard
+from healthbook.ingest.model import PENDING, ROLL_UP_AFTER, SubmissionRecord, VisitRef, status_shard
 from healthbook.kernel import iso_utc
-from healthbook.reports.aggregates import citizen_markers, for_breach, for_reconciliation
+from healthbook.reports.aggregates import citizen_markers, for_breach, for_reconciliation, is_rollup, period_high
 from healthbook.reports.build import MarkerRange, Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
@@ -311,12 +311,12 @@ def test_the_shipped_population_table_names_its_source_for_every_figure() -> Non
 # --- a known dataset through the real adapters, on moto -----------------------------------------------------
 
 def _submission(n: int, facility: str, at: datetime, *, accepted: int, total: int,
-                errors: tuple[str, ...] = ()) -> SubmissionRecord:
+                errors: tuple[str, ...] = (), written_at: datetime | None = None) -> SubmissionRecord:
     return SubmissionRecord(
         submission_id=f"sub-{n}", facility=facility, received_at=at, object_key=f"inbox/{facility}/{n}.xml",
         version_id=None, content_sha256=None, size=100, status="REJECTED" if not accepted else "ACCEPTED",
         visits_total=total, visits_accepted=accepted, error_codes=errors, standards=(), receipt_key="r",
-        quarantine_key=None, merkle_root=None, signing_key_id="k")
+        quarantine_key=None, merkle_root=None, signing_key_id="k", written_at=written_at)
 
 
 class Dataset:
@@ -427,6 +427,63 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     april = build_report(Period.parse("2025-04"), places, counters, generated_at=_vn(30, 23, month=4))
     assert {row.code: row.current.files_received for row in april.level("facility")}["01002"] == 1
     assert {row.code: row.citizens_with_book for row in april.level("province")} == {"01": 1, "48": 1, "79": 0}
+
+    # Run on 2 April, the report rolls up every closed day it reads (March and February, each facility), and a
+    # report read from those rollups is the same report.
+    def rolling() -> DynamoCounters:
+        return DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
+                              visits_table=NAMES["VISITS_TABLE"], now=_vn(2, month=4))
+
+    assert build_report(Period.parse("2025-03"), places, rolling(), generated_at=_vn(31, 23),
+                        population=load_population()) == report
+    assert len(_rollups(ddb)) == len(places) * (31 + 28)
+    assert build_report(Period.parse("2025-03"), places, rolling(), generated_at=_vn(31, 23),
+                        population=load_population()) == report
+
+
+def _rollups(ddb: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(i["scope"]["S"], i["period"]["S"]): i for i in ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
+            if is_rollup(i["period"]["S"])}
+
+
+def test_a_closed_day_is_rolled_up_once_and_a_late_file_counted_apart(ddb: Any) -> None:
+    data = Dataset(ddb)
+    put = data.records.put_submission
+    assert put(_submission(1, "01001", _vn(2), accepted=1, total=1))
+    assert put(_submission(2, "01001", _vn(4), accepted=0, total=1, errors=("E_X",)))
+    assert data.deliver(data.visit("01001", 1), "citizen-a", _vn(2, 11), latency_s=30)
+    tables = {"submissions_table": NAMES["SUBMISSIONS_TABLE"], "visits_table": NAMES["VISITS_TABLE"]}
+    days = ("F#01001", "D#2025-03-02", period_high("D#2025-03-04"))
+    expected = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days)  # every item read, no clock
+    assert expected["files_received"] == 2 and expected["delivered"] == 1 and _rollups(ddb) == {}
+
+    # A second before 4 March closes (its end, then ROLL_UP_AFTER): 2 and 3 March are rolled up, the 3rd empty
+    closes = datetime(2025, 3, 5, tzinfo=UTC) - VN + ROLL_UP_AFTER
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], now=closes - timedelta(seconds=1), **tables).sum(
+        *days) == expected
+    rollups = _rollups(ddb)
+    assert set(rollups) == {("F#01001", "D#2025-03-02#r"), ("F#01001", "D#2025-03-03#r")}
+    assert {name for name in rollups["F#01001", "D#2025-03-03#r"]} == {"scope", "period"}
+    assert rollups["F#01001", "D#2025-03-02#r"]["files_received"] == {"N": "1"}
+    assert rollups["F#01001", "D#2025-03-02#r"]["delivered"] == {"N": "1"}
+
+    # A rolled-up day's rollup stands for its on-time items, which are no longer read: a reader without a clock
+    # counts the same; and with no on-time item left, the rollup still counts it.
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == expected
+    ddb.delete_item(TableName=NAMES["SUBMISSIONS_TABLE"], Key={"submission_id": {"S": "sub-1"}})
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == expected
+
+    # A file of 2 March written two hours late (a backlog, a redrive) is in the late partition: counted, once,
+    # by every reader, and never rolled up.
+    assert put(_submission(3, "01001", _vn(2, 12), accepted=1, total=1, written_at=_vn(2, 14)))
+    late = ddb.get_item(TableName=NAMES["SUBMISSIONS_TABLE"], Key={"submission_id": {"S": "sub-3"}})["Item"]
+    assert late["facility_month"] == {"S": "01001#2025-03#late"}
+    with_late = {**expected, "files_received": 3, "visits_accepted": 2}
+    after = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], now=closes, **tables)
+    assert after.sum(*days) == with_late  # 4 March rolled up now
+    assert set(_rollups(ddb)) == {("F#01001", f"D#2025-03-0{n}#r") for n in (2, 3, 4)}
+    assert after.sum(*days) == with_late
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == with_late
 
 
 def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:

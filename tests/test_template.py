@@ -1080,9 +1080,10 @@ def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
 
 
 def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
-    """Exactly: read the counters (Query, Scan), query the delivered visits' index (never the table: no records),
-    scan the registry, put under reports/, and the data key for those; nothing with a wildcard action or resource,
-    no Deny tricks, no managed policies."""
+    """Exactly: read the counters (Query, Scan), put the facility days' rollups (to ``F#`` partitions only), query
+    the files' and the delivered visits' indexes (never the tables: no records), scan the registry, put under
+    reports/, and the data key for those; nothing with a wildcard action or resource, no Deny tricks, no managed
+    policies."""
     assert all(isinstance(policy, dict) for policy in props(template, "ReportFunction")["Policies"])
     grants: dict[str, list[Any]] = {}
     for statement in function_statements(template, "ReportFunction"):
@@ -1095,11 +1096,14 @@ def test_report_function_is_least_privilege(template: dict[str, Any]) -> None:
     files = {"Fn::Sub": "${SubmissionsTable.Arn}/index/by-facility-month"}
     delivered = {"Fn::Sub": "${VisitsTable.Arn}/index/by-facility-delivered"}
     assert grants == {"dynamodb:Query": [aggregates, files, delivered], "dynamodb:Scan": [aggregates, facilities],
+                      "dynamodb:BatchWriteItem": [aggregates],
                       "s3:PutObject": [{"Fn::Sub": "${ReportsBucket.Arn}/reports/*"}],
                       "kms:Decrypt": [data_key], "kms:GenerateDataKey": [data_key]}
+    (roll_up,) = [s for s in function_statements(template, "ReportFunction") if s["Sid"] == "RollUpFacilityDays"]
+    assert roll_up["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["F#*"]}}
 
 
-SCHEDULES = {"ReportDaySchedule": ("cron(30 0 * * ? *)", {"kind": "day"}),
+SCHEDULES = {"ReportDaySchedule": ("cron(30 1 * * ? *)", {"kind": "day"}),
              "ReportMonthSchedule": ("cron(0 2 1 * ? *)", {"kind": "month"}),
              "ReportHalfYearSchedule": ("cron(0 3 1 1,7 ? *)", {"kind": "half"})}
 

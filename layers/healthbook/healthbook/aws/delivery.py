@@ -159,7 +159,8 @@ class DynamoVisitStatus:
                        entry: DeliveredEntry, citizen_key: str, referral: bool = False, reexam: bool = False) -> bool:
         # The citizen key ingest wrote is usually the matched one: the by-citizen index is then not written again.
         # delivered_month puts the item in the by-facility-delivered index, which the reports count (one write unit,
-        # where a counter in a transaction with the status change cost four).
+        # where a counter in a transaction with the status change cost four). Never in the late partition: the
+        # time is stamped in the attempt that writes it (ingest.model.LATE_AFTER).
         values: dict[str, Any] = {":t": _s(iso_utc(delivered_at)), ":l": {"N": str(latency_ms)},
                                   ":pid": _s(entry.projection_id), ":psha": _s(entry.sha256),
                                   ":msha": _s(entry.mapping_sha256), ":k": _s(citizen_key),

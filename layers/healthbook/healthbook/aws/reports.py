@@ -14,15 +14,18 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 from healthbook.aws.facilities import FacilitiesRepository
-from healthbook.ingest.model import facility_month
+from healthbook.ingest.model import LATE, ROLL_UP_AFTER, facility_month
 from healthbook.kernel import PORTAL_TZ, iso_utc, parse_time
 from healthbook.reports.aggregates import (
     FIRST_DAY,
     MARKER_PREFIX,
     CounterUpdate,
+    day_key,
     for_delivery,
     for_submission,
+    is_rollup,
     period_high,
+    rollup_key,
     unsharded,
 )
 from healthbook.reports.build import MarkerRange, Place, Range, build_report
@@ -78,16 +81,19 @@ class DynamoCounters:
     partition, counted; ``workers`` at a time (a national registry is thousands of facilities: sequential Queries
     would outlast the function's timeout). A range's items are every shard of its periods (and any item written
     before sharding): they all add up. A facility's days also add its files (the items of ``submissions_table``)
-    and deliveries (of ``visits_table``), counted from the items themselves: one Query per month of the range
-    each (``CountedItems``)."""
+    and deliveries (of ``visits_table``), counted from the items themselves (``CountedItems``), unless the day is
+    rolled up: then its rollup item, read with the counters, holds what they count (docs/reports.md, *Daily
+    rollups*). With ``now`` (the run's clock) and both tables, each closed day read item by item is rolled up."""
 
     def __init__(self, dynamodb: Any, table: str, *, submissions_table: str | None = None,
-                 visits_table: str | None = None, workers: int = READERS) -> None:
+                 visits_table: str | None = None, workers: int = READERS, now: datetime | None = None) -> None:
         self._db = dynamodb
         self.table = table
         self.counted = [(name, kind) for name, kind in ((submissions_table, FILES), (visits_table, DELIVERIES))
                         if name]
         self.workers = workers
+        # A rollup stands for both kinds: only a reader of both writes one.
+        self.rolls_up_at = now if len(self.counted) == 2 else None
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
         return self._each(lambda wanted: self.sum(*wanted), ranges)
@@ -119,41 +125,68 @@ class DynamoCounters:
             "ExpressionAttributeNames": {"#sc": "scope", "#p": "period"},
             "ExpressionAttributeValues": {":s": {"S": scope}, ":lo": {"S": low}, ":hi": {"S": high}}}
         summed: dict[str, int] = {}
+        rolled: set[date] = set()
         for page in self._pages(kwargs):
             for item in page.get("Items", []):
-                for name, value in item.items():
-                    if name not in _KEYS and "N" in value:
-                        summed[name] = summed.get(name, 0) + int(value["N"])
+                if is_rollup(key := item["period"]["S"]) and (rolled_day := _day(key)) is not None:
+                    rolled.add(rolled_day)
+                _add(summed, {name: int(value["N"]) for name, value in item.items()
+                              if name not in _KEYS and "N" in value})
         first, last = _day(low), _day(high)
-        if scope.startswith("F#") and first is not None and last is not None:
-            for table, kind in self.counted:
-                for name, value in self._items(table, kind, scope.removeprefix("F#"), first, last).items():
-                    summed[name] = summed.get(name, 0) + value
+        if scope.startswith("F#") and first is not None and last is not None and self.counted:
+            _add(summed, self._items(scope.removeprefix("F#"), first, last, rolled))
         return summed
 
-    def _items(self, table: str, kind: CountedItems, facility: str, first: date, last: date) -> dict[str, int]:
-        """What the facility's items of ``kind`` from ``first`` to ``last`` (Vietnam days, inclusive) count, added
-        up: one Query per month, its sort key within the days."""
-        if first > last:
-            return {}
+    def _items(self, facility: str, first: date, last: date, rolled: set[date]) -> dict[str, int]:
+        """What the facility's files and deliveries from ``first`` to ``last`` (Vietnam days, inclusive) count,
+        added up, but for the days ``rolled`` up (their rollup items hold it): per month, one Query of the on-time
+        partition per stretch of days not rolled up and one of the late partition. The closed days read here are
+        rolled up (``rolls_up_at``), so the next report reads one item for each."""
+        days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        closing = self.rolls_up_at
+        by_day: dict[date, dict[str, int]] = {
+            one: {} for one in days if one not in rolled and closing is not None
+            and closing >= datetime.combine(one + timedelta(days=1), time(), PORTAL_TZ) + ROLL_UP_AFTER}
+        summed: dict[str, int] = {}
+        for table, kind in self.counted:
+            for month, stretch in itertools.groupby(days, key=lambda one: one.replace(day=1)):
+                in_month = list(stretch)
+                partition = facility_month(facility, datetime.combine(month, time(12), PORTAL_TZ))
+                for low, high in _stretches([one for one in in_month if one not in rolled]):
+                    for count in self._counted(table, kind, partition, low, high):
+                        _add(summed, count.deltas)
+                        if (counted_on := _day(count.period)) in by_day:
+                            _add(by_day[counted_on], count.deltas)
+                for count in self._counted(table, kind, partition + LATE, in_month[0], in_month[-1]):
+                    _add(summed, count.deltas)
+        if by_day:
+            self._roll_up(facility, by_day)
+        return summed
+
+    def _counted(self, table: str, kind: CountedItems, partition: str, first: date,
+                 last: date) -> Iterator[CounterUpdate]:
+        """What each item of an index partition counts, its time from ``first`` to ``last`` (Vietnam days)."""
         start = datetime.combine(first, time(), PORTAL_TZ)
         end = datetime.combine(last + timedelta(days=1), time(), PORTAL_TZ) - timedelta(seconds=1)
-        summed: dict[str, int] = {}
-        month = first.replace(day=1)
-        while month <= last:
-            kwargs: dict[str, Any] = {
-                "TableName": table, "IndexName": kind.index,
-                "KeyConditionExpression": "#k = :m AND #at BETWEEN :lo AND :hi",
-                "ExpressionAttributeNames": {"#k": kind.key, "#at": kind.at},
-                "ExpressionAttributeValues": {
-                    ":m": {"S": facility_month(facility, datetime.combine(month, time(12), PORTAL_TZ))},
-                    ":lo": {"S": iso_utc(start)}, ":hi": {"S": iso_utc(end)}}}
-            for page in self._pages(kwargs):
-                for item in page.get("Items", []):
-                    for name, value in kind.count(item).deltas.items():
-                        summed[name] = summed.get(name, 0) + value
-            month = (month + timedelta(days=32)).replace(day=1)
-        return summed
+        kwargs: dict[str, Any] = {
+            "TableName": table, "IndexName": kind.index,
+            "KeyConditionExpression": "#k = :m AND #at BETWEEN :lo AND :hi",
+            "ExpressionAttributeNames": {"#k": kind.key, "#at": kind.at},
+            "ExpressionAttributeValues": {":m": {"S": partition}, ":lo": {"S": iso_utc(start)},
+                                          ":hi": {"S": iso_utc(end)}}}
+        for page in self._pages(kwargs):
+            for item in page.get("Items", []):
+                yield kind.count(item)
+
+    def _roll_up(self, facility: str, by_day: Mapping[date, Mapping[str, int]]) -> None:
+        """One item per closed day, empty days too (so that no later report queries them). Unconditional: a day
+        is closed, so two runs write the same counts; an item left unprocessed is only read item by item again."""
+        scope = f"F#{facility}"
+        puts = [{"PutRequest": {"Item": {
+            "scope": {"S": scope}, "period": {"S": rollup_key(day_key(one))},
+            **{name: {"N": str(value)} for name, value in counts.items()}}}} for one, counts in sorted(by_day.items())]
+        for start in range(0, len(puts), 25):
+            self._db.batch_write_item(RequestItems={self.table: puts[start:start + 25]})
 
     def count(self, wanted: MarkerRange) -> int:
         """The marker items of a partition (with ``days``, those whose first day lies in the range): Queries that
@@ -272,6 +305,18 @@ def counted_by_day(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], 
     return summed
 
 
+def _add(summed: dict[str, int], deltas: Mapping[str, int]) -> None:
+    for name, value in deltas.items():
+        summed[name] = summed.get(name, 0) + value
+
+
+def _stretches(days: Sequence[date]) -> Iterator[tuple[date, date]]:
+    """Consecutive days, as (first, last) of each run: ``[1, 2, 3, 7, 8]`` → (1, 3), (7, 8)."""
+    for _, run in itertools.groupby(enumerate(days), key=lambda pair: pair[1] - timedelta(days=pair[0])):
+        one = [each for _, each in run]
+        yield one[0], one[-1]
+
+
 def _day(key: str) -> date | None:
     """The day of a day key, sharded or a range's bound (``D#2026-11-30#s~``); None for anything else (a month
     key, the ``D#0000-00-00`` of a range from the beginning)."""
@@ -320,7 +365,7 @@ def build(period: Period, *, dynamodb: Any, aggregates_table: str, submissions_t
           facilities_table: Any, generated_at: datetime) -> Report:
     return build_report(period, places(facilities_table),
                         DynamoCounters(dynamodb, aggregates_table, submissions_table=submissions_table,
-                                       visits_table=visits_table),
+                                       visits_table=visits_table, now=generated_at),
                         generated_at=generated_at)
 
 

@@ -111,6 +111,23 @@ def facility_month(facility: str, moment: datetime) -> str:
     return f"{facility}#{moment.astimezone(PORTAL_TZ):%Y-%m}"
 
 
+# The reports roll a facility's closed day up into one item (docs/reports.md, *Daily rollups*), so an item must be
+# written soon after the time it is counted at. One written more than LATE_AFTER after it (a file that waited in a
+# backlog, or was redriven from the dead-letter queue) goes to its month's late partition instead, which the
+# reports always read item by item. A day is closed, and rolled up, ROLL_UP_AFTER after it ends: on-time items are
+# written within LATE_AFTER plus a function's timeout and index propagation, well inside the margin.
+LATE = "#late"
+LATE_AFTER = timedelta(hours=1)
+ROLL_UP_AFTER = LATE_AFTER + timedelta(minutes=15)
+
+
+def counted_month(facility: str, at: datetime, written_at: datetime) -> str:
+    """The index partition of an item counted at ``at`` and written at ``written_at``: its facility's month, or that
+    month's late partition (``{facility}#{YYYY-MM}#late``) when written more than LATE_AFTER after ``at``."""
+    month = facility_month(facility, at)
+    return month + LATE if written_at - at > LATE_AFTER else month
+
+
 def version_key(received_at: datetime, submission_id: str) -> str:
     """Sortable by time, and the same object processed twice gives the same key."""
     return f"{iso_utc(received_at)}#{submission_id[:16]}"
@@ -188,6 +205,7 @@ class SubmissionRecord:
     signing_key_id: str
     finding_codes: tuple[str, ...] = ()  # what the admitted visits carry back to the facility (never values)
     transaction_id: str | None = None  # maGiaoDich, for a file received by the portal API
+    written_at: datetime | None = None  # when the item is written (None: on time); a late one is counted apart
 
     @property
     def received(self) -> str:
@@ -195,7 +213,7 @@ class SubmissionRecord:
 
     @property
     def facility_month(self) -> str:
-        return facility_month(self.facility, self.received_at)
+        return counted_month(self.facility, self.received_at, self.written_at or self.received_at)
 
 
 def content_claim_key(facility: str, content_sha256: str) -> str:

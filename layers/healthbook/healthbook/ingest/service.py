@@ -381,7 +381,7 @@ class IngestService:
             quarantine_key=outcome.quarantine_key,
             merkle_root=receipt["merkle"]["root"] if receipt["merkle"] else None,
             signing_key_id=receipt["platform_signature"]["key_id"], finding_codes=tuple(findings),
-            transaction_id=transaction_of(ref.key)),
+            transaction_id=transaction_of(ref.key), written_at=self._now()),
             release=examined.release)
         outcome.to_deliver = to_deliver
         return outcome

@@ -45,7 +45,12 @@ def province_scope(province: str, *, after_reform: bool = False) -> str:
 
 def day(moment: datetime) -> str:
     """The Vietnam day of an event: a facility's day is its own, not UTC's."""
-    return f"D#{moment.astimezone(PORTAL_TZ):%Y-%m-%d}"
+    return day_key(moment.astimezone(PORTAL_TZ).date())
+
+
+def day_key(one: date) -> str:
+    """The period key of a (Vietnam) day: ``D#2026-11-22``."""
+    return f"D#{one:%Y-%m-%d}"
 
 
 def month(moment: datetime) -> str:
@@ -73,8 +78,26 @@ def shard_key(period: str, shard: int) -> str:
     return f"{period}{_SHARD}{shard:02d}"
 
 
+# A facility's closed day rolled up (docs/reports.md, *Daily rollups*): what its files and deliveries count, in one
+# item "D#2026-11-22#r", which sorts between the day's key and its shards ("#r" < "#s00"): a reader of the day's
+# range adds it up with the counters, and knows from it that the day's on-time items need not be read.
+_ROLLUP = "#r"
+
+
+def rollup_key(period: str) -> str:
+    """The sort key of a day's rollup item: ``D#2026-11-22`` → ``D#2026-11-22#r``."""
+    return period + _ROLLUP
+
+
+def is_rollup(key: str) -> bool:
+    return key.endswith(_ROLLUP)
+
+
 def unsharded(key: str) -> str:
-    """The period of a counter item's sort key, sharded or not (items written before sharding have none)."""
+    """The period of a counter item's sort key, sharded or not (items written before sharding have none), or of a
+    day's rollup."""
+    if is_rollup(key):
+        return key.removesuffix(_ROLLUP)
     head, mark, tail = key.rpartition(_SHARD)
     return head if mark and len(tail) == 2 and tail.isdigit() else key
 
