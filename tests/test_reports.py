@@ -12,7 +12,7 @@ import boto3
 import pytest
 from healthbook.aws.delivery import DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
-from healthbook.aws.reports import DynamoCounters
+from healthbook.aws.reports import DynamoCounters, counters_by_period
 from healthbook.delivery.model import DeliveredEntry
 from healthbook.ingest.model import PENDING, ROLL_UP_AFTER, SubmissionRecord, VisitRef, status_shard
 from healthbook.kernel import iso_utc
@@ -470,6 +470,12 @@ def test_a_closed_day_is_rolled_up_once_and_a_late_file_counted_apart(ddb: Any) 
     # A rolled-up day's rollup stands for its on-time items, which are no longer read: a reader without a clock
     # counts the same; and with no on-time item left, the rollup still counts it.
     assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == expected
+    # A rollup stands for both kinds: a reader of one kind, or of the counters alone, reads as it did before them
+    files_only = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"])
+    assert files_only.sum(*days) == {name: value for name, value in expected.items()
+                                     if not name.startswith(("delivered", "latency#"))}
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"]).sum(*days) == {}
+    assert counters_by_period(ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]) == {}
     ddb.delete_item(TableName=NAMES["SUBMISSIONS_TABLE"], Key={"submission_id": {"S": "sub-1"}})
     assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == expected
 

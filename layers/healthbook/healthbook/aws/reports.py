@@ -70,10 +70,12 @@ class CountedItems:
     key: str
     at: str
     count: Callable[[Mapping[str, Any]], CounterUpdate]
+    late: bool  # whether an item may be written late, to its month's late partition (ingest.model.counted_month)
 
 
-FILES = CountedItems("by-facility-month", "facility_month", "received_at", submission_count)
-DELIVERIES = CountedItems("by-facility-delivered", "delivered_month", "delivered_at", delivery_count)
+FILES = CountedItems("by-facility-month", "facility_month", "received_at", submission_count, late=True)
+# A delivery's time is stamped in the attempt that writes it: never late, so no late partition to read.
+DELIVERIES = CountedItems("by-facility-delivered", "delivered_month", "delivered_at", delivery_count, late=False)
 
 
 class DynamoCounters:
@@ -92,8 +94,10 @@ class DynamoCounters:
         self.counted = [(name, kind) for name, kind in ((submissions_table, FILES), (visits_table, DELIVERIES))
                         if name]
         self.workers = workers
-        # A rollup stands for both kinds: only a reader of both writes one.
-        self.rolls_up_at = now if len(self.counted) == 2 else None
+        # A rollup stands for both kinds: only a reader of both reads one (another reads what it read before
+        # rollups, the counters alone, or them and the items of its kind) or writes one.
+        self.reads_rollups = len(self.counted) == 2
+        self.rolls_up_at = now if self.reads_rollups else None
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
         return self._each(lambda wanted: self.sum(*wanted), ranges)
@@ -128,7 +132,9 @@ class DynamoCounters:
         rolled: set[date] = set()
         for page in self._pages(kwargs):
             for item in page.get("Items", []):
-                if is_rollup(key := item["period"]["S"]) and (rolled_day := _day(key)) is not None:
+                if is_rollup(key := item["period"]["S"]):
+                    if not self.reads_rollups or (rolled_day := _day(key)) is None:
+                        continue
                     rolled.add(rolled_day)
                 _add(summed, {name: int(value["N"]) for name, value in item.items()
                               if name not in _KEYS and "N" in value})
@@ -157,8 +163,9 @@ class DynamoCounters:
                         _add(summed, count.deltas)
                         if (counted_on := _day(count.period)) in by_day:
                             _add(by_day[counted_on], count.deltas)
-                for count in self._counted(table, kind, partition + LATE, in_month[0], in_month[-1]):
-                    _add(summed, count.deltas)
+                if kind.late:
+                    for count in self._counted(table, kind, partition + LATE, in_month[0], in_month[-1]):
+                        _add(summed, count.deltas)
         if by_day:
             self._roll_up(facility, by_day)
         return summed
@@ -330,11 +337,12 @@ def _day(key: str) -> date | None:
 
 def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
     """Counter items as DynamoDB returns them (a Scan's page, say), added up per scope and period across their
-    shards; the distinct-citizen markers left out (their sort key is ``citizen#...``: markers_by_partition)."""
+    shards; the distinct-citizen markers left out (their sort key is ``citizen#...``: markers_by_partition), and
+    the days' rollups (what items counted: ``counted_by_day`` counts the items themselves)."""
     summed: dict[tuple[str, str], dict[str, int]] = {}
     for item in items:
         period = str(item["period"]["S"])
-        if period.startswith(MARKER_PREFIX):
+        if period.startswith(MARKER_PREFIX) or is_rollup(period):
             continue
         target = summed.setdefault((str(item["scope"]["S"]), unsharded(period)), {})
         for name, value in item.items():
