@@ -655,7 +655,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-report"},
         "Description": "Builds the daily SLA, monthly and six-monthly reports from the aggregates into the reports "
                        "bucket.",
-        "CodeUri": "functions/report/", "Handler": "app.lambda_handler", "MemorySize": 1024, "Timeout": 300,
+        "CodeUri": "functions/report/", "Handler": "app.lambda_handler", "MemorySize": 1769, "Timeout": 900,
         "LoggingConfig": {"LogGroup": {"Ref": "ReportFunctionLogGroup"}},
         "Environment": {"Variables": {
             **_BEFORE_VARIABLES, "POWERTOOLS_SERVICE_NAME": "report", "AGGREGATES_TABLE": {"Ref": "AggregatesTable"},
@@ -1061,7 +1061,7 @@ def test_the_markers_deliver_writes_carry_the_attribute_the_aggregates_ttl_reads
 
 def test_report_function_environment_and_size(template: dict[str, Any]) -> None:
     p = function_props(template, "ReportFunction")
-    assert (p["Timeout"], p["MemorySize"]) == (300, 1024)
+    assert (p["Timeout"], p["MemorySize"]) == (900, 1769)  # a national half-year: docs/capacity.md
     variables = p["Environment"]["Variables"]
     assert variables["AGGREGATES_TABLE"] == {"Ref": "AggregatesTable"}
     assert variables["VISITS_TABLE"] == {"Ref": "VisitsTable"}

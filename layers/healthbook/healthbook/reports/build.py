@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from healthbook.reports.aggregates import (
     LEGACY_COUNTERS,
     VISITED,
     commune_scope,
+    day_key,
     district_scope,
     facility_scope,
     marker_scope,
@@ -98,10 +99,6 @@ def load_population(*, after_reform: bool = False) -> dict[str, PopulationFigure
                                    str(entry["source"])) for code, entry in provinces.items()}
 
 
-def _day_key(day: date) -> str:
-    return f"D#{day.isoformat()}"
-
-
 def _months(period: Period) -> list[str]:
     first, keys = period.start, []
     while first <= period.end:
@@ -130,7 +127,7 @@ def figures(counters: Mapping[str, int], citizens: int | None) -> Figures:
 
 
 def _days(scope: str, period: Period) -> Range:
-    return scope, _day_key(period.start), period_high(_day_key(period.end))
+    return scope, day_key(period.start), period_high(day_key(period.end))
 
 
 def _citizens(scope: str, period: Period, *, province: bool = False) -> MarkerRange | None:
@@ -147,13 +144,13 @@ def _citizens(scope: str, period: Period, *, province: bool = False) -> MarkerRa
 
 
 def _to_date(scope: str, period: Period) -> Range:
-    return scope, _FIRST_DAY, period_high(_day_key(period.end))
+    return scope, _FIRST_DAY, period_high(day_key(period.end))
 
 
 def _kept(scope: str, kind: str, period: Period, *, to_date: bool) -> MarkerRange:
     """A province's kept markers of ``kind`` first given up to the period's end (``to_date``) or within it."""
-    first = _FIRST_DAY if to_date else _day_key(period.start)
-    return MarkerRange(marker_scope(scope, kind), (first, _day_key(period.end)), wide=True)
+    first = _FIRST_DAY if to_date else day_key(period.start)
+    return MarkerRange(marker_scope(scope, kind), (first, day_key(period.end)), wide=True)
 
 
 class _Counts:
