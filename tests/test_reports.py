@@ -492,6 +492,39 @@ def test_a_closed_day_is_rolled_up_once_and_a_late_file_counted_apart(ddb: Any) 
     assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == with_late
 
 
+def test_a_range_across_months_mixes_rollups_and_items_and_counts_each_file_once(ddb: Any) -> None:
+    """Files on 27 February to 3 March; the days up to 1 March rolled up by a report of February, the rest read
+    item by item; the late partitions of both months read whole; every reader adds up to the same."""
+    from healthbook.aws.reports import _stretches
+
+    data = Dataset(ddb)
+    days = [(2, 27), (2, 28), (3, 1), (3, 2), (3, 3)]
+    for n, (month, day_of) in enumerate(days):
+        assert data.records.put_submission(_submission(n, "01001", _vn(day_of, month=month), accepted=1, total=1))
+    # late: a file of 28 February written on 2 March, one of 2 March written the next day
+    assert data.records.put_submission(_submission(10, "01001", _vn(28, month=2), accepted=0, total=2,
+                                                   written_at=_vn(2, month=3)))
+    assert data.records.put_submission(_submission(11, "01001", _vn(2, 9, month=3), accepted=1, total=1,
+                                                   written_at=_vn(3, 9, month=3)))
+    tables = {"submissions_table": NAMES["SUBMISSIONS_TABLE"], "visits_table": NAMES["VISITS_TABLE"]}
+    whole = ("F#01001", "D#2025-02-27", period_high("D#2025-03-03"))
+    expected = {"files_received": 7, "files_rejected": 1, "visits_accepted": 6, "visits_rejected": 2}
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*whole) == expected
+    on_2_march = datetime(2025, 3, 2, tzinfo=UTC) - VN + ROLL_UP_AFTER  # 1 March has just closed
+    february = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], now=on_2_march, **tables)
+    assert february.sum("F#01001", "D#2025-02-01", period_high("D#2025-03-01")) == {**expected, "files_received": 4,
+                                                                                    "visits_accepted": 3}
+    assert len(_rollups(ddb)) == 29  # every day of February and 1 March, empty ones too
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*whole) == expected
+    later = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], now=on_2_march + timedelta(days=5), **tables)
+    assert later.sum(*whole) == expected and len(_rollups(ddb)) == 31
+    assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*whole) == expected
+    assert list(_stretches([date(2025, 3, d) for d in (1, 2, 3, 7, 8, 10)])) == [
+        (date(2025, 3, 1), date(2025, 3, 3)), (date(2025, 3, 7), date(2025, 3, 8)),
+        (date(2025, 3, 10), date(2025, 3, 10))]
+    assert list(_stretches([])) == []
+
+
 def test_markers_expire_but_the_province_ever_marker_is_kept(ddb: Any) -> None:
     at = _vn(2)
     status = DynamoVisitStatus(ddb, visits_table=NAMES["VISITS_TABLE"], aggregates_table=NAMES["AGGREGATES_TABLE"])
