@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/enrol_limits.py
+	$(BIN)/python bench/report_read.py
 
 ## Upload -> receipt -> VNeID on LocalStack, and the orchestration's $ per million visits (docs/cost.md).
 bench-e2e: $(STAMP) localstack-up
