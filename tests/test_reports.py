@@ -573,9 +573,12 @@ def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_repl
     monkeypatch.setenv("REPORTS_BUCKET", "reports-test")
     app = load_function("report")
     context = LambdaContext(function_name="report")
-    for _ in range(2):  # a re-run: the same keys, replaced
-        result = app.lambda_handler({"period": "2025-03"}, context)
+    first, result = (app.lambda_handler({"period": "2025-03"}, context) for _ in range(2))  # a re-run: replaced
     assert result["period"] == "2025-03" and result["rows"] == 6  # 2 facilities, 2 districts, 2 provinces
+    # The first run read March and February of each facility item by item and rolled them up; the re-run reads
+    # their rollups only (what the log line tells ops).
+    assert (first["days_read_by_item"], first["days_rolled_up"]) == (2 * (31 + 28), 2 * (31 + 28))
+    assert (result["days_read_by_item"], result["days_rolled_up"]) == (0, 0)
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="reports-test")["Contents"])
     assert listed == [f"reports/month/2025-03/{name}" for name in
                       ("district.csv", "facility.csv", "province.csv", "report.html", "report.xlsx")]

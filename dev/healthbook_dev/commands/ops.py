@@ -157,7 +157,7 @@ def _facilities_table(clients: _Clients, args: argparse.Namespace, outputs: dict
 def cmd_report(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from healthbook.aws.reports import build
+    from healthbook.aws.reports import DynamoCounters, build
     from healthbook.reports.model import Period
     from healthbook.reports.render import summary_lines
 
@@ -174,10 +174,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not aggregates or not submissions or not visits:
         raise UsageError("give --aggregates-table, --submissions-table and --visits-table, or --stack (or set "
                          "HEALTHBOOK_AGGREGATES_TABLE, HEALTHBOOK_SUBMISSIONS_TABLE and HEALTHBOOK_VISITS_TABLE)")
-    report = build(period, dynamodb=clients.client("dynamodb"), aggregates_table=aggregates,
-                   submissions_table=submissions, visits_table=visits,
-                   facilities_table=_facilities_table(clients, args, outputs_of_stack),
-                   generated_at=datetime.now(UTC), roll_up=False)  # read access is enough
+    # No clock: closed days not rolled up are read item by item, nothing is written (read access is enough)
+    counters = DynamoCounters(clients.client("dynamodb"), aggregates, submissions_table=submissions,
+                              visits_table=visits)
+    report = build(period, counters=counters, facilities_table=_facilities_table(clients, args, outputs_of_stack),
+                   generated_at=datetime.now(UTC))
     written = write_report(report, args.out, level=args.level)
     for line in summary_lines(report, args.level or "province"):
         print(line)

@@ -207,7 +207,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
 
 def _report(box: Any, out: Path) -> dict[str, Any]:
     """This month's report, as the monthly job would build it, from the counters the run kept."""
-    from healthbook.aws.reports import build
+    from healthbook.aws.reports import DynamoCounters, build
     from healthbook.reports.model import Period
     from healthbook.reports.render import outputs, summary_lines
 
@@ -216,9 +216,10 @@ def _report(box: Any, out: Path) -> dict[str, Any]:
     now = datetime.now(UTC)
     # The report reads 32 Queries at a time; moto in process is not thread-safe (a GetItem of a missing partition
     # adds it to the dict another thread's Query is walking), so its calls reach moto one at a time.
-    report = build(Period.month_of(now.astimezone(PORTAL_TZ).date()), dynamodb=SerialisedClient(box.ddb),
-                   aggregates_table=box.names["AGGREGATES_TABLE"], submissions_table=box.names["SUBMISSIONS_TABLE"],
-                   visits_table=box.names["VISITS_TABLE"],
+    counters = DynamoCounters(SerialisedClient(box.ddb), box.names["AGGREGATES_TABLE"],
+                              submissions_table=box.names["SUBMISSIONS_TABLE"], visits_table=box.names["VISITS_TABLE"],
+                              now=now)
+    report = build(Period.month_of(now.astimezone(PORTAL_TZ).date()), counters=counters,
                    facilities_table=box_table(box, "FACILITIES_TABLE"), generated_at=now)
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)

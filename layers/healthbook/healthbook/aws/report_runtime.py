@@ -28,9 +28,11 @@ class ReportRuntime:
         written. Re-running a period replaces its files."""
         period = period_for(event, now)
         settings = self.settings
-        dynamodb = client("dynamodb", connections=reports.READERS)
-        report = reports.build(period, dynamodb=dynamodb, aggregates_table=settings.aggregates_table,
-                               submissions_table=settings.submissions_table, visits_table=settings.visits_table,
-                               facilities_table=dynamodb_table(settings.facilities_table), generated_at=now)
+        counters = reports.DynamoCounters(client("dynamodb", connections=reports.READERS), settings.aggregates_table,
+                                          submissions_table=settings.submissions_table,
+                                          visits_table=settings.visits_table, now=now)
+        report = reports.build(period, counters=counters, facilities_table=dynamodb_table(settings.facilities_table),
+                               generated_at=now)
         keys = reports.publish(report, s3=client("s3"), bucket=settings.reports_bucket)
-        return {"period": period.label, "kind": period.kind, "rows": len(report.rows), "objects": keys}
+        return {"period": period.label, "kind": period.kind, "rows": len(report.rows), "objects": keys,
+                "days_read_by_item": counters.days_read_by_item, "days_rolled_up": counters.days_rolled_up}

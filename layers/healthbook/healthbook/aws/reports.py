@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,6 +99,10 @@ class DynamoCounters:
         # rollups, the counters alone, or them and the items of its kind) or writes one.
         self.reads_rollups = len(self.counted) == 2
         self.rolls_up_at = now if self.reads_rollups else None
+        # What the run did (its log line: a monthly report should read no day item by item)
+        self.days_read_by_item = 0
+        self.days_rolled_up = 0
+        self._tally = threading.Lock()
 
     def sum_many(self, ranges: Sequence[Range]) -> list[dict[str, int]]:
         return self._each(lambda wanted: self.sum(*wanted), ranges)
@@ -168,6 +173,9 @@ class DynamoCounters:
                         _add(summed, count.deltas)
         if by_day:
             self._roll_up(facility, by_day)
+        with self._tally:
+            self.days_read_by_item += sum(1 for one in days if one not in rolled)
+            self.days_rolled_up += len(by_day)
         return summed
 
     def _counted(self, table: str, kind: CountedItems, partition: str, first: date,
@@ -369,14 +377,10 @@ def places(facilities_table: Any) -> list[Place]:
             for e in FacilitiesRepository(facilities_table).list_facilities()]
 
 
-def build(period: Period, *, dynamodb: Any, aggregates_table: str, submissions_table: str, visits_table: str,
-          facilities_table: Any, generated_at: datetime, roll_up: bool = True) -> Report:
-    """The period's report. ``roll_up``: the closed days it reads item by item are rolled up (the report function);
-    without, it only reads (a person's read-only credentials), and the report is the same."""
-    return build_report(period, places(facilities_table),
-                        DynamoCounters(dynamodb, aggregates_table, submissions_table=submissions_table,
-                                       visits_table=visits_table, now=generated_at if roll_up else None),
-                        generated_at=generated_at)
+def build(period: Period, *, counters: DynamoCounters, facilities_table: Any, generated_at: datetime) -> Report:
+    """The period's report from ``counters``: with a clock (the report function) the closed days it reads item by
+    item are rolled up; without (a person's read-only credentials) it only reads, and the report is the same."""
+    return build_report(period, places(facilities_table), counters, generated_at=generated_at)
 
 
 def publish(report: Report, *, s3: Any, bucket: str) -> list[str]:
