@@ -492,6 +492,42 @@ def test_a_closed_day_is_rolled_up_once_and_a_late_file_counted_apart(ddb: Any) 
     assert DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days) == with_late
 
 
+class _RefusedRollups:
+    """moto, but BatchWriteItem refused (a role without the grant) or, with ``unprocessed``, its last put left."""
+
+    def __init__(self, ddb: Any, *, unprocessed: bool = False) -> None:
+        self._ddb, self._unprocessed = ddb, unprocessed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ddb, name)
+
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # boto3's keyword
+        if not self._unprocessed:
+            raise self._ddb.exceptions.ClientError({"Error": {"Code": "AccessDeniedException"}}, "BatchWriteItem")
+        (table, puts), = RequestItems.items()
+        self._ddb.batch_write_item(RequestItems={table: puts[:-1]})
+        return {"UnprocessedItems": {table: puts[-1:]}}
+
+
+def test_a_rollup_not_written_leaves_the_report_whole_and_its_day_read_again(ddb: Any,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    data = Dataset(ddb)
+    assert data.records.put_submission(_submission(1, "01001", _vn(2), accepted=1, total=1))
+    tables = {"submissions_table": NAMES["SUBMISSIONS_TABLE"], "visits_table": NAMES["VISITS_TABLE"]}
+    days = ("F#01001", "D#2025-03-01", period_high("D#2025-03-03"))
+    expected = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], **tables).sum(*days)
+    refused = DynamoCounters(_RefusedRollups(ddb), NAMES["AGGREGATES_TABLE"], now=_vn(20), **tables)
+    with caplog.at_level("WARNING"):
+        assert refused.sum(*days) == expected
+    assert (refused.days_read_by_item, refused.days_rolled_up) == (3, 0) and _rollups(ddb) == {}
+    (warning,) = [record for record in caplog.records if record.getMessage() == "rollups not written"]
+    assert (warning.__dict__["error"], warning.__dict__["days"]) == ("AccessDeniedException", 3)
+    partly = DynamoCounters(_RefusedRollups(ddb, unprocessed=True), NAMES["AGGREGATES_TABLE"], now=_vn(20), **tables)
+    assert partly.sum(*days) == expected and partly.days_rolled_up == 2  # 3 March left: read item by item again
+    again = DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], now=_vn(20), **tables)
+    assert again.sum(*days) == expected and (again.days_read_by_item, again.days_rolled_up) == (1, 1)
+
+
 def test_a_range_across_months_mixes_rollups_and_items_and_counts_each_file_once(ddb: Any) -> None:
     """Files on 27 February to 3 March; the days up to 1 March rolled up by a report of February, the rest read
     item by item; the late partitions of both months read whole; every reader adds up to the same."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 from healthbook.aws.facilities import FacilitiesRepository
+from healthbook.aws.settings import error_code
 from healthbook.ingest.model import LATE, ROLL_UP_AFTER, facility_month
 from healthbook.kernel import PORTAL_TZ, iso_utc, parse_time
 from healthbook.reports.aggregates import (
@@ -34,6 +36,7 @@ from healthbook.reports.job import report_prefix
 from healthbook.reports.model import Period, Report
 from healthbook.reports.render import outputs
 
+log = logging.getLogger(__name__)
 _KEYS = {"scope", "period", "expires_at"}
 # Queries in flight at once: a six-monthly report of a national registry is about 200,000 small Queries (a
 # facility's half-year is seven partitions), each mostly a round trip; the client needs as many connections.
@@ -171,11 +174,10 @@ class DynamoCounters:
                 if kind.late:
                     for count in self._counted(table, kind, partition + LATE, in_month[0], in_month[-1]):
                         _add(summed, count.deltas)
-        if by_day:
-            self._roll_up(facility, by_day)
+        written = self._roll_up(facility, by_day) if by_day else 0
         with self._tally:
             self.days_read_by_item += sum(1 for one in days if one not in rolled)
-            self.days_rolled_up += len(by_day)
+            self.days_rolled_up += written
         return summed
 
     def _counted(self, table: str, kind: CountedItems, partition: str, first: date,
@@ -193,15 +195,26 @@ class DynamoCounters:
             for item in page.get("Items", []):
                 yield kind.count(item)
 
-    def _roll_up(self, facility: str, by_day: Mapping[date, Mapping[str, int]]) -> None:
-        """One item per closed day, empty days too (so that no later report queries them). Unconditional: a day
-        is closed, so two runs write the same counts; an item left unprocessed is only read item by item again."""
+    def _roll_up(self, facility: str, by_day: Mapping[date, Mapping[str, int]]) -> int:
+        """One item per closed day, empty days too (so that no later report queries them); how many were written.
+        Unconditional: a day is closed, so two runs write the same counts. Best effort: the report already holds
+        the counts, so a put left unprocessed, or refused, only leaves its day to be read item by item again (a
+        refusal is logged: the role's grant, say)."""
         scope = f"F#{facility}"
         puts = [{"PutRequest": {"Item": {
             "scope": {"S": scope}, "period": {"S": rollup_key(day_key(one))},
             **{name: {"N": str(value)} for name, value in counts.items()}}}} for one, counts in sorted(by_day.items())]
+        written = 0
         for start in range(0, len(puts), 25):
-            self._db.batch_write_item(RequestItems={self.table: puts[start:start + 25]})
+            batch = puts[start:start + 25]
+            try:
+                response = self._db.batch_write_item(RequestItems={self.table: batch})
+            except Exception as exc:
+                log.warning("rollups not written", extra={"facility": facility, "days": len(batch),
+                                                          "error": error_code(exc) or type(exc).__name__})
+                continue
+            written += len(batch) - len((response.get("UnprocessedItems") or {}).get(self.table, []))
+        return written
 
     def count(self, wanted: MarkerRange) -> int:
         """The marker items of a partition (with ``days``, those whose first day lies in the range): Queries that
