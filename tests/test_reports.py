@@ -20,7 +20,7 @@ from healthbook.reports.aggregates import citizen_markers, for_breach, for_recon
 from healthbook.reports.build import MarkerRange, Place, PopulationFigure, build_report, load_population
 from healthbook.reports.job import period_for, report_prefix
 from healthbook.reports.model import COLUMNS, Period, cell
-from healthbook_dev.aws.sandbox import NAMES
+from healthbook_dev.aws.sandbox import NAMES, SerialisedClient
 
 REGION = "ap-southeast-1"
 VN = timedelta(hours=7)
@@ -431,8 +431,10 @@ def test_a_known_dataset_with_retries_and_duplicates_reports_hand_computed_numbe
     # Run on 2 April, the report rolls up every closed day it reads (March and February, each facility), and a
     # report read from those rollups is the same report.
     def rolling() -> DynamoCounters:
-        return DynamoCounters(ddb, NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
-                              visits_table=NAMES["VISITS_TABLE"], now=_vn(2, month=4))
+        # Its 32 readers write rollups while others query: moto is not thread-safe (DynamoDB is), so one at a time
+        return DynamoCounters(SerialisedClient(ddb), NAMES["AGGREGATES_TABLE"],
+                              submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"],
+                              now=_vn(2, month=4))
 
     assert build_report(Period.parse("2025-03"), places, rolling(), generated_at=_vn(31, 23),
                         population=load_population()) == report
@@ -607,6 +609,12 @@ def test_the_report_function_writes_every_file_under_the_period_and_a_rerun_repl
     monkeypatch.setenv("VISITS_TABLE", NAMES["VISITS_TABLE"])
     monkeypatch.setenv("FACILITIES_TABLE", NAMES["FACILITIES_TABLE"])
     monkeypatch.setenv("REPORTS_BUCKET", "reports-test")
+    # The function's 32 readers write rollups while others query: moto is not thread-safe (DynamoDB is)
+    from healthbook.aws import report_runtime
+
+    real_client = report_runtime.client
+    monkeypatch.setattr(report_runtime, "client", lambda name, **kwargs: SerialisedClient(real_client(name, **kwargs))
+                        if name == "dynamodb" else real_client(name, **kwargs))
     app = load_function("report")
     context = LambdaContext(function_name="report")
     first, result = (app.lambda_handler({"period": "2025-03"}, context) for _ in range(2))  # a re-run: replaced
