@@ -44,22 +44,25 @@ FILES_A_DAY = DELIVERIES_A_DAY = 500_000
 
 
 class _Pages:
-    """A DynamoDB client for DynamoCounters: each Query answered from the wire JSON of one stored page, parsed by
-    botocore's parser on every call (as a boto3 client parses the HTTP body); anything not stored, an empty page."""
+    """A DynamoDB client for DynamoCounters: a Query of a stored (index, partition) answered from its page's wire
+    JSON, parsed by botocore's parser on every call (as a boto3 client parses the HTTP body); any other call goes to
+    ``rest`` (moto, while the items are written), or, without, is an empty page or a write that does nothing."""
 
-    def __init__(self, pages: dict[tuple[str | None, str], bytes]) -> None:
+    def __init__(self, pages: dict[tuple[str | None, str], bytes], rest: Any = None) -> None:
         model = botocore.session.get_session().get_service_model("dynamodb").operation_model("Query")
-        self._shape, self._parser, self._pages = model.output_shape, create_parser("json"), pages
-        self._empty = json.dumps({"Items": [], "Count": 0, "ScannedCount": 0}).encode()
+        self._shape, self._parser, self._pages, self._rest = model.output_shape, create_parser("json"), pages, rest
 
     def query(self, **kwargs: Any) -> dict[str, Any]:
         partition = next(iter(kwargs["ExpressionAttributeValues"].values()))["S"]
-        body = self._pages.get((kwargs.get("IndexName"), partition), self._empty)
-        parsed: dict[str, Any] = self._parser.parse({"body": body, "headers": {}, "status_code": 200}, self._shape)
+        body = self._pages.get((kwargs.get("IndexName"), partition))
+        if body is None and self._rest is not None:
+            return self._rest.query(**kwargs)  # type: ignore[no-any-return]
+        parsed: dict[str, Any] = self._parser.parse({"body": body or _page([]), "headers": {}, "status_code": 200},
+                                                    self._shape)
         return parsed
 
-    def batch_write_item(self, **_: Any) -> dict[str, Any]:
-        return {}
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
+        return self._rest.batch_write_item(**kwargs) if self._rest is not None else {}  # type: ignore[no-any-return]
 
 
 def _page(items: list[dict[str, Any]]) -> bytes:
@@ -101,7 +104,7 @@ def _stored_pages(n: int) -> dict[str, tuple[tuple[str | None, str], bytes]]:
         # such days: the same counters under each day's key.
         pages: dict[tuple[str | None, str], bytes] = {("by-facility-month", f"{FACILITY}#{DAY:%Y-%m}"): _page(files),
                  ("by-facility-delivered", f"{FACILITY}#{DAY:%Y-%m}"): _page(delivered)}
-        DynamoCounters(_Recording(ddb, pages), NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
+        DynamoCounters(_Pages(pages, rest=ddb), NAMES["AGGREGATES_TABLE"], submissions_table=NAMES["SUBMISSIONS_TABLE"],
                        visits_table=NAMES["VISITS_TABLE"], now=datetime.now(UTC), workers=1).sum(
             f"F#{FACILITY}", f"D#{DAY}", period_high(f"D#{DAY}"))
         (rolled,) = ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
@@ -115,23 +118,6 @@ def _stored_pages(n: int) -> dict[str, tuple[tuple[str | None, str], bytes]]:
     return {"file entries": (("by-facility-month", f"{FACILITY}#{DAY:%Y-%m}"), _page(files)),
             "delivery entries": (("by-facility-delivered", f"{FACILITY}#{DAY:%Y-%m}"), _page(delivered)),
             "day rollups": ((None, f"F#{FACILITY}"), _page(rollups))}
-
-
-class _Recording:
-    """moto for the writes; the day's index Queries answered from the pages taken (so each rollup holds a day)."""
-
-    def __init__(self, ddb: Any, pages: dict[tuple[str | None, str], bytes]) -> None:
-        self._ddb, self._pages = ddb, pages
-
-    def query(self, **kwargs: Any) -> dict[str, Any]:
-        partition = next(iter(kwargs["ExpressionAttributeValues"].values()))["S"]
-        body = self._pages.get((kwargs.get("IndexName"), partition))
-        if body is not None:
-            return json.loads(body)  # type: ignore[no-any-return]
-        return self._ddb.query(**kwargs)  # type: ignore[no-any-return]
-
-    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
-        return self._ddb.batch_write_item(**kwargs)  # type: ignore[no-any-return]
 
 
 def _best(run: Callable[[], object], rounds: int) -> float:

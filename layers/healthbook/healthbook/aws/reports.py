@@ -144,8 +144,7 @@ class DynamoCounters:
                     if not self.reads_rollups or (rolled_day := _day(key)) is None:
                         continue
                     rolled.add(rolled_day)
-                _add(summed, {name: int(value["N"]) for name, value in item.items()
-                              if name not in _KEYS and "N" in value})
+                _add(summed, _counts(item))
         first, last = _day(low), _day(high)
         if scope.startswith("F#") and first is not None and last is not None and self.counted:
             _add(summed, self._items(scope.removeprefix("F#"), first, last, rolled))
@@ -169,7 +168,7 @@ class DynamoCounters:
                 for low, high in _stretches([one for one in in_month if one not in rolled]):
                     for count in self._counted(table, kind, partition, low, high):
                         _add(summed, count.deltas)
-                        if (counted_on := _day(count.period)) in by_day:
+                        if by_day and (counted_on := _day(count.period)) in by_day:
                             _add(by_day[counted_on], count.deltas)
                 if kind.late:
                     for count in self._counted(table, kind, partition + LATE, in_month[0], in_month[-1]):
@@ -327,15 +326,18 @@ def counted_by_day(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], 
         if kind is None:
             continue
         count = kind.count(item)
-        target = summed.setdefault((count.scope, count.period), {})
-        for name, value in count.deltas.items():
-            target[name] = target.get(name, 0) + value
+        _add(summed.setdefault((count.scope, count.period), {}), count.deltas)
     return summed
 
 
 def _add(summed: dict[str, int], deltas: Mapping[str, int]) -> None:
     for name, value in deltas.items():
         summed[name] = summed.get(name, 0) + value
+
+
+def _counts(item: Mapping[str, Any]) -> dict[str, int]:
+    """A counter or rollup item's counts, as DynamoDB returns the item: its number attributes but the keys."""
+    return {name: int(value["N"]) for name, value in item.items() if name not in _KEYS and "N" in value}
 
 
 def _stretches(days: Sequence[date]) -> Iterator[tuple[date, date]]:
@@ -365,10 +367,7 @@ def counters_by_period(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, st
         period = str(item["period"]["S"])
         if period.startswith(MARKER_PREFIX) or is_rollup(period):
             continue
-        target = summed.setdefault((str(item["scope"]["S"]), unsharded(period)), {})
-        for name, value in item.items():
-            if name not in _KEYS and "N" in value:
-                target[name] = target.get(name, 0) + int(value["N"])
+        _add(summed.setdefault((str(item["scope"]["S"]), unsharded(period)), {}), _counts(item))
     return summed
 
 
