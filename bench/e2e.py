@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -33,6 +34,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from healthbook.delivery.contracts import TASK_BATCH
 from healthbook.signing.xml_signer import sign_submission
 from healthbook_dev import bill
 from healthbook_dev.aws import metering
@@ -55,10 +57,13 @@ EXPRESS_GB = 64 / 1024  # Express bills memory in 64 MB steps; a workflow passin
 LAMBDA_PER_REQUEST = 0.20 / 1_000_000
 LAMBDA_PER_GB_SECOND_ARM = 0.0000133334
 STANDARD_PER_TRANSITION = 25.00 / 1_000_000
-# States passed: per delivered visit Deliver and Delivered; per execution the Map, Summarise, Breaches? and Done
-# (docs/delivery.md).
-STATES_PER_DELIVERED_VISIT = 2
-STATES_PER_EXECUTION = 4
+# States passed: per batch of TASK_BATCH visits Deliver and Delivered; per execution Batches, the Map, Summarise,
+# Breaches? and Done (docs/delivery.md).
+STATES_PER_BATCH = 2
+STATES_PER_EXECUTION = 5
+# Batches of an execution delivered at once: the Map's MaxConcurrency.
+MAP_CONCURRENCY = int(json.loads((Path(__file__).resolve().parents[1] / "infra" / "statemachine" /
+                                  "delivery.asl.json").read_text(encoding="utf-8"))["States"]["Visits"]["MaxConcurrency"])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -167,7 +172,7 @@ def main() -> None:
         invocations, billed_gb_s = count_invocations(aws("logs"), STAGE, run_start_ms)
         time.sleep(2)  # the last log batches and the receipts' notifications settle before the meter is read
         meter = metering.snapshot(args.endpoint)
-        runs, emulator_s, series = metering.function_logs(aws("logs"), STAGE, run_start_ms)
+        runs, emulator_s, series, sums = metering.function_logs(aws("logs"), STAGE, run_start_ms)
         stored_beyond = max(0, vneid.delivery_count - len(delivered))
 
     visits = len(delivered)
@@ -179,14 +184,15 @@ def main() -> None:
     # StartExecution as the meter counted it (the summary line is INFO, off by default in the delivery functions)
     executions = metering.express_executions(meter) or invocations["settle"]
     task_invocations = sum(invocations[f] for f in metering.TASK_FUNCTIONS)
-    transitions = STATES_PER_DELIVERED_VISIT * visits + STATES_PER_EXECUTION * executions + max(
-        0, invocations["deliver"] - visits)  # each retried attempt enters the task state again
-    # An execution lasts about one visit's task time per wave of 10 (the Map's concurrency).
+    # a retried attempt enters the task state again (counted here as a batch)
+    transitions = STATES_PER_BATCH * invocations["deliver"] + STATES_PER_EXECUTION * executions
+    # An execution lasts about one task's time per wave of MAP_CONCURRENCY batches of TASK_BATCH visits.
     per_visit_path = billed_gb_s["path_seconds"] / visits
+    per_task = billed_gb_s["path_seconds"] / max(1, task_invocations)
     per_execution = visits / executions
 
     def express_cost(visits_per_execution: float) -> float:
-        duration = -(-visits_per_execution // 10) * per_visit_path
+        duration = math.ceil(math.ceil(visits_per_execution / TASK_BATCH) / MAP_CONCURRENCY) * per_task
         return 1e6 / visits_per_execution * (EXPRESS_PER_EXECUTION + duration * EXPRESS_GB * EXPRESS_PER_GB_SECOND)
 
     express, batched = express_cost(per_execution), express_cost(50)
@@ -214,7 +220,7 @@ def main() -> None:
     print(f"  the same transitions on Standard workflows, for scale:        ${standard:.2f}")
     print(f"  Lambda compute for the delivery tasks (arm64, the emulator's billed ms): ${lambda_cost:.2f}")
     usage = bill.measure(visits=visits, files=len(files), meter=meter, invocations=runs, emulator_billed_s=emulator_s,
-                         custom_metrics=series)
+                         custom_metrics=series, visit_attempts=bill.visit_attempts(sums.get("deliver", {})))
     print("\n".join(bill.render(usage, bill.bill(usage))))
     lost = len(files) - len(receipts) + len(ma_lk) - visits
     print(f"lost {lost} duplicated {stored_beyond}")

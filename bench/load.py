@@ -454,12 +454,7 @@ def read_logs(logs: Any, since_ms: int) -> dict[str, Any]:
                     if not isinstance(document, dict) or "_aws" not in document:
                         continue
                     series |= metering.metric_series(document)
-                    for directive in document["_aws"].get("CloudWatchMetrics", []):
-                        for metric in directive.get("Metrics", []):
-                            value = document.get(metric["Name"])
-                            values = value if isinstance(value, list) else [value]
-                            metrics[function][metric["Name"]] += int(sum(v for v in values
-                                                                         if isinstance(v, (int, float))))
+                    metrics[function].update(metering.metric_sums(document))
             elif '"level":"ERROR"' in message.replace(" ", "") or message.startswith("[ERROR]"):
                 errors[function] += 1
     peaks = {}
@@ -815,7 +810,8 @@ def run(args: argparse.Namespace, aws: Clients, own: OwnCalls, board: Switchboar
           f"the visits {stored_beyond}, receipts rewritten differently {different}")
     if accepted_n:
         usage = bill.measure(visits=accepted_n, files=len(uploads), meter=meter, invocations=logs["invocations"],
-                             emulator_billed_s=dict(logs["billed"]), custom_metrics=len(logs["series"]))
+                             emulator_billed_s=dict(logs["billed"]), custom_metrics=len(logs["series"]),
+                             visit_attempts=bill.visit_attempts(logs["metrics"].get("deliver", {})))
         print("\n".join(bill.render(usage, bill.bill(usage))))
     print(f"lost {lost} duplicated {duplicated}")
 

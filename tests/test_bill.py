@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -208,9 +210,9 @@ def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
 
 
 def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:
-    records = [Invocation("ingest", units=10, wall_s=1.3), Invocation("ingest", units=10, wall_s=0.3),
-               Invocation("ingest", units=5, wall_s=0.15)]
-    records[0].aws_calls["dynamodb.PutItem"] = 10
+    records = [Invocation("ingest", units=10, cpu_s=1.3), Invocation("ingest", units=10, cpu_s=0.3),
+               Invocation("ingest", units=5, cpu_s=0.15)]
+    records[0].calls_of(records[0].thread)["dynamodb.PutItem"] = 10
     profile = bill.profile_invocations(records)["ingest"]
     assert profile.units == 25
     assert profile.cold_extra_s == pytest.approx(1.0)  # 1.3 s against 10 x the warm 30 ms per file
@@ -224,14 +226,46 @@ def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:
     assert profile.billed_s_per_unit(3008) == profile.billed_s_per_unit()  # more than a vCPU does not speed it up
 
 
+def _spin(seconds: float) -> None:
+    """Our code working (CPU), not waiting."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 def test_the_stopwatch_keeps_aws_time_apart() -> None:
     watch = Stopwatch()
     with mock_aws(), watch.installed():
         client = boto3.client("s3", region_name=REGION)
         with watch.invocation("ingest", units=3):
             client.list_buckets()
-            time.sleep(0.01)
+            _spin(0.02)
+            time.sleep(0.05)  # a wait: priced as one, not as our code's time
         client.list_buckets()  # outside an invocation: not counted
     (record,) = watch.invocations
     assert record.units == 3 and record.aws_calls == Counter({"s3.ListBuckets": 1})
-    assert 0 < record.aws_s < record.wall_s and record.own_s >= 0.009
+    assert 0 < record.aws_s < record.wall_s and 0.019 <= record.own_s < 0.045
+    assert bill.waits_s(record) == pytest.approx(bill.aws_latency_s("s3.ListBuckets") + 0.05)
+
+
+def test_the_stopwatch_follows_an_invocation_into_its_pool_threads_and_their_waits_overlap() -> None:
+    """A delivery task runs its visits on threads: each thread's calls are its own, the threads wait at once."""
+    watch = Stopwatch()
+    with mock_aws(), watch.installed():
+        client = boto3.client("s3", region_name=REGION)
+
+        together = threading.Barrier(4, timeout=10)  # four threads, one visit each
+
+        def visit(calls: int) -> None:
+            together.wait()
+            for _ in range(calls):
+                client.list_buckets()
+            _spin(0.01)
+
+        with watch.invocation("deliver", units=4), ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(visit, [1, 3, 2, 1]))
+            client.list_buckets()  # the invocation's own thread, after its workers
+    (record,) = watch.invocations
+    assert record.aws_calls == Counter({"s3.ListBuckets": 8}) and record.own_s >= 0.039
+    one = bill.aws_latency_s("s3.ListBuckets")
+    assert bill.waits_s(record) == pytest.approx(one + 3 * one)  # its own call, then the longest worker's three

@@ -32,6 +32,7 @@ from healthbook.delivery.model import (
     MAX_BATCH,
     NEEDS_RECONCILIATION,
     SKIPPED,
+    UNSETTLED,
     Timing,
     VisitRef,
 )
@@ -340,7 +341,8 @@ def test_deliver_matches_the_citizen_and_delivers_under_the_hmac_citizen_key(wor
     assert world.store.writes() == ["mark_delivered"]  # the match is recorded with the delivery: one write
     assert world.population.calls == 1
     assert world.metrics.names() == ["VisitsDelivered", "VisitsDeliveredInTime"]
-    assert summarise([result]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0, "breached": []}
+    assert summarise([{"results": [result]}]).to_event() == {"counts": {DELIVERED: 1}, "breached_count": 0,
+                                                           "breached": []}
 
 
 def test_deliver_of_an_unknown_citizen_needs_reconciliation_and_sends_nothing(world: World) -> None:
@@ -663,7 +665,7 @@ def test_settle_from_the_cutoff_breaches(world: World, now: datetime) -> None:
     assert item.status == DEADLINE_BREACHED and item.breached_at == now and item.next_attempt_at is None
     assert item.last_error == "RetryableDeliveryError" and item.attempts == 4
     assert world.metrics.names() == ["DeadlineBreached"]
-    assert summarise([result]).breached == [ref.visit_id]
+    assert summarise([{"results": [result]}]).breached == [ref.visit_id]
 
 
 @pytest.mark.parametrize("now", [T, CUTOFF])
@@ -686,20 +688,25 @@ def test_settle_lost_to_a_concurrent_change_is_skipped(world: World, now: dateti
 
 # --- summarise -----------------------------------------------------------------------------------------
 
-def test_summarise_counts_outcomes_and_lists_breached_visits() -> None:
-    results: list[Any] = [
-        {"visit_id": "1#a", "outcome": DELIVERED}, {"visit_id": "1#b", "outcome": DEADLINE_BREACHED},
-        {"visit_id": "1#c", "outcome": SKIPPED}, {"visit_id": "1#d", "outcome": DELIVERED},
-        {"visit_id": "1#e", "outcome": DEADLINE_BREACHED}, {"visit_id": "1#f"}, None, "UNSETTLED",
+def test_summarise_counts_outcomes_a_visit_each_and_lists_breached_visits() -> None:
+    """The Map's results are a batch each: its task's results, or its visits when even the Catch path failed."""
+    batches: list[Any] = [
+        {"results": [{"visit_id": "1#a", "outcome": DELIVERED}, {"visit_id": "1#b", "outcome": DEADLINE_BREACHED},
+                     {"visit_id": "1#c", "outcome": SKIPPED}]},
+        {"results": [{"visit_id": "1#d", "outcome": DELIVERED}, {"visit_id": "1#e", "outcome": DEADLINE_BREACHED},
+                     {"visit_id": "1#f"}, None]},
+        {"visits": [{"visit_id": "1#g", "version": "v"}, {"visit_id": "1#h", "version": "v"}], "outcome": UNSETTLED},
+        None, "UNSETTLED",
     ]
-    assert summarise(results).to_event() == {"counts": {DEADLINE_BREACHED: 2, DELIVERED: 2, SKIPPED: 1, "UNKNOWN": 3},
-                                  "breached_count": 2, "breached": ["1#b", "1#e"]}
+    assert summarise(batches).to_event() == {
+        "counts": {DEADLINE_BREACHED: 2, DELIVERED: 2, SKIPPED: 1, UNSETTLED: 2, "UNKNOWN": 4},
+        "breached_count": 2, "breached": ["1#b", "1#e"]}
     assert summarise([]).to_event() == {"counts": {}, "breached_count": 0, "breached": []}
 
 
 def test_summarise_lists_at_most_a_batch_of_breached_ids_but_counts_them_all() -> None:
     results = [{"visit_id": f"1#{n}", "outcome": DEADLINE_BREACHED} for n in range(MAX_BATCH + 7)]
-    summary = summarise(results)
+    summary = summarise([{"results": results[:30]}, {"results": results[30:]}])
     assert summary.breached_count == MAX_BATCH + 7
     assert summary.breached == [f"1#{n}" for n in range(MAX_BATCH)]
     assert list(summary.counts) == [DEADLINE_BREACHED]

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from healthbook.aws.delivery import execution_input
 from healthbook.delivery.contracts import (
+    TASK_BATCH,
+    BatchInput,
+    BatchResult,
     DeliverResult,
     ExecutionInput,
     SettleInput,
-    SettleResult,
     StepInput,
     SummariseInput,
     Summary,
@@ -28,8 +30,8 @@ ASL = json.loads((ROOT / "infra/statemachine/delivery.asl.json").read_text(encod
 
 # Each Lambda task of the machine: (input contract, output contract), by the function it invokes.
 TASKS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-    "${DeliverFunctionArn}": (StepInput, DeliverResult),
-    "${SettleFunctionArn}": (SettleInput, SettleResult),
+    "${DeliverFunctionArn}": (BatchInput, BatchResult),
+    "${SettleFunctionArn}": (SettleInput, BatchResult),
 }
 
 
@@ -58,8 +60,13 @@ def test_every_lambda_task_has_its_contracts() -> None:
     assert functions == set(TASKS)
 
 
-def test_the_map_iterates_the_execution_inputs_visits_and_items_carry_the_step_input() -> None:
-    assert ASL["States"]["Visits"]["ItemsPath"] == "$.visits" and "visits" in _fields(ExecutionInput)
+def test_the_map_iterates_batches_of_the_execution_inputs_visits_and_items_carry_the_batch_input() -> None:
+    assert "visits" in _fields(ExecutionInput)
+    assert ASL["StartAt"] == "Batches"
+    assert ASL["States"]["Batches"]["Parameters"] == {
+        "batches.$": f"States.ArrayPartition($.visits, {TASK_BATCH})"}  # the contract's TASK_BATCH
+    assert ASL["States"]["Visits"]["ItemsPath"] == "$.batches"
+    assert ASL["States"]["Visits"]["ItemSelector"] == {"visits.$": "$$.Map.Item.Value"}
     for name, state in _lambda_tasks(ITEM_STATES).items():
         model = TASKS[state["Parameters"]["FunctionName"]][0]
         payload = state["Parameters"]["Payload"]
@@ -67,9 +74,7 @@ def test_the_map_iterates_the_execution_inputs_visits_and_items_carry_the_step_i
         assert given <= _fields(model), (name, given - _fields(model))
         required = {n for n, f in model.model_fields.items() if f.is_required()}
         assert required <= given, (name, required - given)
-        for key, path in payload.items():
-            if path in ("$.visit_id", "$.version"):
-                assert path[2:] in _fields(StepInput), (name, key)
+        assert payload["visits.$"] == "$.visits", name
 
 
 def test_paths_into_earlier_results_name_fields_of_those_results() -> None:
@@ -82,7 +87,7 @@ def test_paths_into_earlier_results_name_fields_of_those_results() -> None:
             if f"$.{result}" in results:
                 assert field in _fields(results[f"$.{result}"]), (name, result, field)
                 used.append(f"{result}.{field}")
-    assert sorted(used) == ["deliver.outcome", "settle.outcome"]  # what the Pass states read
+    assert sorted(used) == ["deliver.results", "settle.results"]  # what the Pass states read
     for state in _lambda_tasks(STATES).values():
         for key, path in state.get("ResultSelector", {}).items():
             if path.startswith("$.Payload."):
@@ -127,10 +132,12 @@ def test_malformed_step_inputs_are_refused(model: type[BaseModel], event: dict[s
         model.model_validate(event)
 
 
-def test_each_visit_is_one_deliver_task_that_reads_only_the_item() -> None:
+def test_each_batch_is_one_deliver_task_that_reads_only_the_item() -> None:
     assert ASL["States"]["Visits"]["ItemProcessor"]["StartAt"] == "Deliver"
     payload = ITEM_STATES["Deliver"]["Parameters"]["Payload"]
-    assert payload == {"visit_id.$": "$.visit_id", "version.$": "$.version"}
+    assert payload == {"visits.$": "$.visits"}
+    # the visits in flight an execution: two batches of ten at once, as many as ten tasks of a visit each were
+    assert ASL["States"]["Visits"]["MaxConcurrency"] * TASK_BATCH == 20
     # it retries both services it calls: the population's outage and VNeID's
     assert ITEM_STATES["Deliver"]["Retry"][0]["ErrorEquals"] == ["PopulationUnavailable", "RetryableDeliveryError"]
     # the tasks of a visit: deliver and, on the Catch path, settle (no step in between any more)
@@ -141,4 +148,4 @@ def test_results_leave_out_what_does_not_apply() -> None:
     assert DeliverResult(visit_id="01001#A", outcome=Outcome.NEEDS_RECONCILIATION, reasons=["UNKNOWN_ID"]
                          ).to_event() == {"visit_id": "01001#A", "outcome": "NEEDS_RECONCILIATION",
                                           "reasons": ["UNKNOWN_ID"]}
-    assert SettleInput.model_validate({"visit_id": "01001#A", "version": "v"}).error is None
+    assert SettleInput.model_validate({"visits": [{"visit_id": "01001#A", "version": "v"}]}).error is None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 import traceback
 from typing import Any
 
 import pytest
-from healthbook.aws.delivery_runtime import DeliveryRuntime, run_step
-from healthbook.delivery.contracts import StepInput, StepResult
+from healthbook.aws.delivery_runtime import DeliveryRuntime, run_batch
+from healthbook.delivery.contracts import TASK_BATCH, BatchInput, DeliverResult, SettleInput, StepInput, StepResult
+from healthbook.kernel import Outcome
 from healthbook.vneid.client import RetryableDeliveryError
+from pydantic import ValidationError
 
 moto = pytest.importorskip("moto")
 
@@ -59,12 +62,13 @@ def test_each_step_names_the_variables_it_is_missing() -> None:
 class _Log:
     def __init__(self) -> None:
         self.warnings: list[tuple[str, dict[str, Any]]] = []
-
-    def append_keys(self, **keys: Any) -> None:
-        pass
+        self.infos: list[tuple[str, dict[str, Any]]] = []
 
     def warning(self, message: str, *, extra: dict[str, Any]) -> None:
         self.warnings.append((message, extra))
+
+    def info(self, message: str, *, extra: dict[str, Any]) -> None:
+        self.infos.append((message, extra))
 
 
 class _Count:
@@ -75,29 +79,91 @@ class _Count:
         self.names.append(name)
 
 
-def _vneid_down(_: StepInput) -> StepResult:
+def _vneid_down(_: BatchInput, visit: StepInput) -> StepResult:
     try:
         raise ConnectionError("reset by peer")
     except ConnectionError as exc:
         raise RetryableDeliveryError("VNeID unreachable") from exc
 
 
-def _a_bug(_: StepInput) -> StepResult:
+def _a_bug(_: BatchInput, visit: StepInput) -> StepResult:
     raise KeyError("records")
+
+
+def _batch(*visits: str) -> dict[str, Any]:
+    return {"visits": [{"visit_id": f"01001#{visit}", "version": "v"} for visit in visits]}
 
 
 def test_an_outage_the_workflow_retries_is_raised_without_its_traceback_and_a_bug_with_all_of_it() -> None:
     """The Lambda runtime logs the traceback of every error raised: during a VNeID outage those were most of the
     log bytes. An outage keeps its class (the Retry matches it) and its message, not where it was found."""
-    event = {"visit_id": "01001#A", "version": "v"}
     log, count = _Log(), _Count()
     with pytest.raises(RetryableDeliveryError, match="VNeID unreachable") as caught:
-        run_step(StepInput, event, _vneid_down, logger=log, metrics=count)
+        run_batch(BatchInput, _batch("A"), _vneid_down, logger=log, metrics=count)
     frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
-    assert frames[-1] == "run_step" and "_vneid_down" not in frames  # from where run_step raised it again
+    assert frames[-1] == "run_batch" and "_vneid_down" not in frames  # from where run_batch raised it again
     assert "ConnectionError" not in "".join(traceback.format_exception(caught.value))  # nor the error it came from
     with pytest.raises(KeyError) as bug:
-        run_step(StepInput, event, _a_bug, logger=log, metrics=count)
+        run_batch(BatchInput, _batch("A"), _a_bug, logger=log, metrics=count)
     assert [frame.name for frame in traceback.extract_tb(bug.value.__traceback__)][-1] == "_a_bug"  # a bug keeps it
     assert count.names == ["DeliveryStepFailures"] * 2
     assert [extra["error"] for _, extra in log.warnings] == ["RetryableDeliveryError", "KeyError"]
+
+
+def test_a_batch_runs_its_visits_at_once_and_answers_for_each_in_order() -> None:
+    """One invocation, ten visits: their waits overlap (docs/cost.md, row 22). The barrier lets no step return
+    until every visit of the batch is running: visits run one after the other would break it."""
+    names = [chr(ord("A") + n) for n in range(TASK_BATCH)]
+    together = threading.Barrier(TASK_BATCH, timeout=10)
+
+    def deliver(_: BatchInput, visit: StepInput) -> StepResult:
+        together.wait()
+        outcome = Outcome.SKIPPED if visit.visit_id.endswith("C") else Outcome.DELIVERED
+        return DeliverResult(visit_id=visit.visit_id, outcome=outcome, latency_ms=5 if outcome == "DELIVERED" else None)
+
+    log, count = _Log(), _Count()
+    answer = run_batch(BatchInput, _batch(*names), deliver, logger=log, metrics=count)
+    assert [result["visit_id"] for result in answer["results"]] == [f"01001#{name}" for name in names]
+    assert [result["outcome"] for result in answer["results"]].count(Outcome.DELIVERED) == TASK_BATCH - 1
+    assert count.names == ["DeliveryStepsSkipped"] and not log.warnings
+    assert len(log.infos) == TASK_BATCH and all("citizen_key" not in extra for _, extra in log.infos)
+    with pytest.raises(ValidationError):  # more than a batch: the ASL partitions the execution's visits
+        run_batch(BatchInput, _batch(*names, "K"), deliver, logger=log, metrics=count)
+
+
+def test_a_batch_fails_when_a_visit_fails_once_all_have_run_and_an_outage_comes_first() -> None:
+    """The Retry must see the outage, so that the whole batch is tried again (a delivered visit is then SKIPPED);
+    every visit was attempted first, each failure logged with its visit."""
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def step(_: BatchInput, visit: StepInput) -> StepResult:
+        with lock:
+            ran.append(visit.visit_id)
+        if visit.visit_id.endswith("A"):
+            raise KeyError("records")  # a bug, first in the batch
+        if visit.visit_id.endswith("C"):
+            raise RetryableDeliveryError("VNeID unreachable")
+        return DeliverResult(visit_id=visit.visit_id, outcome=Outcome.DELIVERED, latency_ms=1)
+
+    log, count = _Log(), _Count()
+    with pytest.raises(RetryableDeliveryError):
+        run_batch(BatchInput, _batch("A", "B", "C", "D"), step, logger=log, metrics=count)
+    assert sorted(ran) == ["01001#A", "01001#B", "01001#C", "01001#D"]
+    assert [(extra["visit_id"], extra["error"]) for _, extra in log.warnings] == [
+        ("01001#A", "KeyError"), ("01001#C", "RetryableDeliveryError")]
+    assert count.names == ["DeliveryStepFailures"] * 2
+
+
+def test_settle_takes_the_batchs_error_for_each_of_its_visits() -> None:
+    given = SettleInput.model_validate({**_batch("A", "B"), "error": "RetryableDeliveryError"})
+    seen: list[tuple[str, str | None]] = []
+
+    def settle(batch: SettleInput, visit: StepInput) -> StepResult:
+        seen.append((visit.visit_id, batch.error))
+        return StepResult(visit_id=visit.visit_id, outcome=Outcome.DEFERRED)
+
+    answer = run_batch(SettleInput, given.to_event(), settle, logger=_Log(), metrics=_Count())
+    assert sorted(seen) == [("01001#A", "RetryableDeliveryError"), ("01001#B", "RetryableDeliveryError")]
+    assert answer == {"results": [{"visit_id": "01001#A", "outcome": "DEFERRED"},
+                                  {"visit_id": "01001#B", "outcome": "DEFERRED"}]}

@@ -247,6 +247,23 @@ def test_a_short_vneid_outage_is_ridden_out_by_the_retries(world: World) -> None
     assert len(world.vneid.entries(key_of(world, ref))) == 1
 
 
+def test_an_execution_delivers_ten_visits_an_invocation_and_a_retried_batch_stores_each_visit_once(
+        world: World) -> None:
+    """Batches of TASK_BATCH (docs/cost.md, row 22): twelve visits are two Deliver invocations. A batch with one
+    visit refused by a VNeID 503 is retried whole: the visits its first attempt stored are SKIPPED by the retry,
+    none is stored twice."""
+    refs = [store(world, _visit(100 + n)) for n in range(12)]
+    assert world.run(refs, "two-batches")["output"]["counts"] == {"DELIVERED": 12}
+    assert world.calls.count("healthbook-wf-deliver") == 2
+    more = [store(world, _visit(200 + n)) for n in range(3)]
+    world.vneid.respond_next(503, times=1)
+    counts = world.run(more, "one-refused")["output"]["counts"]
+    assert world.calls.count("healthbook-wf-deliver") == 4  # the batch, then its retry
+    assert counts.get("DELIVERED", 0) >= 1 and counts.get("DELIVERED", 0) + counts.get("SKIPPED", 0) == 3, counts
+    assert world.vneid.delivery_count == 15
+    assert all(world.item(ref)["status"] == "DELIVERED" for ref in refs + more)
+
+
 def test_a_referral_reaches_vneid_with_its_paper(world: World) -> None:
     ref = store(world, _visit(6, "referral"))
     assert world.run([ref], "referral")["output"]["counts"] == {"DELIVERED": 1}

@@ -119,6 +119,24 @@ class FunctionProfile:
         return (self.own_s * stretch + self.waits_s) / self.units + per_invocation_cold * self.invocations / self.units
 
 
+def thread_waits_s(calls: Mapping[str, float]) -> float:
+    """What one thread waited, a call after another: its AWS calls and HTTP attempts at their stated latencies, and
+    its sleeps."""
+    from healthbook_dev.aws.stopwatch import HTTP, SLEPT
+
+    return sum(float(n) if call == SLEPT else n * HTTP_LATENCY_MS / 1000 if call == HTTP else n * aws_latency_s(call)
+               for call, n in calls.items())
+
+
+def waits_s(record: Any) -> float:
+    """What a ``stopwatch.Invocation`` waited: its own thread's waits, then its pool threads' at once (the longest)."""
+    from healthbook_dev.aws.stopwatch import MAIN_THREAD
+
+    own = thread_waits_s(record.thread_calls.get(MAIN_THREAD, {}))
+    workers = [thread_waits_s(calls) for thread, calls in record.thread_calls.items() if thread != MAIN_THREAD]
+    return own + max(workers, default=0.0)
+
+
 def profile_invocations(invocations: Iterable[Any]) -> dict[str, FunctionProfile]:
     """Per function, from ``stopwatch.Invocation`` records (the first of each function is its cold one)."""
     by_function: dict[str, list[Any]] = defaultdict(list)
@@ -130,8 +148,7 @@ def profile_invocations(invocations: Iterable[Any]) -> dict[str, FunctionProfile
         for record in records:
             profile.units += record.units
             profile.own_s += record.own_s
-            profile.waits_s += sum(aws_latency_s(call) * n for call, n in record.aws_calls.items())
-            profile.waits_s += record.http_calls * HTTP_LATENCY_MS / 1000
+            profile.waits_s += waits_s(record)
             profile.calls.update(record.aws_calls)
         if len(records) > 1:
             warm = sorted(r.own_s / r.units for r in records[1:])[len(records[1:]) // 2]
@@ -149,7 +166,7 @@ class Usage:
     requests: list[dict[str, Any]]  # the meter's "requests"
     capacity: list[dict[str, Any]]  # the meter's "dynamodb_capacity"
     invocations: Mapping[str, int]  # REPORT lines, by function (ingest, deliver, ...)
-    units: Mapping[str, int]  # work done, by function: files for ingest, invocations for the others
+    units: Mapping[str, int]  # work done, by function: files for ingest, visits for deliver, invocations otherwise
     memory_mb: Mapping[str, int]  # template.yaml's MemorySize, by function
     profiles: Mapping[str, FunctionProfile]  # measured in process
     express_executions: int
@@ -276,10 +293,23 @@ def _top(counts: Mapping[str, float] | None, n: int = 4) -> str:
     return ", ".join(f"{name} {value:.0f}" for name, value in ranked)
 
 
+# What Deliver counts for each visit of a batch it ran, one metric a visit (healthbook.aws.delivery_runtime.run_batch:
+# the domain counts a delivery, the runtime the other outcomes and a failure).
+VISIT_OUTCOME_METRICS = ("VisitsDelivered", "DeliveryStepsSkipped", "VisitsSupersededAtVneid",
+                         "VisitsNeedingReconciliation", "DeliveryStepFailures")
+
+
+def visit_attempts(deliver_metrics: Mapping[str, int]) -> int:
+    """How many visits Deliver worked on, retries included, from the sums of its EMF metrics."""
+    return sum(int(deliver_metrics.get(name, 0)) for name in VISIT_OUTCOME_METRICS)
+
+
 def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapping[str, int],
-            emulator_billed_s: Mapping[str, float], custom_metrics: int, profile_visits: int = 60) -> Usage:
+            emulator_billed_s: Mapping[str, float], custom_metrics: int, visit_attempts: int = 0,
+            profile_visits: int = 60) -> Usage:
     """A run's usage: the meter and the logs as counted, the template's memory, and durations timed in process
-    (the in-process demo of ``profile_visits`` visits, run now)."""
+    (the in-process demo of ``profile_visits`` visits, run now). Deliver works on batches of visits and is timed
+    per visit: its units are ``visit_attempts`` (``visit_attempts()`` of its metrics), else one a visit."""
     from healthbook_dev.aws.metering import express_executions
     from healthbook_dev.aws.stopwatch import profile_demo
     from healthbook_dev.template import function_limits
@@ -287,6 +317,8 @@ def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapp
     profiles = profile_invocations(profile_demo(visits=profile_visits))
     memory = {f: function_limits(f"{f.capitalize()}Function")[0] for f in invocations}
     units = {f: (files if f == "ingest" else n) for f, n in invocations.items()}
+    if "deliver" in units:
+        units["deliver"] = visit_attempts or visits
     return Usage(visits=visits, files=files, requests=meter["requests"], capacity=meter["dynamodb_capacity"],
                  invocations=invocations, units=units, memory_mb=memory, profiles=profiles,
                  express_executions=express_executions(meter), emulator_billed_s=emulator_billed_s,

@@ -2,9 +2,11 @@
 sweep that restarts it. One module, three handlers, three functions in template.yaml, each with only the
 permissions its step needs:
 
-    deliver_handler     StepInput                   -> DELIVERED | SUPERSEDED | NEEDS_RECONCILIATION | SKIPPED
-                                                       (matches the citizen, builds the entry itself)
-    settle_handler      SettleInput                 -> DEFERRED | DEADLINE_BREACHED | SKIPPED
+    deliver_handler     BatchInput                  -> BatchResult: for each visit DELIVERED | SUPERSEDED |
+                                                       NEEDS_RECONCILIATION | SKIPPED (matches the citizen,
+                                                       builds the entry itself; the batch's visits at once)
+    settle_handler      SettleInput                 -> BatchResult: for each visit DEFERRED | DEADLINE_BREACHED |
+                                                       SKIPPED
                         SummariseInput              -> Summary (once per execution)
     sweep_handler       (EventBridge schedule)      -> claimed, executions, breached
 
@@ -25,9 +27,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from healthbook.aws.delivery_runtime import DeliveryRuntime, run_step
+from healthbook.aws.delivery_runtime import DeliveryRuntime, run_batch
 from healthbook.aws.observability import PowertoolsMetrics, service
-from healthbook.delivery.contracts import SettleInput, StepInput, SummariseInput
+from healthbook.delivery.contracts import BatchInput, SettleInput, SummariseInput
 from healthbook.delivery.service import summarise
 
 SERVICE, NAMESPACE = service("healthbook-delivery")
@@ -57,7 +59,8 @@ def handler(function: Any) -> Any:
 
 @handler
 def deliver_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_step(StepInput, event, lambda step: runtime().deliver()(step.ref), logger=logger, metrics=port)
+    deliver = runtime().deliver()
+    return run_batch(BatchInput, event, lambda _, visit: deliver(visit.ref), logger=logger, metrics=port)
 
 
 @handler
@@ -68,8 +71,9 @@ def settle_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("delivery execution summary", extra={"counts": summary.counts,
                                                          "breached_count": summary.breached_count})
         return summary.to_event()
-    return run_step(SettleInput, event, lambda step: runtime().settle()(step.ref, step.error), logger=logger,
-                    metrics=port)
+    settle = runtime().settle()
+    return run_batch(SettleInput, event, lambda batch, visit: settle(visit.ref, batch.error), logger=logger,
+                     metrics=port)
 
 
 @handler

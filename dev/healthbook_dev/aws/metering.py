@@ -42,12 +42,15 @@ def snapshot(endpoint: str) -> dict[str, Any]:
     return document
 
 
-def function_logs(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str], dict[str, float], int]:
+def function_logs(logs: Any, stage: str, since_ms: int
+                  ) -> tuple[Counter[str], dict[str, float], int, dict[str, Counter[str]]]:
     """From the path's functions' logs since ``since_ms``: invocations (REPORT lines) and the emulator's billed
-    seconds by function, and the number of distinct EMF metric series (name and dimension set)."""
+    seconds by function, the number of distinct EMF metric series (name and dimension set), and the EMF metrics'
+    sums by function."""
     invocations: Counter[str] = Counter()
     billed: dict[str, float] = {}
     series: set[str] = set()
+    sums: dict[str, Counter[str]] = {}
     for function in PATH_FUNCTIONS:
         for event in log_events(logs, f"/aws/lambda/healthbook-{stage}-{function}", since_ms):
             message = event["message"]
@@ -58,10 +61,27 @@ def function_logs(logs: Any, stage: str, since_ms: int) -> tuple[Counter[str], d
                 continue
             if '"_aws"' in message:
                 try:
-                    series |= metric_series(json.loads(message[message.index("{"):]))
+                    document = json.loads(message[message.index("{"):])
                 except ValueError:
                     continue
-    return invocations, billed, len(series)
+                series |= metric_series(document)
+                sums.setdefault(function, Counter()).update(metric_sums(document))
+    return invocations, billed, len(series), sums
+
+
+def metric_sums(document: Any) -> Counter[str]:
+    """What one EMF document adds to each of its metrics (a value, or the sum of a list of values)."""
+    found: Counter[str] = Counter()
+    try:
+        directives = document["_aws"]["CloudWatchMetrics"]
+    except (KeyError, TypeError):
+        return found
+    for directive in directives:
+        for metric in directive.get("Metrics", []):
+            value = document.get(metric.get("Name"))
+            values = value if isinstance(value, list) else [value]
+            found[metric["Name"]] += int(sum(v for v in values if isinstance(v, (int, float))))
+    return found
 
 
 def metric_series(document: Any) -> set[str]:

@@ -51,6 +51,9 @@ MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": 
 # The delivery workflow's task states: substitution -> (function name suffix, handler in functions/delivery/app.py)
 DELIVERY_TASKS = {"DeliverFunctionArn": ("deliver", "deliver_handler"),
                   "SettleFunctionArn": ("settle", "settle_handler")}
+# Functions whose invocation works on a batch of visits: timed per visit (the stopwatch's units), as the bill prices
+# them (healthbook_dev.bill.visit_attempts). Settle's batches are the Catch path's, rare: it is timed per invocation.
+TIMED_PER_VISIT = frozenset({"deliver"})
 EVENT_TEMPLATE = {
     "messageId": "", "receiptHandle": "sandbox", "attributes": {"ApproximateReceiveCount": "1"},
     "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
@@ -309,7 +312,10 @@ def lambdas_in_process(handlers: dict[str, Any]) -> Iterator[list[str]]:
         event = json.loads(body) if body else {}
         context = LambdaContext(function_name=name, invoked_function_arn=self.get_function(name, None).function_arn)
         try:
-            with MOTO_LOCK, timed(name.rsplit("-", 1)[-1]):
+            function = name.rsplit("-", 1)[-1]
+            visits = event.get("visits") if isinstance(event, dict) else None
+            units = len(visits) if function in TIMED_PER_VISIT and isinstance(visits, list) and visits else 1
+            with MOTO_LOCK, timed(function, units=units):
                 result = handler(event, context)
         except Exception as exc:
             response_headers["x-amz-function-error"] = "Unhandled"

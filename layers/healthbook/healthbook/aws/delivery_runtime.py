@@ -9,6 +9,7 @@ re-read after ``SECRETS_TTL_SECONDS``, so a rotated VNeID credential takes effec
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from healthbook.aws.settings import (
     client,
     load_pepper,
 )
-from healthbook.delivery.contracts import StepInput, StepResult
+from healthbook.delivery.contracts import BatchInput, BatchResult, StepInput, StepResult
 from healthbook.delivery.service import Deliver, Settle, Sweeper
 from healthbook.kernel import Metrics, Outcome
 from healthbook.reconcile import PopulationUnavailable
@@ -86,41 +87,69 @@ class DeliveryRuntime(CachedRuntime):
         return self._cached("vneid", build, settings.secrets_ttl_seconds)
 
 
-# --- running a step: parse its contract, count and log its outcome --------------------------------------------
+# --- running a task: parse its batch, run the visits together, count and log each outcome --------------------
 
 # Outcomes the domain does not count itself (it counts deliveries, deferrals, breaches, reconciliations).
 STEP_METRICS = {Outcome.SKIPPED: "DeliveryStepsSkipped",
                 Outcome.SUPERSEDED: "VisitsSupersededAtVneid",
                 Outcome.NEEDS_RECONCILIATION: "VisitsNeedingReconciliation"}
-In = TypeVar("In", bound=StepInput)
+Batch = TypeVar("Batch", bound=BatchInput)
 # What the delivery workflow's Retry matches by name (infra/statemachine/delivery.asl.json): outages, not bugs.
 RETRIED = (RetryableDeliveryError, PopulationUnavailable)
 
 
-def run_step(contract: type[In], event: Mapping[str, Any], step: Callable[[In], StepResult], *, logger: Any,
-             metrics: Metrics) -> dict[str, Any]:
-    """Validate the step's input against its contract, run it, and log and count what it did. An exception is
-    counted (DeliveryStepFailures) and raised again with its class as the Lambda errorType, which the state
-    machine's Retry and Catch match. Logs name the visit and codes; the citizen key stays out of them.
+def run_batch(contract: type[Batch], event: Mapping[str, Any], step: Callable[[Batch, StepInput], StepResult], *,
+              logger: Any, metrics: Metrics) -> dict[str, Any]:
+    """Validate the task's input against its contract, run ``step`` for each visit of the batch, all at once (each
+    waits on DynamoDB and HTTP most of its time: one invocation pays for the waits once, not once a visit), and log
+    and count what each did. Returns ``BatchResult`` when every visit has its result.
 
-    An outage the workflow retries (``RETRIED``) is raised without the traceback of where it was found, and without
-    the error it was made from: the Lambda runtime logs the traceback of every error raised, and during a VNeID
-    outage those tracebacks, a few kilobytes for each failed attempt, were most of the bill's log bytes (``make
-    bench-load``: CloudWatch $6.50 of $28.42 per million visits). Their name and message say what happened."""
+    A visit that raised fails the batch, once all its visits have run: the error is raised again with its class as
+    the Lambda errorType, which the state machine's Retry and Catch match. A retried batch runs every visit again: a
+    visit an earlier attempt delivered is then SKIPPED (it is no longer PENDING), and one that raised runs again.
+    An outage the workflow retries (``RETRIED``) is raised first, whatever else failed, so that the whole batch is
+    retried; it is raised without the traceback of where it was found, and without the error it was made from: the
+    Lambda runtime logs the traceback of every error raised, and during a VNeID outage those tracebacks, a few
+    kilobytes for each failed attempt, were most of the bill's log bytes (``make bench-load``: CloudWatch $6.50 of
+    $28.42 per million visits). Their name and message say what happened. Logs name the visit and codes; the
+    citizen key stays out of them."""
     try:
         given = contract.model_validate(dict(event))
-        logger.append_keys(visit_id=given.visit_id, version=given.version)
-        result = step(given)
     except Exception as exc:
         metrics.count("DeliveryStepFailures")
-        logger.warning("step failed", extra={"error": type(exc).__name__})
-        if isinstance(exc, RETRIED):
-            raise exc.with_traceback(None) from None
+        logger.warning("task input refused", extra={"error": type(exc).__name__})
         raise
-    name = STEP_METRICS.get(result.outcome)
-    if name:
-        metrics.count(name)
-    output = result.to_event()
-    logger.info(f"visit {result.outcome.lower()}",
-                extra={k: v for k, v in output.items() if k not in ("visit_id", "citizen_key")})
-    return output
+
+    def run(visit: StepInput) -> StepResult | Exception:
+        try:
+            return step(given, visit)
+        except Exception as exc:  # raised below, once every visit of the batch has run
+            return exc
+
+    if len(given.visits) == 1:
+        done = [run(given.visits[0])]
+    else:  # clients are thread-safe (boto3's, VneidClient, PopulationClient); the Metrics port locks
+        with ThreadPoolExecutor(max_workers=len(given.visits)) as pool:
+            done = list(pool.map(run, given.visits))
+    results: list[dict[str, Any]] = []
+    failures: list[Exception] = []
+    for visit, result in zip(given.visits, done, strict=True):
+        if isinstance(result, Exception):
+            metrics.count("DeliveryStepFailures")
+            logger.warning("step failed", extra={"visit_id": visit.visit_id, "version": visit.version,
+                                                 "error": type(result).__name__})
+            failures.append(result)
+            continue
+        name = STEP_METRICS.get(result.outcome)
+        if name:
+            metrics.count(name)
+        output = result.to_event()
+        logger.info(f"visit {result.outcome.lower()}", extra={"version": visit.version, **{
+            k: v for k, v in output.items() if k != "citizen_key"}})
+        results.append(output)
+    if failures:
+        retried = [failure for failure in failures if isinstance(failure, RETRIED)]
+        if retried:
+            raise retried[0].with_traceback(None) from None
+        raise failures[0]
+    return BatchResult(results=results).to_event()

@@ -5,6 +5,7 @@ give different metrics different dimension values."""
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -24,10 +25,12 @@ class PowertoolsMetrics:
         self._metrics = metrics
         self._namespace = namespace
         self._service = service
+        self._lock = threading.Lock()  # a delivery task's visits run on threads; Powertools' metric set is a dict
 
     def count(self, name: str, value: int = 1, **dimensions: str) -> None:
         if not dimensions:
-            self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            with self._lock:
+                self._metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
             return
         with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=self._namespace,
                            default_dimensions={"service": self._service}) as metric:
@@ -35,4 +38,5 @@ class PowertoolsMetrics:
                 metric.add_dimension(name=key[:1].upper() + key[1:], value=dimension)
 
     def latency(self, name: str, milliseconds: float) -> None:
-        self._metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(milliseconds, 1))
+        with self._lock:
+            self._metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=round(milliseconds, 1))

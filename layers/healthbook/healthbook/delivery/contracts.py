@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from healthbook.ingest.model import VisitRef
 from healthbook.kernel import FACILITY_CODE, Outcome
 
+# Visits one Deliver (or Settle) invocation works on together: their waits on VNeID, the population service and
+# DynamoDB overlap, where one invocation a visit was billed for each wait (docs/cost.md, row 22). The ASL's
+# States.ArrayPartition size (tests/test_delivery_contracts.py holds them equal).
+TASK_BATCH = 10
+
 VisitId = Annotated[str, StringConstraints(pattern=rf"^{FACILITY_CODE.pattern}#.+$", max_length=200)]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -26,7 +31,7 @@ class _Contract(BaseModel):
 
 
 class StepInput(_Contract):
-    """Deliver: one visit version (the Map's item)."""
+    """One visit version: an item of the execution's ``visits`` and of a task's batch."""
 
     visit_id: VisitId
     version: Version
@@ -42,8 +47,16 @@ class ExecutionInput(_Contract):
     visits: list[StepInput] = Field(min_length=1)
 
 
-class SettleInput(StepInput):
-    """The Catch path: the step's error name (``$.error.Error``), absent when the state machine had none."""
+class BatchInput(_Contract):
+    """Deliver: one item of the Map, up to TASK_BATCH visits of the execution (``States.ArrayPartition``), which one
+    invocation works on together (docs/delivery.md, *One task, ten visits*)."""
+
+    visits: list[StepInput] = Field(min_length=1, max_length=TASK_BATCH)
+
+
+class SettleInput(BatchInput):
+    """The Catch path, for the batch whose Deliver failed beyond its retries: the error's name (``$.error.Error``),
+    absent when the state machine had none."""
 
     error: str | None = None
 
@@ -65,8 +78,14 @@ class SettleResult(StepResult):
     error: str | None = None
 
 
+class BatchResult(_Contract):
+    """What a task returns for its batch: one result per visit, in the batch's order (``$.Payload.results``)."""
+
+    results: list[dict[str, Any]]
+
+
 class ItemResult(_Contract):
-    """One item of the Map's results (the Pass states' output): what Summarise counts."""
+    """One visit's result in a batch of the Map's results: what Summarise counts."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -75,6 +94,9 @@ class ItemResult(_Contract):
 
 
 class SummariseInput(_Contract):
+    """The Map's results, one per batch (the Pass states' output): ``{"results": [...]}`` once a task answered for
+    it, ``{"visits": [...], "outcome": "UNSETTLED"}`` when even the Catch path failed."""
+
     results: list[Any]
 
 

@@ -321,11 +321,22 @@ class Settle(_Step):
         return SettleResult(visit_id=ref.visit_id, outcome=Outcome.DEADLINE_BREACHED, error=name)
 
 
-def summarise(results: Iterable[Any]) -> Summary:
-    """One execution's outcome counts and the visits it escalated (for the SNS message)."""
+def _visit_results(batch: Any) -> list[Any]:
+    """A batch's item of the Map's results (``SummariseInput``) as one result per visit."""
+    if not isinstance(batch, dict):
+        return [None]
+    if isinstance(batch.get("results"), list):
+        return list(batch["results"])
+    visits = batch.get("visits")
+    return [{"visit_id": visit.get("visit_id") if isinstance(visit, dict) else None,
+             "outcome": batch.get("outcome", "UNKNOWN")} for visit in (visits if isinstance(visits, list) else [None])]
+
+
+def summarise(batches: Iterable[Any]) -> Summary:
+    """One execution's outcome counts, a visit each, and the visits it escalated (for the SNS message)."""
     counts: Counter[str] = Counter()
     breached: list[str] = []
-    for result in results:
+    for result in (result for batch in batches for result in _visit_results(batch)):
         item = ItemResult.model_validate(result) if isinstance(result, dict) else ItemResult()
         counts[item.outcome] += 1
         if item.outcome == Outcome.DEADLINE_BREACHED:
