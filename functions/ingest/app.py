@@ -29,7 +29,10 @@ if TYPE_CHECKING:  # the response's type only: the batch utility itself is not u
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 SERVICE, NAMESPACE = service("healthbook-ingest")
-logger, tracer = Logger(service=SERVICE), Tracer(service=SERVICE)
+# A line per file at national volume: no "location" (the line's message says where it comes from), and of the
+# Lambda context only the request id and cold start (the log group names the function): docs/cost.md, row 23.
+logger, tracer = Logger(service=SERVICE, location=None), Tracer(service=SERVICE)
+IMPLIED_CONTEXT_KEYS = ["function_name", "function_arn", "function_memory_size"]
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
 _runtime: IngestRuntime | None = None
@@ -53,6 +56,7 @@ def reset() -> None:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    logger.remove_keys(IMPLIED_CONTEXT_KEYS)
     records = [SQSRecord(record) for record in event.get("Records") or []]
     port.count("MessagesReceived", len(records))
     with runtime().invocation(context):  # the batch's per-family counts are emitted when it ends
