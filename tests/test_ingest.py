@@ -549,6 +549,17 @@ def aws(pki: dict[str, Path], app: ModuleType, monkeypatch: pytest.MonkeyPatch) 
         app.reset()
 
 
+@pytest.fixture(params=[1, 4], ids=["one-record-writer", "four-record-writers"])
+def record_writers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """RECORD_WRITERS by default (1) and as the template sets it (4); moto, not thread-safe, answers the record
+    writers' threads one at a time (the sandbox's lock, as for the in-process demo)."""
+    from healthbook_dev.aws.sandbox import pool_threads_call_moto_one_at_a_time
+
+    monkeypatch.setenv("RECORD_WRITERS", str(request.param))
+    with pool_threads_call_moto_one_at_a_time():
+        yield request.param
+
+
 def upload(aws: SimpleNamespace, key: str, data: bytes) -> str:
     return str(aws.s3.put_object(Bucket=INBOX, Key=key, Body=data)["VersionId"])
 
@@ -1357,8 +1368,8 @@ def kms_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[..., CountingKms]:
 
     def install(fail: tuple[int, ...] = ()) -> CountingKms:
         counting = CountingKms(real_client("kms"), list(fail))
-        monkeypatch.setattr(ingest_runtime, "client",
-                            lambda service: counting if service == "kms" else real_client(service))
+        monkeypatch.setattr(ingest_runtime, "client", lambda service, **options: (
+            counting if service == "kms" else real_client(service, **options)))
         return counting
 
     return install
@@ -1626,10 +1637,11 @@ def _emf(printed: str) -> dict[str, list[Any]]:
 def test_a_batch_of_files_costs_one_signature(aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path],
                                               kms_calls: Callable[..., CountingKms],
                                               capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch, record_writers: int) -> None:
     """A full batch: ten files (accepted, kept out, not XML, too far from a facility folder) and a test event,
     one KMS Sign; every receipt verifies alone with the public key, each with its own path to the same root.
-    The accepted visits of the whole batch are handed to the delivery at once, after every file is recorded."""
+    The accepted visits of the whole batch are handed to the delivery at once, after every file is recorded,
+    whether the files are recorded one at a time or four."""
     kms = kms_calls()
     starts: list[tuple[int, int]] = []  # (files recorded by then, visits handed over)
     start_delivery = IngestService.start_delivery
@@ -1679,10 +1691,11 @@ def test_a_batch_of_files_costs_one_signature(aws: SimpleNamespace, app: ModuleT
 
 def test_a_failing_record_in_the_middle_leaves_the_others_receipted(
         aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], kms_calls: Callable[..., CountingKms],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, record_writers: int) -> None:
     """The window is signed; then writing the second file's receipt fails: its message alone fails, the others
     are recorded with their receipts (valid, from the window of three); the retry signs that file's receipt again
-    in its own window and converges to one of everything."""
+    in its own window and converges to one of everything. The failure's log line names its own message and object,
+    though other files were being recorded on other threads at the time."""
     from botocore.exceptions import ClientError
     from healthbook.aws.s3_store import S3Store
 
@@ -1701,7 +1714,21 @@ def test_a_failing_record_in_the_middle_leaves_the_others_receipted(
     for n in range(3):
         key, data = f"inbox/01001/middle-{n}.xml", signed(pki, a_visit(70 + n))
         batch.append(message(key, upload(aws, key, data), message_id=f"m-{n}", size=len(data)))
-    assert invoke(app, *batch) == ["m-1"] and kms.signed == 1
+    logs = io.StringIO()
+    handler = app.logger.registered_handler
+    previous = handler.setStream(logs)
+    try:
+        assert invoke(app, *batch) == ["m-1"] and kms.signed == 1
+    finally:
+        handler.setStream(previous)
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    (failed,) = [line for line in lines if line["message"].startswith("processing failed")]
+    assert (failed["sqs_message_id"], failed["s3_key"]) == ("m-1", "inbox/01001/middle-1.xml")
+    accepted = {line["s3_key"]: (line["sqs_message_id"], line["submission_id"]) for line in lines
+                if line["message"] == "object accepted"}
+    assert sorted(accepted) == ["inbox/01001/middle-0.xml", "inbox/01001/middle-2.xml"]
+    assert len({sid for _, sid in accepted.values()}) == 2 and "submission_id" not in failed  # no other's keys
+    assert [accepted[f"inbox/01001/middle-{n}.xml"][0] for n in (0, 2)] == ["m-0", "m-2"]
     for n in (0, 2):
         receipt = receipt_at(aws, f"receipts/01001/middle-{n}.xml.receipt.json")
         assert verify_receipt(receipt, aws.public) == [] and receipt["platform_signature"]["batch"]["leaves"] == 3

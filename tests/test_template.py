@@ -616,6 +616,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
             "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages sent again at once
             "VISIT_WRITERS": 8,  # issue 17: a file's visits written 8 at a time
+            "RECORD_WRITERS": 4,  # issue 17: a window's files recorded 4 at a time
             "MAX_VISITS_PER_FILE": {"Ref": "MaxVisitsPerFile"},  # issue 17, after the globals
             "DEADLINE_SECONDS": {"Ref": "DeadlineSeconds"}, "SAFETY_MARGIN_SECONDS": {"Ref": "SafetyMarginSeconds"},
             "LEASE_SECONDS": {"Ref": "LeaseSeconds"}}},

@@ -26,6 +26,12 @@ def template_resources() -> dict[str, Any]:
     return resources
 
 
+def function_variables(logical_id: str) -> dict[str, Any]:
+    """The environment variables one function of the template sets itself (its own, not the globals')."""
+    properties = template_resources()[logical_id]["Properties"]
+    return dict(properties.get("Environment", {}).get("Variables", {}))
+
+
 def function_limits(logical_id: str) -> tuple[int, int]:
     """(MemorySize in MB, Timeout in seconds) of one function of the template."""
     properties = template_resources()[logical_id]["Properties"]

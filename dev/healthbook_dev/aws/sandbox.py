@@ -172,6 +172,34 @@ def moto_transactions_copy_tables_once() -> Iterator[None]:
         yield
 
 
+# moto calls of pool threads (ThreadPoolExecutor's: a delivery task's visits, ingest's record and visit writers)
+# reach moto one at a time through this one.
+POOL_LOCK = threading.Lock()
+
+
+@contextmanager
+def pool_threads_call_moto_one_at_a_time() -> Iterator[None]:
+    """Inside this block a pool thread calls moto under POOL_LOCK. An in-process Lambda holds MOTO_LOCK for its
+    whole invocation, and the threads it starts cannot take it: they would race each other in moto, which is not
+    thread-safe, while the invocation's own thread waits for them. Only pool threads: another thread may call
+    moto in a way that takes MOTO_LOCK (Lambda's Invoke runs the handler in process)."""
+    from botocore.client import BaseClient  # type: ignore[import-untyped]
+
+    make_api_call = BaseClient._make_api_call
+
+    def one_at_a_time(client: Any, operation: str, params: Any) -> Any:
+        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
+            return make_api_call(client, operation, params)
+        with POOL_LOCK:
+            return make_api_call(client, operation, params)
+
+    setattr(BaseClient, "_make_api_call", one_at_a_time)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(BaseClient, "_make_api_call", make_api_call)  # noqa: B010
+
+
 @contextmanager
 def transaction_conflicts(hold_ms: float = 20.0, *, tables_prefix: str | None = None) -> Iterator[Any]:
     """Inside an active ``mock_aws()``: DynamoDB's TransactionConflict, modelled for the block (docs/faults.md);

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-
 MAIN_THREAD = 0  # the invocation's own thread, in Invocation.thread_calls; a worker it started is keyed by its ident
 SLEPT = "time.sleep"  # a thread's sleeps, in seconds, among its calls (waits too: Lambda bills them)
 HTTP = "http"  # one HTTP attempt, among a thread's calls

@@ -45,6 +45,15 @@ COMMUNES = {"01001": "00004", "79001": "26734", "48001": "20194"}  # for the rep
 BATCH = 10
 
 
+def _ingest_writers() -> dict[str, str | None]:
+    """The ingest function's writers as template.yaml sets them, so that the demo, and the bill timed from it,
+    record as the deployed function does."""
+    from healthbook_dev.template import function_variables
+
+    variables = function_variables("IngestFunction")
+    return {name: str(variables[name]) for name in ("VISIT_WRITERS", "RECORD_WRITERS") if name in variables}
+
+
 @contextlib.contextmanager
 def _environment(values: dict[str, str | None]) -> Iterator[None]:
     """Set (or, for None, unset) variables for the duration of the block, then put everything back."""
@@ -116,6 +125,7 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         load_function,
         load_ingest_handler,
         moto_transactions_copy_tables_once,
+        pool_threads_call_moto_one_at_a_time,
         s3_event_message,
         wait_for_executions,
     )
@@ -131,13 +141,14 @@ def run(out: Path, *, visits: int = 120, seed: int = 2024, defect_rate: float = 
         "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
         "AWS_ENDPOINT_URL": None, "AWS_PROFILE": None, "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_SERVICE_NAME": None, "POWERTOOLS_METRICS_NAMESPACE": "Healthbook",
-        "POWERTOOLS_LOG_LEVEL": "INFO", "RECEIPT_KEY_ID": None, **NAMES, **dict.fromkeys(DELIVERY_ENV)}
+        "POWERTOOLS_LOG_LEVEL": "INFO", "RECEIPT_KEY_ID": None, **NAMES, **dict.fromkeys(DELIVERY_ENV),
+        **_ingest_writers()}
     log = io.StringIO()
     # Who the population database knows: most citizens as they are, a few under another name or not at all.
     people = FakePopulation.from_visits([e["visit"] for e in entries], mismatch_rate=0.04, unknown_rate=0.03,
                                         seed=seed)
     with _environment(env), mock_aws(config=MOTO_CONFIG), kms_signs_digests_like_aws(), \
-            moto_transactions_copy_tables_once(), \
+            moto_transactions_copy_tables_once(), pool_threads_call_moto_one_at_a_time(), \
             FakeVneid.start() as vneid, FakePopulationServer.start(people) as population:
         box = build(pki["ca"].read_text(), pepper="sandbox-pepper-not-a-secret")
         os.environ["RECEIPT_KEY_ID"] = box.receipt_key_id

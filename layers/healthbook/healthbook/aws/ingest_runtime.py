@@ -26,6 +26,7 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,7 +98,9 @@ class PoisonMessage(ValueError):
 # --- the composition root --------------------------------------------------------------------------------
 
 def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> IngestService:
-    s3, dynamodb = client("s3"), client("dynamodb")
+    # a connection for each thread that may call at once: the window's record writers, each file's visit writers
+    s3 = client("s3", connections=max(10, settings.record_writers))
+    dynamodb = client("dynamodb", connections=max(10, settings.record_writers * settings.visit_writers))
     timing = settings.timing()
     machine = settings.delivery_state_machine_arn
     return IngestService(
@@ -540,25 +543,35 @@ class IngestRuntime:
             self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
         recorded: list[_Message] = []
         recording = time.perf_counter()
-        for message in live:
-            if message.failed:
-                continue
-            # Kept besides the margin: the time recording this message will take, a unit per file and one per
-            # visit it stores, and the window's end for it and for those recorded before it, at the last measured
-            # rates. Only the invocation's first window's first message goes ahead whatever the time: it has the
-            # whole invocation.
-            ending = 1 + len(message.objects) + sum(len(done.objects) for done in recorded)
-            if (recorded or not first) and self._remaining_ms() < (
-                    WINDOW_TIME_MARGIN_MS + message.record_units * self.record_ms_per_unit
-                    + ending * self.finish_ms_per_object):
+        waiting = [message for message in live if not message.failed]
+        writers = max(1, wiring.settings.record_writers)
+        while waiting:
+            # A round of up to record_writers messages, recorded at once. Kept besides the margin: the time recording
+            # the round will take, a unit per file and one per visit it stores, and the window's end for it and for
+            # those recorded before it, at the last measured rates (measured as recorded: a round at a time). Only
+            # the invocation's first window's first message goes ahead whatever the time: it has the whole
+            # invocation.
+            round_: list[_Message] = []
+            units, ending = 0, 1 + sum(len(done.objects) for done in recorded)
+            for message in waiting[:writers]:
+                if (recorded or round_ or not first) and self._remaining_ms() < (
+                        WINDOW_TIME_MARGIN_MS + (units + message.record_units) * self.record_ms_per_unit
+                        + (ending + len(message.objects)) * self.finish_ms_per_object):
+                    break
+                round_.append(message)
+                units, ending = units + message.record_units, ending + len(message.objects)
+            if not round_:
                 # Recording can take far longer than examining (a file of many visits): the rest are set aside,
                 # signed but not written, and run again later; their retry signs their receipts again.
-                self._release(wiring, message, TimeoutError("too little time left to record it"))
-                message.objects = []
-                deferred.append(message)
-                continue
-            if self._record(wiring, message):  # a message it cannot record, it fails
-                recorded.append(message)
+                for message in waiting:
+                    self._release(wiring, message, TimeoutError("too little time left to record it"))
+                    message.objects = []
+                    deferred.append(message)
+                break
+            waiting = waiting[len(round_):]
+            # a message it cannot record, it fails
+            recorded += [message for message, done in zip(round_, self._record_all(wiring, round_), strict=True)
+                         if done]
         record_ms = (time.perf_counter() - recording) * 1000
         finishing = time.perf_counter()
         # One start for the window's visits (not one per file), after every file's "done" marker.
@@ -617,17 +630,39 @@ class IngestRuntime:
                 self._fail(wiring, message, exc, key)
         return False
 
+    def _record_all(self, wiring: Wiring, messages: Sequence[_Message]) -> list[bool]:
+        """Phase 3: a round of messages recorded, ``record_writers`` at a time (each file waits on S3 and DynamoDB
+        most of its time, and Lambda bills the wait: docs/cost.md, row 24). Different messages name different
+        objects (``_split_window``) and each write is conditional as it is between two invocations, so two files
+        of one visit record as they would in two invocations. For each: recorded, or failed."""
+        writers = min(wiring.settings.record_writers, len(messages))
+        if writers <= 1:
+            return [self._record(wiring, message) for message in messages]
+        with ThreadPoolExecutor(max_workers=writers) as pool:  # clients: thread-safe; logs: thread-local keys
+            return list(pool.map(lambda message: self._record(wiring, message), messages))
+
+    @contextmanager
+    def _thread_keys(self, **keys: Any) -> Iterator[None]:
+        """Correlation keys for this thread's log lines only: ``append_context_keys`` changes the formatter that
+        every thread shares."""
+        self.logger.thread_safe_append_keys(**keys)
+        try:
+            yield
+        finally:
+            self.logger.thread_safe_remove_keys(list(keys))
+
     def _record(self, wiring: Wiring, message: _Message) -> bool:
-        """Phase 3 for one message: each object recorded. False (the message failed) when one could not be."""
+        """Phase 3 for one message: each object recorded. False (the message failed) when one could not be. Runs
+        on a record writer's thread."""
         key: str | None = None
-        with self.logger.append_context_keys(sqs_message_id=message.record.message_id):
+        with self._thread_keys(sqs_message_id=message.record.message_id):
             try:
                 for item in message.objects:
                     examined, ref = item.examined, item.ref
                     key = ref.key
                     if examined is None:
                         raise ValueError("an object of the window was not examined")
-                    with self.logger.append_context_keys(submission_id=ref.submission_id, s3_key=ref.key), \
+                    with self._thread_keys(submission_id=ref.submission_id, s3_key=ref.key), \
                             self.tracer.provider.in_subsegment("## ingest_object") as segment:
                         started = time.perf_counter()
                         item.outcome = wiring.service.record(examined)

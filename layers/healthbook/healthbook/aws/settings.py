@@ -98,8 +98,9 @@ class IngestSettings(TimingSettings):
     registry_ttl_seconds: Seconds = 300.0
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
     ingest_queue_url: str | None = None  # where postponed messages are made visible again at once; none: they wait
-    visit_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a file's visits written this many at a time (a client
-    # holds 10 connections)
+    visit_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a file's visits written this many at a time
+    record_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a window's files recorded this many at a time
+    # (the DynamoDB client holds record_writers x visit_writers connections)
 
 
 class StepSettings(TimingSettings):
