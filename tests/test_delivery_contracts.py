@@ -136,7 +136,7 @@ def test_each_batch_is_one_deliver_task_that_reads_only_the_item() -> None:
     assert ASL["States"]["Visits"]["ItemProcessor"]["StartAt"] == "Deliver"
     payload = ITEM_STATES["Deliver"]["Parameters"]["Payload"]
     assert payload == {"visits.$": "$.visits"}
-    # the visits in flight an execution: two batches of ten at once, as many as ten tasks of a visit each were
+    # the visits in flight an execution: two batches of ten at once (docs/capacity.md counts environments by it)
     assert ASL["States"]["Visits"]["MaxConcurrency"] * TASK_BATCH == 20
     # it retries both services it calls: the population's outage and VNeID's
     assert ITEM_STATES["Deliver"]["Retry"][0]["ErrorEquals"] == ["PopulationUnavailable", "RetryableDeliveryError"]
