@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from healthbook_dev.aws.metering import TASK_FUNCTIONS
+from healthbook_dev.aws.stopwatch import HTTP, MAIN_THREAD, Invocation
 
 REGION, PRICE_DATE = "us-east-1", "2026-12-06"
 MILLION = 1_000_000
@@ -119,22 +120,17 @@ class FunctionProfile:
         return (self.own_s * stretch + self.waits_s) / self.units + per_invocation_cold * self.invocations / self.units
 
 
-def thread_waits_s(calls: Mapping[str, float]) -> float:
-    """What one thread waited, a call after another: its AWS calls and HTTP attempts at their stated latencies, and
-    its sleeps."""
-    from healthbook_dev.aws.stopwatch import HTTP, SLEPT
+def waits_s(record: Invocation) -> float:
+    """What an invocation waited: its own thread's waits, then its pool threads' at once (the longest). A thread
+    waits a call after another: its AWS calls and HTTP attempts at their stated latencies, and its sleeps."""
 
-    return sum(float(n) if call == SLEPT else n * HTTP_LATENCY_MS / 1000 if call == HTTP else n * aws_latency_s(call)
-               for call, n in calls.items())
+    def of(thread: int) -> float:
+        calls = record.thread_calls.get(thread, Counter())
+        return record.thread_slept_s.get(thread, 0.0) + sum(
+            n * (HTTP_LATENCY_MS / 1000 if call == HTTP else aws_latency_s(call)) for call, n in calls.items())
 
-
-def waits_s(record: Any) -> float:
-    """What a ``stopwatch.Invocation`` waited: its own thread's waits, then its pool threads' at once (the longest)."""
-    from healthbook_dev.aws.stopwatch import MAIN_THREAD
-
-    own = thread_waits_s(record.thread_calls.get(MAIN_THREAD, {}))
-    workers = [thread_waits_s(calls) for thread, calls in record.thread_calls.items() if thread != MAIN_THREAD]
-    return own + max(workers, default=0.0)
+    workers = {*record.thread_calls, *record.thread_slept_s} - {MAIN_THREAD}
+    return of(MAIN_THREAD) + max((of(thread) for thread in workers), default=0.0)
 
 
 def profile_invocations(invocations: Iterable[Any]) -> dict[str, FunctionProfile]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAIN_THREAD = 0  # the invocation's own thread, in Invocation.thread_calls; a worker it started is keyed by its ident
-SLEPT = "time.sleep"  # a thread's sleeps, in seconds, among its calls (waits too: Lambda bills them)
 HTTP = "http"  # one HTTP attempt, among a thread's calls
 
 
@@ -27,8 +26,8 @@ class Invocation:
     """One handler invocation. Our code's time is CPU time (``time.thread_time``) of the invocation's thread and of
     the pool threads it starts, less the CPU moto took to answer in them: wall time would count a thread's waiting
     for the GIL while another runs (the workflow's own threads, the fakes, the other workers of a batch). The calls
-    it waited on are kept per thread (``thread_calls``): the bill prices each at a stated latency, a thread's one
-    after the other and the threads' at once."""
+    it waited on are kept per thread (``thread_calls``; its sleeps in ``thread_slept_s``): the bill prices each call
+    at a stated latency, a thread's one after the other and the threads' at once."""
 
     function: str
     units: int = 1  # what the invocation handled: files for ingest, visits for deliver, one for the others
@@ -36,10 +35,9 @@ class Invocation:
     cpu_s: float = 0.0  # CPU of its threads, moto's answers included
     aws_s: float = 0.0  # wall inside botocore calls (moto answering)
     aws_cpu_s: float = 0.0  # CPU inside botocore calls
-    http_s: float = 0.0  # inside HTTP requests to the fakes (VNeID, the population service)
     aws_calls: Counter[str] = field(default_factory=Counter)  # "service.Operation", all threads
-    http_calls: int = 0
-    thread_calls: dict[int, Counter[str]] = field(default_factory=dict)  # by thread: calls, HTTP, SLEPT seconds
+    thread_calls: dict[int, Counter[str]] = field(default_factory=dict)  # by thread: AWS calls and HTTP attempts
+    thread_slept_s: dict[int, float] = field(default_factory=dict)  # by thread: time.sleep (Lambda bills it)
     thread: int = 0  # the ident of the invocation's own thread
 
     @property
@@ -47,9 +45,12 @@ class Invocation:
         """Our code's time: the CPU of the invocation's threads less what moto took to answer."""
         return max(0.0, self.cpu_s - self.aws_cpu_s)
 
+    def key(self, thread: int) -> int:
+        """How ``thread_calls`` and ``thread_slept_s`` name a thread."""
+        return MAIN_THREAD if thread == self.thread else thread
+
     def calls_of(self, thread: int) -> Counter[str]:
-        key = MAIN_THREAD if thread == self.thread else thread
-        return self.thread_calls.setdefault(key, Counter())
+        return self.thread_calls.setdefault(self.key(thread), Counter())
 
 
 class Stopwatch:
@@ -108,21 +109,19 @@ class Stopwatch:
 
         def timed_request(pool: Any, *args: Any, **kwargs: Any) -> Any:  # one HTTP attempt (requests, urllib3)
             record = watch._now()
-            started = time.perf_counter()
             try:
                 return make_request(pool, *args, **kwargs)
             finally:
                 if record is not None:
                     with watch._lock:
-                        record.http_s += time.perf_counter() - started
-                        record.http_calls += 1
                         record.calls_of(threading.get_ident())[HTTP] += 1
 
         def timed_sleep(seconds: float) -> None:
             record = watch._now()
             if record is not None:
                 with watch._lock:
-                    record.calls_of(threading.get_ident())[SLEPT] += seconds  # type: ignore[assignment]
+                    thread = record.key(threading.get_ident())
+                    record.thread_slept_s[thread] = record.thread_slept_s.get(thread, 0.0) + seconds
             sleep(seconds)
 
         def traced_submit(pool: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:

@@ -631,14 +631,13 @@ class IngestRuntime:
         return False
 
     def _record_all(self, wiring: Wiring, messages: Sequence[_Message]) -> list[bool]:
-        """Phase 3: a round of messages recorded, ``record_writers`` at a time (each file waits on S3 and DynamoDB
-        most of its time, and Lambda bills the wait: docs/cost.md, row 24). Different messages name different
-        objects (``_split_window``) and each write is conditional as it is between two invocations, so two files
-        of one visit record as they would in two invocations. For each: recorded, or failed."""
-        writers = min(wiring.settings.record_writers, len(messages))
-        if writers <= 1:
+        """Phase 3: a round of at most ``record_writers`` messages, recorded at once (each file waits on S3 and
+        DynamoDB most of its time, and Lambda bills the wait: docs/cost.md, row 24). Different messages name
+        different objects (``_split_window``) and each write is conditional as it is between two invocations, so two
+        files of one visit record as they would in two invocations. For each: recorded, or failed."""
+        if len(messages) <= 1:
             return [self._record(wiring, message) for message in messages]
-        with ThreadPoolExecutor(max_workers=writers) as pool:  # clients: thread-safe; logs: thread-local keys
+        with ThreadPoolExecutor(max_workers=len(messages)) as pool:  # clients: thread-safe; logs: thread-local keys
             return list(pool.map(lambda message: self._record(wiring, message), messages))
 
     @contextmanager
