@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
-from healthbook.aws.delivery import DynamoVisitStatus
+from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
-from healthbook.delivery.service import VisitStatusStore
+from healthbook.delivery.service import SweepLease, VisitStatusStore
 from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
 from healthbook.reconcile import Citizen, PopulationRegistry
 from healthbook.reconcile.http import PopulationClient
@@ -22,11 +22,40 @@ from healthbook.reports.aggregates import citizen_markers
 from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.fakes.population_server import FakePopulationServer
-from healthbook_dev.fakes.stores import FakeStatusStore
+from healthbook_dev.fakes.stores import FakeStatusStore, FakeSweepLease
 from moto import mock_aws
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 NOW = RECEIVED + timedelta(minutes=5)
+
+
+# --- the sweep's lease ------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["fake", "dynamodb"])
+def sweep_lease(request: pytest.FixtureRequest) -> Iterator[SweepLease]:
+    if request.param == "fake":
+        yield FakeSweepLease()
+        return
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_tables(ddb, NAMES)
+        yield DynamoSweepLease(ddb, visits_table=NAMES["VISITS_TABLE"])
+
+
+def test_one_sweep_holds_the_lease_until_it_frees_it_or_its_time_ends(sweep_lease: SweepLease) -> None:
+    until = NOW + timedelta(minutes=2)
+    assert sweep_lease.take("run-a", now=NOW, until=until)
+    assert not sweep_lease.take("run-b", now=NOW + timedelta(seconds=30), until=until)
+    assert not sweep_lease.take("run-a", now=NOW + timedelta(seconds=30), until=until)  # a run is not re-entrant
+    sweep_lease.release("run-b")  # not the holder: nothing happens
+    assert not sweep_lease.take("run-c", now=NOW + timedelta(seconds=60), until=until)
+    sweep_lease.release("run-a")
+    assert sweep_lease.take("run-c", now=NOW + timedelta(seconds=61), until=NOW + timedelta(minutes=3))
+    # run-c is killed at its timeout and never frees it: the next run takes it once its time has ended
+    assert not sweep_lease.take("run-d", now=NOW + timedelta(minutes=3) - timedelta(seconds=1), until=until)
+    assert sweep_lease.take("run-d", now=NOW + timedelta(minutes=3), until=NOW + timedelta(minutes=5))
+    sweep_lease.release("run-c")  # a late release of an ended holder leaves the new one alone
+    assert not sweep_lease.take("run-e", now=NOW + timedelta(minutes=4), until=NOW + timedelta(minutes=6))
 
 
 # --- the visits' statuses ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""An in-memory stand-in for the delivery stage's storage port: the visits' statuses (healthbook.delivery.service
-.VisitStatusStore, with DynamoVisitStatus's conditions). tests/test_contracts.py runs the same cases against it and
-its AWS adapter on moto, so the fake cannot drift from what it stands in for."""
+"""In-memory stand-ins for the delivery stage's storage ports: the visits' statuses (healthbook.delivery.service
+.VisitStatusStore, with DynamoVisitStatus's conditions) and the sweep's lease (SweepLease, DynamoSweepLease's).
+tests/test_contracts.py runs the same cases against each and its AWS adapter on moto, so a fake cannot drift from
+what it stands in for."""
 
 from __future__ import annotations
 
@@ -18,6 +19,24 @@ from healthbook.delivery.model import (
 )
 from healthbook.ingest.model import PENDING, SUPERSEDED, VisitRef
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
+
+
+@dataclass
+class FakeSweepLease:
+    """healthbook.delivery.SweepLease in memory: who holds it, until when."""
+
+    holder: str | None = None
+    held_until: datetime | None = None
+
+    def take(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        if self.held_until is not None and self.held_until > now:
+            return False
+        self.holder, self.held_until = holder, until
+        return True
+
+    def release(self, holder: str) -> None:
+        if self.holder == holder:
+            self.holder = self.held_until = None
 
 
 @dataclass

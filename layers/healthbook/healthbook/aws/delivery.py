@@ -277,6 +277,31 @@ class DynamoVisitStatus:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+class DynamoSweepLease:
+    """healthbook.delivery.SweepLease: one item of the visits table, ``("#sweep", "LEASE")`` (a visit id is
+    ``{facility}#{MA_LK}``, never "#sweep"; the item has none of the indexes' keys). Two conditional UpdateItems a run:
+    two write units every few minutes."""
+
+    def __init__(self, dynamodb: Any, *, visits_table: str) -> None:
+        self._db = dynamodb
+        self.table = visits_table
+        self._key = {"visit_id": _s("#sweep"), "version": _s("LEASE")}
+
+    def take(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        return conditional_write(self._db, "Update", {
+            "TableName": self.table, "Key": self._key,
+            "UpdateExpression": "SET holder = :holder, held_until = :until",
+            "ConditionExpression": "attribute_not_exists(held_until) OR held_until <= :now",
+            "ExpressionAttributeValues": {":holder": _s(holder), ":until": _s(iso_utc(until)),
+                                          ":now": _s(iso_utc(now))}}, counters=None, count=None)
+
+    def release(self, holder: str) -> None:
+        conditional_write(self._db, "Update", {
+            "TableName": self.table, "Key": self._key, "UpdateExpression": "REMOVE holder, held_until",
+            "ConditionExpression": "holder = :holder", "ExpressionAttributeValues": {":holder": _s(holder)}},
+            counters=None, count=None)
+
+
 class StepFunctionsStarter:
     """healthbook.ingest.DeliveryStarter: one Express execution of the delivery state machine per batch."""
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from healthbook.aws.delivery import DynamoVisitStatus, SnsNotifier, StepFunctionsStarter
+from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus, SnsNotifier, StepFunctionsStarter
 from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     DeliverSettings,
@@ -52,6 +52,7 @@ class DeliveryRuntime(CachedRuntime):
             store=self._store(settings), timing=settings.timing(),
             starter=StepFunctionsStarter(client("stepfunctions"),
                                          state_machine_arn=settings.delivery_state_machine_arn),
+            lease=DynamoSweepLease(client("dynamodb"), visits_table=settings.visits_table),
             notifier=SnsNotifier(client("sns"), topic_arn=topic) if topic else None, metrics=self.metrics))
 
     # --- what they are built from ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from healthbook.delivery.contracts import (
@@ -132,6 +132,19 @@ class Deliverer(Protocol):
 
 class Notifier(Protocol):
     def notify(self, subject: str, message: dict[str, Any]) -> None: ...
+
+
+class SweepLease(Protocol):
+    """One sweep at a time. Two runs would read the same due visits and each lose the claims the other took first:
+    a refused conditional write is a write unit, and a run that only loses claims restarts nothing."""
+
+    def take(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        """True when no run holds the lease, or its holder's time has ended (a run killed at its timeout)."""
+        ...
+
+    def release(self, holder: str) -> None:
+        """Free it, if ``holder`` still holds it."""
+        ...
 
 
 def utc_now() -> datetime:
@@ -351,13 +364,14 @@ class SweepReport:
     claimed: int = 0
     executions: int = 0
     breached: list[str] = field(default_factory=list)
-    lost_claims: int = 0  # due visits another sweep or execution took first
+    lost_claims: int = 0  # due visits an execution (or, before the lease, another sweep) took first
     stopped_early: bool = False  # too little of the invocation left: the rest wait for the next sweep
+    held_elsewhere: bool = False  # another run holds the lease: this one did nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {"claimed": self.claimed, "executions": self.executions, "breached_count": len(self.breached),
                 "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "held_elsewhere": self.held_elsewhere}
 
 
 @dataclass
@@ -371,6 +385,7 @@ class Sweeper:
 
     store: VisitStatusStore
     starter: WorkflowStarter
+    lease: SweepLease
     timing: Timing = field(default_factory=Timing)
     notifier: Notifier | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
@@ -380,8 +395,23 @@ class Sweeper:
     def sweep(self, now: datetime, run_name: str, *, time_left_ms: Callable[[], int] | None = None) -> SweepReport:
         """``time_left_ms``: what is left of the invocation. The sweep stops claiming with SWEEP_TIME_MARGIN_MS left,
         starts what it claimed and notifies: one killed at its timeout leaves up to a batch claimed and not started
-        (their lease must lapse first), and is retried from the start by the scheduler."""
+        (their lease must lapse first), and is retried from the start by the scheduler.
+
+        A run first takes the sweep's lease, until its invocation ends (the visits' lease when it has no end), and
+        frees it when done: a run that meets the lease held does nothing (``held_elsewhere``)."""
         report = SweepReport()
+        until = now + (timedelta(milliseconds=time_left_ms()) if time_left_ms is not None else self.timing.lease)
+        if not self.lease.take(run_name, now=now, until=until):
+            report.held_elsewhere = True
+            return report
+        try:
+            self._sweep(now, run_name, report, time_left_ms)
+        finally:
+            self.lease.release(run_name)
+        return report
+
+    def _sweep(self, now: datetime, run_name: str, report: SweepReport,
+               time_left_ms: Callable[[], int] | None) -> None:
         batch: list[VisitRef] = []
         lease_until = now + self.timing.lease
 
@@ -413,5 +443,4 @@ class Sweeper:
             self.notifier.notify("Healthbook: visits not delivered to VNeID by their deadline",
                                  {"source": "sweep", "breached_count": len(report.breached),
                                   "breached": report.breached[:MAX_BATCH], "at": iso(now)})
-        return report
 
