@@ -15,7 +15,17 @@ from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus
 from healthbook.aws.records import DynamoRecords
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
 from healthbook.delivery.service import SweepLease, VisitStatusStore
-from healthbook.ingest.model import PENDING, VisitRef, VisitVersion, deadline, version_key
+from healthbook.ingest.model import (
+    LATEST,
+    PENDING,
+    SWEEP_LEASE_KEY,
+    VisitRef,
+    VisitVersion,
+    deadline,
+    is_version_key,
+    records_version,
+    version_key,
+)
 from healthbook.reconcile import Citizen, PopulationRegistry
 from healthbook.reconcile.http import PopulationClient
 from healthbook.reports.aggregates import citizen_markers
@@ -56,6 +66,12 @@ def test_one_sweep_holds_the_lease_until_it_frees_it_or_its_time_ends(sweep_leas
     assert sweep_lease.take("run-d", now=NOW + timedelta(minutes=3), until=NOW + timedelta(minutes=5))
     sweep_lease.release("run-c")  # a late release of an ended holder leaves the new one alone
     assert not sweep_lease.take("run-e", now=NOW + timedelta(minutes=4), until=NOW + timedelta(minutes=6))
+
+
+def test_a_scan_of_the_visits_table_tells_versions_from_the_pointer_the_records_and_the_lease() -> None:
+    version = version_key(RECEIVED, "ab" * 32)
+    assert is_version_key(version)
+    assert not any(is_version_key(key) for key in (LATEST, records_version(version), SWEEP_LEASE_KEY[1]))
 
 
 # --- the visits' statuses ---------------------------------------------------------------------------------------

@@ -21,19 +21,21 @@ import gc
 
 gc.disable()  # while the modules load: collecting between them is a tenth of the cold start
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from healthbook.aws.delivery_runtime import DeliveryRuntime, run_batch
-from healthbook.aws.observability import PowertoolsMetrics, service
+from healthbook.aws.delivery_runtime import DeliveryRuntime, retried_without_frames, run_batch
+from healthbook.aws.observability import IMPLIED_CONTEXT_KEYS, PowertoolsMetrics, service
 from healthbook.delivery.contracts import BatchInput, SettleInput, SummariseInput
 from healthbook.delivery.service import summarise
 
 SERVICE, NAMESPACE = service("healthbook-delivery")
-logger, tracer = Logger(service=SERVICE), Tracer(service=SERVICE)
+# Lines a visit attempt, more during an outage: no "location", the context's implied keys removed (docs/cost.md).
+logger, tracer = Logger(service=SERVICE, location=None), Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
 _runtime: DeliveryRuntime | None = None
@@ -54,7 +56,13 @@ def reset() -> None:
 
 
 def handler(function: Any) -> Any:
-    return metrics.log_metrics(logger.inject_lambda_context(clear_state=True)(tracer.capture_lambda_handler(function)))
+    @functools.wraps(function)
+    def lean(event: dict[str, Any], context: LambdaContext) -> Any:
+        logger.remove_keys(IMPLIED_CONTEXT_KEYS)
+        return function(event, context)
+
+    return retried_without_frames(metrics.log_metrics(logger.inject_lambda_context(clear_state=True)(
+        tracer.capture_lambda_handler(lean))))
 
 
 @handler

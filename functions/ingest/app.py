@@ -23,16 +23,15 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from healthbook.aws.ingest_runtime import IngestRuntime
-from healthbook.aws.observability import PowertoolsMetrics, service
+from healthbook.aws.observability import IMPLIED_CONTEXT_KEYS, PowertoolsMetrics, service
 
 if TYPE_CHECKING:  # the response's type only: the batch utility itself is not used
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 SERVICE, NAMESPACE = service("healthbook-ingest")
 # A line per file at national volume: no "location" (the line's message says where it comes from), and of the
-# Lambda context only the request id and cold start (the log group names the function): docs/cost.md, row 23.
+# Lambda context only the request id and cold start (IMPLIED_CONTEXT_KEYS): docs/cost.md, row 23.
 logger, tracer = Logger(service=SERVICE, location=None), Tracer(service=SERVICE)
-IMPLIED_CONTEXT_KEYS = ["function_name", "function_arn", "function_memory_size"]
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
 _runtime: IngestRuntime | None = None

@@ -27,6 +27,7 @@ from healthbook.ingest.model import (
     PENDING,
     STATUS_SHARDS,
     SUPERSEDED,
+    SWEEP_LEASE_KEY,
     VisitRef,
     facility_month,
     records_version,
@@ -278,14 +279,14 @@ class DynamoVisitStatus:
 
 
 class DynamoSweepLease:
-    """healthbook.delivery.SweepLease: one item of the visits table, ``("#sweep", "LEASE")`` (a visit id is
-    ``{facility}#{MA_LK}``, never "#sweep"; the item has none of the indexes' keys). Two conditional UpdateItems a run:
-    two write units every few minutes."""
+    """healthbook.delivery.SweepLease: one item of the visits table, ``SWEEP_LEASE_KEY`` (no visit has its key; it
+    has none of the indexes' keys). Two conditional UpdateItems a run: two write units every few minutes."""
 
     def __init__(self, dynamodb: Any, *, visits_table: str) -> None:
         self._db = dynamodb
         self.table = visits_table
-        self._key = {"visit_id": _s("#sweep"), "version": _s("LEASE")}
+        visit_id, version = SWEEP_LEASE_KEY
+        self._key = {"visit_id": _s(visit_id), "version": _s(version)}
 
     def take(self, holder: str, *, now: datetime, until: datetime) -> bool:
         return conditional_write(self._db, "Update", {

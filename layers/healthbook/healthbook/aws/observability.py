@@ -10,6 +10,10 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+# Of the Lambda context, a log line keeps the request id and cold start: the log group names the function, its ARN
+# and memory (docs/cost.md, row 23). Every function's logger is built with ``location=None`` and removes these.
+IMPLIED_CONTEXT_KEYS = ["function_name", "function_arn", "function_memory_size"]
+
 
 def service(default: str) -> tuple[str, str]:
     """(service, namespace) of a function's logs, traces and metrics: template.yaml's POWERTOOLS_SERVICE_NAME and

@@ -34,6 +34,8 @@ LATEST = "LATEST"  # the sort key of a visit's pointer item
 # rewrites a few hundred bytes, not the records' kilobytes (docs/cost.md). Its sort key sorts after "LATEST", which
 # sorts after every ISO version key, so a query for versions never returns either.
 RECORDS_PREFIX = "RECORDS#"
+# The sweep's lease shares the table under a key no visit has (a visit id is "{facility}#{MA_LK}"): docs/delivery.md.
+SWEEP_LEASE_KEY = ("#sweep", "LEASE")
 
 
 def records_version(version: str) -> str:
@@ -42,8 +44,9 @@ def records_version(version: str) -> str:
 
 
 def is_version_key(sort_key: str) -> bool:
-    """Whether a ``visits`` item with this sort key is a version (not the pointer, not a version's records)."""
-    return sort_key != LATEST and not sort_key.startswith(RECORDS_PREFIX)
+    """Whether a ``visits`` item with this sort key is a version: ``{received_at}#…``, which begins with the year
+    (not the pointer, a version's records or the sweep's lease)."""
+    return sort_key[:1].isdigit()
 UNKNOWN_FACILITY = "unknown"  # receipts folder for a key that names no folder at all
 
 _INBOX_KEY = re.compile(rf"^inbox/({FACILITY_CODE.pattern})/(?:.+/)?[^/]+$")
