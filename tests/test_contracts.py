@@ -203,13 +203,21 @@ def test_a_deferred_visit_is_due_when_its_time_comes_and_a_claim_leases_it(statu
     assert [v.ref for v in store.due(later, 10)] == [late]
 
 
-def test_the_previous_version_of_a_visit_is_the_latest_earlier_one(statuses: Statuses) -> None:
-    first, second = _ref(1), _ref(1, RECEIVED + timedelta(minutes=1))
-    assert first.visit_id == second.visit_id
+def test_a_visit_read_for_delivery_has_its_records_and_the_version_before_it(statuses: Statuses) -> None:
+    first, second, third = (_ref(1, RECEIVED + timedelta(minutes=n)) for n in range(3))
+    assert first.visit_id == second.visit_id == third.visit_id
     statuses.add(first, RECEIVED)
-    assert statuses.store.previous_version(first) is None
+    loaded = statuses.store.load(first, with_records=True)
+    assert loaded is not None and loaded.records == b"r" and loaded.previous_version is None
     statuses.add(second, RECEIVED + timedelta(minutes=1))
-    assert statuses.store.previous_version(second) == first.version
+    statuses.add(third, RECEIVED + timedelta(minutes=2))
+    loaded = statuses.store.load(second, with_records=True)
+    assert loaded is not None and loaded.records == b"r" and loaded.previous_version == first.version
+    loaded = statuses.store.load(third, with_records=True)
+    assert loaded is not None and loaded.previous_version == second.version
+    light = statuses.store.load(third)
+    assert light is not None and light.records is None and light.previous_version is None
+    assert statuses.store.load(_ref(2), with_records=True) is None
 
 
 def test_citizen_markers_count_once(statuses: Statuses) -> None:

@@ -28,7 +28,8 @@ MAX_BATCH = DELIVERY_BATCH  # visits per Express execution (docs/cost.md)
 
 @dataclass(frozen=True)
 class StoredVisit:
-    """A visit version item, as far as delivery needs it. ``records`` only when asked for (it is large)."""
+    """A visit version item, as far as delivery needs it. ``records`` and ``previous_version`` only when asked for
+    (read together, for the delivery)."""
 
     ref: VisitRef
     status: str
@@ -39,6 +40,7 @@ class StoredVisit:
     citizen_key: str | None = None
     reconciled: bool = False  # the population matched it (an earlier attempt): citizen_key is the matched one
     records: bytes | None = None
+    previous_version: str | None = None  # the version key just before this one of the same visit, if any
     province: str | None = None  # the facility's, stamped at ingest (older items: None)
     district: str | None = None
     commune: str | None = None

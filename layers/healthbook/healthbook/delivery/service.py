@@ -77,10 +77,8 @@ class VisitStatusStore(Protocol):
     """The visits table as the delivery stage uses it; every ``mark_*``/``defer``/``claim`` is conditional on
     the version still being PENDING and returns False when it no longer is."""
 
-    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None: ...
-
-    def previous_version(self, ref: VisitRef) -> str | None:
-        """The version key just before ``ref.version`` of the same visit, if any."""
+    def load(self, ref: VisitRef, *, with_records: bool = False) -> StoredVisit | None:
+        """``with_records``: its records too, and the version key just before it (``previous_version``)."""
         ...
 
     def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
@@ -297,7 +295,7 @@ class Deliver(_Step):
 
     def _project(self, ref: VisitRef, visit: StoredVisit, stored: dict[str, Any]) -> dict[str, Any]:
         """The entry of this version, the same on every retry; a resubmission's supersedes the previous version's."""
-        previous = self.store.previous_version(ref)
+        previous = visit.previous_version
         supersedes = projection_id(ref.visit_id, version_ms(previous)) if previous else None
         return project(stored, facility=ref.facility, received_at=visit.received_at,
                        version=version_ms(ref.version), supersedes=supersedes)
