@@ -844,10 +844,25 @@ def test_a_sweep_holds_the_lease_until_its_invocation_ends_and_frees_it_even_whe
             raise RuntimeError("Step Functions is down")
 
     sweep_world.starter = Failing()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="Step Functions is down"):
         sweep_world.sweeper().sweep(T, "run", time_left_ms=lambda: 90_000)
     assert held == [("run", T + timedelta(seconds=90))]
     assert sweep_world.lease.holder is None  # the next run needs not wait for the time to end
+
+
+def test_a_lease_that_cannot_be_freed_lapses_and_hides_nothing(sweep_world: SweepWorld) -> None:
+    due = sweep_world.visit(1)
+
+    class Stuck(FakeSweepLease):
+        def release(self, holder: str) -> None:
+            raise ConnectionError("DynamoDB unreachable")
+
+    sweep_world.lease = Stuck()
+    report = sweep_world.sweeper().sweep(T, "run", time_left_ms=lambda: 90_000)
+    assert report.claimed == 1 and sweep_world.starter.starts == [("run-0", [due])]
+    assert sweep_world.lease.holder == "run"  # held until its time ends, then taken by the next run
+    assert not sweep_world.lease.take("next", now=T + timedelta(seconds=89), until=T + timedelta(minutes=3))
+    assert sweep_world.lease.take("next", now=T + timedelta(seconds=90), until=T + timedelta(minutes=3))
 
 
 def test_sweep_counts_claims_lost_to_a_concurrent_sweep(sweep_world: SweepWorld) -> None:

@@ -396,7 +396,8 @@ class Sweeper:
         (their lease must lapse first), and is retried from the start by the scheduler.
 
         A run first takes the sweep's lease, until its invocation ends (the visits' lease when it has no end), and
-        frees it when done: a run that meets the lease held does nothing (``held_elsewhere``)."""
+        frees it when done, or lets it lapse when it cannot: a run that meets the lease held does nothing
+        (``held_elsewhere``)."""
         report = SweepReport()
         until = now + (timedelta(milliseconds=time_left_ms()) if time_left_ms is not None else self.timing.lease)
         if not self.lease.take(run_name, now=now, until=until):
@@ -405,7 +406,10 @@ class Sweeper:
         try:
             self._sweep(now, run_name, report, time_left_ms)
         finally:
-            self.lease.release(run_name)
+            try:
+                self.lease.release(run_name)
+            except Exception as exc:  # not to hide the run's own error: the lease lapses at ``until`` anyway
+                log.warning("sweep lease not freed", extra={"error": type(exc).__name__})
         return report
 
     def _sweep(self, now: datetime, run_name: str, report: SweepReport,
