@@ -21,7 +21,6 @@ import gc
 
 gc.disable()  # while the modules load: collecting between them is a tenth of the cold start
 
-import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from healthbook.aws.delivery_runtime import DeliveryRuntime, retried_without_frames, run_batch
-from healthbook.aws.observability import IMPLIED_CONTEXT_KEYS, PowertoolsMetrics, service
+from healthbook.aws.observability import PowertoolsMetrics, lean_lines, service
 from healthbook.delivery.contracts import BatchInput, SettleInput, SummariseInput
 from healthbook.delivery.service import summarise
 
@@ -56,13 +55,8 @@ def reset() -> None:
 
 
 def handler(function: Any) -> Any:
-    @functools.wraps(function)
-    def lean(event: dict[str, Any], context: LambdaContext) -> Any:
-        logger.remove_keys(IMPLIED_CONTEXT_KEYS)
-        return function(event, context)
-
     return retried_without_frames(metrics.log_metrics(logger.inject_lambda_context(clear_state=True)(
-        tracer.capture_lambda_handler(lean))))
+        tracer.capture_lambda_handler(lean_lines(logger)(function)))))
 
 
 @handler

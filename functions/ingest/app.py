@@ -23,14 +23,14 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from healthbook.aws.ingest_runtime import IngestRuntime
-from healthbook.aws.observability import IMPLIED_CONTEXT_KEYS, PowertoolsMetrics, service
+from healthbook.aws.observability import PowertoolsMetrics, lean_lines, service
 
 if TYPE_CHECKING:  # the response's type only: the batch utility itself is not used
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 SERVICE, NAMESPACE = service("healthbook-ingest")
 # A line per file at national volume: no "location" (the line's message says where it comes from), and of the
-# Lambda context only the request id and cold start (IMPLIED_CONTEXT_KEYS): docs/cost.md, row 23.
+# Lambda context only the request id and cold start (lean_lines): docs/cost.md, row 23.
 logger, tracer = Logger(service=SERVICE, location=None), Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 port = PowertoolsMetrics(metrics, namespace=NAMESPACE, service=SERVICE)
@@ -54,8 +54,8 @@ def reset() -> None:
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
+@lean_lines(logger)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    logger.remove_keys(IMPLIED_CONTEXT_KEYS)
     records = [SQSRecord(record) for record in event.get("Records") or []]
     port.count("MessagesReceived", len(records))
     with runtime().invocation(context):  # the batch's per-family counts are emitted when it ends

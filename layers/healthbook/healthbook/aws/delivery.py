@@ -70,6 +70,17 @@ def batch_get(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], wh
     raise RuntimeError(f"{what} could not be read (throttled); the step will be retried")
 
 
+def query_items(dynamodb: Any, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The items of a Query, page after page, read as they are needed."""
+    request = dict(request)
+    while True:
+        page = dynamodb.query(**request)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def _key(ref: VisitRef) -> dict[str, Any]:
     return {"visit_id": _s(ref.visit_id), "version": _s(ref.version)}
 
@@ -112,17 +123,10 @@ class DynamoVisitStatus:
         # records and a Query of the version before cost three. Versions stored before the records had their own
         # item kept them on the version item: read there then.
         held = records_version(ref.version)
-        found: dict[str, dict[str, Any]] = {}
-        request: dict[str, Any] = {
+        found = {i["version"]["S"]: i for i in query_items(self._db, {
             "TableName": self.table, "KeyConditionExpression": "visit_id = :id AND version <= :held",
             "ExpressionAttributeValues": {":id": _s(ref.visit_id), ":held": _s(held)}, "ConsistentRead": True,
-            "ProjectionExpression": _LIGHT + ", records", "ExpressionAttributeNames": {"#s": "status"}}
-        while True:
-            page = self._db.query(**request)
-            found.update((i["version"]["S"], i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            "ProjectionExpression": _LIGHT + ", records", "ExpressionAttributeNames": {"#s": "status"}})}
         item = found.get(ref.version)
         if item is None:
             return None
@@ -269,19 +273,13 @@ class DynamoVisitStatus:
         yield from itertools.islice(merged, max(0, limit))
 
     def _due_in(self, shard: int, now: datetime) -> Iterator[StoredVisit]:
-        kwargs: dict[str, Any] = {
+        for item in query_items(self._db, {
             "TableName": self.table, "IndexName": STATUS_INDEX,
             "KeyConditionExpression": "status_shard = :shard",
             "FilterExpression": "attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now",
             "ExpressionAttributeValues": {":shard": _s(f"{PENDING}#{shard}"), ":now": _s(iso_utc(now))},
-        }
-        while True:
-            page = self._db.query(**kwargs)
-            for item in page.get("Items", []):
-                yield _visit(item, PENDING)
-            if "LastEvaluatedKey" not in page:
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        }):
+            yield _visit(item, PENDING)
 
 
 class DynamoSweepLease:

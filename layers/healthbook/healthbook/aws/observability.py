@@ -4,15 +4,32 @@ give different metrics different dimension values."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 # Of the Lambda context, a log line keeps the request id and cold start: the log group names the function, its ARN
 # and memory (docs/cost.md, row 23). Every function's logger is built with ``location=None`` and removes these.
 IMPLIED_CONTEXT_KEYS = ["function_name", "function_arn", "function_memory_size"]
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def lean_lines(logger: Any) -> Callable[[Handler], Handler]:
+    """A handler's decorator, inside Powertools' ``inject_lambda_context``: the context keys its lines need not
+    repeat (IMPLIED_CONTEXT_KEYS) removed for the invocation."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def lean(event: Any, context: Any) -> Any:
+            logger.remove_keys(IMPLIED_CONTEXT_KEYS)
+            return handler(event, context)
+
+        return lean  # type: ignore[return-value]
+
+    return decorate
 
 
 def service(default: str) -> tuple[str, str]:
