@@ -127,6 +127,34 @@ def test_a_binary_value_is_sized_by_its_bytes_not_its_base64(table: Any) -> None
         (1 + 958) + (1 + 3) + (1 + 1 + 4) + (1 + 3 + 2))
 
 
+def test_the_bytes_dynamodb_stores_follow_each_write_items_and_index_entries(table: Any) -> None:
+    ddb, backend = table
+    metering = _metering()
+    counts = metering.Meter()
+    meter = metering.CapacityMeter(counts)
+    item = {"pk": {"S": "a"}, "kind": {"S": "k"}, "blob": {"S": "x" * 1500}}
+    _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": item})
+    entry = {"pk": {"S": "a"}, "kind": {"S": "k"}}  # by-kind projects the keys only
+    item_bytes, entry_bytes = metering.item_size(item) + 100, metering.item_size(entry) + 100
+    assert _total(counts, "stored_bytes") == item_bytes + entry_bytes
+    # entering by-status (ALL): the item grows by the attribute, and by-status holds the whole item
+    _serve(meter, backend, ddb, "UpdateItem", {"TableName": "t", "Key": {"pk": {"S": "a"}},
+                                               "UpdateExpression": "SET #s = :s", "ExpressionAttributeNames":
+                                                   {"#s": "status"}, "ExpressionAttributeValues": {":s": {"S": "P"}}})
+    grown = metering.item_size({**item, "status": {"S": "P"}}) + 100
+    assert _total(counts, "stored_bytes") == grown + entry_bytes + grown
+    # leaving it, and shrinking: what was stored goes
+    _serve(meter, backend, ddb, "UpdateItem", {"TableName": "t", "Key": {"pk": {"S": "a"}},
+                                               "UpdateExpression": "REMOVE #s, #b",
+                                               "ExpressionAttributeNames": {"#s": "status", "#b": "blob"}})
+    assert _total(counts, "stored_bytes") == metering.item_size(entry) + 100 + entry_bytes
+    # a refused write stores nothing
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
+        _serve(meter, backend, ddb, "PutItem", {"TableName": "t", "Item": item,
+                                                "ConditionExpression": "attribute_not_exists(pk)"})
+    assert _total(counts, "stored_bytes") == 2 * entry_bytes
+
+
 def _total(counts: Any, kind: str) -> float:
     return sum(row[kind] for row in counts.snapshot()["dynamodb_capacity"])
 
@@ -169,9 +197,9 @@ def _usage(**changes: Any) -> bill.Usage:
         "visits": 10, "files": 10, "invocations": {"ingest": 2}, "units": {"ingest": 10},
         "memory_mb": {"ingest": 1024}, "profiles": {"ingest": profile}, "express_executions": 0,
         "capacity": [{"table": "hb-visits", "origin": "function", "read_units": 8.0, "write_units": 16.0,
-                      "index_write_units": 0.0},
+                      "index_write_units": 0.0, "stored_bytes": 30_000},
                      {"table": "hb-visits", "origin": "observer", "read_units": 1000.0, "write_units": 0.0,
-                      "index_write_units": 0.0}],
+                      "index_write_units": 0.0, "stored_bytes": 0}],
         "requests": [
             {"service": "s3", "operation": "PutObject", "origin": "client", "requests": 10, "request_bytes": 0},
             {"service": "s3", "operation": "PutObject", "origin": "function", "requests": 10, "request_bytes": 0},
@@ -204,6 +232,10 @@ def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
     assert gb_s.dollars == pytest.approx(10 * (0.020 * 1769 / 1024 + 0.080) * bill.LAMBDA_GB_SECOND_ARM)
     dynamo = next(line for line in bill.bill(usage) if line.service == "DynamoDB")
     assert dynamo.dollars == pytest.approx(16 * bill.DYNAMODB_WRU + 8 * bill.DYNAMODB_RRU)
+    # what the run left stored, one month at the Standard class's price: 3 KB a visit, $0.70 a million
+    kept = lines[("DynamoDB", "storage:")]
+    assert kept.dollars == pytest.approx(30_000 / 1024 ** 3 * bill.DYNAMODB_GB_MONTH)
+    assert bill.per_million(kept.dollars, 10) == pytest.approx(0.70, abs=0.01)
     rendered = bill.render(usage, bill.bill(usage))
     total = sum(line.dollars for line in bill.bill(usage))
     assert rendered[-1].startswith(f"whole bill per million visits: ${total * 1e6 / 10:.2f}")

@@ -308,6 +308,22 @@ def test_the_citizen_index_projects_keys_only(template: dict[str, Any]) -> None:
     assert indexes["by-citizen"]["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
+def test_the_tables_kept_for_ever_take_the_infrequent_access_class_only_when_asked(template: dict[str, Any]) -> None:
+    """Storage outgrows the writes of the visits and submissions tables within months (docs/cost.md): the operators
+    switch their class by a parameter; the default, STANDARD, leaves the property out (what every emulator knows)."""
+    parameter = template["Parameters"]["KeptTablesClass"]
+    assert parameter["Default"] == "STANDARD"
+    assert set(parameter["AllowedValues"]) == {"STANDARD", "STANDARD_INFREQUENT_ACCESS"}
+    assert template["Conditions"]["KeptTablesInfrequentAccess"] == {
+        "Fn::Equals": [{"Ref": "KeptTablesClass"}, "STANDARD_INFREQUENT_ACCESS"]}
+    classes = {name: r["Properties"].get("TableClass") for name, r in template["Resources"].items()
+               if r["Type"] == "AWS::DynamoDB::Table"}
+    switched = {"Fn::If": ["KeptTablesInfrequentAccess", "STANDARD_INFREQUENT_ACCESS", {"Ref": "AWS::NoValue"}]}
+    assert {name for name, table_class in classes.items() if table_class == switched} == {"VisitsTable",
+                                                                                      "SubmissionsTable"}
+    assert all(table_class in (None, switched) for table_class in classes.values())
+
+
 def test_the_projections_bucket_is_kept_and_no_one_writes_it_any_more(template: dict[str, Any]) -> None:
     """It holds the entries delivered before Deliver built them in memory (docs/deploy.md): an update keeps it and
     its objects for audit until they expire, and nothing in the stack may write it (or even name it) any more."""
@@ -936,7 +952,7 @@ def test_outputs_name_every_bucket_table_queue_key_layer_function_and_policy(tem
 
 def test_every_reference_resolves(template: dict[str, Any]) -> None:
     known = set(template["Resources"]) | set(template["Parameters"])
-    pseudo = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::URLSuffix"}
+    pseudo = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::URLSuffix", "AWS::NoValue"}
     assert referenced(template["Resources"]) | referenced(template["Outputs"]) <= known | pseudo
 
 

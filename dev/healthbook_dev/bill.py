@@ -2,7 +2,8 @@
 
 Inputs, each from where it can be measured honestly:
 
-* **requests by service and operation**, and DynamoDB's read and write units, from LocalStack's meter
+* **requests by service and operation**, DynamoDB's read and write units and the bytes it stores, from LocalStack's
+  meter
   (``infra/localstack/healthbook_localstack/metering.py``): what our functions, the facilities' uploads and the AWS
   services acting for us (S3 notifying SQS, Lambda polling SQS and writing logs, Step Functions invoking tasks)
   asked for. A benchmark's own polling marks itself (``healthbook_dev.aws.metering.observer``) and is left out;
@@ -44,6 +45,7 @@ EXPRESS_MIN_SECONDS = 0.1
 STANDARD_TRANSITION = 25.00 / MILLION
 DYNAMODB_WRU = 0.625 / MILLION  # on-demand, since 2024-11-01
 DYNAMODB_RRU = 0.125 / MILLION
+DYNAMODB_GB_MONTH = 0.25  # Standard table class (Standard-IA: $0.10, and its reads and writes 25 % dearer)
 KMS_SYMMETRIC = 0.03 / 10_000
 KMS_ASYMMETRIC = 0.15 / 10_000  # "asymmetric requests except RSA 2048": Sign and GetPublicKey with an ECC key
 SECRETS_MANAGER_CALL = 0.05 / 10_000
@@ -254,6 +256,14 @@ def bill(usage: Usage) -> list[Line]:
                        for table, units in tables.most_common(4) if units)
     lines.append(Line("DynamoDB", f"{writes:.0f} write units ({detail}), {reads:.0f} read units",
                       writes * DYNAMODB_WRU + reads * DYNAMODB_RRU))
+    # What the run left stored (items and index entries, 100 bytes each more), billed for one month as S3's is.
+    kept: Counter[str] = Counter()
+    for r in _billed(usage.capacity):
+        kept[r["table"].rsplit("-", 1)[-1]] += r["stored_bytes"]
+    stored = sum(kept.values())
+    detail = ", ".join(f"{table} {size / 1024:.0f}" for table, size in kept.most_common() if size)
+    lines.append(Line("DynamoDB", f"storage: {stored / 1024:.0f} KiB kept ({detail}), one month in Standard",
+                      max(0, stored) / 1024 ** 3 * DYNAMODB_GB_MONTH))
 
     kms = by_service.get("kms", {})
     asymmetric = sum(n for op, n in kms.items() if op in KMS_ASYMMETRIC_OPERATIONS)

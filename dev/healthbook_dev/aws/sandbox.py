@@ -41,7 +41,7 @@ TABLES = {"SUBMISSIONS_TABLE": "SubmissionsTable", "VISITS_TABLE": "VisitsTable"
 TABLE_SCHEMA = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "LocalSecondaryIndexes", "BillingMode",
                 "StreamSpecification")
 TABLE_DEPLOYMENT_ONLY = ("TableName", "SSESpecification", "PointInTimeRecoverySpecification",
-                         "DeletionProtectionEnabled", "Tags")
+                         "DeletionProtectionEnabled", "Tags", "TableClass")
 # moto's backends are not thread-safe (a transaction deep-copies a table another thread may be changing), and
 # its Step Functions executions run in threads: one "Lambda" at a time holds this while it calls moto.
 MOTO_LOCK = threading.RLock()

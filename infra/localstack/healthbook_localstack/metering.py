@@ -16,6 +16,8 @@ computed from these counts by ``bench/e2e.py`` and ``bench/load.py``.
   Reads: 4 KB units, half for an eventually consistent read, 2 in a transaction; a Query or Scan is charged for
   the items it returned, scaled by ScannedCount/Count when a filter dropped some (an estimate: DynamoDB charges
   what it read, rounded once).
+* **DynamoDB storage**: the bytes each write adds to what is stored (or takes away), as DynamoDB bills storage:
+  each item's size plus 100 bytes, and each index entry's (its keys, the table's and what it projects) plus 100.
 
 ``GET /_healthbook/requests`` returns the counts, ``DELETE`` resets them. Counting is on unless
 ``HB_METERING=0``.
@@ -53,7 +55,7 @@ class Meter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        self._capacity: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self._capacity: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
 
     def count_request(self, service: str, operation: str, origin: str, size: int) -> None:
         with self._lock:
@@ -62,12 +64,13 @@ class Meter:
             entry[1] += size
 
     def add_capacity(self, table: str, origin: str, operation: str, read: float = 0.0, write: float = 0.0,
-                     index_write: float = 0.0) -> None:
+                     index_write: float = 0.0, stored: int = 0) -> None:
         with self._lock:
             entry = self._capacity[(table, origin, operation)]
             entry[0] += read
             entry[1] += write
             entry[2] += index_write
+            entry[3] += stored
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -75,8 +78,8 @@ class Meter:
                 "requests": [{"service": s, "operation": o, "origin": g, "requests": n, "request_bytes": b}
                              for (s, o, g), (n, b) in sorted(self._requests.items())],
                 "dynamodb_capacity": [{"table": t, "origin": g, "operation": o, "read_units": r, "write_units": w,
-                                       "index_write_units": i}
-                                      for (t, g, o), (r, w, i) in sorted(self._capacity.items())],
+                                       "index_write_units": i, "stored_bytes": int(b)}
+                                      for (t, g, o), (r, w, i, b) in sorted(self._capacity.items())],
             }
 
     def reset(self) -> None:
@@ -169,6 +172,15 @@ def _units(size: int, unit: int) -> int:
     return max(1, math.ceil(size / unit))
 
 
+# DynamoDB bills the storage of each item, and of each index entry, as its size plus this overhead
+# (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html).
+STORED_ITEM_OVERHEAD = 100
+
+
+def _stored_size(item: Mapping[str, Any] | None) -> int:
+    return item_size(item) + STORED_ITEM_OVERHEAD if item else 0
+
+
 class _Write:
     """One item a write names: its table and key, and the item as it was before the request."""
 
@@ -237,26 +249,28 @@ def _projected(item: Mapping[str, Any] | None, index: Any, table_keys: list[str]
     return {name: value for name, value in item.items() if name in wanted}
 
 
-def _index_units(backend: Any, write: _Write, after: dict[str, Any] | None) -> int:
+def _index_units(backend: Any, write: _Write, after: dict[str, Any] | None) -> tuple[int, int]:
     """As DynamoDB charges an index: a put of the entry the item enters with, a delete of the one it leaves (both
-    when an index key moves), a put when a projected attribute changes, nothing otherwise."""
+    when an index key moves), a put when a projected attribute changes, nothing otherwise. With the bytes the
+    indexes store more (or less) after the write."""
     try:
         table = backend.get_table(write.table)
     except Exception:
-        return 0
+        return 0, 0
     table_keys = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
-    units = 0
+    units = stored = 0
     for index in table.global_indexes or []:
         was = _projected(write.before, index, table_keys)
         now = _projected(after, index, table_keys)
         if was == now:
             continue
+        stored += _stored_size(now) - _stored_size(was)
         moved = was is not None and now is not None and any(was[n] != now[n] for n in _index_keys(index))
         if was is not None and (now is None or moved):
             units += _units(item_size(was), 1024)  # the old entry deleted
         if now is not None:
             units += _units(item_size(now), 1024)  # the entry put (or rewritten in place)
-    return units
+    return units, stored
 
 
 class CapacityMeter:
@@ -279,8 +293,10 @@ class CapacityMeter:
         for write in writes:
             after = _stored(backend, write.table, write.key)
             size = max(item_size(write.before), item_size(after))
+            index_units, index_stored = _index_units(backend, write, after)
             self._meter.add_capacity(write.table, origin, operation, write=write.weight * _units(size, 1024),
-                                     index_write=_index_units(backend, write, after))
+                                     index_write=index_units,
+                                     stored=_stored_size(after) - _stored_size(write.before) + index_stored)
         if operation in READS and response is not None:
             self._reads(origin, operation, request, response)
 
