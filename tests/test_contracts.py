@@ -81,7 +81,7 @@ class Statuses:
     """One implementation of VisitStatusStore and how to put a PENDING visit version into it."""
 
     store: VisitStatusStore
-    add: Callable[[VisitRef, datetime], None]
+    add: Callable[..., None]  # (ref, received, *, indexed=True): stored by ingest, in the status index or not
     markers: Callable[[], dict[tuple[str, str], str | None]]  # distinct-citizen markers written: first day or None
     delivered_entry: Callable[[VisitRef], dict[str, str | None]]  # the entry's id and digests on the version item
 
@@ -102,8 +102,10 @@ def _fake_statuses() -> Iterator[Statuses]:
         return {"projection_id": item.projection_id, "projection_sha256": item.projection_sha256,
                 "mapping_sha256": item.mapping_sha256}
 
-    yield Statuses(fake, lambda ref, received: fake.add(ref, received_at=received, records=b"r"), markers,
-                   delivered_entry)
+    def add(ref: VisitRef, received: datetime, *, indexed: bool = True) -> None:
+        fake.add(ref, received_at=received, records=b"r", indexed=indexed)
+
+    yield Statuses(fake, add, markers, delivered_entry)
 
 
 def _dynamo_statuses() -> Iterator[Statuses]:
@@ -112,11 +114,11 @@ def _dynamo_statuses() -> Iterator[Statuses]:
         create_tables(ddb, NAMES)
         records = DynamoRecords(ddb, submissions_table=NAMES["SUBMISSIONS_TABLE"], visits_table=NAMES["VISITS_TABLE"])
 
-        def add(ref: VisitRef, received: datetime) -> None:
+        def add(ref: VisitRef, received: datetime, *, indexed: bool = True) -> None:
             records.save_visit(VisitVersion(
                 visit_id=ref.visit_id, version=ref.version, submission_id=ref.version[-16:],
                 received_at=ref.version.split("#")[0], standard="4750", digest="00" * 32,
-                deadline_at=deadline(received), citizen_key=None, records=b"r", province="01"))
+                deadline_at=deadline(received), citizen_key=None, records=b"r", province="01", indexed=indexed))
 
         def markers() -> dict[tuple[str, str], str | None]:
             items = ddb.scan(TableName=NAMES["AGGREGATES_TABLE"])["Items"]
@@ -201,6 +203,27 @@ def test_a_deferred_visit_is_due_when_its_time_comes_and_a_claim_leases_it(statu
     assert store.claim(early, now=later, lease_until=later + timedelta(minutes=10))
     assert not store.claim(early, now=later, lease_until=later + timedelta(minutes=10))  # leased
     assert [v.ref for v in store.due(later, 10)] == [late]
+
+
+def test_a_visit_the_outbox_listed_is_due_only_once_a_deferral_or_the_outbox_indexes_it(statuses: Statuses) -> None:
+    """Stored outside the status index (docs/delivery.md, *The outbox*): the sweep does not see it until Settle
+    defers it or the sweep, reading the outbox after the lease, finds it stranded."""
+    store = statuses.store
+    deferred, stranded, delivered, indexed = _ref(1), _ref(2), _ref(3), _ref(4)
+    for ref in (deferred, stranded, delivered):
+        statuses.add(ref, RECEIVED, indexed=False)
+    statuses.add(indexed, RECEIVED)
+    assert [v.ref for v in store.due(NOW, 10)] == [indexed]
+    assert store.defer(deferred, next_attempt_at=NOW, error="RetryableDeliveryError", now=NOW)
+    assert store.mark_delivered(delivered, delivered_at=NOW, latency_ms=1, receipt_id=None,
+                                entry=DeliveredEntry(projection_id="p", sha256="0" * 64, mapping_sha256="1" * 64),
+                                citizen_key="ab" * 32)
+    assert {v.ref.visit_id for v in store.due(NOW, 10)} == {deferred.visit_id, indexed.visit_id}
+    # the outbox's list names all four and one never stored: only the stranded one enters the index
+    assert store.index_stranded([deferred, stranded, delivered, indexed, _ref(5)]) == 1
+    assert {v.ref.visit_id for v in store.due(NOW, 10)} == {deferred.visit_id, stranded.visit_id, indexed.visit_id}
+    assert store.index_stranded([stranded]) == 0  # a list looked after twice changes nothing
+    assert store.load(_ref(5)) is None  # nothing was created for the key never stored
 
 
 def test_a_visit_read_for_delivery_has_its_records_and_the_version_before_it(statuses: Statuses) -> None:

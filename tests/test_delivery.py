@@ -722,9 +722,11 @@ class SweepWorld:
     metrics: RecordingMetrics
     lease: FakeSweepLease = field(default_factory=FakeSweepLease)
 
-    def sweeper(self, *, batch_size: int = MAX_BATCH, limit: int = 5000) -> Sweeper:
+    def sweeper(self, *, batch_size: int = MAX_BATCH, limit: int = 5000, outbox: Any = None,
+                outbox_limit: int = 500) -> Sweeper:
         return Sweeper(store=self.store, starter=self.starter, lease=self.lease, timing=TIMING,
-                       notifier=self.notifier, metrics=self.metrics, batch_size=batch_size, limit=limit)
+                       notifier=self.notifier, metrics=self.metrics, batch_size=batch_size, limit=limit,
+                       outbox=outbox, outbox_limit=outbox_limit)
 
     def visit(self, n: int, *, received: datetime = RECEIVED, **item: Any) -> VisitRef:
         ref = VisitRef(f"79001#LK{n:04d}", version_key(received, f"{n:064x}"))
@@ -786,7 +788,8 @@ def test_sweep_breaches_visits_past_their_deadline_not_merely_the_cutoff(sweep_w
                        "breached": [past_deadline.visit_id, at_deadline.visit_id], "at": iso_utc(now)}
     assert report.to_dict() == {"claimed": 1, "executions": 1, "breached_count": 2,
                                 "breached": [past_deadline.visit_id, at_deadline.visit_id], "lost_claims": 0,
-                                "stopped_early": False, "held_elsewhere": False}
+                                "stopped_early": False, "held_elsewhere": False, "outbox_lists": 0, "stranded": 0,
+                                "outbox_failed": False}
 
 
 def test_sweep_respects_its_limit(sweep_world: SweepWorld) -> None:
@@ -816,6 +819,45 @@ def test_sweep_stops_claiming_before_its_timeout_and_starts_what_it_claimed(swee
     assert all(sweep_world.store.items[r].next_attempt_at is None for r in refs[3:])  # due for the next one
     again = sweep_world.sweeper(batch_size=2).sweep(T, "next", time_left_ms=lambda: 60_000)
     assert again.claimed == 3 and not again.stopped_early
+
+
+def test_a_sweep_indexes_the_stranded_visits_of_the_outbox_first_and_claims_them_with_the_rest(
+        sweep_world: SweepWorld) -> None:
+    """docs/delivery.md, *The outbox*: a list is looked after and let go; a visit whose execution was lost is found
+    only through it; one delivered or deferred meanwhile is left alone; the lists wait for their lease."""
+    from healthbook_dev.fakes.stores import FakeOutbox
+
+    stranded = sweep_world.visit(1, indexed=False)
+    delivered = sweep_world.visit(2, indexed=False, status=DELIVERED)
+    indexed = sweep_world.visit(3)
+    outbox = FakeOutbox(delay=TIMING.lease, now=T - TIMING.lease)
+    outbox.hold([stranded, delivered])
+    outbox.now = T - timedelta(seconds=1)
+    outbox.hold([sweep_world.visit(4, indexed=False)])  # its lease not over: not read yet
+    outbox.now = T
+    report = sweep_world.sweeper(outbox=outbox).sweep(T, "run")
+    assert (report.outbox_lists, report.stranded, report.claimed, report.outbox_failed) == (1, 1, 2, False)
+    assert sorted(v.visit_id for _, batch in sweep_world.starter.starts for v in batch) == sorted(
+        [stranded.visit_id, indexed.visit_id])
+    assert len(outbox.lists) == 1  # the list not due yet stays
+
+
+def test_a_sweep_goes_on_when_the_outbox_cannot_be_read_and_reads_at_most_its_limit(sweep_world: SweepWorld) -> None:
+    from healthbook_dev.fakes.stores import FakeOutbox
+
+    class Unreachable(FakeOutbox):
+        def due(self, limit: int) -> list[Any]:
+            raise ConnectionError("the outbox cannot be reached")
+
+    due = sweep_world.visit(1)
+    report = sweep_world.sweeper(outbox=Unreachable()).sweep(T, "run")
+    assert report.outbox_failed and report.claimed == 1  # the deliveries due are restarted all the same
+    assert sweep_world.store.items[due].next_attempt_at == T + TIMING.lease
+    outbox = FakeOutbox()
+    for n in range(25):
+        outbox.hold([sweep_world.visit(100 + n, indexed=False)])
+    report = sweep_world.sweeper(outbox=outbox, outbox_limit=12).sweep(T + TIMING.lease, "next")
+    assert (report.outbox_lists, report.stranded, len(outbox.lists)) == (12, 12, 13)
 
 
 def test_a_sweep_that_meets_the_lease_held_does_nothing(sweep_world: SweepWorld) -> None:

@@ -12,7 +12,7 @@ import io
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -929,6 +929,78 @@ def deliveries(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[list[An
     monkeypatch.setenv("DELIVERY_STATE_MACHINE_ARN", "arn:aws:states:ap-southeast-1:123456789012:stateMachine:d")
     monkeypatch.setattr(ingest_runtime, "StepFunctionsStarter", Starter)
     return started
+
+
+def test_the_outbox_lists_a_windows_visits_and_the_sweep_indexes_only_those_whose_delivery_was_lost(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], deliveries: list[list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/delivery.md, *The outbox*: the visits are listed before they are stored, and stored outside the
+    by-status-deadline index; after the lease the sweep reads the lists and indexes (then claims) a visit still
+    PENDING and not indexed, and leaves alone one the fast path delivered."""
+    import boto3
+    from healthbook.aws.outbox import SqsOutbox
+    from healthbook.delivery.service import Sweeper
+    from healthbook.ingest.model import is_version_key
+    from healthbook_dev.fakes.stores import FakeSweepLease
+
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="healthbook-dev-outbox")["QueueUrl"]
+    monkeypatch.setenv("OUTBOX_QUEUE_URL", url)
+    app.reset()
+    app.runtime().wiring().service._now = lambda: RECEIVED + timedelta(minutes=2)  # processed on time
+    ingest_one(aws, app, "inbox/01001/delivered.xml", signed(pki, a_visit(60)), message_id="m-1")
+    ingest_one(aws, app, "inbox/01001/lost.xml", signed(pki, a_visit(61)), message_id="m-2")
+    versions = {VisitRef(i["visit_id"], i["version"]): i for i in scan(aws, "VISITS_TABLE")
+                if is_version_key(i["version"])}
+    assert len(versions) == 2
+    assert all(i["status"] == "PENDING" and "status_shard" not in i for i in versions.values())
+    assert _keys(v for started in deliveries for v in started) == _keys(versions)  # the fast path has them
+    outbox = SqsOutbox(sqs, queue_url=url)
+    listed = outbox.due(10)
+    assert _keys(v for held in listed for v in held.visits) == _keys(versions)  # listed exactly as stored
+    sqs.change_message_visibility_batch(QueueUrl=url, Entries=[  # back to the queue, as after a delay
+        {"Id": str(n), "ReceiptHandle": held.handle, "VisibilityTimeout": 0} for n, held in enumerate(listed)])
+
+    delivered, lost = sorted(versions, key=lambda ref: ref.visit_id)
+    status = DynamoVisitStatus(aws.ddb, visits_table=TABLES["VISITS_TABLE"])
+    assert status.load(lost) is not None
+    aws.ddb.update_item(TableName=TABLES["VISITS_TABLE"], Key={"visit_id": {"S": delivered.visit_id},
+                                                               "version": {"S": delivered.version}},
+                        UpdateExpression="SET #s = :d", ExpressionAttributeNames={"#s": "status"},
+                        ExpressionAttributeValues={":d": {"S": "DELIVERED"}})
+    restarted: list[list[VisitRef]] = []
+
+    class Starter:
+        def start(self, name: str, visits: Sequence[VisitRef]) -> None:
+            restarted.append(list(visits))
+
+    after_lease = RECEIVED + timedelta(hours=1)
+    report = Sweeper(store=status, starter=Starter(), lease=FakeSweepLease(), outbox=outbox).sweep(after_lease, "s")
+    assert (report.outbox_lists, report.stranded, report.claimed, report.outbox_failed) == (2, 1, 1, False)
+    assert restarted == [[lost]]
+    items = {VisitRef(i["visit_id"], i["version"]): i for i in scan(aws, "VISITS_TABLE")
+             if is_version_key(i["version"])}
+    assert items[lost]["status_shard"] == status_shard("PENDING", lost.visit_id)
+    assert "status_shard" not in items[delivered]
+    assert outbox.due(10) == []  # let go
+    again = Sweeper(store=status, starter=Starter(), lease=FakeSweepLease(), outbox=outbox).sweep(after_lease, "t")
+    assert (again.outbox_lists, again.stranded) == (0, 0)
+
+
+def _keys(refs: Iterable[VisitRef]) -> list[tuple[str, str]]:
+    return sorted((ref.visit_id, ref.version) for ref in refs)
+
+
+def test_visits_are_stored_indexed_when_the_outbox_cannot_be_reached(
+        aws: SimpleNamespace, app: ModuleType, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is lost when the list cannot be written: the visits enter the status index, as without an outbox."""
+    from healthbook.ingest.model import is_version_key
+
+    monkeypatch.setenv("OUTBOX_QUEUE_URL", "https://sqs.ap-southeast-1.amazonaws.com/123456789012/no-such-queue")
+    app.reset()
+    ingest_one(aws, app, "inbox/01001/unlisted.xml", signed(pki, a_visit(62)))
+    (item,) = [i for i in scan(aws, "VISITS_TABLE") if is_version_key(i["version"])]
+    assert item["status"] == "PENDING" and item["status_shard"] == status_shard("PENDING", item["visit_id"])
 
 
 def test_an_accepted_file_replayed_is_refused_once_with_I503(aws: SimpleNamespace, app: ModuleType,

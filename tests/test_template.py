@@ -413,19 +413,40 @@ def test_facility_isolation_by_principal_tag(template: dict[str, Any]) -> None:
 
 # ---- queues ----------------------------------------------------------------------------------------------
 
-def test_queues(template: dict[str, Any]) -> None:
-    assert set(resources(template, "AWS::SQS::Queue")) == {"IngestQueue", "IngestDeadLetterQueue"}
-    main, dlq = props(template, "IngestQueue"), props(template, "IngestDeadLetterQueue")
-    timeout = function_props(template, "IngestFunction")["Timeout"]
-    assert main["VisibilityTimeout"] >= 6 * timeout
+@pytest.mark.parametrize(("queue", "dead_letters", "consumer"), [
+    ("IngestQueue", "IngestDeadLetterQueue", "IngestFunction"),
+    ("OutboxQueue", "OutboxDeadLetterQueue", "SweepFunction")])
+def test_queues(template: dict[str, Any], queue: str, dead_letters: str, consumer: str) -> None:
+    assert set(resources(template, "AWS::SQS::Queue")) == {"IngestQueue", "IngestDeadLetterQueue", "OutboxQueue",
+                                                           "OutboxDeadLetterQueue"}
+    main, dlq = props(template, queue), props(template, dead_letters)
+    timeout = function_props(template, consumer)["Timeout"]
+    # the ingest queue: 6 times the function's timeout, as AWS advises for an event source; the outbox, read by
+    # the sweep itself, longer than a run, so that a list is never taken twice at once
+    assert main["VisibilityTimeout"] >= (6 if queue == "IngestQueue" else 1) * timeout
     assert main["RedrivePolicy"]["maxReceiveCount"] >= 3
-    assert is_arn_of(main["RedrivePolicy"]["deadLetterTargetArn"], "IngestDeadLetterQueue")
-    for queue in (main, dlq):
-        assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
-        assert is_arn_of(queue["KmsMasterKeyId"], "DataKey")
+    assert is_arn_of(main["RedrivePolicy"]["deadLetterTargetArn"], dead_letters)
+    for one in (main, dlq):
+        assert one["MessageRetentionPeriod"] == 14 * 24 * 3600
+        assert is_arn_of(one["KmsMasterKeyId"], "DataKey")
     # The DLQ accepts redrive from the main queue only (its ARN built from the same name).
     assert dlq["RedriveAllowPolicy"]["sourceQueueArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:" + main["QueueName"]["Fn::Sub"]}]
+
+
+def test_the_outbox_hides_its_lists_for_the_visits_lease(template: dict[str, Any]) -> None:
+    """A list comes back to the sweep only once the fast path had the visits' lease to deliver them (SQS delays
+    a message at most 15 minutes: the lease cannot be longer)."""
+    assert props(template, "OutboxQueue")["DelaySeconds"] == {"Ref": "LeaseSeconds"}
+    assert template["Parameters"]["LeaseSeconds"]["MaxValue"] <= 900
+    for function in ("IngestFunction", "SweepFunction"):
+        assert function_props(template, function)["Environment"]["Variables"]["OUTBOX_QUEUE_URL"] == {
+            "Ref": "OutboxQueue"}
+    sent = [s for s in function_statements(template, "IngestFunction") if s.get("Sid") == "ListVisitsInTheOutbox"]
+    assert [as_list(s["Action"]) for s in sent] == [["sqs:SendMessage"]]
+    read = [s for s in function_statements(template, "SweepFunction") if s.get("Sid") == "ReadTheOutbox"]
+    assert [sorted(as_list(s["Action"])) for s in read] == [["sqs:DeleteMessage", "sqs:ReceiveMessage"]]
+    assert all(is_arn_of(r, "OutboxQueue") for s in sent + read for r in as_list(s["Resource"]))
 
 
 # ---- tables (docs/data-model.md) -------------------------------------------------------------------------
@@ -631,6 +652,7 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
             "CITIZEN_PEPPER_SECRET": {"Ref": "CitizenPepperSecret"},  # issue 17: no AGGREGATES_TABLE, no counter
             "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
             "INGEST_QUEUE_URL": {"Ref": "IngestQueue"},  # issue 17: postponed messages sent again at once
+            "OUTBOX_QUEUE_URL": {"Ref": "OutboxQueue"},  # issue 17: each window's visits listed before stored
             "VISIT_WRITERS": 8,  # issue 17: a file's visits written 8 at a time
             "RECORD_WRITERS": 4,  # issue 17: a window's files recorded 4 at a time
             "MAX_VISITS_PER_FILE": {"Ref": "MaxVisitsPerFile"},  # issue 17, after the globals
@@ -666,7 +688,8 @@ FUNCTIONS_BEFORE_GLOBALS: dict[str, dict[str, Any]] = {
         "LoggingConfig": {"LogGroup": {"Ref": "SweepFunctionLogGroup"}},
         "Environment": {"Variables": {
             **_BEFORE_DELIVERY_VARIABLES, "DELIVERY_STATE_MACHINE_ARN": {"Ref": "DeliveryStateMachine"},
-            "DEADLINE_TOPIC_ARN": {"Ref": "DeadlineTopic"}}},
+            "DEADLINE_TOPIC_ARN": {"Ref": "DeadlineTopic"},
+            "OUTBOX_QUEUE_URL": {"Ref": "OutboxQueue"}}},  # issue 17: the lists of visits it indexes if stranded
     },
     "ReportFunction": {
         **_BEFORE_SHARED, "FunctionName": {"Fn::Sub": "healthbook-${Stage}-report"},
@@ -858,7 +881,7 @@ def test_function_policies_name_exact_resources(template: dict[str, Any], functi
     data_resources = set(resources(template, "AWS::S3::Bucket")) | set(resources(template, "AWS::DynamoDB::Table"))
     data_resources |= {"DataKey", "ReceiptSigningKey", "TrustBundleParameter", "CitizenPepperSecret",
                        "VneidCredentialsSecret", "PopulationApiKeySecret", "DeliveryStateMachine", "DeadlineTopic",
-                       "PortalTokenKeySecret", "IngestQueue"}
+                       "PortalTokenKeySecret", "IngestQueue", "OutboxQueue"}
     for statement in function_statements(template, function):
         if statement["Effect"] == "Deny":  # only to narrow what SAM's managed SQS policy grants on "*"
             assert statement["Sid"] == "PollOnlyTheIngestQueue"
@@ -941,7 +964,8 @@ def test_outputs_name_every_bucket_table_queue_key_layer_function_and_policy(tem
     named = set()
     for output in template["Outputs"].values():
         named |= referenced(output["Value"])
-    wanted = set(BUCKETS) | set(TABLES) | {"IngestQueue", "IngestDeadLetterQueue", "DataKey", "ReceiptSigningKey",
+    wanted = set(BUCKETS) | set(TABLES) | {"IngestQueue", "IngestDeadLetterQueue", "OutboxQueue",
+                                           "OutboxDeadLetterQueue", "DataKey", "ReceiptSigningKey",
                                            "HealthbookLayerArm64", "HealthbookLayerX8664", "IngestFunction",
                                            "FacilityPolicy", "TrustBundleParameter", "CitizenPepperSecret"}
     assert wanted <= named, wanted - named
@@ -1164,9 +1188,9 @@ def test_ops_topic_is_encrypted_with_a_key_cloudwatch_may_use(template: dict[str
     assert cloudwatch and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(as_list(cloudwatch[0]["Action"]))
 
 
-ALARMS = {"IngestDlqNotEmptyAlarm", "IngestQueueAgeAlarm", "IngestFailuresAlarm", "DeliveryWorkflowFailuresAlarm",
-          "DeliveryLatencyAlarm", "DeadlineBreachedAlarm", "SweepErrorsAlarm", "ReportFailedAlarm",
-          "EnrolmentFailedAlarm"}
+ALARMS = {"IngestDlqNotEmptyAlarm", "OutboxDlqNotEmptyAlarm", "IngestQueueAgeAlarm", "IngestFailuresAlarm",
+          "DeliveryWorkflowFailuresAlarm", "DeliveryLatencyAlarm", "DeadlineBreachedAlarm", "SweepErrorsAlarm",
+          "ReportFailedAlarm", "EnrolmentFailedAlarm"}
 
 
 def test_every_alarm_notifies_the_ops_topic_and_says_how_to_treat_missing_data(template: dict[str, Any]) -> None:

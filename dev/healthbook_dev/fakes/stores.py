@@ -6,8 +6,8 @@ what it stands in for."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from healthbook.delivery.model import (
     DEADLINE_BREACHED,
@@ -17,8 +17,33 @@ from healthbook.delivery.model import (
     StoredVisit,
     Timing,
 )
-from healthbook.ingest.model import PENDING, SUPERSEDED, VisitRef
+from healthbook.ingest.model import PENDING, SUPERSEDED, HeldVisits, VisitRef
 from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
+
+
+@dataclass
+class FakeOutbox:
+    """healthbook.ingest.model.Outbox and OutboxReader in memory: each list invisible for ``delay`` after it was
+    held (the queue's delivery delay), then due until it is let go."""
+
+    delay: timedelta = timedelta(0)
+    now: datetime | None = None  # the clock lists are held and read by; None: every list is due at once
+    lists: dict[str, tuple[datetime | None, tuple[VisitRef, ...]]] = field(default_factory=dict)
+    broken: bool = False  # hold() fails, as SQS would when it cannot be reached
+
+    def hold(self, visits: Sequence[VisitRef]) -> None:
+        if self.broken:
+            raise ConnectionError("the outbox cannot be reached")
+        self.lists[f"list-{len(self.lists)}"] = (self.now, tuple(visits))
+
+    def due(self, limit: int) -> list[HeldVisits]:
+        ready = [HeldVisits(handle, visits) for handle, (held_at, visits) in self.lists.items()
+                 if held_at is None or self.now is None or held_at + self.delay <= self.now]
+        return ready[:limit]
+
+    def let_go(self, held: Sequence[HeldVisits]) -> None:
+        for listed in held:
+            self.lists.pop(listed.handle, None)
 
 
 @dataclass
@@ -65,6 +90,7 @@ class Item:
     breached_at: datetime | None = None
     last_error: str | None = None
     last_attempt_at: datetime | None = None
+    indexed: bool = True  # in the by-status-deadline index (a status that leaves it makes this moot)
 
 
 class FakeStatusStore:
@@ -82,11 +108,12 @@ class FakeStatusStore:
 
     def add(self, ref: VisitRef, *, received_at: datetime, records: bytes | None = None, status: str = PENDING,
             deadline_at: datetime | None = None, attempts: int = 0,
-            next_attempt_at: datetime | None = None) -> VisitRef:
-        """A stored visit version, as ingest would have saved it (deadline: 24 h after receipt by default)."""
+            next_attempt_at: datetime | None = None, indexed: bool = True) -> VisitRef:
+        """A stored visit version, as ingest would have saved it (deadline: 24 h after receipt by default;
+        ``indexed`` False: listed in the outbox and stored outside the status index)."""
         self.items[ref] = Item(ref=ref, status=status, received_at=received_at,
                                deadline_at=deadline_at or Timing().deadline_for(received_at), records=records,
-                               attempts=attempts, next_attempt_at=next_attempt_at)
+                               attempts=attempts, next_attempt_at=next_attempt_at, indexed=indexed)
         return ref
 
     def status(self, ref: VisitRef) -> str:
@@ -127,6 +154,7 @@ class FakeStatusStore:
     def _move(self, item: Item, status: str) -> None:
         item.status = status
         item.next_attempt_at = None  # the lease goes with PENDING
+        item.indexed = True  # NEEDS_RECONCILIATION and DEADLINE_BREACHED have entries; the others leave the index
 
     def mark_matched(self, ref: VisitRef, citizen_key: str, now: datetime) -> bool:
         item = self._pending("mark_matched", ref)
@@ -176,7 +204,16 @@ class FakeStatusStore:
             return False
         item.next_attempt_at, item.last_error, item.last_attempt_at = next_attempt_at, error, now
         item.attempts += 1
+        item.indexed = True
         return True
+
+    def index_stranded(self, refs: Sequence[VisitRef]) -> int:
+        self.calls.append("index_stranded")
+        stranded = [self.items[ref] for ref in refs
+                    if ref in self.items and self.items[ref].status == PENDING and not self.items[ref].indexed]
+        for item in stranded:
+            item.indexed = True
+        return len(stranded)
 
     def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
                       count: CounterUpdate | None = None) -> bool:
@@ -190,8 +227,8 @@ class FakeStatusStore:
 
     def due(self, now: datetime, limit: int) -> Iterator[StoredVisit]:
         self.calls.append("due")
-        ready = sorted((i for i in self.items.values()
-                        if i.status == PENDING and (i.next_attempt_at is None or i.next_attempt_at <= now)),
+        ready = sorted((i for i in self.items.values() if i.status == PENDING and i.indexed
+                        and (i.next_attempt_at is None or i.next_attempt_at <= now)),
                        key=lambda i: (i.deadline_at, i.ref.visit_id))
         for item in ready[:limit]:
             yield StoredVisit(ref=item.ref, status=PENDING, received_at=item.received_at,

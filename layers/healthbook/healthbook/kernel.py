@@ -143,6 +143,12 @@ def portal_time(moment: datetime) -> str:
     return moment.astimezone(PORTAL_TZ).strftime(PORTAL_FORMAT)
 
 
+def visit_key(facility: str, ma_lk: str) -> str:
+    """A visit's id: its facility's code and the facility's MA_LK, which names the visit only within it. The one
+    place it is made: ingest stores a visit under it, the projection puts it in the entry VNeID keeps."""
+    return f"{facility}#{ma_lk}"
+
+
 def citizen_key(pepper: bytes, id_number: str) -> str | None:
     """HMAC-SHA256(pepper, citizen ID): joins a citizen's visits and deliveries without storing the number. The
     one place it is computed: ingest keys a visit by its SO_CCCD, reconciliation by the population database's

@@ -47,6 +47,7 @@ _LIGHT = ("visit_id, version, #s, received_at, deadline_at, attempts, next_attem
 
 _BATCH_ROUNDS = 9  # BatchGetItem / BatchWriteItem rounds of unprocessed keys before the step gives up
 _BATCH_WRITE = 25  # BatchWriteItem's limit of items per request
+_BATCH_GET = 100  # BatchGetItem's limit of keys per request
 
 
 def _s(value: str) -> dict[str, str]:
@@ -249,9 +250,26 @@ class DynamoVisitStatus:
         return {(i["scope"]["S"], i["period"]["S"]) for i in items}
 
     def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
-        return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t ADD attempts :one",
+        # status_shard set: the same value for a visit in the index, its entry for one the outbox listed
+        return self._update(ref, "SET next_attempt_at = :n, last_error = :e, last_attempt_at = :t, "
+                                 "status_shard = :shard ADD attempts :one",
                             {":n": _s(iso_utc(next_attempt_at)), ":e": _s(error), ":t": _s(iso_utc(now)),
-                             ":one": {"N": "1"}})
+                             ":shard": _s(status_shard(PENDING, ref.visit_id)), ":one": {"N": "1"}})
+
+    def index_stranded(self, refs: Sequence[VisitRef]) -> int:
+        # Read first (half a read unit each, eventually consistent: the lists come back minutes after the writes):
+        # a conditional write refused would cost a write unit, and most listed visits are delivered by then.
+        stranded: list[VisitRef] = []
+        for start in range(0, len(refs), _BATCH_GET):
+            for item in batch_get(self._db, self.table, {
+                    "Keys": [_key(ref) for ref in refs[start:start + _BATCH_GET]],
+                    "ProjectionExpression": "visit_id, version, #s, status_shard",
+                    "ExpressionAttributeNames": {"#s": "status"}}, "the outbox's visits", consistent=False):
+                if item["status"]["S"] == PENDING and "status_shard" not in item:
+                    stranded.append(VisitRef(item["visit_id"]["S"], item["version"]["S"]))
+        return sum(self._update(ref, "SET status_shard = :shard", {":shard": _s(status_shard(PENDING, ref.visit_id))},
+                                condition="#s = :pending AND attribute_not_exists(status_shard)")
+                   for ref in stranded)
 
     def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
                       count: CounterUpdate | None = None) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus, SnsNotifier, StepFunctionsStarter
+from healthbook.aws.outbox import SqsOutbox
 from healthbook.aws.runtime_cache import CachedRuntime
 from healthbook.aws.settings import (
     DeliverSettings,
@@ -48,13 +49,14 @@ class DeliveryRuntime(CachedRuntime):
 
     def sweeper(self) -> Sweeper:
         settings = self.settings(SweepSettings)
-        topic = settings.deadline_topic_arn
+        topic, outbox = settings.deadline_topic_arn, settings.outbox_queue_url
         return self._cached("sweeper", lambda: Sweeper(
             store=self._store(settings), timing=settings.timing(),
             starter=StepFunctionsStarter(client("stepfunctions"),
                                          state_machine_arn=settings.delivery_state_machine_arn),
             lease=DynamoSweepLease(client("dynamodb"), visits_table=settings.visits_table),
-            notifier=SnsNotifier(client("sns"), topic_arn=topic) if topic else None, metrics=self.metrics))
+            notifier=SnsNotifier(client("sns"), topic_arn=topic) if topic else None, metrics=self.metrics,
+            outbox=SqsOutbox(client("sqs"), queue_url=outbox) if outbox else None))
 
     # --- what they are built from ----------------------------------------------------------------------
 

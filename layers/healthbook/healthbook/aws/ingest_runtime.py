@@ -48,6 +48,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from healthbook.aws.delivery import StepFunctionsStarter
 from healthbook.aws.facilities import FacilitiesRepository
 from healthbook.aws.kms_signer import KmsSigner
+from healthbook.aws.outbox import SqsOutbox
 from healthbook.aws.records import DynamoRecords
 from healthbook.aws.runtime_cache import conflict_retry
 from healthbook.aws.s3_store import S3Store
@@ -116,7 +117,8 @@ def build_service(settings: IngestSettings, metrics: Metrics | None = None) -> I
         options=Options(limits=Limits(max_file_bytes=settings.max_object_bytes,
                                       max_visits=settings.max_visits_per_file)),
         registry_ttl=settings.registry_ttl_seconds, deadline=timing.deadline, lease=timing.lease,
-        delivery=StepFunctionsStarter(client("stepfunctions"), state_machine_arn=machine) if machine else None)
+        delivery=StepFunctionsStarter(client("stepfunctions"), state_machine_arn=machine) if machine else None,
+        outbox=SqsOutbox(client("sqs"), queue_url=settings.outbox_queue_url) if settings.outbox_queue_url else None)
 
 
 # --- idempotency across the batch's phases --------------------------------------------------------------
@@ -541,6 +543,9 @@ class IngestRuntime:
             self.metrics.count("ReceiptSignatures")
             self.metrics.count("ReceiptsSigned", covered)
             self.logger.info("receipts signed", extra={"receipts": covered, "signing_ms": round(signing_ms, 1)})
+        # One outbox list for the window's visits, before any of them is stored (IngestService.hold).
+        wiring.service.hold([item.examined for message in live if not message.failed for item in message.objects
+                             if item.examined is not None])
         recorded: list[_Message] = []
         recording = time.perf_counter()
         waiting = [message for message in live if not message.failed]

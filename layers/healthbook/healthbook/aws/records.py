@@ -336,7 +336,7 @@ class DynamoRecords:
             "received_at": _s(visit.received_at), "digest": _s(visit.digest), "status": _s(status),
             "deadline_at": _s(visit.deadline_at),
         }
-        if status not in LEAVES_STATUS_INDEX:
+        if status not in LEAVES_STATUS_INDEX and visit.indexed:
             item["status_shard"] = _s(visit.status_shard(status))
         if visit.standard:
             item["standard"] = _s(visit.standard)

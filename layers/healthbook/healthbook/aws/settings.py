@@ -98,6 +98,7 @@ class IngestSettings(TimingSettings):
     registry_ttl_seconds: Seconds = 300.0
     delivery_state_machine_arn: str | None = None  # none: the sweep starts delivery instead
     ingest_queue_url: str | None = None  # where postponed messages are made visible again at once; none: they wait
+    outbox_queue_url: str | None = None  # the outbox (docs/delivery.md); none: every version enters the status index
     visit_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a file's visits written this many at a time
     record_writers: Annotated[int, Field(ge=1, le=10)] = 1  # a window's files recorded this many at a time
     # (the DynamoDB client holds record_writers x visit_writers connections)
@@ -129,6 +130,7 @@ class SettleSettings(StepSettings):
 class SweepSettings(StepSettings):
     delivery_state_machine_arn: str
     deadline_topic_arn: str | None = None
+    outbox_queue_url: str | None = None  # the outbox the sweep reads (docs/delivery.md); none: nothing to read
 
 
 class ReportSettings(FunctionSettings):

@@ -35,7 +35,7 @@ from healthbook.delivery.contracts import (
     Summary,
 )
 from healthbook.delivery.model import MAX_BATCH, DeliveredEntry, StoredVisit, Timing, VisitRef
-from healthbook.ingest.model import PENDING
+from healthbook.ingest.model import PENDING, OutboxReader
 from healthbook.ingest.model import DeliveryStarter as WorkflowStarter  # one port, two names
 from healthbook.kernel import Metrics, NoMetrics, Outcome, citizen_key, epoch_ms, parse_time
 from healthbook.kernel import iso_utc as iso  # one spelling of time: text order is time order
@@ -69,6 +69,7 @@ _MAX_ERROR_NAME = 80
 # A sweep stops claiming with this much of its invocation left, for its last StartExecution and the notice. Under
 # bench-load's backlog every sweep claimed one visit at a time until its 120 s timeout and was killed, twice retried.
 SWEEP_TIME_MARGIN_MS = 20_000
+OUTBOX_LISTS_A_READ = 10  # SQS gives at most ten messages a ReceiveMessage
 
 
 # --- ports ----------------------------------------------------------------------------------------------
@@ -107,7 +108,16 @@ class VisitStatusStore(Protocol):
         (docs/reports.md)."""
         ...
 
-    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool: ...
+    def defer(self, ref: VisitRef, *, next_attempt_at: datetime, error: str, now: datetime) -> bool:
+        """Another attempt at ``next_attempt_at``; the visit enters the status index if it was not in it (a visit the
+        outbox listed is stored outside it: only a delivery that failed puts it there)."""
+        ...
+
+    def index_stranded(self, refs: Sequence[VisitRef]) -> int:
+        """Those of ``refs`` still PENDING outside the status index (listed in the outbox, and their delivery
+        lost: never started, or never settled) enter it, so that ``due`` finds them; how many did. A version never
+        stored, or indexed, settled or superseded meanwhile, is left alone."""
+        ...
 
     def mark_breached(self, ref: VisitRef, *, error: str, now: datetime,
                       count: CounterUpdate | None = None) -> bool: ...
@@ -365,11 +375,15 @@ class SweepReport:
     lost_claims: int = 0  # due visits an execution (or, before the lease, another sweep) took first
     stopped_early: bool = False  # too little of the invocation left: the rest wait for the next sweep
     held_elsewhere: bool = False  # another run holds the lease: this one did nothing
+    outbox_lists: int = 0  # outbox lists looked after and let go
+    stranded: int = 0  # visits of those lists still PENDING outside the status index, now in it
+    outbox_failed: bool = False  # reading the outbox failed: its lists come back to a later run
 
     def to_dict(self) -> dict[str, Any]:
         return {"claimed": self.claimed, "executions": self.executions, "breached_count": len(self.breached),
                 "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims,
-                "stopped_early": self.stopped_early, "held_elsewhere": self.held_elsewhere}
+                "stopped_early": self.stopped_early, "held_elsewhere": self.held_elsewhere,
+                "outbox_lists": self.outbox_lists, "stranded": self.stranded, "outbox_failed": self.outbox_failed}
 
 
 @dataclass
@@ -379,6 +393,10 @@ class Sweeper:
     A visit still PENDING past its *deadline* (not merely the cutoff) had its chance: a workflow that never
     settled it (a failed start, a broken deployment) must not hide it, so the sweep marks it
     DEADLINE_BREACHED itself and notifies.
+
+    With an ``outbox``, a run first looks after the outbox's lists whose lease is over: the visits ingest stored
+    outside the status index whose delivery was lost enter it (``index_stranded``), for this run's claims or the
+    next's (docs/delivery.md, *The outbox*).
     """
 
     store: VisitStatusStore
@@ -389,6 +407,8 @@ class Sweeper:
     metrics: Metrics = field(default_factory=NoMetrics)
     batch_size: int = MAX_BATCH
     limit: int = 5000  # visits per sweep; the rest wait for the next one (the oldest deadlines come first)
+    outbox: OutboxReader | None = None
+    outbox_limit: int = 500  # outbox lists per sweep (one per ingest window: about 60 in 5 minutes nationally)
 
     def sweep(self, now: datetime, run_name: str, *, time_left_ms: Callable[[], int] | None = None) -> SweepReport:
         """``time_left_ms``: what is left of the invocation. The sweep stops claiming with SWEEP_TIME_MARGIN_MS left,
@@ -412,8 +432,32 @@ class Sweeper:
                 log.warning("sweep lease not freed", extra={"error": type(exc).__name__})
         return report
 
+    def _look_after_outbox(self, report: SweepReport, time_left_ms: Callable[[], int] | None) -> None:
+        """The outbox's due lists, ten at a time: their stranded visits indexed, then each list let go. A failure
+        stops here without stopping the sweep: the lists not let go come back to a later run (and after a few
+        times to the dead-letter queue, whose alarm is ops')."""
+        if self.outbox is None:
+            return
+        try:
+            while report.outbox_lists < self.outbox_limit:
+                if time_left_ms is not None and time_left_ms() < SWEEP_TIME_MARGIN_MS:
+                    report.stopped_early = True
+                    return
+                held = self.outbox.due(min(OUTBOX_LISTS_A_READ, self.outbox_limit - report.outbox_lists))
+                if not held:
+                    return
+                report.stranded += self.store.index_stranded([visit for listed in held for visit in listed.visits])
+                self.outbox.let_go(held)
+                report.outbox_lists += len(held)
+        except Exception as exc:
+            report.outbox_failed = True
+            log.warning("outbox not looked after; its lists come back", extra={"error": type(exc).__name__})
+
     def _sweep(self, now: datetime, run_name: str, report: SweepReport,
                time_left_ms: Callable[[], int] | None) -> None:
+        self._look_after_outbox(report, time_left_ms)
+        if report.stopped_early:
+            return
         batch: list[VisitRef] = []
         lease_until = now + self.timing.lease
 

@@ -179,6 +179,10 @@ class VisitVersion:
     province: str | None = None
     district: str | None = None
     commune: str | None = None
+    # Whether the version enters the by-status-deadline index when stored. False when the outbox lists it: the
+    # fast path then delivers it without an index write, and only a delivery that failed or was lost puts it
+    # there (Settle's deferral, or the sweep reading the outbox: docs/delivery.md, *The outbox*).
+    indexed: bool = True
 
     def status_shard(self, status: str) -> str:
         return status_shard(status, self.visit_id)
@@ -343,4 +347,36 @@ class DeliveryStarter(Protocol):
 
     def start(self, name: str, visits: Sequence[VisitRef]) -> None:
         """Start one delivery execution for these visit versions (healthbook.delivery)."""
+        ...
+
+
+class Outbox(Protocol):
+    """Where ingest lists the visit versions it is about to store outside the status index (an SQS queue whose
+    messages stay invisible for the visits' lease, in production): each list comes back to the delivery sweep once
+    their lease is over, and the sweep indexes those still PENDING and not indexed, whose delivery was lost
+    (docs/delivery.md, *The outbox*)."""
+
+    def hold(self, visits: Sequence[VisitRef]) -> None:
+        """List these versions; raises when they could not be listed (they are then stored indexed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class HeldVisits:
+    """One list of the outbox, back after the lease: ``handle`` lets it go once its visits are looked after."""
+
+    handle: str
+    visits: tuple[VisitRef, ...]
+
+
+class OutboxReader(Protocol):
+    """The outbox as the delivery sweep reads it."""
+
+    def due(self, limit: int) -> list[HeldVisits]:
+        """Up to ``limit`` lists whose lease is over; none when there are no more. A list taken and not let go
+        comes back later (and, after a few times, goes to a dead-letter queue)."""
+        ...
+
+    def let_go(self, held: Sequence[HeldVisits]) -> None:
+        """These lists are looked after: remove them."""
         ...

@@ -45,6 +45,7 @@ from healthbook.ingest.model import (
     Location,
     ObjectGone,
     ObjectRef,
+    Outbox,
     Outcome,
     StoredObject,
     SubmissionRecord,
@@ -56,7 +57,16 @@ from healthbook.ingest.model import (
     locate,
     version_key,
 )
-from healthbook.kernel import DEADLINE, LEASE, SubmissionStatus, citizen_key, iso_utc, receipt_status, transaction_of
+from healthbook.kernel import (
+    DEADLINE,
+    LEASE,
+    SubmissionStatus,
+    citizen_key,
+    iso_utc,
+    receipt_status,
+    transaction_of,
+    visit_key,
+)
 from healthbook.pipeline import check_submission
 from healthbook.signing.merkle import canonical_visit
 from healthbook.signing.receipt import receipt_body, sign_receipts
@@ -67,8 +77,8 @@ from healthbook.validation import FileResult, Options, VisitResult
 from healthbook.validation.engine import DEFAULT_OPTIONS
 from healthbook.validation.issues import make_issue
 
-__all__ = ["DeliveryStarter", "Examined", "IngestService", "ObjectStore", "RecordsRepository", "RegistrySource",
-           "citizen_key", "pack_records"]
+__all__ = ["DeliveryStarter", "Examined", "IngestService", "ObjectStore", "Outbox", "RecordsRepository",
+           "RegistrySource", "citizen_key", "pack_records"]
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +161,19 @@ class Examined:
     content_sha256: str | None = None
     release: ContentClaim | None = None
     replay_of: str | None = None
+    outboxed: bool = False  # its visits are listed in the outbox: stored outside the status index
 
     @property
     def submission_id(self) -> str:
         return self.outcome.submission_id
+
+    def visits_to_store(self) -> list[VisitRef]:
+        """The versions its signed receipt accepts, as they will be stored (before they are)."""
+        if self.receipt is None or self.location.facility is None:
+            return []
+        version = version_key(self.ref.received_at, self.submission_id)
+        return [VisitRef(visit_key(self.location.facility, entry["ma_lk"]), version)
+                for entry in self.receipt["visits"] if entry["accepted"]]
 
 
 # --- the service ----------------------------------------------------------------------------------------
@@ -165,13 +184,15 @@ class IngestService:
                  options: Options = DEFAULT_OPTIONS, registry_ttl: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, delivery: DeliveryStarter | None = None,
                  deadline: timedelta = DEADLINE, lease: timedelta = LEASE,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC), outbox: Outbox | None = None) -> None:
         """``anchors`` None disables the facility-signature check: development only (the settings of the
         deployed function always load a CA bundle). The registry is re-read every ``registry_ttl`` seconds so
         that a facility registered with ``healthbook facility add`` is accepted without a cold start.
 
         ``delivery`` starts the health-book delivery of the accepted visits; each is leased for ``lease``
-        (the delivery sweep leaves it alone until then) and must reach VNeID within ``deadline`` of receipt."""
+        (the delivery sweep leaves it alone until then) and must reach VNeID within ``deadline`` of receipt.
+        ``outbox``, when there is one, lists them before they are stored, so that they are stored outside the
+        status index (:meth:`hold`)."""
         if not pepper:
             raise ValueError("the citizen-key pepper must not be empty")
         self._store, self._records, self._registry_source = store, records, registry
@@ -179,6 +200,7 @@ class IngestService:
         self._signer, self._pepper, self._options = signer, pepper, options
         self._registry_ttl, self._clock = registry_ttl, clock
         self._delivery, self._deadline, self._lease, self._now = delivery, deadline, lease, now
+        self._outbox = outbox
         self._trust: Trust | None = None
         self._trust_loaded = float("-inf")
 
@@ -207,6 +229,7 @@ class IngestService:
         """One object in a window of its own: examine, sign (one Sign for its receipt alone), record, start."""
         examined = self.examine(ref)
         self.sign([examined])
+        self.hold([examined])
         outcome = self.record(examined)
         self.start_delivery([outcome])
         return outcome
@@ -248,6 +271,29 @@ class IngestService:
         for (examined, _), receipt in zip(pending, receipts, strict=True):
             examined.receipt = receipt
         return len(pending)
+
+    def hold(self, window: Sequence[Examined]) -> None:
+        """Between signing and recording: the versions the window will store, listed in the outbox in one go, so
+        that they are stored outside the by-status-deadline index. The fast path delivers most of them without
+        ever entering it (two write units a visit: the entry and its leaving); a delivery that fails enters it when
+        Settle defers the visit, and one that is lost (an execution that never started or never settled) when the
+        list comes back to the sweep after the lease (docs/delivery.md, *The outbox*). Listed before anything is
+        stored: a crash after storing leaves the list behind. A list that cannot be written loses nothing: the
+        window's visits are stored indexed, as without an outbox."""
+        if self._outbox is None:
+            return
+        listed = [(item, item.visits_to_store()) for item in window]
+        visits = [visit for _, visits in listed for visit in visits]
+        if not visits:
+            return
+        try:
+            self._outbox.hold(visits)
+        except Exception as exc:
+            log.warning("outbox not written; the window's visits enter the status index",
+                        extra={"visits": len(visits), "error": type(exc).__name__})
+            return
+        for item, item_visits in listed:
+            item.outboxed = bool(item_visits)
 
     def record(self, examined: Examined) -> Outcome:
         """Phase 3: store what the signed receipt accepts, write the receipt, quarantine, and last the
@@ -343,21 +389,24 @@ class IngestService:
         outcome.file_error_family, outcome.replay_of = file_family, examined.replay_of
 
         # 1. visits: each write is conditional, so a retry finds them present and moves on.
+        # Their keys are the ones hold() listed in the outbox: the same function makes both.
         received = iso_utc(ref.received_at)
-        version = version_key(ref.received_at, outcome.submission_id)
         leased_until = iso_utc(self._now() + self._lease)
         to_deliver: list[VisitRef] = []
         versions: list[VisitVersion] = []
         province, district, commune = self._place(location.facility) if location.facility else (None, None, None)
+        keys = iter(examined.visits_to_store())
         for visit, entry in zip(result.visits, entries, strict=True):
             if not entry["accepted"]:
                 continue
+            key = next(keys)
             versions.append(VisitVersion(
-                visit_id=f"{location.facility}#{visit.ma_lk}", version=version,
-                submission_id=outcome.submission_id, received_at=received, standard=visit.standard,
-                digest=entry["digest"], deadline_at=deadline(ref.received_at, self._deadline),
+                visit_id=key.visit_id, version=key.version, submission_id=outcome.submission_id,
+                received_at=received, standard=visit.standard, digest=entry["digest"],
+                deadline_at=deadline(ref.received_at, self._deadline),
                 citizen_key=citizen_key(self._pepper, _id_number(visit)), records=pack_records(visit),
-                next_attempt_at=leased_until, province=province, district=district, commune=commune))
+                next_attempt_at=leased_until, province=province, district=district, commune=commune,
+                indexed=not examined.outboxed))
         for stored_visit, written in zip(versions, self._records.save_visits(versions), strict=True):
             if written is not VisitWrite.PRESENT:
                 outcome.visits_stored += 1

@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from healthbook.kernel import PORTAL_TZ
+from healthbook.kernel import PORTAL_TZ, visit_key
 from healthbook.standard import icd10 as _icd10
 from healthbook.standard import load, places, version_ids
 
@@ -285,7 +285,7 @@ def project(stored: dict[str, Any], *, facility: str, received_at: datetime, ver
     clean = _line_filter(tables)
     day = mapping()["visit_day"]
     context = _Context(standard, _day(_first(clean, day["source"]).get(day["field"], "")))
-    visit_id = f"{facility}#{ma_lk}"
+    visit_id = visit_key(facility, ma_lk)
     entry: dict[str, Any] = {
         "schema": SCHEMA,
         "projection_id": projection_id(visit_id, version),
