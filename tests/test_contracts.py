@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus
+from healthbook.aws.outbox import VISITS_PER_MESSAGE, SqsOutbox
 from healthbook.aws.records import DynamoRecords
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
 from healthbook.delivery.service import SweepLease, VisitStatusStore
@@ -32,7 +33,7 @@ from healthbook.reports.aggregates import citizen_markers
 from healthbook_dev.aws.sandbox import NAMES, REGION, create_tables
 from healthbook_dev.fakes.population import FakePopulation
 from healthbook_dev.fakes.population_server import FakePopulationServer
-from healthbook_dev.fakes.stores import FakeStatusStore, FakeSweepLease
+from healthbook_dev.fakes.stores import FakeOutbox, FakeStatusStore, FakeSweepLease
 from moto import mock_aws
 
 RECEIVED = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -72,6 +73,40 @@ def test_a_scan_of_the_visits_table_tells_versions_from_the_pointer_the_records_
     version = version_key(RECEIVED, "ab" * 32)
     assert is_version_key(version)
     assert not any(is_version_key(key) for key in (LATEST, records_version(version), SWEEP_LEASE_KEY[1]))
+
+
+# --- the outbox -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["fake", "sqs"])
+def outbox(request: pytest.FixtureRequest) -> Iterator[FakeOutbox | SqsOutbox]:
+    if request.param == "fake":
+        yield FakeOutbox()
+        return
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        # visible again at once when not let go: the fake's "due until let go" (the stack's queue waits 180 s)
+        url = sqs.create_queue(QueueName="outbox", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+        yield SqsOutbox(sqs, queue_url=url)
+
+
+def test_the_outbox_gives_back_what_it_was_given_until_it_is_let_go(outbox: FakeOutbox | SqsOutbox) -> None:
+    window = [_ref(n) for n in range(3)]
+    big = [_ref(n) for n in range(100, 100 + VISITS_PER_MESSAGE + 1)]  # more than one SQS message holds
+    outbox.hold(window)
+    outbox.hold(big)
+    held = outbox.due(10)
+    listed = [visit for lists in held for visit in lists.visits]
+    assert sorted(map(_key, listed)) == sorted(map(_key, window + big))  # every key, each once
+    first = {_key(visit) for visit in held[0].visits}
+    outbox.let_go(held[:1])
+    rest = outbox.due(10)
+    assert {_key(visit) for lists in rest for visit in lists.visits} == set(map(_key, window + big)) - first
+    outbox.let_go(rest)
+    assert outbox.due(10) == []
+
+
+def _key(ref: VisitRef) -> tuple[str, str]:
+    return ref.visit_id, ref.version
 
 
 # --- the visits' statuses ---------------------------------------------------------------------------------------

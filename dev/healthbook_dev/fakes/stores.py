@@ -29,12 +29,11 @@ class FakeOutbox:
     delay: timedelta = timedelta(0)
     now: datetime | None = None  # the clock lists are held and read by; None: every list is due at once
     lists: dict[str, tuple[datetime | None, tuple[VisitRef, ...]]] = field(default_factory=dict)
-    broken: bool = False  # hold() fails, as SQS would when it cannot be reached
+    held: int = 0  # lists ever held: each gets its own handle
 
     def hold(self, visits: Sequence[VisitRef]) -> None:
-        if self.broken:
-            raise ConnectionError("the outbox cannot be reached")
-        self.lists[f"list-{len(self.lists)}"] = (self.now, tuple(visits))
+        self.held += 1
+        self.lists[f"list-{self.held}"] = (self.now, tuple(visits))
 
     def due(self, limit: int) -> list[HeldVisits]:
         ready = [HeldVisits(handle, visits) for handle, (held_at, visits) in self.lists.items()
