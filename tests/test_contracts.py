@@ -109,6 +109,23 @@ def _key(ref: VisitRef) -> tuple[str, str]:
     return ref.visit_id, ref.version
 
 
+def test_batch_get_reads_more_keys_than_one_request_may_name() -> None:
+    """BatchGetItem takes at most 100 keys: an outbox list holds up to 1,000 visits, read in requests of 100."""
+    from healthbook.aws.delivery import batch_get
+
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_tables(ddb, NAMES)
+        table = NAMES["VISITS_TABLE"]
+        refs = [_ref(n) for n in range(250)]
+        for ref in refs[:240]:
+            ddb.put_item(TableName=table, Item={"visit_id": {"S": ref.visit_id}, "version": {"S": ref.version}})
+        found = batch_get(ddb, table, {"Keys": [{"visit_id": {"S": r.visit_id}, "version": {"S": r.version}}
+                                                for r in refs]}, "visits", consistent=False)
+        assert sorted((i["visit_id"]["S"], i["version"]["S"]) for i in found) == sorted(map(_key, refs[:240]))
+        assert batch_get(ddb, table, {"Keys": []}, "nothing") == []
+
+
 # --- the visits' statuses ---------------------------------------------------------------------------------------
 
 @dataclass

@@ -56,10 +56,19 @@ def _s(value: str) -> dict[str, str]:
 
 def batch_get(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], what: str, *,
               consistent: bool = True) -> list[dict[str, Any]]:
-    """The items of one table a BatchGetItem names, those that exist (``consistent``: strongly consistent reads, at
-    twice the read units); keys left unprocessed under throttling asked for again after a backoff, then
-    RuntimeError (the step is retried)."""
-    request: dict[str, Any] = {table: {**keys_and_attributes, "ConsistentRead": consistent}}
+    """The items of one table the keys name, those that exist, in BatchGetItems of at most 100 keys (``consistent``:
+    strongly consistent reads, at twice the read units); keys left unprocessed under throttling asked for again
+    after a backoff, then RuntimeError (the step is retried)."""
+    keys = keys_and_attributes["Keys"]
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), _BATCH_GET):
+        chunk = {**keys_and_attributes, "Keys": keys[start:start + _BATCH_GET], "ConsistentRead": consistent}
+        found.extend(_batch_get_all(dynamodb, table, chunk, what))
+    return found
+
+
+def _batch_get_all(dynamodb: Any, table: str, keys_and_attributes: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    request: dict[str, Any] = {table: keys_and_attributes}
     found: list[dict[str, Any]] = []
     for attempt in range(_BATCH_ROUNDS):
         page = dynamodb.batch_get_item(RequestItems=request)
@@ -259,14 +268,11 @@ class DynamoVisitStatus:
     def index_stranded(self, refs: Sequence[VisitRef]) -> int:
         # Read first (half a read unit each, eventually consistent: the lists come back minutes after the writes):
         # a conditional write refused would cost a write unit, and most listed visits are delivered by then.
-        stranded: list[VisitRef] = []
-        for start in range(0, len(refs), _BATCH_GET):
-            for item in batch_get(self._db, self.table, {
-                    "Keys": [_key(ref) for ref in refs[start:start + _BATCH_GET]],
-                    "ProjectionExpression": "visit_id, version, #s, status_shard",
-                    "ExpressionAttributeNames": {"#s": "status"}}, "the outbox's visits", consistent=False):
-                if item["status"]["S"] == PENDING and "status_shard" not in item:
-                    stranded.append(VisitRef(item["visit_id"]["S"], item["version"]["S"]))
+        listed = batch_get(self._db, self.table, {
+            "Keys": [_key(ref) for ref in refs], "ProjectionExpression": "visit_id, version, #s, status_shard",
+            "ExpressionAttributeNames": {"#s": "status"}}, "the outbox's visits", consistent=False)
+        stranded = [VisitRef(item["visit_id"]["S"], item["version"]["S"]) for item in listed
+                    if item["status"]["S"] == PENDING and "status_shard" not in item]
         return sum(self._update(ref, "SET status_shard = :shard", {":shard": _s(status_shard(PENDING, ref.visit_id))},
                                 condition="#s = :pending AND attribute_not_exists(status_shard)")
                    for ref in stranded)
