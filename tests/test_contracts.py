@@ -92,8 +92,8 @@ def outbox(request: pytest.FixtureRequest) -> Iterator[FakeOutbox | SqsOutbox]:
 def test_the_outbox_gives_back_what_it_was_given_until_it_is_let_go(outbox: FakeOutbox | SqsOutbox) -> None:
     window = [_ref(n) for n in range(3)]
     big = [_ref(n) for n in range(100, 100 + VISITS_PER_MESSAGE + 1)]  # more than one SQS message holds
-    outbox.hold(window)
-    outbox.hold(big)
+    outbox.hold(window, back_after=timedelta(0))
+    outbox.hold(big, back_after=timedelta(0))
     held = outbox.due(10)
     listed = [visit for lists in held for visit in lists.visits]
     assert sorted(map(_key, listed)) == sorted(map(_key, window + big))  # every key, each once
@@ -103,6 +103,17 @@ def test_the_outbox_gives_back_what_it_was_given_until_it_is_let_go(outbox: Fake
     assert {_key(visit) for lists in rest for visit in lists.visits} == set(map(_key, window + big)) - first
     outbox.let_go(rest)
     assert outbox.due(10) == []
+
+
+def test_a_list_comes_back_no_sooner_than_it_was_told(outbox: FakeOutbox | SqsOutbox) -> None:
+    """Its delay is the message's own (the lease, or what is left of the invocation storing its visits)."""
+    if isinstance(outbox, FakeOutbox):
+        outbox.now = datetime(2026, 12, 7, tzinfo=UTC)
+    outbox.hold([_ref(1)], back_after=timedelta(seconds=120))
+    assert outbox.due(10) == []
+    if isinstance(outbox, FakeOutbox):
+        outbox.now += timedelta(seconds=120)
+        assert [held.visits for held in outbox.due(10)] == [(_ref(1),)]
 
 
 def _key(ref: VisitRef) -> tuple[str, str]:

@@ -830,10 +830,10 @@ def test_a_sweep_indexes_the_stranded_visits_of_the_outbox_first_and_claims_them
     stranded = sweep_world.visit(1, indexed=False)
     delivered = sweep_world.visit(2, indexed=False, status=DELIVERED)
     indexed = sweep_world.visit(3)
-    outbox = FakeOutbox(delay=TIMING.lease, now=T - TIMING.lease)
-    outbox.hold([stranded, delivered])
+    outbox = FakeOutbox(now=T - TIMING.lease)
+    outbox.hold([stranded, delivered], back_after=TIMING.lease)
     outbox.now = T - timedelta(seconds=1)
-    outbox.hold([sweep_world.visit(4, indexed=False)])  # its lease not over: not read yet
+    outbox.hold([sweep_world.visit(4, indexed=False)], back_after=TIMING.lease)  # its lease not over: not read yet
     outbox.now = T
     report = sweep_world.sweeper(outbox=outbox).sweep(T, "run")
     assert (report.outbox_lists, report.stranded, report.claimed, report.outbox_failed) == (1, 1, 2, False)
@@ -855,7 +855,7 @@ def test_a_sweep_goes_on_when_the_outbox_cannot_be_read_and_reads_at_most_its_li
     assert sweep_world.store.items[due].next_attempt_at == T + TIMING.lease
     outbox = FakeOutbox()
     for n in range(25):
-        outbox.hold([sweep_world.visit(100 + n, indexed=False)])
+        outbox.hold([sweep_world.visit(100 + n, indexed=False)], back_after=TIMING.lease)
     report = sweep_world.sweeper(outbox=outbox, outbox_limit=12).sweep(T + TIMING.lease, "next")
     assert (report.outbox_lists, report.stranded, len(outbox.lists)) == (12, 12, 13)
 

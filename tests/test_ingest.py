@@ -936,16 +936,19 @@ def test_the_outbox_lists_a_windows_visits_and_the_sweep_indexes_only_those_whos
         monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/delivery.md, *The outbox*: the visits are listed before they are stored, and stored outside the
     by-status-deadline index; after the lease the sweep reads the lists and indexes (then claims) a visit still
-    PENDING and not indexed, and leaves alone one the fast path delivered."""
+    PENDING and not indexed, and leaves alone one the fast path delivered. A list comes back after the lease, or
+    after what was left of the invocation when that is longer (docs/delivery.md, *Two limits of the outbox*)."""
     import boto3
     from healthbook.aws.outbox import SqsOutbox
     from healthbook.delivery.service import Sweeper
     from healthbook.ingest.model import is_version_key
     from healthbook_dev.fakes.stores import FakeSweepLease
+    from moto.sqs.models import sqs_backends
 
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName="healthbook-dev-outbox")["QueueUrl"]
     monkeypatch.setenv("OUTBOX_QUEUE_URL", url)
+    monkeypatch.setenv("LEASE_SECONDS", "30")  # shorter than what is left of the invocation (60 s)
     app.reset()
     app.runtime().wiring().service._now = lambda: RECEIVED + timedelta(minutes=2)  # processed on time
     ingest_one(aws, app, "inbox/01001/delivered.xml", signed(pki, a_visit(60)), message_id="m-1")
@@ -956,6 +959,11 @@ def test_the_outbox_lists_a_windows_visits_and_the_sweep_indexes_only_those_whos
     assert all(i["status"] == "PENDING" and "status_shard" not in i for i in versions.values())
     assert _keys(v for started in deliveries for v in started) == _keys(versions)  # the fast path has them
     outbox = SqsOutbox(sqs, queue_url=url)
+    assert outbox.due(10) == []  # not before the invocation could have ended
+    queued = sqs_backends["123456789012"]["ap-southeast-1"].get_queue("healthbook-dev-outbox")._messages
+    assert [round((m.delayed_until - m.sent_timestamp) / 1000) for m in queued] == [60, 60]
+    for m in queued:
+        m.delayed_until = 0  # as a minute later
     listed = outbox.due(10)
     assert _keys(v for held in listed for v in held.visits) == _keys(versions)  # listed exactly as stored
     sqs.change_message_visibility_batch(QueueUrl=url, Entries=[  # back to the queue, as after a delay

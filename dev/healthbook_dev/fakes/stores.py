@@ -23,21 +23,20 @@ from healthbook.reports.aggregates import CitizenMarker, CounterUpdate
 
 @dataclass
 class FakeOutbox:
-    """healthbook.ingest.model.Outbox and OutboxReader in memory: each list invisible for ``delay`` after it was
-    held (the queue's delivery delay), then due until it is let go."""
+    """healthbook.ingest.model.Outbox and OutboxReader in memory: each list invisible for its ``back_after``
+    (the message's delivery delay), then due until it is let go."""
 
-    delay: timedelta = timedelta(0)
     now: datetime | None = None  # the clock lists are held and read by; None: every list is due at once
-    lists: dict[str, tuple[datetime | None, tuple[VisitRef, ...]]] = field(default_factory=dict)
+    lists: dict[str, tuple[datetime | None, tuple[VisitRef, ...]]] = field(default_factory=dict)  # due when
     held: int = 0  # lists ever held: each gets its own handle
 
-    def hold(self, visits: Sequence[VisitRef]) -> None:
+    def hold(self, visits: Sequence[VisitRef], *, back_after: timedelta) -> None:
         self.held += 1
-        self.lists[f"list-{self.held}"] = (self.now, tuple(visits))
+        self.lists[f"list-{self.held}"] = (None if self.now is None else self.now + back_after, tuple(visits))
 
     def due(self, limit: int) -> list[HeldVisits]:
-        ready = [HeldVisits(handle, visits) for handle, (held_at, visits) in self.lists.items()
-                 if held_at is None or self.now is None or held_at + self.delay <= self.now]
+        ready = [HeldVisits(handle, visits) for handle, (due_at, visits) in self.lists.items()
+                 if due_at is None or self.now is None or due_at <= self.now]
         return ready[:limit]
 
     def let_go(self, held: Sequence[HeldVisits]) -> None:

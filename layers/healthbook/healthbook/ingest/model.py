@@ -356,8 +356,9 @@ class Outbox(Protocol):
     their lease is over, and the sweep indexes those still PENDING and not indexed, whose delivery was lost
     (docs/delivery.md, *The outbox*)."""
 
-    def hold(self, visits: Sequence[VisitRef]) -> None:
-        """List these versions; raises when they could not be listed (they are then stored indexed)."""
+    def hold(self, visits: Sequence[VisitRef], *, back_after: timedelta) -> None:
+        """List these versions, to come back no sooner than ``back_after``; raises when they could not be listed
+        (they are then stored indexed)."""
         ...
 
 

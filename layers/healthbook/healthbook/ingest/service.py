@@ -272,14 +272,19 @@ class IngestService:
             examined.receipt = receipt
         return len(pending)
 
-    def hold(self, window: Sequence[Examined]) -> None:
+    def hold(self, window: Sequence[Examined], *, storing_for: timedelta = timedelta(0)) -> None:
         """Between signing and recording: the versions the window will store, listed in the outbox in one go, so
         that they are stored outside the by-status-deadline index. The fast path delivers most of them without
         ever entering it (two write units a visit: the entry and its leaving); a delivery that fails enters it when
         Settle defers the visit, and one that is lost (an execution that never started or never settled) when the
         list comes back to the sweep after the lease (docs/delivery.md, *The outbox*). Listed before anything is
         stored: a crash after storing leaves the list behind. A list that cannot be written loses nothing: the
-        window's visits are stored indexed, as without an outbox."""
+        window's visits are stored indexed, as without an outbox.
+
+        The list comes back after the lease, or after ``storing_for`` (what is left of the invocation that stores
+        the window) when that is longer: a list back before its visits are stored would find them not yet there,
+        and one of them stored after it, by an invocation that then crashed, would be stranded (docs/delivery.md,
+        *Two limits of the outbox*)."""
         if self._outbox is None:
             return
         listed = [(item, item.visits_to_store()) for item in window]
@@ -287,7 +292,7 @@ class IngestService:
         if not visits:
             return
         try:
-            self._outbox.hold(visits)
+            self._outbox.hold(visits, back_after=max(self._lease, storing_for))
         except Exception as exc:
             log.warning("outbox not written; the window's visits enter the status index",
                         extra={"visits": len(visits), "error": type(exc).__name__})
