@@ -239,6 +239,14 @@ def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
     rendered = bill.render(usage, bill.bill(usage))
     total = sum(line.dollars for line in bill.bill(usage))
     assert rendered[-1].startswith(f"whole bill per million visits: ${total * 1e6 / 10:.2f}")
+    # beside it, not in it: the same units in provisioned capacity (16 writes and 8 reads at half their capacity
+    # use 2 x (16 x $0.00065 + 8 x $0.00013) / 3600 for the hour's share they take)
+    at_half = 2 * (16 * 0.00065 + 8 * 0.00013) / 3600
+    assert bill.provisioned(16, 8, 0.5) == pytest.approx(at_half)
+    assert bill.provisioned(16, 8, 0.5, reserved=True) == pytest.approx(at_half * 0.46, abs=at_half * 0.01)
+    beside = rendered[-2]
+    assert "provisioned, 50% used $" + f"{at_half * 1e5:.2f}" in beside
+    assert f"whole bill ${(total - dynamo.dollars + at_half) * 1e5:.2f}" in beside
 
 
 def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from healthbook.validation import validate_bytes
 from healthbook_dev.generate import INJECTORS, SCENARIOS, build_visit, generate_batch, inject, submission
+from healthbook_dev.generate.visit import PERSON_FIELDS, _Builder, returning_visit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,3 +82,26 @@ def test_scenarios_produce_their_tables() -> None:
         assert tables <= set(visit.tables), scenario
     big = build_visit(rng, scenario="inpatient", detail_rows=70)
     assert sum(len(big.tables.get(t, [])) for t in ("XML2", "XML3", "XML4")) >= 70
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=seeds, scenario=st.sampled_from(SCENARIOS))
+def test_a_returning_visit_is_the_same_citizen_again_and_valid(seed: int, scenario: str) -> None:
+    """bench/e2e.py's second round: the citizens of the first come back (a new MA_LK, the same person)."""
+    rng = random.Random(seed)
+    facility = ("01001", "Bệnh viện A", "01")
+    earlier = build_visit(rng, scenario=scenario, facility=facility)
+    again = returning_visit(rng, earlier, facility=facility)
+    person = {name: earlier.tables["XML1"][0].get(name) for name in PERSON_FIELDS}
+    assert {name: again.tables["XML1"][0].get(name) for name in PERSON_FIELDS} == person
+    assert again.ma_lk != earlier.ma_lk
+    result = validate_bytes(submission(again))
+    assert result.accepted and not [i.code for v in result.visits for i in v.issues]
+
+
+def test_the_person_fields_are_what_the_generator_makes_a_person_of() -> None:
+    from datetime import datetime
+
+    builder = _Builder(random.Random(1), ("01001", "Bệnh viện A", "01"), "4750", "outpatient",
+                       datetime(2026, 3, 2, 8, 0), None)
+    assert set(builder.person()) == set(PERSON_FIELDS)

@@ -46,6 +46,10 @@ STANDARD_TRANSITION = 25.00 / MILLION
 DYNAMODB_WRU = 0.625 / MILLION  # on-demand, since 2024-11-01
 DYNAMODB_RRU = 0.125 / MILLION
 DYNAMODB_GB_MONTH = 0.25  # Standard table class (Standard-IA: $0.10, and its reads and writes 25 % dearer)
+# Provisioned capacity, not what the template deploys (docs/cost.md, *Decision*): priced beside the bill only.
+DYNAMODB_WCU_HOUR = 0.00065
+DYNAMODB_RCU_HOUR = 0.00013
+DYNAMODB_RESERVED_1Y = (150 / 8760 + 0.0128) / 100 / DYNAMODB_WCU_HOUR  # 100 WCU: $150 upfront, $0.0128 an hour
 KMS_SYMMETRIC = 0.03 / 10_000
 KMS_ASYMMETRIC = 0.15 / 10_000  # "asymmetric requests except RSA 2048": Sign and GetPublicKey with an ECC key
 SECRETS_MANAGER_CALL = 0.05 / 10_000
@@ -244,8 +248,7 @@ def bill(usage: Usage) -> list[Line]:
     lines.append(Line("Step Functions", f"{executions} Express executions, {express_s:.1f} s at 64 MB",
                       executions * EXPRESS_EXECUTION + express_s * EXPRESS_GB * EXPRESS_GB_SECOND))
 
-    reads = sum(r["read_units"] for r in _billed(usage.capacity))
-    writes = sum(r["write_units"] + r["index_write_units"] for r in _billed(usage.capacity))
+    writes, reads = dynamodb_units(usage)
     tables: Counter[str] = Counter()
     operations: dict[str, Counter[str]] = defaultdict(Counter)
     for r in _billed(usage.capacity):
@@ -290,6 +293,19 @@ def bill(usage: Usage) -> list[Line]:
     if sns:
         lines.append(Line("SNS", f"{sns} publishes", sns * SNS_PUBLISH))
     return lines
+
+
+def dynamodb_units(usage: Usage) -> tuple[float, float]:
+    """(write units, read units) the run's billed requests consumed, indexes included."""
+    billed = _billed(usage.capacity)
+    return (sum(r["write_units"] + r["index_write_units"] for r in billed), sum(r["read_units"] for r in billed))
+
+
+def provisioned(writes: float, reads: float, utilisation: float, *, reserved: bool = False) -> float:
+    """What ``writes`` and ``reads`` would cost in provisioned capacity used at ``utilisation`` on average (a
+    capacity unit an hour serves 3,600 units at 100 %), with one-year reserved capacity for all of it or not."""
+    hourly = (writes * DYNAMODB_WCU_HOUR + reads * DYNAMODB_RCU_HOUR) / 3600 / utilisation
+    return hourly * (DYNAMODB_RESERVED_1Y if reserved else 1.0)
 
 
 def _top(counts: Mapping[str, float] | None, n: int = 4) -> str:
@@ -351,6 +367,16 @@ def render(usage: Usage, lines: list[Line]) -> list[str]:
                    f"${per_million(gb_s * LAMBDA_GB_SECOND_ARM, usage.visits):.2f} per million: LocalStack on two "
                    "shared cores, not our code)")
     total = sum(line.dollars for line in lines)
+    writes, reads = dynamodb_units(usage)
+    on_demand = writes * DYNAMODB_WRU + reads * DYNAMODB_RRU
+    if on_demand:
+        priced = [(f"provisioned, {u:.0%} used", provisioned(writes, reads, u)) for u in (0.7, 0.5)]
+        priced.append(("one-year reserved, 50% used", provisioned(writes, reads, 0.5, reserved=True)))
+        out.append("  (not in the bill: DynamoDB's reads and writes, on demand here, priced at provisioned capacity: "
+                   + "; ".join(f"{label} ${per_million(dollars, usage.visits):.2f}, whole bill "
+                               f"${per_million(total - on_demand + dollars, usage.visits):.2f}"
+                               for label, dollars in priced)
+                   + ". The utilisation is assumed: only a day's traffic on AWS can give it)")
     out.append(f"whole bill per million visits: ${per_million(total, usage.visits):.2f}   (target <= $20.00; "
                "floor: the upload and the receipt, two S3 PUTs, $10.00)")
     return out

@@ -251,6 +251,25 @@ class _Builder:
                 "QUYEN_SO": f"{rng.randint(1, 20):02d}/{born.year}", "MA_TTDV": self.head}
 
 
+# What the person is in XML1 (``_Builder.person``): the same citizen coming back carries all of it again.
+PERSON_FIELDS = ("HO_TEN", "SO_CCCD", "NGAY_SINH", "GIOI_TINH", "MA_QUOCTICH", "MA_DANTOC", "MA_NGHE_NGHIEP",
+                 "DIA_CHI", "MATINH_CU_TRU", "MAHUYEN_CU_TRU", "MAXA_CU_TRU", "DIEN_THOAI", "MA_THE_BHYT",
+                 "MA_DKBD", "GT_THE_TU", "GT_THE_DEN", "CAN_NANG")
+
+
+def returning_visit(rng: random.Random, earlier: Visit, *, facility: tuple[str, str, str],
+                    scenario: str = "outpatient") -> Visit:
+    """A new visit (its own MA_LK, care and costs) by the citizen of ``earlier``, a day after it within the same
+    year (the card in ``earlier`` stays valid), at ``facility`` (code, name, province)."""
+    came = datetime.strptime(earlier.tables["XML1"][0]["NGAY_VAO"], "%Y%m%d%H%M")
+    again = came + timedelta(days=1) if (came + timedelta(days=1)).year == came.year else came - timedelta(days=1)
+    visit = build_visit(rng, scenario=scenario, standard=earlier.standard, facility=facility, start=again)
+    for name in PERSON_FIELDS:
+        if name in earlier.tables["XML1"][0]:
+            set_everywhere(visit, name, earlier.tables["XML1"][0][name])
+    return visit
+
+
 def build_visit(rng: random.Random, *, scenario: str | None = None, standard: str = "4750",
                 facility: tuple[str, str, str] | None = None, detail_rows: int | None = None,
                 start: datetime | None = None, reexam: bool | None = None) -> Visit:
