@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 from healthbook.aws.delivery import DynamoSweepLease, DynamoVisitStatus
-from healthbook.aws.outbox import VISITS_PER_MESSAGE, SqsOutbox
+from healthbook.aws.outbox import LONGEST_DELAY_SECONDS, VISITS_PER_MESSAGE, SqsOutbox
 from healthbook.aws.records import DynamoRecords
 from healthbook.delivery.model import DEADLINE_BREACHED, DELIVERED, NEEDS_RECONCILIATION, DeliveredEntry, Timing
 from healthbook.delivery.service import SweepLease, VisitStatusStore
@@ -114,6 +114,18 @@ def test_a_list_comes_back_no_sooner_than_it_was_told(outbox: FakeOutbox | SqsOu
     if isinstance(outbox, FakeOutbox):
         outbox.now += timedelta(seconds=120)
         assert [held.visits for held in outbox.due(10)] == [(_ref(1),)]
+
+
+def test_a_list_waits_at_most_what_sqs_allows() -> None:
+    """An invocation with no deadline (a caller outside Lambda) holds its list for SQS's longest delay, 15 minutes."""
+    from moto.sqs.models import sqs_backends
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        url = sqs.create_queue(QueueName="outbox")["QueueUrl"]
+        SqsOutbox(sqs, queue_url=url).hold([_ref(1)], back_after=timedelta(days=24))
+        (message,) = sqs_backends["123456789012"][REGION].get_queue("outbox")._messages
+        assert round((message.delayed_until - message.sent_timestamp) / 1000) == LONGEST_DELAY_SECONDS == 900
 
 
 def _key(ref: VisitRef) -> tuple[str, str]:

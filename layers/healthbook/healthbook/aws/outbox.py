@@ -21,7 +21,7 @@ from healthbook.ingest.model import HeldVisits, VisitRef
 
 # About 75 bytes a visit in the message: 1,000 make 75 KB, well inside SQS's 256 KB.
 VISITS_PER_MESSAGE = 1000
-LONGEST_DELAY_SECONDS = 900  # SQS's longest delivery delay
+LONGEST_DELAY_SECONDS = 900  # SQS's longest delivery delay, and Lambda's longest invocation
 _DELETE_BATCH = 10  # SQS's limit of entries per DeleteMessageBatch
 
 
