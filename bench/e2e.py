@@ -16,7 +16,7 @@ a batch of signed one-visit files as a facility would, and measures:
   first round, each visit its citizen's first (the dearest case, the headline). ``--no-returning`` leaves the
   second round out.
 
-Usage: python bench/e2e.py [--files 60] [--no-returning] [--endpoint http://127.0.0.1:4566]  (after `make localstack-up`)
+Usage: python bench/e2e.py [--files 60] [--no-returning] [--endpoint URL]  (after `make localstack-up`)
 """
 
 from __future__ import annotations
