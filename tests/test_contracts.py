@@ -77,6 +77,8 @@ def test_a_scan_of_the_visits_table_tells_versions_from_the_pointer_the_records_
 
 # --- the outbox -------------------------------------------------------------------------------------------------
 
+STORED_BY = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+
 @pytest.fixture(params=["fake", "sqs"])
 def outbox(request: pytest.FixtureRequest) -> Iterator[FakeOutbox | SqsOutbox]:
     if request.param == "fake":
@@ -92,8 +94,8 @@ def outbox(request: pytest.FixtureRequest) -> Iterator[FakeOutbox | SqsOutbox]:
 def test_the_outbox_gives_back_what_it_was_given_until_it_is_let_go(outbox: FakeOutbox | SqsOutbox) -> None:
     window = [_ref(n) for n in range(3)]
     big = [_ref(n) for n in range(100, 100 + VISITS_PER_MESSAGE + 1)]  # more than one SQS message holds
-    outbox.hold(window, back_after=timedelta(0))
-    outbox.hold(big, back_after=timedelta(0))
+    outbox.hold(window, back_after=timedelta(0), stored_by=STORED_BY)
+    outbox.hold(big, back_after=timedelta(0), stored_by=STORED_BY)
     held = outbox.due(10)
     listed = [visit for lists in held for visit in lists.visits]
     assert sorted(map(_key, listed)) == sorted(map(_key, window + big))  # every key, each once
@@ -105,25 +107,31 @@ def test_the_outbox_gives_back_what_it_was_given_until_it_is_let_go(outbox: Fake
     assert outbox.due(10) == []
 
 
-def test_a_list_comes_back_no_sooner_than_it_was_told(outbox: FakeOutbox | SqsOutbox) -> None:
-    """Its delay is the message's own (the lease, or what is left of the invocation storing its visits)."""
+def test_a_list_comes_back_after_its_delay_says_when_its_visits_are_stored_by_and_can_be_looked_at_again(
+        outbox: FakeOutbox | SqsOutbox) -> None:
     if isinstance(outbox, FakeOutbox):
-        outbox.now = datetime(2026, 12, 7, tzinfo=UTC)
-    outbox.hold([_ref(1)], back_after=timedelta(seconds=120))
-    assert outbox.due(10) == []
+        outbox.now = STORED_BY
+    outbox.hold([_ref(1)], back_after=timedelta(seconds=120), stored_by=STORED_BY)
+    assert outbox.due(10) == []  # its delay, the lease
+    outbox.hold([_ref(2)], back_after=timedelta(0), stored_by=STORED_BY)
+    (held,) = outbox.due(10)
+    assert held.visits == (_ref(2),)
+    assert held.stored_by is not None and STORED_BY <= held.stored_by <= STORED_BY + timedelta(seconds=1)
+    outbox.look_again(held, timedelta(seconds=60))
+    assert outbox.due(10) == []  # invisible for the minute asked
     if isinstance(outbox, FakeOutbox):
-        outbox.now += timedelta(seconds=120)
-        assert [held.visits for held in outbox.due(10)] == [(_ref(1),)]
+        outbox.now += timedelta(seconds=60)
+        assert [listed.visits for listed in outbox.due(10)] == [(_ref(2),)]
 
 
 def test_a_list_waits_at_most_what_sqs_allows() -> None:
-    """An invocation with no deadline (a caller outside Lambda) holds its list for SQS's longest delay, 15 minutes."""
+    """A lease longer than SQS's longest delay (the template refuses one) would wait 15 minutes."""
     from moto.sqs.models import sqs_backends
 
     with mock_aws():
         sqs = boto3.client("sqs", region_name=REGION)
         url = sqs.create_queue(QueueName="outbox")["QueueUrl"]
-        SqsOutbox(sqs, queue_url=url).hold([_ref(1)], back_after=timedelta(days=24))
+        SqsOutbox(sqs, queue_url=url).hold([_ref(1)], back_after=timedelta(days=24), stored_by=STORED_BY)
         (message,) = sqs_backends["123456789012"][REGION].get_queue("outbox")._messages
         assert round((message.delayed_until - message.sent_timestamp) / 1000) == LONGEST_DELAY_SECONDS == 900
 

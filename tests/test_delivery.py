@@ -788,8 +788,8 @@ def test_sweep_breaches_visits_past_their_deadline_not_merely_the_cutoff(sweep_w
                        "breached": [past_deadline.visit_id, at_deadline.visit_id], "at": iso_utc(now)}
     assert report.to_dict() == {"claimed": 1, "executions": 1, "breached_count": 2,
                                 "breached": [past_deadline.visit_id, at_deadline.visit_id], "lost_claims": 0,
-                                "stopped_early": False, "held_elsewhere": False, "outbox_lists": 0, "stranded": 0,
-                                "outbox_failed": False}
+                                "stopped_early": False, "held_elsewhere": False, "outbox_lists": 0, "outbox_again": 0,
+                                "stranded": 0, "outbox_failed": False}
 
 
 def test_sweep_respects_its_limit(sweep_world: SweepWorld) -> None:
@@ -831,15 +831,40 @@ def test_a_sweep_indexes_the_stranded_visits_of_the_outbox_first_and_claims_them
     delivered = sweep_world.visit(2, indexed=False, status=DELIVERED)
     indexed = sweep_world.visit(3)
     outbox = FakeOutbox(now=T - TIMING.lease)
-    outbox.hold([stranded, delivered], back_after=TIMING.lease)
+    outbox.hold([stranded, delivered], back_after=TIMING.lease, stored_by=T - TIMING.lease)
     outbox.now = T - timedelta(seconds=1)
-    outbox.hold([sweep_world.visit(4, indexed=False)], back_after=TIMING.lease)  # its lease not over: not read yet
+    outbox.hold([sweep_world.visit(4, indexed=False)], back_after=TIMING.lease,  # its lease not over: not read yet
+                stored_by=T)
     outbox.now = T
     report = sweep_world.sweeper(outbox=outbox).sweep(T, "run")
     assert (report.outbox_lists, report.stranded, report.claimed, report.outbox_failed) == (1, 1, 2, False)
     assert sorted(v.visit_id for _, batch in sweep_world.starter.starts for v in batch) == sorted(
         [stranded.visit_id, indexed.visit_id])
     assert len(outbox.lists) == 1  # the list not due yet stays
+
+
+def test_a_list_back_before_its_invocation_ended_is_looked_at_again_after_it(sweep_world: SweepWorld) -> None:
+    """docs/delivery.md, *Two limits of the outbox*: with a lease shorter than an ingest invocation, a list can come
+    back while the invocation is still storing; what is stored is indexed at once, and the list comes back once
+    the invocation has ended, for a visit stored in between by an invocation that then crashed."""
+    from healthbook_dev.fakes.stores import FakeOutbox
+
+    early = sweep_world.visit(1, indexed=False)
+    late = VisitRef(f"79001#LK{2:04d}", version_key(RECEIVED, f"{2:064x}"))  # not stored yet
+    ends = T + timedelta(seconds=90)
+    outbox = FakeOutbox(now=T - timedelta(seconds=10))
+    outbox.hold([early, late], back_after=timedelta(seconds=10), stored_by=ends)
+    outbox.now = T
+    first = sweep_world.sweeper(outbox=outbox).sweep(T, "run")
+    assert (first.outbox_lists, first.outbox_again, first.stranded, first.claimed) == (1, 1, 1, 1)
+    assert sweep_world.visit(2, indexed=False) == late  # the invocation stores it, then crashes
+    outbox.now = T + timedelta(seconds=60)
+    assert outbox.due(10) == []  # back only once the invocation has ended
+    outbox.now = ends
+    second = sweep_world.sweeper(outbox=outbox).sweep(ends, "next")
+    assert (second.outbox_lists, second.outbox_again, second.stranded) == (1, 0, 1)
+    assert outbox.lists == {}  # let go
+    assert sweep_world.store.items[late].next_attempt_at == ends + TIMING.lease  # claimed: restarted
 
 
 def test_a_sweep_goes_on_when_the_outbox_cannot_be_read_and_reads_at_most_its_limit(sweep_world: SweepWorld) -> None:
@@ -855,7 +880,7 @@ def test_a_sweep_goes_on_when_the_outbox_cannot_be_read_and_reads_at_most_its_li
     assert sweep_world.store.items[due].next_attempt_at == T + TIMING.lease
     outbox = FakeOutbox()
     for n in range(25):
-        outbox.hold([sweep_world.visit(100 + n, indexed=False)], back_after=TIMING.lease)
+        outbox.hold([sweep_world.visit(100 + n, indexed=False)], back_after=TIMING.lease, stored_by=T)
     report = sweep_world.sweeper(outbox=outbox, outbox_limit=12).sweep(T + TIMING.lease, "next")
     assert (report.outbox_lists, report.stranded, len(outbox.lists)) == (12, 12, 13)
 

@@ -936,8 +936,8 @@ def test_the_outbox_lists_a_windows_visits_and_the_sweep_indexes_only_those_whos
         monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/delivery.md, *The outbox*: the visits are listed before they are stored, and stored outside the
     by-status-deadline index; after the lease the sweep reads the lists and indexes (then claims) a visit still
-    PENDING and not indexed, and leaves alone one the fast path delivered. A list comes back after the lease, or
-    after what was left of the invocation when that is longer (docs/delivery.md, *Two limits of the outbox*)."""
+    PENDING and not indexed, and leaves alone one the fast path delivered. A list comes back after the lease and
+    says when the invocation that stored its visits ends (docs/delivery.md, *Two limits of the outbox*)."""
     import boto3
     from healthbook.aws.outbox import SqsOutbox
     from healthbook.delivery.service import Sweeper
@@ -959,13 +959,16 @@ def test_the_outbox_lists_a_windows_visits_and_the_sweep_indexes_only_those_whos
     assert all(i["status"] == "PENDING" and "status_shard" not in i for i in versions.values())
     assert _keys(v for started in deliveries for v in started) == _keys(versions)  # the fast path has them
     outbox = SqsOutbox(sqs, queue_url=url)
-    assert outbox.due(10) == []  # not before the invocation could have ended
+    assert outbox.due(10) == []  # not before the lease
     queued = sqs_backends["123456789012"]["ap-southeast-1"].get_queue("healthbook-dev-outbox")._messages
-    assert [round((m.delayed_until - m.sent_timestamp) / 1000) for m in queued] == [60, 60]
+    assert [round((m.delayed_until - m.sent_timestamp) / 1000) for m in queued] == [30, 30]
     for m in queued:
-        m.delayed_until = 0  # as a minute later
+        m.delayed_until = 0  # as 30 s later
     listed = outbox.due(10)
     assert _keys(v for held in listed for v in held.visits) == _keys(versions)  # listed exactly as stored
+    stored_by = RECEIVED + timedelta(minutes=2, seconds=60)  # the service's now, and the 60 s left of the invocation
+    assert all(held.stored_by is not None and stored_by <= held.stored_by <= stored_by + timedelta(seconds=1)
+               for held in listed)
     sqs.change_message_visibility_batch(QueueUrl=url, Entries=[  # back to the queue, as after a delay
         {"Id": str(n), "ReceiptHandle": held.handle, "VisibilityTimeout": 0} for n, held in enumerate(listed)])
 

@@ -445,7 +445,8 @@ def test_the_outbox_hides_its_lists_for_the_visits_lease(template: dict[str, Any
     sent = [s for s in function_statements(template, "IngestFunction") if s.get("Sid") == "ListVisitsInTheOutbox"]
     assert [as_list(s["Action"]) for s in sent] == [["sqs:SendMessage"]]
     read = [s for s in function_statements(template, "SweepFunction") if s.get("Sid") == "ReadTheOutbox"]
-    assert [sorted(as_list(s["Action"])) for s in read] == [["sqs:DeleteMessage", "sqs:ReceiveMessage"]]
+    assert [sorted(as_list(s["Action"])) for s in read] == [
+        ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"]]
     assert all(is_arn_of(r, "OutboxQueue") for s in sent + read for r in as_list(s["Resource"]))
 
 

@@ -82,6 +82,7 @@ WINDOW_BYTES = 24 * 1024 * 1024
 # most-received first.
 WINDOW_TIME_MARGIN_MS = 30_000
 _NO_DEADLINE_MS = 2**31
+_LONGEST_INVOCATION_MS = 900_000  # Lambda's: what an outbox list says its visits are stored by, at the latest
 # How much longer recording a window takes than examining it, as this process last measured it: the time a window
 # keeps for recording what it examined. A window's examined files that are not recorded in time are set aside and
 # examined again later, so an estimate too low wastes the invocation: files of many visits record 3-4 times as long
@@ -546,7 +547,7 @@ class IngestRuntime:
         # One outbox list for the window's visits, before any of them is stored (IngestService.hold).
         wiring.service.hold([item.examined for message in live if not message.failed for item in message.objects
                              if item.examined is not None],
-                            storing_for=dt.timedelta(milliseconds=self._remaining_ms()))
+                            storing_for=dt.timedelta(milliseconds=min(self._remaining_ms(), _LONGEST_INVOCATION_MS)))
         recorded: list[_Message] = []
         recording = time.perf_counter()
         waiting = [message for message in live if not message.failed]

@@ -375,7 +375,8 @@ class SweepReport:
     lost_claims: int = 0  # due visits an execution (or, before the lease, another sweep) took first
     stopped_early: bool = False  # too little of the invocation left: the rest wait for the next sweep
     held_elsewhere: bool = False  # another run holds the lease: this one did nothing
-    outbox_lists: int = 0  # outbox lists looked after and let go
+    outbox_lists: int = 0  # outbox lists looked after
+    outbox_again: int = 0  # of those, lists read while their ingest invocation could still store: back after it
     stranded: int = 0  # visits of those lists still PENDING outside the status index, now in it
     outbox_failed: bool = False  # reading the outbox failed: its lists come back to a later run
 
@@ -383,7 +384,8 @@ class SweepReport:
         return {"claimed": self.claimed, "executions": self.executions, "breached_count": len(self.breached),
                 "breached": self.breached[:MAX_BATCH], "lost_claims": self.lost_claims,
                 "stopped_early": self.stopped_early, "held_elsewhere": self.held_elsewhere,
-                "outbox_lists": self.outbox_lists, "stranded": self.stranded, "outbox_failed": self.outbox_failed}
+                "outbox_lists": self.outbox_lists, "outbox_again": self.outbox_again, "stranded": self.stranded,
+                "outbox_failed": self.outbox_failed}
 
 
 @dataclass
@@ -432,10 +434,12 @@ class Sweeper:
                 log.warning("sweep lease not freed", extra={"error": type(exc).__name__})
         return report
 
-    def _look_after_outbox(self, report: SweepReport, time_left_ms: Callable[[], int] | None) -> None:
-        """The outbox's due lists, ten at a time: their stranded visits indexed, then each list let go. A failure
-        stops here without stopping the sweep: the lists not let go come back to a later run (and after a few
-        times to the dead-letter queue, whose alarm is ops')."""
+    def _look_after_outbox(self, report: SweepReport, now: datetime,
+                           time_left_ms: Callable[[], int] | None) -> None:
+        """The outbox's due lists, ten at a time: their stranded visits indexed, then each list let go, or, when
+        the ingest invocation that listed them may still be storing one (a lease shorter than an invocation),
+        made to come back once it has ended. A failure stops here without stopping the sweep: the lists not let
+        go come back to a later run (and after a few times to the dead-letter queue, whose alarm is ops')."""
         if self.outbox is None:
             return
         try:
@@ -447,15 +451,22 @@ class Sweeper:
                 if not held:
                     return
                 report.stranded += self.store.index_stranded([visit for listed in held for visit in listed.visits])
-                self.outbox.let_go(held)
+                # a list back before its invocation's end: a visit may yet be stored, so it is looked at again
+                still_storing = {listed.handle: listed.stored_by - now for listed in held
+                                 if listed.stored_by is not None and listed.stored_by > now}
+                self.outbox.let_go([listed for listed in held if listed.handle not in still_storing])
+                for listed in held:
+                    if listed.handle in still_storing:
+                        self.outbox.look_again(listed, still_storing[listed.handle])
                 report.outbox_lists += len(held)
+                report.outbox_again += len(still_storing)
         except Exception as exc:
             report.outbox_failed = True
             log.warning("outbox not looked after; its lists come back", extra={"error": type(exc).__name__})
 
     def _sweep(self, now: datetime, run_name: str, report: SweepReport,
                time_left_ms: Callable[[], int] | None) -> None:
-        self._look_after_outbox(report, time_left_ms)
+        self._look_after_outbox(report, now, time_left_ms)
         if report.stopped_early:
             return
         batch: list[VisitRef] = []

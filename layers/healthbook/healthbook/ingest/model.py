@@ -356,18 +356,21 @@ class Outbox(Protocol):
     their lease is over, and the sweep indexes those still PENDING and not indexed, whose delivery was lost
     (docs/delivery.md, *The outbox*)."""
 
-    def hold(self, visits: Sequence[VisitRef], *, back_after: timedelta) -> None:
-        """List these versions, to come back no sooner than ``back_after``; raises when they could not be listed
-        (they are then stored indexed)."""
+    def hold(self, visits: Sequence[VisitRef], *, back_after: timedelta, stored_by: datetime) -> None:
+        """List these versions, to come back after ``back_after``; ``stored_by``: when the invocation storing them
+        ends, so that none of them can be stored later. Raises when they could not be listed (they are then stored
+        indexed)."""
         ...
 
 
 @dataclass(frozen=True)
 class HeldVisits:
-    """One list of the outbox, back after the lease: ``handle`` lets it go once its visits are looked after."""
+    """One list of the outbox, back after the lease: ``handle`` lets it go once its visits are looked after.
+    ``stored_by``: the end of the invocation that stored them (None in lists written before 2026-12-07)."""
 
     handle: str
     visits: tuple[VisitRef, ...]
+    stored_by: datetime | None = None
 
 
 class OutboxReader(Protocol):
@@ -380,4 +383,8 @@ class OutboxReader(Protocol):
 
     def let_go(self, held: Sequence[HeldVisits]) -> None:
         """These lists are looked after: remove them."""
+        ...
+
+    def look_again(self, held: HeldVisits, after: timedelta) -> None:
+        """This list is to come back once more, ``after`` from now (its invocation may still store a visit)."""
         ...

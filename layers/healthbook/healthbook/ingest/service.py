@@ -281,10 +281,10 @@ class IngestService:
         stored: a crash after storing leaves the list behind. A list that cannot be written loses nothing: the
         window's visits are stored indexed, as without an outbox.
 
-        The list comes back after the lease, or after ``storing_for`` (what is left of the invocation that stores
-        the window) when that is longer: a list back before its visits are stored would find them not yet there,
-        and one of them stored after it, by an invocation that then crashed, would be stranded (docs/delivery.md,
-        *Two limits of the outbox*)."""
+        The list comes back after the lease and says when the invocation storing the window ends (``storing_for``
+        from now): a list the sweep reads before then is looked at again after it, so that a visit stored after
+        the first look, by an invocation that then crashed, is not stranded (docs/delivery.md, *Two limits of the
+        outbox*)."""
         if self._outbox is None:
             return
         listed = [(item, item.visits_to_store()) for item in window]
@@ -292,7 +292,7 @@ class IngestService:
         if not visits:
             return
         try:
-            self._outbox.hold(visits, back_after=max(self._lease, storing_for))
+            self._outbox.hold(visits, back_after=self._lease, stored_by=self._now() + storing_for)
         except Exception as exc:
             log.warning("outbox not written; the window's visits enter the status index",
                         extra={"visits": len(visits), "error": type(exc).__name__})
