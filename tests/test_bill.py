@@ -309,3 +309,17 @@ def test_the_stopwatch_follows_an_invocation_into_its_pool_threads_and_their_wai
     assert record.aws_calls == Counter({"s3.ListBuckets": 8}) and record.own_s >= 0.039
     one = bill.aws_latency_s("s3.ListBuckets")
     assert bill.waits_s(record) == pytest.approx(one + 3 * one)  # its own call, then the longest worker's three
+
+
+def test_a_second_measure_of_the_same_code_reuses_its_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench-e2e's two rounds run the same code: its handlers are timed in process once, not once a round."""
+    from healthbook_dev.aws import stopwatch
+
+    def not_again(**_: Any) -> Any:
+        raise AssertionError("the in-process demo ran again")
+
+    monkeypatch.setattr(stopwatch, "profile_demo", not_again)
+    profiles = {"ingest": bill.FunctionProfile(invocations=2, units=20, own_s=0.4, waits_s=1.6)}
+    usage = bill.measure(visits=10, files=10, meter={"requests": [], "dynamodb_capacity": []},
+                         invocations={"ingest": 2}, emulator_billed_s={}, custom_metrics=0, profiles=profiles)
+    assert usage.profiles is profiles

@@ -79,6 +79,7 @@ def test_a_scan_of_the_visits_table_tells_versions_from_the_pointer_the_records_
 
 STORED_BY = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
 
+
 @pytest.fixture(params=["fake", "sqs"])
 def outbox(request: pytest.FixtureRequest) -> Iterator[FakeOutbox | SqsOutbox]:
     if request.param == "fake":

@@ -328,15 +328,17 @@ def visit_attempts(deliver_metrics: Mapping[str, int]) -> int:
 
 def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapping[str, int],
             emulator_billed_s: Mapping[str, float], custom_metrics: int, visit_attempts: int = 0,
-            profile_visits: int = 60) -> Usage:
+            profile_visits: int = 60, profiles: Mapping[str, FunctionProfile] | None = None) -> Usage:
     """A run's usage: the meter and the logs as counted, the template's memory, and durations timed in process
-    (the in-process demo of ``profile_visits`` visits, run now). Deliver works on batches of visits and is timed
-    per visit: its units are ``visit_attempts`` (``visit_attempts()`` of its metrics), else one a visit."""
+    (the in-process demo of ``profile_visits`` visits, run now, unless ``profiles`` of an earlier measure of the
+    same code are given). Deliver works on batches of visits and is timed per visit: its units are
+    ``visit_attempts`` (``visit_attempts()`` of its metrics), else one a visit."""
     from healthbook_dev.aws.metering import express_executions
     from healthbook_dev.aws.stopwatch import profile_demo
     from healthbook_dev.template import function_limits
 
-    profiles = profile_invocations(profile_demo(visits=profile_visits))
+    if profiles is None:
+        profiles = profile_invocations(profile_demo(visits=profile_visits))
     memory = {f: function_limits(f"{f.capitalize()}Function")[0] for f in invocations}
     units = {f: (files if f == "ingest" else n) for f, n in invocations.items()}
     if "deliver" in units:

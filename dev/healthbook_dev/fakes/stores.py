@@ -27,27 +27,25 @@ class FakeOutbox:
     (the message's delivery delay) or, looked at again, for the time asked, then due until it is let go."""
 
     now: datetime | None = None  # the clock lists are held and read by; None: every list is due at once
-    lists: dict[str, tuple[datetime | None, tuple[VisitRef, ...]]] = field(default_factory=dict)  # due when
+    lists: dict[str, tuple[datetime | None, HeldVisits]] = field(default_factory=dict)  # each with when it is due
     held: int = 0  # lists ever held: each gets its own handle
-    stored_by: dict[str, datetime] = field(default_factory=dict)
-    looked_again: int = 0
 
     def hold(self, visits: Sequence[VisitRef], *, back_after: timedelta, stored_by: datetime) -> None:
         self.held += 1
-        self.lists[f"list-{self.held}"] = (None if self.now is None else self.now + back_after, tuple(visits))
-        self.stored_by[f"list-{self.held}"] = stored_by
+        handle = f"list-{self.held}"
+        self.lists[handle] = (self._after(back_after), HeldVisits(handle, tuple(visits), stored_by))
 
     def due(self, limit: int) -> list[HeldVisits]:
-        ready = [HeldVisits(handle, visits, self.stored_by.get(handle))
-                 for handle, (due_at, visits) in self.lists.items()
+        ready = [listed for due_at, listed in self.lists.values()
                  if due_at is None or self.now is None or due_at <= self.now]
         return ready[:limit]
 
     def look_again(self, held: HeldVisits, after: timedelta) -> None:
         if held.handle in self.lists:
-            due_at = None if self.now is None else self.now + after
-            self.lists[held.handle] = (due_at, self.lists[held.handle][1])
-            self.looked_again += 1
+            self.lists[held.handle] = (self._after(after), self.lists[held.handle][1])
+
+    def _after(self, wait: timedelta) -> datetime | None:
+        return None if self.now is None else self.now + wait
 
     def let_go(self, held: Sequence[HeldVisits]) -> None:
         for listed in held:
