@@ -249,6 +249,45 @@ def test_the_bill_prices_what_was_counted_and_leaves_out_the_rest() -> None:
     assert f"whole bill ${(total - dynamo.dollars + at_half) * 1e5:.2f}" in beside
 
 
+def test_alarms_are_priced_by_the_metric_a_month_not_by_the_emulators_evaluation() -> None:
+    """LocalStack evaluates the template's alarms with DescribeAlarms and GetMetricData calls of its own; CloudWatch
+    prices an alarm by its metrics a month, and the template's alarms watch 17 (a metric math alarm, each of its
+    MetricStat entries)."""
+    from healthbook_dev.template import alarm_metrics
+
+    assert alarm_metrics() == 17
+    evaluation = [{"service": "cloudwatch", "operation": operation, "origin": "aws:internal", "requests": n,
+                   "request_bytes": 0} for operation, n in (("DescribeAlarms", 3), ("GetMetricData", 9))]
+    quiet = {(line.service, line.what.split()[0]): line for line in bill.bill(_usage())}
+    usage = _usage(alarm_metrics=17)
+    usage.requests = [*usage.requests, *evaluation]
+    lines = {(line.service, line.what.split()[0]): line for line in bill.bill(usage)}
+    cloudwatch = lines[("CloudWatch", "logs")]
+    assert "17 alarm metrics" in cloudwatch.what and "0 API calls" in cloudwatch.what
+    assert cloudwatch.dollars - quiet[("CloudWatch", "logs")].dollars == pytest.approx(
+        17 * 0.10 * 10 / bill.VISITS_PER_MONTH)
+
+
+def test_provisioned_capacity_prices_only_the_tables_the_template_switches() -> None:
+    """TablesCapacity PROVISIONED switches the template's submissions, visits and idempotency tables; the aggregates
+    table stays on demand, so its units stay at the on-demand price in the figure beside the bill."""
+    from healthbook_dev.template import provisioned_tables
+
+    assert provisioned_tables() == {"submissions", "visits", "idempotency"}
+    row = {"origin": "function", "index_write_units": 0.0, "stored_bytes": 0}
+    usage = _usage(capacity=[{**row, "table": "hb-visits", "read_units": 8.0, "write_units": 16.0},
+                             {**row, "table": "hb-aggregates", "read_units": 2.0, "write_units": 4.0}])
+    assert bill.dynamodb_units(usage) == (20.0, 10.0)
+    assert bill.dynamodb_units(usage, ["visits"]) == (16.0, 8.0)
+    lines = bill.bill(usage)
+    total = sum(line.dollars for line in lines)
+    beside = bill.render(usage, lines)[-2]
+    assert "the reads and writes of idempotency, submissions, visits," in beside
+    at_half = bill.provisioned(16, 8, 0.5)
+    whole = total - (16 * bill.DYNAMODB_WRU + 8 * bill.DYNAMODB_RRU) + at_half  # aggregates' units as they were
+    assert f"provisioned, 50% used ${at_half * 1e5:.2f}, whole bill ${whole * 1e5:.2f}" in beside
+
+
 def test_profiles_are_per_unit_of_work_with_the_cold_start_spread() -> None:
     records = [Invocation("ingest", units=10, cpu_s=1.3), Invocation("ingest", units=10, cpu_s=0.3),
                Invocation("ingest", units=5, cpu_s=0.15)]

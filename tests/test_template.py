@@ -490,12 +490,86 @@ def test_exactly_the_tables_of_the_data_model(template: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_table_is_on_demand_with_pitr_and_kms(template: dict[str, Any], table: str) -> None:
+    from healthbook_dev.template import deployed_resources
+
     p = props(template, table)
-    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    deployed = deployed_resources()[table]["Properties"]  # at the parameters' defaults
+    assert deployed["BillingMode"] == "PAY_PER_REQUEST"
+    assert "ProvisionedThroughput" not in json.dumps(deployed)
     assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     sse = p["SSESpecification"]
     assert sse["SSEEnabled"] is True and sse["SSEType"] == "KMS"
     assert is_arn_of(sse["KMSMasterKeyId"], "DataKey")
+
+
+# TablesCapacity PROVISIONED switches these; the aggregates table stays on demand (the reports read its markers in
+# bursts of minutes that auto scaling, following in steps of minutes, would throttle), and so do the small ones.
+PROVISIONED_TABLES = {"VisitsTable", "SubmissionsTable", "IdempotencyTable"}
+
+
+def test_no_auto_scaling_and_no_capacity_on_demand() -> None:
+    from healthbook_dev.template import deployed_resources
+
+    deployed = deployed_resources()
+    assert not [name for name, r in deployed.items() if r["Type"].startswith("AWS::ApplicationAutoScaling::")]
+    assert "ProvisionedThroughput" not in json.dumps(deployed)
+
+
+def test_provisioned_tables_scale_reads_and_writes_of_every_table_and_index() -> None:
+    """With TablesCapacity PROVISIONED each table and index of the provisioned tables is created at its mapping
+    floor, and auto scaling holds its reads and its writes between floor and ceiling at the target utilisation
+    (an index left without scaling would throttle its table's writes); only an index with no ceiling, which
+    nothing reads or writes, keeps its fixed floor."""
+    from healthbook_dev.template import deployed_resources, template_document, template_resources
+
+    deployed = deployed_resources({"TablesCapacity": "PROVISIONED"})
+    mapping = template_document()["Mappings"]["ProvisionedCapacity"]
+    targets = {name: r["Properties"] for name, r in deployed.items()
+               if r["Type"] == "AWS::ApplicationAutoScaling::ScalableTarget"}
+    policies = {name: r["Properties"] for name, r in deployed.items()
+                if r["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"}
+    assert {t for t in TABLES if deployed[t]["Properties"]["BillingMode"] == "PROVISIONED"} == PROVISIONED_TABLES
+
+    def mapping_key(throughput: dict[str, Any]) -> str:  # as written: !If [ProvisionedTables, {...FindInMap}, ...]
+        return str(throughput["Fn::If"][1]["WriteCapacityUnits"]["Fn::FindInMap"][1])
+
+    checked: set[str] = set()
+    keys: set[str] = set()
+    for table in sorted(PROVISIONED_TABLES):
+        written, p = template_resources()[table]["Properties"], deployed[table]["Properties"]
+        indexes = zip(written.get("GlobalSecondaryIndexes", []), p.get("GlobalSecondaryIndexes", []), strict=True)
+        entities = [(f"table/${{{table}}}", "table", written, p)] + [
+            (f"table/${{{table}}}/index/{w['IndexName']}", "index", w, d) for w, d in indexes]
+        for resource_id, kind, as_written, as_deployed in entities:
+            key = mapping_key(as_written["ProvisionedThroughput"])
+            keys.add(key)
+            capacity = mapping[key]
+            for dimension in ("Write", "Read"):
+                floor = capacity[f"{dimension}Min"]
+                assert as_deployed["ProvisionedThroughput"][f"{dimension}CapacityUnits"] == floor, resource_id
+                scaling = [name for name, t in targets.items()
+                           if t["ResourceId"] == {"Fn::Sub": resource_id}
+                           and t["ScalableDimension"] == f"dynamodb:{kind}:{dimension}CapacityUnits"]
+                if f"{dimension}Max" not in capacity:
+                    assert not scaling, resource_id
+                    continue
+                (target,) = scaling
+                checked.add(target)
+                t = targets[target]
+                assert t["ServiceNamespace"] == "dynamodb" and "RoleARN" not in t  # the service-linked role
+                assert (t["MinCapacity"], t["MaxCapacity"]) == (floor, capacity[f"{dimension}Max"]), target
+                assert 1 <= floor < t["MaxCapacity"]
+                for action in t.get("ScheduledActions", []):
+                    assert floor <= action["ScalableTargetAction"]["MinCapacity"] <= t["MaxCapacity"], target
+                    assert action["Timezone"] == "Asia/Ho_Chi_Minh"
+                (policy,) = [p for p in policies.values() if p["ScalingTargetId"] == {"Ref": target}]
+                assert policy["PolicyType"] == "TargetTrackingScaling"
+                tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+                assert tracking["TargetValue"] == {"Ref": "ProvisionedTargetUtilisation"}
+                assert tracking["PredefinedMetricSpecification"] == {
+                    "PredefinedMetricType": f"DynamoDB{dimension}CapacityUtilization"}
+    assert checked == set(targets) and len(policies) == len(targets)
+    assert keys == set(mapping)
 
 
 def test_status_index_projects_what_the_sweep_reads(template: dict[str, Any]) -> None:
@@ -518,6 +592,7 @@ def test_the_sandbox_creates_every_table_as_the_template_defines_it(template: di
     import boto3
     from healthbook_dev.aws.sandbox import NAMES, create_tables
     from healthbook_dev.aws.sandbox import TABLES as SANDBOX_TABLES
+    from healthbook_dev.template import as_deployed
     from moto import mock_aws
 
     def attributes(table: dict[str, Any]) -> dict[str, str]:
@@ -542,7 +617,7 @@ def test_the_sandbox_creates_every_table_as_the_template_defines_it(template: di
         create_tables(ddb, NAMES)
         assert sorted(ddb.list_tables()["TableNames"]) == sorted(NAMES[variable] for variable in SANDBOX_TABLES)
         for variable, logical in SANDBOX_TABLES.items():
-            declared, name = props(template, logical), NAMES[variable]
+            declared, name = as_deployed(props(template, logical)), NAMES[variable]  # at the defaults
             created = ddb.describe_table(TableName=name)["Table"]
             assert created["KeySchema"] == declared["KeySchema"], logical
             assert attributes(created) == attributes(declared), logical

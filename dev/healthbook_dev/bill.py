@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ SECRETS_MANAGER_CALL = 0.05 / 10_000
 CLOUDWATCH_LOGS_GB = 0.50  # ingestion (standard class)
 CLOUDWATCH_METRIC_MONTH = 0.30  # per custom metric (EMF included), first 10,000
 CLOUDWATCH_API = 0.01 / 1000  # PutMetricData, GetMetricData...
+CLOUDWATCH_ALARM_METRIC_MONTH = 0.10  # per metric of a standard-resolution alarm
 XRAY_TRACE = 5.00 / MILLION  # recorded
 SNS_PUBLISH = 0.50 / MILLION
 API_GATEWAY_REST = 3.50 / MILLION
@@ -90,8 +91,10 @@ S3_FREE = frozenset({"DeleteObject", "DeleteObjects", "AbortMultipartUpload"})
 KMS_ASYMMETRIC_OPERATIONS = frozenset({"Sign", "Verify", "GetPublicKey"})
 NOT_BILLED_ORIGINS = frozenset({"observer"})
 # AWS's own calls that are free: Lambda's metrics, events S3 and CloudFormation publish, role sessions.
+# CloudWatch's evaluation of the alarms is priced by the alarm a month (below), not by the calls the emulator makes.
 FREE_AWS_CALLS = frozenset({"cloudwatch.PutMetricData", "events.PutEvents", "sts.AssumeRole", "logs.CreateLogGroup",
-                            "logs.CreateLogStream", "lambda.Invoke"})  # invocations are counted from REPORT lines
+                            "logs.CreateLogStream", "lambda.Invoke",  # invocations are counted from REPORT lines
+                            "cloudwatch.DescribeAlarms", "cloudwatch.GetMetricData"})
 # Calls a function makes once per execution environment (a secret, the signing key's public half, a queue's URL):
 # LocalStack starts far more environments for a small run than AWS keeps at steady load, so these are scaled to
 # one environment per INVOCATIONS_PER_COLD_START invocations.
@@ -174,6 +177,7 @@ class Usage:
     express_executions: int
     emulator_billed_s: Mapping[str, float] = field(default_factory=dict)  # REPORT lines' Billed Duration sums
     custom_metrics: int = 0  # distinct EMF metric series seen in the logs
+    alarm_metrics: int = 0  # the metrics the template's alarms watch
 
 
 @dataclass
@@ -252,7 +256,7 @@ def bill(usage: Usage) -> list[Line]:
     tables: Counter[str] = Counter()
     operations: dict[str, Counter[str]] = defaultdict(Counter)
     for r in _billed(usage.capacity):
-        table, units = r["table"].rsplit("-", 1)[-1], r["write_units"] + r["index_write_units"]
+        table, units = _table(r), r["write_units"] + r["index_write_units"]
         tables[table] += units
         operations[table][r.get("operation", "?")] += units
     detail = "; ".join(f"{table} {units:.0f}: {_top(operations[table])}"
@@ -281,9 +285,11 @@ def bill(usage: Usage) -> list[Line]:
                       secrets * SECRETS_MANAGER_CALL))
 
     cloudwatch = sum(by_service.get("cloudwatch", {}).values())
-    metrics_share = usage.custom_metrics * CLOUDWATCH_METRIC_MONTH * usage.visits / VISITS_PER_MONTH
+    monthly = usage.custom_metrics * CLOUDWATCH_METRIC_MONTH + usage.alarm_metrics * CLOUDWATCH_ALARM_METRIC_MONTH
+    metrics_share = monthly * usage.visits / VISITS_PER_MONTH
     lines.append(Line("CloudWatch", f"logs {log_bytes / 1024:.0f} KiB ingested; {usage.custom_metrics} metric series "
-                      f"(a month's price spread over {VISITS_PER_MONTH:,} visits); {cloudwatch:.0f} API calls",
+                      f"and {usage.alarm_metrics} alarm metrics (a month's price spread over {VISITS_PER_MONTH:,} "
+                      f"visits); {cloudwatch:.0f} API calls",
                       log_bytes / 1024 ** 3 * CLOUDWATCH_LOGS_GB + metrics_share + cloudwatch * CLOUDWATCH_API))
 
     traces = (usage.invocations.get("ingest", 0) + executions) * XRAY_SAMPLED
@@ -295,10 +301,15 @@ def bill(usage: Usage) -> list[Line]:
     return lines
 
 
-def dynamodb_units(usage: Usage) -> tuple[float, float]:
-    """(write units, read units) the run's billed requests consumed, indexes included."""
-    billed = _billed(usage.capacity)
+def dynamodb_units(usage: Usage, tables: Collection[str] | None = None) -> tuple[float, float]:
+    """(write units, read units) the run's billed requests consumed, indexes included; only of ``tables`` (by the
+    name's last word: ``visits``) when given."""
+    billed = [r for r in _billed(usage.capacity) if tables is None or _table(r) in tables]
     return (sum(r["write_units"] + r["index_write_units"] for r in billed), sum(r["read_units"] for r in billed))
+
+
+def _table(row: Mapping[str, Any]) -> str:
+    return str(row["table"]).rsplit("-", 1)[-1]
 
 
 def provisioned(writes: float, reads: float, utilisation: float, *, reserved: bool = False) -> float:
@@ -335,7 +346,7 @@ def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapp
     ``visit_attempts`` (``visit_attempts()`` of its metrics), else one a visit."""
     from healthbook_dev.aws.metering import express_executions
     from healthbook_dev.aws.stopwatch import profile_demo
-    from healthbook_dev.template import function_limits
+    from healthbook_dev.template import alarm_metrics, function_limits
 
     if profiles is None:
         profiles = profile_invocations(profile_demo(visits=profile_visits))
@@ -346,7 +357,7 @@ def measure(*, visits: int, files: int, meter: dict[str, Any], invocations: Mapp
     return Usage(visits=visits, files=files, requests=meter["requests"], capacity=meter["dynamodb_capacity"],
                  invocations=invocations, units=units, memory_mb=memory, profiles=profiles,
                  express_executions=express_executions(meter), emulator_billed_s=emulator_billed_s,
-                 custom_metrics=custom_metrics)
+                 custom_metrics=custom_metrics, alarm_metrics=alarm_metrics())
 
 
 def per_million(dollars: float, visits: int) -> float:
@@ -368,13 +379,18 @@ def render(usage: Usage, lines: list[Line]) -> list[str]:
         out.append(f"  (for scale, not in the bill: the emulator's billed Lambda time, {gb_s:.1f} GB-s, would be "
                    f"${per_million(gb_s * LAMBDA_GB_SECOND_ARM, usage.visits):.2f} per million: LocalStack on two "
                    "shared cores, not our code)")
+    from healthbook_dev.template import provisioned_tables
+
     total = sum(line.dollars for line in lines)
-    writes, reads = dynamodb_units(usage)
+    switched = sorted(provisioned_tables())
+    writes, reads = dynamodb_units(usage, switched)
     on_demand = writes * DYNAMODB_WRU + reads * DYNAMODB_RRU
     if on_demand:
         priced = [(f"provisioned, {u:.0%} used", provisioned(writes, reads, u)) for u in (0.7, 0.5)]
         priced.append(("one-year reserved, 50% used", provisioned(writes, reads, 0.5, reserved=True)))
-        out.append("  (not in the bill: DynamoDB's reads and writes, on demand here, priced at provisioned capacity: "
+        out.append("  (not in the bill: with TablesCapacity PROVISIONED, the reads and writes of "
+                   f"{', '.join(switched)}, on demand here, priced at provisioned capacity, the other tables' as "
+                   "they are: "
                    + "; ".join(f"{label} ${per_million(dollars, usage.visits):.2f}, whole bill "
                                f"${per_million(total - on_demand + dollars, usage.visits):.2f}"
                                for label, dollars in priced)

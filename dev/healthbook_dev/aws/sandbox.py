@@ -39,7 +39,7 @@ TABLES = {"SUBMISSIONS_TABLE": "SubmissionsTable", "VISITS_TABLE": "VisitsTable"
 # with update_time_to_live), and what only the deployed stack has: its stage's name, encryption with its data key,
 # backups, deletion protection. Any other property fails create_tables, so that the sandbox never drifts silently.
 TABLE_SCHEMA = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "LocalSecondaryIndexes", "BillingMode",
-                "StreamSpecification")
+                "ProvisionedThroughput", "StreamSpecification")
 TABLE_DEPLOYMENT_ONLY = ("TableName", "SSESpecification", "PointInTimeRecoverySpecification",
                          "DeletionProtectionEnabled", "Tags", "TableClass")
 # moto's backends are not thread-safe (a transaction deep-copies a table another thread may be changing), and
@@ -81,7 +81,7 @@ def template_path() -> Path | None:
 def template_tables() -> dict[str, TemplateTable]:
     """The tables of template.yaml, by their variable in NAMES (TABLES), read once per process with cfn-lint's
     decoder, the one tests/test_template.py reads the template with (it takes !Ref, !Sub, !If ...)."""
-    from healthbook_dev.template import template_resources  # it imports this module: loaded on use
+    from healthbook_dev.template import as_deployed, template_resources  # they import this module: loaded on use
 
     path = template_path()
     resources = template_resources()
@@ -91,7 +91,7 @@ def template_tables() -> dict[str, TemplateTable]:
                          "(sandbox.TABLES, and NAMES for a new one)")
     tables = {}
     for variable, logical_id in TABLES.items():
-        properties = resources[logical_id].get("Properties", {})
+        properties = as_deployed(resources[logical_id].get("Properties", {}))  # at the parameters' defaults
         unknown = set(properties) - {*TABLE_SCHEMA, *TABLE_DEPLOYMENT_ONLY, "TimeToLiveSpecification"}
         if unknown:
             raise ValueError(f"{path}: {logical_id} sets {sorted(unknown)}, which the sandbox does not know: add each "
