@@ -36,12 +36,11 @@ def template_resources() -> dict[str, Any]:
 _NO_VALUE = object()
 
 
-def as_deployed(node: Any, parameters: Mapping[str, str] | None = None,
-                document: Mapping[str, Any] | None = None) -> Any:
+def as_deployed(node: Any, parameters: Mapping[str, str] | None = None) -> Any:
     """``node`` of the template as a stack with these parameters (the defaults for the others) would see it:
     each ``Fn::If`` resolved by its condition, each ``Fn::FindInMap`` of literal keys looked up, ``AWS::NoValue``
     left out. Other intrinsics stay as written."""
-    document = document if document is not None else template_document()
+    document = template_document()
     values = {name: str(p.get("Default", "")) for name, p in document.get("Parameters", {}).items()}
     values.update(parameters or {})
     conditions = document.get("Conditions", {})
