@@ -366,6 +366,8 @@ def per_million(dollars: float, visits: int) -> float:
 
 def render(usage: Usage, lines: list[Line]) -> list[str]:
     """The per-service table and, last, the whole bill line."""
+    from healthbook_dev.template import provisioned_tables
+
     out = [f"whole bill, $ per million visits at list prices ({REGION}, {PRICE_DATE}); "
            f"{usage.visits} visits in {usage.files} files:"]
     services: dict[str, float] = defaultdict(float)
@@ -379,8 +381,6 @@ def render(usage: Usage, lines: list[Line]) -> list[str]:
         out.append(f"  (for scale, not in the bill: the emulator's billed Lambda time, {gb_s:.1f} GB-s, would be "
                    f"${per_million(gb_s * LAMBDA_GB_SECOND_ARM, usage.visits):.2f} per million: LocalStack on two "
                    "shared cores, not our code)")
-    from healthbook_dev.template import provisioned_tables
-
     total = sum(line.dollars for line in lines)
     switched = sorted(provisioned_tables())
     writes, reads = dynamodb_units(usage, switched)
